@@ -1,0 +1,132 @@
+//! `egress-agent check`: what this kernel offers and what really attaches.
+use clap::Args;
+use serde::Serialize;
+
+use crate::{
+    cli::ProbeArgs,
+    offsets::{self, Btf, TraceFs},
+    probes::{self, ProgramStatus},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = CheckFormat::Table)]
+    pub output: CheckFormat,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Item {
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub ok: bool,
+    pub checks: Vec<Item>,
+    pub programs: Vec<ProgramStatus>,
+}
+
+fn item(check: &str, status: Status, detail: impl Into<String>) -> Item {
+    Item { check: check.to_string(), status, detail: detail.into() }
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn report(args: &CheckArgs) -> Report {
+    let mut checks = Vec::new();
+    let caps = probes::effective_caps();
+    let missing = probes::missing_caps(caps);
+    checks.push(if missing.is_empty() {
+        item("privileges", Status::Ok, format!("CapEff {caps:#x}"))
+    } else {
+        item("privileges", Status::Fail, format!("missing {}", missing.join(", ")))
+    });
+    checks.push(if probes::object_present() {
+        item("ebpf object", Status::Ok, "embedded")
+    } else {
+        item("ebpf object", Status::Fail, "built with AYA_BUILD_SKIP: no kernel programs")
+    });
+    match TraceFs::locate() {
+        Ok(t) => checks.push(item("tracefs", Status::Ok, t.root.display().to_string())),
+        Err(e) => checks.push(item("tracefs", Status::Fail, e.to_string())),
+    }
+    match Btf::from_sys_fs() {
+        Ok(btf) => {
+            let (k, problems) = offsets::kernel_offsets(&btf);
+            checks.push(if problems.is_empty() {
+                item("btf", Status::Ok, format!("sock.sk_err@{} sock_common.skc_net@{} net.ns.inum@{}", k.sock_sk_err, k.sock_skc_net, k.net_ns_inum))
+            } else {
+                item("btf", Status::Warn, problems.join("; "))
+            });
+        }
+        Err(e) => checks.push(item("btf", Status::Warn, format!("{e:#}: errno falls back on tracepoint evidence, netns unknown"))),
+    }
+    let mut programs = Vec::new();
+    match probes::load(&args.probe.probe_options()) {
+        Ok(p) => {
+            checks.push(item("load", Status::Ok, "object loaded; ring buffer created"));
+            programs = p.programs;
+        }
+        Err(e) => checks.push(item("load", Status::Fail, e.to_string())),
+    }
+    for p in &programs {
+        if !p.attached && !p.required {
+            checks.push(item(&format!("program {}", p.program), Status::Warn, format!("skipped: {}", p.error.as_deref().unwrap_or("?"))));
+        }
+    }
+    let ok = !checks.iter().any(|c| c.status == Status::Fail);
+    Report { kernel: kernel_release(), ok, checks, programs }
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<bool> {
+    let r = report(&args);
+    match args.output {
+        CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        CheckFormat::Table => {
+            println!("kernel {}", r.kernel);
+            println!("{:<34} {:<6} DETAIL", "CHECK", "STATUS");
+            for c in &r.checks {
+                println!("{:<34} {:<6} {}", c.check, status(c.status), c.detail);
+            }
+            println!();
+            println!("{:<22} {:<42} {:<9} ROLE / WHY NOT", "PROGRAM", "HOOK", "ATTACHED");
+            for p in &r.programs {
+                let why = p.error.as_deref().map_or_else(|| p.role.to_string(), |e| format!("{e} (lost: {})", p.role));
+                println!("{:<22} {:<42} {:<9} {}", p.program, p.hook, if p.attached { "yes" } else { "no" }, why);
+            }
+            println!();
+            println!("{}", if r.ok { "minimum set OK: the agent can run here" } else { "FAIL: the agent cannot run here" });
+        }
+    }
+    Ok(r.ok)
+}
+
+fn status(s: Status) -> &'static str {
+    match s {
+        Status::Ok => "ok",
+        Status::Warn => "warn",
+        Status::Fail => "FAIL",
+    }
+}

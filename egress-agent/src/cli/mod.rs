@@ -1,0 +1,106 @@
+//! Command line: `run`, `watch`, `check`.
+pub mod check;
+pub mod run;
+pub mod watch;
+
+use clap::{Args, Parser, Subcommand};
+use egress_common::{DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES};
+
+use crate::{flows::FlowSettings, output::Format, probes::ProbeOptions, verdict::Verdict};
+
+/// egress-observer node agent: which process tried to reach what, and where it broke.
+///
+/// Watches every egress TCP connection on this host with eBPF tracepoints and
+/// gives each one a verdict: ok, failed (refused, timeout, unreachable, reset)
+/// or degraded (retransmits).
+#[derive(Debug, Parser)]
+#[command(name = "egress-agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `egress_agent=debug`.
+    #[arg(long, global = true, env = "EGRESS_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent as a daemon: metrics on --metrics-addr, until SIGTERM/SIGINT.
+    ///
+    /// Example: egress-agent run --metrics-addr 0.0.0.0:9464
+    Run(run::RunArgs),
+    /// Print egress connection outcomes live, loading the probes itself.
+    ///
+    /// Examples:
+    ///   egress-agent watch
+    ///   egress-agent watch --verdict failed -o json
+    Watch(watch::WatchArgs),
+    /// Report what this kernel supports and whether every program attaches.
+    ///
+    /// Exits 1 when the minimum set (inet_sock_set_state + ring buffer) cannot work.
+    Check(check::CheckArgs),
+}
+
+/// Kernel-side options shared by `run` and `watch`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Ring buffer size in bytes (a power of two, at least the page size).
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+    /// Capacity of the in-kernel and in-agent socket tables.
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_flows: u32,
+    /// Retransmits at or above which a flow is `degraded` (0 disables).
+    #[arg(long, default_value_t = 1)]
+    pub degraded_retransmits: u32,
+    /// Test hook: leave the ring unread for this many milliseconds after start.
+    #[arg(long, hide = true)]
+    pub stall_reader_ms: Option<u64>,
+}
+
+impl ProbeArgs {
+    pub fn probe_options(&self) -> ProbeOptions {
+        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows }
+    }
+    pub fn flow_settings(&self) -> FlowSettings {
+        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize }
+    }
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 4096 || !v.is_power_of_two() {
+        return Err(format!("{v} is not a power of two ≥ 4096"));
+    }
+    Ok(v)
+}
+
+/// Filters for flow output.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Only flows with this verdict.
+    #[arg(long, value_enum)]
+    pub verdict: Option<Verdict>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ring_bytes_validated() {
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+        assert!(parse_ring_bytes("5000").is_err());
+        assert!(parse_ring_bytes("2048").is_err());
+        assert!(parse_ring_bytes("x").is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! `egress-agent watch`: live flow records on stdout.
+use std::{io::Write as _, time::Duration};
+
+use clap::Args;
+
+use crate::{
+    cli::{FilterArgs, ProbeArgs},
+    output::{Format, TABLE_HEADER, json_line, table_row},
+    session::{Session, shutdown_on_signals},
+};
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Stop after this many seconds (default: until interrupted).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let mut session = Session::start(&args.probe)?;
+    let mut shutdown = shutdown_on_signals()?;
+    if let Some(secs) = args.duration {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut sig = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                _ = sig.changed() => {}
+            }
+            let _ = tx.send(true);
+        });
+        shutdown = rx;
+    }
+    eprintln!("egress-agent watch: standalone mode, probes loaded by this process; {}", session.attached_summary());
+    let out = std::io::stdout();
+    if args.filter.output == Format::Table {
+        let mut o = out.lock();
+        let _ = writeln!(o, "{TABLE_HEADER}");
+        let _ = o.flush();
+    }
+    let verdict = args.filter.verdict;
+    let format = args.filter.output;
+    let mut broken = false;
+    session
+        .pipeline(
+            move |r| {
+                if broken || verdict.is_some_and(|v| v != r.verdict) {
+                    return;
+                }
+                let line = match format {
+                    Format::Table => table_row(r),
+                    Format::Json => json_line(r),
+                };
+                let mut o = out.lock();
+                // A closed pipe (e.g. `| head`) ends output, not the process.
+                broken = writeln!(o, "{line}").and_then(|_| o.flush()).is_err();
+            },
+            shutdown,
+        )
+        .await
+}

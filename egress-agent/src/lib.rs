@@ -1,0 +1,19 @@
+//! egress-agent: kernel → decode → flow → verdict → sinks.
+//!
+//! - [`probes`] loads and attaches the kernel programs for this kernel, with
+//!   layouts from [`offsets`] (tracefs and BTF);
+//! - [`pipeline`] reads the ring, [`events`] decodes, [`flows`] joins events
+//!   into [`record::FlowRecord`]s with a [`verdict`];
+//! - sinks: [`metrics`] / [`server`] (Prometheus), [`output`] (CLI).
+pub mod cli;
+pub mod events;
+pub mod flows;
+pub mod metrics;
+pub mod offsets;
+pub mod output;
+pub mod pipeline;
+pub mod probes;
+pub mod record;
+pub mod server;
+pub mod session;
+pub mod verdict;

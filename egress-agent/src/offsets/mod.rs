@@ -1,0 +1,75 @@
+//! Where this kernel keeps the fields we read: tracepoint record layouts from
+//! tracefs `format` files and struct member offsets from BTF. Nothing here is
+//! hard-coded for one kernel.
+pub mod btf;
+pub mod tracefs;
+
+use egress_common::{Config, ConnectTpOffsets, KOFF_UNKNOWN, KernelOffsets};
+
+pub use btf::Btf;
+pub use tracefs::{TraceFs, TracepointFormat};
+
+/// Kernel struct offsets we use, resolved from BTF; each unknown one turns a
+/// feature off (reported by `check`), never the agent.
+pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut get = |st: &str, path: &[&str]| match btf.member_offset(st, path) {
+        Ok(o) => o,
+        Err(e) => {
+            problems.push(format!("{st}.{}: {e}", path.join(".")));
+            KOFF_UNKNOWN
+        }
+    };
+    let sock_sk_err = get("sock", &["sk_err"]);
+    let sock_skc_net = get("sock_common", &["skc_net"]);
+    let net_ns_inum = get("net", &["ns", "inum"]);
+    (KernelOffsets { sock_sk_err, sock_skc_net, net_ns_inum, _pad: 0 }, problems)
+}
+
+/// Tracepoints the programs read, as (program, category, name).
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+];
+
+/// Result of resolving everything the programs need.
+#[derive(Debug)]
+pub struct Resolved {
+    pub config: Config,
+    /// program name → why its layout could not be resolved.
+    pub tracepoint_errors: Vec<(String, String)>,
+    pub kernel_problems: Vec<String>,
+}
+
+/// Resolve the full `CONFIG` global for this kernel.
+pub fn resolve(tracefs: &TraceFs, btf: Option<&Btf>) -> Resolved {
+    let mut config = Config::DEFAULT;
+    let mut tracepoint_errors = Vec::new();
+    for &(prog, cat, name) in TRACEPOINTS {
+        let res = tracefs.format(cat, name).and_then(|f| match prog {
+            "inet_sock_set_state" => f.tcp_offsets(&["oldstate", "newstate", "protocol"], None).map(|o| config.set_state = o),
+            "tcp_retransmit_skb" => f.tcp_offsets(&[], Some("state")).map(|o| config.retransmit = o),
+            "tcp_receive_reset" => f.tcp_offsets(&[], None).map(|o| config.receive_reset = o),
+            "inet_sk_error_report" => f.error_report_offsets().map(|o| config.error_report = o),
+            "sys_enter_connect" => f
+                .field("uservaddr")
+                .map(|u| config.connect = ConnectTpOffsets { uservaddr: u.offset, addrlen: f.field("addrlen").map(|a| a.offset).unwrap_or(egress_common::OFFSET_ABSENT), _pad: 0 }),
+            _ => Ok(()),
+        });
+        if let Err(e) = res {
+            tracepoint_errors.push((prog.to_string(), format!("{e}")));
+        }
+    }
+    let kernel_problems = match btf {
+        Some(btf) => {
+            let (k, p) = kernel_offsets(btf);
+            config.kernel = k;
+            p
+        }
+        None => vec!["no kernel BTF: sk_err and netns reads are off".to_string()],
+    };
+    Resolved { config, tracepoint_errors, kernel_problems }
+}

@@ -1,0 +1,181 @@
+//! Load the kernel programs for *this* kernel: resolve offsets, size maps,
+//! load, attach what can attach, and say why the rest cannot.
+use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use egress_common::{GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS};
+use serde::Serialize;
+
+use crate::offsets::{self, Btf, TraceFs};
+
+/// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("this binary was built without its kernel programs (AYA_BUILD_SKIP); build with `cargo xtask build`")]
+    NoObject,
+    #[error("missing privilege: {0}")]
+    Privilege(String),
+    #[error(transparent)]
+    TraceFs(#[from] offsets::tracefs::FormatError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("required program {program} cannot run: {reason}")]
+    Required { program: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub ring_bytes: u32,
+    pub max_flows: u32,
+}
+
+/// Attach status of one program, as `check` and `/metrics` report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramStatus {
+    pub program: String,
+    pub hook: String,
+    pub required: bool,
+    pub attached: bool,
+    pub error: Option<String>,
+    /// What is lost without it.
+    pub role: &'static str,
+}
+
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub programs: Vec<ProgramStatus>,
+    pub kernel_problems: Vec<String>,
+}
+
+fn role(program: &str) -> (&'static str, bool) {
+    match program {
+        "inet_sock_set_state" => ("connect outcomes, owner, latency (required)", true),
+        "tcp_retransmit_skb" => ("retransmit counts, connect stalling, degraded verdicts", false),
+        "tcp_receive_reset" => ("refused/reset when sk_err is unreadable", false),
+        "inet_sk_error_report" => ("socket errors by tuple (Linux 5.16+); sk_err covers older kernels", false),
+        "sys_enter_connect" => ("intended destination before socket-level load balancing", false),
+        _ => ("", false),
+    }
+}
+
+/// Effective capability set of this process.
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0))))
+        .unwrap_or(0)
+}
+
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_RESOURCE: u32 = 24;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Which of the needed capabilities are missing (CAP_SYS_ADMIN covers
+/// BPF+PERFMON on kernels before 5.8 and still does after).
+pub fn missing_caps(caps: u64) -> Vec<&'static str> {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return vec![];
+    }
+    let mut missing = vec![];
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    missing
+}
+
+pub fn object_present() -> bool {
+    !EBPF_OBJECT.is_empty()
+}
+
+/// Load everything and attach what this kernel supports.
+pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
+    if !object_present() {
+        return Err(ProbeError::NoObject);
+    }
+    let missing = missing_caps(effective_caps());
+    if !missing.is_empty() {
+        return Err(ProbeError::Privilege(format!("{} (run as root or grant them)", missing.join(", "))));
+    }
+    raise_memlock();
+    let tracefs = TraceFs::locate()?;
+    let btf = match Btf::from_sys_fs() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!("kernel BTF unavailable ({e:#}); errno and netns capture are off");
+            None
+        }
+    };
+    let resolved = offsets::resolve(&tracefs, btf.as_ref());
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_CONFIG, &resolved.config, true)
+        .map_max_entries(MAP_EVENTS, opts.ring_bytes)
+        .map_max_entries(MAP_FLOWS, opts.max_flows)
+        .load(EBPF_OBJECT)?;
+
+    let mut programs = Vec::new();
+    for &(name, cat, tp) in offsets::TRACEPOINTS {
+        let (role, required) = role(name);
+        let hook = format!("tracepoint/{cat}/{tp}");
+        let err = if let Some((_, e)) = resolved.tracepoint_errors.iter().find(|(p, _)| p == name) {
+            Some(e.clone())
+        } else if !tracefs.exists(cat, tp) {
+            Some(format!("tracepoint {cat}/{tp} does not exist on this kernel"))
+        } else {
+            attach_tracepoint(&mut ebpf, name, cat, tp).err()
+        };
+        if required && let Some(reason) = &err {
+            return Err(ProbeError::Required { program: name.to_string(), reason: reason.clone() });
+        }
+        programs.push(ProgramStatus { program: name.to_string(), hook, required, attached: err.is_none(), error: err, role });
+    }
+    Ok(Probes { ebpf, programs, kernel_problems: resolved.kernel_problems })
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, name: &str, cat: &str, tp: &str) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
+    prog.attach(cat, tp).map_err(|e| format!("attach: {}", error_chain(&e)))?;
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    // Verifier logs are long: keep the last lines, where the reason is.
+    let lines: Vec<&str> = s.lines().collect();
+    if lines.len() > 6 { lines[lines.len() - 6..].join(" | ") } else { s.replace('\n', " | ") }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let rl = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to a local rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on 5.11+ (memcg accounting)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps() {
+        assert!(missing_caps(1 << CAP_SYS_ADMIN).is_empty());
+        assert!(missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
+        assert_eq!(missing_caps(1 << CAP_BPF), vec!["CAP_PERFMON"]);
+        assert_eq!(missing_caps(0), vec!["CAP_BPF", "CAP_PERFMON"]);
+    }
+}

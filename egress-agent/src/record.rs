@@ -1,0 +1,123 @@
+//! The flow record: what sinks (watch, JSON log, API) see. Field names are
+//! stable and snake_case.
+use std::{net::SocketAddr, time::{Duration, SystemTime, UNIX_EPOCH}};
+
+use serde::Serialize;
+
+use crate::verdict::{Reason, Verdict};
+
+/// When in a flow's life the record was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The connect resolved: established or failed.
+    Connect,
+    /// An established flow closed with a verdict worse than at connect.
+    Close,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRecord {
+    /// RFC 3339 UTC, millisecond precision.
+    pub time: String,
+    pub phase: Phase,
+    /// Process id (tgid) of the task that called connect().
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub src: Option<SocketAddr>,
+    /// The destination the application asked for (its connect() sockaddr).
+    pub dst: Option<SocketAddr>,
+    /// The destination the socket really connected to (after socket-level LB).
+    pub dst_actual: Option<SocketAddr>,
+    pub verdict: Verdict,
+    pub reason: Option<Reason>,
+    /// errno of the failure (sk_err), 0 if none.
+    pub errno: i32,
+    /// Time from SYN_SENT to ESTABLISHED or to the failure.
+    pub latency_ms: f64,
+    pub retransmits: u32,
+    pub syn_retransmits: u32,
+    /// Established lifetime, on close records.
+    pub duration_ms: Option<f64>,
+    /// Stable id of the flow in this agent: `<socket address>-<start ns>` in hex.
+    pub flow_id: String,
+}
+
+/// Converts kernel CLOCK_MONOTONIC timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// realtime − monotonic, in ns, sampled at start.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid out pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut mono) };
+        let real = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mono_ns = mono.tv_sec as i128 * 1_000_000_000 + mono.tv_nsec as i128;
+        Self { offset_ns: real.as_nanos() as i128 - mono_ns }
+    }
+
+    pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        let ns = (mono_ns as i128 + self.offset_ns).max(0) as u128;
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, without a date crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_305_600_123)), "2026-11-22T00:00:00.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn clock_maps_monotonic_to_now() {
+        let c = Clock::new();
+        let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut mono) };
+        let ns = mono.tv_sec as u64 * 1_000_000_000 + mono.tv_nsec as u64;
+        let skew = SystemTime::now().duration_since(c.wall(ns)).unwrap_or_default();
+        assert!(skew < Duration::from_secs(1), "{skew:?}");
+    }
+}

@@ -1,0 +1,341 @@
+//! Types shared by the kernel programs (`egress-ebpf`) and the agent.
+//!
+//! Rules of the boundary:
+//! - every type is `#[repr(C)]` with explicit padding and a size assertion, so
+//!   kernel and user agree byte for byte;
+//! - no Rust enums cross it: kinds are `u32` constants, converted in userspace
+//!   with `TryFrom` after the length has been checked;
+//! - every ring record starts with [`EventHeader`], whose `size` is the number
+//!   of bytes the kernel wrote.
+#![no_std]
+
+/// Ring buffer carrying every event to userspace.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU `u64` counters, indexed by the `STAT_*` constants.
+pub const MAP_STATS: &str = "STATS";
+/// Sockets in flight: kernel socket address → [`FlowState`].
+pub const MAP_FLOWS: &str = "FLOWS";
+/// `connect()` destinations per thread: pid_tgid → [`ConnectArgs`].
+pub const MAP_CONNECT_ARGS: &str = "CONNECT_ARGS";
+/// Name of the load-time configuration global ([`Config`]).
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+/// Default ring size: 1 MiB holds ~8k flow events between two reader wake-ups.
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+/// Default capacity of the in-kernel socket table.
+pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
+
+// ---------------------------------------------------------------------------
+// Event kinds (u32 on the wire).
+// ---------------------------------------------------------------------------
+
+/// CLOSE→SYN_SENT: an active open began; carries the owner (task context).
+pub const EVENT_CONNECT_START: u32 = 1;
+/// SYN_SENT→ESTABLISHED.
+pub const EVENT_CONNECTED: u32 = 2;
+/// SYN_SENT→CLOSE (or any non-established end of an active open).
+pub const EVENT_CONNECT_FAILED: u32 = 3;
+/// An established active open reached CLOSE.
+pub const EVENT_CLOSED: u32 = 4;
+/// A SYN was retransmitted: the connect is stalling.
+pub const EVENT_SYN_RETRANSMIT: u32 = 5;
+/// `sock:inet_sk_error_report` for a TCP socket (no socket address on the
+/// tracepoint: joined in userspace by tuple).
+pub const EVENT_ERROR_REPORT: u32 = 6;
+/// Number of kind slots in the counters (kind 0 is never emitted).
+pub const EVENT_KINDS: u32 = 8;
+
+/// Human name of an event kind, for metric labels.
+pub const fn event_kind_name(kind: u32) -> &'static str {
+    match kind {
+        EVENT_CONNECT_START => "connect_start",
+        EVENT_CONNECTED => "connected",
+        EVENT_CONNECT_FAILED => "connect_failed",
+        EVENT_CLOSED => "closed",
+        EVENT_SYN_RETRANSMIT => "syn_retransmit",
+        EVENT_ERROR_REPORT => "error_report",
+        _ => "unknown",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Counters (per-CPU array `STATS`).
+// ---------------------------------------------------------------------------
+
+/// `STATS[STAT_PRODUCED + kind]`: events the kernel tried to emit.
+pub const STAT_PRODUCED: u32 = 0;
+/// `STATS[STAT_RING_LOST + kind]`: ring reserve failures (ring full).
+pub const STAT_RING_LOST: u32 = EVENT_KINDS;
+/// Active opens not tracked because the socket table was full.
+pub const STAT_FLOW_MAP_FULL: u32 = 2 * EVENT_KINDS;
+/// Tracepoint field reads that failed (the event is dropped and counted).
+pub const STAT_READ_ERRORS: u32 = 2 * EVENT_KINDS + 1;
+/// Retransmits seen on tracked sockets (all states).
+pub const STAT_RETRANSMITS: u32 = 2 * EVENT_KINDS + 2;
+/// Size of the `STATS` array.
+pub const STAT_SLOTS: u32 = 2 * EVENT_KINDS + 4;
+
+// ---------------------------------------------------------------------------
+// Flags.
+// ---------------------------------------------------------------------------
+
+/// `tcp:tcp_receive_reset` fired for the socket.
+pub const FLOW_FLAG_RESET: u32 = 1;
+/// The `connect()` sockaddr was captured for this flow.
+pub const FLOW_FLAG_HAS_INTENDED: u32 = 2;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// TCP states as in the kernel's `enum tcp_state` (stable UAPI numbering).
+pub mod tcp_state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT1: u32 = 4;
+    pub const FIN_WAIT2: u32 = 5;
+    pub const TIME_WAIT: u32 = 6;
+    pub const CLOSE: u32 = 7;
+    pub const CLOSE_WAIT: u32 = 8;
+    pub const LAST_ACK: u32 = 9;
+    pub const LISTEN: u32 = 10;
+    pub const CLOSING: u32 = 11;
+}
+
+// ---------------------------------------------------------------------------
+// Wire records.
+// ---------------------------------------------------------------------------
+
+/// Common header of every ring record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of the `EVENT_*` constants.
+    pub kind: u32,
+    /// Bytes of the whole record, header included.
+    pub size: u32,
+    /// `bpf_ktime_get_ns()` when the event happened (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+
+/// Addresses of a TCP socket. IPv4 addresses use the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub family: u16,
+    /// Host byte order (the tracepoints already convert).
+    pub sport: u16,
+    /// Host byte order.
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
+
+/// Destination given to `connect()` (before any socket-level load balancing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectArgs {
+    pub ts_ns: u64,
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 32);
+
+/// Per-socket state kept in the kernel between an active open and its close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// `ts_ns` of the CONNECT_START event: with the socket address this is the flow id.
+    pub start_ns: u64,
+    pub established_ns: u64,
+    pub retransmits: u32,
+    pub syn_retransmits: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+
+/// EVENT_CONNECT_START.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectStart {
+    pub hdr: EventHeader,
+    pub skaddr: u64,
+    pub cgroup_id: u64,
+    /// Thread id (kernel pid).
+    pub pid: u32,
+    /// Process id (kernel tgid).
+    pub tgid: u32,
+    /// Inode of the socket's network namespace (0 if unresolved).
+    pub netns: u32,
+    pub flags: u32,
+    pub comm: [u8; 16],
+    pub tuple: Tuple,
+    /// What `connect()` was asked for (valid with FLOW_FLAG_HAS_INTENDED).
+    pub intended: ConnectArgs,
+}
+const _: () = assert!(core::mem::size_of::<ConnectStart>() == 136);
+
+/// EVENT_CONNECTED, EVENT_CONNECT_FAILED and EVENT_CLOSED.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEnd {
+    pub hdr: EventHeader,
+    pub skaddr: u64,
+    /// Flow id half: the CONNECT_START timestamp.
+    pub start_ns: u64,
+    pub established_ns: u64,
+    pub oldstate: u32,
+    pub newstate: u32,
+    /// `sk->sk_err` read at the transition (0 if none or unresolved).
+    pub sk_err: i32,
+    pub retransmits: u32,
+    pub syn_retransmits: u32,
+    pub flags: u32,
+    pub tuple: Tuple,
+}
+const _: () = assert!(core::mem::size_of::<FlowEnd>() == 104);
+
+/// EVENT_SYN_RETRANSMIT.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynRetransmit {
+    pub hdr: EventHeader,
+    pub skaddr: u64,
+    pub start_ns: u64,
+    pub syn_retransmits: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SynRetransmit>() == 40);
+
+/// EVENT_ERROR_REPORT.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorReport {
+    pub hdr: EventHeader,
+    pub error: i32,
+    pub _pad: u32,
+    pub tuple: Tuple,
+}
+const _: () = assert!(core::mem::size_of::<ErrorReport>() == 64);
+
+// ---------------------------------------------------------------------------
+// Load-time configuration (one global, written by the agent before load).
+// ---------------------------------------------------------------------------
+
+/// Field offsets of a tracepoint record (from tracefs `format`), 0xffff = absent.
+/// Field order is the same for every TCP tracepoint we read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpOffsets {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// `state` (retransmit) or `error` (error report).
+    pub state: u16,
+}
+const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
+
+pub const OFFSET_ABSENT: u16 = 0xffff;
+
+impl TpOffsets {
+    pub const ABSENT: Self = Self {
+        skaddr: OFFSET_ABSENT,
+        oldstate: OFFSET_ABSENT,
+        newstate: OFFSET_ABSENT,
+        sport: OFFSET_ABSENT,
+        dport: OFFSET_ABSENT,
+        family: OFFSET_ABSENT,
+        protocol: OFFSET_ABSENT,
+        saddr: OFFSET_ABSENT,
+        daddr: OFFSET_ABSENT,
+        saddr_v6: OFFSET_ABSENT,
+        daddr_v6: OFFSET_ABSENT,
+        state: OFFSET_ABSENT,
+    };
+}
+
+/// Offsets of `sys_enter_connect` arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectTpOffsets {
+    pub uservaddr: u16,
+    pub addrlen: u16,
+    pub _pad: u32,
+}
+
+/// Kernel struct offsets resolved from BTF (u32::MAX = unknown: feature off).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock::sk_err`.
+    pub sock_sk_err: u32,
+    /// `struct sock_common::skc_net` (a `possible_net_t` whose first field is the `struct net *`).
+    pub sock_skc_net: u32,
+    /// `struct net::ns` + `struct ns_common::inum`.
+    pub net_ns_inum: u32,
+    pub _pad: u32,
+}
+
+pub const KOFF_UNKNOWN: u32 = u32::MAX;
+
+impl KernelOffsets {
+    pub const UNKNOWN: Self = Self {
+        sock_sk_err: KOFF_UNKNOWN,
+        sock_skc_net: KOFF_UNKNOWN,
+        net_ns_inum: KOFF_UNKNOWN,
+        _pad: 0,
+    };
+}
+
+/// The `CONFIG` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub set_state: TpOffsets,
+    pub retransmit: TpOffsets,
+    pub receive_reset: TpOffsets,
+    pub error_report: TpOffsets,
+    pub connect: ConnectTpOffsets,
+    pub kernel: KernelOffsets,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 4 * 24 + 8 + 16);
+
+impl Config {
+    pub const DEFAULT: Self = Self {
+        set_state: TpOffsets::ABSENT,
+        retransmit: TpOffsets::ABSENT,
+        receive_reset: TpOffsets::ABSENT,
+        error_report: TpOffsets::ABSENT,
+        connect: ConnectTpOffsets {
+            uservaddr: OFFSET_ABSENT,
+            addrlen: OFFSET_ABSENT,
+            _pad: 0,
+        },
+        kernel: KernelOffsets::UNKNOWN,
+    };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], contain only integers and byte
+    // arrays, and have no implicit padding (asserted sizes above).
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::ConnectArgs {}
+}
