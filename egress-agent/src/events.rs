@@ -3,9 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egress_common::{
-    AF_INET, AF_INET6, ConnectArgs, ConnectStart, ErrorReport, EventHeader, FlowEnd, SynRetransmit,
-    Tuple, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED,
-    EVENT_ERROR_REPORT, EVENT_SYN_RETRANSMIT,
+    AF_INET, AF_INET6, ConnectArgs, ConnectStart, EventHeader, FlowEnd, SynRetransmit, Tuple,
+    EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EVENT_SYN_RETRANSMIT,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +36,6 @@ pub enum Event {
     ConnectFailed(FlowEnd),
     Closed(FlowEnd),
     SynRetransmit(SynRetransmit),
-    ErrorReport(ErrorReport),
 }
 
 impl Event {
@@ -48,7 +46,6 @@ impl Event {
             Self::ConnectFailed(_) => EVENT_CONNECT_FAILED,
             Self::Closed(_) => EVENT_CLOSED,
             Self::SynRetransmit(_) => EVENT_SYN_RETRANSMIT,
-            Self::ErrorReport(_) => EVENT_ERROR_REPORT,
         }
     }
 }
@@ -76,7 +73,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EVENT_CONNECT_FAILED => Event::ConnectFailed(read(bytes, &hdr)?),
         EVENT_CLOSED => Event::Closed(read(bytes, &hdr)?),
         EVENT_SYN_RETRANSMIT => Event::SynRetransmit(read(bytes, &hdr)?),
-        EVENT_ERROR_REPORT => Event::ErrorReport(read(bytes, &hdr)?),
         k => return Err(DecodeError::UnknownKind(k)),
     })
 }
@@ -143,8 +139,6 @@ mod tests {
         }
         let r = SynRetransmit { hdr: EventHeader { kind: EVENT_SYN_RETRANSMIT, size: 40, ts_ns: 1 }, syn_retransmits: 2, ..Default::default() };
         assert_eq!(decode(&bytes_of(&r)), Ok(Event::SynRetransmit(r)));
-        let e = ErrorReport { hdr: EventHeader { kind: EVENT_ERROR_REPORT, size: 64, ts_ns: 1 }, error: 111, ..Default::default() };
-        assert_eq!(decode(&bytes_of(&e)), Ok(Event::ErrorReport(e)));
     }
 
     #[test]
@@ -162,7 +156,7 @@ mod tests {
         // A header claiming a larger kind than the bytes hold.
         let mut e = FlowEnd { hdr: EventHeader { kind: EVENT_CONNECT_START, size: 136, ts_ns: 0 }, ..FlowEnd::default() };
         e.hdr.kind = EVENT_CONNECT_START;
-        assert!(matches!(decode(&bytes_of(&e)), Err(DecodeError::BadSize { len: 104, .. })));
+        assert!(matches!(decode(&bytes_of(&e)), Err(DecodeError::BadSize { len: 112, .. })));
     }
 
     #[test]

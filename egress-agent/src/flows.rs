@@ -2,7 +2,7 @@
 //! records. Owned by the pipeline task alone: no locks.
 use std::collections::{HashMap, VecDeque};
 
-use egress_common::{ConnectStart, ErrorReport, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEnd, Tuple};
+use egress_common::{ConnectStart, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEnd};
 
 use crate::{
     events::{self, Event},
@@ -10,9 +10,6 @@ use crate::{
     verdict::{self, Facts, Verdict},
 };
 
-/// How long an `inet_sk_error_report` is kept to be joined to its flow.
-const ERROR_REPORT_TTL_NS: u64 = 5_000_000_000;
-const ERROR_REPORT_KEEP: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct FlowSettings {
@@ -43,13 +40,12 @@ pub struct FlowTable {
     flows: HashMap<u64, Flow>,
     /// Insertion order for eviction: (skaddr, start_ns).
     order: VecDeque<(u64, u64)>,
-    errors: VecDeque<ErrorReport>,
     pub stats: TableStats,
 }
 
 impl FlowTable {
     pub fn new(settings: FlowSettings, clock: Clock) -> Self {
-        Self { settings, clock, flows: HashMap::new(), order: VecDeque::new(), errors: VecDeque::new(), stats: TableStats::default() }
+        Self { settings, clock, flows: HashMap::new(), order: VecDeque::new(), stats: TableStats::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -68,10 +64,6 @@ impl FlowTable {
                 None
             }
             Event::SynRetransmit(_) => None, // counted in the kernel; the totals come with the outcome
-            Event::ErrorReport(e) => {
-                self.remember_error(*e);
-                None
-            }
             Event::Connected(e) => {
                 let threshold = self.settings.degraded_retransmits;
                 let flow = self.flows.get_mut(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns);
@@ -91,9 +83,9 @@ impl FlowTable {
             }
             Event::ConnectFailed(e) => {
                 let owner = self.take(e);
-                let errno = if e.sk_err != 0 { e.sk_err } else { self.joined_error(&e.tuple) };
-                let f = facts(e, errno);
-                Some(self.record(&owner, e, Phase::Connect, Verdict::Failed, Some(verdict::connect_failure(&f)), errno))
+                // sk_err first; the reported error survives getsockopt(SO_ERROR).
+                let errno = [e.sk_err, e.reported_err, e.sk_err_soft].into_iter().find(|&x| x != 0).unwrap_or(0);
+                Some(self.failure(&owner, e, errno))
             }
             Event::Closed(e) => {
                 let connect_verdict = self.flows.get(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns).and_then(|f| f.connect_verdict);
@@ -103,6 +95,11 @@ impl FlowTable {
                 (Some(v) != connect_verdict && v != Verdict::Ok).then(|| self.record(&owner, e, Phase::Close, v, reason, e.sk_err))
             }
         }
+    }
+
+    fn failure(&self, owner: &ConnectStart, e: &FlowEnd, errno: i32) -> FlowRecord {
+        let reason = verdict::connect_failure(&facts(e, errno));
+        self.record(owner, e, Phase::Connect, Verdict::Failed, Some(reason), errno)
     }
 
     fn insert(&mut self, s: ConnectStart) {
@@ -135,21 +132,6 @@ impl FlowTable {
                 orphan_start(e)
             }
         }
-    }
-
-    fn remember_error(&mut self, e: ErrorReport) {
-        while self.errors.front().is_some_and(|o| e.hdr.ts_ns.saturating_sub(o.hdr.ts_ns) > ERROR_REPORT_TTL_NS) || self.errors.len() >= ERROR_REPORT_KEEP {
-            self.errors.pop_front();
-        }
-        self.errors.push_back(e);
-    }
-
-    fn joined_error(&self, t: &Tuple) -> i32 {
-        self.errors
-            .iter()
-            .rev()
-            .find(|r| r.tuple.family == t.family && r.tuple.dport == t.dport && r.tuple.sport == t.sport && r.tuple.daddr == t.daddr)
-            .map_or(0, |r| r.error)
     }
 
     fn record(&self, s: &ConnectStart, e: &FlowEnd, phase: Phase, verdict: Verdict, reason: Option<verdict::Reason>, errno: i32) -> FlowRecord {
@@ -223,7 +205,7 @@ mod tests {
     }
 
     fn end(kind: u32, sk: u64, start: u64, ts: u64, f: impl FnOnce(&mut FlowEnd)) -> FlowEnd {
-        let mut e = FlowEnd { hdr: EventHeader { kind, size: 104, ts_ns: ts }, skaddr: sk, start_ns: start, tuple: tuple(), ..FlowEnd::default() };
+        let mut e = FlowEnd { hdr: EventHeader { kind, size: 112, ts_ns: ts }, skaddr: sk, start_ns: start, tuple: tuple(), ..FlowEnd::default() };
         if kind == EVENT_CLOSED {
             e.established_ns = start + 1_000_000;
         }
@@ -256,25 +238,25 @@ mod tests {
     }
 
     #[test]
-    fn error_report_joined_when_sk_err_unknown() {
+    fn reported_error_used_when_sk_err_was_consumed() {
         let mut t = table(16);
         t.on_event(&start(1, 100));
-        let mut rep = ErrorReport { hdr: EventHeader { kind: 6, size: 64, ts_ns: 150 }, error: libc::EHOSTUNREACH, ..ErrorReport::default() };
-        rep.tuple = tuple();
-        t.on_event(&Event::ErrorReport(rep));
-        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 1, 100, 500, |_| {}))).expect("r");
+        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 1, 100, 500, |e| e.reported_err = libc::EHOSTUNREACH))).expect("r");
+        assert_eq!((r.reason, r.errno), (Some(Reason::Unreachable), libc::EHOSTUNREACH));
+        t.on_event(&start(2, 600));
+        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 2, 600, 900, |e| e.sk_err_soft = libc::ENETUNREACH))).expect("r");
         assert_eq!(r.reason, Some(Reason::Unreachable));
     }
 
     #[test]
     fn lost_start_gives_orphan_record_and_count() {
         let mut t = table(16);
-        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 9, 100, 500, |e| e.syn_retransmits = 2))).expect("r");
+        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 9, 100, 500, |e| e.sk_err = libc::ETIMEDOUT))).expect("r");
         assert_eq!((r.comm.as_str(), r.reason), ("?", Some(Reason::Timeout)));
         assert_eq!(t.stats.orphans, 1);
         // A reused socket address with a different start is not the same flow.
         t.on_event(&start(3, 100));
-        t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 3, 999, 1000, |_| {})));
+        t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 3, 999, 1000, |e| e.sk_err = libc::ECONNREFUSED)));
         assert_eq!(t.stats.orphans, 2);
         assert_eq!(t.len(), 1);
     }

@@ -57,6 +57,7 @@ impl<S: FnMut(&FlowRecord)> Pipeline<S> {
         Ok(())
     }
 
+
     /// Consume every item currently in the ring. Returns how many.
     fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, metrics: &Metrics, sink: &mut S) -> usize {
         let mut n = 0;

@@ -1,10 +1,13 @@
 //! Load the kernel programs for *this* kernel: resolve offsets, size maps,
 //! load, attach what can attach, and say why the rest cannot.
-use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{RawTracePoint, TracePoint},
+};
 use egress_common::{GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS};
 use serde::Serialize;
 
-use crate::offsets::{self, Btf, TraceFs};
+use crate::offsets::{self, Btf, Hook, TraceFs};
 
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress"));
@@ -52,8 +55,9 @@ fn role(program: &str) -> (&'static str, bool) {
         "inet_sock_set_state" => ("connect outcomes, owner, latency (required)", true),
         "tcp_retransmit_skb" => ("retransmit counts, connect stalling, degraded verdicts", false),
         "tcp_receive_reset" => ("refused/reset when sk_err is unreadable", false),
-        "inet_sk_error_report" => ("socket errors by tuple (Linux 5.16+); sk_err covers older kernels", false),
+        "inet_sk_error_report" => ("errors cleared by SO_ERROR before close (Linux 5.16+); sk_err covers the rest", false),
         "sys_enter_connect" => ("intended destination before socket-level load balancing", false),
+        "sys_enter_getsockopt" | "sys_exit_getsockopt" => ("errno of fast ICMP errors consumed by SO_ERROR", false),
         _ => ("", false),
     }
 }
@@ -119,15 +123,18 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         .load(EBPF_OBJECT)?;
 
     let mut programs = Vec::new();
-    for &(name, cat, tp) in offsets::TRACEPOINTS {
+    for &(name, kind, cat, tp) in offsets::PROGRAMS {
         let (role, required) = role(name);
-        let hook = format!("tracepoint/{cat}/{tp}");
+        let hook = match kind {
+            Hook::Tracepoint => format!("tracepoint/{cat}/{tp}"),
+            Hook::RawTracepoint => format!("raw_tracepoint/{tp}"),
+        };
         let err = if let Some((_, e)) = resolved.tracepoint_errors.iter().find(|(p, _)| p == name) {
             Some(e.clone())
         } else if !tracefs.exists(cat, tp) {
             Some(format!("tracepoint {cat}/{tp} does not exist on this kernel"))
         } else {
-            attach_tracepoint(&mut ebpf, name, cat, tp).err()
+            attach(&mut ebpf, name, kind, cat, tp).err()
         };
         if required && let Some(reason) = &err {
             return Err(ProbeError::Required { program: name.to_string(), reason: reason.clone() });
@@ -137,11 +144,22 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
     Ok(Probes { ebpf, programs, kernel_problems: resolved.kernel_problems })
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, name: &str, cat: &str, tp: &str) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, name: &str, kind: Hook, cat: &str, tp: &str) -> Result<(), String> {
     let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
-    prog.attach(cat, tp).map_err(|e| format!("attach: {}", error_chain(&e)))?;
+    let load = |e: aya::programs::ProgramError| format!("verifier/load: {}", error_chain(&e));
+    let att = |e: aya::programs::ProgramError| format!("attach: {}", error_chain(&e));
+    match kind {
+        Hook::Tracepoint => {
+            let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            prog.load().map_err(load)?;
+            prog.attach(cat, tp).map_err(att)?;
+        }
+        Hook::RawTracepoint => {
+            let prog: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            prog.load().map_err(load)?;
+            prog.attach(tp).map_err(att)?;
+        }
+    }
     Ok(())
 }
 

@@ -17,6 +17,8 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_FLOWS: &str = "FLOWS";
 /// `connect()` destinations per thread: pid_tgid → [`ConnectArgs`].
 pub const MAP_CONNECT_ARGS: &str = "CONNECT_ARGS";
+/// Sockets being connected, by owner: (tgid << 32 | fd) → socket address.
+pub const MAP_SOCK_FDS: &str = "SOCK_FDS";
 /// Name of the load-time configuration global ([`Config`]).
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -39,9 +41,6 @@ pub const EVENT_CONNECT_FAILED: u32 = 3;
 pub const EVENT_CLOSED: u32 = 4;
 /// A SYN was retransmitted: the connect is stalling.
 pub const EVENT_SYN_RETRANSMIT: u32 = 5;
-/// `sock:inet_sk_error_report` for a TCP socket (no socket address on the
-/// tracepoint: joined in userspace by tuple).
-pub const EVENT_ERROR_REPORT: u32 = 6;
 /// Number of kind slots in the counters (kind 0 is never emitted).
 pub const EVENT_KINDS: u32 = 8;
 
@@ -53,7 +52,6 @@ pub const fn event_kind_name(kind: u32) -> &'static str {
         EVENT_CONNECT_FAILED => "connect_failed",
         EVENT_CLOSED => "closed",
         EVENT_SYN_RETRANSMIT => "syn_retransmit",
-        EVENT_ERROR_REPORT => "error_report",
         _ => "unknown",
     }
 }
@@ -143,7 +141,8 @@ pub struct ConnectArgs {
     pub family: u16,
     /// Host byte order.
     pub port: u16,
-    pub _pad: u32,
+    /// The socket's file descriptor in the connecting process.
+    pub fd: u32,
     pub addr: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 32);
@@ -158,7 +157,8 @@ pub struct FlowState {
     pub retransmits: u32,
     pub syn_retransmits: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// Error seen when the kernel reported one (`sk_err`, else `sk_err_soft`).
+    pub reported_err: i32,
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
 
@@ -196,12 +196,21 @@ pub struct FlowEnd {
     pub newstate: u32,
     /// `sk->sk_err` read at the transition (0 if none or unresolved).
     pub sk_err: i32,
+    /// `sk->sk_err_soft` at the transition.
+    pub sk_err_soft: i32,
+    /// The error the kernel reported for the socket: at
+    /// `inet_sk_error_report`, or as handed to the application by
+    /// `getsockopt(SO_ERROR)`. An ICMP error that arrives while the
+    /// connecting task holds the socket lock lands in `sk_err_soft`, which
+    /// `getsockopt(SO_ERROR)` then clears before the close: this field is the
+    /// only trace left of it.
+    pub reported_err: i32,
     pub retransmits: u32,
     pub syn_retransmits: u32,
     pub flags: u32,
     pub tuple: Tuple,
 }
-const _: () = assert!(core::mem::size_of::<FlowEnd>() == 104);
+const _: () = assert!(core::mem::size_of::<FlowEnd>() == 112);
 
 /// EVENT_SYN_RETRANSMIT.
 #[repr(C)]
@@ -214,17 +223,6 @@ pub struct SynRetransmit {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SynRetransmit>() == 40);
-
-/// EVENT_ERROR_REPORT.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ErrorReport {
-    pub hdr: EventHeader,
-    pub error: i32,
-    pub _pad: u32,
-    pub tuple: Tuple,
-}
-const _: () = assert!(core::mem::size_of::<ErrorReport>() == 64);
 
 // ---------------------------------------------------------------------------
 // Load-time configuration (one global, written by the agent before load).
@@ -246,7 +244,7 @@ pub struct TpOffsets {
     pub daddr: u16,
     pub saddr_v6: u16,
     pub daddr_v6: u16,
-    /// `state` (retransmit) or `error` (error report).
+    /// `state` (retransmit).
     pub state: u16,
 }
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
@@ -270,13 +268,34 @@ impl TpOffsets {
     };
 }
 
-/// Offsets of `sys_enter_connect` arguments.
+/// Offsets of the syscall tracepoint arguments we read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectTpOffsets {
-    pub uservaddr: u16,
-    pub addrlen: u16,
-    pub _pad: u32,
+pub struct SyscallTpOffsets {
+    /// sys_enter_connect: fd, uservaddr.
+    pub connect_fd: u16,
+    pub connect_uservaddr: u16,
+    /// sys_enter_getsockopt: fd, level, optname, optval.
+    pub getsockopt_fd: u16,
+    pub getsockopt_level: u16,
+    pub getsockopt_optname: u16,
+    pub getsockopt_optval: u16,
+    /// sys_exit_getsockopt: ret.
+    pub getsockopt_ret: u16,
+    pub _pad: u16,
+}
+
+impl SyscallTpOffsets {
+    pub const ABSENT: Self = Self {
+        connect_fd: OFFSET_ABSENT,
+        connect_uservaddr: OFFSET_ABSENT,
+        getsockopt_fd: OFFSET_ABSENT,
+        getsockopt_level: OFFSET_ABSENT,
+        getsockopt_optname: OFFSET_ABSENT,
+        getsockopt_optval: OFFSET_ABSENT,
+        getsockopt_ret: OFFSET_ABSENT,
+        _pad: 0,
+    };
 }
 
 /// Kernel struct offsets resolved from BTF (u32::MAX = unknown: feature off).
@@ -289,7 +308,8 @@ pub struct KernelOffsets {
     pub sock_skc_net: u32,
     /// `struct net::ns` + `struct ns_common::inum`.
     pub net_ns_inum: u32,
-    pub _pad: u32,
+    /// `struct sock::sk_err_soft`.
+    pub sock_sk_err_soft: u32,
 }
 
 pub const KOFF_UNKNOWN: u32 = u32::MAX;
@@ -299,7 +319,7 @@ impl KernelOffsets {
         sock_sk_err: KOFF_UNKNOWN,
         sock_skc_net: KOFF_UNKNOWN,
         net_ns_inum: KOFF_UNKNOWN,
-        _pad: 0,
+        sock_sk_err_soft: KOFF_UNKNOWN,
     };
 }
 
@@ -310,23 +330,17 @@ pub struct Config {
     pub set_state: TpOffsets,
     pub retransmit: TpOffsets,
     pub receive_reset: TpOffsets,
-    pub error_report: TpOffsets,
-    pub connect: ConnectTpOffsets,
+    pub syscalls: SyscallTpOffsets,
     pub kernel: KernelOffsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 4 * 24 + 8 + 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16);
 
 impl Config {
     pub const DEFAULT: Self = Self {
         set_state: TpOffsets::ABSENT,
         retransmit: TpOffsets::ABSENT,
         receive_reset: TpOffsets::ABSENT,
-        error_report: TpOffsets::ABSENT,
-        connect: ConnectTpOffsets {
-            uservaddr: OFFSET_ABSENT,
-            addrlen: OFFSET_ABSENT,
-            _pad: 0,
-        },
+        syscalls: SyscallTpOffsets::ABSENT,
         kernel: KernelOffsets::UNKNOWN,
     };
 }

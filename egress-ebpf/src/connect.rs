@@ -17,10 +17,11 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 }
 
 fn try_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    let uaddr = field::<u64>(ctx, config!(connect.uservaddr))?;
+    let uaddr = field::<u64>(ctx, config!(syscalls.connect_uservaddr))?;
+    let fd = field::<u64>(ctx, config!(syscalls.connect_fd)).unwrap_or(u64::MAX);
     // SAFETY: user memory read through the helper; failures are errors.
     let family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16) }?;
-    let mut args = ConnectArgs { family, ..ConnectArgs::default() };
+    let mut args = ConnectArgs { family, fd: fd as u32, ..ConnectArgs::default() };
     let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }?;
     args.port = u16::from_be(port);
     if family == AF_INET {

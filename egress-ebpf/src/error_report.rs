@@ -1,33 +1,25 @@
-//! `sock:inet_sk_error_report` (Linux 5.16+): the socket error as the kernel
-//! reports it. The record has no socket address, so it goes to userspace with
-//! its tuple and is joined to the flow there.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use egress_common::{EVENT_ERROR_REPORT, ErrorReport, EventHeader, IPPROTO_TCP, TpOffsets};
+//! `inet_sk_error_report` (Linux 5.16+) as a *raw* tracepoint: its record
+//! has no socket address, but the raw arguments carry the `struct sock *`.
+//! The error is stored in the socket's flow state and leaves the kernel with
+//! the flow's end event.
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{
-    config,
-    emit::{emit, field, tuple},
-};
+use crate::{config, emit::kread, maps::FLOWS};
 
-#[tracepoint]
-pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
-    let _ = try_error_report(&ctx);
-    0
-}
-
-fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
-    let o: TpOffsets = config!(error_report);
-    if field::<u16>(ctx, o.protocol)? != IPPROTO_TCP {
-        return Ok(());
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(state) = FLOWS.get_ptr_mut(sk) else {
+        return 0;
+    };
+    let k = config!(kernel);
+    let err = match kread::<i32>(sk, k.sock_sk_err) {
+        Some(e) if e != 0 => e,
+        _ => kread::<i32>(sk, k.sock_sk_err_soft).unwrap_or(0),
+    };
+    if err != 0 {
+        // SAFETY: valid map value pointer.
+        unsafe { (*state).reported_err = err };
     }
-    emit(EVENT_ERROR_REPORT, |ev: &mut ErrorReport| {
-        ev.hdr = EventHeader {
-            kind: EVENT_ERROR_REPORT,
-            size: size_of::<ErrorReport>() as u32,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        };
-        ev.error = field::<i32>(ctx, o.state)?;
-        tuple(ctx, &o, &mut ev.tuple)
-    });
-    Ok(())
+    0
 }

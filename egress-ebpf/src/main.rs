@@ -9,6 +9,7 @@
 mod connect;
 mod emit;
 mod error_report;
+mod getsockopt;
 mod maps;
 mod retransmit;
 mod set_state;

@@ -22,6 +22,16 @@ pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(DEFAULT_MA
 #[map]
 pub static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> = LruHashMap::with_max_entries(16_384, 0);
 
+/// (tgid << 32 | fd) → socket address of an active open, so that
+/// `getsockopt(SO_ERROR)` can be tied to its socket. LRU: entries of sockets
+/// long closed may be evicted; a stale hit finds no flow and does nothing.
+#[map]
+pub static SOCK_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// In-flight `getsockopt(SO_ERROR)` calls: pid_tgid → (socket, optval pointer).
+#[map]
+pub static SO_ERROR_CALLS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4_096, 0);
+
 /// Add one to a per-CPU counter. Atomic (BPF `XADD`, no fetch: every kernel
 /// since 4.x has it) because a softirq program may interrupt a task-context
 /// one on the same CPU and both may bump the same slot.

@@ -17,7 +17,7 @@ use egress_common::{
 use crate::{
     config,
     emit::{emit, field, kread, tuple},
-    maps::{CONNECT_ARGS, FLOWS, count},
+    maps::{CONNECT_ARGS, FLOWS, SOCK_FDS, count},
 };
 
 /// A `connect()` sockaddr older than this is not trusted for the flow (the
@@ -87,6 +87,8 @@ fn on_connect(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64) {
             if now.wrapping_sub(args.ts_ns) < CONNECT_ARGS_MAX_AGE_NS {
                 ev.intended = *args;
                 ev.flags |= FLOW_FLAG_HAS_INTENDED;
+                let key = (pid_tgid & 0xffff_ffff_0000_0000) | args.fd as u64;
+                let _ = SOCK_FDS.insert(key, skaddr, 0);
             }
             let _ = CONNECT_ARGS.remove(pid_tgid);
         }
@@ -114,6 +116,8 @@ fn flow_end(
     ev.oldstate = old;
     ev.newstate = new;
     ev.sk_err = kread::<i32>(skaddr, config!(kernel.sock_sk_err)).unwrap_or(0);
+    ev.sk_err_soft = kread::<i32>(skaddr, config!(kernel.sock_sk_err_soft)).unwrap_or(0);
+    ev.reported_err = st.reported_err;
     ev.retransmits = st.retransmits;
     ev.syn_retransmits = st.syn_retransmits;
     ev.flags = st.flags;

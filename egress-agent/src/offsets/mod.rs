@@ -4,7 +4,7 @@
 pub mod btf;
 pub mod tracefs;
 
-use egress_common::{Config, ConnectTpOffsets, KOFF_UNKNOWN, KernelOffsets};
+use egress_common::{Config, KOFF_UNKNOWN, KernelOffsets};
 
 pub use btf::Btf;
 pub use tracefs::{TraceFs, TracepointFormat};
@@ -23,16 +23,28 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
     let sock_sk_err = get("sock", &["sk_err"]);
     let sock_skc_net = get("sock_common", &["skc_net"]);
     let net_ns_inum = get("net", &["ns", "inum"]);
-    (KernelOffsets { sock_sk_err, sock_skc_net, net_ns_inum, _pad: 0 }, problems)
+    let sock_sk_err_soft = get("sock", &["sk_err_soft"]);
+    (KernelOffsets { sock_sk_err, sock_skc_net, net_ns_inum, sock_sk_err_soft }, problems)
 }
 
-/// Tracepoints the programs read, as (program, category, name).
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// A tracefs tracepoint: the record layout comes from its `format`.
+    Tracepoint,
+    /// A raw tracepoint: arguments are the TP_PROTO (no record layout).
+    RawTracepoint,
+}
+
+/// The kernel programs, as (program, hook kind, category, tracepoint).
+pub const PROGRAMS: &[(&str, Hook, &str, &str)] = &[
+    ("inet_sock_set_state", Hook::Tracepoint, "sock", "inet_sock_set_state"),
+    ("tcp_retransmit_skb", Hook::Tracepoint, "tcp", "tcp_retransmit_skb"),
+    ("tcp_receive_reset", Hook::Tracepoint, "tcp", "tcp_receive_reset"),
+    ("inet_sk_error_report", Hook::RawTracepoint, "sock", "inet_sk_error_report"),
+    ("sys_enter_connect", Hook::Tracepoint, "syscalls", "sys_enter_connect"),
+    ("sys_enter_getsockopt", Hook::Tracepoint, "syscalls", "sys_enter_getsockopt"),
+    ("sys_exit_getsockopt", Hook::Tracepoint, "syscalls", "sys_exit_getsockopt"),
 ];
 
 /// Result of resolving everything the programs need.
@@ -48,15 +60,27 @@ pub struct Resolved {
 pub fn resolve(tracefs: &TraceFs, btf: Option<&Btf>) -> Resolved {
     let mut config = Config::DEFAULT;
     let mut tracepoint_errors = Vec::new();
-    for &(prog, cat, name) in TRACEPOINTS {
+    for &(prog, hook, cat, name) in PROGRAMS {
+        if hook != Hook::Tracepoint {
+            continue;
+        }
         let res = tracefs.format(cat, name).and_then(|f| match prog {
             "inet_sock_set_state" => f.tcp_offsets(&["oldstate", "newstate", "protocol"], None).map(|o| config.set_state = o),
             "tcp_retransmit_skb" => f.tcp_offsets(&[], Some("state")).map(|o| config.retransmit = o),
             "tcp_receive_reset" => f.tcp_offsets(&[], None).map(|o| config.receive_reset = o),
-            "inet_sk_error_report" => f.error_report_offsets().map(|o| config.error_report = o),
-            "sys_enter_connect" => f
-                .field("uservaddr")
-                .map(|u| config.connect = ConnectTpOffsets { uservaddr: u.offset, addrlen: f.field("addrlen").map(|a| a.offset).unwrap_or(egress_common::OFFSET_ABSENT), _pad: 0 }),
+            "sys_enter_connect" => {
+                let sc = &mut config.syscalls;
+                f.sized("uservaddr", 8).map(|o| sc.connect_uservaddr = o)?;
+                f.sized("fd", 8).map(|o| sc.connect_fd = o)
+            }
+            "sys_enter_getsockopt" => {
+                let sc = &mut config.syscalls;
+                f.sized("fd", 8).map(|o| sc.getsockopt_fd = o)?;
+                f.sized("level", 8).map(|o| sc.getsockopt_level = o)?;
+                f.sized("optname", 8).map(|o| sc.getsockopt_optname = o)?;
+                f.sized("optval", 8).map(|o| sc.getsockopt_optval = o)
+            }
+            "sys_exit_getsockopt" => f.sized("ret", 8).map(|o| config.syscalls.getsockopt_ret = o),
             _ => Ok(()),
         });
         if let Err(e) = res {

@@ -107,7 +107,8 @@ impl TracepointFormat {
         self.fields.get(name).copied().ok_or_else(|| FormatError::NoField(name.to_string()))
     }
 
-    fn sized(&self, name: &str, expected: u16) -> Result<u16, FormatError> {
+    /// Offset of a field that must have `expected` bytes.
+    pub fn sized(&self, name: &str, expected: u16) -> Result<u16, FormatError> {
         let f = self.field(name)?;
         if f.size != expected {
             return Err(FormatError::BadSize { field: name.to_string(), size: f.size, expected });
@@ -140,15 +141,6 @@ impl TracepointFormat {
         if let Some(s) = state {
             o.state = self.sized(s, 4)?;
         }
-        Ok(o)
-    }
-
-    /// `sock:inet_sk_error_report` has no `skaddr`; `error` goes in `state`.
-    pub fn error_report_offsets(&self) -> Result<TpOffsets, FormatError> {
-        let mut o = TpOffsets::ABSENT;
-        self.tuple_into(&mut o)?;
-        o.protocol = self.sized("protocol", 2)?;
-        o.state = self.sized("error", 4)?;
         Ok(o)
     }
 
@@ -233,18 +225,4 @@ print fmt: \"family=%s\"
         assert!(matches!(TracepointFormat::parse("\tfield:int x;\toffset:zz;\tsize:4;\n"), Err(FormatError::Malformed(_))));
     }
 
-    #[test]
-    fn error_report_without_skaddr() {
-        let text = "\tfield:int error;\toffset:8;\tsize:4;\tsigned:1;
-\tfield:__u16 sport;\toffset:12;\tsize:2;\tsigned:0;
-\tfield:__u16 dport;\toffset:14;\tsize:2;\tsigned:0;
-\tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;
-\tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;
-\tfield:__u8 saddr[4];\toffset:20;\tsize:4;\tsigned:0;
-\tfield:__u8 daddr[4];\toffset:24;\tsize:4;\tsigned:0;
-\tfield:__u8 saddr_v6[16];\toffset:28;\tsize:16;\tsigned:0;
-\tfield:__u8 daddr_v6[16];\toffset:44;\tsize:16;\tsigned:0;\n";
-        let o = TracepointFormat::parse(text).expect("parse").error_report_offsets().expect("o");
-        assert_eq!((o.state, o.protocol, o.daddr_v6, o.skaddr), (8, 18, 44, OFFSET_ABSENT));
-    }
 }

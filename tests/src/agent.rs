@@ -1,0 +1,199 @@
+//! The real `egress-agent` binary as a child process.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        mpsc::{Receiver, channel},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// Path of the agent binary: $EGRESS_AGENT_BIN, else the workspace's debug build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("EGRESS_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/egress-agent")
+    })
+}
+
+#[derive(Debug, Clone)]
+pub enum AgentMode {
+    /// `watch -o json` + extra args.
+    Watch(Vec<String>),
+    /// `run --metrics-addr ADDR --log-flows` + extra args.
+    Run { metrics: SocketAddr, extra: Vec<String> },
+}
+
+pub struct Agent {
+    child: Child,
+    lines: Receiver<String>,
+    pub records: Vec<Value>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Agent {
+    /// Start the agent and wait until its programs are attached.
+    pub fn start(mode: AgentMode) -> anyhow::Result<Self> {
+        let bin = agent_bin();
+        if !bin.exists() {
+            bail!("{} not built: run `cargo xtask build` or set EGRESS_AGENT_BIN", bin.display());
+        }
+        let mut c = Command::new(&bin);
+        let metrics_addr = match &mode {
+            AgentMode::Watch(extra) => {
+                c.args(["watch", "-o", "json"]).args(extra);
+                None
+            }
+            AgentMode::Run { metrics, extra } => {
+                c.args(["run", "--log-flows", "--metrics-addr", &metrics.to_string()]).args(extra);
+                Some(*metrics)
+            }
+        };
+        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("spawning {}", bin.display()))?;
+        let (tx, lines) = channel();
+        let stdout = child.stdout.take().context("stdout")?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = channel();
+        let stderr = child.stderr.take().context("stderr")?;
+        let store = stderr_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("programs attached") {
+                    let _ = ready_tx.send(());
+                }
+                if let Ok(mut s) = store.lock() {
+                    s.push(line);
+                }
+            }
+        });
+        let mut agent = Self { child, lines, records: Vec::new(), stderr: stderr_lines, metrics_addr };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = agent.child.kill();
+            bail!("agent not ready within 30 s; stderr:\n{}", agent.stderr_text());
+        }
+        Ok(agent)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.join("\n")).unwrap_or_default()
+    }
+
+    /// Collect records that arrived so far.
+    pub fn poll(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                self.records.push(v);
+            }
+        }
+    }
+
+    /// Wait until a record matches `pred`; returns it.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.records.iter().find(|v| pred(v)) {
+                return Ok(v.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no matching record within {timeout:?}; records:\n{}\nstderr:\n{}", self.records.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n"), self.stderr_text());
+            }
+            match self.lines.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(l) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                        self.records.push(v);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("agent exited; stderr:\n{}", self.stderr_text()),
+            }
+        }
+    }
+
+    /// GET /metrics (or another path) from a `run` agent.
+    pub fn http_get(&self, path: &str) -> anyhow::Result<String> {
+        let addr = self.metrics_addr.context("agent not started with run")?;
+        http_get(addr, path)
+    }
+
+    /// SIGTERM and wait; returns the exit status success.
+    pub fn stop(mut self) -> anyhow::Result<bool> {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st.success());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("agent did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET returning the body (loopback only).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+/// Sum of every sample of `name` whose labels contain all of `labels` (k="v").
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, lbl) = series.split_once('{').map_or((series, ""), |(n, rest)| (n, rest));
+            (n == name && labels.iter().all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\"")))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A free loopback port for a metrics listener.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_sum_matches_labels() {
+        let t = "# HELP x\nx{a=\"1\",b=\"2\"} 3\nx{a=\"1\",b=\"3\"} 4\nxy{a=\"1\"} 100\nx 5\n";
+        assert_eq!(super::metric_sum(t, "x", &[("a", "1")]), 7.0);
+        assert_eq!(super::metric_sum(t, "x", &[("b", "3")]), 4.0);
+        assert_eq!(super::metric_sum(t, "x", &[]), 12.0);
+    }
+}
