@@ -91,8 +91,10 @@ impl FlowTable {
                 let connect_verdict = self.flows.get(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns).and_then(|f| f.connect_verdict);
                 let owner = self.take(e);
                 let (v, reason) = verdict::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
-                // One record per flow unless it got worse after the connect.
-                (Some(v) != connect_verdict && v != Verdict::Ok).then(|| self.record(&owner, e, Phase::Close, v, reason, e.sk_err))
+                // One shown record per flow unless it got worse after the connect.
+                let mut rec = self.record(&owner, e, Phase::Close, v, reason, e.sk_err);
+                rec.quiet = Some(v) == connect_verdict || v == Verdict::Ok;
+                Some(rec)
             }
         }
     }
@@ -158,6 +160,7 @@ impl FlowTable {
             syn_retransmits: e.syn_retransmits,
             duration_ms: (phase == Phase::Close && e.established_ns != 0).then(|| ms(e.hdr.ts_ns.saturating_sub(e.established_ns))),
             flow_id: format!("{:x}-{:x}", e.skaddr, e.start_ns),
+            quiet: false,
         }
     }
 }
@@ -177,7 +180,7 @@ fn ms(ns: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use egress_common::{AF_INET, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EventHeader};
+    use egress_common::{AF_INET, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EventHeader, Tuple};
 
     use super::*;
     use crate::verdict::Reason;
@@ -220,7 +223,8 @@ mod tests {
         let r = t.on_event(&Event::Connected(end(EVENT_CONNECTED, 1, 100, 2_000_100, |e| e.established_ns = 2_000_100))).expect("record");
         assert_eq!((r.verdict, r.pid, r.comm.as_str(), r.latency_ms), (Verdict::Ok, 77, "curl", 2.0));
         assert_eq!(r.dst, Some("192.0.2.7:443".parse().expect("addr")));
-        assert!(t.on_event(&Event::Closed(end(EVENT_CLOSED, 1, 100, 9_000_000, |_| {}))).is_none());
+        let close = t.on_event(&Event::Closed(end(EVENT_CLOSED, 1, 100, 9_000_000, |_| {}))).expect("close");
+        assert!(close.quiet && close.phase == Phase::Close && close.duration_ms.is_some());
         assert!(t.is_empty());
         assert_eq!(t.stats, TableStats::default());
     }

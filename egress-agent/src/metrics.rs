@@ -26,6 +26,7 @@ pub const CONNECT_BUCKETS: &[f64] = &[
 pub struct Metrics {
     pub registry: Registry,
     pub connections: IntCounterVec,
+    pub closes: IntCounterVec,
     pub connect_duration: HistogramVec,
     pub retransmits: IntCounter,
     pub events_produced: IntCounterVec,
@@ -74,7 +75,8 @@ impl Metrics {
         r.register(Box::new(build.clone())).expect("unique metric name");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self {
-            connections: counter_vec(&r, "egress_connections_total", "Egress TCP connection outcomes.", &["result", "reason"]),
+            connections: counter_vec(&r, "egress_connections_total", "Egress TCP connect outcomes, one per connection attempt.", &["result", "reason"]),
+            closes: counter_vec(&r, "egress_connection_closes_total", "How established egress connections ended (ok, degraded by retransmits, failed by reset or timeout).", &["result", "reason"]),
             retransmits: counter(&r, "egress_tcp_retransmits_total", "TCP retransmits on tracked egress flows (kernel count)."),
             events_produced: counter_vec(&r, "egress_events_produced_total", "Events the kernel programs emitted or tried to emit.", &["kind"]),
             events_delivered: counter_vec(&r, "egress_events_delivered_total", "Events decoded by the agent.", &["kind"]),
@@ -122,9 +124,12 @@ impl Metrics {
 
     pub fn observe(&self, r: &FlowRecord) {
         let reason = r.reason.map_or("", |x| x.as_str());
-        self.connections.with_label_values(&[r.verdict.as_str(), reason]).inc();
-        if r.phase == crate::record::Phase::Connect {
-            self.connect_duration.with_label_values(&[r.verdict.as_str()]).observe(r.latency_ms / 1000.0);
+        match r.phase {
+            crate::record::Phase::Connect => {
+                self.connections.with_label_values(&[r.verdict.as_str(), reason]).inc();
+                self.connect_duration.with_label_values(&[r.verdict.as_str()]).observe(r.latency_ms / 1000.0);
+            }
+            crate::record::Phase::Close => self.closes.with_label_values(&[r.verdict.as_str(), reason]).inc(),
         }
     }
 
@@ -169,7 +174,7 @@ mod tests {
         let r = FlowRecord {
             time: String::new(), phase: Phase::Connect, pid: 1, tid: 1, comm: "x".into(), cgroup_id: 0, netns: 0,
             src: None, dst: None, dst_actual: None, verdict: Verdict::Failed, reason: Some(Reason::Refused), errno: 111,
-            latency_ms: 0.7, retransmits: 0, syn_retransmits: 0, duration_ms: None, flow_id: String::new(),
+            latency_ms: 0.7, retransmits: 0, syn_retransmits: 0, duration_ms: None, flow_id: String::new(), quiet: false,
         };
         m.observe(&r);
         m.program_attached.with_label_values(&["inet_sock_set_state"]).set(1);

@@ -45,6 +45,10 @@ pub struct FlowRecord {
     pub duration_ms: Option<f64>,
     /// Stable id of the flow in this agent: `<socket address>-<start ns>` in hex.
     pub flow_id: String,
+    /// A close record that repeats the connect verdict: counted in metrics,
+    /// not shown (one line per flow unless it got worse).
+    #[serde(skip)]
+    pub quiet: bool,
 }
 
 /// Converts kernel CLOCK_MONOTONIC timestamps to wall-clock time.

@@ -69,10 +69,15 @@ fn every_outcome_gets_its_verdict_in_watch_and_metrics() {
     }
 
     let text = run.http_get("/metrics").expect("scrape");
-    for (result, reason) in [("ok", ""), ("failed", "refused"), ("failed", "timeout"), ("failed", "unreachable"), ("degraded", "retransmits")] {
+    for (result, reason) in [("ok", ""), ("failed", "refused"), ("failed", "timeout"), ("failed", "unreachable")] {
         let n = metric_sum(&text, "egress_connections_total", &[("result", result), ("reason", reason)]);
         assert!(n >= 1.0, "egress_connections_total{{result={result},reason={reason}}} = {n}\n{text}");
     }
+    // The lossy flow degraded after (or while) connecting: counted once as a
+    // degraded connect or as a degraded close.
+    let degraded = metric_sum(&text, "egress_connections_total", &[("result", "degraded")]) + metric_sum(&text, "egress_connection_closes_total", &[("result", "degraded")]);
+    assert!(degraded >= 1.0, "{text}");
+    assert!(metric_sum(&text, "egress_connection_closes_total", &[("result", "ok")]) >= 2.0, "healthy closes counted\n{text}");
     assert!(metric_sum(&text, "egress_tcp_retransmits_total", &[]) >= 1.0);
     assert!(metric_sum(&text, "egress_connect_duration_seconds_count", &[("result", "failed")]) >= 4.0);
     let programs = text.lines().filter(|l| l.starts_with("egress_program_attached{")).count();

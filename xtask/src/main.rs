@@ -1,1 +1,109 @@
-fn main() {}
+//! `cargo xtask …`: everything a fresh machine needs, in the project's own code.
+mod setup;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// Project tasks for egress-observer. Every task first makes sure the
+/// toolchain is present (see `setup`).
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages (LLVM 22, iproute2, iptables,
+    /// …), nightly rust-src, bpf-linker 0.13 built against LLVM 22. Idempotent.
+    Setup,
+    /// Build the agent (kernel programs embedded).
+    Build {
+        /// Release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// The whole test suite: unit tests, then the root/kernel integration
+    /// tests (network namespaces, real traffic, the real agent binary).
+    Test,
+    /// The local lab demo: namespaces, the agent, every connect outcome,
+    /// the watch table and a /metrics excerpt; cleans up after itself.
+    Lab {
+        /// Keep healthy traffic flowing for at least this many seconds.
+        #[arg(long, default_value_t = 0)]
+        duration: u64,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Run cargo with the toolchain environment (bpf-linker on PATH).
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    println!("+ cargo {}", args.join(" "));
+    let st = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root())
+        .env("PATH", setup::tool_path())
+        .status()
+        .context("running cargo")?;
+    if !st.success() {
+        bail!("cargo {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.task {
+        Task::Setup => setup::ensure(),
+        Task::Build { release } => {
+            setup::ensure()?;
+            let mut args = vec!["build", "--package", "egress-agent"];
+            if release {
+                args.push("--release");
+            }
+            cargo(&args)
+        }
+        Task::Test => {
+            setup::ensure()?;
+            if !is_root() {
+                bail!("the kernel tests load eBPF programs and create network namespaces: run as root");
+            }
+            cargo(&["test", "--package", "egress-common", "--package", "egress-agent", "--package", "xtask"])?;
+            cargo(&["build", "--package", "egress-agent"])?;
+            cargo(&["test", "--package", "egress-tests"])?;
+            println!("xtask test: all suites passed");
+            Ok(())
+        }
+        Task::Lab { duration } => {
+            setup::ensure()?;
+            if !is_root() {
+                bail!("the lab creates network namespaces and loads eBPF programs: run as root");
+            }
+            cargo(&["build", "--package", "egress-agent"])?;
+            // SAFETY: single-threaded at this point.
+            unsafe { std::env::set_var("EGRESS_AGENT_BIN", root().join("target/debug/egress-agent")) };
+            let ok = egress_tests::demo::run(&egress_tests::demo::DemoOptions { duration: Duration::from_secs(duration) })?;
+            if !ok {
+                bail!("some verdicts did not match");
+            }
+            Ok(())
+        }
+    }
+}

@@ -37,7 +37,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     session
         .pipeline(
             move |r| {
-                if log {
+                if log && !r.quiet {
                     let mut o = out.lock();
                     let _ = writeln!(o, "{}", json_line(r)).and_then(|_| o.flush());
                 }

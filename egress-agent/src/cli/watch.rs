@@ -48,7 +48,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     session
         .pipeline(
             move |r| {
-                if broken || verdict.is_some_and(|v| v != r.verdict) {
+                if broken || r.quiet || verdict.is_some_and(|v| v != r.verdict) {
                     return;
                 }
                 let line = match format {

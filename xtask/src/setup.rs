@@ -1,0 +1,116 @@
+//! Toolchain bootstrap: idempotent, says what it does, and names what is
+//! missing when it cannot install it.
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages the build and the tests use.
+/// - llvm-22-dev, libpolly-22-dev, zlib1g-dev, libzstd-dev: build bpf-linker;
+/// - iproute2, iptables, iputils-ping, procps: namespaces, faults, sysctl in tests;
+/// - curl, python3: clients in tests and the lab.
+pub const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "iproute2",
+    "iptables",
+    "iputils-ping",
+    "procps",
+    "curl",
+    "python3",
+];
+
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const BPF_LINKER_VERSION: &str = "0.13";
+
+/// PATH with cargo's bin dir and LLVM 22 first (bpf-linker's build needs
+/// LLVM 22's llvm-config before any older one).
+pub fn tool_path() -> String {
+    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_else(|_| "/root".into())));
+    format!("{LLVM_BIN}:{home}/bin:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    println!("setup: + {cmd:?}");
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+pub fn ensure() -> anyhow::Result<()> {
+    ensure_packages()?;
+    ensure_nightly()?;
+    ensure_bpf_linker()?;
+    println!("setup: toolchain ready (Debian packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION})");
+    Ok(())
+}
+
+fn ensure_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("missing Debian packages {}: run `cargo xtask setup` as root, or install them", missing.join(" "));
+    }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!("missing packages {} and no apt-get on this machine", missing.join(" "));
+    }
+    println!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")));
+    if has_src {
+        return Ok(());
+    }
+    let has_nightly = Command::new("rustup").args(["run", "nightly", "rustc", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+            .context("the eBPF programs need a nightly toolchain (build-std)")?;
+    }
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let ok = Command::new("bpf-linker")
+        .arg("--version")
+        .env("PATH", tool_path())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(&format!(" {BPF_LINKER_VERSION}.")));
+    if ok {
+        return Ok(());
+    }
+    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    run(Command::new(env!("CARGO"))
+        .args(["install", "bpf-linker", "--version", &format!("^{BPF_LINKER_VERSION}"), "--no-default-features", "--features", "llvm-22", "--force"])
+        .env("PATH", tool_path()))
+    .context("installing bpf-linker (needs llvm-22-dev)")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn llvm_first_on_path() {
+        assert!(super::tool_path().starts_with("/usr/lib/llvm-22/bin:"));
+    }
+}
