@@ -8,7 +8,9 @@
 pub mod cli;
 pub mod events;
 pub mod flows;
+pub mod kube;
 pub mod metrics;
+pub mod nat;
 pub mod offsets;
 pub mod output;
 pub mod pipeline;

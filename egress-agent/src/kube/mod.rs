@@ -1,0 +1,2 @@
+//! Kubernetes metadata (helper work in progress): pods on this node, services,
+//! endpointslices and nodes, as a read-only index for attribution.

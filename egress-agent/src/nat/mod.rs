@@ -1,0 +1,2 @@
+//! Conntrack/NAT view (helper work in progress): ctnetlink NEW/DESTROY events
+//! in the configured network namespaces, indexed by original tuple.
