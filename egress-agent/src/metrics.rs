@@ -74,7 +74,7 @@ impl Metrics {
         let build = IntGaugeVec::new(Opts::new("egress_build_info", "Build of the running agent (always 1)."), &["version"]).expect("valid gauge");
         r.register(Box::new(build.clone())).expect("unique metric name");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Self {
+        let m = Self {
             connections: counter_vec(&r, "egress_connections_total", "Egress TCP connect outcomes, one per connection attempt.", &["result", "reason"]),
             closes: counter_vec(&r, "egress_connection_closes_total", "How established egress connections ended (ok, degraded by retransmits, failed by reset or timeout).", &["result", "reason"]),
             retransmits: counter(&r, "egress_tcp_retransmits_total", "TCP retransmits on tracked egress flows (kernel count)."),
@@ -89,6 +89,27 @@ impl Metrics {
             connect_duration,
             registry: r,
             kernel: Mutex::new(None),
+        };
+        m.zero_known_series();
+        m
+    }
+
+    /// Export every loss/error series at 0 from the start, so that alerts
+    /// and `rate()` see them before the first loss happens.
+    fn zero_known_series(&self) {
+        for kind in 1..EVENT_KINDS {
+            let k = event_kind_name(kind);
+            if k == "unknown" {
+                continue;
+            }
+            self.events_produced.with_label_values(&[k]);
+            self.events_delivered.with_label_values(&[k]);
+            self.events_lost.with_label_values(&["ring", k]);
+        }
+        self.events_lost.with_label_values(&["kernel_flow_table", "connect_start"]);
+        self.events_lost.with_label_values(&["flow_table", "connect_start"]);
+        for reason in ["short", "unknown_kind", "bad_size"] {
+            self.decode_errors.with_label_values(&[reason]);
         }
     }
 

@@ -19,7 +19,12 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     "curl",
     "python3",
+    // promtool, for checking the alert rules (the server is not started).
+    "prometheus",
 ];
+
+/// Python packages `deploy/validate.py` uses.
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[("yaml", "pyyaml"), ("kubernetes_validate", "kubernetes-validate")];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -49,9 +54,10 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 pub fn ensure() -> anyhow::Result<()> {
     ensure_packages()?;
+    ensure_python()?;
     ensure_nightly()?;
     ensure_bpf_linker()?;
-    println!("setup: toolchain ready (Debian packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION})");
+    println!("setup: toolchain ready (Debian packages, Python packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION})");
     Ok(())
 }
 
@@ -73,6 +79,19 @@ fn ensure_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn ensure_python() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| !Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success()))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
+        .context("installing the Python packages deploy/validate.py needs")
 }
 
 fn ensure_nightly() -> anyhow::Result<()> {
