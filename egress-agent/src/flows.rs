@@ -160,7 +160,7 @@ impl FlowTable {
             syn_retransmits: e.syn_retransmits,
             duration_ms: (phase == Phase::Close && e.established_ns != 0).then(|| ms(e.hdr.ts_ns.saturating_sub(e.established_ns))),
             flow_id: format!("{:x}-{:x}", e.skaddr, e.start_ns),
-            quiet: false,
+            ..FlowRecord::default()
         }
     }
 }

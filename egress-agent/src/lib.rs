@@ -5,7 +5,9 @@
 //! - [`pipeline`] reads the ring, [`events`] decodes, [`flows`] joins events
 //!   into [`record::FlowRecord`]s with a [`verdict`];
 //! - sinks: [`metrics`] / [`server`] (Prometheus), [`output`] (CLI).
+pub mod cgroup;
 pub mod cli;
+pub mod enrich;
 pub mod events;
 pub mod flows;
 pub mod kube;
@@ -16,6 +18,7 @@ pub mod output;
 pub mod pipeline;
 pub mod probes;
 pub mod record;
+pub mod remote;
 pub mod server;
 pub mod session;
 pub mod verdict;

@@ -175,7 +175,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{record::Phase, verdict::{Reason, Verdict}};
+    use crate::verdict::{Reason, Verdict};
 
     #[test]
     fn buckets_separate_syn_plateaus() {
@@ -192,11 +192,7 @@ mod tests {
     #[test]
     fn exposition_has_the_documented_names() {
         let m = Metrics::new();
-        let r = FlowRecord {
-            time: String::new(), phase: Phase::Connect, pid: 1, tid: 1, comm: "x".into(), cgroup_id: 0, netns: 0,
-            src: None, dst: None, dst_actual: None, verdict: Verdict::Failed, reason: Some(Reason::Refused), errno: 111,
-            latency_ms: 0.7, retransmits: 0, syn_retransmits: 0, duration_ms: None, flow_id: String::new(), quiet: false,
-        };
+        let r = FlowRecord { verdict: Verdict::Failed, reason: Some(Reason::Refused), errno: 111, latency_ms: 0.7, ..FlowRecord::default() };
         m.observe(&r);
         m.program_attached.with_label_values(&["inet_sock_set_state"]).set(1);
         m.events_lost.with_label_values(&["sink", "record"]).inc();

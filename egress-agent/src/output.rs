@@ -55,7 +55,7 @@ mod tests {
             cgroup_id: 9, netns: 4026531840, src: Some("10.0.0.2:40000".parse().expect("a")),
             dst: Some("10.96.0.10:3128".parse().expect("a")), dst_actual: Some("10.0.1.5:3128".parse().expect("a")),
             verdict: Verdict::Failed, reason: Some(Reason::Timeout), errno: 110, latency_ms: 3012.5, retransmits: 2,
-            syn_retransmits: 2, duration_ms: None, flow_id: "ff-1".into(), quiet: false,
+            syn_retransmits: 2, duration_ms: None, flow_id: "ff-1".into(), ..FlowRecord::default()
         }
     }
 

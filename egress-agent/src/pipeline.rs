@@ -6,6 +6,7 @@ use egress_common::event_kind_name;
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{
+    enrich::Enricher,
     events::decode,
     flows::{FlowTable, TableStats},
     metrics::Metrics,
@@ -15,6 +16,7 @@ use crate::{
 pub struct Pipeline<S> {
     ring: AsyncFd<RingBuf<MapData>>,
     table: FlowTable,
+    enricher: Enricher,
     metrics: Arc<Metrics>,
     sink: S,
     seen: TableStats,
@@ -23,11 +25,11 @@ pub struct Pipeline<S> {
 }
 
 impl<S: FnMut(&FlowRecord)> Pipeline<S> {
-    pub fn new(ring: RingBuf<MapData>, table: FlowTable, metrics: Arc<Metrics>, sink: S, stall: Option<Duration>) -> std::io::Result<Self> {
+    pub fn new(ring: RingBuf<MapData>, table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S, stall: Option<Duration>) -> std::io::Result<Self> {
         // SAFETY: the ring owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd owns the ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
-        Ok(Self { ring, table, metrics, sink, seen: TableStats::default(), stall })
+        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), stall })
     }
 
     /// Run until `shutdown` turns true, then drain what the ring still holds.
@@ -45,21 +47,21 @@ impl<S: FnMut(&FlowRecord)> Pipeline<S> {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    let n = Self::drain(guard.get_inner_mut(), &mut self.table, &self.metrics, &mut self.sink);
+                    let n = Self::drain(guard.get_inner_mut(), &mut self.table, &mut self.enricher, &self.metrics, &mut self.sink);
                     guard.clear_ready();
                     if n > 0 { self.account(); }
                 }
                 _ = shutdown.changed() => {}
             }
         }
-        Self::drain(self.ring.get_mut(), &mut self.table, &self.metrics, &mut self.sink);
+        Self::drain(self.ring.get_mut(), &mut self.table, &mut self.enricher, &self.metrics, &mut self.sink);
         self.account();
         Ok(())
     }
 
 
     /// Consume every item currently in the ring. Returns how many.
-    fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, metrics: &Metrics, sink: &mut S) -> usize {
+    fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, enricher: &mut Enricher, metrics: &Metrics, sink: &mut S) -> usize {
         let mut n = 0;
         while let Some(item) = ring.next() {
             n += 1;
@@ -67,7 +69,8 @@ impl<S: FnMut(&FlowRecord)> Pipeline<S> {
                 Ok(ev) => {
                     metrics.events_delivered.with_label_values(&[event_kind_name(ev.kind())]).inc();
                     drop(item);
-                    if let Some(rec) = table.on_event(&ev) {
+                    if let Some(mut rec) = table.on_event(&ev) {
+                        enricher.enrich(&mut rec);
                         metrics.observe(&rec);
                         sink(&rec);
                     }

@@ -4,19 +4,23 @@ use std::{net::SocketAddr, time::{Duration, SystemTime, UNIX_EPOCH}};
 
 use serde::Serialize;
 
-use crate::verdict::{Reason, Verdict};
+use crate::{
+    remote::DstClass,
+    verdict::{Reason, Verdict},
+};
 
 /// When in a flow's life the record was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// The connect resolved: established or failed.
+    #[default]
     Connect,
     /// An established flow closed with a verdict worse than at connect.
     Close,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FlowRecord {
     /// RFC 3339 UTC, millisecond precision.
     pub time: String,
@@ -27,12 +31,31 @@ pub struct FlowRecord {
     pub tid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// cgroup v2 path of the connecting task.
+    pub cgroup: Option<String>,
     pub netns: u32,
+    /// From the cgroup path alone (filled without Kubernetes access).
+    pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
+    /// From the Kubernetes index.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    /// Owning workload as `Kind/name` (Deployment resolved through its ReplicaSet).
+    pub workload: Option<String>,
+    /// systemd unit of a host process.
+    pub unit: Option<String>,
     pub src: Option<SocketAddr>,
     /// The destination the application asked for (its connect() sockaddr).
     pub dst: Option<SocketAddr>,
-    /// The destination the socket really connected to (after socket-level LB).
+    /// `namespace/service:port`, `namespace/pod`, or `node/name` when known.
+    pub dst_name: Option<String>,
+    pub dst_class: Option<DstClass>,
+    /// Where the connection really went: after socket-level load balancing
+    /// or DNAT (conntrack reply source).
     pub dst_actual: Option<SocketAddr>,
+    /// The source address NAT put on the connection, when it did.
+    pub snat: Option<SocketAddr>,
     pub verdict: Verdict,
     pub reason: Option<Reason>,
     /// errno of the failure (sk_err), 0 if none.

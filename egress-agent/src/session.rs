@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::{
     cli::ProbeArgs,
+    enrich::Enricher,
     flows::FlowTable,
     metrics::Metrics,
     pipeline::Pipeline,
@@ -54,7 +55,8 @@ impl Session {
         let ring = self.ring.take().context("pipeline already started")?;
         let table = FlowTable::new(self.args.flow_settings(), Clock::new());
         let stall = self.args.stall_reader_ms.map(Duration::from_millis);
-        Pipeline::new(ring, table, self.metrics.clone(), sink, stall)?.run(shutdown).await?;
+        let enricher = Enricher::new(&self.args.enrich_options());
+        Pipeline::new(ring, table, enricher, self.metrics.clone(), sink, stall)?.run(shutdown).await?;
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! Verdicts: what happened to a flow, in a closed vocabulary.
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    #[default]
     Ok,
     Failed,
     Degraded,

@@ -53,6 +53,14 @@ pub struct ProbeArgs {
     /// Retransmits at or above which a flow is `degraded` (0 disables).
     #[arg(long, default_value_t = 1)]
     pub degraded_retransmits: u32,
+    /// cgroup v2 mount to resolve cgroup ids in (default: the one in
+    /// /proc/self/mountinfo). In a container, mount the host's hierarchy.
+    #[arg(long, env = "EGRESS_CGROUP_ROOT")]
+    pub cgroup_root: Option<std::path::PathBuf>,
+    /// Comma-separated CIDRs classified `private` (cluster-external private
+    /// destinations such as a proxy VM).
+    #[arg(long, default_value = crate::remote::DEFAULT_PRIVATE, value_parser = crate::remote::parse_ranges)]
+    pub private_ranges: Vec<crate::remote::Cidr>,
     /// Test hook: leave the ring unread for this many milliseconds after start.
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
@@ -61,6 +69,9 @@ pub struct ProbeArgs {
 impl ProbeArgs {
     pub fn probe_options(&self) -> ProbeOptions {
         ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows }
+    }
+    pub fn enrich_options(&self) -> crate::enrich::EnrichOptions {
+        crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone() }
     }
     pub fn flow_settings(&self) -> FlowSettings {
         FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize }
