@@ -1,0 +1,450 @@
+//! The metadata index against a fake Kubernetes API server.
+//!
+//! No kube-apiserver can run here, so [`super::fake_apiserver`] is a fake
+//! apiserver serving real-shaped Kubernetes JSON (Lists with a
+//! resourceVersion, newline-delimited WatchEvent streams, list items without
+//! apiVersion/kind, objects as `kubectl get -o json` shows them) over plain
+//! HTTP on 127.0.0.1. The kube client talks to it as to a real one
+//! (`kube::Config::new(url)`, no auth), through the real kube-runtime watcher.
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use serde_json::json;
+
+use super::fake_apiserver::{FakeApiServer, Mode};
+use super::fixtures::{self, Cluster, NODE_A, NODE_A_EXTERNAL_IP, NODE_A_IP, NODE_B, NODE_B_IP, cid, uid};
+use super::{KubeIndex, KubeOptions, KubeTuning, RemoteClass, RemoteMeta, Workload};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip literal")
+}
+
+fn metric(registry: &Registry, name: &str, resource: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric().iter())
+        .find(|m| m.get_label().iter().any(|l| l.name() == "resource" && l.value() == resource))
+        // Counters leave the gauge at 0 and gauges the counter.
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .unwrap_or_else(|| panic!("no {name}{{resource={resource}}}"))
+}
+
+/// Polls `check` until it holds; fails the test with `what` after `limit`.
+async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tuning(pod_retention: Duration) -> KubeTuning {
+    KubeTuning { pod_retention, backoff_min: Duration::from_millis(50), backoff_max: Duration::from_millis(200) }
+}
+
+fn on_node(node: &str) -> KubeOptions {
+    KubeOptions { node_name: Some(node.into()), kubeconfig: None }
+}
+
+/// Waits until every resource is listed with the expected object counts and up.
+async fn synced(registry: &Registry, pods: f64, services: f64, slices: f64, nodes: f64) {
+    eventually("all four watches up with the fixture counts", Duration::from_secs(10), || {
+        let counts = [("pods", pods), ("services", services), ("endpointslices", slices), ("nodes", nodes)];
+        counts.iter().all(|(r, n)| {
+            metric(registry, "egress_kube_objects", r) == *n && metric(registry, "egress_kube_watch_up", r) == 1.0
+        })
+    })
+    .await;
+}
+
+async fn serve(cluster: &Cluster) -> FakeApiServer {
+    let server = FakeApiServer::start().await;
+    for object in cluster.all() {
+        server.apply(object);
+    }
+    server
+}
+
+#[tokio::test]
+async fn pods_on_this_node_resolve_to_containers_and_workloads() {
+    let cluster = fixtures::cluster();
+    let server = serve(&cluster).await;
+    let registry = Registry::new();
+    let index = KubeIndex::start_with(server.config(), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
+        .expect("start");
+    // Node A runs squid, the agent, redis and the report job; squid_b is on node B.
+    synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
+
+    let squid = index.pod(&uid(1)).expect("squid pod");
+    assert_eq!((squid.namespace.as_str(), squid.name.as_str()), ("intra-proxy", "squid-proxy-6f9c7b8d4-x2x7q"));
+    assert_eq!(squid.workload, Some(Workload { kind: "Deployment".into(), name: "squid-proxy".into() }));
+    assert_eq!(squid.container_name(&cid(1)), Some("squid"));
+    assert_eq!(squid.container_name(&cid(2)), Some("exporter"));
+    assert_eq!(squid.container_name(&format!("containerd://{}", cid(2))), Some("exporter"));
+    assert_eq!(squid.container_name(&cid(3)), None, "another pod's container");
+    assert_eq!(squid.container_name(""), None);
+    assert_eq!(squid.labels.get("app").map(String::as_str), Some("squid-proxy"));
+    assert_eq!(squid.node.as_deref(), Some(NODE_A));
+    assert_eq!(squid.ip, vec![ip(fixtures::SQUID_IP)]);
+    assert_eq!(squid.phase.as_deref(), Some("Running"));
+    assert!(squid.containers.iter().all(|c| c.id.len() == 64 && !c.id.contains(':')), "{:?}", squid.containers);
+
+    let agent = index.pod(&uid(3)).expect("daemonset pod");
+    assert_eq!(agent.workload, Some(Workload { kind: "DaemonSet".into(), name: "egress-agent".into() }));
+    assert!(agent.host_network);
+    let redis = index.pod(&uid(4)).expect("statefulset pod");
+    assert_eq!(redis.workload, Some(Workload { kind: "StatefulSet".into(), name: "redis".into() }));
+    assert_eq!(redis.container_name(&cid(5)), Some("redis"));
+    let report = index.pod(&uid(5)).expect("cronjob pod");
+    assert_eq!(report.workload, Some(Workload { kind: "CronJob".into(), name: "nightly-report".into() }));
+    assert_eq!(report.container_name(&cid(6)), Some("report"));
+    assert_eq!(report.container_name(&cid(60)), Some("report"), "the instance before the restart");
+
+    // The systemd cgroup driver spells the UID with underscores.
+    assert_eq!(index.pod(&uid(4).replace('-', "_")).map(|p| p.name), Some("redis-0".into()));
+    assert!(index.pod(&uid(2)).is_none(), "node B's pod is not watched from node A");
+    assert!(index.pod("no-such-uid").is_none());
+
+    // The pod watch asked the apiserver for this node's pods only.
+    let requests = server.requests();
+    let pod_requests: Vec<&String> = requests.iter().filter(|r| r.starts_with("/api/v1/pods?")).collect();
+    assert!(pod_requests.iter().any(|r| r.contains("watch=true")), "{pod_requests:?}");
+    assert!(
+        pod_requests.iter().all(|r| r.contains(&format!("fieldSelector=spec.nodeName={NODE_A}"))),
+        "{pod_requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("/apis/discovery.k8s.io/v1/endpointslices?") && !r.contains("fieldSelector"))
+    );
+
+    // What a sink would print.
+    let json = serde_json::to_value(&squid).expect("serialize");
+    assert_eq!(json["workload"], json!({"kind": "Deployment", "name": "squid-proxy"}));
+    assert_eq!(json["containers"][0], json!({"id": cid(1), "name": "squid"}));
+    for resource in ["pods", "services", "endpointslices", "nodes"] {
+        assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", resource), 0.0, "{resource}");
+        assert_eq!(metric(&registry, "egress_kube_watch_errors_total", resource), 0.0, "{resource}");
+    }
+}
+
+#[tokio::test]
+async fn remote_addresses_resolve_to_services_backends_and_nodes() {
+    let cluster = fixtures::cluster();
+    let server = serve(&cluster).await;
+    let registry = Registry::new();
+    let all_pods = KubeOptions::default();
+    let index =
+        KubeIndex::start_with(server.config(), &all_pods, tuning(Duration::from_secs(60)), &registry).expect("start");
+    synced(&registry, 5.0, 3.0, 3.0, 2.0).await;
+
+    let svc = |ns: &str, name: &str| RemoteMeta {
+        class: RemoteClass::Service,
+        namespace: Some(ns.into()),
+        name: name.into(),
+        service: Some(name.into()),
+    };
+    let pod = |ns: &str, name: &str, service: Option<&str>| RemoteMeta {
+        class: RemoteClass::Pod,
+        namespace: Some(ns.into()),
+        name: name.into(),
+        service: service.map(Into::into),
+    };
+    let node = |name: &str| RemoteMeta { class: RemoteClass::Node, namespace: None, name: name.into(), service: None };
+
+    // The ClusterIP a client meant, on its port and on any other.
+    assert_eq!(index.remote(ip(fixtures::SQUID_SVC_IP), 3128), Some(svc("intra-proxy", "squid-proxy-service")));
+    assert_eq!(index.remote(ip(fixtures::SQUID_SVC_IP), 80), Some(svc("intra-proxy", "squid-proxy-service")));
+    assert_eq!(index.remote(ip(fixtures::REDIS_SVC_IP), 6379), Some(svc("data", "redis")));
+    // The backend it reached, with its Service: on this node and on the other.
+    let squid_b = pod("intra-proxy", "squid-proxy-6f9c7b8d4-z9k2m", Some("squid-proxy-service"));
+    assert_eq!(index.remote(ip(fixtures::SQUID_B_IP), 3128), Some(squid_b));
+    assert_eq!(index.remote(ip(fixtures::REDIS_IP), 6379), Some(pod("data", "redis-0", Some("redis"))));
+    // A pod behind no Service, known from the pod watch.
+    assert_eq!(index.remote(ip(fixtures::REPORT_IP), 8080), Some(pod("batch", "nightly-report-28620000-hx4tq", None)));
+    // A selector-less Service's endpoint (the proxy VM) is that Service.
+    assert_eq!(index.remote(ip(fixtures::VM_SVC_IP), 3128), Some(svc("intra-proxy", "vm-squid")));
+    assert_eq!(index.remote(ip(fixtures::VM_IP), 3128), Some(svc("intra-proxy", "vm-squid")));
+    // Nodes by InternalIP and ExternalIP; the hostNetwork pod on node A's IP
+    // does not shadow the node.
+    assert_eq!(index.remote(ip(NODE_A_IP), 10250), Some(node(NODE_A)));
+    assert_eq!(index.remote(ip(NODE_A_EXTERNAL_IP), 22), Some(node(NODE_A)));
+    assert_eq!(index.remote(ip(NODE_B_IP), 10250), Some(node(NODE_B)));
+    // Outside the cluster.
+    assert_eq!(index.remote(ip("1.1.1.1"), 443), None);
+    assert_eq!(index.remote(ip("10.128.2.101"), 3128), None);
+
+    let json = serde_json::to_value(index.remote(ip(fixtures::REDIS_IP), 6379)).expect("serialize");
+    assert_eq!(json, json!({"class": "pod", "namespace": "data", "name": "redis-0", "service": "redis"}));
+
+    // Live changes: a new Service appears, a slice loses a backend, a node goes.
+    server.apply(fixtures::service("default", "kubernetes", "10.12.0.1", 443, None));
+    server.apply(fixtures::endpoint_slice("data", "redis-q7f5w", "redis", 6379, &[]));
+    server.delete("Node", NODE_B);
+    eventually("services, slices and nodes watched live", Duration::from_secs(5), || {
+        index.remote(ip("10.12.0.1"), 443).is_some()
+            && index.remote(ip(fixtures::REDIS_IP), 6379) == Some(pod("data", "redis-0", None))
+            && index.remote(ip(NODE_B_IP), 10250).is_none()
+    })
+    .await;
+    assert_eq!(metric(&registry, "egress_kube_objects", "nodes"), 1.0);
+    assert_eq!(metric(&registry, "egress_kube_objects", "services"), 4.0);
+}
+
+#[tokio::test]
+async fn deleted_pod_stays_resolvable_for_the_retention_then_goes() {
+    let cluster = fixtures::cluster();
+    let server = serve(&cluster).await;
+    let registry = Registry::new();
+    let retention = Duration::from_millis(1500);
+    let index = KubeIndex::start_with(server.config(), &on_node(NODE_A), tuning(retention), &registry).expect("start");
+    synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
+
+    // The index stamps the deletion when it applies the event, after this.
+    let deleted_at = Instant::now();
+    server.delete("Pod", "data/redis-0");
+    eventually("the DELETED event is applied", Duration::from_secs(5), || {
+        metric(&registry, "egress_kube_objects", "pods") == 3.0
+    })
+    .await;
+    let redis = index.pod(&uid(4)).expect("a deleted pod is kept for late events");
+    assert_eq!(redis.container_name(&cid(5)), Some("redis"));
+
+    // Meanwhile: a container restarts (MODIFIED with a new id), a pod is
+    // ADDED, and a watch ends and is resumed from its resourceVersion.
+    let mut restarted = cluster.squid.clone();
+    restarted["status"]["containerStatuses"][0]["containerID"] = json!(format!("containerd://{}", cid(11)));
+    restarted["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {"containerID": format!("containerd://{}", cid(1)), "exitCode": 1, "reason": "Error",
+                              "startedAt": "2024-06-01T00:00:05Z", "finishedAt": "2024-06-01T00:09:00Z"}});
+    server.apply(restarted);
+    server.close_watches();
+    let added = fixtures::pod(&fixtures::PodSpec {
+        ns: "data",
+        name: "redis-1",
+        uid: uid(6),
+        node: NODE_A,
+        ip: "10.8.1.13",
+        owner: Some(("apps/v1", "StatefulSet", "redis")),
+        labels: json!({"app": "redis"}),
+        containers: vec![("redis", "redis:7.2", cid(12))],
+        host_network: false,
+        restarted: None,
+    });
+    server.apply(added);
+    eventually("MODIFIED and ADDED applied after the watch resumed", Duration::from_secs(5), || {
+        index.pod(&uid(6)).is_some() && index.pod(&uid(1)).is_some_and(|p| p.container_name(&cid(11)) == Some("squid"))
+    })
+    .await;
+    let squid = index.pod(&uid(1)).expect("squid");
+    assert_eq!(squid.container_name(&cid(1)), Some("squid"), "late events of the previous instance");
+    assert_eq!(index.remote(ip("10.8.1.13"), 6379).map(|r| r.name), Some("redis-1".into()));
+
+    assert!(index.pod(&uid(4)).is_some() || deleted_at.elapsed() >= retention, "still within the retention");
+    eventually("the deleted pod is forgotten after the retention", retention * 3, || index.pod(&uid(4)).is_none())
+        .await;
+    assert!(deleted_at.elapsed() >= retention, "forgotten too early: {:?}", deleted_at.elapsed());
+    assert!(index.pod(&uid(1)).is_some() && index.pod(&uid(6)).is_some(), "live pods are not pruned");
+    assert!(
+        server.requests().iter().filter(|r| r.starts_with("/api/v1/pods?") && r.contains("watch=true")).count() >= 2
+    );
+}
+
+#[tokio::test]
+async fn unreachable_api_leaves_the_index_empty_and_keeps_retrying() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let registry = Registry::new();
+    let started = Instant::now();
+    let config = kube::Config::new(url.parse().expect("url"));
+    let index =
+        KubeIndex::start_with(config, &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry).expect("start");
+    assert!(started.elapsed() < Duration::from_secs(1), "start must not wait for the API");
+
+    eventually("every watch failed at least twice (retrying)", Duration::from_secs(10), || {
+        ["pods", "services", "endpointslices", "nodes"]
+            .iter()
+            .all(|r| metric(&registry, "egress_kube_watch_errors_total", r) >= 2.0)
+    })
+    .await;
+    for resource in ["pods", "services", "endpointslices", "nodes"] {
+        assert_eq!(metric(&registry, "egress_kube_watch_up", resource), 0.0, "{resource}");
+        assert_eq!(metric(&registry, "egress_kube_objects", resource), 0.0, "{resource}");
+    }
+    assert!(index.pod(&uid(1)).is_none());
+    assert_eq!(index.remote(ip(fixtures::SQUID_SVC_IP), 3128), None);
+
+    // The same through a kubeconfig file: `start` returns, nothing resolves.
+    let kubeconfig = write_kubeconfig(&url);
+    let registry = Registry::new();
+    let opts = KubeOptions { node_name: None, kubeconfig: Some(kubeconfig.clone()) };
+    let index = tokio::time::timeout(Duration::from_secs(5), KubeIndex::start(opts, &registry))
+        .await
+        .expect("start returns at once")
+        .expect("a kubeconfig is enough to start");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metric(&registry, "egress_kube_watch_up", "pods"), 0.0);
+    assert!(index.pod(&uid(1)).is_none());
+    let _ = std::fs::remove_file(kubeconfig);
+
+    let missing = KubeOptions { node_name: None, kubeconfig: Some("/nonexistent/kubeconfig".into()) };
+    assert!(KubeIndex::start(missing, &Registry::new()).await.is_err(), "an unreadable kubeconfig is a config error");
+}
+
+fn write_kubeconfig(server: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "egress-kube-test-{}-{}.yaml",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    ));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\n\
+         current-context: fake\nusers:\n- name: nobody\n  user: {{}}\n"
+    );
+    std::fs::write(&path, yaml).expect("write kubeconfig");
+    path
+}
+
+#[tokio::test]
+async fn kubeconfig_points_start_at_the_server() {
+    let cluster = fixtures::cluster();
+    let server = serve(&cluster).await;
+    let kubeconfig = write_kubeconfig(&server.url);
+    let registry = Registry::new();
+    let opts = KubeOptions { node_name: Some(NODE_A.into()), kubeconfig: Some(kubeconfig.clone()) };
+    let index = KubeIndex::start(opts, &registry).await.expect("start");
+    synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
+    let _ = std::fs::remove_file(kubeconfig);
+    assert_eq!(index.pod(&uid(1)).map(|p| p.name), Some("squid-proxy-6f9c7b8d4-x2x7q".into()));
+    let clone = index.clone();
+    drop(index);
+    assert!(clone.pod(&uid(1)).is_some(), "clones share the index");
+}
+
+#[tokio::test]
+async fn malformed_objects_are_counted_and_the_rest_indexed() {
+    let cluster = fixtures::cluster();
+    let server = serve(&cluster).await;
+    // List items that are not pods, or are pods the schema rejects, or lack identity.
+    server.add_junk("Pod", json!("garbage"));
+    server.add_junk(
+        "Pod",
+        json!({"metadata": {"name": "bad-spec", "namespace": "x", "uid": uid(70)},
+                                   "spec": {"containers": "not-a-list", "nodeName": NODE_A}}),
+    );
+    server.add_junk(
+        "Pod",
+        json!({"metadata": {"name": "bad-labels", "namespace": "x", "uid": uid(71),
+                                   "labels": ["a", "b"]}, "spec": {"containers": [], "nodeName": NODE_A}}),
+    );
+    server.add_junk("Pod", json!({"metadata": {"name": "no-uid", "namespace": "x"}, "spec": {"containers": []}}));
+    // A valid pod with an IP that does not parse: indexed without it, counted.
+    let mut odd_ip = fixtures::pod(&fixtures::PodSpec {
+        ns: "x",
+        name: "odd-ip",
+        uid: uid(72),
+        node: NODE_A,
+        ip: "10.8.1.300",
+        owner: None,
+        labels: json!({}),
+        containers: vec![("main", "busybox:1.36", cid(72))],
+        host_network: false,
+        restarted: None,
+    });
+    odd_ip.as_object_mut().map(|o| o.remove("kind"));
+    server.add_junk("Pod", odd_ip);
+    server.add_junk(
+        "Service",
+        json!({"metadata": {"name": "bad", "namespace": "x", "uid": uid(73)},
+                                       "spec": {"clusterIPs": 5}}),
+    );
+    server.add_junk("EndpointSlice", json!([1, 2, 3]));
+    server.add_junk("Node", json!({"metadata": {"name": "bad-node"}, "status": {"addresses": "10.0.0.1"}}));
+
+    let registry = Registry::new();
+    let index = KubeIndex::start_with(server.config(), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
+        .expect("start");
+    synced(&registry, 5.0, 3.0, 3.0, 2.0).await;
+    assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "pods"), 5.0);
+    assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "services"), 1.0);
+    assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "endpointslices"), 1.0);
+    assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "nodes"), 1.0);
+    assert!(index.pod(&uid(1)).is_some() && index.pod(&uid(5)).is_some());
+    let odd = index.pod(&uid(72)).expect("indexed without the bad address");
+    assert!(odd.ip.is_empty());
+    assert!(index.pod(&uid(70)).is_none() && index.pod(&uid(71)).is_none());
+    assert!(index.remote(ip(fixtures::SQUID_SVC_IP), 3128).is_some());
+
+    // A MODIFIED event carrying a malformed object: counted, the last good state kept.
+    let mut broken = cluster.redis.clone();
+    broken["status"]["podIPs"] = json!("10.8.1.11");
+    server.apply(broken);
+    eventually("the malformed MODIFIED event is counted", Duration::from_secs(5), || {
+        metric(&registry, "egress_kube_objects_malformed_total", "pods") == 6.0
+    })
+    .await;
+    assert_eq!(index.pod(&uid(4)).map(|p| p.name), Some("redis-0".into()));
+
+    // A line that is not JSON at all breaks the watch: up goes to 0 ...
+    server.raw_watch_line("Service", "<html><body>502 Bad Gateway</body></html>");
+    eventually("the broken watch line is an error", Duration::from_secs(5), || {
+        metric(&registry, "egress_kube_watch_errors_total", "services") >= 1.0
+    })
+    .await;
+    assert_eq!(metric(&registry, "egress_kube_watch_up", "services"), 0.0);
+    // ... and the next good event brings it back.
+    server.apply(fixtures::service("default", "kubernetes", "10.12.0.1", 443, None));
+    eventually("the watch recovers", Duration::from_secs(5), || {
+        metric(&registry, "egress_kube_watch_up", "services") == 1.0 && index.remote(ip("10.12.0.1"), 443).is_some()
+    })
+    .await;
+    assert!(index.remote(ip(fixtures::SQUID_SVC_IP), 3128).is_some(), "the index survived the error");
+}
+
+#[tokio::test]
+async fn api_answering_errors_or_garbage_backs_off_then_recovers() {
+    let cluster = fixtures::cluster();
+    let server = serve(&cluster).await;
+    server.set_mode(Mode::Garbage);
+    let registry = Registry::new();
+    let index = KubeIndex::start_with(server.config(), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
+        .expect("start");
+    let resources = ["pods", "services", "endpointslices", "nodes"];
+    let mut floor = 0.0;
+    for mode in [Mode::Garbage, Mode::Fail] {
+        server.set_mode(mode);
+        eventually(&format!("{mode:?}: more errors counted, watches down"), Duration::from_secs(10), || {
+            resources.iter().all(|r| {
+                metric(&registry, "egress_kube_watch_errors_total", r) >= floor + 2.0
+                    && metric(&registry, "egress_kube_watch_up", r) == 0.0
+            })
+        })
+        .await;
+        floor =
+            resources.iter().map(|r| metric(&registry, "egress_kube_watch_errors_total", r)).fold(f64::MAX, f64::min);
+        assert_eq!(metric(&registry, "egress_kube_objects", "pods"), 0.0);
+        assert!(index.pod(&uid(1)).is_none());
+    }
+    server.set_mode(Mode::Healthy);
+    synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
+    assert!(index.pod(&uid(1)).is_some());
+}
+
+#[test]
+fn empty_index_knows_nothing() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<KubeIndex>();
+    let index = KubeIndex::empty();
+    assert!(index.pod(&uid(1)).is_none());
+    assert!(index.remote(ip("10.0.0.1"), 80).is_none());
+    assert_eq!(index.counts(), (0, 0, 0, 0));
+    // Outside a tokio runtime start_with is an error, not a panic.
+    let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+    assert!(KubeIndex::start_with(config, &KubeOptions::default(), KubeTuning::default(), &Registry::new()).is_err());
+}

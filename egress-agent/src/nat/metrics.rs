@@ -1,0 +1,80 @@
+//! Conntrack self-metrics. Labels are bounded: `netns` is one of the
+//! configured namespaces (`self` for the agent's own).
+use anyhow::Context as _;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub(crate) struct NatMetrics {
+    pub events: IntCounterVec,
+    pub decode_errors: IntCounter,
+    pub entries: IntGauge,
+    pub evicted: IntCounter,
+    pub lost: IntCounterVec,
+    pub insert_failed: IntCounterVec,
+    pub drop: IntCounterVec,
+    pub early_drop: IntCounterVec,
+}
+
+impl NatMetrics {
+    pub(crate) fn register(r: &Registry) -> anyhow::Result<Self> {
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> anyhow::Result<T> {
+            r.register(Box::new(c.clone())).context("registering conntrack metrics (is NatTable started twice on one registry?)")?;
+            Ok(c)
+        }
+        let vec = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        Ok(Self {
+            events: reg(
+                r,
+                vec(
+                    "egress_conntrack_events_total",
+                    "Conntrack messages received, any protocol: type new/destroy (events) or dump (initial and resync dumps).",
+                    &["netns", "type"],
+                )?,
+            )?,
+            decode_errors: reg(
+                r,
+                IntCounter::new("egress_conntrack_decode_errors_total", "Conntrack netlink messages that did not decode.")?,
+            )?,
+            entries: reg(
+                r,
+                IntGauge::new("egress_conntrack_entries", "TCP conntrack entries held by the agent (live and recently destroyed).")?,
+            )?,
+            evicted: reg(
+                r,
+                IntCounter::new("egress_conntrack_evicted_total", "Entries evicted (oldest first) to keep the agent's table in bound.")?,
+            )?,
+            lost: reg(
+                r,
+                vec(
+                    "egress_conntrack_lost_total",
+                    "Netlink socket overruns (ENOBUFS): conntrack events the kernel dropped; each triggers a resync dump.",
+                    &["netns"],
+                )?,
+            )?,
+            insert_failed: reg(
+                r,
+                vec(
+                    "egress_conntrack_insert_failed_total",
+                    "Kernel conntrack insert failures (sum of per-CPU insert_failed): tuple clashes, e.g. NAT port exhaustion.",
+                    &["netns"],
+                )?,
+            )?,
+            drop: reg(
+                r,
+                vec(
+                    "egress_conntrack_drop_total",
+                    "Packets the kernel dropped because the conntrack table was full (sum of per-CPU drop).",
+                    &["netns"],
+                )?,
+            )?,
+            early_drop: reg(
+                r,
+                vec(
+                    "egress_conntrack_early_drop_total",
+                    "Unassured conntrack entries the kernel evicted to make room in a full table (sum of per-CPU early_drop).",
+                    &["netns"],
+                )?,
+            )?,
+        })
+    }
+}
