@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod enrich;
 pub mod events;
+pub mod filter;
 pub mod flows;
 pub mod kube;
 pub mod metrics;
