@@ -18,6 +18,7 @@ pub mod offsets;
 pub mod output;
 pub mod pipeline;
 pub mod probes;
+pub mod proxy;
 pub mod record;
 pub mod remote;
 pub mod server;

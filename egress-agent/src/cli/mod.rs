@@ -61,6 +61,11 @@ pub struct ProbeArgs {
     /// destinations such as a proxy VM).
     #[arg(long, value_delimiter = ',', default_value = crate::remote::DEFAULT_PRIVATE)]
     pub private_ranges: Vec<crate::remote::Cidr>,
+    /// Remote ports of HTTP proxies (comma-separated, at most 8): the first
+    /// payload bytes of flows to them are read (CONNECT target, status).
+    /// Added to the ports of the chain configuration's hops.
+    #[arg(long, value_delimiter = ',')]
+    pub proxy_ports: Vec<u16>,
     /// Test hook: leave the ring unread for this many milliseconds after start.
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
@@ -68,13 +73,13 @@ pub struct ProbeArgs {
 
 impl ProbeArgs {
     pub fn probe_options(&self) -> ProbeOptions {
-        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows }
+        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.proxy_ports.clone(), cgroup_root: self.cgroup_root.clone() }
     }
     pub fn enrich_options(&self) -> crate::enrich::EnrichOptions {
         crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone() }
     }
     pub fn flow_settings(&self) -> FlowSettings {
-        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize }
+        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize, proxy_ports: self.proxy_ports.clone() }
     }
 }
 
