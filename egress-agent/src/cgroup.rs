@@ -78,11 +78,18 @@ pub fn find_root() -> Option<PathBuf> {
     })
 }
 
+/// An id that a walk did not find is not searched for again this soon.
+const MISS_TTL: Duration = Duration::from_secs(2);
+
 /// id → path cache over one cgroup v2 hierarchy.
 pub struct CgroupResolver {
     root: Option<PathBuf>,
     by_id: HashMap<u64, Arc<CgroupInfo>>,
+    /// Ids not found by a walk, and when: not searched again for a while.
+    misses: HashMap<u64, Instant>,
     last_scan: Option<Instant>,
+    /// Walks are at least this far apart: 10× the last walk's duration, at
+    /// least 10 ms, so a burst of unknown ids cannot turn into a busy loop.
     min_rescan: Duration,
     /// Directories seen in the last walk (to bound memory).
     pub entries: usize,
@@ -90,7 +97,7 @@ pub struct CgroupResolver {
 
 impl CgroupResolver {
     pub fn new(root: Option<PathBuf>) -> Self {
-        Self { root, by_id: HashMap::new(), last_scan: None, min_rescan: Duration::from_millis(200), entries: 0 }
+        Self { root, by_id: HashMap::new(), misses: HashMap::new(), last_scan: None, min_rescan: Duration::from_millis(10), entries: 0 }
     }
 
     pub fn root(&self) -> Option<&Path> {
@@ -102,15 +109,23 @@ impl CgroupResolver {
         if let Some(i) = self.by_id.get(&id) {
             return Some(i.clone());
         }
-        if self.last_scan.is_some_and(|t| t.elapsed() < self.min_rescan) {
+        if self.misses.get(&id).is_some_and(|t| t.elapsed() < MISS_TTL) || self.last_scan.is_some_and(|t| t.elapsed() < self.min_rescan) {
             return None;
         }
         self.rescan();
-        self.by_id.get(&id).cloned()
+        let found = self.by_id.get(&id).cloned();
+        if found.is_none() {
+            if self.misses.len() > 4096 {
+                self.misses.retain(|_, t| t.elapsed() < MISS_TTL);
+            }
+            self.misses.insert(id, Instant::now());
+        }
+        found
     }
 
     fn rescan(&mut self) {
-        self.last_scan = Some(Instant::now());
+        let started = Instant::now();
+        self.last_scan = Some(started);
         let Some(root) = self.root.clone() else { return };
         let mut found = HashMap::with_capacity(self.by_id.len().max(64));
         let mut stack = vec![root.clone()];
@@ -125,6 +140,7 @@ impl CgroupResolver {
         }
         self.entries = found.len();
         self.by_id = found;
+        self.min_rescan = (started.elapsed() * 10).max(Duration::from_millis(10));
     }
 }
 
@@ -191,7 +207,7 @@ mod tests {
         // (once the rescan interval has passed).
         let late = dir.join("system.slice/squid.service");
         fs::create_dir_all(&late).expect("mkdir");
-        r.min_rescan = Duration::ZERO;
+        std::thread::sleep(r.min_rescan);
         let ino = fs::metadata(&late).expect("stat").ino();
         assert_eq!(r.resolve(ino).and_then(|i| i.unit.clone()).as_deref(), Some("squid.service"));
         fs::remove_dir_all(&dir).expect("cleanup");

@@ -3,8 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egress_common::{
-    AF_INET, AF_INET6, ConnectArgs, ConnectStart, EventHeader, FlowEnd, SynRetransmit, Tuple,
-    EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EVENT_SYN_RETRANSMIT,
+    AF_INET, AF_INET6, ConnectArgs, ConnectStart, EventHeader, FlowEnd, PayloadEvent, SynRetransmit,
+    Tuple, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EVENT_PAYLOAD,
+    EVENT_SYN_RETRANSMIT,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +37,7 @@ pub enum Event {
     ConnectFailed(FlowEnd),
     Closed(FlowEnd),
     SynRetransmit(SynRetransmit),
+    Payload(Box<PayloadEvent>),
 }
 
 impl Event {
@@ -46,6 +48,7 @@ impl Event {
             Self::ConnectFailed(_) => EVENT_CONNECT_FAILED,
             Self::Closed(_) => EVENT_CLOSED,
             Self::SynRetransmit(_) => EVENT_SYN_RETRANSMIT,
+            Self::Payload(_) => EVENT_PAYLOAD,
         }
     }
 }
@@ -73,6 +76,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EVENT_CONNECT_FAILED => Event::ConnectFailed(read(bytes, &hdr)?),
         EVENT_CLOSED => Event::Closed(read(bytes, &hdr)?),
         EVENT_SYN_RETRANSMIT => Event::SynRetransmit(read(bytes, &hdr)?),
+        EVENT_PAYLOAD => {
+            let p: PayloadEvent = read(bytes, &hdr)?;
+            if p.len as usize > p.data.len() {
+                return Err(DecodeError::BadSize { kind: hdr.kind, declared: p.len, expected: p.data.len(), len: bytes.len() });
+            }
+            Event::Payload(Box::new(p))
+        }
         k => return Err(DecodeError::UnknownKind(k)),
     })
 }
@@ -139,6 +149,10 @@ mod tests {
         }
         let r = SynRetransmit { hdr: EventHeader { kind: EVENT_SYN_RETRANSMIT, size: 40, ts_ns: 1 }, syn_retransmits: 2, ..Default::default() };
         assert_eq!(decode(&bytes_of(&r)), Ok(Event::SynRetransmit(r)));
+        let mut p = PayloadEvent { hdr: EventHeader { kind: EVENT_PAYLOAD, size: size_of::<PayloadEvent>() as u32, ts_ns: 1 }, len: 3, ..Default::default() };
+        assert_eq!(decode(&bytes_of(&p)), Ok(Event::Payload(Box::new(p))));
+        p.len = 10_000;
+        assert!(matches!(decode(&bytes_of(&p)), Err(DecodeError::BadSize { .. })), "payload length beyond its buffer");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! records. Owned by the pipeline task alone: no locks.
 use std::collections::{HashMap, VecDeque};
 
-use egress_common::{ConnectStart, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEnd};
+use egress_common::{ConnectStart, DIR_EGRESS, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEnd, PayloadEvent};
 
 use crate::{
     events::{self, Event},
+    proxy::{self, ProxyRequest},
     record::{Clock, FlowRecord, Phase, rfc3339},
     verdict::{self, Facts, Verdict},
 };
@@ -17,6 +18,9 @@ pub struct FlowSettings {
     pub degraded_retransmits: u32,
     /// Flows held in userspace at most; beyond, the oldest is evicted and counted.
     pub max_flows: usize,
+    /// Remote ports of proxies: a flow to one is reported when the proxy
+    /// answers (status line), not at connect.
+    pub proxy_ports: Vec<u16>,
 }
 
 /// What the table noticed that is not a record (counted by the caller).
@@ -32,6 +36,9 @@ pub struct TableStats {
 struct Flow {
     start: ConnectStart,
     connect_verdict: Option<Verdict>,
+    request: Option<ProxyRequest>,
+    /// A proxy flow's connect record, waiting for the proxy's answer.
+    held: Option<FlowRecord>,
 }
 
 pub struct FlowTable {
@@ -72,15 +79,21 @@ impl FlowTable {
                     None => (orphan_start(e), false),
                 };
                 let (v, reason) = verdict::connected(&facts(e, 0), threshold);
-                if found {
-                    if let Some(f) = self.flows.get_mut(&e.skaddr) {
-                        f.connect_verdict = Some(v);
-                    }
-                } else {
+                let rec = self.record(&owner, e, Phase::Connect, v, reason, 0);
+                if !found {
                     self.stats.orphans += 1;
+                    return Some(rec);
                 }
-                Some(self.record(&owner, e, Phase::Connect, v, reason, 0))
+                let is_proxy = self.settings.proxy_ports.contains(&e.tuple.dport);
+                let f = self.flows.get_mut(&e.skaddr)?;
+                f.connect_verdict = Some(v);
+                if is_proxy {
+                    f.held = Some(rec);
+                    return None;
+                }
+                Some(rec)
             }
+            Event::Payload(p) => self.on_payload(p),
             Event::ConnectFailed(e) => {
                 let owner = self.take(e);
                 // sk_err first; the reported error survives getsockopt(SO_ERROR).
@@ -88,7 +101,20 @@ impl FlowTable {
                 Some(self.failure(&owner, e, errno))
             }
             Event::Closed(e) => {
-                let connect_verdict = self.flows.get(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns).and_then(|f| f.connect_verdict);
+                let flow = self.flows.get_mut(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns);
+                let connect_verdict = flow.as_ref().and_then(|f| f.connect_verdict);
+                if let Some(mut held) = flow.and_then(|f| f.held.take()) {
+                    // A proxy flow closed before its proxy answered: that is
+                    // its record, with the close's evidence.
+                    self.take(e);
+                    let (v, reason) = verdict::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
+                    let (v, reason) = if v == Verdict::Ok && held.target.is_some() { (Verdict::Failed, Some(verdict::Reason::Other)) } else { (v, reason) };
+                    held.verdict = v;
+                    held.reason = reason;
+                    held.retransmits = e.retransmits;
+                    held.duration_ms = Some(ms(e.hdr.ts_ns.saturating_sub(e.established_ns)));
+                    return Some(held);
+                }
                 let owner = self.take(e);
                 let (v, reason) = verdict::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
                 // One shown record per flow unless it got worse after the connect.
@@ -97,6 +123,34 @@ impl FlowTable {
                 Some(rec)
             }
         }
+    }
+
+    /// First payload of a proxy flow: the request line out, the status in.
+    fn on_payload(&mut self, p: &PayloadEvent) -> Option<FlowRecord> {
+        let f = self.flows.get_mut(&p.skaddr).filter(|f| f.start.hdr.ts_ns == p.start_ns)?;
+        let bytes = &p.data[..(p.len as usize).min(p.data.len())];
+        if p.direction == DIR_EGRESS {
+            f.request = proxy::parse_request(bytes);
+            if let Some(h) = f.held.as_mut() {
+                h.target = f.request.as_ref().map(|r| r.target.clone());
+            }
+            return None;
+        }
+        let resp = proxy::parse_response(bytes)?;
+        let mut rec = f.held.take()?;
+        let (v, reason) = verdict::proxy_status(resp.status);
+        // A tunnel that connected slowly stays degraded even when it opened.
+        if !(v == Verdict::Ok && rec.verdict == Verdict::Degraded) {
+            rec.verdict = v;
+            rec.reason = reason;
+        }
+        f.connect_verdict = Some(rec.verdict);
+        rec.target = f.request.as_ref().map(|r| r.target.clone());
+        rec.proxy_status = Some(resp.status);
+        rec.proxy_error = resp.error;
+        rec.proxy_via = resp.via;
+        rec.time = rfc3339(self.clock.wall(p.hdr.ts_ns));
+        Some(rec)
     }
 
     fn failure(&self, owner: &ConnectStart, e: &FlowEnd, errno: i32) -> FlowRecord {
@@ -114,7 +168,7 @@ impl FlowTable {
                 }
             }
         }
-        if self.flows.insert(s.skaddr, Flow { start: s, connect_verdict: None }).is_some() {
+        if self.flows.insert(s.skaddr, Flow { start: s, connect_verdict: None, request: None, held: None }).is_some() {
             // The previous socket at this address ended without us seeing it.
             self.stats.orphans += 1;
         }
@@ -186,7 +240,7 @@ mod tests {
     use crate::verdict::Reason;
 
     fn table(max: usize) -> FlowTable {
-        FlowTable::new(FlowSettings { degraded_retransmits: 3, max_flows: max }, Clock::new())
+        FlowTable::new(FlowSettings { degraded_retransmits: 3, max_flows: max, proxy_ports: vec![3128] }, Clock::new())
     }
 
     fn tuple() -> Tuple {
@@ -263,6 +317,51 @@ mod tests {
         t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 3, 999, 1000, |e| e.sk_err = libc::ECONNREFUSED)));
         assert_eq!(t.stats.orphans, 2);
         assert_eq!(t.len(), 1);
+    }
+
+    fn payload(sk: u64, start: u64, dir: u32, text: &[u8]) -> Event {
+        let mut p = PayloadEvent { hdr: EventHeader { kind: 6, size: 424, ts_ns: start + 50 }, skaddr: sk, start_ns: start, direction: dir, len: text.len() as u32, ..PayloadEvent::default() };
+        p.data[..text.len()].copy_from_slice(text);
+        Event::Payload(Box::new(p))
+    }
+
+    fn proxy_start(sk: u64, ts: u64) -> Event {
+        let Event::ConnectStart(mut s) = start(sk, ts) else { unreachable!() };
+        s.tuple.dport = 3128;
+        Event::ConnectStart(s)
+    }
+
+    fn proxy_end(kind: u32, sk: u64, start: u64, ts: u64) -> FlowEnd {
+        end(kind, sk, start, ts, |e| {
+            e.tuple.dport = 3128;
+            e.established_ns = start + 10;
+        })
+    }
+
+    #[test]
+    fn proxy_flow_reported_when_the_proxy_answers() {
+        use egress_common::DIR_INGRESS;
+        let mut t = table(16);
+        t.on_event(&proxy_start(1, 100));
+        assert!(t.on_event(&Event::Connected(proxy_end(EVENT_CONNECTED, 1, 100, 110))).is_none(), "held until the status line");
+        assert!(t.on_event(&payload(1, 100, DIR_EGRESS, b"CONNECT login.example.test:443 HTTP/1.1\r\n")).is_none());
+        let r = t.on_event(&payload(1, 100, DIR_INGRESS, b"HTTP/1.1 403 Forbidden\r\nX-Squid-Error: ERR_ACCESS_DENIED 0\r\n")).expect("record");
+        assert_eq!((r.verdict, r.reason, r.proxy_status), (Verdict::Failed, Some(Reason::ProxyDenied), Some(403)));
+        assert_eq!(r.target.as_deref(), Some("login.example.test:443"));
+        assert_eq!(r.proxy_error.as_deref(), Some("ERR_ACCESS_DENIED 0"));
+        // The close repeats the verdict: quiet.
+        let c = t.on_event(&Event::Closed(proxy_end(EVENT_CLOSED, 1, 100, 900))).expect("close");
+        assert!(c.quiet || c.verdict == Verdict::Failed);
+    }
+
+    #[test]
+    fn proxy_flow_closed_without_answer() {
+        let mut t = table(16);
+        t.on_event(&proxy_start(2, 100));
+        t.on_event(&Event::Connected(proxy_end(EVENT_CONNECTED, 2, 100, 110)));
+        t.on_event(&payload(2, 100, DIR_EGRESS, b"CONNECT a.test:443 HTTP/1.1\r\n"));
+        let r = t.on_event(&Event::Closed(proxy_end(EVENT_CLOSED, 2, 100, 900))).expect("record");
+        assert_eq!((r.verdict, r.target.as_deref(), r.proxy_status), (Verdict::Failed, Some("a.test:443"), None));
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub const CONNECT_BUCKETS: &[f64] = &[
     30.95, 62.95, 126.95, 135.0,
 ];
 
+/// Bounded labels of the flow counters: verdict, reason, who (namespace and
+/// workload, or the systemd unit of a host process) and the destination class.
+pub const FLOW_LABELS: &[&str] = &["result", "reason", "namespace", "workload", "dst_class"];
+
 pub struct Metrics {
     pub registry: Registry,
     pub connections: IntCounterVec,
@@ -75,8 +79,8 @@ impl Metrics {
         r.register(Box::new(build.clone())).expect("unique metric name");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let m = Self {
-            connections: counter_vec(&r, "egress_connections_total", "Egress TCP connect outcomes, one per connection attempt.", &["result", "reason"]),
-            closes: counter_vec(&r, "egress_connection_closes_total", "How established egress connections ended (ok, degraded by retransmits, failed by reset or timeout).", &["result", "reason"]),
+            connections: counter_vec(&r, "egress_connections_total", "Egress TCP connect outcomes, one per connection attempt.", FLOW_LABELS),
+            closes: counter_vec(&r, "egress_connection_closes_total", "How established egress connections ended (ok, degraded by retransmits, failed by reset or timeout).", FLOW_LABELS),
             retransmits: counter(&r, "egress_tcp_retransmits_total", "TCP retransmits on tracked egress flows (kernel count)."),
             events_produced: counter_vec(&r, "egress_events_produced_total", "Events the kernel programs emitted or tried to emit.", &["kind"]),
             events_delivered: counter_vec(&r, "egress_events_delivered_total", "Events decoded by the agent.", &["kind"]),
@@ -145,12 +149,16 @@ impl Metrics {
 
     pub fn observe(&self, r: &FlowRecord) {
         let reason = r.reason.map_or("", |x| x.as_str());
+        let namespace = r.namespace.as_deref().unwrap_or("");
+        let workload = r.workload.as_deref().or(r.unit.as_deref()).unwrap_or("");
+        let class = r.dst_class.map_or("", |c| c.as_str());
+        let labels = [r.verdict.as_str(), reason, namespace, workload, class];
         match r.phase {
             crate::record::Phase::Connect => {
-                self.connections.with_label_values(&[r.verdict.as_str(), reason]).inc();
+                self.connections.with_label_values(&labels).inc();
                 self.connect_duration.with_label_values(&[r.verdict.as_str()]).observe(r.latency_ms / 1000.0);
             }
-            crate::record::Phase::Close => self.closes.with_label_values(&[r.verdict.as_str(), reason]).inc(),
+            crate::record::Phase::Close => self.closes.with_label_values(&labels).inc(),
         }
     }
 
@@ -199,7 +207,7 @@ mod tests {
         m.decode_errors.with_label_values(&["short"]).inc();
         let text = m.render();
         for needle in [
-            "egress_connections_total{reason=\"refused\",result=\"failed\"} 1",
+            "egress_connections_total{dst_class=\"\",namespace=\"\",reason=\"refused\",result=\"failed\",workload=\"\"} 1",
             "egress_connect_duration_seconds_bucket{result=\"failed\",le=\"0.0005\"} 0",
             "egress_connect_duration_seconds_bucket{result=\"failed\",le=\"0.001\"} 1",
             "egress_tcp_retransmits_total 0",

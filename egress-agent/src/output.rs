@@ -11,10 +11,21 @@ pub enum Format {
     Json,
 }
 
-pub const TABLE_HEADER: &str = "TIME         PID     COMM             SRC                    DST                    VERDICT   LAT        RETX  REASON";
+pub const TABLE_HEADER: &str = "TIME         NAMESPACE        POD/UNIT                 PID     COMM             SRC                    DST                            VERDICT   LAT        RETX  REASON";
 
 fn addr(a: Option<SocketAddr>) -> String {
     a.map_or_else(|| "-".to_string(), |a| a.to_string())
+}
+
+/// Cut a cell to `width` characters, marking the cut with `…`.
+pub fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(width - 1).collect();
+        out.push('…');
+        out
+    }
 }
 
 pub fn latency(ms: f64) -> String {
@@ -24,16 +35,14 @@ pub fn latency(ms: f64) -> String {
 pub fn table_row(r: &FlowRecord) -> String {
     let time = r.time.get(11..23).unwrap_or(&r.time);
     let reason = r.reason.map_or("-", |x| x.as_str());
-    let dst = match (r.dst, r.dst_actual) {
-        (Some(d), Some(a)) if d != a => format!("{d} ({a})"),
-        (d, _) => addr(d),
-    };
+    let dst = fit(&r.dst_name.clone().unwrap_or_else(|| addr(r.dst)), 30);
+    let ns = fit(r.namespace.as_deref().unwrap_or("-"), 16);
+    let who = fit(r.pod.as_deref().or(r.unit.as_deref()).or(r.pod_uid.as_deref()).unwrap_or("-"), 24);
+    let comm = fit(&r.comm, 16);
+    let src = fit(&addr(r.src), 22);
     format!(
-        "{time:<12} {:<7} {:<16} {:<22} {:<22} {:<9} {:<10} {:<5} {reason}",
+        "{time:<12} {ns:<16} {who:<24} {:<7} {comm:<16} {src:<22} {dst:<30} {:<9} {:<10} {:<5} {reason}",
         r.pid,
-        r.comm,
-        addr(r.src),
-        dst,
         r.verdict.as_str(),
         latency(r.latency_ms),
         r.retransmits,
@@ -75,10 +84,21 @@ mod tests {
     #[test]
     fn table_row_columns() {
         let row = table_row(&rec());
-        assert!(row.starts_with("22:01:02.345 4242    curl "), "{row}");
-        assert!(row.contains("10.96.0.10:3128 (10.0.1.5:3128)"));
+        assert!(row.starts_with("22:01:02.345 -                -                        4242    curl "), "{row}");
+        assert!(row.contains(" 10.96.0.10:3128 "));
         assert!(row.contains("failed") && row.contains("3.01s") && row.ends_with("timeout"), "{row}");
         let header_cols: Vec<&str> = TABLE_HEADER.split_whitespace().collect();
-        assert_eq!(header_cols, ["TIME", "PID", "COMM", "SRC", "DST", "VERDICT", "LAT", "RETX", "REASON"]);
+        assert_eq!(header_cols, ["TIME", "NAMESPACE", "POD/UNIT", "PID", "COMM", "SRC", "DST", "VERDICT", "LAT", "RETX", "REASON"]);
+        // Columns line up with the header.
+        let mut r = rec();
+        r.namespace = Some("intra-proxy".into());
+        r.pod = Some("squid-7d9f-a-very-long-generated-pod-name".into());
+        r.dst_name = Some("intra-proxy/squid-proxy-service-with-a-long-name:3128".into());
+        let row = table_row(&r);
+        for col in ["PID", "COMM", "SRC", "DST", "VERDICT"] {
+            let at = TABLE_HEADER.find(col).expect("col");
+            let prefix: String = row.chars().take(at).collect();
+            assert!(prefix.ends_with(' '), "column {col} misaligned:\n{TABLE_HEADER}\n{row}");
+        }
     }
 }

@@ -2,9 +2,9 @@
 //! load, attach what can attach, and say why the rest cannot.
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint},
 };
-use egress_common::{GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS};
+use egress_common::{GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS};
 use serde::Serialize;
 
 use crate::offsets::{self, Btf, Hook, TraceFs};
@@ -26,10 +26,14 @@ pub enum ProbeError {
     Required { program: String, reason: String },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProbeOptions {
     pub ring_bytes: u32,
     pub max_flows: u32,
+    /// Proxy ports whose first payload bytes are read (empty: payload hooks off).
+    pub proxy_ports: Vec<u16>,
+    /// cgroup v2 mount the payload hooks attach to (None: autodetect).
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 /// Attach status of one program, as `check` and `/metrics` report it.
@@ -115,11 +119,19 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
             None
         }
     };
-    let resolved = offsets::resolve(&tracefs, btf.as_ref());
+    let mut resolved = offsets::resolve(&tracefs, btf.as_ref());
+    let mut ports: Vec<u16> = opts.proxy_ports.iter().copied().filter(|&p| p != 0).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.len() > MAX_PROXY_PORTS {
+        return Err(ProbeError::Required { program: "payload".into(), reason: format!("at most {MAX_PROXY_PORTS} proxy ports, got {}", ports.len()) });
+    }
+    resolved.config.proxy_ports[..ports.len()].copy_from_slice(&ports);
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &resolved.config, true)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
         .map_max_entries(MAP_FLOWS, opts.max_flows)
+        .map_max_entries(MAP_PROXY_FLOWS, opts.max_flows)
         .load(EBPF_OBJECT)?;
 
     let mut programs = Vec::new();
@@ -141,7 +153,42 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         }
         programs.push(ProgramStatus { program: name.to_string(), hook, required, attached: err.is_none(), error: err, role });
     }
+    let cgroup_root = opts.cgroup_root.clone().or_else(crate::cgroup::find_root);
+    for (name, dir, way) in [("payload_egress", CgroupSkbAttachType::Egress, "egress"), ("payload_ingress", CgroupSkbAttachType::Ingress, "ingress")] {
+        let err = if ports.is_empty() {
+            Some("off: no proxy ports configured (--proxy-ports or chain hops)".to_string())
+        } else {
+            match &cgroup_root {
+                None => Some("no cgroup v2 hierarchy to attach to".to_string()),
+                Some(root) => attach_cgroup_skb(&mut ebpf, name, root, dir).err(),
+            }
+        };
+        programs.push(ProgramStatus {
+            program: name.to_string(),
+            hook: format!("cgroup_skb/{way}"),
+            required: false,
+            attached: err.is_none(),
+            error: err,
+            role: "CONNECT target and proxy status of flows to proxy ports",
+        });
+    }
     Ok(Probes { ebpf, programs, kernel_problems: resolved.kernel_problems })
+}
+
+/// Attach to the cgroup v2 root: every socket on the host is below it.
+/// Shares the root with other programs where the kernel allows it.
+fn attach_cgroup_skb(ebpf: &mut Ebpf, name: &str, root: &std::path::Path, dir: CgroupSkbAttachType) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let prog: &mut CgroupSkb = prog.try_into().map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
+    let cg = std::fs::File::open(root).map_err(|e| format!("opening {}: {e}", root.display()))?;
+    match prog.attach(&cg, dir, CgroupAttachMode::AllowMultiple) {
+        Ok(_) => Ok(()),
+        Err(multi) => prog
+            .attach(&cg, dir, CgroupAttachMode::Single)
+            .map(|_| ())
+            .map_err(|e| format!("attach to {}: {} (multi: {})", root.display(), error_chain(&e), error_chain(&multi))),
+    }
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, kind: Hook, cat: &str, tp: &str) -> Result<(), String> {

@@ -64,6 +64,12 @@ pub struct FlowRecord {
     pub latency_ms: f64,
     pub retransmits: u32,
     pub syn_retransmits: u32,
+    /// CONNECT target (`host:port`) of a tunnel through a proxy.
+    pub target: Option<String>,
+    /// The proxy's answer: status code, and its error tag / answering host.
+    pub proxy_status: Option<u16>,
+    pub proxy_error: Option<String>,
+    pub proxy_via: Option<String>,
     /// Established lifetime, on close records.
     pub duration_ms: Option<f64>,
     /// Stable id of the flow in this agent: `<socket address>-<start ns>` in hex.

@@ -34,6 +34,12 @@ pub enum Reason {
     Reset,
     /// Retransmits at or over the degraded threshold.
     Retransmits,
+    /// A proxy refused the request (403, 407).
+    ProxyDenied,
+    /// A proxy could not reach its upstream (502, 503, 504).
+    ProxyUpstreamError,
+    /// Egress that left for a public address without going through the chain.
+    Bypass,
     Other,
 }
 
@@ -45,6 +51,9 @@ impl Reason {
             Self::Unreachable => "unreachable",
             Self::Reset => "reset",
             Self::Retransmits => "retransmits",
+            Self::ProxyDenied => "proxy_denied",
+            Self::ProxyUpstreamError => "proxy_upstream_error",
+            Self::Bypass => "bypass",
             Self::Other => "other",
         }
     }
@@ -97,6 +106,16 @@ pub fn closed(f: &Facts, threshold: u32) -> (Verdict, Option<Reason>) {
     }
 }
 
+/// Verdict of a proxy's answer to a CONNECT (or proxied request).
+pub fn proxy_status(status: u16) -> (Verdict, Option<Reason>) {
+    match status {
+        200..=399 => (Verdict::Ok, None),
+        403 | 407 => (Verdict::Failed, Some(Reason::ProxyDenied)),
+        502..=504 => (Verdict::Failed, Some(Reason::ProxyUpstreamError)),
+        _ => (Verdict::Failed, Some(Reason::Other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +135,17 @@ mod tests {
         assert_eq!(connect_failure(&f(0, false, 2, 2)), Reason::Timeout);
         assert_eq!(connect_failure(&f(0, false, 0, 0)), Reason::Other);
         assert_eq!(connect_failure(&f(libc::EACCES, false, 0, 0)), Reason::Other);
+    }
+
+    #[test]
+    fn proxy_statuses() {
+        assert_eq!(proxy_status(200), (Verdict::Ok, None));
+        assert_eq!(proxy_status(403), (Verdict::Failed, Some(Reason::ProxyDenied)));
+        assert_eq!(proxy_status(407), (Verdict::Failed, Some(Reason::ProxyDenied)));
+        for s in [502, 503, 504] {
+            assert_eq!(proxy_status(s), (Verdict::Failed, Some(Reason::ProxyUpstreamError)));
+        }
+        assert_eq!(proxy_status(400), (Verdict::Failed, Some(Reason::Other)));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_FLOWS: &str = "FLOWS";
 /// `connect()` destinations per thread: pid_tgid → [`ConnectArgs`].
 pub const MAP_CONNECT_ARGS: &str = "CONNECT_ARGS";
+/// Established flows to proxy ports: [`TupleKey`] → socket address.
+pub const MAP_PROXY_FLOWS: &str = "PROXY_FLOWS";
 /// Sockets being connected, by owner: (tgid << 32 | fd) → socket address.
 pub const MAP_SOCK_FDS: &str = "SOCK_FDS";
 /// Name of the load-time configuration global ([`Config`]).
@@ -41,6 +43,8 @@ pub const EVENT_CONNECT_FAILED: u32 = 3;
 pub const EVENT_CLOSED: u32 = 4;
 /// A SYN was retransmitted: the connect is stalling.
 pub const EVENT_SYN_RETRANSMIT: u32 = 5;
+/// First payload bytes of a flow to a proxy port, in one direction.
+pub const EVENT_PAYLOAD: u32 = 6;
 /// Number of kind slots in the counters (kind 0 is never emitted).
 pub const EVENT_KINDS: u32 = 8;
 
@@ -52,6 +56,7 @@ pub const fn event_kind_name(kind: u32) -> &'static str {
         EVENT_CONNECT_FAILED => "connect_failed",
         EVENT_CLOSED => "closed",
         EVENT_SYN_RETRANSMIT => "syn_retransmit",
+        EVENT_PAYLOAD => "payload",
         _ => "unknown",
     }
 }
@@ -81,6 +86,19 @@ pub const STAT_SLOTS: u32 = 2 * EVENT_KINDS + 4;
 pub const FLOW_FLAG_RESET: u32 = 1;
 /// The `connect()` sockaddr was captured for this flow.
 pub const FLOW_FLAG_HAS_INTENDED: u32 = 2;
+/// The first outgoing payload of a proxy flow was captured.
+pub const FLOW_FLAG_REQ_SEEN: u32 = 4;
+/// The first incoming payload of a proxy flow was captured.
+pub const FLOW_FLAG_RESP_SEEN: u32 = 8;
+
+/// Direction of a captured payload.
+pub const DIR_EGRESS: u32 = 1;
+pub const DIR_INGRESS: u32 = 2;
+/// Bytes of payload captured per direction: enough for a request line with
+/// a long host name and for a status line.
+pub const PAYLOAD_BYTES: usize = 384;
+/// Proxy ports the kernel watches payloads on (0 = unused slot).
+pub const MAX_PROXY_PORTS: usize = 8;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -212,6 +230,42 @@ pub struct FlowEnd {
 }
 const _: () = assert!(core::mem::size_of::<FlowEnd>() == 112);
 
+/// Key of a TCP connection as seen from the local socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub family: u16,
+    /// Host byte order.
+    pub lport: u16,
+    /// Host byte order.
+    pub rport: u16,
+    pub _pad: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
+
+/// EVENT_PAYLOAD.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadEvent {
+    pub hdr: EventHeader,
+    pub skaddr: u64,
+    pub start_ns: u64,
+    /// DIR_EGRESS or DIR_INGRESS.
+    pub direction: u32,
+    /// Valid bytes in `data`.
+    pub len: u32,
+    pub data: [u8; PAYLOAD_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 40 + PAYLOAD_BYTES);
+
+impl Default for PayloadEvent {
+    fn default() -> Self {
+        Self { hdr: EventHeader::default(), skaddr: 0, start_ns: 0, direction: 0, len: 0, data: [0; PAYLOAD_BYTES] }
+    }
+}
+
 /// EVENT_SYN_RETRANSMIT.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -332,8 +386,10 @@ pub struct Config {
     pub receive_reset: TpOffsets,
     pub syscalls: SyscallTpOffsets,
     pub kernel: KernelOffsets,
+    /// Remote ports whose first payload bytes are captured (0 = unused).
+    pub proxy_ports: [u16; MAX_PROXY_PORTS],
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 16);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -342,6 +398,7 @@ impl Config {
         receive_reset: TpOffsets::ABSENT,
         syscalls: SyscallTpOffsets::ABSENT,
         kernel: KernelOffsets::UNKNOWN,
+        proxy_ports: [0; MAX_PROXY_PORTS],
     };
 }
 

@@ -11,6 +11,7 @@ mod emit;
 mod error_report;
 mod getsockopt;
 mod maps;
+mod payload;
 mod retransmit;
 mod set_state;
 

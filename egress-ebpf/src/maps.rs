@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use egress_common::{ConnectArgs, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, FlowState, STAT_SLOTS};
+use egress_common::{ConnectArgs, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, FlowState, STAT_SLOTS, TupleKey};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -16,6 +16,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0
 /// counted (STAT_FLOW_MAP_FULL) instead.
 #[map]
 pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Established flows to proxy ports, by tuple: the key packets carry.
+#[map]
+pub static PROXY_FLOWS: HashMap<TupleKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Stale entries (threads that died between connect() and SYN_SENT) are
 /// harmless and may be evicted: LRU.

@@ -17,7 +17,8 @@ use egress_common::{
 use crate::{
     config,
     emit::{emit, field, kread, tuple},
-    maps::{CONNECT_ARGS, FLOWS, SOCK_FDS, count},
+    maps::{CONNECT_ARGS, FLOWS, PROXY_FLOWS, SOCK_FDS, count},
+    payload::{is_proxy_port, tuple_key},
 };
 
 /// A `connect()` sockaddr older than this is not trusted for the flow (the
@@ -52,13 +53,32 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe { (*state).established_ns = now };
         let st = unsafe { *state };
         emit(EVENT_CONNECTED, |ev: &mut FlowEnd| flow_end(ev, ctx, &o, EVENT_CONNECTED, now, skaddr, &st, old, new));
+        track_proxy_flow(ctx, &o, skaddr, true);
     } else if new == tcp_state::CLOSE {
         let st = unsafe { *state };
         let _ = FLOWS.remove(skaddr);
+        if st.established_ns != 0 {
+            track_proxy_flow(ctx, &o, skaddr, false);
+        }
         let kind = if st.established_ns == 0 { EVENT_CONNECT_FAILED } else { EVENT_CLOSED };
         emit(kind, |ev: &mut FlowEnd| flow_end(ev, ctx, &o, kind, now, skaddr, &st, old, new));
     }
     Ok(())
+}
+
+/// Index an established flow to a proxy port by its tuple (so the packet
+/// hooks can find it), or drop it from the index at close.
+fn track_proxy_flow(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64, add: bool) {
+    let mut t = egress_common::Tuple::default();
+    if tuple(ctx, o, &mut t).is_err() || !is_proxy_port(t.dport) {
+        return;
+    }
+    let key = tuple_key(t.family, t.sport, t.dport, &t.saddr, &t.daddr);
+    if add {
+        let _ = PROXY_FLOWS.insert(key, skaddr, 0);
+    } else {
+        let _ = PROXY_FLOWS.remove(key);
+    }
 }
 
 fn on_connect(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64) {

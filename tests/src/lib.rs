@@ -4,6 +4,7 @@
 //!
 //! Everything created here is removed on drop, also when a test fails.
 pub mod agent;
+pub mod cgroups;
 pub mod demo;
 pub mod lab;
 pub mod netns;

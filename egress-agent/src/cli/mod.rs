@@ -6,7 +6,7 @@ pub mod watch;
 use clap::{Args, Parser, Subcommand};
 use egress_common::{DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES};
 
-use crate::{flows::FlowSettings, output::Format, probes::ProbeOptions, verdict::Verdict};
+use crate::{flows::FlowSettings, output::Format, probes::ProbeOptions};
 
 /// egress-observer node agent: which process tried to reach what, and where it broke.
 ///
@@ -59,8 +59,13 @@ pub struct ProbeArgs {
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Comma-separated CIDRs classified `private` (cluster-external private
     /// destinations such as a proxy VM).
-    #[arg(long, default_value = crate::remote::DEFAULT_PRIVATE, value_parser = crate::remote::parse_ranges)]
+    #[arg(long, value_delimiter = ',', default_value = crate::remote::DEFAULT_PRIVATE)]
     pub private_ranges: Vec<crate::remote::Cidr>,
+    /// Remote ports of HTTP proxies (comma-separated, at most 8): the first
+    /// payload bytes of flows to them are read (CONNECT target, status).
+    /// Added to the ports of the chain configuration's hops.
+    #[arg(long, value_delimiter = ',')]
+    pub proxy_ports: Vec<u16>,
     /// Test hook: leave the ring unread for this many milliseconds after start.
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
@@ -68,13 +73,13 @@ pub struct ProbeArgs {
 
 impl ProbeArgs {
     pub fn probe_options(&self) -> ProbeOptions {
-        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows }
+        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.proxy_ports.clone(), cgroup_root: self.cgroup_root.clone() }
     }
     pub fn enrich_options(&self) -> crate::enrich::EnrichOptions {
         crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone() }
     }
     pub fn flow_settings(&self) -> FlowSettings {
-        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize }
+        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize, proxy_ports: self.proxy_ports.clone() }
     }
 }
 
@@ -86,12 +91,11 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
-/// Filters for flow output.
+/// Filters and format for flow output.
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
-    /// Only flows with this verdict.
-    #[arg(long, value_enum)]
-    pub verdict: Option<Verdict>,
+    #[command(flatten)]
+    pub flows: crate::filter::FlowFilter,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -105,6 +109,17 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn private_ranges_parse() {
+        let cli = Cli::try_parse_from(["egress-agent", "watch", "--private-ranges", "10.0.0.0/8,fd00::/8"]).expect("parse");
+        let Command::Watch(w) = cli.command else { panic!("watch") };
+        assert_eq!(w.probe.private_ranges.len(), 2);
+        assert!(Cli::try_parse_from(["egress-agent", "watch", "--private-ranges", "10.0.0.0/99"]).is_err());
+        let cli = Cli::try_parse_from(["egress-agent", "watch"]).expect("parse");
+        let Command::Watch(w) = cli.command else { panic!("watch") };
+        assert_eq!(w.probe.private_ranges.len(), 7);
     }
 
     #[test]

@@ -42,13 +42,13 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         let _ = writeln!(o, "{TABLE_HEADER}");
         let _ = o.flush();
     }
-    let verdict = args.filter.verdict;
+    let filter = args.filter.flows.clone();
     let format = args.filter.output;
     let mut broken = false;
     session
         .pipeline(
             move |r| {
-                if broken || r.quiet || verdict.is_some_and(|v| v != r.verdict) {
+                if broken || r.quiet || !filter.matches(r) {
                     return;
                 }
                 let line = match format {

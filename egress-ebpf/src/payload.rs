@@ -1,0 +1,159 @@
+//! `cgroup_skb` egress/ingress on the cgroup v2 root: the first payload
+//! bytes of flows to proxy ports, once per direction (the CONNECT request
+//! line out, the proxy's status line in). Fail-open: every packet passes,
+//! whatever happens here.
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use egress_common::{
+    AF_INET, AF_INET6, DIR_EGRESS, DIR_INGRESS, EVENT_PAYLOAD, EventHeader, FLOW_FLAG_REQ_SEEN,
+    FLOW_FLAG_RESP_SEEN, MAX_PROXY_PORTS, PAYLOAD_BYTES, PayloadEvent, TupleKey,
+};
+
+use crate::{
+    config,
+    emit::emit,
+    maps::{FLOWS, PROXY_FLOWS},
+};
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+
+#[inline(always)]
+pub fn is_proxy_port(port: u16) -> bool {
+    if port == 0 {
+        return false;
+    }
+    let ports: [u16; MAX_PROXY_PORTS] = config!(proxy_ports);
+    let mut i = 0;
+    while i < MAX_PROXY_PORTS {
+        if ports[i] == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The key of a connection, IPv4-mapped IPv6 folded to IPv4 (packets of a
+/// dual-stack socket talking IPv4 are IPv4 on the wire).
+#[inline(always)]
+pub fn tuple_key(family: u16, lport: u16, rport: u16, laddr: &[u8; 16], raddr: &[u8; 16]) -> TupleKey {
+    let mut k = TupleKey { family, lport, rport, _pad: 0, laddr: *laddr, raddr: *raddr };
+    if family == AF_INET6 && is_v4_mapped(laddr) && is_v4_mapped(raddr) {
+        k.family = AF_INET;
+        k.laddr = [0; 16];
+        k.raddr = [0; 16];
+        k.laddr[..4].copy_from_slice(&laddr[12..16]);
+        k.raddr[..4].copy_from_slice(&raddr[12..16]);
+    }
+    k
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0 && a[4] == 0 && a[5] == 0 && a[6] == 0 && a[7] == 0
+        && a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff
+}
+
+#[cgroup_skb]
+pub fn payload_egress(ctx: SkBuffContext) -> i32 {
+    let _ = capture(&ctx, DIR_EGRESS);
+    1
+}
+
+#[cgroup_skb]
+pub fn payload_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = capture(&ctx, DIR_INGRESS);
+    1
+}
+
+fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
+    // SAFETY: the context pointer is the kernel's __sk_buff.
+    let skb = unsafe { &*(ctx.skb.skb as *const __sk_buff) };
+    // The be16 ethertype sits in the low half of the u32 field.
+    let proto = u32::from(u16::from_be(skb.protocol as u16));
+    let mut key = TupleKey::default();
+    let (l4, src_addr_off, dst_addr_off, alen) = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0).map_err(|e| e as i64)?;
+        if ctx.load::<u8>(9).map_err(|e| e as i64)? != IPPROTO_TCP {
+            return Ok(());
+        }
+        key.family = AF_INET;
+        (((vihl & 0x0f) as usize) * 4, 12usize, 16usize, 4usize)
+    } else if proto == ETH_P_IPV6 {
+        if ctx.load::<u8>(6).map_err(|e| e as i64)? != IPPROTO_TCP {
+            return Ok(());
+        }
+        key.family = AF_INET6;
+        (40usize, 8usize, 24usize, 16usize)
+    } else {
+        return Ok(());
+    };
+    let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|e| e as i64)?);
+    let dport = u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|e| e as i64)?);
+    let (lport, rport) = if dir == DIR_EGRESS { (sport, dport) } else { (dport, sport) };
+    if !is_proxy_port(rport) {
+        return Ok(());
+    }
+    let doff: u8 = ctx.load(l4 + 12).map_err(|e| e as i64)?;
+    let payload = l4 + ((doff >> 4) as usize) * 4;
+    let len = skb.len as usize;
+    if len <= payload {
+        return Ok(()); // no payload: SYN, ACK, FIN
+    }
+    key.lport = lport;
+    key.rport = rport;
+    let (l_off, r_off) = if dir == DIR_EGRESS { (src_addr_off, dst_addr_off) } else { (dst_addr_off, src_addr_off) };
+    if alen == 4 {
+        let l: [u8; 4] = ctx.load(l_off).map_err(|e| e as i64)?;
+        let r: [u8; 4] = ctx.load(r_off).map_err(|e| e as i64)?;
+        key.laddr[..4].copy_from_slice(&l);
+        key.raddr[..4].copy_from_slice(&r);
+    } else {
+        key.laddr = ctx.load(l_off).map_err(|e| e as i64)?;
+        key.raddr = ctx.load(r_off).map_err(|e| e as i64)?;
+    }
+    let Some(skaddr) = PROXY_FLOWS.get_ptr(key) else {
+        return Ok(());
+    };
+    // SAFETY: valid map value pointers.
+    let skaddr = unsafe { *skaddr };
+    let Some(state) = FLOWS.get_ptr_mut(skaddr) else {
+        return Ok(());
+    };
+    let flag = if dir == DIR_EGRESS { FLOW_FLAG_REQ_SEEN } else { FLOW_FLAG_RESP_SEEN };
+    let st = unsafe { &mut *state };
+    if st.flags & flag != 0 {
+        return Ok(());
+    }
+    st.flags |= flag;
+    let start_ns = st.start_ns;
+    let avail = len - payload;
+    let n = if avail > PAYLOAD_BYTES { PAYLOAD_BYTES } else { avail };
+    let skb_ptr = ctx.skb.skb;
+    emit(EVENT_PAYLOAD, |ev: &mut PayloadEvent| {
+        ev.hdr = EventHeader { kind: EVENT_PAYLOAD, size: size_of::<PayloadEvent>() as u32, ts_ns: unsafe { bpf_ktime_get_ns() } };
+        ev.skaddr = skaddr;
+        ev.start_ns = start_ns;
+        ev.direction = dir;
+        // The compiler knows n ≥ 1 and would drop this check; the verifier
+        // does not and needs to see it on the register passed to the helper.
+        let n = core::hint::black_box(n);
+        if n == 0 || n > PAYLOAD_BYTES {
+            return Err(-1);
+        }
+        // SAFETY: n is in 1..=PAYLOAD_BYTES and the destination holds PAYLOAD_BYTES.
+        let rc = unsafe { bpf_skb_load_bytes(skb_ptr.cast(), payload as u32, ev.data.as_mut_ptr().cast(), n as u32) };
+        if rc != 0 {
+            return Err(rc);
+        }
+        ev.len = n as u32;
+        Ok(())
+    });
+    Ok(())
+}
