@@ -6,6 +6,7 @@
 //!   into [`record::FlowRecord`]s with a [`verdict`];
 //! - sinks: [`metrics`] / [`server`] (Prometheus), [`output`] (CLI).
 pub mod cgroup;
+pub mod chain;
 pub mod cli;
 pub mod enrich;
 pub mod events;

@@ -25,7 +25,7 @@ pub const CONNECT_BUCKETS: &[f64] = &[
 
 /// Bounded labels of the flow counters: verdict, reason, who (namespace and
 /// workload, or the systemd unit of a host process) and the destination class.
-pub const FLOW_LABELS: &[&str] = &["result", "reason", "namespace", "workload", "dst_class"];
+pub const FLOW_LABELS: &[&str] = &["result", "reason", "namespace", "workload", "dst_class", "hop"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -41,7 +41,10 @@ pub struct Metrics {
     pub kernel_read_errors: IntCounter,
     pub program_attached: IntGaugeVec,
     pub flows_tracked: IntGauge,
+    pub proxy_tunnels: IntCounterVec,
+    pub hop_failures: IntCounterVec,
     kernel: Mutex<Option<KernelStats>>,
+    chain: std::sync::RwLock<Option<std::sync::Arc<crate::chain::Chain>>>,
 }
 
 struct KernelStats {
@@ -88,11 +91,14 @@ impl Metrics {
             decode_errors: counter_vec(&r, "egress_decode_errors_total", "Ring records that failed to decode.", &["reason"]),
             orphan_events: counter(&r, "egress_orphan_events_total", "Events for a socket whose start was lost (owner unknown)."),
             kernel_read_errors: counter(&r, "egress_kernel_read_errors_total", "Tracepoint field reads that failed in the kernel."),
+            proxy_tunnels: counter_vec(&r, "egress_proxy_tunnels_total", "Proxy answers to tunnel requests, by hop, status and target (allow-listed targets; others are `other`).", &["hop", "status", "target"]),
+            hop_failures: counter_vec(&r, "egress_hop_failures_total", "Failed flows by the hop they went to.", &["hop", "reason"]),
             program_attached,
             flows_tracked,
             connect_duration,
             registry: r,
             kernel: Mutex::new(None),
+            chain: std::sync::RwLock::new(None),
         };
         m.zero_known_series();
         m
@@ -114,6 +120,13 @@ impl Metrics {
         self.events_lost.with_label_values(&["flow_table", "connect_start"]);
         for reason in ["short", "unknown_kind", "bad_size"] {
             self.decode_errors.with_label_values(&[reason]);
+        }
+    }
+
+    /// The chain whose allow-list bounds the `target` label.
+    pub fn set_chain(&self, chain: Option<std::sync::Arc<crate::chain::Chain>>) {
+        if let Ok(mut c) = self.chain.write() {
+            *c = chain;
         }
     }
 
@@ -152,7 +165,16 @@ impl Metrics {
         let namespace = r.namespace.as_deref().unwrap_or("");
         let workload = r.workload.as_deref().or(r.unit.as_deref()).unwrap_or("");
         let class = r.dst_class.map_or("", |c| c.as_str());
-        let labels = [r.verdict.as_str(), reason, namespace, workload, class];
+        let hop = r.hop.as_deref().unwrap_or("");
+        let labels = [r.verdict.as_str(), reason, namespace, workload, class, hop];
+        if let Some(status) = r.proxy_status {
+            let target = r.target.as_deref().unwrap_or("");
+            let target = self.chain.read().ok().and_then(|c| c.as_ref().map(|c| c.target_label(target).to_string())).unwrap_or_else(|| "other".into());
+            self.proxy_tunnels.with_label_values(&[hop, &status.to_string(), &target]).inc();
+        }
+        if r.verdict == crate::verdict::Verdict::Failed && !r.quiet {
+            self.hop_failures.with_label_values(&[hop, reason]).inc();
+        }
         match r.phase {
             crate::record::Phase::Connect => {
                 self.connections.with_label_values(&labels).inc();
@@ -207,7 +229,7 @@ mod tests {
         m.decode_errors.with_label_values(&["short"]).inc();
         let text = m.render();
         for needle in [
-            "egress_connections_total{dst_class=\"\",namespace=\"\",reason=\"refused\",result=\"failed\",workload=\"\"} 1",
+            "egress_connections_total{dst_class=\"\",hop=\"\",namespace=\"\",reason=\"refused\",result=\"failed\",workload=\"\"} 1",
             "egress_connect_duration_seconds_bucket{result=\"failed\",le=\"0.0005\"} 0",
             "egress_connect_duration_seconds_bucket{result=\"failed\",le=\"0.001\"} 1",
             "egress_tcp_retransmits_total 0",

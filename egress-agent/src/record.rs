@@ -45,6 +45,9 @@ pub struct FlowRecord {
     pub workload: Option<String>,
     /// systemd unit of a host process.
     pub unit: Option<String>,
+    /// Labels of the pod (for hop matching; not shown).
+    #[serde(skip)]
+    pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
     pub src: Option<SocketAddr>,
     /// The destination the application asked for (its connect() sockaddr).
     pub dst: Option<SocketAddr>,
@@ -64,6 +67,11 @@ pub struct FlowRecord {
     pub latency_ms: f64,
     pub retransmits: u32,
     pub syn_retransmits: u32,
+    /// The hop this flow goes to: a hop name, `internet` past the last hop,
+    /// `direct` for egress that bypassed the chain.
+    pub hop: Option<String>,
+    /// `client->A`, `A->B`, `A->internet` or `direct`.
+    pub leg: Option<String>,
     /// CONNECT target (`host:port`) of a tunnel through a proxy.
     pub target: Option<String>,
     /// The proxy's answer: status code, and its error tag / answering host.

@@ -23,12 +23,15 @@ pub struct Session {
     pub metrics: Arc<Metrics>,
     ring: Option<RingBuf<aya::maps::MapData>>,
     args: ProbeArgs,
+    pub chain: Option<Arc<crate::chain::Chain>>,
 }
 
 impl Session {
     pub fn start(args: &ProbeArgs) -> anyhow::Result<Self> {
-        let mut probes = probes::load(&args.probe_options())?;
+        let chain = args.chain()?;
+        let mut probes = probes::load(&args.probe_options(chain.as_deref()))?;
         let metrics = Arc::new(Metrics::new());
+        metrics.set_chain(chain.clone());
         for p in &probes.programs {
             metrics.program_attached.with_label_values(&[p.program.as_str()]).set(i64::from(p.attached));
             if let Some(e) = &p.error {
@@ -42,7 +45,7 @@ impl Session {
         metrics.set_kernel_stats(PerCpuArray::try_from(stats).context("STATS map")?);
         let ring = probes.ebpf.take_map(MAP_EVENTS).context("EVENTS map missing from the object")?;
         let ring = RingBuf::try_from(ring).context("EVENTS ring buffer")?;
-        Ok(Self { probes, metrics, ring: Some(ring), args: args.clone() })
+        Ok(Self { probes, metrics, ring: Some(ring), args: args.clone(), chain })
     }
 
     pub fn attached_summary(&self) -> String {
@@ -53,9 +56,9 @@ impl Session {
     /// Run the pipeline into `sink` until `shutdown` is true, then drain.
     pub async fn pipeline(&mut self, sink: impl FnMut(&FlowRecord), shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let ring = self.ring.take().context("pipeline already started")?;
-        let table = FlowTable::new(self.args.flow_settings(), Clock::new());
+        let table = FlowTable::new(self.args.flow_settings(self.chain.as_deref()), Clock::new());
         let stall = self.args.stall_reader_ms.map(Duration::from_millis);
-        let enricher = Enricher::new(&self.args.enrich_options());
+        let enricher = Enricher::new(&self.args.enrich_options(self.chain.clone()));
         Pipeline::new(ring, table, enricher, self.metrics.clone(), sink, stall)?.run(shutdown).await?;
         Ok(())
     }

@@ -84,7 +84,19 @@ pub fn report(args: &CheckArgs) -> Report {
         Err(e) => checks.push(item("btf", Status::Warn, format!("{e:#}: errno falls back on tracepoint evidence, netns unknown"))),
     }
     let mut programs = Vec::new();
-    match probes::load(&args.probe.probe_options()) {
+    let chain = match args.probe.chain() {
+        Ok(c) => {
+            if let Some(c) = &c {
+                checks.push(item("config", Status::Ok, format!("chain of {} hops: {}", c.hops.len(), c.hops.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(" -> "))));
+            }
+            c
+        }
+        Err(e) => {
+            checks.push(item("config", Status::Fail, format!("{e:#}")));
+            None
+        }
+    };
+    match probes::load(&args.probe.probe_options(chain.as_deref())) {
         Ok(p) => {
             checks.push(item("load", Status::Ok, "object loaded; ring buffer created"));
             programs = p.programs;

@@ -66,20 +66,36 @@ pub struct ProbeArgs {
     /// Added to the ports of the chain configuration's hops.
     #[arg(long, value_delimiter = ',')]
     pub proxy_ports: Vec<u16>,
+    /// Agent configuration (YAML): the proxy chain, destination allow-list,
+    /// bypass policy. See deploy/kubernetes/base/config.yaml.
+    #[arg(long, env = "EGRESS_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Test hook: leave the ring unread for this many milliseconds after start.
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
 }
 
 impl ProbeArgs {
-    pub fn probe_options(&self) -> ProbeOptions {
-        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.proxy_ports.clone(), cgroup_root: self.cgroup_root.clone() }
+    /// The chain from --config, if any (a bad file is an error, not ignored).
+    pub fn chain(&self) -> anyhow::Result<Option<std::sync::Arc<crate::chain::Chain>>> {
+        self.config.as_deref().map(|p| crate::chain::Chain::load(p).map(|(c, _)| std::sync::Arc::new(c))).transpose()
     }
-    pub fn enrich_options(&self) -> crate::enrich::EnrichOptions {
-        crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone() }
+    /// --proxy-ports plus the ports of the chain's hops.
+    pub fn all_proxy_ports(&self, chain: Option<&crate::chain::Chain>) -> Vec<u16> {
+        let mut p = self.proxy_ports.clone();
+        p.extend(chain.map(|c| c.proxy_ports()).unwrap_or_default());
+        p.sort_unstable();
+        p.dedup();
+        p
     }
-    pub fn flow_settings(&self) -> FlowSettings {
-        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize, proxy_ports: self.proxy_ports.clone() }
+    pub fn probe_options(&self, chain: Option<&crate::chain::Chain>) -> ProbeOptions {
+        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.all_proxy_ports(chain), cgroup_root: self.cgroup_root.clone() }
+    }
+    pub fn enrich_options(&self, chain: Option<std::sync::Arc<crate::chain::Chain>>) -> crate::enrich::EnrichOptions {
+        crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone(), chain }
+    }
+    pub fn flow_settings(&self, chain: Option<&crate::chain::Chain>) -> FlowSettings {
+        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize, proxy_ports: self.all_proxy_ports(chain) }
     }
 }
 
