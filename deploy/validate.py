@@ -83,9 +83,7 @@ PLANNED = {
     "egress_probe_success",         # {target}
 }
 # Planned labels on metrics that exist already.
-PLANNED_LABELS = {
-    "egress_connections_total": {"namespace", "workload", "dst_class", "hop"},
-}
+PLANNED_LABELS: dict[str, set[str]] = {}
 
 # Made by Prometheus itself, not by the agent.
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped",

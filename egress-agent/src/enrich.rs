@@ -1,13 +1,16 @@
 //! The enrich stage: who (cgroup → pod / container / unit, then Kubernetes
-//! metadata) and where (destination name and class, NAT). Runs on the
-//! pipeline task; every source it reads is a cache that never blocks.
+//! metadata), where (destination name and class, NAT) and which leg of the
+//! proxy chain. Runs on the pipeline task; every source it reads is a cache
+//! that never blocks.
 use std::{path::PathBuf, sync::Arc};
 
 use crate::{
     cgroup::CgroupResolver,
     chain::{Chain, DIRECT},
-    record::FlowRecord,
-    remote::{self, Cidr},
+    kube::{KubeIndex, RemoteClass},
+    nat::{FlowKey, NatTable},
+    record::{FlowRecord, Phase},
+    remote::{self, Cidr, DstClass},
     verdict::{Reason, Verdict},
 };
 
@@ -25,15 +28,36 @@ pub struct Enricher {
     cgroups: CgroupResolver,
     private: Vec<Cidr>,
     chain: Option<Arc<Chain>>,
+    kube: KubeIndex,
+    nat: NatTable,
 }
 
 impl Enricher {
-    pub fn new(opts: &EnrichOptions) -> Self {
+    pub fn new(opts: &EnrichOptions, kube: KubeIndex, nat: NatTable) -> Self {
         let root = opts.cgroup_root.clone().or_else(crate::cgroup::find_root);
         if root.is_none() {
             tracing::warn!("no cgroup v2 hierarchy found: pod and unit attribution are off");
         }
-        Self { cgroups: CgroupResolver::new(root), private: opts.private_ranges.clone(), chain: opts.chain.clone() }
+        Self { cgroups: CgroupResolver::new(root), private: opts.private_ranges.clone(), chain: opts.chain.clone(), kube, nat }
+    }
+
+    /// True when conntrack is followed and this connect record's NAT entry is
+    /// not known yet: the caller may hold it briefly and call [`Self::nat`] again.
+    pub fn nat_pending(&self, r: &FlowRecord) -> bool {
+        self.nat.is_enabled() && r.phase == Phase::Connect && r.nat_checked.is_none()
+    }
+
+    /// Join the conntrack entry of the flow: the real destination (DNAT) and
+    /// the source address NAT put on it. Returns whether an entry was found.
+    pub fn nat(&self, r: &mut FlowRecord) -> bool {
+        let (Some(src), Some(dst)) = (r.src, r.dst) else { return false };
+        let Some(e) = self.nat.lookup(&FlowKey { src, dst }) else { return false };
+        r.nat_checked = Some(true);
+        if let Some(d) = e.dnat_to() {
+            r.dst_actual = Some(d);
+        }
+        r.snat = e.snat_to();
+        true
     }
 
     pub fn enrich(&mut self, r: &mut FlowRecord) {
@@ -45,6 +69,29 @@ impl Enricher {
             r.container_id = info.container_id.clone();
             r.unit = info.unit.clone();
         }
+        if let Some(pod) = r.pod_uid.as_deref().and_then(|u| self.kube.pod_arc(u)) {
+            r.namespace = Some(pod.namespace.clone());
+            r.pod = Some(pod.name.clone());
+            r.container = r.container_id.as_deref().and_then(|c| pod.container_name(c)).map(str::to_string);
+            r.workload = pod.workload.as_ref().map(|w| format!("{}/{}", w.kind, w.name));
+            r.pod_labels = Some(pod.labels.clone());
+        }
+        if let Some(dst) = r.dst
+            && let Some(m) = self.kube.remote(dst.ip(), dst.port())
+        {
+            let ns = m.namespace.as_deref().unwrap_or("");
+            r.dst_class = Some(match m.class {
+                RemoteClass::Pod => DstClass::Pod,
+                RemoteClass::Service => DstClass::Service,
+                RemoteClass::Node => DstClass::Node,
+            });
+            r.dst_name = Some(match m.class {
+                RemoteClass::Service => format!("{ns}/{}:{}", m.name, dst.port()),
+                RemoteClass::Pod => format!("{ns}/{}", m.name),
+                RemoteClass::Node => format!("node/{}", m.name),
+            });
+        }
+        self.nat(r);
         if r.dst_class.is_none()
             && let Some(dst) = r.dst
         {
@@ -55,7 +102,7 @@ impl Enricher {
                 // Egress that left the chain: a finding whatever the transport said.
                 r.verdict = Verdict::Failed;
                 r.reason = Some(Reason::Bypass);
-                r.quiet = r.phase == crate::record::Phase::Close;
+                r.quiet = r.phase == Phase::Close;
             }
             r.hop = Some(leg.hop);
             r.leg = Some(leg.leg);

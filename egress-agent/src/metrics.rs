@@ -172,7 +172,7 @@ impl Metrics {
             let target = self.chain.read().ok().and_then(|c| c.as_ref().map(|c| c.target_label(target).to_string())).unwrap_or_else(|| "other".into());
             self.proxy_tunnels.with_label_values(&[hop, &status.to_string(), &target]).inc();
         }
-        if r.verdict == crate::verdict::Verdict::Failed && !r.quiet {
+        if r.verdict == crate::verdict::Verdict::Failed && !r.quiet && r.hop.is_some() {
             self.hop_failures.with_label_values(&[hop, reason]).inc();
         }
         match r.phase {

@@ -1,5 +1,9 @@
 //! kernel ring → decode → flow table → verdict → sink. One task, no locks.
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 use egress_common::event_kind_name;
@@ -13,6 +17,13 @@ use crate::{
     record::FlowRecord,
 };
 
+/// How long a connect record may wait for its conntrack entry (NEW comes
+/// through another socket and may trail the ring by a few milliseconds).
+const NAT_WAIT: Duration = Duration::from_millis(150);
+/// Records held for NAT at most; beyond, the oldest goes out without NAT.
+const NAT_HELD_MAX: usize = 4096;
+const TICK: Duration = Duration::from_millis(20);
+
 pub struct Pipeline<S> {
     ring: AsyncFd<RingBuf<MapData>>,
     table: FlowTable,
@@ -20,6 +31,8 @@ pub struct Pipeline<S> {
     metrics: Arc<Metrics>,
     sink: S,
     seen: TableStats,
+    /// Records waiting for their conntrack entry, oldest first.
+    held: VecDeque<(Instant, FlowRecord)>,
     /// Test hook: do not read the ring for this long after start.
     stall: Option<Duration>,
 }
@@ -29,7 +42,7 @@ impl<S: FnMut(&FlowRecord)> Pipeline<S> {
         // SAFETY: the ring owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd owns the ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
-        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), stall })
+        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), held: VecDeque::new(), stall })
     }
 
     /// Run until `shutdown` turns true, then drain what the ring still holds.
@@ -40,6 +53,8 @@ impl<S: FnMut(&FlowRecord)> Pipeline<S> {
                 _ = shutdown.changed() => {}
             }
         }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -47,21 +62,63 @@ impl<S: FnMut(&FlowRecord)> Pipeline<S> {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    let n = Self::drain(guard.get_inner_mut(), &mut self.table, &mut self.enricher, &self.metrics, &mut self.sink);
+                    let mut out = Vec::new();
+                    let n = Self::drain(guard.get_inner_mut(), &mut self.table, &self.metrics, &mut out);
                     guard.clear_ready();
+                    for rec in out {
+                        self.enrich_and_send(rec);
+                    }
                     if n > 0 { self.account(); }
                 }
+                _ = tick.tick(), if !self.held.is_empty() => self.release(false),
                 _ = shutdown.changed() => {}
             }
         }
-        Self::drain(self.ring.get_mut(), &mut self.table, &mut self.enricher, &self.metrics, &mut self.sink);
+        let mut out = Vec::new();
+        Self::drain(self.ring.get_mut(), &mut self.table, &self.metrics, &mut out);
+        for rec in out {
+            self.enrich_and_send(rec);
+        }
+        self.release(true);
         self.account();
         Ok(())
     }
 
+    fn enrich_and_send(&mut self, mut rec: FlowRecord) {
+        self.enricher.enrich(&mut rec);
+        if self.enricher.nat_pending(&rec) {
+            if self.held.len() >= NAT_HELD_MAX
+                && let Some((_, old)) = self.held.pop_front()
+            {
+                self.send(old);
+            }
+            self.held.push_back((Instant::now() + NAT_WAIT, rec));
+            return;
+        }
+        self.send(rec);
+    }
 
-    /// Consume every item currently in the ring. Returns how many.
-    fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, enricher: &mut Enricher, metrics: &Metrics, sink: &mut S) -> usize {
+    /// Send held records whose NAT entry arrived or whose wait is over, in order.
+    fn release(&mut self, all: bool) {
+        let now = Instant::now();
+        while let Some((deadline, mut rec)) = self.held.pop_front() {
+            if self.enricher.nat(&mut rec) || all || deadline <= now {
+                self.send(rec);
+            } else {
+                self.held.push_front((deadline, rec));
+                break;
+            }
+        }
+    }
+
+    fn send(&mut self, rec: FlowRecord) {
+        self.metrics.observe(&rec);
+        (self.sink)(&rec);
+    }
+
+
+    /// Consume every item currently in the ring into records. Returns how many items.
+    fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, metrics: &Metrics, out: &mut Vec<FlowRecord>) -> usize {
         let mut n = 0;
         while let Some(item) = ring.next() {
             n += 1;
@@ -69,10 +126,8 @@ impl<S: FnMut(&FlowRecord)> Pipeline<S> {
                 Ok(ev) => {
                     metrics.events_delivered.with_label_values(&[event_kind_name(ev.kind())]).inc();
                     drop(item);
-                    if let Some(mut rec) = table.on_event(&ev) {
-                        enricher.enrich(&mut rec);
-                        metrics.observe(&rec);
-                        sink(&rec);
+                    if let Some(rec) = table.on_event(&ev) {
+                        out.push(rec);
                     }
                 }
                 Err(e) => {

@@ -82,6 +82,9 @@ pub struct FlowRecord {
     pub duration_ms: Option<f64>,
     /// Stable id of the flow in this agent: `<socket address>-<start ns>` in hex.
     pub flow_id: String,
+    /// Set once the NAT join was attempted and found its entry.
+    #[serde(skip)]
+    pub nat_checked: Option<bool>,
     /// A close record that repeats the connect verdict: counted in metrics,
     /// not shown (one line per flow unless it got worse).
     #[serde(skip)]

@@ -24,10 +24,45 @@ pub struct Session {
     ring: Option<RingBuf<aya::maps::MapData>>,
     args: ProbeArgs,
     pub chain: Option<Arc<crate::chain::Chain>>,
+    kube: crate::kube::KubeIndex,
+    nat: crate::nat::NatTable,
+}
+
+/// Kubernetes metadata: on when asked, or (auto) when running in a cluster
+/// or given a kubeconfig. Auto degrades to off with a warning.
+async fn start_kube(args: &ProbeArgs, registry: &prometheus::Registry) -> anyhow::Result<crate::kube::KubeIndex> {
+    use crate::cli::Toggle;
+    let opts = crate::kube::KubeOptions { node_name: args.node_name.clone(), kubeconfig: args.kubeconfig.clone() };
+    let auto_on = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || args.kubeconfig.is_some();
+    match args.kube {
+        Toggle::False => Ok(crate::kube::KubeIndex::empty()),
+        Toggle::True => crate::kube::KubeIndex::start(opts, registry).await.context("--kube=true"),
+        Toggle::Auto if !auto_on => Ok(crate::kube::KubeIndex::empty()),
+        Toggle::Auto => Ok(crate::kube::KubeIndex::start(opts, registry).await.unwrap_or_else(|e| {
+            tracing::warn!("Kubernetes metadata off: {e:#}");
+            crate::kube::KubeIndex::empty()
+        })),
+    }
+}
+
+/// Conntrack: in the --conntrack-netns namespaces (an error if they cannot be
+/// followed), else (auto) in the agent's own, degrading to off with a warning.
+fn start_nat(args: &ProbeArgs, registry: &prometheus::Registry) -> anyhow::Result<crate::nat::NatTable> {
+    use crate::cli::Toggle;
+    let opts = crate::nat::NatOptions { netns: args.conntrack_netns.clone(), ..crate::nat::NatOptions::default() };
+    match args.conntrack {
+        Toggle::False => Ok(crate::nat::NatTable::disabled()),
+        Toggle::True => crate::nat::NatTable::start(opts, registry).context("--conntrack=true"),
+        Toggle::Auto if !args.conntrack_netns.is_empty() => crate::nat::NatTable::start(opts, registry).context("--conntrack-netns"),
+        Toggle::Auto => Ok(crate::nat::NatTable::start(opts, registry).unwrap_or_else(|e| {
+            tracing::warn!("NAT attribution off: {e:#}");
+            crate::nat::NatTable::disabled()
+        })),
+    }
 }
 
 impl Session {
-    pub fn start(args: &ProbeArgs) -> anyhow::Result<Self> {
+    pub async fn start(args: &ProbeArgs) -> anyhow::Result<Self> {
         let chain = args.chain()?;
         let mut probes = probes::load(&args.probe_options(chain.as_deref()))?;
         let metrics = Arc::new(Metrics::new());
@@ -45,7 +80,9 @@ impl Session {
         metrics.set_kernel_stats(PerCpuArray::try_from(stats).context("STATS map")?);
         let ring = probes.ebpf.take_map(MAP_EVENTS).context("EVENTS map missing from the object")?;
         let ring = RingBuf::try_from(ring).context("EVENTS ring buffer")?;
-        Ok(Self { probes, metrics, ring: Some(ring), args: args.clone(), chain })
+        let kube = start_kube(args, &metrics.registry).await?;
+        let nat = start_nat(args, &metrics.registry)?;
+        Ok(Self { probes, metrics, ring: Some(ring), args: args.clone(), chain, kube, nat })
     }
 
     pub fn attached_summary(&self) -> String {
@@ -58,7 +95,7 @@ impl Session {
         let ring = self.ring.take().context("pipeline already started")?;
         let table = FlowTable::new(self.args.flow_settings(self.chain.as_deref()), Clock::new());
         let stall = self.args.stall_reader_ms.map(Duration::from_millis);
-        let enricher = Enricher::new(&self.args.enrich_options(self.chain.clone()));
+        let enricher = Enricher::new(&self.args.enrich_options(self.chain.clone()), self.kube.clone(), self.nat.clone());
         Pipeline::new(ring, table, enricher, self.metrics.clone(), sink, stall)?.run(shutdown).await?;
         Ok(())
     }

@@ -29,7 +29,8 @@ fn every_outcome_gets_its_verdict_in_watch_and_metrics() {
     let lab = ConnectLab::new(addrs).expect("lab");
     let mut watch = Agent::start(AgentMode::Watch(vec![])).expect("watch agent");
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().expect("port")));
-    let mut run = Agent::start(AgentMode::Run { metrics, extra: vec![] }).expect("run agent");
+    // Proxy ports given so that the payload hooks attach too.
+    let mut run = Agent::start(AgentMode::Run { metrics, extra: vec!["--proxy-ports".into(), "3128".into()] }).expect("run agent");
 
     let scenarios = lab.scenarios();
     // Drive them concurrently: the slow ones (timeout, unreachable) overlap.

@@ -70,6 +70,24 @@ pub struct ProbeArgs {
     /// bypass policy. See deploy/kubernetes/base/config.yaml.
     #[arg(long, env = "EGRESS_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// Kubernetes metadata (pods of this node, services, endpointslices,
+    /// nodes): auto = on in a cluster or with --kubeconfig.
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub kube: Toggle,
+    /// This node's name: only its pods are watched.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// kubeconfig for the API server (default: in-cluster, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Follow conntrack (NAT) over ctnetlink: auto = in the --conntrack-netns
+    /// namespaces, else the agent's own if it may.
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub conntrack: Toggle,
+    /// Network namespace to follow conntrack in (repeatable), e.g.
+    /// /run/netns/router or /proc/1/ns/net.
+    #[arg(long)]
+    pub conntrack_netns: Vec<std::path::PathBuf>,
     /// Test hook: leave the ring unread for this many milliseconds after start.
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
@@ -97,6 +115,14 @@ impl ProbeArgs {
     pub fn flow_settings(&self, chain: Option<&crate::chain::Chain>) -> FlowSettings {
         FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize, proxy_ports: self.all_proxy_ports(chain) }
     }
+}
+
+/// On, off, or decided from the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    Auto,
+    True,
+    False,
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {

@@ -28,7 +28,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    let mut session = Session::start(&args.probe)?;
+    let mut session = Session::start(&args.probe).await?;
     let shutdown = shutdown_on_signals()?;
     let server = tokio::spawn(server::serve(listener, session.metrics.clone(), shutdown.clone()));
     tracing::info!(addr = %args.metrics_addr, "egress-agent running; {}", session.attached_summary());

@@ -21,7 +21,7 @@ pub struct WatchArgs {
 }
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let mut session = Session::start(&args.probe)?;
+    let mut session = Session::start(&args.probe).await?;
     let mut shutdown = shutdown_on_signals()?;
     if let Some(secs) = args.duration {
         let (tx, rx) = tokio::sync::watch::channel(false);
