@@ -150,6 +150,7 @@ impl FlowTable {
         rec.proxy_error = resp.error;
         rec.proxy_via = resp.via;
         rec.time = rfc3339(self.clock.wall(p.hdr.ts_ns));
+        rec.record_mono_ns = p.hdr.ts_ns;
         Some(rec)
     }
 
@@ -214,6 +215,8 @@ impl FlowTable {
             syn_retransmits: e.syn_retransmits,
             duration_ms: (phase == Phase::Close && e.established_ns != 0).then(|| ms(e.hdr.ts_ns.saturating_sub(e.established_ns))),
             flow_id: format!("{:x}-{:x}", e.skaddr, e.start_ns),
+            start_mono_ns: e.start_ns,
+            record_mono_ns: e.hdr.ts_ns,
             ..FlowRecord::default()
         }
     }

@@ -7,6 +7,7 @@
 //! - sinks: [`metrics`] / [`server`] (Prometheus), [`output`] (CLI).
 pub mod cgroup;
 pub mod chain;
+pub mod chains;
 pub mod cli;
 pub mod enrich;
 pub mod events;

@@ -92,7 +92,7 @@ impl Metrics {
             orphan_events: counter(&r, "egress_orphan_events_total", "Events for a socket whose start was lost (owner unknown)."),
             kernel_read_errors: counter(&r, "egress_kernel_read_errors_total", "Tracepoint field reads that failed in the kernel."),
             proxy_tunnels: counter_vec(&r, "egress_proxy_tunnels_total", "Proxy answers to tunnel requests, by hop, status and target (allow-listed targets; others are `other`).", &["hop", "status", "target"]),
-            hop_failures: counter_vec(&r, "egress_hop_failures_total", "Failed flows by the hop they went to.", &["hop", "reason"]),
+            hop_failures: counter_vec(&r, "egress_hop_failures_total", "Requests through the proxy chain that failed, by the hop that broke (`internet` for the origin side, `direct` for a bypass).", &["hop", "reason"]),
             program_attached,
             flows_tracked,
             connect_duration,
@@ -172,15 +172,22 @@ impl Metrics {
             let target = self.chain.read().ok().and_then(|c| c.as_ref().map(|c| c.target_label(target).to_string())).unwrap_or_else(|| "other".into());
             self.proxy_tunnels.with_label_values(&[hop, &status.to_string(), &target]).inc();
         }
-        if r.verdict == crate::verdict::Verdict::Failed && !r.quiet && r.hop.is_some() {
-            self.hop_failures.with_label_values(&[hop, reason]).inc();
-        }
+
         match r.phase {
             crate::record::Phase::Connect => {
                 self.connections.with_label_values(&labels).inc();
                 self.connect_duration.with_label_values(&[r.verdict.as_str()]).observe(r.latency_ms / 1000.0);
             }
             crate::record::Phase::Close => self.closes.with_label_values(&labels).inc(),
+        }
+    }
+
+    /// A stitched chain: its failure is counted against the hop that broke.
+    pub fn observe_chain(&self, c: &crate::chains::ChainRecord) {
+        if c.verdict == crate::verdict::Verdict::Failed
+            && let Some(hop) = &c.failed_hop
+        {
+            self.hop_failures.with_label_values(&[hop.as_str(), c.reason.map_or("", |r| r.as_str())]).inc();
         }
     }
 

@@ -49,8 +49,26 @@ pub fn table_row(r: &FlowRecord) -> String {
     )
 }
 
-pub fn json_line(r: &FlowRecord) -> String {
+pub fn json_line(r: &impl serde::Serialize) -> String {
     serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// One line for a stitched chain: who, target, each leg, the verdict.
+pub fn chain_line(c: &crate::chains::ChainRecord) -> String {
+    let who = c.pod.as_deref().or(c.unit.as_deref()).unwrap_or(&c.comm);
+    let legs: Vec<String> = c
+        .legs
+        .iter()
+        .map(|l| {
+            let what = l.proxy_status.map_or_else(|| l.reason.map_or(l.verdict.as_str().to_string(), |r| r.as_str().to_string()), |s| s.to_string());
+            format!("{}[{what}]", l.hop)
+        })
+        .collect();
+    let verdict = match (&c.failed_hop, c.reason) {
+        (Some(h), Some(r)) => format!("{} at {h}: {}", c.verdict.as_str(), r.as_str()),
+        _ => c.verdict.as_str().to_string(),
+    };
+    format!("{} {who} -> {}  via {}  => {verdict}", c.time.get(11..23).unwrap_or(&c.time), c.target.as_deref().unwrap_or("-"), legs.join(" > "))
 }
 
 #[cfg(test)]

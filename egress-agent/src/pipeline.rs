@@ -10,6 +10,7 @@ use egress_common::event_kind_name;
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{
+    chains::{ChainRecord, Stitcher},
     enrich::Enricher,
     events::decode,
     flows::{FlowTable, TableStats},
@@ -24,6 +25,13 @@ const NAT_WAIT: Duration = Duration::from_millis(150);
 const NAT_HELD_MAX: usize = 4096;
 const TICK: Duration = Duration::from_millis(20);
 
+/// What leaves the pipeline: every flow record, and a chain record when the
+/// legs of one request through the proxy chain have been stitched.
+pub enum Output<'a> {
+    Flow(&'a FlowRecord),
+    Chain(&'a ChainRecord),
+}
+
 pub struct Pipeline<S> {
     ring: AsyncFd<RingBuf<MapData>>,
     table: FlowTable,
@@ -31,18 +39,19 @@ pub struct Pipeline<S> {
     metrics: Arc<Metrics>,
     sink: S,
     seen: TableStats,
+    stitcher: Stitcher,
     /// Records waiting for their conntrack entry, oldest first.
     held: VecDeque<(Instant, FlowRecord)>,
     /// Test hook: do not read the ring for this long after start.
     stall: Option<Duration>,
 }
 
-impl<S: FnMut(&FlowRecord)> Pipeline<S> {
+impl<S: FnMut(Output<'_>)> Pipeline<S> {
     pub fn new(ring: RingBuf<MapData>, table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S, stall: Option<Duration>) -> std::io::Result<Self> {
         // SAFETY: the ring owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd owns the ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
-        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), held: VecDeque::new(), stall })
+        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), stall })
     }
 
     /// Run until `shutdown` turns true, then drain what the ring still holds.
@@ -111,9 +120,14 @@ impl<S: FnMut(&FlowRecord)> Pipeline<S> {
         }
     }
 
-    fn send(&mut self, rec: FlowRecord) {
+    fn send(&mut self, mut rec: FlowRecord) {
+        let chain = self.stitcher.on_record(&mut rec);
         self.metrics.observe(&rec);
-        (self.sink)(&rec);
+        (self.sink)(Output::Flow(&rec));
+        if let Some(c) = chain {
+            self.metrics.observe_chain(&c);
+            (self.sink)(Output::Chain(&c));
+        }
     }
 
 

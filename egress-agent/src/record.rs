@@ -82,6 +82,13 @@ pub struct FlowRecord {
     pub duration_ms: Option<f64>,
     /// Stable id of the flow in this agent: `<socket address>-<start ns>` in hex.
     pub flow_id: String,
+    /// Chain this flow is the client leg of (set when the chain is stitched).
+    pub chain_id: Option<String>,
+    /// CLOCK_MONOTONIC ns of the flow's start and of this record (for stitching).
+    #[serde(skip)]
+    pub start_mono_ns: u64,
+    #[serde(skip)]
+    pub record_mono_ns: u64,
     /// Set once the NAT join was attempted and found its entry.
     #[serde(skip)]
     pub nat_checked: Option<bool>,

@@ -14,7 +14,7 @@ use crate::{
     metrics::Metrics,
     pipeline::Pipeline,
     probes::{self, Probes},
-    record::{Clock, FlowRecord},
+    record::Clock,
 };
 
 pub struct Session {
@@ -91,7 +91,7 @@ impl Session {
     }
 
     /// Run the pipeline into `sink` until `shutdown` is true, then drain.
-    pub async fn pipeline(&mut self, sink: impl FnMut(&FlowRecord), shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn pipeline(&mut self, sink: impl FnMut(crate::pipeline::Output<'_>), shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let ring = self.ring.take().context("pipeline already started")?;
         let table = FlowTable::new(self.args.flow_settings(self.chain.as_deref()), Clock::new());
         let stall = self.args.stall_reader_ms.map(Duration::from_millis);

@@ -7,6 +7,7 @@ use clap::Args;
 use crate::{
     cli::ProbeArgs,
     output::json_line,
+    pipeline::Output,
     server,
     session::{Session, shutdown_on_signals},
 };
@@ -16,7 +17,8 @@ pub struct RunArgs {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
-    /// Also print every flow record as a JSON line on stdout.
+    /// Also print every flow record and chain record (`"record":"chain"`) as
+    /// a JSON line on stdout.
     #[arg(long)]
     pub log_flows: bool,
     #[command(flatten)]
@@ -36,11 +38,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let out = std::io::stdout();
     session
         .pipeline(
-            move |r| {
-                if log && !r.quiet {
-                    let mut o = out.lock();
-                    let _ = writeln!(o, "{}", json_line(r)).and_then(|_| o.flush());
-                }
+            move |rec| {
+                let line = match rec {
+                    Output::Flow(r) if log && !r.quiet => json_line(r),
+                    Output::Chain(c) if log => json_line(c),
+                    _ => return,
+                };
+                let mut o = out.lock();
+                let _ = writeln!(o, "{line}").and_then(|_| o.flush());
             },
             shutdown,
         )

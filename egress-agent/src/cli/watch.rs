@@ -5,7 +5,8 @@ use clap::Args;
 
 use crate::{
     cli::{FilterArgs, ProbeArgs},
-    output::{Format, TABLE_HEADER, json_line, table_row},
+    output::{Format, TABLE_HEADER, chain_line, json_line, table_row},
+    pipeline::Output,
     session::{Session, shutdown_on_signals},
 };
 
@@ -13,6 +14,10 @@ use crate::{
 pub struct WatchArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Print stitched chain records (one per request through the proxy
+    /// chain, naming the hop that broke) instead of flow records.
+    #[arg(long)]
+    pub chains: bool,
     /// Stop after this many seconds (default: until interrupted).
     #[arg(long)]
     pub duration: Option<u64>,
@@ -37,7 +42,8 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     }
     eprintln!("egress-agent watch: standalone mode, probes loaded by this process; {}", session.attached_summary());
     let out = std::io::stdout();
-    if args.filter.output == Format::Table {
+    let chains = args.chains;
+    if args.filter.output == Format::Table && !chains {
         let mut o = out.lock();
         let _ = writeln!(o, "{TABLE_HEADER}");
         let _ = o.flush();
@@ -47,14 +53,18 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let mut broken = false;
     session
         .pipeline(
-            move |r| {
-                if broken || r.quiet || !filter.matches(r) {
+            move |rec| {
+                let line = match (rec, chains, format) {
+                    (Output::Flow(r), false, _) if broken || r.quiet || !filter.matches(r) => return,
+                    (Output::Flow(r), false, Format::Table) => table_row(r),
+                    (Output::Flow(r), false, Format::Json) => json_line(r),
+                    (Output::Chain(c), true, Format::Table) => chain_line(c),
+                    (Output::Chain(c), true, Format::Json) => json_line(c),
+                    _ => return,
+                };
+                if broken {
                     return;
                 }
-                let line = match format {
-                    Format::Table => table_row(r),
-                    Format::Json => json_line(r),
-                };
                 let mut o = out.lock();
                 // A closed pipe (e.g. `| head`) ends output, not the process.
                 broken = writeln!(o, "{line}").and_then(|_| o.flush()).is_err();

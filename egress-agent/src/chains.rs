@@ -1,0 +1,263 @@
+//! Stitching: the legs of one request through the proxy chain, joined into a
+//! chain record whose verdict names the hop that broke.
+//!
+//! Causality makes this simple: a proxy answers its client only after its
+//! own upstream connection resolved, so when the client leg's record arrives
+//! (at the first hop's answer), the upstream legs' records are already here.
+//! They are joined by CONNECT target and by time (an upstream leg starts
+//! inside its downstream leg's life), never by thread ids.
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use crate::{
+    chain::{DIRECT, INTERNET},
+    record::{FlowRecord, rfc3339},
+    verdict::{Reason, Verdict},
+};
+
+/// How long upstream legs wait to be claimed by a client leg.
+const KEEP_NS: u64 = 120_000_000_000;
+const KEEP_MAX: usize = 8192;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LegSummary {
+    pub leg: String,
+    pub hop: String,
+    pub flow_id: String,
+    pub dst: Option<std::net::SocketAddr>,
+    pub dst_actual: Option<std::net::SocketAddr>,
+    pub snat: Option<std::net::SocketAddr>,
+    pub verdict: Verdict,
+    pub reason: Option<Reason>,
+    pub proxy_status: Option<u16>,
+    pub latency_ms: f64,
+    pub retransmits: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainRecord {
+    /// Always `chain` (flow records carry no `record` field).
+    pub record: &'static str,
+    pub chain_id: String,
+    pub time: String,
+    pub target: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub workload: Option<String>,
+    pub unit: Option<String>,
+    pub comm: String,
+    pub pid: u32,
+    /// Legs in chain order, client first.
+    pub legs: Vec<LegSummary>,
+    pub verdict: Verdict,
+    /// The hop that broke (`internet` for the origin side), when failed or degraded.
+    pub failed_hop: Option<String>,
+    pub reason: Option<Reason>,
+    /// The proxy status the client saw.
+    pub proxy_status: Option<u16>,
+}
+
+fn summary(r: &FlowRecord) -> LegSummary {
+    LegSummary {
+        leg: r.leg.clone().unwrap_or_default(),
+        hop: r.hop.clone().unwrap_or_default(),
+        flow_id: r.flow_id.clone(),
+        dst: r.dst,
+        dst_actual: r.dst_actual,
+        snat: r.snat,
+        verdict: r.verdict,
+        reason: r.reason,
+        proxy_status: r.proxy_status,
+        latency_ms: r.latency_ms,
+        retransmits: r.retransmits,
+    }
+}
+
+#[derive(Default)]
+pub struct Stitcher {
+    /// Upstream legs (`A->B`, `A->internet`), oldest first.
+    upstream: VecDeque<FlowRecord>,
+    seq: u64,
+}
+
+impl Stitcher {
+    /// Feed a shown record; a chain record comes out for client legs and bypasses.
+    pub fn on_record(&mut self, r: &mut FlowRecord) -> Option<ChainRecord> {
+        let leg = r.leg.clone()?;
+        if r.quiet {
+            return None;
+        }
+        if leg == DIRECT {
+            return Some(self.finish(r, vec![summary(r)], Verdict::Failed, Some(DIRECT.into()), Some(Reason::Bypass)));
+        }
+        if !leg.starts_with("client->") {
+            while self.upstream.front().is_some_and(|o| r.record_mono_ns.saturating_sub(o.record_mono_ns) > KEEP_NS) || self.upstream.len() >= KEEP_MAX {
+                self.upstream.pop_front();
+            }
+            self.upstream.push_back(r.clone());
+            return None;
+        }
+        // Walk the chain from the client leg: each next leg starts from the
+        // hop this one went to, inside this leg's life, for the same target.
+        let mut legs = vec![summary(r)];
+        let mut from = r.hop.clone().unwrap_or_default();
+        let (mut lo, mut hi) = (r.start_mono_ns, r.record_mono_ns);
+        let mut port = r.target.as_deref().and_then(|t| t.rsplit_once(':')).and_then(|(_, p)| p.parse::<u16>().ok());
+        while let Some(i) = self.upstream.iter().position(|u| {
+            u.leg.as_deref().is_some_and(|l| l.starts_with(&format!("{from}->")))
+                && u.start_mono_ns >= lo
+                && u.start_mono_ns <= hi
+                && match (&u.target, &r.target) {
+                    (Some(a), Some(b)) => a == b,
+                    // An origin connect has no CONNECT line: match its port.
+                    (None, _) => port.is_none_or(|p| u.dst.is_some_and(|d| d.port() == p)),
+                    _ => false,
+                }
+        }) {
+            let Some(u) = self.upstream.remove(i) else { break };
+            legs.push(summary(&u));
+            from = u.hop.clone().unwrap_or_default();
+            (lo, hi) = (u.start_mono_ns, u.record_mono_ns);
+            if from == INTERNET {
+                break;
+            }
+            port = port.or_else(|| u.target.as_deref().and_then(|t| t.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()));
+        }
+        let (verdict, hop, reason) = judge(&legs);
+        let c = self.finish(r, legs, verdict, hop, reason);
+        r.chain_id = Some(c.chain_id.clone());
+        Some(c)
+    }
+
+    fn finish(&mut self, r: &FlowRecord, legs: Vec<LegSummary>, verdict: Verdict, failed_hop: Option<String>, reason: Option<Reason>) -> ChainRecord {
+        self.seq += 1;
+        ChainRecord {
+            record: "chain",
+            chain_id: format!("{:x}-{}", r.start_mono_ns, self.seq),
+            time: if r.time.is_empty() { rfc3339(std::time::SystemTime::now()) } else { r.time.clone() },
+            target: r.target.clone(),
+            namespace: r.namespace.clone(),
+            pod: r.pod.clone(),
+            workload: r.workload.clone(),
+            unit: r.unit.clone(),
+            comm: r.comm.clone(),
+            pid: r.pid,
+            proxy_status: r.proxy_status,
+            legs,
+            verdict,
+            failed_hop,
+            reason,
+        }
+    }
+}
+
+/// The hop that broke, from the legs in chain order.
+///
+/// A proxy's answer is relayed unchanged downstream, so a status is blamed on
+/// the deepest leg that explains it: the first leg whose *connect* failed
+/// (that hop is unreachable), else the deepest leg carrying the same error
+/// status (that hop answered it), else — a 5xx with no upstream leg that
+/// explains it — the hop that answered, for an upstream it could not reach.
+pub fn judge(legs: &[LegSummary]) -> (Verdict, Option<String>, Option<Reason>) {
+    let Some(client) = legs.first() else { return (Verdict::Ok, None, None) };
+    // A leg that failed without a proxy answer: its connect failed (or it was
+    // cut): the hop it went to is where the chain broke.
+    if let Some(l) = legs.iter().find(|l| l.verdict == Verdict::Failed && l.proxy_status.is_none()) {
+        return (Verdict::Failed, Some(l.hop.clone()), l.reason);
+    }
+    match client.proxy_status {
+        Some(s) if s >= 400 => {
+            let deepest = legs.iter().rev().find(|l| l.proxy_status == Some(s)).unwrap_or(client);
+            let reason = crate::verdict::proxy_status(s).1;
+            // A 5xx from the deepest proxy with no failed upstream leg: the
+            // failure is past it (origin side), or it could not resolve/reach
+            // an upstream we do not see.
+            let hop = if reason == Some(Reason::ProxyUpstreamError) && deepest.hop == legs.last().map_or("", |l| l.hop.as_str()) {
+                if legs.len() > 1 && legs.last().is_some_and(|l| l.hop == INTERNET) { INTERNET.to_string() } else { deepest.hop.clone() }
+            } else {
+                deepest.hop.clone()
+            };
+            (Verdict::Failed, Some(hop), reason)
+        }
+        _ => match legs.iter().find(|l| l.verdict == Verdict::Degraded) {
+            Some(l) => (Verdict::Degraded, Some(l.hop.clone()), l.reason),
+            None => (Verdict::Ok, None, None),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(leg: &str, hop: &str, verdict: Verdict, reason: Option<Reason>, status: Option<u16>) -> LegSummary {
+        LegSummary { leg: leg.into(), hop: hop.into(), flow_id: String::new(), dst: None, dst_actual: None, snat: None, verdict, reason, proxy_status: status, latency_ms: 0.0, retransmits: 0 }
+    }
+    const C: &str = "client->gke-squid";
+    const H: &str = "gke-squid->gce-proxy";
+    const O: &str = "gce-proxy->internet";
+    use Verdict::*;
+
+    #[test]
+    fn the_error_flowchart() {
+        let ok = leg(C, "gke-squid", Ok, None, Some(200));
+        assert_eq!(judge(&[ok.clone(), leg(H, "gce-proxy", Ok, None, Some(200)), leg(O, "internet", Ok, None, None)]), (Ok, None, None));
+        // hop1 unreachable
+        assert_eq!(judge(&[leg(C, "gke-squid", Failed, Some(Reason::Refused), None)]), (Failed, Some("gke-squid".into()), Some(Reason::Refused)));
+        // hop1 ACL: 403 and no upstream leg
+        assert_eq!(judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyDenied), Some(403))]), (Failed, Some("gke-squid".into()), Some(Reason::ProxyDenied)));
+        // hop2 ACL: the 403 comes from gce-proxy and is relayed
+        let r = judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyDenied), Some(403)), leg(H, "gce-proxy", Failed, Some(Reason::ProxyDenied), Some(403))]);
+        assert_eq!(r, (Failed, Some("gce-proxy".into()), Some(Reason::ProxyDenied)));
+        // hop2 unreachable: hop1 answers 503 itself, its upstream connect failed
+        let r = judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyUpstreamError), Some(503)), leg(H, "gce-proxy", Failed, Some(Reason::Timeout), None)]);
+        assert_eq!(r, (Failed, Some("gce-proxy".into()), Some(Reason::Timeout)));
+        // origin refused behind the NAT
+        let r = judge(&[
+            leg(C, "gke-squid", Failed, Some(Reason::ProxyUpstreamError), Some(503)),
+            leg(H, "gce-proxy", Failed, Some(Reason::ProxyUpstreamError), Some(503)),
+            leg(O, "internet", Failed, Some(Reason::Refused), None),
+        ]);
+        assert_eq!(r, (Failed, Some("internet".into()), Some(Reason::Refused)));
+        // hop2 answers 503 and no origin leg is visible (e.g. it cannot resolve the name)
+        let r = judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyUpstreamError), Some(503)), leg(H, "gce-proxy", Failed, Some(Reason::ProxyUpstreamError), Some(503))]);
+        assert_eq!(r, (Failed, Some("gce-proxy".into()), Some(Reason::ProxyUpstreamError)));
+        // lossy hop
+        let r = judge(&[ok, leg(H, "gce-proxy", Degraded, Some(Reason::Retransmits), Some(200))]);
+        assert_eq!(r, (Degraded, Some("gce-proxy".into()), Some(Reason::Retransmits)));
+    }
+
+    fn rec(leg: &str, hop: &str, start: u64, end: u64, target: Option<&str>, status: Option<u16>, verdict: Verdict) -> FlowRecord {
+        FlowRecord {
+            leg: Some(leg.into()),
+            hop: Some(hop.into()),
+            start_mono_ns: start,
+            record_mono_ns: end,
+            target: target.map(str::to_string),
+            proxy_status: status,
+            verdict,
+            dst: Some("203.0.113.5:443".parse().expect("addr")),
+            ..FlowRecord::default()
+        }
+    }
+
+    #[test]
+    fn stitches_by_target_and_time() {
+        let mut s = Stitcher::default();
+        let t = Some("login.example.test:443");
+        // Another request's legs, outside the time window: not joined.
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 5, 6, t, Some(200), Ok)).is_none());
+        assert!(s.on_record(&mut rec(O, "internet", 120, 130, None, None, Failed)).is_none());
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 110, 140, t, Some(503), Failed)).is_none());
+        let mut client = rec(C, "gke-squid", 100, 150, t, Some(503), Failed);
+        let c = s.on_record(&mut client).expect("chain");
+        assert_eq!(c.legs.len(), 3, "{c:?}");
+        assert_eq!(c.failed_hop.as_deref(), Some("internet"));
+        assert_eq!(client.chain_id.as_deref(), Some(c.chain_id.as_str()));
+        assert_eq!(s.upstream.len(), 1, "the unrelated leg stays");
+        // A bypass is a chain of one.
+        let c = s.on_record(&mut rec(DIRECT, DIRECT, 1, 2, None, None, Failed)).expect("chain");
+        assert_eq!((c.failed_hop.as_deref(), c.reason), (Some("direct"), Some(Reason::Bypass)));
+    }
+}
