@@ -110,6 +110,9 @@ impl Stitcher {
                 && u.start_mono_ns <= hi
                 && match (&u.target, &r.target) {
                     (Some(a), Some(b)) => a == b,
+                    // A connect to the next proxy that failed never sent its
+                    // CONNECT line: time and hop are all there is.
+                    (None, _) if u.hop.as_deref() != Some(INTERNET) => true,
                     // An origin connect has no CONNECT line: match its port.
                     (None, _) => port.is_none_or(|p| u.dst.is_some_and(|d| d.port() == p)),
                     _ => false,
@@ -256,6 +259,10 @@ mod tests {
         assert_eq!(c.failed_hop.as_deref(), Some("internet"));
         assert_eq!(client.chain_id.as_deref(), Some(c.chain_id.as_str()));
         assert_eq!(s.upstream.len(), 1, "the unrelated leg stays");
+        // The next proxy refused the connect: no CONNECT line on that leg.
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 210, 211, None, None, Failed)).is_none());
+        let c = s.on_record(&mut rec(C, "gke-squid", 200, 260, t, Some(503), Failed)).expect("chain");
+        assert_eq!((c.legs.len(), c.failed_hop.as_deref()), (2, Some("gce-proxy")));
         // A bypass is a chain of one.
         let c = s.on_record(&mut rec(DIRECT, DIRECT, 1, 2, None, None, Failed)).expect("chain");
         assert_eq!((c.failed_hop.as_deref(), c.reason), (Some("direct"), Some(Reason::Bypass)));

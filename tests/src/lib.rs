@@ -5,7 +5,9 @@
 //! Everything created here is removed on drop, also when a test fails.
 pub mod agent;
 pub mod cgroups;
+pub mod chain_lab;
 pub mod demo;
+pub mod faults;
 pub mod lab;
 pub mod netns;
 pub mod traffic;

@@ -35,6 +35,10 @@ enum Task {
         /// Keep healthy traffic flowing for at least this many seconds.
         #[arg(long, default_value_t = 0)]
         duration: u64,
+        /// Also run the proxy-chain lab (real Squid → Squid → NAT → origins)
+        /// through every fault and print fault / expected / agent verdict.
+        #[arg(long)]
+        faults: bool,
     },
 }
 
@@ -91,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("xtask test: all suites passed");
             Ok(())
         }
-        Task::Lab { duration } => {
+        Task::Lab { duration, faults } => {
             setup::ensure()?;
             if !is_root() {
                 bail!("the lab creates network namespaces and loads eBPF programs: run as root");
@@ -99,7 +103,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&["build", "--package", "egress-agent"])?;
             // SAFETY: single-threaded at this point.
             unsafe { std::env::set_var("EGRESS_AGENT_BIN", root().join("target/debug/egress-agent")) };
-            let ok = egress_tests::demo::run(&egress_tests::demo::DemoOptions { duration: Duration::from_secs(duration) })?;
+            let mut ok = egress_tests::demo::run(&egress_tests::demo::DemoOptions { duration: Duration::from_secs(duration) })?;
+            if faults {
+                println!();
+                println!("== proxy chain lab: app pod -> Squid pod (ClusterIP, DNAT) -> Squid on the 'VM' -> NAT -> origins");
+                let rows = egress_tests::faults::run(egress_tests::chain_lab::ChainLabConfig::default(), false)?;
+                egress_tests::faults::print(&rows);
+                ok &= rows.iter().all(|r| r.ok);
+            }
             if !ok {
                 bail!("some verdicts did not match");
             }

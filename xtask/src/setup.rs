@@ -19,6 +19,9 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     "curl",
     "python3",
+    // the proxy chain lab: real Squid (hop 1 and hop 2) and the conntrack CLI.
+    "squid",
+    "conntrack",
     // promtool, for checking the alert rules (the server is not started).
     "prometheus",
 ];
