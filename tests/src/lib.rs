@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cgroups;
 pub mod chain_lab;
 pub mod demo;
+pub mod fake_apiserver;
 pub mod faults;
 pub mod lab;
 pub mod netns;

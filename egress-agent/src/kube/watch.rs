@@ -123,7 +123,11 @@ pub(crate) fn spawn_all(
     index: Arc<Index>,
     metrics: KubeMetrics,
 ) -> anyhow::Result<Tasks> {
-    let all = watcher::Config::default().any_semantic();
+    // resourceVersion=0 (served from the apiserver's watch cache) is only
+    // sent without a page limit: every node's agent listing with a limit
+    // would be a consistent read, an etcd scan per agent.
+    let mut all = watcher::Config::default().any_semantic();
+    all.page_size = None;
     let pods = match &opts.node_name {
         Some(node) => all.clone().fields(&format!("spec.nodeName={node}")),
         None => all.clone(),
