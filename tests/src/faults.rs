@@ -14,7 +14,7 @@ use crate::{
     Agent, AgentMode,
     agent::free_port,
     cgroups::{Layout, TestCgroup},
-    chain_lab::{ChainLab, ChainLabConfig, DirectEgress, Hop, wait_output},
+    chain_lab::{ChainLab, ChainLabConfig, DirectEgress, Hop, LabLink, wait_output},
 };
 
 /// One row of the table.
@@ -65,7 +65,8 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
     let healthy = cfg.healthy.name.clone();
     type Setup = Box<dyn Fn(&ChainLab) -> anyhow::Result<()>>;
     let none: fn(&ChainLab) -> anyhow::Result<()> = |_| Ok(());
-    let cases: Vec<(&'static str, Setup, Request, Option<(&str, &str)>)> = vec![
+    type Case<'a> = (&'static str, Setup, Request, Option<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         ("healthy request", Box::new(none), Request::Chain(healthy.clone()), None),
         ("hop1 down (Squid pod stopped)", Box::new(|l: &ChainLab| l.hop1_down()), Request::Chain(healthy.clone()), Some(("gke-squid", "refused"))),
         ("hop1 blackholed", Box::new(|l: &ChainLab| l.hop1_blackhole()), Request::Chain(healthy.clone()), Some(("gke-squid", "timeout"))),
@@ -76,6 +77,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
         ("origin refuses", Box::new(none), Request::Chain(cfg.refused.name.clone()), Some(("internet", "refused"))),
         ("origin blackholed", Box::new(none), Request::Chain(cfg.blackhole.name.clone()), Some(("internet", "timeout"))),
         ("NAT blackholed", Box::new(|l: &ChainLab| l.nat_blackhole()), Request::Chain(healthy.clone()), Some(("internet", "timeout"))),
+        ("lossy hop (hop1->hop2 loses a SYN)", Box::new(|l: &ChainLab| l.lossy_syn(LabLink::NodeGce, 2)), Request::Chain(healthy.clone()), Some(("gce-proxy", "retransmits"))),
         ("proxy bypass (direct)", Box::new(|l: &ChainLab| l.set_direct_egress(DirectEgress::Drop)), Request::Direct(cfg.healthy.ip), Some(("direct", "bypass"))),
     ];
     let mut rows = Vec::new();
@@ -104,12 +106,12 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
             v["record"] == "chain" && v["pid"].as_u64() == Some(pid) && (v["target"].is_null() || want_target.as_deref().is_none_or(|t| v["target"].as_str() == Some(t)))
         });
         let lag = done.elapsed().as_secs_f64();
-        let expected = expect.map_or("ok".to_string(), |(h, r)| format!("failed at {h}: {r}"));
+        let expected = expect.map_or("ok".to_string(), |(h, r)| format!("{} at {h}: {r}", if r == "retransmits" { "degraded" } else { "failed" }));
         let got = match &rec {
             Ok(v) => match (v["verdict"].as_str(), v["failed_hop"].as_str(), v["reason"].as_str()) {
                 (Some("ok"), _, _) => "ok".to_string(),
                 (Some(verdict), Some(h), Some(r)) => format!("{verdict} at {h}: {r}"),
-                (verdict, _, _) => format!("{}", verdict.unwrap_or("?")),
+                (verdict, _, _) => verdict.unwrap_or("?").to_string(),
             },
             Err(_) => "(no chain record)".to_string(),
         };
@@ -126,8 +128,8 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
 }
 
 pub fn print(rows: &[Row]) {
-    println!("{:<32} {:<34} {:<34} {:>6}  MATCH", "FAULT INJECTED", "EXPECTED", "AGENT SAID", "LAG");
+    println!("{:<36} {:<38} {:<38} {:>6}  MATCH", "FAULT INJECTED", "EXPECTED", "AGENT SAID", "LAG");
     for r in rows {
-        println!("{:<32} {:<34} {:<34} {:>5.1}s  {}", r.fault, r.expected, r.got, r.lag_s, if r.ok { "yes" } else { "NO" });
+        println!("{:<36} {:<38} {:<38} {:>5.1}s  {}", r.fault, r.expected, r.got, r.lag_s, if r.ok { "yes" } else { "NO" });
     }
 }

@@ -95,6 +95,18 @@ impl ChainLab {
         self.add_fault(ns, "mangle", "POSTROUTING", &outb)
     }
 
+    /// A lossy hop, made deterministic: every `every`-th connection attempt
+    /// across `link` loses its first SYN (`-m statistic --mode nth`, counted
+    /// from this rule's insertion), so the connect retransmits and gets
+    /// through. Random loss (`lossy_link`) is the realistic fault; this one
+    /// gives the same kernel signal on the first request, every time.
+    pub fn lossy_syn(&self, link: LabLink, every: u32) -> anyhow::Result<()> {
+        anyhow::ensure!(every >= 2, "every must be at least 2 (1 would drop every SYN: a blackhole)");
+        let (ns, ifname) = self.link_iface(link);
+        let every = every.to_string();
+        self.add_fault(ns, "mangle", "POSTROUTING", &["-o", ifname, "-p", "tcp", "--syn", "-m", "statistic", "--mode", "nth", "--every", &every, "--packet", "0", "-j", "DROP"])
+    }
+
     /// What the node does with pod traffic to the internet that skips the
     /// proxy (node FORWARD, out the node → nat link).
     pub fn set_direct_egress(&self, policy: DirectEgress) -> anyhow::Result<()> {
