@@ -8,7 +8,7 @@
 //! inside its downstream leg's life), never by thread ids.
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     chain::{DIRECT, INTERNET},
@@ -20,7 +20,8 @@ use crate::{
 const KEEP_NS: u64 = 120_000_000_000;
 const KEEP_MAX: usize = 8192;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LegSummary {
     pub leg: String,
     pub hop: String,
@@ -35,10 +36,9 @@ pub struct LegSummary {
     pub retransmits: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChainRecord {
-    /// Always `chain` (flow records carry no `record` field).
-    pub record: &'static str,
     pub chain_id: String,
     pub time: String,
     pub target: Option<String>,
@@ -136,7 +136,6 @@ impl Stitcher {
     fn finish(&mut self, r: &FlowRecord, legs: Vec<LegSummary>, verdict: Verdict, failed_hop: Option<String>, reason: Option<Reason>) -> ChainRecord {
         self.seq += 1;
         ChainRecord {
-            record: "chain",
             chain_id: format!("{:x}-{}", r.start_mono_ns, self.seq),
             time: if r.time.is_empty() { rfc3339(std::time::SystemTime::now()) } else { r.time.clone() },
             target: r.target.clone(),

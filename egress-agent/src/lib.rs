@@ -5,6 +5,7 @@
 //! - [`pipeline`] reads the ring, [`events`] decodes, [`flows`] joins events
 //!   into [`record::FlowRecord`]s with a [`verdict`];
 //! - sinks: [`metrics`] / [`server`] (Prometheus), [`output`] (CLI).
+pub mod api;
 pub mod cgroup;
 pub mod chain;
 pub mod chains;

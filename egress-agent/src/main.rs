@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use egress_agent::cli::{Cli, Command, check, run, watch};
+use egress_agent::cli::{Cli, Command, check, explain, flows, run, watch};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -11,13 +11,19 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let res = match cli.command {
-        Command::Run(a) => run::run(a).await.map(|()| true),
-        Command::Watch(a) => watch::watch(a).await.map(|()| true),
-        Command::Check(a) => check::check(a),
+        Command::Run(a) => run::run(a).await.map(|()| 0),
+        Command::Watch(a) => watch::watch(a).await,
+        Command::Flows(a) => flows::flows(a).await,
+        Command::Explain(a) => explain::run(a).await,
+        Command::Check(a) => check::check(a).await.map(|ok| if ok { 0 } else { 1 }),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut std::io::stdout());
+            Ok(0)
+        }
     };
     match res {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("egress-agent: {e:#}");
             ExitCode::FAILURE

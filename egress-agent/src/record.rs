@@ -2,7 +2,7 @@
 //! stable and snake_case.
 use std::{net::SocketAddr, time::{Duration, SystemTime, UNIX_EPOCH}};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     remote::DstClass,
@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// When in a flow's life the record was made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// The connect resolved: established or failed.
@@ -20,7 +20,8 @@ pub enum Phase {
     Close,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FlowRecord {
     /// RFC 3339 UTC, millisecond precision.
     pub time: String,
@@ -151,6 +152,35 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Parse what [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SS[.fff]Z`).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || !s.ends_with('Z') {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
+    let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let frac = &s[19..s.len() - 1];
+    let millis = match frac.strip_prefix('.') {
+        Some(f) if !f.is_empty() && f.len() <= 9 => f.parse::<u64>().ok()? * 10u64.pow(9 - f.len() as u32) / 1_000_000,
+        None if frac.is_empty() => 0,
+        _ => return None,
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +190,16 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_305_600_123)), "2026-11-22T00:00:00.123Z");
         assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        for ms in [0u64, 951_782_400_000, 1_795_305_600_123, 1_700_000_000_999] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{ms}");
+        }
+        assert_eq!(parse_rfc3339("2026-11-21T22:01:02Z"), Some(UNIX_EPOCH + Duration::from_secs(1_795_298_462)));
+        assert!(parse_rfc3339("2026-13-21T22:01:02Z").is_none() && parse_rfc3339("yesterday").is_none());
     }
 
     #[test]

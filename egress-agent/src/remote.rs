@@ -1,10 +1,11 @@
 //! Remote side classes: what kind of place a destination is.
 use std::{net::IpAddr, str::FromStr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum DstClass {
     Loopback,
     /// A pod of this cluster (from the Kubernetes index).

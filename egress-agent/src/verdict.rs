@@ -1,7 +1,7 @@
 //! Verdicts: what happened to a flow, in a closed vocabulary.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     #[default]
@@ -21,8 +21,9 @@ impl Verdict {
 }
 
 /// Why a flow failed or degraded. A closed set: metric label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Reason {
     /// The peer answered the SYN with a reset (ECONNREFUSED).
     Refused,

@@ -21,6 +21,12 @@ pub fn agent_bin() -> PathBuf {
     })
 }
 
+/// The API socket a `Run` agent on `metrics` gets by default (per agent, so
+/// agents of parallel tests never share one).
+pub fn api_socket_for(metrics: &SocketAddr) -> PathBuf {
+    std::env::temp_dir().join(format!("eo-api-{}-{}.sock", std::process::id(), metrics.port()))
+}
+
 #[derive(Debug, Clone)]
 pub enum AgentMode {
     /// `watch -o json` + extra args.
@@ -47,11 +53,16 @@ impl Agent {
         let mut c = Command::new(&bin);
         let metrics_addr = match &mode {
             AgentMode::Watch(extra) => {
-                c.args(["watch", "-o", "json"]).args(extra);
+                c.args(["watch", "--standalone", "-o", "jsonl"]).args(extra);
                 None
             }
             AgentMode::Run { metrics, extra } => {
-                c.args(["run", "--log-flows", "--metrics-addr", &metrics.to_string()]).args(extra);
+                c.args(["run", "--log-flows", "--metrics-addr", &metrics.to_string()]);
+                // Each agent its own API socket unless the test names one.
+                if !extra.iter().any(|a| a == "--api-socket" || a == "--no-api") {
+                    c.args(["--api-socket", &api_socket_for(metrics).display().to_string()]);
+                }
+                c.args(extra);
                 Some(*metrics)
             }
         };

@@ -22,6 +22,8 @@ pub const PACKAGES: &[&str] = &[
     // the proxy chain lab: real Squid (hop 1 and hop 2) and the conntrack CLI.
     "squid",
     "conntrack",
+    // the CLI's table checked in a real terminal at 80 and 200 columns.
+    "tmux",
     // promtool, for checking the alert rules (the server is not started).
     "prometheus",
 ];

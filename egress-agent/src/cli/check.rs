@@ -54,7 +54,24 @@ pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
-pub fn report(args: &CheckArgs) -> Report {
+/// Kubernetes connectivity as `run` would use it (`--kube`).
+async fn kube_item(args: &ProbeArgs) -> Option<Item> {
+    use crate::cli::Toggle;
+    let auto_on = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || args.kubeconfig.is_some();
+    let wanted = match args.kube {
+        Toggle::False => return Some(item("kubernetes", Status::Ok, "off (--kube=false)")),
+        Toggle::Auto if !auto_on => return Some(item("kubernetes", Status::Ok, "off: not in a cluster and no --kubeconfig (pods named from cgroups only)")),
+        Toggle::True => Status::Fail,
+        Toggle::Auto => Status::Warn,
+    };
+    let opts = crate::kube::KubeOptions { node_name: args.node_name.clone(), kubeconfig: args.kubeconfig.clone() };
+    Some(match crate::kube::KubeIndex::probe(&opts).await {
+        Ok(detail) => item("kubernetes", Status::Ok, detail),
+        Err(e) => item("kubernetes", wanted, format!("{e:#}")),
+    })
+}
+
+pub async fn report(args: &CheckArgs) -> Report {
     let mut checks = Vec::new();
     let caps = probes::effective_caps();
     let missing = probes::missing_caps(caps);
@@ -103,6 +120,7 @@ pub fn report(args: &CheckArgs) -> Report {
         }
         Err(e) => checks.push(item("load", Status::Fail, e.to_string())),
     }
+    checks.extend(kube_item(&args.probe).await);
     for p in &programs {
         if !p.attached && !p.required {
             checks.push(item(&format!("program {}", p.program), Status::Warn, format!("skipped: {}", p.error.as_deref().unwrap_or("?"))));
@@ -112,8 +130,8 @@ pub fn report(args: &CheckArgs) -> Report {
     Report { kernel: kernel_release(), ok, checks, programs }
 }
 
-pub fn check(args: CheckArgs) -> anyhow::Result<bool> {
-    let r = report(&args);
+pub async fn check(args: CheckArgs) -> anyhow::Result<bool> {
+    let r = report(&args).await;
     match args.output {
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         CheckFormat::Table => {

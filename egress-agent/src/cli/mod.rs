@@ -1,20 +1,33 @@
-//! Command line: `run`, `watch`, `check`.
+//! Command line: `run`, `watch`, `flows`, `explain`, `check`, `completions`.
 pub mod check;
+pub mod explain;
+pub mod flows;
+pub mod print;
 pub mod run;
 pub mod watch;
 
 use clap::{Args, Parser, Subcommand};
 use egress_common::{DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES};
 
-use crate::{flows::FlowSettings, output::Format, probes::ProbeOptions};
+use crate::{flows::FlowSettings, output::{Color, Format}, probes::ProbeOptions};
+
+/// Exit code of `explain` (and `flows`) when there is no recent record to
+/// show: distinct from 1, an error.
+pub const EXIT_NO_DATA: u8 = 3;
 
 /// egress-observer node agent: which process tried to reach what, and where it broke.
 ///
 /// Watches every egress TCP connection on this host with eBPF tracepoints and
-/// gives each one a verdict: ok, failed (refused, timeout, unreachable, reset)
-/// or degraded (retransmits).
+/// gives each one a verdict: ok, failed (refused, timeout, unreachable, reset,
+/// proxy_denied, proxy_upstream_error, bypass) or degraded (retransmits),
+/// naming the proxy hop that broke.
 #[derive(Debug, Parser)]
-#[command(name = "egress-agent", version, propagate_version = true)]
+#[command(
+    name = "egress-agent",
+    version,
+    propagate_version = true,
+    after_help = "Exit codes: 0 ok; 1 error; 2 bad usage; 3 no recent records for what was asked (flows, explain)."
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `egress_agent=debug`.
     #[arg(long, global = true, env = "EGRESS_LOG", default_value = "info")]
@@ -29,16 +42,50 @@ pub enum Command {
     ///
     /// Example: egress-agent run --metrics-addr 0.0.0.0:9464
     Run(run::RunArgs),
-    /// Print egress connection outcomes live, loading the probes itself.
+    /// Print egress connection outcomes live: from the running agent's API
+    /// socket, or, when no agent runs (a plain VM), by loading the probes
+    /// itself (standalone mode). Says on stderr which mode it is in.
     ///
     /// Examples:
     ///   egress-agent watch
-    ///   egress-agent watch --verdict failed -o json
+    ///   egress-agent watch --verdict failed -o jsonl
+    ///   egress-agent watch --chains -n payments
+    ///   egress-agent watch --standalone --duration 60
     Watch(watch::WatchArgs),
+    /// Print the running agent's recent records (its in-memory history).
+    ///
+    /// Examples:
+    ///   egress-agent flows --verdict failed --since 10m
+    ///   egress-agent flows --hop gce-proxy --reason proxy_denied -o wide
+    ///   egress-agent flows --dst 203.0.113.0/24 --port 443 --last 20 -o json
+    ///   egress-agent flows --chains -f
+    Flows(flows::FlowsArgs),
+    /// Explain the recent attempts to reach HOST[:PORT], hop by hop, with a
+    /// one-line conclusion. Exit code 3 when there are none.
+    ///
+    /// Examples:
+    ///   egress-agent explain login.microsoftonline.com:443
+    ///   egress-agent explain 203.0.113.10 --since 1h -o json
+    Explain(explain::ExplainArgs),
     /// Report what this kernel supports and whether every program attaches.
     ///
     /// Exits 1 when the minimum set (inet_sock_set_state + ring buffer) cannot work.
     Check(check::CheckArgs),
+    /// Print a shell completion script.
+    ///
+    /// Example: egress-agent completions bash > /etc/bash_completion.d/egress-agent
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Where the daemon's API socket is.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The agent's local API socket (unix, root-only).
+    #[arg(long, env = "EGRESS_API_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
+    pub api_socket: std::path::PathBuf,
 }
 
 /// Kernel-side options shared by `run` and `watch`.
@@ -133,14 +180,28 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
-/// Filters and format for flow output.
+/// Filters and format for record output.
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
     #[command(flatten)]
     pub flows: crate::filter::FlowFilter,
-    /// Output format.
+    /// Print stitched chain records (one per request through the proxy
+    /// chain: who, target, VIA the hops, the hop that broke) instead of flows.
+    #[arg(long)]
+    pub chains: bool,
+    /// Output format. JSON field names are stable and snake_case; every
+    /// object has `record`: `flow` or `chain`.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Colour the verdict column.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+}
+
+impl FilterArgs {
+    pub fn printer(&self, snapshot: bool) -> print::Printer {
+        print::Printer::new(self.output, self.chains, self.color.enabled(), snapshot)
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +223,24 @@ mod tests {
         let cli = Cli::try_parse_from(["egress-agent", "watch"]).expect("parse");
         let Command::Watch(w) = cli.command else { panic!("watch") };
         assert_eq!(w.probe.private_ranges.len(), 7);
+    }
+
+    #[test]
+    fn completions_cover_every_command() {
+        let mut out = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "egress-agent", &mut out);
+        let script = String::from_utf8(out).expect("utf8");
+        for w in ["watch", "flows", "explain", "check", "--verdict", "--api-socket", "--since"] {
+            assert!(script.contains(w), "bash completion lacks {w}");
+        }
+    }
+
+    #[test]
+    fn unknown_filter_values_list_the_accepted_ones() {
+        let e = Cli::try_parse_from(["egress-agent", "flows", "--reason", "bogus"]).expect_err("bogus reason");
+        let msg = e.to_string();
+        assert!(msg.contains("proxy_denied") && msg.contains("bypass"), "{msg}");
+        assert!(Cli::try_parse_from(["egress-agent", "flows", "--verdict", "failed", "--dst", "10.0.0.0/8", "--since", "5m", "-o", "wide"]).is_ok());
     }
 
     #[test]

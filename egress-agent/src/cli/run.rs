@@ -5,8 +5,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
+    api::{self, RecordRef},
     cli::ProbeArgs,
-    output::json_line,
+    output::record_line,
     pipeline::Output,
     server,
     session::{Session, shutdown_on_signals},
@@ -21,6 +22,16 @@ pub struct RunArgs {
     /// a JSON line on stdout.
     #[arg(long)]
     pub log_flows: bool,
+    /// Local API socket for `watch`, `flows` and `explain` (root-only).
+    #[arg(long, env = "EGRESS_API_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    pub api_socket: std::path::PathBuf,
+    /// Records kept in memory for `flows` and `explain` (0 keeps none;
+    /// `watch` still streams).
+    #[arg(long, default_value_t = api::DEFAULT_HISTORY)]
+    pub api_history: usize,
+    /// Do not serve the local API.
+    #[arg(long)]
+    pub no_api: bool,
     #[command(flatten)]
     pub probe: ProbeArgs,
 }
@@ -33,19 +44,42 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut session = Session::start(&args.probe).await?;
     let shutdown = shutdown_on_signals()?;
     let server = tokio::spawn(server::serve(listener, session.metrics.clone(), shutdown.clone()));
-    tracing::info!(addr = %args.metrics_addr, "egress-agent running; {}", session.attached_summary());
+    let api = if args.no_api {
+        None
+    } else {
+        let status = api::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: crate::record::rfc3339(std::time::SystemTime::now()),
+            attached: session.attached_summary(),
+            history: 0,
+            history_capacity: args.api_history,
+        };
+        let opts = api::server::ApiOptions { path: args.api_socket.clone(), history: args.api_history, status };
+        Some(api::server::start(opts, &session.metrics.registry, shutdown.clone())?)
+    };
+    tracing::info!(addr = %args.metrics_addr, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
     let log = args.log_flows;
     let out = std::io::stdout();
     session
         .pipeline(
             move |rec| {
-                let line = match rec {
-                    Output::Flow(r) if log && !r.quiet => json_line(r),
-                    Output::Chain(c) if log => json_line(c),
+                if !log && api.is_none() {
+                    return;
+                }
+                // Serialized once for the log and the API.
+                let line: std::sync::Arc<str> = match rec {
+                    Output::Flow(r) if !r.quiet => record_line(RecordRef::Flow(r)).into(),
+                    Output::Chain(c) => record_line(RecordRef::Chain(c)).into(),
                     _ => return,
                 };
-                let mut o = out.lock();
-                let _ = writeln!(o, "{line}").and_then(|_| o.flush());
+                if log {
+                    let mut o = out.lock();
+                    let _ = writeln!(o, "{line}").and_then(|_| o.flush());
+                }
+                if let Some(api) = &api {
+                    api.publish(line);
+                }
             },
             shutdown,
         )

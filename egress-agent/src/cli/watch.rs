@@ -1,11 +1,12 @@
-//! `egress-agent watch`: live flow records on stdout.
-use std::{io::Write as _, time::Duration};
+//! `egress-agent watch`: live records on stdout, from the running agent's
+//! API when there is one, else from probes this process loads itself.
+use std::time::Duration;
 
 use clap::Args;
 
 use crate::{
-    cli::{FilterArgs, ProbeArgs},
-    output::{Format, TABLE_HEADER, chain_line, json_line, table_row},
+    api::{Record, Request, client},
+    cli::{ApiArgs, FilterArgs, ProbeArgs, print::Printer},
     pipeline::Output,
     session::{Session, shutdown_on_signals},
 };
@@ -14,62 +15,118 @@ use crate::{
 pub struct WatchArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Print stitched chain records (one per request through the proxy
-    /// chain, naming the hop that broke) instead of flow records.
-    #[arg(long)]
-    pub chains: bool,
     /// Stop after this many seconds (default: until interrupted).
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Load the probes in this process even when an agent runs.
+    #[arg(long)]
+    pub standalone: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Kernel-side options, used in standalone mode.
     #[command(flatten)]
     pub probe: ProbeArgs,
 }
 
-pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let mut session = Session::start(&args.probe).await?;
-    let mut shutdown = shutdown_on_signals()?;
-    if let Some(secs) = args.duration {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let mut sig = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
-                _ = sig.changed() => {}
+/// Turns true on SIGINT/SIGTERM or after `secs`.
+fn stop_signal(secs: Option<u64>) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let shutdown = shutdown_on_signals()?;
+    let Some(secs) = secs else { return Ok(shutdown) };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut sig = shutdown;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+            _ = sig.changed() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
+    let shutdown = stop_signal(args.duration)?;
+    if !args.standalone {
+        match client::open(&args.api.api_socket, &Request::Follow { history: false }).await {
+            Ok(stream) => {
+                let status = client::status(&args.api.api_socket).await.ok();
+                eprintln!(
+                    "egress-agent watch: following the agent at {} (pid {}, {})",
+                    args.api.api_socket.display(),
+                    status.as_ref().map_or_else(|| "?".into(), |s| s.pid.to_string()),
+                    status.as_ref().map_or("?", |s| s.attached.as_str())
+                );
+                return follow(stream, &args.filter, args.filter.printer(false), shutdown, false).await;
             }
-            let _ = tx.send(true);
-        });
-        shutdown = rx;
+            Err(e) => match e.downcast_ref::<client::ConnectError>() {
+                Some(c) if c.is_absent() => eprintln!("egress-agent watch: no agent at {}; standalone mode", args.api.api_socket.display()),
+                _ => return Err(e),
+            },
+        }
     }
+    let mut session = Session::start(&args.probe).await?;
     eprintln!("egress-agent watch: standalone mode, probes loaded by this process; {}", session.attached_summary());
-    let out = std::io::stdout();
-    let chains = args.chains;
-    if args.filter.output == Format::Table && !chains {
-        let mut o = out.lock();
-        let _ = writeln!(o, "{TABLE_HEADER}");
-        let _ = o.flush();
-    }
+    let mut printer = args.filter.printer(false);
+    printer.header();
     let filter = args.filter.flows.clone();
-    let format = args.filter.output;
-    let mut broken = false;
     session
         .pipeline(
-            move |rec| {
-                let line = match (rec, chains, format) {
-                    (Output::Flow(r), false, _) if broken || r.quiet || !filter.matches(r) => return,
-                    (Output::Flow(r), false, Format::Table) => table_row(r),
-                    (Output::Flow(r), false, Format::Json) => json_line(r),
-                    (Output::Chain(c), true, Format::Table) => chain_line(c),
-                    (Output::Chain(c), true, Format::Json) => json_line(c),
-                    _ => return,
-                };
-                if broken {
-                    return;
-                }
-                let mut o = out.lock();
-                // A closed pipe (e.g. `| head`) ends output, not the process.
-                broken = writeln!(o, "{line}").and_then(|_| o.flush()).is_err();
+            move |rec| match rec {
+                Output::Flow(r) if !r.quiet && filter.matches(r) => printer.flow(r),
+                Output::Chain(c) if filter.matches_chain(c) => printer.chain(c),
+                _ => {}
             },
             shutdown,
         )
-        .await
+        .await?;
+    Ok(0)
+}
+
+/// Print a follow stream until it ends or `shutdown`. With `history`, the
+/// records before `history_end` are the agent's history: `--last` applies
+/// to them. Returns the exit code.
+pub async fn follow(mut stream: client::RecordStream, filter: &FilterArgs, mut printer: Printer, mut shutdown: tokio::sync::watch::Receiver<bool>, history: bool) -> anyhow::Result<u8> {
+    let f = &filter.flows;
+    printer.header();
+    let mut backlog: Vec<Record> = Vec::new();
+    let mut live = !history;
+    loop {
+        let next = tokio::select! {
+            r = stream.next() => r?,
+            _ = shutdown.changed() => return Ok(0),
+        };
+        let Some(rec) = next else {
+            eprintln!("egress-agent: the agent closed the stream (stopped?)");
+            return Ok(1);
+        };
+        match rec {
+            Record::HistoryEnd => {
+                let keep = f.last.map_or(0, |n| backlog.len().saturating_sub(n));
+                for r in backlog.drain(..).skip(keep) {
+                    show(&mut printer, &r);
+                }
+                live = true;
+            }
+            Record::Lost { count } => eprintln!("egress-agent: {count} records dropped by the agent for this client (reading too slowly)"),
+            Record::Flow(r) if !f.matches(&r) => {}
+            Record::Chain(c) if !f.matches_chain(&c) => {}
+            r if !live => {
+                if (matches!(r, Record::Chain(_)) == filter.chains) {
+                    backlog.push(r);
+                }
+            }
+            r => show(&mut printer, &r),
+        }
+        if printer.broken {
+            return Ok(0);
+        }
+    }
+}
+
+pub fn show(p: &mut Printer, r: &Record) {
+    match r {
+        Record::Flow(f) => p.flow(f),
+        Record::Chain(c) => p.chain(c),
+        _ => {}
+    }
 }

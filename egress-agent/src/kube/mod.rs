@@ -108,21 +108,44 @@ impl KubeIndex {
     /// metrics cannot be registered. An unreachable or misbehaving API server
     /// is not an error: the index stays empty and the watches retry.
     pub async fn start(opts: KubeOptions, registry: &prometheus::Registry) -> anyhow::Result<KubeIndex> {
-        let config = match &opts.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .with_context(|| format!("using kubeconfig {}", path.display()))?
-            }
-            None => {
-                kube::Config::infer().await.context("no Kubernetes configuration (not in a cluster, no kubeconfig)")?
-            }
-        };
+        let config = client_config(&opts).await?;
         Self::start_with(config, &opts, KubeTuning::default(), registry)
     }
 
+    /// For `check`: reach the API server and list what the agent watches
+    /// (one object each, so RBAC is proven, not assumed).
+    pub async fn probe(opts: &KubeOptions) -> anyhow::Result<String> {
+        use k8s_openapi::api::{core::v1::{Node, Pod, Service}, discovery::v1::EndpointSlice};
+        let config = client_config(opts).await?;
+        let url = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config).context("kube client")?;
+        let lp = kube::api::ListParams::default().limit(1);
+        let work = async {
+            let v = client.apiserver_version().await.context("GET /version")?;
+            kube::Api::<Pod>::all(client.clone()).list(&lp).await.context("list pods")?;
+            kube::Api::<Service>::all(client.clone()).list(&lp).await.context("list services")?;
+            kube::Api::<EndpointSlice>::all(client.clone()).list(&lp).await.context("list endpointslices")?;
+            kube::Api::<Node>::all(client.clone()).list(&lp).await.context("list nodes")?;
+            anyhow::Ok(format!("{} at {url}: pods, services, endpointslices, nodes listable{}", v.git_version, opts.node_name.as_deref().map_or_else(|| "; NODE_NAME unset (all pods would be watched)".to_string(), |n| format!("; node {n}"))))
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), work).await.map_err(|_| anyhow::anyhow!("no answer from {url} within 5 s"))?
+    }
+}
+
+/// The client configuration: `--kubeconfig`, else in-cluster / ~/.kube/config.
+async fn client_config(opts: &KubeOptions) -> anyhow::Result<kube::Config> {
+    Ok(match &opts.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context("no Kubernetes configuration (not in a cluster, no kubeconfig)")?,
+    })
+}
+
+impl KubeIndex {
     /// [`KubeIndex::start`] with an explicit client configuration and timings.
     /// Spawns on the current tokio runtime (an error outside one).
     pub fn start_with(

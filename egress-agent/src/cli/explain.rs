@@ -1,0 +1,361 @@
+//! `egress-agent explain HOST[:PORT]`: the recent attempts to reach one
+//! target, hop by hop, and a one-line conclusion an on-call engineer can
+//! paste into a ticket.
+use std::{collections::HashSet, net::{IpAddr, SocketAddr}, time::{Duration, SystemTime}};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::{
+    api::{Record, client},
+    chains::ChainRecord,
+    cli::{ApiArgs, EXIT_NO_DATA},
+    filter::{parse_duration, split_target},
+    output::{addr, fit, latency},
+    record::{FlowRecord, parse_rfc3339},
+    verdict::{Reason, Verdict},
+};
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The destination: a CONNECT target's host, a Service name, or an
+    /// address; with `:PORT` only that port.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// How far back to look.
+    #[arg(long, value_parser = parse_duration, default_value = "1h", value_name = "DURATION")]
+    pub since: Duration,
+    /// How many of the most recent attempts to print hop by hop.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub last: usize,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ExplainFormat::Table)]
+    pub output: ExplainFormat,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainFormat {
+    Table,
+    Json,
+}
+
+/// One hop of one attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub hop: String,
+    pub leg: Option<String>,
+    pub verdict: Verdict,
+    pub reason: Option<Reason>,
+    pub proxy_status: Option<u16>,
+    pub latency_ms: f64,
+    pub retransmits: u32,
+    pub dst: Option<SocketAddr>,
+    pub dst_actual: Option<SocketAddr>,
+    pub snat: Option<SocketAddr>,
+}
+
+/// One attempt to reach the target: a chain, or a flow outside any chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub time: String,
+    pub who: String,
+    pub pid: u32,
+    pub comm: String,
+    pub chain_id: Option<String>,
+    pub target: Option<String>,
+    pub verdict: Verdict,
+    pub failed_hop: Option<String>,
+    pub reason: Option<Reason>,
+    pub proxy_status: Option<u16>,
+    pub hops: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub target: String,
+    pub since: String,
+    pub attempts: usize,
+    pub failures: usize,
+    /// `failing`, `degraded` or `healthy`.
+    pub state: &'static str,
+    pub hop: Option<String>,
+    pub reason: Option<Reason>,
+    pub proxy_status: Option<u16>,
+    /// When the current state began (the first attempt of the current run).
+    pub state_since: Option<String>,
+    pub conclusion: String,
+    /// The most recent attempts, newest last.
+    pub recent: Vec<Attempt>,
+}
+
+fn who(ns: Option<&str>, pod: Option<&str>, unit: Option<&str>, comm: &str) -> String {
+    match (ns, pod, unit) {
+        (Some(ns), Some(p), _) => format!("{ns}/{p}"),
+        (_, Some(p), _) => p.to_string(),
+        (_, _, Some(u)) => u.to_string(),
+        _ => comm.to_string(),
+    }
+}
+
+fn from_chain(c: &ChainRecord) -> Attempt {
+    Attempt {
+        time: c.time.clone(),
+        who: who(c.namespace.as_deref(), c.pod.as_deref(), c.unit.as_deref(), &c.comm),
+        pid: c.pid,
+        comm: c.comm.clone(),
+        chain_id: Some(c.chain_id.clone()),
+        target: c.target.clone(),
+        verdict: c.verdict,
+        failed_hop: c.failed_hop.clone(),
+        reason: c.reason,
+        proxy_status: c.proxy_status,
+        hops: c
+            .legs
+            .iter()
+            .map(|l| Step { hop: l.hop.clone(), leg: Some(l.leg.clone()), verdict: l.verdict, reason: l.reason, proxy_status: l.proxy_status, latency_ms: l.latency_ms, retransmits: l.retransmits, dst: l.dst, dst_actual: l.dst_actual, snat: l.snat })
+            .collect(),
+    }
+}
+
+fn from_flow(r: &FlowRecord) -> Attempt {
+    let hop = r.hop.clone().unwrap_or_else(|| "-".into());
+    Attempt {
+        time: r.time.clone(),
+        who: who(r.namespace.as_deref(), r.pod.as_deref(), r.unit.as_deref(), &r.comm),
+        pid: r.pid,
+        comm: r.comm.clone(),
+        chain_id: r.chain_id.clone(),
+        target: r.target.clone().or_else(|| r.dst.map(|d| d.to_string())),
+        verdict: r.verdict,
+        failed_hop: r.hop.clone().filter(|_| r.verdict != Verdict::Ok),
+        reason: r.reason,
+        proxy_status: r.proxy_status,
+        hops: vec![Step { hop, leg: r.leg.clone(), verdict: r.verdict, reason: r.reason, proxy_status: r.proxy_status, latency_ms: r.latency_ms, retransmits: r.retransmits, dst: r.dst, dst_actual: r.dst_actual, snat: r.snat }],
+    }
+}
+
+/// What the user asked about.
+pub struct Wanted {
+    host: String,
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+}
+
+impl Wanted {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let (host, port) = split_target(s.trim());
+        anyhow::ensure!(!host.is_empty(), "empty target {s:?}: expected HOST[:PORT]");
+        if s.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_err()) {
+            anyhow::bail!("bad port in {s:?}: expected HOST[:PORT] with PORT 1-65535");
+        }
+        Ok(Self { host: host.to_ascii_lowercase(), ip: host.parse().ok(), port })
+    }
+
+    fn target(&self, t: Option<&str>) -> bool {
+        t.is_some_and(|t| {
+            let (h, p) = split_target(t);
+            h.eq_ignore_ascii_case(&self.host) && self.port.is_none_or(|w| p == Some(w))
+        })
+    }
+
+    fn addr(&self, a: Option<SocketAddr>) -> bool {
+        a.is_some_and(|a| Some(a.ip()) == self.ip && self.port.is_none_or(|p| p == a.port()))
+    }
+
+    fn chain(&self, c: &ChainRecord) -> bool {
+        self.target(c.target.as_deref()) || c.legs.iter().any(|l| self.addr(l.dst) || self.addr(l.dst_actual))
+    }
+
+    fn flow(&self, r: &FlowRecord) -> bool {
+        let name = r.dst_name.as_deref().map(|d| d.rsplit_once(':').map_or(d, |(a, _)| a));
+        let by_name = name.is_some_and(|n| n.eq_ignore_ascii_case(&self.host) || n.split_once('/').is_some_and(|(_, s)| s.eq_ignore_ascii_case(&self.host)))
+            && self.port.is_none_or(|p| r.dst.is_some_and(|d| d.port() == p));
+        self.target(r.target.as_deref()) || self.addr(r.dst) || self.addr(r.dst_actual) || by_name
+    }
+}
+
+/// The attempts to `want` in `records` newer than `since`, oldest first.
+pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Attempt> {
+    let in_chains: HashSet<&str> = records
+        .iter()
+        .filter_map(|r| if let Record::Chain(c) = r { Some(c) } else { None })
+        .flat_map(|c| c.legs.iter().map(|l| l.flow_id.as_str()))
+        .collect();
+    let recent = |t: &str| parse_rfc3339(t).is_some_and(|t| t >= since);
+    let mut out: Vec<Attempt> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Chain(c) if recent(&c.time) && want.chain(c) => Some(from_chain(c)),
+            Record::Flow(f) if recent(&f.time) && !in_chains.contains(f.flow_id.as_str()) && f.chain_id.is_none() && want.flow(f) => Some(from_flow(f)),
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| a.time.cmp(&b.time));
+    out
+}
+
+fn hhmmss(t: &str) -> &str {
+    t.get(11..19).unwrap_or(t)
+}
+
+/// The conclusion over `attempts` (oldest first, not empty).
+pub fn explain(target: &str, since: SystemTime, attempts: &[Attempt], keep: usize) -> Explanation {
+    let total = attempts.len();
+    let failures = attempts.iter().filter(|a| a.verdict == Verdict::Failed).count();
+    let last = attempts.last();
+    let key = |a: &Attempt| (a.verdict, a.failed_hop.clone(), a.reason, a.proxy_status);
+    let (state, hop, reason, status, state_since, conclusion) = match last {
+        Some(l) if l.verdict != Verdict::Ok => {
+            let k = key(l);
+            let run_start = attempts.iter().rev().take_while(|a| key(a) == k).last().map_or(l.time.as_str(), |a| a.time.as_str());
+            let same = attempts.iter().filter(|a| key(a) == k).count();
+            let state = if l.verdict == Verdict::Failed { "failing" } else { "degraded" };
+            let what = match (l.proxy_status, l.reason) {
+                (Some(s), Some(r)) if s >= 400 => format!("{s} {}", r.as_str()),
+                (_, Some(r)) => r.as_str().to_string(),
+                _ => l.verdict.as_str().to_string(),
+            };
+            let at = l.failed_hop.as_deref().map_or_else(String::new, |h| format!(" at hop {h}"));
+            let text = format!("{state}{at}: {what} since {}, {same} of {total} attempts", hhmmss(run_start));
+            (state, l.failed_hop.clone(), l.reason, l.proxy_status, Some(run_start.to_string()), text)
+        }
+        Some(l) => {
+            let oks: Vec<f64> = attempts.iter().filter(|a| a.verdict == Verdict::Ok).filter_map(|a| a.hops.first().map(|h| h.latency_ms)).collect();
+            let mut sorted = oks.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+            let via: Vec<&str> = l.hops.iter().map(|h| h.hop.as_str()).collect();
+            let mut text = format!("healthy: last attempt ok via {}; {} of {total} attempts ok, median connect {}", via.join(" > "), oks.len(), latency(median));
+            if let Some(f) = attempts.iter().rev().find(|a| a.verdict != Verdict::Ok) {
+                text.push_str(&format!("; last problem at {}: {} at hop {}", hhmmss(&f.time), f.reason.map_or(f.verdict.as_str(), |r| r.as_str()), f.failed_hop.as_deref().unwrap_or("-")));
+            }
+            let run_start = attempts.iter().rev().take_while(|a| a.verdict == Verdict::Ok).last().map(|a| a.time.clone());
+            ("healthy", None, None, None, run_start, text)
+        }
+        None => ("healthy", None, None, None, None, String::new()),
+    };
+    Explanation {
+        target: target.to_string(),
+        since: crate::record::rfc3339(since),
+        attempts: total,
+        failures,
+        state,
+        hop,
+        reason,
+        proxy_status: status,
+        state_since,
+        conclusion,
+        recent: attempts[total.saturating_sub(keep)..].to_vec(),
+    }
+}
+
+pub fn render(e: &Explanation) -> String {
+    let mut o = format!("{}: {} attempts since {} ({} failed)\n", e.target, e.attempts, e.since, e.failures);
+    for a in &e.recent {
+        let verdict = match (&a.failed_hop, a.reason) {
+            (Some(h), Some(r)) if a.verdict != Verdict::Ok => format!("{} at {h}: {}", a.verdict.as_str(), r.as_str()),
+            (None, Some(r)) => format!("{}: {}", a.verdict.as_str(), r.as_str()),
+            _ => a.verdict.as_str().to_string(),
+        };
+        o.push_str(&format!("\n{}  {} ({} pid {})  {}  => {verdict}\n", a.time.get(11..23).unwrap_or(&a.time), a.who, a.comm, a.pid, a.target.as_deref().unwrap_or("-")));
+        o.push_str(&format!("  {:<14} {:<28} {:<9} {:<21} {:<6} {:<9} {:<4} {}\n", "HOP", "LEG", "VERDICT", "REASON", "STATUS", "LATENCY", "RETX", "DST -> ACTUAL (SNAT)"));
+        for h in &a.hops {
+            let mut dst = addr(h.dst);
+            if h.dst_actual.is_some() && h.dst_actual != h.dst {
+                dst.push_str(&format!(" -> {}", addr(h.dst_actual)));
+            }
+            if let Some(s) = h.snat {
+                dst.push_str(&format!(" (snat {s})"));
+            }
+            o.push_str(&format!(
+                "  {:<14} {:<28} {:<9} {:<21} {:<6} {:<9} {:<4} {dst}\n",
+                fit(&h.hop, 14),
+                fit(h.leg.as_deref().unwrap_or("-"), 28),
+                h.verdict.as_str(),
+                h.reason.map_or("-", |r| r.as_str()),
+                h.proxy_status.map_or_else(|| "-".into(), |s| s.to_string()),
+                latency(h.latency_ms),
+                h.retransmits,
+            ));
+        }
+    }
+    o.push_str(&format!("\nConclusion: {}\n", e.conclusion));
+    o
+}
+
+/// `1h30m`, `45s`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let parts = [(s / 86_400, "d"), (s / 3600 % 24, "h"), (s / 60 % 60, "m"), (s % 60, "s")];
+    parts.iter().filter(|(n, _)| *n > 0).map(|(n, u)| format!("{n}{u}")).collect()
+}
+
+pub async fn run(args: ExplainArgs) -> anyhow::Result<u8> {
+    let want = Wanted::parse(&args.target)?;
+    let records = client::snapshot(&args.api.api_socket).await?;
+    let since = SystemTime::now().checked_sub(args.since).unwrap_or(SystemTime::UNIX_EPOCH);
+    let found = attempts(&records, &want, since);
+    if found.is_empty() {
+        eprintln!(
+            "no recent flows to {} in the last {} (the agent holds {} records; widen --since, or check the name: targets are matched by CONNECT host, Service name or address)",
+            args.target,
+            human(args.since),
+            records.len()
+        );
+        return Ok(EXIT_NO_DATA);
+    }
+    let e = explain(&args.target, since, &found, args.last.max(1));
+    match args.output {
+        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+        ExplainFormat::Table => print!("{}", render(&e)),
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chains::LegSummary;
+
+    fn chain(t: &str, legs: Vec<LegSummary>, verdict: Verdict, hop: Option<&str>, reason: Option<Reason>, status: Option<u16>) -> Record {
+        Record::Chain(Box::new(ChainRecord {
+            time: format!("2026-11-21T10:{t}.000Z"), chain_id: t.into(), target: Some("login.example.test:443".into()), namespace: Some("app".into()),
+            pod: Some("web-1".into()), comm: "curl".into(), legs, verdict, failed_hop: hop.map(str::to_string), reason, proxy_status: status, ..ChainRecord::default()
+        }))
+    }
+    fn leg(hop: &str, verdict: Verdict, status: Option<u16>) -> LegSummary {
+        LegSummary { hop: hop.into(), leg: format!("x->{hop}"), verdict, proxy_status: status, latency_ms: 2.0, ..LegSummary::default() }
+    }
+
+    #[test]
+    fn concludes_failing_with_since_and_counts() {
+        let ok = || chain("40:00", vec![leg("gke-squid", Verdict::Ok, Some(200)), leg("gce-proxy", Verdict::Ok, Some(200))], Verdict::Ok, None, None, None);
+        let denied = |t: &str| chain(t, vec![leg("gke-squid", Verdict::Failed, Some(403)), leg("gce-proxy", Verdict::Failed, Some(403))], Verdict::Failed, Some("gce-proxy"), Some(Reason::ProxyDenied), Some(403));
+        let recs = vec![ok(), denied("42:01"), denied("42:05"), denied("43:00")];
+        let since = parse_rfc3339("2026-11-21T09:00:00.000Z").expect("t");
+        let want = Wanted::parse("login.example.test:443").expect("want");
+        let a = attempts(&recs, &want, since);
+        assert_eq!(a.len(), 4);
+        let e = explain("login.example.test:443", since, &a, 2);
+        assert_eq!(e.conclusion, "failing at hop gce-proxy: 403 proxy_denied since 10:42:01, 3 of 4 attempts");
+        assert_eq!((e.state, e.recent.len()), ("failing", 2));
+        assert!(render(&e).contains("Conclusion: failing at hop gce-proxy"));
+        // Another port, another name: nothing.
+        assert!(attempts(&recs, &Wanted::parse("login.example.test:80").expect("w"), since).is_empty());
+        assert!(attempts(&recs, &Wanted::parse("other.test").expect("w"), since).is_empty());
+        // Healthy after the failures.
+        let mut recs = recs;
+        recs.push(chain("44:00", vec![leg("gke-squid", Verdict::Ok, Some(200))], Verdict::Ok, None, None, None));
+        let e = explain("t", since, &attempts(&recs, &want, since), 5);
+        assert_eq!(e.state, "healthy");
+        assert!(e.conclusion.starts_with("healthy: last attempt ok via gke-squid; 2 of 5 attempts ok"), "{}", e.conclusion);
+        assert!(e.conclusion.contains("last problem at 10:43:00: proxy_denied at hop gce-proxy"), "{}", e.conclusion);
+        assert!(Wanted::parse("host:notaport").is_err());
+        assert_eq!((human(Duration::from_secs(5400)), human(Duration::from_secs(45)), human(Duration::from_millis(300))), ("1h30m".into(), "45s".into(), "300ms".into()));
+    }
+}
