@@ -190,11 +190,37 @@ fn serve_one(mut s: TcpStream, collections: &[Collection], log: &Mutex<Vec<Strin
     if method != "GET" {
         return respond_json(&mut s, 405, "Method Not Allowed", &status(405, "MethodNotAllowed", "read-only fake"));
     }
+    // Discovery, as kubectl asks for it before a `get` (legacy JSON forms).
+    match path {
+        "/version" => return respond_json(&mut s, 200, "OK", &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"})),
+        "/api" => return respond_json(&mut s, 200, "OK", &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})),
+        "/apis" => return respond_json(&mut s, 200, "OK", &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})),
+        "/api/v1" => {
+            let r = |name: &str, singular: &str, kind: &str, namespaced: bool| json!({"name": name, "singularName": singular, "namespaced": namespaced, "kind": kind, "verbs": ["get", "list", "watch"]});
+            return respond_json(&mut s, 200, "OK", &json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [r("pods", "pod", "Pod", true), r("services", "service", "Service", true), r("nodes", "node", "Node", false)]}));
+        }
+        _ => {}
+    }
+    // One object: `<collection>/<name>`.
+    if let Some((parent, name)) = path.rsplit_once('/')
+        && let Some((_, api_version, kind, objects)) = collections.iter().find(|(p, ..)| *p == parent)
+        && let Some(o) = objects.iter().find(|o| o["metadata"]["name"].as_str() == Some(name))
+    {
+        let mut o = o.clone();
+        o["apiVersion"] = json!(api_version);
+        o["kind"] = json!(kind);
+        return respond_json(&mut s, 200, "OK", &o);
+    }
     let Some((_, api_version, kind, objects)) = collections.iter().find(|(p, ..)| *p == path) else {
         return respond_json(&mut s, 404, "Not Found", &status(404, "NotFound", "the server could not find the requested resource"));
     };
     let node = params.get("fieldSelector").and_then(|f| f.strip_prefix("spec.nodeName="));
-    let selected = |o: &&Value| node.is_none_or(|n| o["spec"]["nodeName"].as_str() == Some(n));
+    // labelSelector: equality terms only (`k=v,k2=v2`), as kubectl -l sends them.
+    let labels: Vec<(String, String)> = params
+        .get("labelSelector")
+        .map(|l| l.split(',').filter_map(|t| t.split_once('=')).map(|(k, v)| (k.trim_end_matches('=').to_string(), v.to_string())).collect())
+        .unwrap_or_default();
+    let selected = |o: &&Value| node.is_none_or(|n| o["spec"]["nodeName"].as_str() == Some(n)) && labels.iter().all(|(k, v)| o["metadata"]["labels"][k].as_str() == Some(v));
 
     if !matches!(params.get("watch").map(String::as_str), Some("1" | "true")) {
         // List items come without apiVersion/kind, as the apiserver sends them.

