@@ -42,6 +42,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let line = match rec {
                     Output::Flow(r) if log && !r.quiet => json_line(r),
                     Output::Chain(c) if log => json_line(c),
+                    Output::Dns(d) if log => json_line(d),
                     _ => return,
                 };
                 let mut o = out.lock();
