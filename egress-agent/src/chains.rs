@@ -102,7 +102,7 @@ impl Stitcher {
         self.dns_failures.push_back((hop.clone(), d.name.clone(), d.record_mono_ns));
     }
 
-    /// `dns_failed` instead of `proxy_upstream_error` when the hop that
+    /// `dns_failed` instead of `proxy_upstream_error` (or `other` for a 500) when the hop that
     /// answered failed to resolve the target's host during the request.
     fn dns_explains(&self, hop: &str, target: Option<&str>, lo: u64, hi: u64) -> bool {
         let Some(host) = target.map(|t| t.rsplit_once(':').map_or(t, |(h, _)| h).trim_matches(['[', ']']).to_ascii_lowercase()) else { return false };
@@ -155,7 +155,9 @@ impl Stitcher {
             port = port.or_else(|| u.target.as_deref().and_then(|t| t.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()));
         }
         let (verdict, hop, mut reason) = judge(&legs);
-        if reason == Some(Reason::ProxyUpstreamError) && hop.as_deref().is_some_and(|h| self.dns_explains(h, r.target.as_deref(), r.start_mono_ns, r.record_mono_ns)) {
+        // Squid answers a failed lookup with 500 or 503 (ERR_DNS_FAIL), no upstream leg.
+        let answered_5xx = r.proxy_status.is_some_and(|s| s >= 500) && matches!(reason, Some(Reason::ProxyUpstreamError | Reason::Other));
+        if answered_5xx && hop.as_deref().is_some_and(|h| self.dns_explains(h, r.target.as_deref(), r.start_mono_ns, r.record_mono_ns)) {
             reason = Some(Reason::DnsFailed);
         }
         let c = self.finish(r, legs, verdict, hop, reason);
@@ -298,8 +300,8 @@ mod tests {
         // hop 2 answers 503 because it could not resolve the target: dns_failed.
         let dns = crate::dns::DnsRecord { asked_by: Some("gce-proxy".into()), name: "login.example.test".into(), reason: Some(Reason::DnsFailed), record_mono_ns: 305, ..Default::default() };
         s.on_dns(&dns);
-        assert!(s.on_record(&mut rec(H, "gce-proxy", 302, 310, t, Some(503), Failed)).is_none());
-        let c = s.on_record(&mut rec(C, "gke-squid", 300, 320, t, Some(503), Failed)).expect("chain");
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 302, 310, t, Some(500), Failed)).is_none());
+        let c = s.on_record(&mut rec(C, "gke-squid", 300, 320, t, Some(500), Failed)).expect("chain");
         assert_eq!((c.failed_hop.as_deref(), c.reason), (Some("gce-proxy"), Some(Reason::DnsFailed)));
         // The same 503 without a failed lookup stays an upstream error.
         assert!(s.on_record(&mut rec(H, "gce-proxy", 402, 410, t, Some(503), Failed)).is_none());

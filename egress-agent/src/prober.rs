@@ -206,7 +206,9 @@ pub fn probe_once(proxy: &str, target: &str, timeout: Duration) -> Attempt {
         let mut s: TcpStream = sock.into();
         let left = |t0: Instant| timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
         s.set_write_timeout(Some(left(t0)))?;
-        write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: egress-agent-probe\r\n\r\n")?;
+        // One write, one segment: the kernel reads the request line from the
+        // first payload packet (write! would issue a write per piece).
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: egress-agent-probe\r\n\r\n").as_bytes())?;
         let mut buf = Vec::with_capacity(512);
         let mut chunk = [0u8; 512];
         while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_ANSWER {

@@ -22,6 +22,8 @@ pub const PACKAGES: &[&str] = &[
     // the proxy chain lab: real Squid (hop 1 and hop 2) and the conntrack CLI.
     "squid",
     "conntrack",
+    // the lab's resolver (binary only: no system service on port 53).
+    "dnsmasq-base",
     // promtool, for checking the alert rules (the server is not started).
     "prometheus",
 ];
