@@ -431,6 +431,10 @@ fn build_network(cfg: &ChainLabConfig, ns: &ChainNamespaces) -> anyhow::Result<V
     ns.dns.run(&["ip", "route", "add", "default", "via", &cfg.dns_gw.to_string()])?;
     ns.node.run(&["ip", "route", "add", "default", "via", &cfg.nat_node_ip.to_string()])?;
     ns.gce.run(&["ip", "route", "add", &pod_range, "via", &cfg.node_gce_ip.to_string()])?;
+    if !cfg.pod_range.contains(cfg.dns_ip) {
+        // The resolver is reached through the node like the pods are.
+        ns.gce.run(&["ip", "route", "add", &format!("{}/32", cfg.dns_ip), "via", &cfg.node_gce_ip.to_string()])?;
+    }
     ns.gce.run(&["ip", "route", "add", "default", "via", &cfg.nat_gce_ip.to_string()])?;
     ns.nat.run(&["ip", "route", "add", &pod_range, "via", &cfg.node_nat_ip.to_string()])?;
     ns.nat.run(&["ip", "route", "add", "default", "via", &cfg.internet_ip.to_string()])?;
