@@ -26,6 +26,12 @@ pub struct ConfigFile {
     pub bypass: BypassConfig,
     #[serde(default)]
     pub labels: Option<LabelPolicy>,
+    /// DNS observation (on by default, port 53).
+    #[serde(default)]
+    pub dns: Option<crate::dns::DnsConfig>,
+    /// Active probes through the chain (off unless configured).
+    #[serde(default)]
+    pub probes: Option<crate::prober::ProbesConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -79,6 +85,10 @@ pub struct HopMatch {
     pub address: Option<String>,
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// DNS names clients resolve to reach it (e.g. the name in HTTPS_PROXY):
+    /// a failed lookup of one is a `dns_failed` at this hop.
+    #[serde(default)]
+    pub names: Vec<String>,
     /// What it is: its processes' systemd unit, comm, cgroup path substring,
     /// pod labels (and pod namespace).
     #[serde(default)]
@@ -188,6 +198,11 @@ impl Hop {
         any && all
     }
 
+    /// Where a client connects to reach it: the first `address` given as ip:port.
+    pub fn client_address(&self) -> Option<SocketAddr> {
+        self.m.address.iter().chain(&self.m.addresses).find_map(|a| a.parse().ok())
+    }
+
     /// Ports clients reach this hop on (for the payload hooks).
     pub fn ports(&self) -> Vec<u16> {
         let mut p: Vec<u16> = self.addrs.iter().map(|a| a.port).filter(|&p| p != 0).collect();
@@ -214,6 +229,8 @@ pub struct Chain {
     pub hops: Vec<Hop>,
     pub allow: Vec<String>,
     pub bypass: Option<BypassConfig>,
+    pub dns: crate::dns::DnsSettings,
+    pub probes: Option<crate::prober::ProbePlan>,
 }
 
 pub const INTERNET: &str = "internet";
@@ -242,7 +259,9 @@ impl Chain {
             }
             hops.push(Hop { name: h.name.clone(), addrs, service, m: h.matcher.clone() });
         }
-        Ok(Self { hops, allow: cfg.destinations.allow.clone(), bypass: (!cfg.chain.is_none() && cfg.bypass.report).then(|| cfg.bypass.clone()) })
+        let dns = crate::dns::DnsSettings::from_config(cfg.dns.as_ref())?;
+        let probes = cfg.probes.as_ref().map(|p| crate::prober::ProbePlan::from_config(p, &hops)).transpose()?;
+        Ok(Self { hops, allow: cfg.destinations.allow.clone(), bypass: (cfg.chain.is_some() && cfg.bypass.report).then(|| cfg.bypass.clone()), dns, probes })
     }
 
     pub fn load(path: &Path) -> anyhow::Result<(Self, ConfigFile)> {
@@ -259,6 +278,20 @@ impl Chain {
     /// Bounded metric label value for a CONNECT target.
     pub fn target_label<'a>(&self, target: &'a str) -> &'a str {
         if self.allow.iter().any(|a| a == target) { target } else { "other" }
+    }
+
+    /// The hop whose process `owner` is (only owner fields are read).
+    pub fn owner_hop(&self, owner: &FlowRecord) -> Option<&str> {
+        self.hops.iter().find(|h| h.is_owner_of(owner)).map(|h| h.name.as_str())
+    }
+
+    /// The hop a DNS lookup is about: the hop that asked (a proxy resolving
+    /// its upstream or an origin), else the hop whose name was asked.
+    pub fn dns_hop(&self, asked_by: Option<&str>, name: &str) -> Option<String> {
+        asked_by.map(str::to_string).or_else(|| {
+            let name = name.trim_end_matches('.');
+            self.hops.iter().find(|h| h.m.names.iter().any(|n| n.trim_end_matches('.').eq_ignore_ascii_case(name))).map(|h| h.name.clone())
+        })
     }
 
     pub fn classify(&self, r: &FlowRecord) -> Option<Leg> {
@@ -284,6 +317,23 @@ impl Chain {
     }
 }
 
+/// `30s`, `1500ms`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (30s, 1500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("`{s}`: unit must be ms, s or m")),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +348,7 @@ chain:
       match:
         service: {namespace: intra-proxy, name: squid-proxy-service, port: 3128}
         addresses: ["10.96.0.10:3128"]
+        names: [squid.intra.test]
         cgroup: "pod0f1e"
     - name: gce-proxy
       match:
@@ -346,6 +397,23 @@ bypass:
         assert_eq!(c.classify(&rec("10.1.2.3:5432", DstClass::Private)), None, "private, not a hop: not the chain's business");
         assert_eq!(c.target_label("login.example.test:443"), "login.example.test:443");
         assert_eq!(c.target_label("evil.test:443"), "other");
+        // DNS: the hop that asked, else the hop whose name was asked.
+        assert_eq!(c.dns_hop(None, "Squid.Intra.Test."), Some("gke-squid".into()));
+        assert_eq!(c.dns_hop(Some("gce-proxy"), "login.example.test"), Some("gce-proxy".into()));
+        assert_eq!(c.dns_hop(None, "login.example.test"), None);
+        let owner = FlowRecord { unit: Some("squid.service".into()), ..FlowRecord::default() };
+        assert_eq!(c.owner_hop(&owner), Some("gce-proxy"));
+        assert_eq!(c.hops[0].client_address(), Some("10.96.0.10:3128".parse().expect("addr")));
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("3h").is_err() && parse_duration("x").is_err());
     }
 
     #[test]

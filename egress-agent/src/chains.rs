@@ -56,6 +56,11 @@ pub struct ChainRecord {
     pub reason: Option<Reason>,
     /// The proxy status the client saw.
     pub proxy_status: Option<u16>,
+    /// The client's socket address (what an active probe knows its tunnel by).
+    pub src: Option<std::net::SocketAddr>,
+    /// Made by the agent's own prober.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic: bool,
 }
 
 fn summary(r: &FlowRecord) -> LegSummary {
@@ -74,14 +79,36 @@ fn summary(r: &FlowRecord) -> LegSummary {
     }
 }
 
+/// A failed lookup by a hop's own process: (hop, name, when).
+type DnsFailure = (String, String, u64);
+
 #[derive(Default)]
 pub struct Stitcher {
     /// Upstream legs (`A->B`, `A->internet`), oldest first.
     upstream: VecDeque<FlowRecord>,
+    /// Recent failed lookups by hops, oldest first.
+    dns_failures: VecDeque<DnsFailure>,
     seq: u64,
 }
 
 impl Stitcher {
+    /// Remember a hop's failed lookup: a proxy that cannot resolve the
+    /// target answers 5xx with no upstream leg, and this says why.
+    pub fn on_dns(&mut self, d: &crate::dns::DnsRecord) {
+        let (Some(hop), Reason::DnsFailed) = (&d.asked_by, d.reason.unwrap_or(Reason::Other)) else { return };
+        while self.dns_failures.front().is_some_and(|f| d.record_mono_ns.saturating_sub(f.2) > KEEP_NS) || self.dns_failures.len() >= KEEP_MAX {
+            self.dns_failures.pop_front();
+        }
+        self.dns_failures.push_back((hop.clone(), d.name.clone(), d.record_mono_ns));
+    }
+
+    /// `dns_failed` instead of `proxy_upstream_error` (or `other` for a 500) when the hop that
+    /// answered failed to resolve the target's host during the request.
+    fn dns_explains(&self, hop: &str, target: Option<&str>, lo: u64, hi: u64) -> bool {
+        let Some(host) = target.map(|t| t.rsplit_once(':').map_or(t, |(h, _)| h).trim_matches(['[', ']']).to_ascii_lowercase()) else { return false };
+        self.dns_failures.iter().any(|(h, n, ts)| h == hop && *n == host && *ts >= lo && *ts <= hi)
+    }
+
     /// Feed a shown record; a chain record comes out for client legs and bypasses.
     pub fn on_record(&mut self, r: &mut FlowRecord) -> Option<ChainRecord> {
         let leg = r.leg.clone()?;
@@ -127,7 +154,12 @@ impl Stitcher {
             }
             port = port.or_else(|| u.target.as_deref().and_then(|t| t.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()));
         }
-        let (verdict, hop, reason) = judge(&legs);
+        let (verdict, hop, mut reason) = judge(&legs);
+        // Squid answers a failed lookup with 500 or 503 (ERR_DNS_FAIL), no upstream leg.
+        let answered_5xx = r.proxy_status.is_some_and(|s| s >= 500) && matches!(reason, Some(Reason::ProxyUpstreamError | Reason::Other));
+        if answered_5xx && hop.as_deref().is_some_and(|h| self.dns_explains(h, r.target.as_deref(), r.start_mono_ns, r.record_mono_ns)) {
+            reason = Some(Reason::DnsFailed);
+        }
         let c = self.finish(r, legs, verdict, hop, reason);
         r.chain_id = Some(c.chain_id.clone());
         Some(c)
@@ -150,6 +182,8 @@ impl Stitcher {
             verdict,
             failed_hop,
             reason,
+            src: r.src,
+            synthetic: r.synthetic,
         }
     }
 }
@@ -262,6 +296,16 @@ mod tests {
         assert!(s.on_record(&mut rec(H, "gce-proxy", 210, 211, None, None, Failed)).is_none());
         let c = s.on_record(&mut rec(C, "gke-squid", 200, 260, t, Some(503), Failed)).expect("chain");
         assert_eq!((c.legs.len(), c.failed_hop.as_deref()), (2, Some("gce-proxy")));
+        // hop 2 answers 503 because it could not resolve the target: dns_failed.
+        let dns = crate::dns::DnsRecord { asked_by: Some("gce-proxy".into()), name: "login.example.test".into(), reason: Some(Reason::DnsFailed), record_mono_ns: 305, ..Default::default() };
+        s.on_dns(&dns);
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 302, 310, t, Some(500), Failed)).is_none());
+        let c = s.on_record(&mut rec(C, "gke-squid", 300, 320, t, Some(500), Failed)).expect("chain");
+        assert_eq!((c.failed_hop.as_deref(), c.reason), (Some("gce-proxy"), Some(Reason::DnsFailed)));
+        // The same 503 without a failed lookup stays an upstream error.
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 402, 410, t, Some(503), Failed)).is_none());
+        let c = s.on_record(&mut rec(C, "gke-squid", 400, 420, t, Some(503), Failed)).expect("chain");
+        assert_eq!(c.reason, Some(Reason::ProxyUpstreamError));
         // A bypass is a chain of one.
         let c = s.on_record(&mut rec(DIRECT, DIRECT, 1, 2, None, None, Failed)).expect("chain");
         assert_eq!((c.failed_hop.as_deref(), c.reason), (Some("direct"), Some(Reason::Bypass)));

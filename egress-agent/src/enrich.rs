@@ -30,6 +30,8 @@ pub struct Enricher {
     chain: Option<Arc<Chain>>,
     kube: KubeIndex,
     nat: NatTable,
+    /// The agent's own process: its flows are the prober's (`synthetic`).
+    own_pid: u32,
 }
 
 impl Enricher {
@@ -38,7 +40,7 @@ impl Enricher {
         if root.is_none() {
             tracing::warn!("no cgroup v2 hierarchy found: pod and unit attribution are off");
         }
-        Self { cgroups: CgroupResolver::new(root), private: opts.private_ranges.clone(), chain: opts.chain.clone(), kube, nat }
+        Self { cgroups: CgroupResolver::new(root), private: opts.private_ranges.clone(), chain: opts.chain.clone(), kube, nat, own_pid: std::process::id() }
     }
 
     /// True when conntrack is followed and this connect record's NAT entry is
@@ -60,7 +62,43 @@ impl Enricher {
         true
     }
 
+    /// Pod metadata of the record's pod UID (from the cgroup path).
+    fn pod(&self, r: &mut FlowRecord) {
+        if let Some(pod) = r.pod_uid.as_deref().and_then(|u| self.kube.pod_arc(u)) {
+            r.namespace = Some(pod.namespace.clone());
+            r.pod = Some(pod.name.clone());
+            r.container = r.container_id.as_deref().and_then(|c| pod.container_name(c)).map(str::to_string);
+            r.workload = pod.workload.as_ref().map(|w| format!("{}/{}", w.kind, w.name));
+            r.pod_labels = Some(pod.labels.clone());
+        }
+    }
+
+    /// Who asked (cgroup → pod or unit) and which hop the lookup is about.
+    pub fn enrich_dns(&mut self, d: &mut crate::dns::DnsRecord) {
+        let mut owner = FlowRecord { cgroup_id: d.cgroup_id, ..FlowRecord::default() };
+        if d.cgroup_id != 0
+            && let Some(info) = self.cgroups.resolve(d.cgroup_id)
+        {
+            owner.cgroup = Some(info.path.clone());
+            owner.pod_uid = info.pod_uid.clone();
+            owner.unit = info.unit.clone();
+        }
+        self.pod(&mut owner);
+        if let Some(c) = &self.chain {
+            d.asked_by = c.owner_hop(&owner).map(str::to_string);
+            d.hop = c.dns_hop(d.asked_by.as_deref(), &d.name);
+        }
+        d.cgroup = owner.cgroup;
+        d.pod_uid = owner.pod_uid;
+        d.namespace = owner.namespace;
+        d.pod = owner.pod;
+        d.workload = owner.workload;
+        d.unit = owner.unit;
+        d.pod_labels = owner.pod_labels;
+    }
+
     pub fn enrich(&mut self, r: &mut FlowRecord) {
+        r.synthetic = r.pid == self.own_pid;
         if r.cgroup_id != 0
             && let Some(info) = self.cgroups.resolve(r.cgroup_id)
         {
@@ -69,13 +107,7 @@ impl Enricher {
             r.container_id = info.container_id.clone();
             r.unit = info.unit.clone();
         }
-        if let Some(pod) = r.pod_uid.as_deref().and_then(|u| self.kube.pod_arc(u)) {
-            r.namespace = Some(pod.namespace.clone());
-            r.pod = Some(pod.name.clone());
-            r.container = r.container_id.as_deref().and_then(|c| pod.container_name(c)).map(str::to_string);
-            r.workload = pod.workload.as_ref().map(|w| format!("{}/{}", w.kind, w.name));
-            r.pod_labels = Some(pod.labels.clone());
-        }
+        self.pod(r);
         if let Some(dst) = r.dst
             && let Some(m) = self.kube.remote(dst.ip(), dst.port())
         {

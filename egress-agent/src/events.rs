@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egress_common::{
-    AF_INET, AF_INET6, ConnectArgs, ConnectStart, EventHeader, FlowEnd, PayloadEvent, SynRetransmit,
+    AF_INET, AF_INET6, ConnectArgs, ConnectStart, DnsEvent, EVENT_DNS, EventHeader, FlowEnd, PayloadEvent, SynRetransmit,
     Tuple, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EVENT_PAYLOAD,
     EVENT_SYN_RETRANSMIT,
 };
@@ -38,6 +38,7 @@ pub enum Event {
     Closed(FlowEnd),
     SynRetransmit(SynRetransmit),
     Payload(Box<PayloadEvent>),
+    Dns(Box<DnsEvent>),
 }
 
 impl Event {
@@ -49,6 +50,7 @@ impl Event {
             Self::Closed(_) => EVENT_CLOSED,
             Self::SynRetransmit(_) => EVENT_SYN_RETRANSMIT,
             Self::Payload(_) => EVENT_PAYLOAD,
+            Self::Dns(_) => EVENT_DNS,
         }
     }
 }
@@ -82,6 +84,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 return Err(DecodeError::BadSize { kind: hdr.kind, declared: p.len, expected: p.data.len(), len: bytes.len() });
             }
             Event::Payload(Box::new(p))
+        }
+        EVENT_DNS => {
+            let d: DnsEvent = read(bytes, &hdr)?;
+            if d.caplen as usize > d.data.len() {
+                return Err(DecodeError::BadSize { kind: hdr.kind, declared: d.caplen, expected: d.data.len(), len: bytes.len() });
+            }
+            Event::Dns(Box::new(d))
         }
         k => return Err(DecodeError::UnknownKind(k)),
     })
@@ -153,6 +162,10 @@ mod tests {
         assert_eq!(decode(&bytes_of(&p)), Ok(Event::Payload(Box::new(p))));
         p.len = 10_000;
         assert!(matches!(decode(&bytes_of(&p)), Err(DecodeError::BadSize { .. })), "payload length beyond its buffer");
+        let mut d = DnsEvent { hdr: EventHeader { kind: EVENT_DNS, size: size_of::<DnsEvent>() as u32, ts_ns: 1 }, caplen: 30, ..Default::default() };
+        assert_eq!(decode(&bytes_of(&d)), Ok(Event::Dns(Box::new(d))));
+        d.caplen = 257;
+        assert!(matches!(decode(&bytes_of(&d)), Err(DecodeError::BadSize { .. })), "capture length beyond its buffer");
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl FlowTable {
                 Some(rec)
             }
             Event::Payload(p) => self.on_payload(p),
+            Event::Dns(_) => None, // the pipeline's DNS tracker takes these
             Event::ConnectFailed(e) => {
                 let owner = self.take(e);
                 // sk_err first; the reported error survives getsockopt(SO_ERROR).

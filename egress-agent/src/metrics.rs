@@ -43,6 +43,7 @@ pub struct Metrics {
     pub flows_tracked: IntGauge,
     pub proxy_tunnels: IntCounterVec,
     pub hop_failures: IntCounterVec,
+    pub dns: crate::dns::metrics::DnsMetrics,
     kernel: Mutex<Option<KernelStats>>,
     chain: std::sync::RwLock<Option<std::sync::Arc<crate::chain::Chain>>>,
 }
@@ -93,6 +94,7 @@ impl Metrics {
             kernel_read_errors: counter(&r, "egress_kernel_read_errors_total", "Tracepoint field reads that failed in the kernel."),
             proxy_tunnels: counter_vec(&r, "egress_proxy_tunnels_total", "Proxy answers to tunnel requests, by hop, status and target (allow-listed targets; others are `other`).", &["hop", "status", "target"]),
             hop_failures: counter_vec(&r, "egress_hop_failures_total", "Requests through the proxy chain that failed, by the hop that broke (`internet` for the origin side, `direct` for a bypass).", &["hop", "reason"]),
+            dns: crate::dns::metrics::DnsMetrics::new(&r),
             program_attached,
             flows_tracked,
             connect_duration,
@@ -183,11 +185,33 @@ impl Metrics {
     }
 
     /// A stitched chain: its failure is counted against the hop that broke.
+    /// Probes' chains are the prober's metrics (`egress_probe_*`), not these.
     pub fn observe_chain(&self, c: &crate::chains::ChainRecord) {
         if c.verdict == crate::verdict::Verdict::Failed
+            && !c.synthetic
             && let Some(hop) = &c.failed_hop
         {
             self.hop_failures.with_label_values(&[hop.as_str(), c.reason.map_or("", |r| r.as_str())]).inc();
+        }
+    }
+
+    /// A DNS lookup. A client's failed lookup of a hop's name is a request
+    /// that never reached the chain: that hop's failure. A hop's own failed
+    /// lookup shows in the chain record of the request it broke instead.
+    pub fn observe_dns(&self, d: &crate::dns::DnsRecord) {
+        let hop = d.hop.as_deref().unwrap_or("");
+        self.dns.responses.with_label_values(&[d.rcode, hop]).inc();
+        if d.rcode != crate::dns::TIMEOUT {
+            self.dns.duration.observe(d.latency_ms / 1000.0);
+        }
+        let chain = self.chain.read().ok().and_then(|c| c.clone());
+        if let Some(c) = &chain
+            && c.dns.name_label(&d.name) != "other"
+        {
+            self.dns.lookups.with_label_values(&[&d.name, d.rcode]).inc();
+        }
+        if let (crate::verdict::Verdict::Failed, Some(h), Some(r), None) = (d.verdict, &d.hop, d.reason, &d.asked_by) {
+            self.hop_failures.with_label_values(&[h.as_str(), r.as_str()]).inc();
         }
     }
 

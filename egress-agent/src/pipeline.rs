@@ -11,8 +11,9 @@ use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{
     chains::{ChainRecord, Stitcher},
+    dns::{DnsRecord, DnsTracker},
     enrich::Enricher,
-    events::decode,
+    events::{Event, decode},
     flows::{FlowTable, TableStats},
     metrics::Metrics,
     record::FlowRecord,
@@ -30,6 +31,8 @@ const TICK: Duration = Duration::from_millis(20);
 pub enum Output<'a> {
     Flow(&'a FlowRecord),
     Chain(&'a ChainRecord),
+    /// A DNS lookup (query and response, or its timeout).
+    Dns(&'a DnsRecord),
 }
 
 pub struct Pipeline<S> {
@@ -44,14 +47,16 @@ pub struct Pipeline<S> {
     held: VecDeque<(Instant, FlowRecord)>,
     /// Test hook: do not read the ring for this long after start.
     stall: Option<Duration>,
+    dns: DnsTracker,
+    dns_seen: crate::dns::DnsStats,
 }
 
 impl<S: FnMut(Output<'_>)> Pipeline<S> {
-    pub fn new(ring: RingBuf<MapData>, table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S, stall: Option<Duration>) -> std::io::Result<Self> {
+    pub fn new(ring: RingBuf<MapData>, table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S, stall: Option<Duration>, dns: DnsTracker) -> std::io::Result<Self> {
         // SAFETY: the ring owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd owns the ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
-        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), stall })
+        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), stall, dns, dns_seen: Default::default() })
     }
 
     /// Run until `shutdown` turns true, then drain what the ring still holds.
@@ -71,23 +76,28 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    let mut out = Vec::new();
-                    let n = Self::drain(guard.get_inner_mut(), &mut self.table, &self.metrics, &mut out);
+                    let (mut out, mut dns) = (Vec::new(), Vec::new());
+                    let n = Self::drain(guard.get_inner_mut(), &mut self.table, &self.metrics, &mut out, &mut dns);
                     guard.clear_ready();
                     for rec in out {
                         self.enrich_and_send(rec);
                     }
+                    self.on_dns(dns);
                     if n > 0 { self.account(); }
                 }
-                _ = tick.tick(), if !self.held.is_empty() => self.release(false),
+                _ = tick.tick(), if !self.held.is_empty() || self.dns.has_pending() => {
+                    self.release(false);
+                    self.on_dns(Vec::new());
+                }
                 _ = shutdown.changed() => {}
             }
         }
-        let mut out = Vec::new();
-        Self::drain(self.ring.get_mut(), &mut self.table, &self.metrics, &mut out);
+        let (mut out, mut dns) = (Vec::new(), Vec::new());
+        Self::drain(self.ring.get_mut(), &mut self.table, &self.metrics, &mut out, &mut dns);
         for rec in out {
             self.enrich_and_send(rec);
         }
+        self.on_dns(dns);
         self.release(true);
         self.account();
         Ok(())
@@ -131,8 +141,31 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
     }
 
 
+    /// DNS events → lookups (and expired queries) → enrich → sinks.
+    fn on_dns(&mut self, events: Vec<egress_common::DnsEvent>) {
+        let mut recs = Vec::new();
+        for ev in events {
+            match self.dns.on_event(&ev) {
+                Ok(Some(r)) => recs.push(r),
+                Ok(None) => {}
+                Err(e) => self.metrics.dns.decode_errors.with_label_values(&[e.label()]).inc(),
+            }
+        }
+        recs.extend(self.dns.expire(crate::dns::mono_now_ns()));
+        for mut r in recs {
+            self.enricher.enrich_dns(&mut r);
+            self.stitcher.on_dns(&r);
+            self.metrics.observe_dns(&r);
+            (self.sink)(Output::Dns(&r));
+        }
+        let s = self.dns.stats;
+        self.metrics.dns.unmatched.inc_by(s.unmatched - self.dns_seen.unmatched);
+        self.metrics.dns.evicted.inc_by(s.evicted - self.dns_seen.evicted);
+        self.dns_seen = s;
+    }
+
     /// Consume every item currently in the ring into records. Returns how many items.
-    fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, metrics: &Metrics, out: &mut Vec<FlowRecord>) -> usize {
+    fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, metrics: &Metrics, out: &mut Vec<FlowRecord>, dns: &mut Vec<egress_common::DnsEvent>) -> usize {
         let mut n = 0;
         while let Some(item) = ring.next() {
             n += 1;
@@ -140,6 +173,10 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
                 Ok(ev) => {
                     metrics.events_delivered.with_label_values(&[event_kind_name(ev.kind())]).inc();
                     drop(item);
+                    if let Event::Dns(d) = ev {
+                        dns.push(*d);
+                        continue;
+                    }
                     if let Some(rec) = table.on_event(&ev) {
                         out.push(rec);
                     }

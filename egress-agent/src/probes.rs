@@ -34,6 +34,8 @@ pub struct ProbeOptions {
     pub proxy_ports: Vec<u16>,
     /// cgroup v2 mount the payload hooks attach to (None: autodetect).
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Port whose UDP/TCP messages are read as DNS (0: DNS observation off).
+    pub dns_port: u16,
 }
 
 /// Attach status of one program, as `check` and `/metrics` report it.
@@ -127,6 +129,7 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         return Err(ProbeError::Required { program: "payload".into(), reason: format!("at most {MAX_PROXY_PORTS} proxy ports, got {}", ports.len()) });
     }
     resolved.config.proxy_ports[..ports.len()].copy_from_slice(&ports);
+    resolved.config.dns_port = opts.dns_port;
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &resolved.config, true)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
@@ -155,8 +158,8 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
     }
     let cgroup_root = opts.cgroup_root.clone().or_else(crate::cgroup::find_root);
     for (name, dir, way) in [("payload_egress", CgroupSkbAttachType::Egress, "egress"), ("payload_ingress", CgroupSkbAttachType::Ingress, "ingress")] {
-        let err = if ports.is_empty() {
-            Some("off: no proxy ports configured (--proxy-ports or chain hops)".to_string())
+        let err = if ports.is_empty() && opts.dns_port == 0 {
+            Some("off: no proxy ports configured (--proxy-ports or chain hops) and DNS observation off".to_string())
         } else {
             match &cgroup_root {
                 None => Some("no cgroup v2 hierarchy to attach to".to_string()),
@@ -169,7 +172,7 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
             required: false,
             attached: err.is_none(),
             error: err,
-            role: "CONNECT target and proxy status of flows to proxy ports",
+            role: "CONNECT target and proxy status of flows to proxy ports; DNS queries and responses",
         });
     }
     Ok(Probes { ebpf, programs, kernel_problems: resolved.kernel_problems })

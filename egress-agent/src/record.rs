@@ -85,6 +85,9 @@ pub struct FlowRecord {
     pub flow_id: String,
     /// Chain this flow is the client leg of (set when the chain is stitched).
     pub chain_id: Option<String>,
+    /// Made by the agent's own prober (its process opened the flow).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic: bool,
     /// CLOCK_MONOTONIC ns of the flow's start and of this record (for stitching).
     #[serde(skip)]
     pub start_mono_ns: u64,

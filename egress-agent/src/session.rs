@@ -91,12 +91,34 @@ impl Session {
     }
 
     /// Run the pipeline into `sink` until `shutdown` is true, then drain.
-    pub async fn pipeline(&mut self, sink: impl FnMut(crate::pipeline::Output<'_>), shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// With `probes:` configured, the prober runs alongside and gets the
+    /// chain records of its own tunnels.
+    pub async fn pipeline(&mut self, mut sink: impl FnMut(crate::pipeline::Output<'_>), shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let ring = self.ring.take().context("pipeline already started")?;
+        let (probe_tx, probe_rx) = std::sync::mpsc::sync_channel(256);
+        let mut prober = None;
+        let mut probe_metrics = None;
+        if let Some(plan) = self.chain.as_ref().and_then(|c| c.probes.clone()) {
+            let m = Arc::new(crate::prober::ProbeMetrics::new(&self.metrics.registry).context("probe metrics")?);
+            prober = Some(crate::prober::spawn(plan, m.clone(), probe_rx).context("starting the prober")?);
+            probe_metrics = Some(m);
+        }
+        let sink = move |out: crate::pipeline::Output<'_>| {
+            if let (crate::pipeline::Output::Chain(c), Some(m)) = (&out, &probe_metrics)
+                && c.synthetic
+                && probe_tx.try_send((*c).clone()).is_err()
+            {
+                m.records_dropped.inc();
+            }
+            sink(out)
+        };
+        let dns = self.chain.as_ref().map(|c| c.dns.clone()).unwrap_or_default();
+        let dns = crate::dns::DnsTracker::new(dns.timeout, self.args.max_flows as usize, Clock::new());
         let table = FlowTable::new(self.args.flow_settings(self.chain.as_deref()), Clock::new());
         let stall = self.args.stall_reader_ms.map(Duration::from_millis);
         let enricher = Enricher::new(&self.args.enrich_options(self.chain.clone()), self.kube.clone(), self.nat.clone());
-        Pipeline::new(ring, table, enricher, self.metrics.clone(), sink, stall)?.run(shutdown).await?;
+        Pipeline::new(ring, table, enricher, self.metrics.clone(), sink, stall, dns)?.run(shutdown).await?;
+        drop(prober);
         Ok(())
     }
 }

@@ -41,6 +41,8 @@ pub enum Reason {
     ProxyUpstreamError,
     /// Egress that left for a public address without going through the chain.
     Bypass,
+    /// A name lookup failed: NXDOMAIN, SERVFAIL, REFUSED or no answer.
+    DnsFailed,
     Other,
 }
 
@@ -55,6 +57,7 @@ impl Reason {
             Self::ProxyDenied => "proxy_denied",
             Self::ProxyUpstreamError => "proxy_upstream_error",
             Self::Bypass => "bypass",
+            Self::DnsFailed => "dns_failed",
             Self::Other => "other",
         }
     }

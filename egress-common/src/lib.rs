@@ -45,6 +45,9 @@ pub const EVENT_CLOSED: u32 = 4;
 pub const EVENT_SYN_RETRANSMIT: u32 = 5;
 /// First payload bytes of a flow to a proxy port, in one direction.
 pub const EVENT_PAYLOAD: u32 = 6;
+/// A DNS message (UDP or TCP port `Config::dns_port`) of a local socket:
+/// queries out, responses in.
+pub const EVENT_DNS: u32 = 7;
 /// Number of kind slots in the counters (kind 0 is never emitted).
 pub const EVENT_KINDS: u32 = 8;
 
@@ -57,6 +60,7 @@ pub const fn event_kind_name(kind: u32) -> &'static str {
         EVENT_CLOSED => "closed",
         EVENT_SYN_RETRANSMIT => "syn_retransmit",
         EVENT_PAYLOAD => "payload",
+        EVENT_DNS => "dns",
         _ => "unknown",
     }
 }
@@ -99,6 +103,13 @@ pub const DIR_INGRESS: u32 = 2;
 pub const PAYLOAD_BYTES: usize = 384;
 /// Proxy ports the kernel watches payloads on (0 = unused slot).
 pub const MAX_PROXY_PORTS: usize = 8;
+
+/// Bytes of a DNS message captured: the header and a question with a long
+/// name fit; answers are not parsed.
+pub const DNS_BYTES: usize = 256;
+/// Default DNS port watched (0 in `Config::dns_port` = DNS capture off).
+pub const DNS_PORT: u16 = 53;
+pub const IPPROTO_UDP: u16 = 17;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -266,6 +277,37 @@ impl Default for PayloadEvent {
     }
 }
 
+/// EVENT_DNS. Owner by socket (cookie, cgroup), not by task: ingress runs
+/// in softirq, and the current task is not available to `cgroup_skb` on
+/// every kernel this supports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub hdr: EventHeader,
+    /// `bpf_get_socket_cookie`: the socket a query and its response share.
+    pub cookie: u64,
+    /// `bpf_skb_cgroup_id`: cgroup v2 id of the socket's owner.
+    pub cgroup_id: u64,
+    /// DIR_EGRESS (a query out) or DIR_INGRESS (a response in).
+    pub direction: u32,
+    /// IPPROTO_UDP or IPPROTO_TCP (TCP messages start with a 2-byte length).
+    pub proto: u32,
+    /// Local and remote address of the socket (the server is the remote).
+    pub key: TupleKey,
+    /// Payload bytes on the wire (may exceed `caplen`).
+    pub len: u32,
+    /// Valid bytes in `data`.
+    pub caplen: u32,
+    pub data: [u8; DNS_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 88 + DNS_BYTES);
+
+impl Default for DnsEvent {
+    fn default() -> Self {
+        Self { hdr: EventHeader::default(), cookie: 0, cgroup_id: 0, direction: 0, proto: 0, key: TupleKey::default(), len: 0, caplen: 0, data: [0; DNS_BYTES] }
+    }
+}
+
 /// EVENT_SYN_RETRANSMIT.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -388,8 +430,11 @@ pub struct Config {
     pub kernel: KernelOffsets,
     /// Remote ports whose first payload bytes are captured (0 = unused).
     pub proxy_ports: [u16; MAX_PROXY_PORTS],
+    /// UDP/TCP port whose messages are captured as DNS (0 = off).
+    pub dns_port: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 16 + 4);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -399,6 +444,8 @@ impl Config {
         syscalls: SyscallTpOffsets::ABSENT,
         kernel: KernelOffsets::UNKNOWN,
         proxy_ports: [0; MAX_PROXY_PORTS],
+        dns_port: 0,
+        _pad: 0,
     };
 }
 

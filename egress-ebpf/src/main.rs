@@ -7,6 +7,7 @@
 #![feature(asm_experimental_arch)]
 
 mod connect;
+mod dns;
 mod emit;
 mod error_report;
 mod getsockopt;

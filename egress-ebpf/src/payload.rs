@@ -1,7 +1,8 @@
 //! `cgroup_skb` egress/ingress on the cgroup v2 root: the first payload
 //! bytes of flows to proxy ports, once per direction (the CONNECT request
 //! line out, the proxy's status line in). Fail-open: every packet passes,
-//! whatever happens here.
+//! whatever happens here. DNS messages (UDP and TCP) are captured here too
+//! (see `dns.rs`): only one program per direction may sit on the root.
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
@@ -14,7 +15,7 @@ use egress_common::{
 };
 
 use crate::{
-    config,
+    config, dns,
     emit::emit,
     maps::{FLOWS, PROXY_FLOWS},
 };
@@ -22,6 +23,7 @@ use crate::{
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
 #[inline(always)]
 pub fn is_proxy_port(port: u16) -> bool {
@@ -78,33 +80,28 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     // The be16 ethertype sits in the low half of the u32 field.
     let proto = u32::from(u16::from_be(skb.protocol as u16));
     let mut key = TupleKey::default();
-    let (l4, src_addr_off, dst_addr_off, alen) = if proto == ETH_P_IP {
+    let (l4, src_addr_off, dst_addr_off, alen, ipproto) = if proto == ETH_P_IP {
         let vihl: u8 = ctx.load(0).map_err(|e| e as i64)?;
-        if ctx.load::<u8>(9).map_err(|e| e as i64)? != IPPROTO_TCP {
-            return Ok(());
-        }
         key.family = AF_INET;
-        (((vihl & 0x0f) as usize) * 4, 12usize, 16usize, 4usize)
+        (((vihl & 0x0f) as usize) * 4, 12usize, 16usize, 4usize, ctx.load::<u8>(9).map_err(|e| e as i64)?)
     } else if proto == ETH_P_IPV6 {
-        if ctx.load::<u8>(6).map_err(|e| e as i64)? != IPPROTO_TCP {
-            return Ok(());
-        }
         key.family = AF_INET6;
-        (40usize, 8usize, 24usize, 16usize)
+        (40usize, 8usize, 24usize, 16usize, ctx.load::<u8>(6).map_err(|e| e as i64)?)
     } else {
         return Ok(());
     };
+    if ipproto != IPPROTO_TCP && ipproto != IPPROTO_UDP {
+        return Ok(());
+    }
     let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|e| e as i64)?);
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|e| e as i64)?);
     let (lport, rport) = if dir == DIR_EGRESS { (sport, dport) } else { (dport, sport) };
-    if !is_proxy_port(rport) {
+    let dns = dns::is_dns(dir, sport, dport);
+    if ipproto == IPPROTO_UDP && !dns {
         return Ok(());
     }
-    let doff: u8 = ctx.load(l4 + 12).map_err(|e| e as i64)?;
-    let payload = l4 + ((doff >> 4) as usize) * 4;
-    let len = skb.len as usize;
-    if len <= payload {
-        return Ok(()); // no payload: SYN, ACK, FIN
+    if !dns && !is_proxy_port(rport) {
+        return Ok(());
     }
     key.lport = lport;
     key.rport = rport;
@@ -117,6 +114,20 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     } else {
         key.laddr = ctx.load(l_off).map_err(|e| e as i64)?;
         key.raddr = ctx.load(r_off).map_err(|e| e as i64)?;
+    }
+    let len = skb.len as usize;
+    if ipproto == IPPROTO_UDP {
+        dns::capture(ctx, dir, u32::from(IPPROTO_UDP), &key, l4 + 8, len);
+        return Ok(());
+    }
+    let doff: u8 = ctx.load(l4 + 12).map_err(|e| e as i64)?;
+    let payload = l4 + ((doff >> 4) as usize) * 4;
+    if dns {
+        dns::capture(ctx, dir, u32::from(IPPROTO_TCP), &key, payload, len);
+        return Ok(());
+    }
+    if len <= payload {
+        return Ok(()); // no payload: SYN, ACK, FIN
     }
     let Some(skaddr) = PROXY_FLOWS.get_ptr(key) else {
         return Ok(());

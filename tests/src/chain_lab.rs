@@ -4,10 +4,11 @@
 //!  app ──▶ node ──DNAT ClusterIP:3128──▶ proxy-pod (Squid #1, never_direct)
 //!           │  ◀───────────────────────────┘ cache_peer CONNECT
 //!           ├──▶ gce-proxy (Squid #2, hosts file) ──▶ nat (MASQUERADE) ──▶ internet (origins)
-//!           └──▶ nat (direct egress, bypassing the chain; allowed/dropped/rejected)
+//!           ├──▶ nat (direct egress, bypassing the chain; allowed/dropped/rejected)
+//!           └──▶ dns (dnsmasq: the proxy's name for the app pod, origin names for Squid #2)
 //! ```
 //!
-//! All real software (iproute2, iptables, Squid 5.7, curl); namespaces and
+//! All real software (iproute2, iptables, Squid 5.7, dnsmasq, curl); namespaces and
 //! processes are created by [`ChainLab::new`] and removed when the lab is
 //! dropped, also on panic. Faults are reversible: [`ChainLab::restore`].
 //!
@@ -25,6 +26,8 @@
 //! | hop 2 blackhole | 503 ERR_CONNECT_FAIL 110, no Via | NONE_NONE/503 | 3 SYNs, timeout | none |
 //! | parent marked dead | 500 ERR_CANNOT_FORWARD | NONE_NONE/500 HIER_NONE | none | none |
 //! | hop 1 down / blackhole | connect refused / timeout | — | none | none |
+//! | origin name NXDOMAIN at hop 2 | 500 ERR_DNS_FAIL | TCP_TUNNEL/500 | yes, 500 | none (A+AAAA lookups) |
+//! | proxy name NXDOMAIN / resolver down | curl exit 5, no TCP | — | none | none |
 //!
 //! Squid #1 counts every non-2xx CONNECT answer from its parent (403 and
 //! relayed 503s included) as a failed parent connection; after
@@ -35,6 +38,7 @@ mod client;
 mod config;
 mod faults;
 mod origin;
+mod resolver;
 mod squid;
 
 use std::{
@@ -66,6 +70,7 @@ pub struct ChainNamespaces {
     pub gce: Netns,
     pub nat: Netns,
     pub internet: Netns,
+    pub dns: Netns,
 }
 
 impl ChainNamespaces {
@@ -77,11 +82,12 @@ impl ChainNamespaces {
             gce: Netns::new("gce")?,
             nat: Netns::new("nat")?,
             internet: Netns::new("inet")?,
+            dns: Netns::new("dns")?,
         })
     }
 
-    pub fn all(&self) -> [&Netns; 6] {
-        [&self.app, &self.node, &self.proxy_pod, &self.gce, &self.nat, &self.internet]
+    pub fn all(&self) -> [&Netns; 7] {
+        [&self.app, &self.node, &self.proxy_pod, &self.gce, &self.nat, &self.internet, &self.dns]
     }
 }
 
@@ -155,6 +161,8 @@ pub struct ChainLab {
     direct: Mutex<Option<IptRule>>,
     links: Vec<(LabLink, Veth)>,
     _origin: origin::Origin,
+    resolver: resolver::Resolver,
+    _resolv_conf: resolver::NetnsResolvConf,
     pub ns: ChainNamespaces,
     _tmp: TempDir,
 }
@@ -170,6 +178,10 @@ impl ChainLab {
         let ns = ChainNamespaces::new()?;
         let links = build_network(&cfg, &ns)?;
         let origin = origin::Origin::start(&ns.internet, SocketAddr::new(cfg.healthy.ip.into(), cfg.origin_port), format!("{}\n", cfg.banner))?;
+        let resolver = resolver::Resolver::new(&tmp.0, cfg.dns_ip, cfg.dns_local_domains())?;
+        resolver.set_records(&cfg.dns_records())?;
+        resolver.start(&ns.dns).context("resolver")?;
+        let resolv_conf = resolver::NetnsResolvConf::new(&ns.app, cfg.dns_ip)?;
         let lab = Self {
             cfg,
             squids: Mutex::new([None, None]),
@@ -179,6 +191,8 @@ impl ChainLab {
             direct: Mutex::new(None),
             links,
             _origin: origin,
+            resolver,
+            _resolv_conf: resolv_conf,
             ns,
             _tmp: tmp,
         };
@@ -205,6 +219,11 @@ impl ChainLab {
     /// `http://<ClusterIP>:<port>`, what pods put in HTTPS_PROXY.
     pub fn proxy_url(&self) -> String {
         format!("http://{}:{}", self.cfg.cluster_ip, self.cfg.proxy_port)
+    }
+
+    /// `http://<proxy name>:<port>`: HTTPS_PROXY as pods really have it (resolved by the lab's DNS).
+    pub fn proxy_name_url(&self) -> String {
+        format!("http://{}:{}", self.cfg.proxy_name, self.cfg.proxy_port)
     }
 
     /// The Service address clients connect to.
@@ -282,7 +301,7 @@ impl ChainLab {
     pub fn link_iface(&self, link: LabLink) -> (&Netns, &str) {
         let veth = &self.links.iter().find(|(l, _)| *l == link).expect("every link is built").1;
         let ns = match link {
-            LabLink::AppNode | LabLink::ProxyPodNode | LabLink::NodeGce | LabLink::NodeNat => &self.ns.node,
+            LabLink::AppNode | LabLink::ProxyPodNode | LabLink::NodeGce | LabLink::NodeNat | LabLink::DnsNode => &self.ns.node,
             LabLink::GceNat | LabLink::NatInternet => &self.ns.nat,
         };
         (ns, &veth.a_if)
@@ -321,6 +340,15 @@ impl ChainLab {
         let mut a = self.curl_common();
         a.extend(["--proxytunnel".into(), "--proxy".into(), self.proxy_url()]);
         a.push(format!("http://{host}:{}{path}", self.cfg.origin_port));
+        a
+    }
+
+    /// As [`Self::curl_via_chain_args`], with the proxy given by name (the
+    /// client resolves it first, as a pod does).
+    pub fn curl_via_name_args(&self, host: &str, path: &str) -> Vec<String> {
+        let mut a = self.curl_via_chain_args(host, path);
+        let i = a.iter().position(|x| *x == self.proxy_url()).expect("proxy argument");
+        a[i] = self.proxy_name_url();
         a
     }
 
@@ -377,13 +405,14 @@ fn build_network(cfg: &ChainLabConfig, ns: &ChainNamespaces) -> anyhow::Result<V
     let c = |ip: Ipv4Addr, p: u8| format!("{ip}/{p}");
     let (pp, gp, up) = (cfg.pod_prefix, cfg.gce_prefix, cfg.public_prefix);
     // Router side first: faults on a link go into `a`.
-    let specs: [(LabLink, &Netns, String, &Netns, String); 6] = [
+    let specs: [(LabLink, &Netns, String, &Netns, String); 7] = [
         (LabLink::AppNode, &ns.node, c(cfg.app_gw, pp), &ns.app, c(cfg.app_ip, pp)),
         (LabLink::ProxyPodNode, &ns.node, c(cfg.proxy_pod_gw, pp), &ns.proxy_pod, c(cfg.proxy_pod_ip, pp)),
         (LabLink::NodeGce, &ns.node, c(cfg.node_gce_ip, gp), &ns.gce, c(cfg.gce_ip, gp)),
         (LabLink::NodeNat, &ns.node, c(cfg.node_nat_ip, gp), &ns.nat, c(cfg.nat_node_ip, gp)),
         (LabLink::GceNat, &ns.nat, c(cfg.nat_gce_ip, gp), &ns.gce, c(cfg.gce_nat_ip, gp)),
         (LabLink::NatInternet, &ns.nat, c(cfg.nat_public_ip, up), &ns.internet, c(cfg.internet_ip, up)),
+        (LabLink::DnsNode, &ns.node, c(cfg.dns_gw, pp), &ns.dns, c(cfg.dns_ip, pp)),
     ];
     let mut links = Vec::new();
     for (l, a, aa, b, ba) in &specs {
@@ -399,8 +428,13 @@ fn build_network(cfg: &ChainLabConfig, ns: &ChainNamespaces) -> anyhow::Result<V
     let pod_range = cfg.pod_range.to_string();
     ns.app.run(&["ip", "route", "add", "default", "via", &cfg.app_gw.to_string()])?;
     ns.proxy_pod.run(&["ip", "route", "add", "default", "via", &cfg.proxy_pod_gw.to_string()])?;
+    ns.dns.run(&["ip", "route", "add", "default", "via", &cfg.dns_gw.to_string()])?;
     ns.node.run(&["ip", "route", "add", "default", "via", &cfg.nat_node_ip.to_string()])?;
     ns.gce.run(&["ip", "route", "add", &pod_range, "via", &cfg.node_gce_ip.to_string()])?;
+    if !cfg.pod_range.contains(cfg.dns_ip) {
+        // The resolver is reached through the node like the pods are.
+        ns.gce.run(&["ip", "route", "add", &format!("{}/32", cfg.dns_ip), "via", &cfg.node_gce_ip.to_string()])?;
+    }
     ns.gce.run(&["ip", "route", "add", "default", "via", &cfg.nat_gce_ip.to_string()])?;
     ns.nat.run(&["ip", "route", "add", &pod_range, "via", &cfg.node_nat_ip.to_string()])?;
     ns.nat.run(&["ip", "route", "add", "default", "via", &cfg.internet_ip.to_string()])?;
@@ -432,6 +466,7 @@ fn warm_up(cfg: &ChainLabConfig, ns: &ChainNamespaces) -> anyhow::Result<()> {
         (&ns.nat, cfg.node_nat_ip),
         (&ns.gce, cfg.nat_gce_ip),
         (&ns.nat, cfg.internet_ip),
+        (&ns.dns, cfg.dns_gw),
     ];
     for (n, ip) in pairs {
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -218,7 +218,7 @@ fn chain_lab_is_removed_on_panic() {
     }));
     assert!(res.is_err());
     let (names, pids) = seen.into_inner().expect("seen");
-    assert_eq!(names.len(), 6);
+    assert_eq!(names.len(), 7, "app, node, proxy-pod, gce, nat, internet, dns");
     let list = egress_tests::sh(&mut egress_tests::cmd("ip", &["netns", "list"])).expect("ip netns list");
     for n in &names {
         assert!(!list.lines().any(|l| l.split_whitespace().next() == Some(n)), "{n} left behind");

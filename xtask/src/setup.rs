@@ -24,6 +24,8 @@ pub const PACKAGES: &[&str] = &[
     "conntrack",
     // the CLI's table checked in a real terminal at 80 and 200 columns.
     "tmux",
+    // the lab's resolver (binary only: no system service on port 53).
+    "dnsmasq-base",
     // promtool, for checking the alert rules (the server is not started).
     "prometheus",
 ];

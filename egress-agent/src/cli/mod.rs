@@ -154,7 +154,7 @@ impl ProbeArgs {
         p
     }
     pub fn probe_options(&self, chain: Option<&crate::chain::Chain>) -> ProbeOptions {
-        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.all_proxy_ports(chain), cgroup_root: self.cgroup_root.clone() }
+        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.all_proxy_ports(chain), cgroup_root: self.cgroup_root.clone(), dns_port: chain.map_or(egress_common::DNS_PORT, |c| c.dns.port) }
     }
     pub fn enrich_options(&self, chain: Option<std::sync::Arc<crate::chain::Chain>>) -> crate::enrich::EnrichOptions {
         crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone(), chain }

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::{
     api::{self, RecordRef},
     cli::ProbeArgs,
-    output::record_line,
+    output::{json_line, record_line},
     pipeline::Output,
     server,
     session::{Session, shutdown_on_signals},
@@ -71,6 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let line: std::sync::Arc<str> = match rec {
                     Output::Flow(r) if !r.quiet => record_line(RecordRef::Flow(r)).into(),
                     Output::Chain(c) => record_line(RecordRef::Chain(c)).into(),
+                    Output::Dns(d) => json_line(d).into(),
                     _ => return,
                 };
                 if log {

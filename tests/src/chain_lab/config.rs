@@ -99,10 +99,12 @@ pub enum LabLink {
     GceNat,
     /// nat ↔ internet: everything after MASQUERADE.
     NatInternet,
+    /// dns ↔ node: the resolver pod (app pods and Squid #2 ask it).
+    DnsNode,
 }
 
 impl LabLink {
-    pub const ALL: [LabLink; 6] = [LabLink::AppNode, LabLink::ProxyPodNode, LabLink::NodeGce, LabLink::NodeNat, LabLink::GceNat, LabLink::NatInternet];
+    pub const ALL: [LabLink; 7] = [LabLink::AppNode, LabLink::ProxyPodNode, LabLink::NodeGce, LabLink::NodeNat, LabLink::GceNat, LabLink::NatInternet, LabLink::DnsNode];
 }
 
 /// Everything the chain lab is built from.
@@ -176,6 +178,13 @@ pub struct ChainLabConfig {
     pub client_timeout: Duration,
     /// Body prefix the healthy origin sends.
     pub banner: String,
+    /// The resolver (dnsmasq, CoreDNS's stand-in) pod address and its gateway
+    /// (node side); inside `pod_range`.
+    pub dns_ip: Ipv4Addr,
+    pub dns_gw: Ipv4Addr,
+    /// Name of the proxy Service that pods put in HTTPS_PROXY (resolves to
+    /// `cluster_ip`), e.g. `microsoft.intra.aibang.local` in seed 003.
+    pub proxy_name: String,
 }
 
 impl Default for ChainLabConfig {
@@ -217,6 +226,9 @@ impl Default for ChainLabConfig {
             hop2_cgroup: None,
             client_timeout: Duration::from_secs(20),
             banner: "egress-lab origin".into(),
+            dns_ip: ip(10, 0, 53, 10),
+            dns_gw: ip(10, 0, 53, 1),
+            proxy_name: "squid-proxy.intra-proxy.lab.test".into(),
         }
     }
 }
@@ -244,19 +256,24 @@ impl ChainLabConfig {
         vec![self.healthy.name.clone(), self.refused.name.clone(), self.blackhole.name.clone(), self.denied_at_hop1.clone()]
     }
 
-    /// Squid #2's hosts file: every name of the lab; deny names go to the healthy origin.
-    pub fn hosts_file(&self) -> String {
-        format!(
-            "{} {} {} {}\n{} {}\n{} {}\n",
-            self.healthy.ip,
-            self.healthy.name,
-            self.denied_at_hop1,
-            self.denied_at_hop2,
-            self.refused.ip,
-            self.refused.name,
-            self.blackhole.ip,
-            self.blackhole.name
-        )
+    /// Every name the resolver knows: the proxy's, the origins', the deny names.
+    pub fn dns_records(&self) -> Vec<(String, Ipv4Addr)> {
+        let mut r = vec![(self.proxy_name.clone(), self.cluster_ip)];
+        for o in [&self.healthy, &self.refused, &self.blackhole] {
+            r.push((o.name.clone(), o.ip));
+        }
+        r.push((self.denied_at_hop1.clone(), self.healthy.ip));
+        r.push((self.denied_at_hop2.clone(), self.healthy.ip));
+        r
+    }
+
+    /// Top-level domains of the lab's names: the resolver answers NXDOMAIN
+    /// for unknown names in them (and forwards nothing anywhere).
+    pub fn dns_local_domains(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.dns_records().iter().filter_map(|(n, _)| n.rsplit('.').next().map(str::to_string)).collect();
+        d.sort();
+        d.dedup();
+        d
     }
 
     /// The origin answering on `name` (deny names answer like the healthy one).

@@ -128,8 +128,25 @@ impl ChainLab {
         Ok(())
     }
 
+    /// The resolver forgets `name` (its record is removed): lookups of it
+    /// get NXDOMAIN.
+    pub fn dns_remove(&self, name: &str) -> anyhow::Result<()> {
+        let records: Vec<_> = self.cfg.dns_records().into_iter().filter(|(n, _)| n != name).collect();
+        self.resolver.set_records(&records)
+    }
+
+    /// The resolver stopped (SIGKILL by PID): lookups get no answer.
+    pub fn resolver_down(&self) -> anyhow::Result<()> {
+        self.resolver.stop();
+        Ok(())
+    }
+
+    pub fn resolver_running(&self) -> bool {
+        self.resolver.running()
+    }
+
     /// Back to the start state: fault rules removed, direct egress as
-    /// configured, Squid #2 running, Squid #1 restarted (new PID) so it does
+    /// configured, the resolver running with every record, Squid #2 running, Squid #1 restarted (new PID) so it does
     /// not carry a dead-parent verdict or failure count from earlier faults.
     pub fn restore(&self) -> anyhow::Result<()> {
         let rules = std::mem::take(&mut *self.faults.lock().expect("faults"));
@@ -143,6 +160,8 @@ impl ChainLab {
             return Err(e.context("removing fault rules"));
         }
         self.set_direct_egress(self.cfg.direct_egress)?;
+        self.resolver.set_records(&self.cfg.dns_records())?;
+        self.resolver.start(&self.ns.dns)?;
         self.start_hop(Hop::Two)?;
         self.restart_hop(Hop::One)
     }

@@ -54,8 +54,8 @@ fn write_world_readable(path: &Path, text: &str) -> anyhow::Result<()> {
 ///
 /// Hop 1 is the Squid pod: ACL on the pod range and its domain list, every
 /// request to the parent (`never_direct`). Hop 2 is the VM Squid: ACL on the
-/// source range and its own domain list; it resolves origin names from its
-/// hosts file only (the nameserver address has no DNS server behind it).
+/// source range and its own domain list; it resolves origin names with the
+/// lab's resolver (`dns_nameservers`), as the VM's Squid does.
 pub(super) fn write_conf(cfg: &ChainLabConfig, hop: Hop, files: &SquidFiles) -> anyhow::Result<()> {
     let hosts = files.dir.join("hosts");
     let timeout = cfg.connect_timeout.as_secs().max(1);
@@ -94,8 +94,19 @@ pub(super) fn write_conf(cfg: &ChainLabConfig, hop: Hop, files: &SquidFiles) -> 
     let _ = writeln!(c, "cache_mem 8 MB");
     let _ = writeln!(c, "max_filedescriptors 4096");
     let _ = writeln!(c, "hosts_file {}", hosts.display());
-    // Nothing answers DNS there: only the hosts file resolves.
-    let _ = writeln!(c, "dns_nameservers 127.0.0.1");
+    match hop {
+        // never_direct: hop 1 resolves nothing itself (no server there).
+        Hop::One => {
+            let _ = writeln!(c, "dns_nameservers 127.0.0.1");
+        }
+        Hop::Two => {
+            let _ = writeln!(c, "dns_nameservers {}", cfg.dns_ip);
+            // Faults are short: a removed name must not linger in Squid's caches.
+            let _ = writeln!(c, "negative_dns_ttl 1 seconds");
+            let _ = writeln!(c, "positive_dns_ttl 1 seconds");
+            let _ = writeln!(c, "dns_timeout {timeout} seconds");
+        }
+    }
     let _ = writeln!(c, "connect_timeout {timeout} seconds");
     let _ = writeln!(c, "peer_connect_timeout {timeout} seconds");
     let _ = writeln!(c, "forward_timeout {timeout} seconds");
@@ -108,12 +119,8 @@ pub(super) fn write_conf(cfg: &ChainLabConfig, hop: Hop, files: &SquidFiles) -> 
     let _ = writeln!(c, "coredump_dir {}", files.dir.display());
     let _ = writeln!(c, "logfile_rotate 0");
     write_world_readable(&files.conf, &c)?;
-    let hosts_text = match hop {
-        // never_direct: hop 1 resolves nothing itself.
-        Hop::One => String::new(),
-        Hop::Two => cfg.hosts_file(),
-    };
-    write_world_readable(&hosts, &hosts_text)
+    // Names come from DNS only (an empty hosts file, not the host's /etc/hosts).
+    write_world_readable(&hosts, "")
 }
 
 /// One running Squid (`squid -N` inside a namespace); killed by PID on drop.

@@ -1,0 +1,398 @@
+//! Active probes through the proxy chain: a passive observer is blind when
+//! nothing is sent, so for each configured target the agent opens a CONNECT
+//! tunnel through the first hop, exactly as an application would, on an
+//! interval with jitter and a timeout. Its flows are observed by the kernel
+//! programs like any other, tagged `synthetic` (the agent's own process), and
+//! stitched by the same machinery: the per-hop verdict of a probe is the
+//! chain record's. Sequential (one probe in flight), bounded, off unless
+//! `probes:` is configured.
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream, ToSocketAddrs as _},
+    path::PathBuf,
+    sync::mpsc::{Receiver, RecvTimeoutError, SyncSender},
+    time::{Duration, Instant},
+};
+
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Deserialize;
+
+use crate::{
+    chain::{Hop, parse_duration},
+    chains::ChainRecord,
+    verdict::{Reason, Verdict},
+};
+
+/// At most this many targets: the prober is a health signal, not a load test.
+pub const MAX_TARGETS: usize = 16;
+/// No probe interval below this.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Gap between two probes, whatever the schedule says.
+const MIN_GAP: Duration = Duration::from_millis(100);
+/// How long the chain record of a probe may trail its end.
+const CHAIN_WAIT: Duration = Duration::from_secs(3);
+/// Bytes of the proxy's answer read at most.
+const MAX_ANSWER: usize = 4096;
+
+/// `probes:` in the configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// `host:port` CONNECT targets.
+    pub targets: Vec<String>,
+    /// Time between two probes of a target (default 30s, at least 1s).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Bound on one probe: connect, CONNECT answer (default 10s, at most the interval).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Fraction of the interval each wait varies by (0..=0.5, default 0.1).
+    #[serde(default)]
+    pub jitter: Option<f64>,
+    /// Complete a TLS handshake with the target inside the tunnel (default off).
+    #[serde(default)]
+    pub tls: bool,
+    /// Where to connect (`host:port`, resolved at every probe as an
+    /// application would); default: the first hop's first `address`.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Network namespace to probe from (e.g. a pod's `/proc/<pid>/ns/net`);
+    /// default: the agent's.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+}
+
+/// A validated probe configuration.
+#[derive(Debug, Clone)]
+pub struct ProbePlan {
+    pub targets: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub jitter: f64,
+    pub tls: bool,
+    pub proxy: String,
+    pub netns: Option<PathBuf>,
+    /// Name of the first hop (the hop a failed connect to `proxy` is at).
+    pub first_hop: String,
+}
+
+impl ProbePlan {
+    pub fn from_config(c: &ProbesConfig, hops: &[Hop]) -> Result<Self, String> {
+        if c.targets.is_empty() || c.targets.len() > MAX_TARGETS {
+            return Err(format!("probes.targets: 1 to {MAX_TARGETS} targets, got {}", c.targets.len()));
+        }
+        for t in &c.targets {
+            let ok = t.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok || t.contains(char::is_whitespace) {
+                return Err(format!("probes.targets: `{t}` is not host:port"));
+            }
+        }
+        let dur = |v: &Option<String>, what: &str, default: u64| v.as_deref().map(parse_duration).transpose().map_err(|e| format!("probes.{what}: {e}")).map(|d| d.unwrap_or(Duration::from_secs(default)));
+        let interval = dur(&c.interval, "interval", 30)?;
+        let timeout = dur(&c.timeout, "timeout", 10)?;
+        if interval < MIN_INTERVAL {
+            return Err(format!("probes.interval {interval:?} is below {MIN_INTERVAL:?}"));
+        }
+        if timeout.is_zero() || timeout > interval {
+            return Err(format!("probes.timeout {timeout:?} must be above 0 and at most the interval"));
+        }
+        let jitter = c.jitter.unwrap_or(0.1);
+        if !(0.0..=0.5).contains(&jitter) {
+            return Err(format!("probes.jitter {jitter} is not in 0..=0.5"));
+        }
+        let first = hops.first().ok_or("probes need a chain: the first hop is where they connect")?;
+        let proxy = match &c.proxy {
+            Some(p) => p.clone(),
+            None => first.client_address().map(|a| a.to_string()).ok_or_else(|| format!("probes.proxy is needed: hop {} has no ip:port address", first.name))?,
+        };
+        if c.tls {
+            return Err("probes.tls: TLS completion is not available in this build; leave it off (the CONNECT answer is the probe)".into());
+        }
+        Ok(Self { targets: c.targets.clone(), interval, timeout, jitter, tls: c.tls, proxy, netns: c.netns.clone(), first_hop: first.name.clone() })
+    }
+}
+
+/// Probe metrics (registered only when probes are configured).
+pub struct ProbeMetrics {
+    success: IntGaugeVec,
+    duration: GaugeVec,
+    last_failure: IntGaugeVec,
+    last_failure_time: GaugeVec,
+    probes: IntCounterVec,
+    /// Synthetic chain records the prober could not take (its queue was full).
+    pub records_dropped: IntCounter,
+}
+
+impl ProbeMetrics {
+    pub fn new(r: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            success: IntGaugeVec::new(Opts::new("egress_probe_success", "1 if the last probe of the target got its tunnel (CONNECT 200) within the timeout."), &["target"])?,
+            duration: GaugeVec::new(Opts::new("egress_probe_duration_seconds", "Last probe: time to the CONNECT answer (hop=\"total\") and connect time of each leg to a hop."), &["target", "hop"])?,
+            last_failure: IntGaugeVec::new(Opts::new("egress_probe_last_failure_hop", "Info (always 1): the hop and reason of the target's last failed probe."), &["target", "hop", "reason"])?,
+            last_failure_time: GaugeVec::new(Opts::new("egress_probe_last_failure_timestamp_seconds", "Unix time of the target's last failed probe."), &["target"])?,
+            probes: IntCounterVec::new(Opts::new("egress_probes_total", "Probes run, by result (success, failure)."), &["target", "result"])?,
+            records_dropped: IntCounter::new("egress_probe_records_dropped_total", "Synthetic chain records the prober's queue could not take.")?,
+        };
+        r.register(Box::new(m.success.clone()))?;
+        r.register(Box::new(m.duration.clone()))?;
+        r.register(Box::new(m.last_failure.clone()))?;
+        r.register(Box::new(m.last_failure_time.clone()))?;
+        r.register(Box::new(m.probes.clone()))?;
+        r.register(Box::new(m.records_dropped.clone()))?;
+        Ok(m)
+    }
+}
+
+/// What the prober itself saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// Local address of the probe's socket (the key to its chain record).
+    pub local: Option<SocketAddr>,
+    pub elapsed: Duration,
+    /// The proxy's CONNECT status, if it answered.
+    pub status: Option<u16>,
+    /// Why there was no answer.
+    pub error: Option<Reason>,
+}
+
+impl Attempt {
+    pub fn ok(&self) -> bool {
+        self.status == Some(200)
+    }
+}
+
+/// The hop and reason of a failed probe: the chain record's verdict when
+/// it came, else what the prober saw (a failed connect is at the first hop).
+pub fn failure_of(a: &Attempt, chain: Option<&ChainRecord>, first_hop: &str) -> Option<(String, Reason)> {
+    if let Some(c) = chain.filter(|c| c.verdict == Verdict::Failed)
+        && let (Some(h), Some(r)) = (&c.failed_hop, c.reason)
+    {
+        return Some((h.clone(), r));
+    }
+    if a.ok() {
+        return None;
+    }
+    let reason = match (a.status, a.error) {
+        (Some(s), _) => crate::verdict::proxy_status(s).1.unwrap_or(Reason::Other),
+        (None, Some(r)) => r,
+        (None, None) => Reason::Other,
+    };
+    Some((first_hop.to_string(), reason))
+}
+
+fn io_reason(e: &std::io::Error) -> Reason {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => Reason::Refused,
+        K::TimedOut | K::WouldBlock => Reason::Timeout,
+        K::HostUnreachable | K::NetworkUnreachable => Reason::Unreachable,
+        K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof => Reason::Reset,
+        _ => Reason::Other,
+    }
+}
+
+/// One probe: connect to `proxy` (resolved now), send CONNECT, read the answer.
+pub fn probe_once(proxy: &str, target: &str, timeout: Duration) -> Attempt {
+    let t0 = Instant::now();
+    let mut a = Attempt { local: None, elapsed: Duration::ZERO, status: None, error: None };
+    let r = (|| -> std::io::Result<u16> {
+        let addr = proxy.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "proxy name has no address"))?;
+        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        // Bind first: the local port is known even when the connect fails.
+        let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        sock.bind(&any.into())?;
+        a.local = sock.local_addr()?.as_socket();
+        sock.connect_timeout(&addr.into(), timeout)?;
+        let mut s: TcpStream = sock.into();
+        let left = |t0: Instant| timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
+        s.set_write_timeout(Some(left(t0)))?;
+        // One write, one segment: the kernel reads the request line from the
+        // first payload packet (write! would issue a write per piece).
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: egress-agent-probe\r\n\r\n").as_bytes())?;
+        let mut buf = Vec::with_capacity(512);
+        let mut chunk = [0u8; 512];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_ANSWER {
+            s.set_read_timeout(Some(left(t0)))?;
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        crate::proxy::parse_response(&buf).map(|r| r.status).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no status line"))
+    })();
+    match r {
+        Ok(s) => a.status = Some(s),
+        Err(e) => a.error = Some(io_reason(&e)),
+    }
+    a.elapsed = t0.elapsed();
+    a
+}
+
+/// A running prober thread; stopped and joined on drop.
+pub struct Prober {
+    stop: Option<SyncSender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Small xorshift: jitter needs no cryptographic randomness.
+fn next_rand(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Start probing on a thread of its own (in `plan.netns` if set). Synthetic
+/// chain records arrive on `chains`.
+pub fn spawn(plan: ProbePlan, metrics: std::sync::Arc<ProbeMetrics>, chains: Receiver<ChainRecord>) -> std::io::Result<Prober> {
+    let netns = plan.netns.as_ref().map(std::fs::File::open).transpose()?;
+    let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let handle = std::thread::Builder::new().name("egress-prober".into()).spawn(move || {
+        if let Some(f) = netns {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                tracing::error!("prober: setns {:?}: {}; probes off", plan.netns, std::io::Error::last_os_error());
+                return;
+            }
+        }
+        run(&plan, &metrics, &chains, &stop_rx);
+    })?;
+    Ok(Prober { stop: Some(stop_tx), handle: Some(handle) })
+}
+
+fn run(plan: &ProbePlan, m: &ProbeMetrics, chains: &Receiver<ChainRecord>, stop: &Receiver<()>) {
+    let mut rng = (std::process::id() as u64) << 32 | 0x9e37_79b9;
+    let n = plan.targets.len() as u32;
+    let start = Instant::now();
+    // Targets spread over one interval.
+    let mut due: Vec<Instant> = (0..n).map(|i| start + plan.interval * i / n).collect();
+    let mut last_failure: Vec<Option<(String, Reason)>> = vec![None; plan.targets.len()];
+    tracing::info!(targets = n, interval = ?plan.interval, proxy = %plan.proxy, "prober running");
+    loop {
+        let Some((i, &when)) = due.iter().enumerate().min_by_key(|(_, d)| **d) else { return };
+        match stop.recv_timeout(when.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return, // stopped (or the agent dropped the sender)
+        }
+        let target = &plan.targets[i];
+        let a = probe_once(&plan.proxy, target, plan.timeout);
+        let chain = wait_chain(chains, a.local, stop);
+        record(m, plan, target, &a, chain.as_ref(), &mut last_failure[i]);
+        let j = 1.0 + plan.jitter * (2.0 * next_rand(&mut rng) - 1.0);
+        due[i] = (when + plan.interval.mul_f64(j)).max(Instant::now() + MIN_GAP);
+    }
+}
+
+/// The chain record whose client leg is the probe's socket, waited for a bounded time.
+fn wait_chain(chains: &Receiver<ChainRecord>, local: Option<SocketAddr>, stop: &Receiver<()>) -> Option<ChainRecord> {
+    let port = local?.port();
+    let deadline = Instant::now() + CHAIN_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || matches!(stop.try_recv(), Ok(()) | Err(std::sync::mpsc::TryRecvError::Disconnected)) {
+            return None;
+        }
+        match chains.recv_timeout(left.min(Duration::from_millis(100))) {
+            // Records of earlier probes that came too late are dropped here.
+            Ok(c) if c.src.is_some_and(|s| s.port() == port) => return Some(c),
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+fn record(m: &ProbeMetrics, plan: &ProbePlan, target: &str, a: &Attempt, chain: Option<&ChainRecord>, last: &mut Option<(String, Reason)>) {
+    m.success.with_label_values(&[target]).set(i64::from(a.ok()));
+    m.probes.with_label_values(&[target, if a.ok() { "success" } else { "failure" }]).inc();
+    m.duration.with_label_values(&[target, "total"]).set(a.elapsed.as_secs_f64());
+    for leg in chain.map(|c| c.legs.as_slice()).unwrap_or_default() {
+        m.duration.with_label_values(&[target, leg.hop.as_str()]).set(leg.latency_ms / 1000.0);
+    }
+    if let Some((hop, reason)) = failure_of(a, chain, &plan.first_hop) {
+        if let Some((h, r)) = last.take() {
+            let _ = m.last_failure.remove_label_values(&[target, &h, r.as_str()]);
+        }
+        m.last_failure.with_label_values(&[target, &hop, reason.as_str()]).set(1);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        m.last_failure_time.with_label_values(&[target]).set(now.as_secs_f64());
+        tracing::info!(%target, %hop, reason = reason.as_str(), "probe failed");
+        *last = Some((hop, reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{Chain, ConfigFile};
+
+    fn chain(probes: &str) -> Result<Chain, String> {
+        let y = format!("version: 1\nchain:\n  hops:\n    - {{name: gke-squid, match: {{address: '10.96.0.10:3128'}}}}\n    - {{name: gce-proxy, match: {{address: '100.64.1.2:3128'}}}}\n{probes}");
+        Chain::from_config(&serde_saphyr::from_str::<ConfigFile>(&y).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let c = chain("probes:\n  targets: [login.example.test:443]\n  interval: 5s\n  timeout: 2s\n").expect("ok");
+        let p = c.probes.expect("plan");
+        assert_eq!((p.proxy.as_str(), p.interval, p.timeout, p.first_hop.as_str()), ("10.96.0.10:3128", Duration::from_secs(5), Duration::from_secs(2), "gke-squid"));
+        assert!(chain("").expect("ok").probes.is_none(), "off unless configured");
+        for bad in [
+            "probes:\n  targets: []\n",
+            "probes:\n  targets: [nope]\n",
+            "probes:\n  targets: [a.test:443]\n  interval: 100ms\n",
+            "probes:\n  targets: [a.test:443]\n  interval: 5s\n  timeout: 6s\n",
+            "probes:\n  targets: [a.test:443]\n  jitter: 0.9\n",
+            "probes:\n  targets: [a.test:443]\n  tls: true\n",
+            "probes:\n  targets: [a.test:443]\n  bogus: 1\n",
+        ] {
+            assert!(chain(bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_TARGETS).map(|i| format!("t{i}.test:443")).collect();
+        assert!(chain(&format!("probes:\n  targets: [{}]\n", many.join(", "))).is_err(), "bounded");
+    }
+
+    #[test]
+    fn failure_hop_prefers_the_chain_verdict() {
+        let a = Attempt { local: None, elapsed: Duration::ZERO, status: Some(503), error: None };
+        assert_eq!(failure_of(&a, None, "gke-squid"), Some(("gke-squid".into(), Reason::ProxyUpstreamError)));
+        let c = ChainRecord { verdict: Verdict::Failed, failed_hop: Some("gce-proxy".into()), reason: Some(Reason::Refused), ..ChainRecord::default() };
+        assert_eq!(failure_of(&a, Some(&c), "gke-squid"), Some(("gce-proxy".into(), Reason::Refused)));
+        let refused = Attempt { status: None, error: Some(Reason::Refused), ..a.clone() };
+        assert_eq!(failure_of(&refused, None, "gke-squid"), Some(("gke-squid".into(), Reason::Refused)));
+        let ok = Attempt { status: Some(200), ..a };
+        assert_eq!(failure_of(&ok, None, "gke-squid"), None);
+    }
+
+    #[test]
+    fn probe_against_a_local_proxy_stand_in() {
+        // A loopback listener answering like a proxy, then a closed port.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let srv = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut b = [0u8; 256];
+            let n = s.read(&mut b).expect("read");
+            let req = String::from_utf8_lossy(&b[..n]).into_owned();
+            s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").expect("write");
+            req
+        });
+        let a = probe_once(&addr.to_string(), "login.example.test:443", Duration::from_secs(2));
+        assert!(a.ok(), "{a:?}");
+        assert!(a.local.is_some_and(|l| l.port() != 0));
+        assert!(srv.join().expect("join").starts_with("CONNECT login.example.test:443 HTTP/1.1\r\n"));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        let a = probe_once(&closed.to_string(), "x.test:443", Duration::from_secs(2));
+        assert_eq!((a.ok(), a.error), (false, Some(Reason::Refused)));
+    }
+}

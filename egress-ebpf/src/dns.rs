@@ -1,0 +1,56 @@
+//! DNS messages of local sockets, from the same `cgroup_skb` programs as the
+//! proxy payloads (one program per direction on the cgroup root): a query is
+//! an egress packet to the DNS port, a response an ingress packet from it.
+//! The first `DNS_BYTES` of the message go to the ring; parsing is the
+//! agent's. Fail-open: the caller passes every packet whatever happens here.
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    programs::SkBuffContext,
+};
+use egress_common::{DIR_EGRESS, DNS_BYTES, DnsEvent, EVENT_DNS, EventHeader, TupleKey};
+
+use crate::{config, emit::emit};
+
+/// True when a packet with these ports in direction `dir` is a DNS message
+/// of a local client socket (servers on this host are not followed).
+#[inline(always)]
+pub fn is_dns(dir: u32, sport: u16, dport: u16) -> bool {
+    let port: u16 = config!(dns_port);
+    port != 0 && if dir == DIR_EGRESS { dport == port } else { sport == port }
+}
+
+/// Emit the message that starts at `payload` (an offset from the network
+/// header) of a packet of `len` bytes.
+#[inline(always)]
+pub fn capture(ctx: &SkBuffContext, dir: u32, proto: u32, key: &TupleKey, payload: usize, len: usize) {
+    if len <= payload {
+        return; // no payload: a TCP handshake or ACK
+    }
+    let avail = len - payload;
+    let n = if avail > DNS_BYTES { DNS_BYTES } else { avail };
+    let skb_ptr = ctx.skb.skb;
+    let key = *key;
+    emit(EVENT_DNS, |ev: &mut DnsEvent| {
+        // SAFETY: helpers on the program's own context pointer.
+        ev.hdr = EventHeader { kind: EVENT_DNS, size: size_of::<DnsEvent>() as u32, ts_ns: unsafe { bpf_ktime_get_ns() } };
+        ev.cookie = unsafe { bpf_get_socket_cookie(skb_ptr.cast()) };
+        ev.cgroup_id = unsafe { bpf_skb_cgroup_id(skb_ptr as *mut __sk_buff) };
+        ev.direction = dir;
+        ev.proto = proto;
+        ev.key = key;
+        ev.len = avail as u32;
+        // As in payload.rs: the verifier needs the bound on this register.
+        let n = core::hint::black_box(n);
+        if n == 0 || n > DNS_BYTES {
+            return Err(-1);
+        }
+        // SAFETY: n is in 1..=DNS_BYTES and the destination holds DNS_BYTES.
+        let rc = unsafe { bpf_skb_load_bytes(skb_ptr.cast(), payload as u32, ev.data.as_mut_ptr().cast(), n as u32) };
+        if rc != 0 {
+            return Err(rc);
+        }
+        ev.caplen = n as u32;
+        Ok(())
+    });
+}
