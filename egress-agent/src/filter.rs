@@ -171,6 +171,22 @@ impl FlowFilter {
             && self.recent(&r.time, now)
     }
 
+    /// A DNS record (JSON as the agent wrote it): verdict, reason, who, hop,
+    /// `--dst NAME` against the name asked, `--since`.
+    pub fn matches_dns(&self, d: &serde_json::Value) -> bool {
+        let s = |k: &str| d[k].as_str();
+        self.verdict.is_none_or(|v| s("verdict") == Some(v.as_str()))
+            && self.reason.is_none_or(|r| s("reason") == Some(r.as_str()))
+            && self.who(s("namespace"), s("pod"), s("pod_uid"), s("workload"))
+            && self.hop.as_deref().is_none_or(|h| s("hop") == Some(h))
+            && self.dst.as_ref().is_none_or(|m| match m {
+                DstMatch::Name(n) => s("name").is_some_and(|x| x.trim_end_matches('.').eq_ignore_ascii_case(n)),
+                DstMatch::Cidr(c) => s("server").and_then(|a| a.parse::<std::net::SocketAddr>().ok()).is_some_and(|a| c.contains(a.ip())),
+            })
+            && self.port.is_none_or(|p| s("server").and_then(|a| a.parse::<std::net::SocketAddr>().ok()).is_some_and(|a| a.port() == p))
+            && self.recent(s("time").unwrap_or(""), SystemTime::now())
+    }
+
     pub fn matches_chain(&self, c: &ChainRecord) -> bool {
         self.matches_chain_at(c, SystemTime::now())
     }

@@ -35,6 +35,8 @@ pub enum RecordRef<'a> {
 pub enum Record {
     Flow(Box<FlowRecord>),
     Chain(Box<ChainRecord>),
+    /// A DNS lookup (see `dns::DnsRecord`), kept as JSON on the client side.
+    Dns(Box<serde_json::Value>),
     Lost { count: u64 },
     /// Follow with history: the history ends here, live records follow.
     HistoryEnd,
@@ -45,6 +47,7 @@ impl Record {
         match self {
             Self::Flow(r) => &r.time,
             Self::Chain(c) => &c.time,
+            Self::Dns(d) => d["time"].as_str().unwrap_or(""),
             Self::Lost { .. } | Self::HistoryEnd => "",
         }
     }

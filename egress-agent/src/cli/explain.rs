@@ -136,6 +136,41 @@ fn from_flow(r: &FlowRecord) -> Attempt {
     }
 }
 
+/// A client's failed lookup (not a hop's: those are in the chain records
+/// they broke) is an attempt that failed before any connection.
+fn from_dns(d: &serde_json::Value) -> Option<Attempt> {
+    let s = |k: &str| d[k].as_str();
+    if s("verdict") != Some("failed") || !d["asked_by"].is_null() {
+        return None;
+    }
+    let reason: Option<Reason> = serde_json::from_value(d["reason"].clone()).ok();
+    let hop = s("hop").map(str::to_string);
+    Some(Attempt {
+        time: s("time").unwrap_or_default().to_string(),
+        who: who(s("namespace"), s("pod"), s("unit"), s("cgroup").unwrap_or("?")),
+        pid: 0,
+        comm: "dns".into(),
+        chain_id: None,
+        target: s("name").map(str::to_string),
+        verdict: Verdict::Failed,
+        failed_hop: hop.clone(),
+        reason,
+        proxy_status: None,
+        hops: vec![Step {
+            hop: hop.unwrap_or_else(|| "dns".into()),
+            leg: Some(format!("dns {} {}", s("qtype").unwrap_or("?"), s("rcode").unwrap_or("?"))),
+            verdict: Verdict::Failed,
+            reason,
+            proxy_status: None,
+            latency_ms: d["latency_ms"].as_f64().unwrap_or(0.0),
+            retransmits: 0,
+            dst: s("server").and_then(|a| a.parse().ok()),
+            dst_actual: None,
+            snat: None,
+        }],
+    })
+}
+
 /// What the user asked about.
 pub struct Wanted {
     host: String,
@@ -189,6 +224,7 @@ pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Att
         .filter_map(|r| match r {
             Record::Chain(c) if recent(&c.time) && want.chain(c) => Some(from_chain(c)),
             Record::Flow(f) if recent(&f.time) && !in_chains.contains(f.flow_id.as_str()) && f.chain_id.is_none() && want.flow(f) => Some(from_flow(f)),
+            Record::Dns(d) if recent(r.time()) && d["name"].as_str().is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(&want.host)) => from_dns(d),
             _ => None,
         })
         .collect();

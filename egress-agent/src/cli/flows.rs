@@ -3,7 +3,7 @@ use clap::Args;
 
 use crate::{
     api::{Record, Request, client},
-    cli::{ApiArgs, FilterArgs, watch},
+    cli::{ApiArgs, FilterArgs, print::Kind, watch},
 };
 
 #[derive(Debug, Args)]
@@ -28,8 +28,9 @@ pub async fn flows(args: FlowsArgs) -> anyhow::Result<u8> {
     let mut matching: Vec<&Record> = records
         .iter()
         .filter(|r| match r {
-            Record::Flow(x) => !args.filter.chains && f.matches(x),
-            Record::Chain(c) => args.filter.chains && f.matches_chain(c),
+            Record::Flow(x) => args.filter.kind() == Kind::Flows && f.matches(x),
+            Record::Chain(c) => args.filter.kind() == Kind::Chains && f.matches_chain(c),
+            Record::Dns(d) => args.filter.kind() == Kind::Dns && f.matches_dns(d),
             _ => false,
         })
         .collect();

@@ -189,6 +189,10 @@ pub struct FilterArgs {
     /// chain: who, target, VIA the hops, the hop that broke) instead of flows.
     #[arg(long)]
     pub chains: bool,
+    /// Print DNS lookups (name, rcode, server, latency, the hop it concerns)
+    /// instead of flows.
+    #[arg(long, conflicts_with = "chains")]
+    pub dns: bool,
     /// Output format. JSON field names are stable and snake_case; every
     /// object has `record`: `flow` or `chain`.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
@@ -200,7 +204,17 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     pub fn printer(&self, snapshot: bool) -> print::Printer {
-        print::Printer::new(self.output, self.chains, self.color.enabled(), snapshot)
+        print::Printer::new(self.output, self.kind(), self.color.enabled(), snapshot)
+    }
+
+    pub fn kind(&self) -> print::Kind {
+        if self.chains {
+            print::Kind::Chains
+        } else if self.dns {
+            print::Kind::Dns
+        } else {
+            print::Kind::Flows
+        }
     }
 }
 

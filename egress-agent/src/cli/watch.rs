@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::{
     api::{Record, Request, client},
-    cli::{ApiArgs, FilterArgs, ProbeArgs, print::Printer},
+    cli::{ApiArgs, FilterArgs, ProbeArgs, print::{Kind, Printer}},
     pipeline::Output,
     session::{Session, shutdown_on_signals},
 };
@@ -69,11 +69,19 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
     let mut printer = args.filter.printer(false);
     printer.header();
     let filter = args.filter.flows.clone();
+    let dns = args.filter.dns;
     session
         .pipeline(
             move |rec| match rec {
                 Output::Flow(r) if !r.quiet && filter.matches(r) => printer.flow(r),
                 Output::Chain(c) if filter.matches_chain(c) => printer.chain(c),
+                Output::Dns(d) if dns => {
+                    if let Ok(v) = serde_json::to_value(d)
+                        && filter.matches_dns(&v)
+                    {
+                        printer.dns(&v);
+                    }
+                }
                 _ => {}
             },
             shutdown,
@@ -110,8 +118,14 @@ pub async fn follow(mut stream: client::RecordStream, filter: &FilterArgs, mut p
             Record::Lost { count } => eprintln!("egress-agent: {count} records dropped by the agent for this client (reading too slowly)"),
             Record::Flow(r) if !f.matches(&r) => {}
             Record::Chain(c) if !f.matches_chain(&c) => {}
+            Record::Dns(d) if !f.matches_dns(&d) => {}
             r if !live => {
-                if (matches!(r, Record::Chain(_)) == filter.chains) {
+                let kind = match r {
+                    Record::Chain(_) => Kind::Chains,
+                    Record::Dns(_) => Kind::Dns,
+                    _ => Kind::Flows,
+                };
+                if kind == filter.kind() {
                     backlog.push(r);
                 }
             }
@@ -127,6 +141,7 @@ pub fn show(p: &mut Printer, r: &Record) {
     match r {
         Record::Flow(f) => p.flow(f),
         Record::Chain(c) => p.chain(c),
+        Record::Dns(d) => p.dns(d),
         _ => {}
     }
 }

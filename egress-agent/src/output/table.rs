@@ -59,6 +59,21 @@ pub const CHAIN_COLS: [Col; 9] = [
     col("REASON", 10, 20, 0),
 ];
 
+/// Columns of DNS records, in display order.
+pub const DNS_COLS: [Col; 11] = [
+    col("TIME", 12, 12, 0),
+    col("NAMESPACE", 12, 16, 3),
+    col("POD/UNIT", 14, 28, 1),
+    col("NAME", 22, 40, 0),
+    col("TYPE", 5, 5, 4),
+    col("RCODE", 8, 8, 0),
+    col("SERVER", 15, 21, 2),
+    col("LAT", 8, 9, 1),
+    col("HOP", 10, 14, 2),
+    col("VERDICT", 8, 8, 0),
+    col("REASON", 10, 12, 1),
+];
+
 /// A layout: for each column, its width, or None when not shown.
 pub struct Table {
     widths: Vec<Option<usize>>,
@@ -175,6 +190,25 @@ pub fn flow_cells(r: &FlowRecord) -> Vec<String> {
         r.retransmits.to_string(),
         opt(r.chain_id.as_deref()),
         opt(r.reason.map(|x| x.as_str())),
+    ]
+}
+
+/// Cells of a DNS record (JSON as the agent wrote it), one per [`DNS_COLS`] entry.
+pub fn dns_cells(d: &serde_json::Value) -> Vec<String> {
+    let s = |k: &str| d[k].as_str().map_or_else(|| "-".to_string(), str::to_string);
+    let time = s("time");
+    vec![
+        time.get(11..23).unwrap_or(&time).to_string(),
+        s("namespace"),
+        d["pod"].as_str().or(d["unit"].as_str()).or(d["pod_uid"].as_str()).unwrap_or("-").to_string(),
+        s("name"),
+        s("qtype"),
+        s("rcode"),
+        s("server"),
+        latency(d["latency_ms"].as_f64().unwrap_or(0.0)),
+        s("hop"),
+        s("verdict"),
+        s("reason"),
     ]
 }
 
