@@ -48,6 +48,12 @@ pub struct ProgramStatus {
     pub error: Option<String>,
     /// What is lost without it.
     pub role: &'static str,
+    /// Instructions the verifier processed (BPF_OBJ_GET_INFO_BY_FD
+    /// `verified_insns`, Linux 5.16+; None before or when not loaded).
+    pub verified_insns: Option<u32>,
+    /// Length of the program after verification, in instructions
+    /// (`xlated_prog_len` / 8, every kernel; None when not loaded).
+    pub xlated_insns: Option<u32>,
 }
 
 pub struct Probes {
@@ -154,7 +160,7 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         if required && let Some(reason) = &err {
             return Err(ProbeError::Required { program: name.to_string(), reason: reason.clone() });
         }
-        programs.push(ProgramStatus { program: name.to_string(), hook, required, attached: err.is_none(), error: err, role });
+        programs.push(ProgramStatus { program: name.to_string(), hook, required, attached: err.is_none(), error: err, role, verified_insns: None, xlated_insns: None });
     }
     let cgroup_root = opts.cgroup_root.clone().or_else(crate::cgroup::find_root);
     for (name, dir, way) in [("payload_egress", CgroupSkbAttachType::Egress, "egress"), ("payload_ingress", CgroupSkbAttachType::Ingress, "ingress")] {
@@ -173,7 +179,26 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
             attached: err.is_none(),
             error: err,
             role: "CONNECT target and proxy status of flows to proxy ports; DNS queries and responses",
+            verified_insns: None,
+            xlated_insns: None,
         });
+    }
+    let err = load_only(&mut ebpf, "compat_canary").err();
+    programs.push(ProgramStatus {
+        program: "compat_canary".to_string(),
+        hook: "none (load only)".to_string(),
+        required: false,
+        attached: err.is_none(),
+        error: err,
+        role: "nothing: a canary needing bpf_get_current_task_btf (5.11+), proof that a program this kernel rejects is skipped",
+        verified_insns: None,
+        xlated_insns: None,
+    });
+    for p in &mut programs {
+        if let Some(info) = ebpf.program(&p.program).and_then(|prog| prog.info().ok()) {
+            p.verified_insns = info.verified_instruction_count();
+            p.xlated_insns = info.size_translated().map(|bytes| bytes / 8);
+        }
     }
     Ok(Probes { ebpf, programs, kernel_problems: resolved.kernel_problems })
 }
@@ -192,6 +217,12 @@ fn attach_cgroup_skb(ebpf: &mut Ebpf, name: &str, root: &std::path::Path, dir: C
             .map(|_| ())
             .map_err(|e| format!("attach to {}: {} (multi: {})", root.display(), error_chain(&e), error_chain(&multi))),
     }
+}
+
+fn load_only(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, kind: Hook, cat: &str, tp: &str) -> Result<(), String> {

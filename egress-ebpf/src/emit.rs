@@ -49,7 +49,7 @@ pub fn field<T>(ctx: &TracePointContext, off: u16) -> Result<T, i64> {
 /// Read the address tuple of a TCP tracepoint record into `t` (zeroed).
 #[inline(always)]
 pub fn tuple(ctx: &TracePointContext, o: &TpOffsets, t: &mut Tuple) -> Result<(), i64> {
-    t.family = field::<u16>(ctx, o.family)?;
+    t.family = if o.family == OFFSET_ABSENT { family_from_v6(ctx, o)? } else { field::<u16>(ctx, o.family)? };
     t.sport = field::<u16>(ctx, o.sport)?;
     t.dport = field::<u16>(ctx, o.dport)?;
     if t.family == AF_INET {
@@ -62,6 +62,14 @@ pub fn tuple(ctx: &TracePointContext, o: &TpOffsets, t: &mut Tuple) -> Result<()
         t.daddr = field(ctx, o.daddr_v6)?;
     }
     Ok(())
+}
+
+/// The tcp:* tracepoints of Linux before 5.12 have no `family` field; they
+/// store IPv4 socket addresses v4-mapped into `saddr_v6`.
+#[inline(always)]
+fn family_from_v6(ctx: &TracePointContext, o: &TpOffsets) -> Result<u16, i64> {
+    let a: [u8; 16] = field(ctx, o.saddr_v6)?;
+    Ok(if crate::payload::is_v4_mapped(&a) { AF_INET } else { AF_INET6 })
 }
 
 /// Read a kernel value at `base + off`, where `off` came from BTF.

@@ -6,6 +6,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod compat_canary;
 mod connect;
 mod dns;
 mod emit;

@@ -57,7 +57,7 @@ pub fn tuple_key(family: u16, lport: u16, rport: u16, laddr: &[u8; 16], raddr: &
 }
 
 #[inline(always)]
-fn is_v4_mapped(a: &[u8; 16]) -> bool {
+pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0 && a[4] == 0 && a[5] == 0 && a[6] == 0 && a[7] == 0
         && a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff
 }
@@ -152,12 +152,16 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
         ev.skaddr = skaddr;
         ev.start_ns = start_ns;
         ev.direction = dir;
-        // The compiler knows n ≥ 1 and would drop this check; the verifier
-        // does not and needs to see it on the register passed to the helper.
-        let n = core::hint::black_box(n);
-        if n == 0 || n > PAYLOAD_BYTES {
+        // The verifier must see 1 ≤ n ≤ PAYLOAD_BYTES on the very register
+        // passed to the helper. Checking n itself compiles to a range check
+        // on a copy (n - 1), whose bounds verifiers before ~6.8 do not carry
+        // back to n (rejected on 5.10 and 6.1): so check m = n - 1, opaque to
+        // the compiler, with one unsigned compare and pass m + 1.
+        let m = core::hint::black_box(n.wrapping_sub(1));
+        if m >= PAYLOAD_BYTES {
             return Err(-1);
         }
+        let n = m + 1;
         // SAFETY: n is in 1..=PAYLOAD_BYTES and the destination holds PAYLOAD_BYTES.
         let rc = unsafe { bpf_skb_load_bytes(skb_ptr.cast(), payload as u32, ev.data.as_mut_ptr().cast(), n as u32) };
         if rc != 0 {

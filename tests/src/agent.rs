@@ -91,9 +91,12 @@ impl Agent {
             }
         });
         let mut agent = Self { child, lines, records: Vec::new(), stderr: stderr_lines, metrics_addr };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        // Verifying the programs takes tens of seconds on old kernels under
+        // TCG (the VM matrix raises the limit with EGRESS_AGENT_READY_SECS).
+        let ready = Duration::from_secs(std::env::var("EGRESS_AGENT_READY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30));
+        if ready_rx.recv_timeout(ready).is_err() {
             let _ = agent.child.kill();
-            bail!("agent not ready within 30 s; stderr:\n{}", agent.stderr_text());
+            bail!("agent not ready within {ready:?}; stderr:\n{}", agent.stderr_text());
         }
         Ok(agent)
     }

@@ -1,5 +1,6 @@
 //! `cargo xtask …`: everything a fresh machine needs, in the project's own code.
 mod setup;
+mod vm;
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
@@ -27,7 +28,8 @@ enum Task {
         release: bool,
     },
     /// The whole test suite: unit tests, then the root/kernel integration
-    /// tests (network namespaces, real traffic, the real agent binary).
+    /// tests (network namespaces, real traffic, the real agent binary), then
+    /// the kernel matrix (`vm`).
     Test,
     /// The local lab demo: namespaces, the agent, every connect outcome,
     /// the watch table and a /metrics excerpt; cleans up after itself.
@@ -39,6 +41,18 @@ enum Task {
         /// through every fault and print fault / expected / agent verdict.
         #[arg(long)]
         faults: bool,
+    },
+    /// The kernel matrix: boot pinned Debian kernels (5.10, 6.1, 6.12) under
+    /// QEMU/TCG with a busybox initramfs running the kernel-facing suite,
+    /// plus the same suite on the host kernel; prints kernel × test and the
+    /// verifier instruction counts per program; fails on any failure.
+    Vm {
+        /// Comma-separated kernels of the matrix.
+        #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12")]
+        kernels: Vec<String>,
+        /// Skip the host kernel's column.
+        #[arg(long)]
+        no_host: bool,
     },
 }
 
@@ -92,8 +106,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&["test", "--package", "egress-common", "--package", "egress-agent", "--package", "xtask"])?;
             cargo(&["build", "--package", "egress-agent"])?;
             cargo(&["test", "--package", "egress-tests"])?;
+            vm::run(&vm::VmOptions { kernels: vm::kernels::KERNELS.iter().map(|k| k.name.to_string()).collect(), host: true })?;
             println!("xtask test: all suites passed");
             Ok(())
+        }
+        Task::Vm { kernels, no_host } => {
+            setup::ensure()?;
+            if !no_host && !is_root() {
+                bail!("the host column loads eBPF programs: run as root (or pass --no-host)");
+            }
+            vm::run(&vm::VmOptions { kernels, host: !no_host })
         }
         Task::Lab { duration, faults } => {
             setup::ensure()?;

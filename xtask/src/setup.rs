@@ -28,6 +28,15 @@ pub const PACKAGES: &[&str] = &[
     "dnsmasq-base",
     // promtool, for checking the alert rules (the server is not started).
     "prometheus",
+    // the kernel matrix (xtask/src/vm): VMs under TCG, a static busybox for
+    // the initramfs, musl-gcc for ring's C code in the static (musl) build,
+    // depmod and xz for the kernels' modules, binutils for strip.
+    "qemu-system-x86",
+    "busybox-static",
+    "musl-tools",
+    "kmod",
+    "xz-utils",
+    "binutils",
 ];
 
 /// Python packages `deploy/validate.py` uses.
@@ -65,6 +74,7 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_nightly()?;
     ensure_bpf_linker()?;
     ensure_kubectl()?;
+    ensure_musl_target()?;
     println!("setup: toolchain ready (Debian packages, Python packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION})");
     Ok(())
 }
@@ -139,6 +149,20 @@ fn ensure_nightly() -> anyhow::Result<()> {
             .context("the eBPF programs need a nightly toolchain (build-std)")?;
     }
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The kernel matrix runs the agent in a bare initramfs: it is built static
+/// against musl.
+fn ensure_musl_target() -> anyhow::Result<()> {
+    let target = crate::vm::MUSL;
+    let has = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == target));
+    if has {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", target])).context("adding the musl target for the kernel matrix")
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {

@@ -141,16 +141,26 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<bool> {
                 println!("{:<34} {:<6} {}", c.check, status(c.status), c.detail);
             }
             println!();
-            println!("{:<22} {:<42} {:<9} ROLE / WHY NOT", "PROGRAM", "HOOK", "ATTACHED");
+            println!("{:<22} {:<42} {:<9} {:<11} ROLE / WHY NOT", "PROGRAM", "HOOK", "ATTACHED", "INSNS");
             for p in &r.programs {
                 let why = p.error.as_deref().map_or_else(|| p.role.to_string(), |e| format!("{e} (lost: {})", p.role));
-                println!("{:<22} {:<42} {:<9} {}", p.program, p.hook, if p.attached { "yes" } else { "no" }, why);
+                println!("{:<22} {:<42} {:<9} {:<11} {}", p.program, p.hook, if p.attached { "yes" } else { "no" }, insns(p), why);
             }
             println!();
             println!("{}", if r.ok { "minimum set OK: the agent can run here" } else { "FAIL: the agent cannot run here" });
         }
     }
     Ok(r.ok)
+}
+
+/// Verifier-processed instructions where the kernel reports them (5.16+),
+/// else the translated length marked `x`; `-` when not loaded.
+fn insns(p: &ProgramStatus) -> String {
+    match (p.verified_insns, p.xlated_insns) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(x)) => format!("{x}x"),
+        (None, None) => "-".to_string(),
+    }
 }
 
 fn status(s: Status) -> &'static str {

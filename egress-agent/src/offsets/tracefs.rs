@@ -147,11 +147,16 @@ impl TracepointFormat {
     fn tuple_into(&self, o: &mut TpOffsets) -> Result<(), FormatError> {
         o.sport = self.sized("sport", 2)?;
         o.dport = self.sized("dport", 2)?;
-        o.family = self.sized("family", 2)?;
+        // Absent from tcp:* before Linux 5.12: the programs then tell the
+        // family from saddr_v6 (v4-mapped for IPv4 sockets).
+        o.family = self.opt("family", 2)?;
         o.saddr = self.sized("saddr", 4)?;
         o.daddr = self.sized("daddr", 4)?;
         o.saddr_v6 = self.opt("saddr_v6", 16)?;
         o.daddr_v6 = self.opt("daddr_v6", 16)?;
+        if o.family == OFFSET_ABSENT && o.saddr_v6 == OFFSET_ABSENT {
+            return Err(FormatError::NoField("family".into()));
+        }
         Ok(())
     }
 }
@@ -210,6 +215,16 @@ print fmt: \"family=%s\"
             .join("\n");
         let o = TracepointFormat::parse(&shifted).expect("parse").tcp_offsets(&["oldstate"], None).expect("o");
         assert_eq!((o.skaddr, o.oldstate, o.daddr_v6), (16, 24, 64));
+    }
+
+    #[test]
+    fn family_optional_when_v6_addresses_tell_it() {
+        // Linux 5.10's tcp:* records have no `family`.
+        let f = TracepointFormat::parse(&SET_STATE.replace("\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;\n", "")).expect("parse");
+        let o = f.tcp_offsets(&[], None).expect("offsets without family");
+        assert_eq!((o.family, o.saddr_v6), (OFFSET_ABSENT, 40));
+        let neither = SET_STATE.replace("\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;\n", "").replace("saddr_v6", "x6");
+        assert!(TracepointFormat::parse(&neither).expect("parse").tcp_offsets(&[], None).is_err());
     }
 
     #[test]

@@ -1,0 +1,250 @@
+//! The tests, in order; each reports one result marker.
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use egress_tests::{Agent, AgentMode, agent::agent_bin};
+use serde_json::Value;
+
+use crate::{
+    MARK, Outcome, report,
+    net::{self, Netem, Rule},
+};
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let r = kernel_release();
+    let mut it = r.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+fn outcome(r: anyhow::Result<String>) -> Outcome {
+    match r {
+        Ok(d) => Outcome::Pass(d),
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+/// Run every test; true when one failed.
+pub fn run_all() -> bool {
+    let mut failed = false;
+    let mut note = |test: &str, o: Outcome| {
+        failed |= matches!(o, Outcome::Fail(_));
+        report(test, &o);
+    };
+    match check() {
+        Ok(programs) => {
+            for (test, o) in judge_programs(&programs) {
+                note(test, o);
+            }
+        }
+        Err(e) => note("check", Outcome::Fail(format!("{e:#}"))),
+    }
+    let mut agent = match Agent::start(AgentMode::Watch(vec!["--kube".into(), "false".into(), "--conntrack".into(), "true".into()])) {
+        Ok(a) => a,
+        Err(e) => {
+            note("agent_watch", Outcome::Fail(format!("{e:#}")));
+            return true;
+        }
+    };
+    note("connect_ok", outcome(connect_ok(&mut agent, "127.0.0.1:0")));
+    note("connect_refused", outcome(connect_refused(&mut agent, "127.0.0.1:0")));
+    note("connect_timeout", outcome(connect_timeout(&mut agent)));
+    note("icmp_unreachable", outcome(icmp_unreachable(&mut agent)));
+    note("syn_retransmit", outcome(syn_retransmit(&mut agent)));
+    note(
+        "netem_retransmit",
+        match netem_retransmit(&mut agent) {
+            Ok(Some(d)) => Outcome::Pass(d),
+            Ok(None) => Outcome::Skip("no netem qdisc in this kernel (CONFIG_NET_SCH_NETEM); syn_retransmit covers retransmits".into()),
+            Err(e) => Outcome::Fail(format!("{e:#}")),
+        },
+    );
+    note("ipv6", outcome(connect_ok(&mut agent, "[::1]:0").and_then(|a| Ok(format!("{a}; {}", connect_refused(&mut agent, "[::1]:0")?)))));
+    note("nat_ctnetlink", outcome(nat_ctnetlink(&mut agent)));
+    if let Err(e) = agent.stop() {
+        note("agent_stop", Outcome::Fail(format!("{e:#}")));
+    }
+    failed
+}
+
+/// `egress-agent check -o json` with a proxy port so the cgroup_skb
+/// programs load too; returns the program list.
+fn check() -> anyhow::Result<Vec<Value>> {
+    let out = Command::new(agent_bin()).args(["check", "-o", "json", "--proxy-ports", "3128"]).output().context("running egress-agent check")?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("check output is not JSON ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
+    let bad: Vec<String> = v["checks"].as_array().into_iter().flatten().filter(|c| c["status"] == "fail").map(|c| format!("{}: {}", c["check"], c["detail"])).collect();
+    if v["ok"] != true || !bad.is_empty() {
+        bail!("check says the agent cannot run: {}", bad.join("; "));
+    }
+    let programs = v["programs"].as_array().cloned().unwrap_or_default();
+    for p in &programs {
+        let n = |k: &str| p[k].as_u64().map_or("-".to_string(), |n| n.to_string());
+        let status = if p["attached"] == true { "loaded".to_string() } else { format!("skipped: {}", p["error"].as_str().unwrap_or("?")) };
+        println!("{MARK} insns {} {} {} {}", p["program"].as_str().unwrap_or("?"), n("verified_insns"), n("xlated_insns"), status.replace('\n', " "));
+    }
+    Ok(programs)
+}
+
+/// Every program loads, except where its hook is absent (said so); the
+/// error-report hook must exist from 5.16; the canary loads iff 5.11+.
+fn judge_programs(programs: &[Value]) -> Vec<(&'static str, Outcome)> {
+    let ver = kernel_version();
+    let mut problems = Vec::new();
+    let mut skipped = Vec::new();
+    let mut canary = Outcome::Fail("compat_canary missing from check".into());
+    for p in programs {
+        let name = p["program"].as_str().unwrap_or("?");
+        let err = p["error"].as_str().unwrap_or("");
+        let attached = p["attached"] == true;
+        if name == "compat_canary" {
+            canary = match (attached, ver >= (5, 11)) {
+                (true, true) => Outcome::Pass("loaded (kernel has bpf_get_current_task_btf)".into()),
+                (false, false) if !err.is_empty() => Outcome::Pass(format!("skipped by check: {}", tail(err))),
+                (true, false) => Outcome::Fail("loaded on a kernel older than 5.11".into()),
+                (false, _) => Outcome::Fail(format!("not loaded on 5.11+: {err}")),
+            };
+        } else if attached {
+            continue;
+        } else if name == "inet_sk_error_report" && ver < (5, 16) && err.contains("does not exist") {
+            skipped.push(format!("{name} (hook absent before 5.16; sk_err fallback)"));
+        } else {
+            problems.push(format!("{name}: {err}"));
+        }
+    }
+    let loaded = programs.iter().filter(|p| p["attached"] == true).count();
+    let all = if problems.is_empty() {
+        Outcome::Pass(format!("{loaded}/{} loaded and attached{}", programs.len(), if skipped.is_empty() { String::new() } else { format!("; skipped: {}", skipped.join(", ")) }))
+    } else {
+        Outcome::Fail(problems.join("; "))
+    };
+    vec![("check", Outcome::Pass(format!("ok on {}", kernel_release()))), ("programs_load", all), ("incompatible_skipped", canary)]
+}
+
+/// The verifier's line naming the helper it refused, else the whole error.
+fn tail(s: &str) -> &str {
+    s.split(" | ").find(|l| l.contains("func")).unwrap_or(s)
+}
+
+fn field(v: &Value, k: &str) -> String {
+    v[k].as_str().map_or_else(|| v[k].to_string(), str::to_string)
+}
+
+/// Wait for the connect record to `dst` satisfying `pred`.
+fn record(agent: &mut Agent, dst: SocketAddr, within: Duration, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let d = dst.to_string();
+    agent.wait_for(within, |v| v["phase"] == "connect" && v["dst"] == d.as_str() && pred(v))
+}
+
+fn expect(agent: &mut Agent, dst: SocketAddr, verdict: &str, reason: Option<&str>) -> anyhow::Result<String> {
+    let r = record(agent, dst, Duration::from_secs(15), |v| v["verdict"] == verdict && reason.is_none_or(|r| v["reason"] == r))?;
+    Ok(format!("{dst} {} {} {}ms", field(&r, "verdict"), field(&r, "reason"), field(&r, "latency_ms")))
+}
+
+fn connect_ok(agent: &mut Agent, bind: &str) -> anyhow::Result<String> {
+    let l = TcpListener::bind(bind)?;
+    let dst = l.local_addr()?;
+    let s = TcpStream::connect_timeout(&dst, Duration::from_secs(10)).with_context(|| format!("connect {dst}"))?;
+    let res = expect(agent, dst, "ok", None);
+    drop(s);
+    res
+}
+
+fn connect_refused(agent: &mut Agent, bind: &str) -> anyhow::Result<String> {
+    let dst = TcpListener::bind(bind)?.local_addr()?;
+    match TcpStream::connect_timeout(&dst, Duration::from_secs(10)) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => bail!("connect {dst}: expected refused, got {other:?}"),
+    }
+    expect(agent, dst, "failed", Some("refused"))
+}
+
+fn connect_timeout(agent: &mut Agent) -> anyhow::Result<String> {
+    let start = Instant::now();
+    match TcpStream::connect_timeout(&net::BLACKHOLE, Duration::from_secs(20)) {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => bail!("connect {}: expected a kernel timeout, got {other:?}", net::BLACKHOLE),
+    }
+    let took = start.elapsed();
+    expect(agent, net::BLACKHOLE, "failed", Some("timeout")).map(|d| format!("{d} (client gave up after {:.1}s)", took.as_secs_f64()))
+}
+
+/// ICMP host unreachable for a SYN: the errno reaches the agent through
+/// `sk_err` at close, or the error report where the kernel has it.
+fn icmp_unreachable(agent: &mut Agent) -> anyhow::Result<String> {
+    let dst = net::UNREACHABLE;
+    let _rule = Rule::add("filter", &["OUTPUT", "-d", &dst.ip().to_string(), "-p", "tcp", "-j", "REJECT", "--reject-with", "icmp-host-unreachable"])?;
+    let res = TcpStream::connect_timeout(&dst, Duration::from_secs(20));
+    if res.is_ok() {
+        bail!("connect {dst} succeeded through a REJECT rule");
+    }
+    expect(agent, dst, "failed", Some("unreachable")).map(|d| format!("{d} (client: {})", res.err().map(|e| e.to_string()).unwrap_or_default()))
+}
+
+/// The first SYN to the listener is dropped (iptables statistic, every
+/// 2nd packet from the first): the retransmitted SYN gets through, the
+/// connect succeeds late and the verdict is degraded.
+fn syn_retransmit(agent: &mut Agent) -> anyhow::Result<String> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let dst = l.local_addr()?;
+    let port = dst.port().to_string();
+    let rule = Rule::add("filter", &["OUTPUT", "-p", "tcp", "--syn", "--dport", &port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0", "-j", "DROP"])?;
+    let s = TcpStream::connect_timeout(&dst, Duration::from_secs(20));
+    drop(rule);
+    let _s = s.with_context(|| format!("connect {dst} with its first SYN dropped"))?;
+    let r = record(agent, dst, Duration::from_secs(15), |_| true)?;
+    let retx = r["syn_retransmits"].as_u64().unwrap_or(0);
+    if retx == 0 || r["verdict"] != "degraded" {
+        bail!("expected degraded with SYN retransmits, got {r}");
+    }
+    Ok(format!("{dst} degraded, syn_retransmits={retx}, {}ms", field(&r, "latency_ms")))
+}
+
+/// netem drops everything on loopback for a while after the connect: the
+/// data is retransmitted until netem goes; the close record says degraded.
+fn netem_retransmit(agent: &mut Agent) -> anyhow::Result<Option<String>> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let dst = l.local_addr()?;
+    let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(10))?;
+    let (mut peer, _) = l.accept()?;
+    let netem = match Netem::loss_lo() {
+        Ok(n) => n,
+        Err(e) if format!("{e:#}").contains("qdisc kind is unknown") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    std::io::Write::write_all(&mut s, b"ping")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(netem);
+    peer.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 4];
+    std::io::Read::read_exact(&mut peer, &mut buf).context("data after netem")?;
+    drop(s);
+    drop(peer);
+    let d = dst.to_string();
+    let r = agent.wait_for(Duration::from_secs(15), |v| v["phase"] == "close" && v["dst"] == d.as_str())?;
+    let retx = r["retransmits"].as_u64().unwrap_or(0);
+    if retx == 0 || r["verdict"] != "degraded" {
+        bail!("expected a degraded close with retransmits, got {r}");
+    }
+    Ok(Some(format!("{dst} close degraded, retransmits={retx}")))
+}
+
+/// kube-proxy-style DNAT of a ClusterIP in OUTPUT: the agent's ctnetlink
+/// view must name the real backend.
+fn nat_ctnetlink(agent: &mut Agent) -> anyhow::Result<String> {
+    let l = TcpListener::bind((net::LOCAL, 0))?;
+    let backend = l.local_addr()?;
+    let _rule = Rule::add("nat", &["OUTPUT", "-d", &net::CLUSTER_IP.ip().to_string(), "-p", "tcp", "--dport", &net::CLUSTER_IP.port().to_string(), "-j", "DNAT", "--to-destination", &backend.to_string()])?;
+    let _s = TcpStream::connect_timeout(&net::CLUSTER_IP, Duration::from_secs(10)).with_context(|| format!("connect {}", net::CLUSTER_IP))?;
+    let want = backend.to_string();
+    let r = record(agent, net::CLUSTER_IP, Duration::from_secs(15), |v| v["dst_actual"] == want.as_str())?;
+    Ok(format!("{} -> dst_actual {} ({})", net::CLUSTER_IP, field(&r, "dst_actual"), field(&r, "verdict")))
+}
