@@ -40,11 +40,14 @@ pub fn capture(ctx: &SkBuffContext, dir: u32, proto: u32, key: &TupleKey, payloa
         ev.proto = proto;
         ev.key = key;
         ev.len = avail as u32;
-        // As in payload.rs: the verifier needs the bound on this register.
-        let n = core::hint::black_box(n);
-        if n == 0 || n > DNS_BYTES {
+        // As in payload.rs: verifiers before 6.12 do not carry a bound
+        // checked on a copy back to n, so check m = n - 1 (opaque to the
+        // compiler) with one unsigned compare and pass m + 1.
+        let m = core::hint::black_box(n.wrapping_sub(1));
+        if m >= DNS_BYTES {
             return Err(-1);
         }
+        let n = m + 1;
         // SAFETY: n is in 1..=DNS_BYTES and the destination holds DNS_BYTES.
         let rc = unsafe { bpf_skb_load_bytes(skb_ptr.cast(), payload as u32, ev.data.as_mut_ptr().cast(), n as u32) };
         if rc != 0 {
