@@ -117,7 +117,8 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 DEFAULT_K8S_MIN = "1.33.0"  # lowest release k8s-openapi is built for (feature v1_33)
 
 # DaemonSet policy (least privilege).
-REQUIRED_CAPS = {"BPF", "PERFMON", "SYS_RESOURCE", "NET_ADMIN"}
+# Proven minimal by tests/tests/deploy_caps.rs (real agent, each one removed in turn).
+REQUIRED_CAPS = {"BPF", "PERFMON", "NET_ADMIN"}
 HOST_MOUNTS = {  # host path -> (container path, read-only)
     "/sys/kernel/tracing": ("/sys/kernel/tracing", True),
     "/sys/kernel/btf": ("/sys/kernel/btf", True),
@@ -125,7 +126,7 @@ HOST_MOUNTS = {  # host path -> (container path, read-only)
     "/sys/fs/bpf": ("/sys/fs/bpf", False),
 }
 RBAC_RESOURCES = {("", "pods"), ("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")}
-UNIT_CAPS = {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_RESOURCE", "CAP_NET_ADMIN"}
+UNIT_CAPS = {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"}
 
 
 class Report:

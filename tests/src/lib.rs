@@ -10,6 +10,7 @@ pub mod demo;
 pub mod fake_apiserver;
 pub mod faults;
 pub mod lab;
+pub mod manifests;
 pub mod netns;
 pub mod traffic;
 
