@@ -105,7 +105,7 @@ fn daemonset_capabilities_are_sufficient_and_each_is_necessary() {
                 format!("programs not attached: {detached:?}\n{stderr}")
             }
         };
-        eprintln!("without {cap}: {}", why.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(""));
+        eprintln!("without {cap}: {}", why.lines().filter(|l| !l.trim().is_empty()).next_back().unwrap_or(""));
         let named = match cap.as_str() {
             "BPF" => why.contains("CAP_BPF"),
             "PERFMON" => why.contains("CAP_PERFMON"),

@@ -22,8 +22,12 @@ pub const PACKAGES: &[&str] = &[
     // the proxy chain lab: real Squid (hop 1 and hop 2) and the conntrack CLI.
     "squid",
     "conntrack",
-    // promtool, for checking the alert rules (the server is not started).
+    // promtool (check/test the alert rules) and the Prometheus server that
+    // tests/tests/deploy_prometheus_server.rs starts on loopback.
     "prometheus",
+    // setpriv and nsenter: tests/tests/deploy_caps.rs runs the agent with
+    // exactly the DaemonSet's capabilities inside a lab network namespace.
+    "util-linux",
 ];
 
 /// Python packages `deploy/validate.py` uses.
