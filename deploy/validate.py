@@ -201,6 +201,13 @@ def parse_exposition(text: str) -> tuple[set[str], dict[str, set[str]]]:
     return names, labels
 
 
+def source_on(source: str, scrape: set[str], text: str) -> bool:
+    """Is the optional source of a CONDITIONAL metric on in this scrape?"""
+    if source == CHAIN_SOURCE:
+        return re.search(r'[{,]hop="[^"]+"', text) is not None
+    return any(n.startswith(source) for n in scrape)
+
+
 def check_metric_names(r: Report, exprs: list[tuple[str, str]], metrics_file: Path | None,
                        allow_missing: bool) -> None:
     r.section("6. metric names in rules and dashboard")
@@ -233,6 +240,7 @@ def check_metric_names(r: Report, exprs: list[tuple[str, str]], metrics_file: Pa
             used.setdefault(n, []).append(where)
     scrape: set[str] | None = None
     scrape_labels: dict[str, set[str]] = {}
+    text = ""
     if metrics_file:
         text = metrics_file.read_text()
         scrape, scrape_labels = parse_exposition(text)
@@ -253,7 +261,7 @@ def check_metric_names(r: Report, exprs: list[tuple[str, str]], metrics_file: Pa
                        f"validate.py and its alerts out of {PLANNED_GROUP}")
             else:
                 r.ok(f"{name}: planned, not exported yet ({where})")
-        elif name in CONDITIONAL and scrape is not None and not any(n.startswith(CONDITIONAL[name]) for n in scrape):
+        elif name in CONDITIONAL and scrape is not None and not source_on(CONDITIONAL[name], scrape, text):
             r.ok(f"{name}: its source ({CONDITIONAL[name]}*) is off in this scrape ({where})")
         elif scrape is not None:
             r.check(name in scrape, f"{name}: in the scrape ({where})",

@@ -39,15 +39,18 @@ EXISTING = {
     "egress_program_attached",
     "egress_flows_tracked",
     "egress_build_info",
-    "egress_proxy_tunnels_total",   # {hop, status, target}
-    "egress_hop_failures_total",    # {hop, reason}
 }
 
 # Exported only while their source runs: the Kubernetes watch (--kube, in a
-# cluster) and conntrack (--conntrack). A scrape of an agent without that
+# cluster), conntrack (--conntrack) and the proxy chain (--config with hops:
+# from the first flow through a hop). A scrape of an agent without that
 # source lacks them; with --metrics-file they must be in the scrape only if
-# some metric of the same source is.
+# the source is on in it: some metric with that prefix, or for CHAIN_SOURCE
+# some series with a non-empty hop label.
+CHAIN_SOURCE = "hop="
 CONDITIONAL = {
+    "egress_proxy_tunnels_total": CHAIN_SOURCE,   # {hop, status, target}
+    "egress_hop_failures_total": CHAIN_SOURCE,    # {hop, reason}
     "egress_kube_watch_up": "egress_kube_",
     "egress_kube_objects": "egress_kube_",
     "egress_kube_objects_malformed_total": "egress_kube_",
