@@ -46,11 +46,24 @@ pub struct Agent {
 impl Agent {
     /// Start the agent and wait until its programs are attached.
     pub fn start(mode: AgentMode) -> anyhow::Result<Self> {
+        Self::start_wrapped(&[], mode)
+    }
+
+    /// Like [`Agent::start`], the agent run through `wrapper` (a program and
+    /// its arguments that exec the agent, e.g. `setpriv … --` or `nsenter …`).
+    pub fn start_wrapped(wrapper: &[String], mode: AgentMode) -> anyhow::Result<Self> {
         let bin = agent_bin();
         if !bin.exists() {
             bail!("{} not built: run `cargo xtask build` or set EGRESS_AGENT_BIN", bin.display());
         }
-        let mut c = Command::new(&bin);
+        let mut c = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         let metrics_addr = match &mode {
             AgentMode::Watch(extra) => {
                 c.args(["watch", "--standalone", "-o", "jsonl"]).args(extra);
@@ -99,6 +112,11 @@ impl Agent {
             bail!("agent not ready within {ready:?}; stderr:\n{}", agent.stderr_text());
         }
         Ok(agent)
+    }
+
+    /// PID of the agent process (of the wrapper, which execs the agent in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr_text(&self) -> String {

@@ -4,13 +4,17 @@
 //!
 //! Everything created here is removed on drop, also when a test fails.
 pub mod agent;
+pub mod alert_lab;
 pub mod cgroups;
 pub mod chain_lab;
 pub mod demo;
 pub mod fake_apiserver;
 pub mod faults;
 pub mod lab;
+pub mod manifests;
 pub mod netns;
+pub mod prom;
+pub mod prom_server;
 pub mod traffic;
 
 pub use agent::{Agent, AgentMode};

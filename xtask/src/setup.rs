@@ -26,8 +26,12 @@ pub const PACKAGES: &[&str] = &[
     "tmux",
     // the lab's resolver (binary only: no system service on port 53).
     "dnsmasq-base",
-    // promtool, for checking the alert rules (the server is not started).
+    // promtool (check/test the alert rules) and the Prometheus server that
+    // tests/tests/deploy_prometheus_server.rs starts on loopback.
     "prometheus",
+    // setpriv and nsenter: tests/tests/deploy_caps.rs runs the agent with
+    // exactly the DaemonSet's capabilities inside a lab network namespace.
+    "util-linux",
     // the kernel matrix (xtask/src/vm): VMs under TCG, a static busybox for
     // the initramfs, musl-gcc for ring's C code in the static (musl) build,
     // depmod and xz for the kernels' modules, binutils for strip.

@@ -87,6 +87,9 @@ impl Worker {
         };
         let n = self.dump_table(&mut st).map_err(|e| explain(&format!("dumping the conntrack table of {}", self.label), &e))?;
         tracing::info!(netns = %self.label, entries = n, "conntrack: initial dump");
+        // Exported at 0 from the start: an alert's increase() cannot see the
+        // first loss of a series that appears with it.
+        self.metrics.lost.with_label_values(&[&self.label]);
         if let Err(e) = self.poll_stats(&mut st) {
             tracing::warn!(netns = %self.label, error = %e, "conntrack: per-CPU stats unavailable");
         }
