@@ -108,7 +108,12 @@ async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     assert!(index.pod(&uid(2)).is_none(), "node B's pod is not watched from node A");
     assert!(index.pod("no-such-uid").is_none());
 
-    // The pod watch asked the apiserver for this node's pods only.
+    // The pod watch asked the apiserver for this node's pods only. The
+    // watch follows the list, a moment later on a loaded machine: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.requests().iter().any(|r| r.starts_with("/api/v1/pods?") && r.contains("watch=true")) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let requests = server.requests();
     let pod_requests: Vec<&String> = requests.iter().filter(|r| r.starts_with("/api/v1/pods?")).collect();
     assert!(pod_requests.iter().any(|r| r.contains("watch=true")), "{pod_requests:?}");
