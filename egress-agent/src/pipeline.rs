@@ -1,4 +1,8 @@
 //! kernel ring → decode → flow table → verdict → sink. One task, no locks.
+//!
+//! [`Pipeline`] owns the ring and the async loop; [`Processor`] is
+//! everything after the ring (decode → flow table → enrich → stitch →
+//! metrics → sink) and can be fed bytes directly (the pipeline benchmark).
 use std::{
     collections::VecDeque,
     sync::Arc,
@@ -34,6 +38,13 @@ pub enum Output<'a> {
 
 pub struct Pipeline<S> {
     ring: AsyncFd<RingBuf<MapData>>,
+    proc: Processor<S>,
+    /// Test hook: do not read the ring for this long after start.
+    stall: Option<Duration>,
+}
+
+/// Everything after the ring, owned by one task.
+pub struct Processor<S> {
     table: FlowTable,
     enricher: Enricher,
     metrics: Arc<Metrics>,
@@ -42,8 +53,6 @@ pub struct Pipeline<S> {
     stitcher: Stitcher,
     /// Records waiting for their conntrack entry, oldest first.
     held: VecDeque<(Instant, FlowRecord)>,
-    /// Test hook: do not read the ring for this long after start.
-    stall: Option<Duration>,
 }
 
 impl<S: FnMut(Output<'_>)> Pipeline<S> {
@@ -51,7 +60,7 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
         // SAFETY: the ring owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd owns the ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
-        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), stall })
+        Ok(Self { ring, proc: Processor::new(table, enricher, metrics, sink), stall })
     }
 
     /// Run until `shutdown` turns true, then drain what the ring still holds.
@@ -71,26 +80,56 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    let mut out = Vec::new();
-                    let n = Self::drain(guard.get_inner_mut(), &mut self.table, &self.metrics, &mut out);
+                    let n = self.proc.drain(guard.get_inner_mut());
                     guard.clear_ready();
-                    for rec in out {
-                        self.enrich_and_send(rec);
-                    }
-                    if n > 0 { self.account(); }
+                    if n > 0 { self.proc.account(); }
                 }
-                _ = tick.tick(), if !self.held.is_empty() => self.release(false),
+                _ = tick.tick(), if !self.proc.held.is_empty() => self.proc.release(false),
                 _ = shutdown.changed() => {}
             }
         }
-        let mut out = Vec::new();
-        Self::drain(self.ring.get_mut(), &mut self.table, &self.metrics, &mut out);
-        for rec in out {
-            self.enrich_and_send(rec);
+        self.proc.drain(self.ring.get_mut());
+        self.proc.finish();
+        Ok(())
+    }
+}
+
+impl<S: FnMut(Output<'_>)> Processor<S> {
+    pub fn new(table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S) -> Self {
+        Self { table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new() }
+    }
+
+    /// Consume every item currently in the ring. Returns how many items.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            n += 1;
+            self.ingest(&item);
         }
+        n
+    }
+
+    /// One ring record: decode, count, join into its flow; a record that
+    /// comes out goes through enrich and the sinks.
+    pub fn ingest(&mut self, item: &[u8]) {
+        match decode(item) {
+            Ok(ev) => {
+                self.metrics.events_delivered.with_label_values(&[event_kind_name(ev.kind())]).inc();
+                if let Some(rec) = self.table.on_event(&ev) {
+                    self.enrich_and_send(rec);
+                }
+            }
+            Err(e) => {
+                self.metrics.decode_errors.with_label_values(&[e.label()]).inc();
+                tracing::debug!("decode: {e}");
+            }
+        }
+    }
+
+    /// Send everything still held and bring the metrics up to date.
+    pub fn finish(&mut self) {
         self.release(true);
         self.account();
-        Ok(())
     }
 
     fn enrich_and_send(&mut self, mut rec: FlowRecord) {
@@ -130,30 +169,8 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
         }
     }
 
-
-    /// Consume every item currently in the ring into records. Returns how many items.
-    fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, metrics: &Metrics, out: &mut Vec<FlowRecord>) -> usize {
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            n += 1;
-            match decode(&item) {
-                Ok(ev) => {
-                    metrics.events_delivered.with_label_values(&[event_kind_name(ev.kind())]).inc();
-                    drop(item);
-                    if let Some(rec) = table.on_event(&ev) {
-                        out.push(rec);
-                    }
-                }
-                Err(e) => {
-                    metrics.decode_errors.with_label_values(&[e.label()]).inc();
-                    tracing::debug!("decode: {e}");
-                }
-            }
-        }
-        n
-    }
-
-    fn account(&mut self) {
+    /// Move the table's own counters (orphans, evictions, size) to the metrics.
+    pub fn account(&mut self) {
         let s = self.table.stats;
         self.metrics.orphan_events.inc_by(s.orphans - self.seen.orphans);
         let evicted = s.evicted - self.seen.evicted;

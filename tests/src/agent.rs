@@ -27,6 +27,9 @@ pub enum AgentMode {
     Watch(Vec<String>),
     /// `run --metrics-addr ADDR --log-flows` + extra args.
     Run { metrics: SocketAddr, extra: Vec<String> },
+    /// `run --metrics-addr ADDR` + extra args, without the flow log: the
+    /// daemon as deployed (benchmarks).
+    Daemon { metrics: SocketAddr, extra: Vec<String> },
 }
 
 pub struct Agent {
@@ -52,6 +55,10 @@ impl Agent {
             }
             AgentMode::Run { metrics, extra } => {
                 c.args(["run", "--log-flows", "--metrics-addr", &metrics.to_string()]).args(extra);
+                Some(*metrics)
+            }
+            AgentMode::Daemon { metrics, extra } => {
+                c.args(["run", "--metrics-addr", &metrics.to_string()]).args(extra);
                 Some(*metrics)
             }
         };
@@ -85,6 +92,11 @@ impl Agent {
             bail!("agent not ready within 30 s; stderr:\n{}", agent.stderr_text());
         }
         Ok(agent)
+    }
+
+    /// Process id of the agent (for /proc accounting).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr_text(&self) -> String {
