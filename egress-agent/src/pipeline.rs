@@ -28,6 +28,10 @@ const NAT_WAIT: Duration = Duration::from_millis(150);
 /// Records held for NAT at most; beyond, the oldest goes out without NAT.
 const NAT_HELD_MAX: usize = 4096;
 const TICK: Duration = Duration::from_millis(20);
+/// The kernel wakes the reader only when an eighth of the ring is unread
+/// (one wake-up per batch, not per event); the rest is read on this tick,
+/// which bounds how late a record of a quiet node can be.
+pub const POLL: Duration = Duration::from_millis(10);
 
 /// What leaves the pipeline: every flow record, and a chain record when the
 /// legs of one request through the proxy chain have been stitched.
@@ -73,6 +77,8 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
         }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -83,6 +89,9 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
                     let n = self.proc.drain(guard.get_inner_mut());
                     guard.clear_ready();
                     if n > 0 { self.proc.account(); }
+                }
+                _ = poll.tick() => {
+                    if self.proc.drain(self.ring.get_mut()) > 0 { self.proc.account(); }
                 }
                 _ = tick.tick(), if !self.proc.held.is_empty() => self.proc.release(false),
                 _ = shutdown.changed() => {}

@@ -388,8 +388,13 @@ pub struct Config {
     pub kernel: KernelOffsets,
     /// Remote ports whose first payload bytes are captured (0 = unused).
     pub proxy_ports: [u16; MAX_PROXY_PORTS],
+    /// Unread ring bytes at which a submit wakes the reader; below, events
+    /// are submitted without a wake-up and the reader collects them on its
+    /// poll tick (batched reads instead of one wake-up per event).
+    pub wakeup_bytes: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 16 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -399,6 +404,8 @@ impl Config {
         syscalls: SyscallTpOffsets::ABSENT,
         kernel: KernelOffsets::UNKNOWN,
         proxy_ports: [0; MAX_PROXY_PORTS],
+        wakeup_bytes: 0,
+        _pad: 0,
     };
 }
 
