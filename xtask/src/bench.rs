@@ -5,7 +5,7 @@
 use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
-use egress_tests::bench::{self, BenchOptions, Report, report::ROW_HEADER};
+use egress_tests::bench::{self, BenchOptions, Mode, Report, report::ROW_HEADER};
 
 use crate::{cargo, root, setup};
 
@@ -26,6 +26,9 @@ pub struct BenchArgs {
     /// Flows in the synthesized stream of the pipeline benchmark.
     #[arg(long, default_value_t = 200_000)]
     pipeline_flows: u64,
+    /// Storm modes, comma-separated (one alone is for profiling it).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::None, Mode::Agent, Mode::Bpftrace])]
+    modes: Vec<Mode>,
     /// Print the table only; do not append a row to BENCHMARKS.md.
     #[arg(long)]
     no_record: bool,
@@ -81,7 +84,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // The deployed configuration (chain → proxy ports → cgroup_skb hooks),
     // cgroup attribution on; no API server here, so Kubernetes metadata off.
     let agent_args = ["--config", &config.to_string_lossy(), "--cgroup-root", "/sys/fs/cgroup", "--kube", "false"].map(String::from).to_vec();
-    let opts = BenchOptions { rounds: a.rounds, storm: Duration::from_secs(a.seconds), threads: a.threads, hold: a.hold, agent_args: agent_args.clone() };
+    let opts = BenchOptions { rounds: a.rounds, storm: Duration::from_secs(a.seconds), threads: a.threads, hold: a.hold, agent_args: agent_args.clone(), modes: a.modes.clone() };
     println!("== connect storm: {} rounds × (no tracing, agent, bpftrace), {} s each, {} threads", a.rounds, a.seconds, a.threads);
     let trials = bench::storms(&opts, |t| {
         let extra = t.agent.map_or(String::new(), |s| format!("  agent: produced {} delivered {} lost {} cpu {:.2}s", s.produced, s.delivered, s.lost_ring + s.lost_other, s.cpu_s));

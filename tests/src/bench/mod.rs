@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub hold: usize,
     /// Extra arguments of `egress-agent run`.
     pub agent_args: Vec<String>,
+    /// Modes to run (all three for the table; one alone to profile it).
+    pub modes: Vec<Mode>,
 }
 
 /// Exclusive hold of the shared kernel lock (flock), released on drop.
@@ -61,7 +63,7 @@ impl Drop for KernelLock {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     None,
     Agent,
@@ -138,6 +140,8 @@ pub struct HoldResult {
     pub peak_rss: u64,
     pub rss_released: u64,
     pub tracked_after: f64,
+    /// Events during the hold (opening and releasing).
+    pub events: AgentSample,
 }
 
 fn agent_mode(opts: &BenchOptions) -> anyhow::Result<AgentMode> {
@@ -261,7 +265,7 @@ pub fn storms(opts: &BenchOptions, progress: impl Fn(&Trial)) -> anyhow::Result<
     let addr = listeners.addrs[0];
     // Warm-up (caches, listener backlog, page cache of the binaries).
     storm::storm(addr, opts.threads, Duration::from_secs(1))?;
-    let modes = [Mode::None, Mode::Agent, Mode::Bpftrace];
+    let modes = &opts.modes;
     let mut trials = Vec::new();
     for round in 0..opts.rounds {
         for k in 0..modes.len() {
@@ -282,6 +286,7 @@ pub fn hold(opts: &BenchOptions, worker: &dyn Fn(&[SocketAddr], usize) -> Comman
     let n = opts.hold;
     let _lock = KernelLock::take()?;
     let agent = Agent::start(agent_mode(opts)?)?;
+    let before = AgentSample::read(&agent)?;
     let tracked = |a: &Agent| -> anyhow::Result<f64> { Ok(metric_sum(&a.http_get("/metrics")?, "egress_flows_tracked", &[])) };
     // Accept queues of 4096 (somaxconn) each, with room to spare.
     let listeners = storm::queue_listeners(n.div_ceil(3000).max(1))?;
@@ -325,8 +330,9 @@ pub fn hold(opts: &BenchOptions, worker: &dyn Fn(&[SocketAddr], usize) -> Comman
         after = tracked(&agent)?;
     }
     let (rss_released, peak_rss) = procfs::memory(agent.pid())?;
+    let events = quiesce(&agent, Duration::from_secs(10))?.minus(before);
     if !agent.stop()? {
         bail!("agent exited with an error");
     }
-    Ok(HoldResult { sockets: opened, tracked: seen, rss_held, peak_rss, rss_released, tracked_after: after })
+    Ok(HoldResult { sockets: opened, tracked: seen, rss_held, peak_rss, rss_released, tracked_after: after, events })
 }
