@@ -1,4 +1,8 @@
 //! kernel ring → decode → flow table → verdict → sink. One task, no locks.
+//!
+//! [`Pipeline`] owns the ring and the async loop; [`Processor`] is
+//! everything after the ring (decode → flow table → enrich → stitch →
+//! metrics → sink) and can be fed bytes directly (the pipeline benchmark).
 use std::{
     collections::VecDeque,
     sync::Arc,
@@ -25,6 +29,10 @@ const NAT_WAIT: Duration = Duration::from_millis(150);
 /// Records held for NAT at most; beyond, the oldest goes out without NAT.
 const NAT_HELD_MAX: usize = 4096;
 const TICK: Duration = Duration::from_millis(20);
+/// The kernel wakes the reader only when an eighth of the ring is unread
+/// (one wake-up per batch, not per event); the rest is read on this tick,
+/// which bounds how late a record of a quiet node can be.
+pub const POLL: Duration = Duration::from_millis(10);
 
 /// What leaves the pipeline: every flow record, and a chain record when the
 /// legs of one request through the proxy chain have been stitched.
@@ -37,6 +45,13 @@ pub enum Output<'a> {
 
 pub struct Pipeline<S> {
     ring: AsyncFd<RingBuf<MapData>>,
+    proc: Processor<S>,
+    /// Test hook: do not read the ring for this long after start.
+    stall: Option<Duration>,
+}
+
+/// Everything after the ring, owned by one task.
+pub struct Processor<S> {
     table: FlowTable,
     enricher: Enricher,
     metrics: Arc<Metrics>,
@@ -45,8 +60,7 @@ pub struct Pipeline<S> {
     stitcher: Stitcher,
     /// Records waiting for their conntrack entry, oldest first.
     held: VecDeque<(Instant, FlowRecord)>,
-    /// Test hook: do not read the ring for this long after start.
-    stall: Option<Duration>,
+    /// DNS queries waiting for their response.
     dns: DnsTracker,
     dns_seen: crate::dns::DnsStats,
 }
@@ -56,7 +70,7 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
         // SAFETY: the ring owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd owns the ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
-        Ok(Self { ring, table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), stall, dns, dns_seen: Default::default() })
+        Ok(Self { ring, proc: Processor::new(table, enricher, metrics, sink, dns), stall })
     }
 
     /// Run until `shutdown` turns true, then drain what the ring still holds.
@@ -69,6 +83,8 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
         }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -76,31 +92,84 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    let (mut out, mut dns) = (Vec::new(), Vec::new());
-                    let n = Self::drain(guard.get_inner_mut(), &mut self.table, &self.metrics, &mut out, &mut dns);
+                    let n = self.proc.drain(guard.get_inner_mut());
                     guard.clear_ready();
-                    for rec in out {
-                        self.enrich_and_send(rec);
-                    }
-                    self.on_dns(dns);
-                    if n > 0 { self.account(); }
+                    if n > 0 { self.proc.account(); }
                 }
-                _ = tick.tick(), if !self.held.is_empty() || self.dns.has_pending() => {
-                    self.release(false);
-                    self.on_dns(Vec::new());
+                _ = poll.tick() => {
+                    if self.proc.drain(self.ring.get_mut()) > 0 { self.proc.account(); }
+                }
+                _ = tick.tick(), if !self.proc.held.is_empty() || self.proc.dns.has_pending() => {
+                    self.proc.release(false);
+                    self.proc.expire_dns();
                 }
                 _ = shutdown.changed() => {}
             }
         }
-        let (mut out, mut dns) = (Vec::new(), Vec::new());
-        Self::drain(self.ring.get_mut(), &mut self.table, &self.metrics, &mut out, &mut dns);
-        for rec in out {
-            self.enrich_and_send(rec);
-        }
-        self.on_dns(dns);
-        self.release(true);
-        self.account();
+        self.proc.drain(self.ring.get_mut());
+        self.proc.finish();
         Ok(())
+    }
+}
+
+impl<S: FnMut(Output<'_>)> Processor<S> {
+    pub fn new(table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S, dns: DnsTracker) -> Self {
+        Self { table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), dns, dns_seen: Default::default() }
+    }
+
+    /// Consume every item currently in the ring. Returns how many items.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            n += 1;
+            self.ingest(&item);
+        }
+        n
+    }
+
+    /// One ring record: decode, count, join into its flow; a record that
+    /// comes out goes through enrich and the sinks.
+    pub fn ingest(&mut self, item: &[u8]) {
+        match decode(item) {
+            Ok(ev) => {
+                self.metrics.events_delivered.with_label_values(&[event_kind_name(ev.kind())]).inc();
+                if let Event::Dns(d) = &ev {
+                    match self.dns.on_event(d) {
+                        Ok(Some(r)) => self.send_dns(r),
+                        Ok(None) => {}
+                        Err(e) => self.metrics.dns.decode_errors.with_label_values(&[e.label()]).inc(),
+                    }
+                } else if let Some(rec) = self.table.on_event(&ev) {
+                    self.enrich_and_send(rec);
+                }
+            }
+            Err(e) => {
+                self.metrics.decode_errors.with_label_values(&[e.label()]).inc();
+                tracing::debug!("decode: {e}");
+            }
+        }
+    }
+
+    /// Send everything still held and bring the metrics up to date.
+    pub fn finish(&mut self) {
+        self.release(true);
+        self.expire_dns();
+        self.account();
+    }
+
+    /// Queries whose wait is over become failed lookups.
+    fn expire_dns(&mut self) {
+        for r in self.dns.expire(crate::dns::mono_now_ns()) {
+            self.send_dns(r);
+        }
+    }
+
+    /// A lookup → enrich → stitcher (it may explain a proxy's 5xx) → metrics → sinks.
+    fn send_dns(&mut self, mut r: DnsRecord) {
+        self.enricher.enrich_dns(&mut r);
+        self.stitcher.on_dns(&r);
+        self.metrics.observe_dns(&r);
+        (self.sink)(Output::Dns(&r));
     }
 
     fn enrich_and_send(&mut self, mut rec: FlowRecord) {
@@ -140,57 +209,8 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
         }
     }
 
-
-    /// DNS events → lookups (and expired queries) → enrich → sinks.
-    fn on_dns(&mut self, events: Vec<egress_common::DnsEvent>) {
-        let mut recs = Vec::new();
-        for ev in events {
-            match self.dns.on_event(&ev) {
-                Ok(Some(r)) => recs.push(r),
-                Ok(None) => {}
-                Err(e) => self.metrics.dns.decode_errors.with_label_values(&[e.label()]).inc(),
-            }
-        }
-        recs.extend(self.dns.expire(crate::dns::mono_now_ns()));
-        for mut r in recs {
-            self.enricher.enrich_dns(&mut r);
-            self.stitcher.on_dns(&r);
-            self.metrics.observe_dns(&r);
-            (self.sink)(Output::Dns(&r));
-        }
-        let s = self.dns.stats;
-        self.metrics.dns.unmatched.inc_by(s.unmatched - self.dns_seen.unmatched);
-        self.metrics.dns.evicted.inc_by(s.evicted - self.dns_seen.evicted);
-        self.dns_seen = s;
-    }
-
-    /// Consume every item currently in the ring into records. Returns how many items.
-    fn drain(ring: &mut RingBuf<MapData>, table: &mut FlowTable, metrics: &Metrics, out: &mut Vec<FlowRecord>, dns: &mut Vec<egress_common::DnsEvent>) -> usize {
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            n += 1;
-            match decode(&item) {
-                Ok(ev) => {
-                    metrics.events_delivered.with_label_values(&[event_kind_name(ev.kind())]).inc();
-                    drop(item);
-                    if let Event::Dns(d) = ev {
-                        dns.push(*d);
-                        continue;
-                    }
-                    if let Some(rec) = table.on_event(&ev) {
-                        out.push(rec);
-                    }
-                }
-                Err(e) => {
-                    metrics.decode_errors.with_label_values(&[e.label()]).inc();
-                    tracing::debug!("decode: {e}");
-                }
-            }
-        }
-        n
-    }
-
-    fn account(&mut self) {
+    /// Move the table's own counters (orphans, evictions, size) to the metrics.
+    pub fn account(&mut self) {
         let s = self.table.stats;
         self.metrics.orphan_events.inc_by(s.orphans - self.seen.orphans);
         let evicted = s.evicted - self.seen.evicted;
@@ -199,5 +219,9 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
         }
         self.seen = s;
         self.metrics.flows_tracked.set(self.table.len() as i64);
+        let d = self.dns.stats;
+        self.metrics.dns.unmatched.inc_by(d.unmatched - self.dns_seen.unmatched);
+        self.metrics.dns.evicted.inc_by(d.evicted - self.dns_seen.evicted);
+        self.dns_seen = d;
     }
 }

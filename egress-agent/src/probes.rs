@@ -136,6 +136,9 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
     }
     resolved.config.proxy_ports[..ports.len()].copy_from_slice(&ports);
     resolved.config.dns_port = opts.dns_port;
+    // The reader is woken once an eighth of the ring is unread; below that
+    // it collects events on its poll tick (pipeline::POLL).
+    resolved.config.wakeup_bytes = opts.ring_bytes / 8;
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &resolved.config, true)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)

@@ -433,8 +433,12 @@ pub struct Config {
     /// UDP/TCP port whose messages are captured as DNS (0 = off).
     pub dns_port: u16,
     pub _pad: u16,
+    /// Unread ring bytes at which a submit wakes the reader; below, events
+    /// are submitted without a wake-up and the reader collects them on its
+    /// poll tick (batched reads instead of one wake-up per event).
+    pub wakeup_bytes: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 16 + 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 16 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -445,6 +449,7 @@ impl Config {
         kernel: KernelOffsets::UNKNOWN,
         proxy_ports: [0; MAX_PROXY_PORTS],
         dns_port: 0,
+        wakeup_bytes: 0,
         _pad: 0,
     };
 }

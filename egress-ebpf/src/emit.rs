@@ -25,13 +25,25 @@ pub fn emit<T: 'static>(kind: u32, fill: impl FnOnce(&mut T) -> Result<(), i64>)
         &mut *ptr
     };
     if fill(ev).is_ok() {
-        entry.submit(0);
+        entry.submit(wakeup_flag());
     } else {
         entry.discard(0);
         count(STAT_READ_ERRORS);
         count(STAT_RING_LOST + kind);
     }
 }
+
+/// Wake the reader only once enough is unread (it also polls on a short
+/// tick): one wake-up per batch, not per event.
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    let threshold = crate::config!(wakeup_bytes) as u64;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+}
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Read a field of the tracepoint record at a load-time offset.
 #[inline(always)]

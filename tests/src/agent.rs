@@ -33,6 +33,9 @@ pub enum AgentMode {
     Watch(Vec<String>),
     /// `run --metrics-addr ADDR --log-flows` + extra args.
     Run { metrics: SocketAddr, extra: Vec<String> },
+    /// `run --metrics-addr ADDR` + extra args, without the flow log: the
+    /// daemon as deployed (benchmarks).
+    Daemon { metrics: SocketAddr, extra: Vec<String> },
 }
 
 pub struct Agent {
@@ -76,6 +79,10 @@ impl Agent {
                     c.args(["--api-socket", &api_socket_for(metrics).display().to_string()]);
                 }
                 c.args(extra);
+                Some(*metrics)
+            }
+            AgentMode::Daemon { metrics, extra } => {
+                c.args(["run", "--metrics-addr", &metrics.to_string()]).args(extra);
                 Some(*metrics)
             }
         };

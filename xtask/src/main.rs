@@ -1,4 +1,5 @@
 //! `cargo xtask …`: everything a fresh machine needs, in the project's own code.
+mod bench;
 mod setup;
 mod vm;
 
@@ -54,6 +55,16 @@ enum Task {
         #[arg(long)]
         no_host: bool,
     },
+    /// Benchmarks (not part of `test`): loopback connect storm with no
+    /// tracing / the agent / a bpftrace counter alternated, agent CPU and
+    /// peak RSS, events lost at saturation, RSS with 100k tracked sockets,
+    /// the pipeline's events/s per core. Prints the table and appends a row
+    /// to BENCHMARKS.md. Root; holds /tmp/egress-kernel.lock per trial.
+    Bench(bench::BenchArgs),
+    /// Internal to `bench`: hold N connections to the given addresses
+    /// until stdin closes (at most 5 minutes).
+    #[command(hide = true)]
+    BenchHoldWorker { n: usize, addrs: Vec<std::net::SocketAddr> },
 }
 
 fn main() {
@@ -117,6 +128,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             vm::run(&vm::VmOptions { kernels, host: !no_host })
         }
+        Task::Bench(args) => {
+            setup::ensure()?;
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and bpftrace: run as root");
+            }
+            bench::run(args)
+        }
+        Task::BenchHoldWorker { n, addrs } => egress_tests::bench::storm::hold_worker(&addrs, n, Duration::from_secs(300)),
         Task::Lab { duration, faults } => {
             setup::ensure()?;
             if !is_root() {

@@ -7,7 +7,8 @@ use anyhow::{Context as _, bail};
 /// Debian packages the build and the tests use.
 /// - llvm-22-dev, libpolly-22-dev, zlib1g-dev, libzstd-dev: build bpf-linker;
 /// - iproute2, iptables, iputils-ping, procps: namespaces, faults, sysctl in tests;
-/// - curl, python3: clients in tests and the lab.
+/// - curl, python3: clients in tests and the lab;
+/// - bpftrace: the reference peer of `cargo xtask bench`.
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -41,6 +42,8 @@ pub const PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
     "binutils",
+    // the reference peer of `cargo xtask bench` (counts the same tracepoints).
+    "bpftrace",
 ];
 
 /// Python packages `deploy/validate.py` uses.

@@ -1,0 +1,142 @@
+//! `cargo xtask bench`: connect storm (no tracing / agent / bpftrace, A/B
+//! alternated), agent CPU and memory, loss at saturation, memory with many
+//! tracked sockets, and the pipeline benchmark; prints the table and appends
+//! a row to BENCHMARKS.md.
+use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context as _, bail};
+use egress_tests::bench::{self, BenchOptions, Mode, Report, report::ROW_HEADER};
+
+use crate::{cargo, root, setup};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Rounds; each runs the storm once per mode, order rotated.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds per storm.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Connecting threads in the storm.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Tracked connections held open at once for the memory bound (0 skips).
+    #[arg(long, default_value_t = 100_000)]
+    hold: usize,
+    /// Flows in the synthesized stream of the pipeline benchmark.
+    #[arg(long, default_value_t = 200_000)]
+    pipeline_flows: u64,
+    /// Storm modes, comma-separated (one alone is for profiling it).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::None, Mode::Agent, Mode::Bpftrace])]
+    modes: Vec<Mode>,
+    /// Print the table only; do not append a row to BENCHMARKS.md.
+    #[arg(long)]
+    no_record: bool,
+}
+
+fn sh(program: &str, args: &[&str]) -> String {
+    Command::new(program).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(0.0, |kib| kib / 1048576.0);
+    format!("{} × {cpu}, {mem_gib:.0} GiB", sh("nproc", &[]))
+}
+
+/// The pipeline benchmark (a `harness = false` bench of egress-agent):
+/// events per second per core, one value per repetition.
+fn pipeline(flows: u64) -> anyhow::Result<Vec<f64>> {
+    let flows = flows.to_string();
+    let args = ["bench", "--package", "egress-agent", "--bench", "pipeline", "--", &flows, "5"];
+    println!("+ cargo {}", args.join(" "));
+    let out = Command::new(env!("CARGO")).args(args).current_dir(root()).env("PATH", setup::tool_path()).output().context("running cargo bench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("pipeline benchmark failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rates: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("PIPELINE "))
+        .inspect(|l| println!("  {l}"))
+        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("events_per_core_s=")).and_then(|v| v.parse().ok()))
+        .collect();
+    if rates.is_empty() {
+        bail!("pipeline benchmark printed no result:\n{text}");
+    }
+    Ok(rates)
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    cargo(&["build", "--release", "--package", "egress-agent"])?;
+    let pipeline = pipeline(a.pipeline_flows)?;
+    let agent_bin = root().join("target/release/egress-agent");
+    // SAFETY: single-threaded at this point.
+    unsafe { std::env::set_var("EGRESS_AGENT_BIN", &agent_bin) };
+    let config = root().join("deploy/kubernetes/base/config.yaml");
+    // The deployed configuration (chain → proxy ports → cgroup_skb hooks),
+    // cgroup attribution on; no API server here, so Kubernetes metadata off.
+    let agent_args = ["--config", &config.to_string_lossy(), "--cgroup-root", "/sys/fs/cgroup", "--kube", "false"].map(String::from).to_vec();
+    let opts = BenchOptions { rounds: a.rounds, storm: Duration::from_secs(a.seconds), threads: a.threads, hold: a.hold, agent_args: agent_args.clone(), modes: a.modes.clone() };
+    println!("== connect storm: {} rounds × (no tracing, agent, bpftrace), {} s each, {} threads", a.rounds, a.seconds, a.threads);
+    let trials = bench::storms(&opts, |t| {
+        let extra = t.agent.map_or(String::new(), |s| format!("  agent: produced {} delivered {} lost {} cpu {:.2}s", s.produced, s.delivered, s.lost_ring + s.lost_other, s.cpu_s));
+        println!("  round {} {:<18} {:>9.0} connects/s{extra}", t.round, t.mode.name(), t.rate);
+    })?;
+    let hold = if a.hold > 0 {
+        println!("== {} tracked connections held open", a.hold);
+        let exe = std::env::current_exe().context("own executable")?;
+        let worker = |addrs: &[std::net::SocketAddr], n: usize| {
+            let mut c = Command::new(&exe);
+            c.arg("bench-hold-worker").arg(n.to_string()).args(addrs.iter().map(|a| a.to_string()));
+            c
+        };
+        Some(bench::hold(&opts, &worker)?)
+    } else {
+        None
+    };
+    let mut r = Report::new(&trials, hold, &pipeline);
+    r.machine = machine();
+    r.kernel = sh("uname", &["-r"]);
+    let dirty = if sh("git", &["-C", &root().to_string_lossy(), "status", "--porcelain", "--untracked-files=no"]).is_empty() { "" } else { "+dirty" };
+    r.commit = format!("{}{dirty}", sh("git", &["-C", &root().to_string_lossy(), "rev-parse", "--short", "HEAD"]));
+    r.date = sh("date", &["-u", "+%Y-%m-%d %H:%M"]);
+    r.command = format!(
+        "cargo xtask bench --rounds {} --seconds {} --threads {} --hold {} (agent: egress-agent run {})",
+        a.rounds,
+        a.seconds,
+        a.threads,
+        a.hold,
+        agent_args.join(" ").replace(&root().to_string_lossy().to_string(), ".")
+    );
+    println!();
+    print!("{}", r.table());
+    println!("(bench took {:.0} s)", started.elapsed().as_secs_f64());
+    if !a.no_record {
+        append_row(&r)?;
+    }
+    Ok(())
+}
+
+/// Append this run's row under the results table of BENCHMARKS.md.
+fn append_row(r: &Report) -> anyhow::Result<()> {
+    let path: PathBuf = root().join("BENCHMARKS.md");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    if !text.contains(ROW_HEADER.lines().next().unwrap_or_default()) {
+        let _ = write!(text, "\n## Results\n\n{ROW_HEADER}\n");
+    }
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let _ = writeln!(text, "{}", r.row());
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("row appended to {}", path.display());
+    Ok(())
+}
