@@ -116,7 +116,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             cargo(&["test", "--package", "egress-common", "--package", "egress-agent", "--package", "xtask"])?;
             cargo(&["build", "--package", "egress-agent"])?;
-            cargo(&["test", "--package", "egress-tests"])?;
+            // One test at a time: every root test runs an agent, whose
+            // cgroup_skb programs sit on the cgroup root in Single mode (a
+            // second agent replaces the first's) and which sees the whole
+            // host's traffic (two labs at once would see each other's).
+            cargo(&["test", "--package", "egress-tests", "--", "--test-threads=1"])?;
             vm::run(&vm::VmOptions { kernels: vm::kernels::KERNELS.iter().map(|k| k.name.to_string()).collect(), host: true })?;
             println!("xtask test: all suites passed");
             Ok(())
