@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Print the table only; do not append a row to BENCHMARKS.md.
     #[arg(long)]
     no_record: bool,
+    /// Extra argument for the agent (repeatable), e.g. `--agent-arg=--no-api`
+    /// to measure what a feature costs.
+    #[arg(long, allow_hyphen_values = true)]
+    agent_arg: Vec<String>,
 }
 
 fn sh(program: &str, args: &[&str]) -> String {
@@ -83,7 +87,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let config = root().join("deploy/kubernetes/base/config.yaml");
     // The deployed configuration (chain → proxy ports → cgroup_skb hooks),
     // cgroup attribution on; no API server here, so Kubernetes metadata off.
-    let agent_args = ["--config", &config.to_string_lossy(), "--cgroup-root", "/sys/fs/cgroup", "--kube", "false"].map(String::from).to_vec();
+    let mut agent_args = ["--config", &config.to_string_lossy(), "--cgroup-root", "/sys/fs/cgroup", "--kube", "false"].map(String::from).to_vec();
+    agent_args.extend(a.agent_arg.iter().cloned());
     let opts = BenchOptions { rounds: a.rounds, storm: Duration::from_secs(a.seconds), threads: a.threads, hold: a.hold, agent_args: agent_args.clone(), modes: a.modes.clone() };
     println!("== connect storm: {} rounds × (no tracing, agent, bpftrace), {} s each, {} threads", a.rounds, a.seconds, a.threads);
     let trials = bench::storms(&opts, |t| {
