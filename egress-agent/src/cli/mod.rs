@@ -19,7 +19,8 @@ pub const EXIT_NO_DATA: u8 = 3;
 ///
 /// Watches every egress TCP connection on this host with eBPF tracepoints and
 /// gives each one a verdict: ok, failed (refused, timeout, unreachable, reset,
-/// proxy_denied, proxy_upstream_error, bypass) or degraded (retransmits),
+/// proxy_denied, proxy_upstream_error, bypass, dns_failed) or degraded
+/// (retransmits),
 /// naming the proxy hop that broke.
 #[derive(Debug, Parser)]
 #[command(
