@@ -162,7 +162,7 @@ fn main() {
         let opts = EnrichOptions { cgroup_root: Some(root.clone()), private_ranges: parse_ranges(DEFAULT_PRIVATE).expect("default ranges"), chain: Some(chain.clone()) };
         let enricher = Enricher::new(&opts, KubeIndex::empty(), NatTable::disabled());
         let (mut seen, mut attributed) = (0u64, 0u64);
-        let mut p = Processor::new(table, enricher, metrics.clone(), |o: Output<'_>| {
+        let mut p = Processor::new(table, enricher, metrics.clone(), |o: Output| {
             if let Output::Flow(r) = o {
                 seen += 1;
                 attributed += u64::from(r.pod_uid.is_some());

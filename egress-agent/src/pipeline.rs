@@ -35,12 +35,17 @@ const TICK: Duration = Duration::from_millis(20);
 pub const POLL: Duration = Duration::from_millis(10);
 
 /// What leaves the pipeline: every flow record, and a chain record when the
-/// legs of one request through the proxy chain have been stitched.
-pub enum Output<'a> {
-    Flow(&'a FlowRecord),
-    Chain(&'a ChainRecord),
+/// legs of one request through the proxy chain have been stitched. Records
+/// are handed over owned: a sink that keeps one (the API history) keeps it
+/// without a copy.
+pub enum Output {
+    Flow(FlowRecord),
+    Chain(ChainRecord),
     /// A DNS lookup (query and response, or its timeout).
-    Dns(&'a DnsRecord),
+    Dns(DnsRecord),
+    /// What the ring held is processed: a sink that batches hands its batch
+    /// on here (one hand-off per ring batch, not per record).
+    Idle,
 }
 
 pub struct Pipeline<S> {
@@ -63,9 +68,11 @@ pub struct Processor<S> {
     /// DNS queries waiting for their response.
     dns: DnsTracker,
     dns_seen: crate::dns::DnsStats,
+    /// Something went to the sink since the last [`Output::Idle`].
+    sent: bool,
 }
 
-impl<S: FnMut(Output<'_>)> Pipeline<S> {
+impl<S: FnMut(Output)> Pipeline<S> {
     pub fn new(ring: RingBuf<MapData>, table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S, stall: Option<Duration>, dns: DnsTracker) -> std::io::Result<Self> {
         // SAFETY: the ring owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd owns the ring.
@@ -105,6 +112,7 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
                 }
                 _ = shutdown.changed() => {}
             }
+            self.proc.idle();
         }
         self.proc.drain(self.ring.get_mut());
         self.proc.finish();
@@ -112,9 +120,9 @@ impl<S: FnMut(Output<'_>)> Pipeline<S> {
     }
 }
 
-impl<S: FnMut(Output<'_>)> Processor<S> {
+impl<S: FnMut(Output)> Processor<S> {
     pub fn new(table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S, dns: DnsTracker) -> Self {
-        Self { table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), dns, dns_seen: Default::default() }
+        Self { table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), dns, dns_seen: Default::default(), sent: false }
     }
 
     /// Consume every item currently in the ring. Returns how many items.
@@ -155,6 +163,14 @@ impl<S: FnMut(Output<'_>)> Processor<S> {
         self.release(true);
         self.expire_dns();
         self.account();
+        self.idle();
+    }
+
+    /// Tell the sink the batch is over, if it got anything since the last time.
+    pub fn idle(&mut self) {
+        if std::mem::take(&mut self.sent) {
+            (self.sink)(Output::Idle);
+        }
     }
 
     /// Queries whose wait is over become failed lookups.
@@ -169,7 +185,8 @@ impl<S: FnMut(Output<'_>)> Processor<S> {
         self.enricher.enrich_dns(&mut r);
         self.stitcher.on_dns(&r);
         self.metrics.observe_dns(&r);
-        (self.sink)(Output::Dns(&r));
+        self.sent = true;
+        (self.sink)(Output::Dns(r));
     }
 
     fn enrich_and_send(&mut self, mut rec: FlowRecord) {
@@ -202,10 +219,11 @@ impl<S: FnMut(Output<'_>)> Processor<S> {
     fn send(&mut self, mut rec: FlowRecord) {
         let chain = self.stitcher.on_record(&mut rec);
         self.metrics.observe(&rec);
-        (self.sink)(Output::Flow(&rec));
+        self.sent = true;
+        (self.sink)(Output::Flow(rec));
         if let Some(c) = chain {
             self.metrics.observe_chain(&c);
-            (self.sink)(Output::Chain(&c));
+            (self.sink)(Output::Chain(c));
         }
     }
 

@@ -36,7 +36,34 @@ pub struct ProbeOptions {
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Port whose UDP/TCP messages are read as DNS (0: DNS observation off).
     pub dns_port: u16,
+    /// Optional programs the operator turned off (`--disable-programs`).
+    pub disabled: Vec<String>,
 }
+
+/// Programs `--disable-programs` may name: every optional one.
+pub const OPTIONAL_PROGRAMS: &[&str] = &[
+    "tcp_retransmit_skb",
+    "tcp_receive_reset",
+    "inet_sk_error_report",
+    "sys_enter_connect",
+    "sys_enter_getsockopt",
+    "sys_exit_getsockopt",
+    "payload_egress",
+    "payload_ingress",
+];
+
+/// Parse one `--disable-programs` name: optional programs only.
+pub fn parse_optional_program(s: &str) -> Result<String, String> {
+    if OPTIONAL_PROGRAMS.contains(&s) {
+        Ok(s.to_string())
+    } else if s == "inet_sock_set_state" {
+        Err("inet_sock_set_state is required and cannot be disabled".into())
+    } else {
+        Err(format!("unknown program {s:?} (optional programs: {})", OPTIONAL_PROGRAMS.join(", ")))
+    }
+}
+
+const DISABLED: &str = "disabled by --disable-programs";
 
 /// Attach status of one program, as `check` and `/metrics` report it.
 #[derive(Debug, Clone, Serialize)]
@@ -153,7 +180,9 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
             Hook::Tracepoint => format!("tracepoint/{cat}/{tp}"),
             Hook::RawTracepoint => format!("raw_tracepoint/{tp}"),
         };
-        let err = if let Some((_, e)) = resolved.tracepoint_errors.iter().find(|(p, _)| p == name) {
+        let err = if opts.disabled.iter().any(|d| d == name) {
+            Some(DISABLED.to_string())
+        } else if let Some((_, e)) = resolved.tracepoint_errors.iter().find(|(p, _)| p == name) {
             Some(e.clone())
         } else if !tracefs.exists(cat, tp) {
             Some(format!("tracepoint {cat}/{tp} does not exist on this kernel"))
@@ -167,7 +196,9 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
     }
     let cgroup_root = opts.cgroup_root.clone().or_else(crate::cgroup::find_root);
     for (name, dir, way) in [("payload_egress", CgroupSkbAttachType::Egress, "egress"), ("payload_ingress", CgroupSkbAttachType::Ingress, "ingress")] {
-        let err = if ports.is_empty() && opts.dns_port == 0 {
+        let err = if opts.disabled.iter().any(|d| d == name) {
+            Some(DISABLED.to_string())
+        } else if ports.is_empty() && opts.dns_port == 0 {
             Some("off: no proxy ports configured (--proxy-ports or chain hops) and DNS observation off".to_string())
         } else {
             match &cgroup_root {
@@ -279,5 +310,15 @@ mod tests {
         assert!(missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
         assert_eq!(missing_caps(1 << CAP_BPF), vec!["CAP_PERFMON"]);
         assert_eq!(missing_caps(0), vec!["CAP_BPF", "CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn only_optional_programs_can_be_disabled() {
+        assert_eq!(parse_optional_program("sys_enter_connect").as_deref(), Ok("sys_enter_connect"));
+        assert!(parse_optional_program("inet_sock_set_state").unwrap_err().contains("required"));
+        assert!(parse_optional_program("nope").unwrap_err().contains("payload_egress"));
+        for (name, _, _, _) in offsets::PROGRAMS {
+            assert!(*name == "inet_sock_set_state" || OPTIONAL_PROGRAMS.contains(name), "{name} missing from OPTIONAL_PROGRAMS");
+        }
     }
 }

@@ -146,13 +146,24 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    // Digit by digit: one allocation, no formatting machinery (one call per record).
+    let mut s = String::with_capacity(24);
+    let mut put = |v: i64, width: u32, sep: char| {
+        for i in (0..width).rev() {
+            s.push(char::from(b'0' + (v / 10_i64.pow(i) % 10) as u8));
+        }
+        if sep != '\0' {
+            s.push(sep);
+        }
+    };
+    put(year.clamp(0, 9999), 4, '-');
+    put(month, 2, '-');
+    put(day, 2, 'T');
+    put(rem / 3600, 2, ':');
+    put(rem % 3600 / 60, 2, ':');
+    put(rem % 60, 2, '.');
+    put(i64::from(d.subsec_millis()), 3, 'Z');
+    s
 }
 
 /// Parse what [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SS[.fff]Z`).

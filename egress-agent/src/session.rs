@@ -93,7 +93,7 @@ impl Session {
     /// Run the pipeline into `sink` until `shutdown` is true, then drain.
     /// With `probes:` configured, the prober runs alongside and gets the
     /// chain records of its own tunnels.
-    pub async fn pipeline(&mut self, mut sink: impl FnMut(crate::pipeline::Output<'_>), shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn pipeline(&mut self, mut sink: impl FnMut(crate::pipeline::Output), shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let ring = self.ring.take().context("pipeline already started")?;
         let (probe_tx, probe_rx) = std::sync::mpsc::sync_channel(256);
         let mut prober = None;
@@ -103,10 +103,10 @@ impl Session {
             prober = Some(crate::prober::spawn(plan, m.clone(), probe_rx).context("starting the prober")?);
             probe_metrics = Some(m);
         }
-        let sink = move |out: crate::pipeline::Output<'_>| {
+        let sink = move |out: crate::pipeline::Output| {
             if let (crate::pipeline::Output::Chain(c), Some(m)) = (&out, &probe_metrics)
                 && c.synthetic
-                && probe_tx.try_send((*c).clone()).is_err()
+                && probe_tx.try_send(c.clone()).is_err()
             {
                 m.records_dropped.inc();
             }

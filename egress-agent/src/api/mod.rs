@@ -14,7 +14,7 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{chains::ChainRecord, record::FlowRecord};
+use crate::{chains::ChainRecord, dns::DnsRecord, record::FlowRecord};
 
 /// Where `run` listens and the clients look by default.
 pub const DEFAULT_SOCKET: &str = "/run/egress-agent/api.sock";
@@ -27,6 +27,26 @@ pub const DEFAULT_HISTORY: usize = 10_000;
 pub enum RecordRef<'a> {
     Flow(&'a FlowRecord),
     Chain(&'a ChainRecord),
+}
+
+/// A record as the daemon keeps it in the history: serialized only when a
+/// client reads it, so a node nobody is looking at pays no JSON per flow.
+#[derive(Debug)]
+pub enum Item {
+    Flow(FlowRecord),
+    Chain(ChainRecord),
+    Dns(DnsRecord),
+}
+
+impl Item {
+    /// The record as one JSON line (no newline), as clients read it.
+    pub fn to_line(&self) -> String {
+        match self {
+            Self::Flow(r) => crate::output::record_line(RecordRef::Flow(r)),
+            Self::Chain(c) => crate::output::record_line(RecordRef::Chain(c)),
+            Self::Dns(d) => crate::output::json_line(d),
+        }
+    }
 }
 
 /// A record as read back by clients.

@@ -1,10 +1,12 @@
 //! The daemon side of the API: history, fan-out, the socket.
 //!
-//! The pipeline hands each serialized record to [`ApiHandle::publish`]
-//! (a bounded queue, never blocking the ring reader); one task appends it
-//! to the history and broadcasts it; one task per client writes. A queue
-//! that is full or a client that reads too slowly loses records, and every
-//! one is counted in `egress_api_records_dropped_total{reason}`.
+//! The pipeline hands each record, unserialized, to [`ApiHandle::publish`]
+//! and, when the ring batch is done, the batch to a bounded queue with
+//! [`ApiHandle::flush`] (one hand-off and one wake-up per batch, never
+//! blocking the ring reader). One task appends batches to the history and
+//! broadcasts them; one task per client serializes and writes. A queue that
+//! is full or a client that reads too slowly loses records, and every one is
+//! counted in `egress_api_records_dropped_total{reason}`.
 use std::{
     collections::VecDeque,
     os::unix::fs::PermissionsExt as _,
@@ -21,29 +23,48 @@ use tokio::{
     sync::{broadcast, mpsc, watch},
 };
 
-use super::{Request, Status};
+use super::{Item, Request, Status};
 
-const QUEUE: usize = 16_384;
+/// Batches in flight to the history task.
+const QUEUE: usize = 1024;
+/// A batch is handed on at this size even before the ring batch ends.
+const BATCH_MAX: usize = 1024;
 const BROADCAST: usize = 16_384;
 
+/// A record in the history and the live stream (shared, never copied).
+type Kept = Arc<Item>;
+
 struct Shared {
-    history: VecDeque<Arc<str>>,
+    history: VecDeque<Kept>,
     capacity: usize,
-    live: broadcast::Sender<Arc<str>>,
+    live: broadcast::Sender<Kept>,
 }
 
 /// What the pipeline holds to publish records.
-#[derive(Clone)]
 pub struct ApiHandle {
-    queue: mpsc::Sender<Arc<str>>,
+    queue: mpsc::Sender<Vec<Kept>>,
+    batch: Vec<Kept>,
     dropped: IntCounterVec,
 }
 
 impl ApiHandle {
-    /// Queue one serialized record (a JSON line without the newline).
-    pub fn publish(&self, line: Arc<str>) {
-        if self.queue.try_send(line).is_err() {
-            self.dropped.with_label_values(&["queue_full"]).inc();
+    /// Add one record to the current batch.
+    pub fn publish(&mut self, item: Item) {
+        self.batch.push(Arc::new(item));
+        if self.batch.len() >= BATCH_MAX {
+            self.flush();
+        }
+    }
+
+    /// Hand the batch to the history task; a full queue loses it, counted.
+    pub fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(64));
+        let n = batch.len() as u64;
+        if self.queue.try_send(batch).is_err() {
+            self.dropped.with_label_values(&["queue_full"]).inc_by(n);
         }
     }
 }
@@ -73,7 +94,7 @@ pub fn start(opts: ApiOptions, registry: &prometheus::Registry, shutdown: watch:
     tokio::spawn(ingest(rx, shared.clone()));
     let ctx = Arc::new(Conn { shared, status: opts.status, dropped: dropped.clone(), clients });
     tokio::spawn(accept(listener, opts.path, ctx, shutdown));
-    Ok(ApiHandle { queue: tx, dropped })
+    Ok(ApiHandle { queue: tx, batch: Vec::with_capacity(64), dropped })
 }
 
 /// Create the directory (0700) and the socket (0600); a stale socket is
@@ -94,17 +115,21 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-async fn ingest(mut rx: mpsc::Receiver<Arc<str>>, shared: Arc<Mutex<Shared>>) {
-    while let Some(line) = rx.recv().await {
+async fn ingest(mut rx: mpsc::Receiver<Vec<Kept>>, shared: Arc<Mutex<Shared>>) {
+    while let Some(batch) = rx.recv().await {
         let Ok(mut s) = shared.lock() else { return };
-        if s.history.len() >= s.capacity {
-            s.history.pop_front();
+        let followed = s.live.receiver_count() > 0;
+        for item in batch {
+            if s.capacity > 0 && s.history.len() >= s.capacity {
+                s.history.pop_front();
+            }
+            if followed {
+                let _ = s.live.send(item.clone());
+            }
+            if s.capacity > 0 {
+                s.history.push_back(item);
+            }
         }
-        if s.capacity > 0 {
-            s.history.push_back(line.clone());
-        }
-        // No receivers is fine: nobody follows.
-        let _ = s.live.send(line);
     }
 }
 
@@ -175,8 +200,8 @@ async fn serve(stream: UnixStream, ctx: &Conn, mut shutdown: watch::Receiver<boo
         wr.write_all(format!("{l}\n").as_bytes()).await?;
         return wr.flush().await;
     }
-    for l in &history {
-        wr.write_all(l.as_bytes()).await?;
+    for item in &history {
+        wr.write_all(item.to_line().as_bytes()).await?;
         wr.write_all(b"\n").await?;
     }
     wr.flush().await?;
@@ -187,8 +212,8 @@ async fn serve(stream: UnixStream, ctx: &Conn, mut shutdown: watch::Receiver<boo
     loop {
         tokio::select! {
             r = live.recv() => match r {
-                Ok(l) => {
-                    wr.write_all(l.as_bytes()).await?;
+                Ok(item) => {
+                    wr.write_all(item.to_line().as_bytes()).await?;
                     wr.write_all(b"\n").await?;
                     // Batch what is already queued, then flush once.
                     if live.is_empty() { wr.flush().await?; }
@@ -222,15 +247,17 @@ mod tests {
         let path = dir.join("api.sock");
         let reg = prometheus::Registry::new();
         let (tx, rx) = watch::channel(false);
-        let api = start(ApiOptions { path: path.clone(), history: 3, status: status() }, &reg, rx).expect("start");
+        let mut api = start(ApiOptions { path: path.clone(), history: 3, status: status() }, &reg, rx).expect("start");
         let mode = std::fs::metadata(&path).expect("socket").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // A second agent on the same socket is refused.
         let (_t2, rx2) = watch::channel(false);
         assert!(start(ApiOptions { path: path.clone(), history: 3, status: status() }, &prometheus::Registry::new(), rx2).is_err());
+        let flow = |pid| Item::Flow(crate::record::FlowRecord { pid, ..Default::default() });
         for i in 0..5 {
-            api.publish(format!("{{\"record\":\"lost\",\"count\":{i}}}").into());
+            api.publish(flow(i));
         }
+        api.flush();
         let mut follow = None;
         for _ in 0..100 {
             let s = client::status(&path).await.expect("status");
@@ -243,14 +270,17 @@ mod tests {
         let mut follow = follow.expect("history filled");
         assert!(matches!(follow.next().await.expect("read"), Some(crate::api::Record::HistoryEnd)));
         let snap = client::snapshot(&path).await.expect("snapshot");
-        let counts: Vec<u64> = snap.iter().map(|r| match r { crate::api::Record::Lost { count } => *count, _ => 99 }).collect();
-        assert_eq!(counts, [2, 3, 4], "oldest dropped first");
+        let pids: Vec<u32> = snap.iter().map(|r| match r { crate::api::Record::Flow(f) => f.pid, _ => 99 }).collect();
+        assert_eq!(pids, [2, 3, 4], "oldest dropped first");
         for i in 5..8 {
-            api.publish(format!("{{\"record\":\"lost\",\"count\":{i}}}").into());
+            api.publish(flow(i));
         }
+        // Nothing leaves before the batch is flushed.
+        assert!(tokio::time::timeout(Duration::from_millis(100), follow.next()).await.is_err(), "unflushed batch delivered");
+        api.flush();
         for want in 5..8 {
             let r = tokio::time::timeout(Duration::from_secs(2), follow.next()).await.expect("in time").expect("read").expect("record");
-            assert!(matches!(r, crate::api::Record::Lost { count } if count == want), "{r:?}");
+            assert!(matches!(&r, crate::api::Record::Flow(f) if f.pid == want), "{r:?}");
         }
         tx.send(true).expect("shutdown");
         for _ in 0..100 {

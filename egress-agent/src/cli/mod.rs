@@ -137,6 +137,12 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub conntrack_netns: Vec<std::path::PathBuf>,
     /// Test hook: leave the ring unread for this many milliseconds after start.
+    /// Optional kernel programs not to attach (comma-separated), trading
+    /// what they add for their cost: e.g. `sys_enter_connect,sys_enter_getsockopt,sys_exit_getsockopt`
+    /// (syscall tracepoints put every syscall of every task on the kernel's
+    /// traced path). `check` lists each program's role.
+    #[arg(long, value_delimiter = ',', value_parser = crate::probes::parse_optional_program)]
+    pub disable_programs: Vec<String>,
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
 }
@@ -155,7 +161,7 @@ impl ProbeArgs {
         p
     }
     pub fn probe_options(&self, chain: Option<&crate::chain::Chain>) -> ProbeOptions {
-        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.all_proxy_ports(chain), cgroup_root: self.cgroup_root.clone(), dns_port: chain.map_or(egress_common::DNS_PORT, |c| c.dns.port) }
+        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.all_proxy_ports(chain), cgroup_root: self.cgroup_root.clone(), dns_port: chain.map_or(egress_common::DNS_PORT, |c| c.dns.port), disabled: self.disable_programs.clone() }
     }
     pub fn enrich_options(&self, chain: Option<std::sync::Arc<crate::chain::Chain>>) -> crate::enrich::EnrichOptions {
         crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone(), chain }

@@ -5,9 +5,8 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    api::{self, RecordRef},
+    api,
     cli::ProbeArgs,
-    output::{json_line, record_line},
     pipeline::Output,
     server,
     session::{Session, shutdown_on_signals},
@@ -60,26 +59,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(addr = %args.metrics_addr, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
     let log = args.log_flows;
+    let mut api = api;
     let out = std::io::stdout();
     session
         .pipeline(
             move |rec| {
-                if !log && api.is_none() {
-                    return;
-                }
-                // Serialized once for the log and the API.
-                let line: std::sync::Arc<str> = match rec {
-                    Output::Flow(r) if !r.quiet => record_line(RecordRef::Flow(r)).into(),
-                    Output::Chain(c) => record_line(RecordRef::Chain(c)).into(),
-                    Output::Dns(d) => json_line(d).into(),
-                    _ => return,
+                let item = match rec {
+                    Output::Flow(r) if !r.quiet => api::Item::Flow(r),
+                    Output::Chain(c) => api::Item::Chain(c),
+                    Output::Dns(d) => api::Item::Dns(d),
+                    Output::Idle => {
+                        if let Some(api) = &mut api {
+                            api.flush();
+                        }
+                        return;
+                    }
+                    Output::Flow(_) => return,
                 };
                 if log {
                     let mut o = out.lock();
-                    let _ = writeln!(o, "{line}").and_then(|_| o.flush());
+                    let _ = writeln!(o, "{}", item.to_line()).and_then(|_| o.flush());
                 }
-                if let Some(api) = &api {
-                    api.publish(line);
+                if let Some(api) = &mut api {
+                    api.publish(item);
                 }
             },
             shutdown,

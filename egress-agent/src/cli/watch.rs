@@ -73,10 +73,10 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
     session
         .pipeline(
             move |rec| match rec {
-                Output::Flow(r) if !r.quiet && filter.matches(r) => printer.flow(r),
-                Output::Chain(c) if filter.matches_chain(c) => printer.chain(c),
+                Output::Flow(r) if !r.quiet && filter.matches(&r) => printer.flow(&r),
+                Output::Chain(c) if filter.matches_chain(&c) => printer.chain(&c),
                 Output::Dns(d) if dns => {
-                    if let Ok(v) = serde_json::to_value(d)
+                    if let Ok(v) = serde_json::to_value(&d)
                         && filter.matches_dns(&v)
                     {
                         printer.dns(&v);
