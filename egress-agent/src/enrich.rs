@@ -62,6 +62,17 @@ impl Enricher {
         true
     }
 
+    /// A mapping from the conntrack kprobe goes to the NAT table (the same
+    /// one ctnetlink feeds). False when its addresses do not decode.
+    pub fn observe_nat_mapping(&self, m: &egress_common::NatMapping) -> bool {
+        use crate::events::{dst, src};
+        let (Some(os), Some(od), Some(rs), Some(rd)) = (src(&m.original), dst(&m.original), src(&m.reply), dst(&m.reply)) else {
+            return false;
+        };
+        self.nat.observe_kprobe(u64::from(m.netns), FlowKey { src: os, dst: od }, FlowKey { src: rs, dst: rd });
+        true
+    }
+
     /// Pod metadata of the record's pod UID (from the cgroup path).
     fn pod(&self, r: &mut FlowRecord) {
         if let Some(pod) = r.pod_uid.as_deref().and_then(|u| self.kube.pod_arc(u)) {

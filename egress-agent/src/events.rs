@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egress_common::{
-    AF_INET, AF_INET6, ConnectArgs, ConnectStart, DnsEvent, EVENT_DNS, EventHeader, FlowEnd, PayloadEvent, SynRetransmit,
+    AF_INET, AF_INET6, ConnectArgs, ConnectStart, DnsEvent, EVENT_DNS, EVENT_NAT_MAPPING, EventHeader, FlowEnd, NatMapping, PayloadEvent, SynRetransmit,
     Tuple, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EVENT_PAYLOAD,
     EVENT_SYN_RETRANSMIT,
 };
@@ -39,6 +39,8 @@ pub enum Event {
     SynRetransmit(SynRetransmit),
     Payload(Box<PayloadEvent>),
     Dns(Box<DnsEvent>),
+    /// From the optional conntrack kprobe.
+    NatMapping(NatMapping),
 }
 
 impl Event {
@@ -51,6 +53,7 @@ impl Event {
             Self::SynRetransmit(_) => EVENT_SYN_RETRANSMIT,
             Self::Payload(_) => EVENT_PAYLOAD,
             Self::Dns(_) => EVENT_DNS,
+            Self::NatMapping(_) => EVENT_NAT_MAPPING,
         }
     }
 }
@@ -92,6 +95,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }
             Event::Dns(Box::new(d))
         }
+        EVENT_NAT_MAPPING => Event::NatMapping(read(bytes, &hdr)?),
         k => return Err(DecodeError::UnknownKind(k)),
     })
 }
@@ -166,6 +170,10 @@ mod tests {
         assert_eq!(decode(&bytes_of(&d)), Ok(Event::Dns(Box::new(d))));
         d.caplen = 257;
         assert!(matches!(decode(&bytes_of(&d)), Err(DecodeError::BadSize { .. })), "capture length beyond its buffer");
+        let mut n = NatMapping { hdr: EventHeader { kind: EVENT_NAT_MAPPING, size: size_of::<NatMapping>() as u32, ts_ns: 1 }, netns: 4026531840, ..Default::default() };
+        n.original.dport = 80;
+        assert_eq!(decode(&bytes_of(&n)), Ok(Event::NatMapping(n)));
+        assert!(matches!(decode(&bytes_of(&n)[..64]), Err(DecodeError::BadSize { len: 64, .. })), "a short mapping");
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl FlowTable {
             }
             Event::Payload(p) => self.on_payload(p),
             Event::Dns(_) => None, // the pipeline's DNS tracker takes these
+            Event::NatMapping(_) => None, // the pipeline gives these to the NAT table
             Event::ConnectFailed(e) => {
                 let owner = self.take(e);
                 // sk_err first; the reported error survives getsockopt(SO_ERROR).

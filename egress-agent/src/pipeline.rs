@@ -147,6 +147,10 @@ impl<S: FnMut(Output)> Processor<S> {
                         Ok(None) => {}
                         Err(e) => self.metrics.dns.decode_errors.with_label_values(&[e.label()]).inc(),
                     }
+                } else if let Event::NatMapping(m) = &ev {
+                    if !self.enricher.observe_nat_mapping(m) {
+                        self.metrics.decode_errors.with_label_values(&["bad_address"]).inc();
+                    }
                 } else if let Some(rec) = self.table.on_event(&ev) {
                     self.enrich_and_send(rec);
                 }

@@ -2,7 +2,7 @@
 //! load, attach what can attach, and say why the rest cannot.
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, KProbe, RawTracePoint, TracePoint},
 };
 use egress_common::{GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS};
 use serde::Serialize;
@@ -155,6 +155,10 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         }
     };
     let mut resolved = offsets::resolve(&tracefs, btf.as_ref());
+    let conntrack = offsets::conntrack::plan(&tracefs.root, btf.as_ref());
+    if let Ok(p) = &conntrack {
+        resolved.config.conntrack = p.offsets;
+    }
     let mut ports: Vec<u16> = opts.proxy_ports.iter().copied().filter(|&p| p != 0).collect();
     ports.sort_unstable();
     ports.dedup();
@@ -217,6 +221,17 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
             xlated_insns: None,
         });
     }
+    let err = conntrack.and_then(|_| attach_kprobe(&mut ebpf, "conntrack_confirm", offsets::conntrack::CONFIRM_FN)).err();
+    programs.push(ProgramStatus {
+        program: "conntrack_confirm".to_string(),
+        hook: format!("kprobe/{}", offsets::conntrack::CONFIRM_FN),
+        required: false,
+        attached: err.is_none(),
+        error: err,
+        role: "optional in-kernel NAT view (conntrack tuples at confirm), cross-checked against ctnetlink; ctnetlink alone covers NAT",
+        verified_insns: None,
+        xlated_insns: None,
+    });
     let err = load_only(&mut ebpf, "compat_canary").err();
     programs.push(ProgramStatus {
         program: "compat_canary".to_string(),
@@ -251,6 +266,13 @@ fn attach_cgroup_skb(ebpf: &mut Ebpf, name: &str, root: &std::path::Path, dir: C
             .map(|_| ())
             .map_err(|e| format!("attach to {}: {} (multi: {})", root.display(), error_chain(&e), error_chain(&multi))),
     }
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, name: &str, function: &str) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let prog: &mut KProbe = prog.try_into().map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
+    prog.attach(function, 0).map(|_| ()).map_err(|e| format!("attach to {function}: {}", error_chain(&e)))
 }
 
 fn load_only(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {

@@ -48,8 +48,11 @@ pub const EVENT_PAYLOAD: u32 = 6;
 /// A DNS message (UDP or TCP port `Config::dns_port`) of a local socket:
 /// queries out, responses in.
 pub const EVENT_DNS: u32 = 7;
+/// A TCP conntrack entry being confirmed (optional kprobe): its original
+/// and reply tuples, i.e. what NAT did to the flow.
+pub const EVENT_NAT_MAPPING: u32 = 8;
 /// Number of kind slots in the counters (kind 0 is never emitted).
-pub const EVENT_KINDS: u32 = 8;
+pub const EVENT_KINDS: u32 = 9;
 
 /// Human name of an event kind, for metric labels.
 pub const fn event_kind_name(kind: u32) -> &'static str {
@@ -61,6 +64,7 @@ pub const fn event_kind_name(kind: u32) -> &'static str {
         EVENT_SYN_RETRANSMIT => "syn_retransmit",
         EVENT_PAYLOAD => "payload",
         EVENT_DNS => "dns",
+        EVENT_NAT_MAPPING => "nat_mapping",
         _ => "unknown",
     }
 }
@@ -320,6 +324,22 @@ pub struct SynRetransmit {
 }
 const _: () = assert!(core::mem::size_of::<SynRetransmit>() == 40);
 
+/// EVENT_NAT_MAPPING: a conntrack entry at confirmation. Tuples as conntrack
+/// keeps them (ports in host byte order here): `original` as the client sent
+/// it, `reply` as the answer comes back (src = who answers after DNAT,
+/// dst = where the answer goes after SNAT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatMapping {
+    pub hdr: EventHeader,
+    /// Inode of the entry's network namespace (0 if unresolved).
+    pub netns: u32,
+    pub _pad: u32,
+    pub original: Tuple,
+    pub reply: Tuple,
+}
+const _: () = assert!(core::mem::size_of::<NatMapping>() == 104);
+
 // ---------------------------------------------------------------------------
 // Load-time configuration (one global, written by the agent before load).
 // ---------------------------------------------------------------------------
@@ -419,6 +439,46 @@ impl KernelOffsets {
     };
 }
 
+/// Conntrack struct offsets for the optional kprobe, from BTF (vmlinux, or
+/// the `nf_conntrack` module's split BTF). Any one unknown: the probe is not
+/// loaded, so the program may trust them all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackOffsets {
+    /// `struct sk_buff::_nfct` (the `nf_conn *` with ctinfo in the low 3 bits).
+    pub skb_nfct: u32,
+    /// `struct nf_conn::tuplehash` + `struct nf_conntrack_tuple_hash::tuple`:
+    /// the original-direction tuple.
+    pub ct_tuple: u32,
+    /// Bytes from `tuplehash[0]` to `tuplehash[1]` (the reply tuple).
+    pub tuple_hash_size: u32,
+    /// `struct nf_conn::ct_net` (a `possible_net_t`; unknown: netns 0).
+    pub ct_net: u32,
+    /// Inside `struct nf_conntrack_tuple`: `src.u3`, `src.u.all`, `src.l3num`.
+    pub src_u3: u32,
+    pub src_port: u32,
+    pub src_l3num: u32,
+    /// `dst.u3`, `dst.u.all`, `dst.protonum`.
+    pub dst_u3: u32,
+    pub dst_port: u32,
+    pub dst_protonum: u32,
+}
+
+impl ConntrackOffsets {
+    pub const UNKNOWN: Self = Self {
+        skb_nfct: KOFF_UNKNOWN,
+        ct_tuple: KOFF_UNKNOWN,
+        tuple_hash_size: KOFF_UNKNOWN,
+        ct_net: KOFF_UNKNOWN,
+        src_u3: KOFF_UNKNOWN,
+        src_port: KOFF_UNKNOWN,
+        src_l3num: KOFF_UNKNOWN,
+        dst_u3: KOFF_UNKNOWN,
+        dst_port: KOFF_UNKNOWN,
+        dst_protonum: KOFF_UNKNOWN,
+    };
+}
+
 /// The `CONFIG` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,6 +488,7 @@ pub struct Config {
     pub receive_reset: TpOffsets,
     pub syscalls: SyscallTpOffsets,
     pub kernel: KernelOffsets,
+    pub conntrack: ConntrackOffsets,
     /// Remote ports whose first payload bytes are captured (0 = unused).
     pub proxy_ports: [u16; MAX_PROXY_PORTS],
     /// UDP/TCP port whose messages are captured as DNS (0 = off).
@@ -438,7 +499,7 @@ pub struct Config {
     /// poll tick (batched reads instead of one wake-up per event).
     pub wakeup_bytes: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 40 + 16 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -447,6 +508,7 @@ impl Config {
         receive_reset: TpOffsets::ABSENT,
         syscalls: SyscallTpOffsets::ABSENT,
         kernel: KernelOffsets::UNKNOWN,
+        conntrack: ConntrackOffsets::UNKNOWN,
         proxy_ports: [0; MAX_PROXY_PORTS],
         dns_port: 0,
         wakeup_bytes: 0,

@@ -8,6 +8,7 @@
 
 mod compat_canary;
 mod connect;
+mod conntrack;
 mod dns;
 mod emit;
 mod error_report;

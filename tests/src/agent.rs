@@ -221,6 +221,23 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Whether this kernel takes kprobes (the kprobe PMU or tracefs `kprobe_events`).
+pub fn kernel_has_kprobes() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+}
+
+/// The `egress_program_attached` samples of programs this kernel can take:
+/// without kprobes the optional `conntrack_confirm` kprobe can never attach,
+/// so tests that expect every program attached (or a capability to detach
+/// one) leave it out.
+pub fn attachable_program_lines(text: &str) -> Vec<&str> {
+    let kprobes = kernel_has_kprobes();
+    text.lines()
+        .filter(|l| l.starts_with("egress_program_attached{"))
+        .filter(|l| kprobes || !l.contains("program=\"conntrack_confirm\""))
+        .collect()
+}
+
 /// A free loopback port for a metrics listener.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -233,6 +250,9 @@ mod tests {
         let t = "# HELP x\nx{a=\"1\",b=\"2\"} 3\nx{a=\"1\",b=\"3\"} 4\nxy{a=\"1\"} 100\nx 5\n";
         assert_eq!(super::metric_sum(t, "x", &[("a", "1")]), 7.0);
         assert_eq!(super::metric_sum(t, "x", &[("b", "3")]), 4.0);
+        let m = "egress_program_attached{program=\"a\"} 1\negress_program_attached{program=\"conntrack_confirm\"} 0\nother 1\n";
+        let lines = super::attachable_program_lines(m);
+        assert_eq!(lines.len(), if super::kernel_has_kprobes() { 2 } else { 1 }, "{lines:?}");
         assert_eq!(super::metric_sum(t, "x", &[]), 12.0);
     }
 }

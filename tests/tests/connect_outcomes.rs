@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use egress_tests::{
     Agent, AgentMode,
-    agent::{free_port, metric_sum},
+    agent::{attachable_program_lines, free_port, metric_sum},
     lab::{ConnectLab, LabAddrs},
     require_root,
 };
@@ -81,9 +81,9 @@ fn every_outcome_gets_its_verdict_in_watch_and_metrics() {
     assert!(metric_sum(&text, "egress_connection_closes_total", &[("result", "ok")]) >= 2.0, "healthy closes counted\n{text}");
     assert!(metric_sum(&text, "egress_tcp_retransmits_total", &[]) >= 1.0);
     assert!(metric_sum(&text, "egress_connect_duration_seconds_count", &[("result", "failed")]) >= 4.0);
-    let programs = text.lines().filter(|l| l.starts_with("egress_program_attached{")).count();
-    assert!(programs >= 5, "{text}");
-    assert_eq!(metric_sum(&text, "egress_program_attached", &[]), programs as f64, "every program attached here\n{text}");
+    let programs = attachable_program_lines(&text);
+    assert!(programs.len() >= 5, "{text}");
+    assert!(programs.iter().all(|l| l.ends_with(" 1")), "every program this kernel can take attached here\n{text}");
     assert_eq!(metric_sum(&text, "egress_decode_errors_total", &[]), 0.0);
     assert_eq!(run.http_get("/healthz").expect("healthz").trim(), "ok");
     assert!(run.stop().expect("stop"), "run exits 0 on SIGTERM");

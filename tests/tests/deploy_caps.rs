@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use egress_tests::{
     Agent, AgentMode,
-    agent::{free_port, metric_sum},
+    agent::{attachable_program_lines, free_port, metric_sum},
     cgroups::{Layout, TestCgroup, v2_root},
     chain_lab::{ChainLab, ChainLabConfig, wait_output},
     faults::agent_config,
@@ -67,7 +67,7 @@ fn daemonset_capabilities_are_sufficient_and_each_is_necessary() {
     let run = start(&lab, &add, &conf, "true");
     let mut agent = run.agent.unwrap_or_else(|e| panic!("agent with {add:?} did not start: {e}"));
     let text = scrape(&lab, run.metrics);
-    let programs: Vec<&str> = text.lines().filter(|l| l.starts_with("egress_program_attached{")).collect();
+    let programs = attachable_program_lines(&text);
     assert!(programs.len() >= 9 && programs.iter().all(|l| l.ends_with(" 1")), "every program attached with {add:?}:\n{}", programs.join("\n"));
     let args = lab.curl_via_chain_args(&cfg.healthy.name, "/");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -98,14 +98,14 @@ fn daemonset_capabilities_are_sufficient_and_each_is_necessary() {
             Err(e) => e,
             Ok(a) => {
                 let text = scrape(&lab, run.metrics);
-                let detached: Vec<&str> = text.lines().filter(|l| l.starts_with("egress_program_attached{") && l.ends_with(" 0")).collect();
+                let detached: Vec<&str> = attachable_program_lines(&text).into_iter().filter(|l| l.ends_with(" 0")).collect();
                 let stderr = a.stderr_text();
                 let _ = a.stop();
                 assert!(!detached.is_empty(), "without {cap} the agent still runs with every program attached: {cap} is not needed");
                 format!("programs not attached: {detached:?}\n{stderr}")
             }
         };
-        eprintln!("without {cap}: {}", why.lines().filter(|l| !l.trim().is_empty()).next_back().unwrap_or(""));
+        eprintln!("without {cap}: {}", why.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(""));
         let named = match cap.as_str() {
             "BPF" => why.contains("CAP_BPF"),
             "PERFMON" => why.contains("CAP_PERFMON"),

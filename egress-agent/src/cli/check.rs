@@ -85,11 +85,20 @@ pub async fn report(args: &CheckArgs) -> Report {
     } else {
         item("ebpf object", Status::Fail, "built with AYA_BUILD_SKIP: no kernel programs")
     });
-    match TraceFs::locate() {
+    let tracefs = TraceFs::locate();
+    match &tracefs {
         Ok(t) => checks.push(item("tracefs", Status::Ok, t.root.display().to_string())),
         Err(e) => checks.push(item("tracefs", Status::Fail, e.to_string())),
     }
-    match Btf::from_sys_fs() {
+    let btf = Btf::from_sys_fs();
+    // The optional conntrack kprobe: where its layout comes from (when it
+    // does not resolve, its program line says why it is skipped).
+    if let (Ok(t), Ok(b)) = (&tracefs, &btf)
+        && let Ok(plan) = offsets::conntrack::plan(&t.root, Some(b))
+    {
+        checks.push(item("conntrack kprobe offsets", Status::Ok, plan.describe()));
+    }
+    match btf {
         Ok(btf) => {
             let (k, problems) = offsets::kernel_offsets(&btf);
             checks.push(if problems.is_empty() {

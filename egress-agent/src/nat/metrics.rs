@@ -13,6 +13,9 @@ pub(crate) struct NatMetrics {
     pub insert_failed: IntCounterVec,
     pub drop: IntCounterVec,
     pub early_drop: IntCounterVec,
+    pub mappings: IntCounterVec,
+    pub comparisons: IntCounterVec,
+    pub kprobe_unwatched: IntCounter,
 }
 
 impl NatMetrics {
@@ -22,7 +25,39 @@ impl NatMetrics {
             Ok(c)
         }
         let vec = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        let mappings = reg(
+            r,
+            vec(
+                "egress_nat_mappings_total",
+                "TCP NAT mappings (original -> reply tuple) received per source: ctnetlink (events and dumps) or kprobe (conntrack_confirm, where kprobes exist).",
+                &["source"],
+            )?,
+        )?;
+        let comparisons = reg(
+            r,
+            vec(
+                "egress_nat_source_comparisons_total",
+                "Conntrack entries both sources reported in one watched namespace, compared once: result agree or disagree (different reply tuple).",
+                &["result"],
+            )?,
+        )?;
+        // Exported at 0 from the start (alerts on increase()).
+        for l in ["ctnetlink", "kprobe"] {
+            mappings.with_label_values(&[l]);
+        }
+        for l in ["agree", "disagree"] {
+            comparisons.with_label_values(&[l]);
+        }
         Ok(Self {
+            mappings,
+            comparisons,
+            kprobe_unwatched: reg(
+                r,
+                IntCounter::new(
+                    "egress_nat_kprobe_unwatched_total",
+                    "Kprobe NAT mappings from network namespaces conntrack is not followed in (not used; --conntrack-netns chooses).",
+                )?,
+            )?,
             events: reg(
                 r,
                 vec(
@@ -76,5 +111,11 @@ impl NatMetrics {
                 )?,
             )?,
         })
+    }
+
+    /// Comparisons the store made, now on the counters.
+    pub(crate) fn compared(&self, c: super::table::Comparisons) {
+        self.comparisons.with_label_values(&["agree"]).inc_by(c.agree);
+        self.comparisons.with_label_values(&["disagree"]).inc_by(c.disagree);
     }
 }

@@ -24,6 +24,12 @@
 //! `early_drop` (ctnetlink `IPCTNL_MSG_CT_GET_STATS_CPU`) are exported every
 //! 10 s: the node-side face of NAT exhaustion.
 //!
+//! Where kprobes exist, the optional `conntrack_confirm` kprobe reports the
+//! same entries from inside the kernel ([`NatTable::observe_kprobe`], fed by
+//! the pipeline): an entry it reports first is usable at once and verified
+//! like a dump-only one; an entry both report is compared once
+//! (`egress_nat_source_comparisons_total{result}`), ctnetlink's reply kept.
+//!
 //! Conntrack confirms an entry (and emits NEW) when the first SYN leaves the
 //! namespace, so the NEW usually precedes the agent's connect record, but the
 //! two arrive through different sockets: a lookup right after a connect may
@@ -35,6 +41,7 @@ mod worker;
 
 use std::{
     fs::File,
+    os::unix::fs::MetadataExt as _,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, atomic::AtomicBool, atomic::Ordering},
@@ -100,6 +107,10 @@ impl NatEntry {
 pub(crate) struct Shared {
     store: RwLock<Store>,
     stop: AtomicBool,
+    /// Network namespace inode of each watched namespace, by index.
+    netns_inodes: Vec<u64>,
+    /// None for the disabled table.
+    metrics: Option<NatMetrics>,
 }
 
 impl Shared {
@@ -156,12 +167,22 @@ impl NatTable {
             bail!("conntrack: too many network namespaces ({})", targets.len());
         }
         let labels = targets.iter().map(|(l, _)| l.clone()).collect();
+        let netns_inodes = targets
+            .iter()
+            .map(|(label, f)| match f {
+                Some(f) => f.metadata().map(|m| m.ino()),
+                None => std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()),
+            }
+            .with_context(|| format!("conntrack: inode of network namespace {label}")))
+            .collect::<anyhow::Result<_>>()?;
+        let metrics = NatMetrics::register(registry)?;
         let shared = Arc::new(Shared {
             store: RwLock::new(Store::new(labels, opts.max_entries, opts.destroyed_retention)),
             stop: AtomicBool::new(false),
+            netns_inodes,
+            metrics: Some(metrics.clone()),
         });
         let table = NatTable { inner: Arc::new(Handle { shared: shared.clone(), enabled: true }) };
-        let metrics = NatMetrics::register(registry)?;
         let mut waiting = Vec::new();
         for (idx, (label, netns)) in targets.into_iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -187,13 +208,39 @@ impl NatTable {
 
     /// A table that never knows anything (NAT view off).
     pub fn disabled() -> NatTable {
-        let shared = Arc::new(Shared { store: RwLock::new(Store::new(Vec::new(), 1, Duration::ZERO)), stop: AtomicBool::new(true) });
+        let shared = Arc::new(Shared {
+            store: RwLock::new(Store::new(Vec::new(), 1, Duration::ZERO)),
+            stop: AtomicBool::new(true),
+            netns_inodes: Vec::new(),
+            metrics: None,
+        });
         NatTable { inner: Arc::new(Handle { shared, enabled: false }) }
     }
 
     /// False for [`NatTable::disabled`]: callers need not wait for entries.
     pub fn is_enabled(&self) -> bool {
         self.inner.enabled
+    }
+
+    /// A mapping from the conntrack kprobe, in the network namespace with
+    /// inode `netns`. Counted always (when the table is enabled); used
+    /// when that namespace is one conntrack is followed in.
+    pub fn observe_kprobe(&self, netns: u64, original: FlowKey, reply: FlowKey) {
+        let shared = &self.inner.shared;
+        let Some(m) = &shared.metrics else { return };
+        m.mappings.with_label_values(&["kprobe"]).inc();
+        let Some(ns) = shared.netns_inodes.iter().position(|&i| i == netns) else {
+            m.kprobe_unwatched.inc();
+            return;
+        };
+        let (evicted, compared, len) = {
+            let mut store = shared.write();
+            let evicted = store.upsert_kprobe(u16::try_from(ns).unwrap_or(u16::MAX), original, reply);
+            (evicted, store.take_comparisons(), store.len())
+        };
+        m.evicted.inc_by(evicted);
+        m.entries.set(len as i64);
+        m.compared(compared);
     }
 
     /// What NAT did to `key` (original direction, as the client sent it).

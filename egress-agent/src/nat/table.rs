@@ -28,8 +28,20 @@ struct Slot {
     /// Known only from a dump: the entry may predate the agent's
     /// subscription and then never sends DESTROY (with the default
     /// `nf_conntrack_events=2` the kernel gives events only to entries
-    /// created while a listener exists), so it must be verified.
+    /// created while a listener exists), so it must be verified. Entries
+    /// known only from the kprobe are unverified the same way.
     from_dump: bool,
+    /// Reply tuple the conntrack kprobe reported for this entry.
+    kprobe: Option<FlowKey>,
+    /// ctnetlink reported this entry (an event or a dump).
+    ctnetlink: bool,
+}
+
+/// Mappings given by both sources for one entry, compared once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Comparisons {
+    pub agree: u64,
+    pub disagree: u64,
 }
 
 pub(crate) struct Store {
@@ -43,6 +55,8 @@ pub(crate) struct Store {
     next_seq: u64,
     max_entries: usize,
     retention: Duration,
+    /// Since the last `take_comparisons`.
+    compared: Comparisons,
 }
 
 impl Store {
@@ -55,6 +69,7 @@ impl Store {
             next_seq: 0,
             max_entries: max_entries.max(1),
             retention,
+            compared: Comparisons::default(),
         }
     }
 
@@ -80,10 +95,63 @@ impl Store {
     pub(crate) fn upsert(&mut self, ns: u16, original: FlowKey, reply: FlowKey, from_dump: bool) -> u64 {
         let sk = SlotKey { key: original, ns };
         let seq = self.bump();
+        let prev = self.map.get(&sk);
         // A dump refreshing an entry already seen live keeps what it knew.
-        let from_dump = from_dump
-            && self.map.get(&sk).is_none_or(|s| s.destroyed_at.is_some() || s.from_dump);
-        self.map.insert(sk, Slot { reply, seq, destroyed_at: None, from_dump });
+        let from_dump = from_dump && prev.is_none_or(|s| s.destroyed_at.is_some() || s.from_dump);
+        // The kprobe's view of the same live entry, compared once.
+        let kprobe = prev.filter(|s| s.destroyed_at.is_none()).and_then(|s| s.kprobe);
+        if let Some(k) = kprobe
+            && prev.is_some_and(|s| !s.ctnetlink)
+        {
+            self.compare(&original, &reply, &k);
+        }
+        self.map.insert(sk, Slot { reply, seq, destroyed_at: None, from_dump, kprobe, ctnetlink: true });
+        self.push(sk, seq)
+    }
+
+    /// The conntrack kprobe saw `original` confirmed with `reply`. A live
+    /// entry ctnetlink gave keeps its reply (the two are compared); an
+    /// unknown tuple (or one reused after a destroy) becomes an entry known
+    /// from the kprobe only, verified like a dump-only one until ctnetlink
+    /// vouches for it. Returns evictions.
+    pub(crate) fn upsert_kprobe(&mut self, ns: u16, original: FlowKey, reply: FlowKey) -> u64 {
+        let sk = SlotKey { key: original, ns };
+        if let Some(s) = self.map.get_mut(&sk)
+            && s.destroyed_at.is_none()
+            && s.kprobe.is_none()
+        {
+            s.kprobe = Some(reply);
+            if s.ctnetlink {
+                let ct = s.reply;
+                self.compare(&original, &ct, &reply);
+            }
+            return 0;
+        }
+        let seq = self.bump();
+        self.map.insert(sk, Slot { reply, seq, destroyed_at: None, from_dump: true, kprobe: Some(reply), ctnetlink: false });
+        self.push(sk, seq)
+    }
+
+    /// Count (and log, at debug) one comparison of the two sources' reply
+    /// tuples for `original`.
+    fn compare(&mut self, original: &FlowKey, ctnetlink: &FlowKey, kprobe: &FlowKey) {
+        let show = |k: &FlowKey| format!("{}->{}", k.src, k.dst);
+        let verdict = if ctnetlink == kprobe {
+            self.compared.agree += 1;
+            "agree"
+        } else {
+            self.compared.disagree += 1;
+            "disagree"
+        };
+        tracing::debug!(original = %show(original), ctnetlink = %show(ctnetlink), kprobe = %show(kprobe), "nat sources {verdict}");
+    }
+
+    /// Comparisons made since the last call.
+    pub(crate) fn take_comparisons(&mut self) -> Comparisons {
+        std::mem::take(&mut self.compared)
+    }
+
+    fn push(&mut self, sk: SlotKey, seq: u64) -> u64 {
         self.order.push_back((sk, seq));
         self.compact();
         self.evict_over_bound()
@@ -102,6 +170,7 @@ impl Store {
             && slot.destroyed_at.is_none()
         {
             slot.reply = reply;
+            slot.ctnetlink = true;
             slot.destroyed_at = Some(now);
             self.destroyed.push_back((sk, slot.seq, now));
         }
@@ -365,6 +434,39 @@ mod tests {
         assert_eq!(e.dnat_to(), Some(sa("10.1.0.5:80")));
         assert!(s.dump_only_live(0).is_empty());
         assert_eq!(s.dump_only_live(1), vec![k3]);
+    }
+
+    #[test]
+    fn kprobe_and_ctnetlink_are_compared_once_in_either_order() {
+        let (orig, reply) = natted();
+        let t0 = Instant::now();
+        let mut s = Store::new(vec!["self".into()], 10, Duration::from_secs(30));
+        // ctnetlink first, then the kprobe with the same reply: agree.
+        s.upsert(0, orig, reply, false);
+        s.upsert_kprobe(0, orig, reply);
+        assert_eq!(s.take_comparisons(), Comparisons { agree: 1, disagree: 0 });
+        s.upsert(0, orig, reply, true); // a later dump refresh: no second comparison
+        assert_eq!(s.take_comparisons(), Comparisons::default());
+
+        // The kprobe first: the entry is usable at once, unverified.
+        let k2 = key("10.0.0.2:40001", "10.96.0.10:80");
+        let other = key("10.1.0.6:8080", "10.2.0.1:40001");
+        s.upsert_kprobe(0, k2, other);
+        assert_eq!(s.lookup(&k2, t0).expect("from the kprobe").dnat_to(), Some(sa("10.1.0.6:8080")));
+        assert_eq!(s.dump_only_live(0), vec![k2], "verified until ctnetlink vouches");
+        // ctnetlink then says another backend: disagree, ctnetlink's reply kept.
+        s.upsert(0, k2, reply, false);
+        assert_eq!(s.take_comparisons(), Comparisons { agree: 0, disagree: 1 });
+        assert_eq!(s.lookup(&k2, t0).expect("entry").reply, reply);
+        assert!(s.dump_only_live(0).is_empty());
+
+        // After a destroy, the same tuple confirmed again is a new entry.
+        s.destroy(0, orig, reply, t0);
+        s.upsert_kprobe(0, orig, reply);
+        assert_eq!(s.take_comparisons(), Comparisons::default());
+        assert!(!s.lookup(&orig, t0).expect("live again").destroyed);
+        s.upsert(0, orig, reply, false);
+        assert_eq!(s.take_comparisons(), Comparisons { agree: 1, disagree: 0 });
     }
 
     #[test]

@@ -172,6 +172,8 @@ impl Worker {
         let mut evicted = 0;
         let mut counts = [0u64; 3]; // new, destroy, dump
         let mut errors = 0u64;
+        let mut mappings = 0u64;
+        let compared;
         {
             let mut store = self.shared.write();
             for d in decoded {
@@ -192,13 +194,19 @@ impl Worker {
                 if let Ok(Decoded::Flow { original, reply, .. }) = d {
                     flows += 1;
                     evicted += match kind {
-                        CtKind::New => store.upsert(self.idx, original, reply, from_dump),
+                        CtKind::New => {
+                            mappings += 1;
+                            store.upsert(self.idx, original, reply, from_dump)
+                        }
                         CtKind::Destroy => store.destroy(self.idx, original, reply, Instant::now()),
                     };
                 }
             }
             self.metrics.entries.set(store.len() as i64);
+            compared = store.take_comparisons();
         }
+        self.metrics.mappings.with_label_values(&["ctnetlink"]).inc_by(mappings);
+        self.metrics.compared(compared);
         for (i, ty) in ["new", "destroy", "dump"].into_iter().enumerate() {
             if counts[i] > 0 {
                 self.metrics.events.with_label_values(&[&self.label, ty]).inc_by(counts[i]);

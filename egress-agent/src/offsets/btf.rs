@@ -1,6 +1,12 @@
 //! A small reader of kernel BTF (`/sys/kernel/btf/vmlinux`): just enough to
 //! find the byte offset of a struct member, through anonymous structs and
 //! unions and through typedef/const/volatile chains.
+//!
+//! Module BTF (`/sys/kernel/btf/<module>`, Linux 5.11+ with
+//! `CONFIG_DEBUG_INFO_BTF_MODULES`) is *split* BTF: it only makes sense on
+//! top of vmlinux's. Its type ids continue after the base's last id and its
+//! string offsets after the end of the base's string section, so the two
+//! parse into one id space and one string table ([`Btf::parse_split`]).
 use std::{collections::HashMap, fs, path::Path};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +25,10 @@ pub enum BtfError {
     Unaligned(String),
     #[error("member {0} is not a struct or union")]
     NotComposite(String),
+    #[error("member {0} is not an array of sized elements")]
+    NotArray(String),
+    #[error("type {0} refers to type {1}, beyond the last id")]
+    Dangling(u32, u32),
 }
 
 const KIND_INT: u32 = 1;
@@ -54,7 +64,8 @@ struct Member {
 struct Type {
     name: u32,
     kind: u32,
-    /// Referenced type for modifiers/typedefs.
+    /// Referenced type for modifiers/typedefs, element type for arrays,
+    /// size in bytes for structs/unions/ints.
     ty: u32,
     members: Vec<Member>,
 }
@@ -83,8 +94,26 @@ impl Btf {
         Ok(Self::parse(&bytes)?)
     }
 
+    /// A module's split BTF (e.g. `/sys/kernel/btf/nf_conntrack`) on top of
+    /// `self` (vmlinux).
+    pub fn with_module_file(&self, path: &Path) -> anyhow::Result<Self> {
+        let bytes = fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        Ok(Self::parse_split(&bytes, self)?)
+    }
+
     /// Parse a little-endian BTF blob.
     pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
+        Self::parse_on(b, None)
+    }
+
+    /// Parse split BTF over `base`: the result holds the base's types and
+    /// strings followed by the split blob's, so ids and string offsets of
+    /// both resolve in it.
+    pub fn parse_split(b: &[u8], base: &Btf) -> Result<Self, BtfError> {
+        Self::parse_on(b, Some(base))
+    }
+
+    fn parse_on(b: &[u8], base: Option<&Btf>) -> Result<Self, BtfError> {
         let magic = b.get(0..2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or(BtfError::Truncated(0))?;
         if magic != 0xeb9f {
             return Err(BtfError::BadMagic(magic));
@@ -95,13 +124,18 @@ impl Btf {
         let str_off = u32_at(b, 16)? as usize;
         let str_len = u32_at(b, 20)? as usize;
         let s0 = hdr_len + str_off;
-        let strings = b.get(s0..s0 + str_len).ok_or(BtfError::Truncated(s0))?.to_vec();
+        let own_strings = b.get(s0..s0 + str_len).ok_or(BtfError::Truncated(s0))?;
+        let mut strings = base.map_or_else(Vec::new, |base| base.strings.clone());
+        strings.extend_from_slice(own_strings);
         let t0 = hdr_len + type_off;
         let tend = t0 + type_len;
         if b.len() < tend {
             return Err(BtfError::Truncated(tend));
         }
-        let mut types = vec![Type { name: 0, kind: 0, ty: 0, members: vec![] }];
+        let mut types = match base {
+            Some(base) => base.types.clone(),
+            None => vec![Type { name: 0, kind: 0, ty: 0, members: vec![] }],
+        };
         let mut off = t0;
         while off < tend {
             let name = u32_at(b, off)?;
@@ -112,11 +146,15 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            let mut ty = size_or_type;
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => off += 4,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
                 | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
-                KIND_ARRAY => off += 12,
+                KIND_ARRAY => {
+                    ty = u32_at(b, off)?;
+                    off += 12;
+                }
                 KIND_STRUCT | KIND_UNION => {
                     for _ in 0..vlen {
                         let raw = u32_at(b, off + 8)?;
@@ -130,7 +168,16 @@ impl Btf {
                 KIND_DATASEC | KIND_ENUM64 => off += 12 * vlen,
                 k => return Err(BtfError::UnknownKind(k)),
             }
-            types.push(Type { name, kind, ty: size_or_type, members });
+            types.push(Type { name, kind, ty, members });
+        }
+        // Every reference must land on a type of this blob or its base: a
+        // split blob read with the wrong first id fails here.
+        for (id, t) in types.iter().enumerate() {
+            let refs = matches!(t.kind, KIND_PTR | KIND_ARRAY | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG);
+            let bad = t.members.iter().map(|m| m.ty).chain(refs.then_some(t.ty)).find(|&r| r as usize >= types.len());
+            if let Some(r) = bad {
+                return Err(BtfError::Dangling(id as u32, r));
+            }
         }
         let mut btf = Self { strings, types, structs: HashMap::new() };
         let mut structs = HashMap::new();
@@ -141,6 +188,16 @@ impl Btf {
         }
         btf.structs = structs;
         Ok(btf)
+    }
+
+    /// Number of type ids, void (0) included: a split blob's first id.
+    pub fn type_count(&self) -> usize {
+        self.types.len()
+    }
+
+    /// Whether a named struct (not just a forward declaration) is described.
+    pub fn has_struct(&self, name: &str) -> bool {
+        self.structs.contains_key(name)
     }
 
     fn str_at(&self, off: u32) -> &str {
@@ -183,6 +240,23 @@ impl Btf {
 
     /// Byte offset of `path` (e.g. `["ns", "inum"]`) inside `struct st`.
     pub fn member_offset(&self, st: &str, path: &[&str]) -> Result<u32, BtfError> {
+        self.member(st, path).map(|(off, _)| off)
+    }
+
+    /// Size in bytes of one element of the array member `path` of `struct st`
+    /// (the distance from `arr[0]` to `arr[1]`).
+    pub fn array_elem_size(&self, st: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let (_, id) = self.member(st, path)?;
+        let name = || path.join(".");
+        let arr = self.types.get(id as usize).filter(|t| t.kind == KIND_ARRAY).ok_or_else(|| BtfError::NotArray(name()))?;
+        match self.types.get(self.resolve(arr.ty) as usize) {
+            Some(t) if matches!(t.kind, KIND_STRUCT | KIND_UNION | KIND_INT) && t.ty > 0 => Ok(t.ty),
+            _ => Err(BtfError::NotArray(name())),
+        }
+    }
+
+    /// Byte offset and (resolved) type id of `path` inside `struct st`.
+    fn member(&self, st: &str, path: &[&str]) -> Result<(u32, u32), BtfError> {
         let mut id = *self.structs.get(st).ok_or_else(|| BtfError::NoStruct(st.to_string()))?;
         let mut bits = 0u32;
         for (i, &name) in path.iter().enumerate() {
@@ -197,7 +271,7 @@ impl Btf {
             bits += off;
             id = self.resolve(ty);
         }
-        Ok(bits / 8)
+        Ok((bits / 8, id))
     }
 }
 
@@ -209,14 +283,21 @@ mod tests {
     struct Builder {
         types: Vec<u8>,
         strings: Vec<u8>,
+        /// String offsets of a split blob start after the base's strings.
+        str_base: u32,
     }
 
     impl Builder {
         fn new() -> Self {
-            Self { types: vec![], strings: vec![0] }
+            Self { types: vec![], strings: vec![0], str_base: 0 }
+        }
+        /// A split blob over a base whose string section is `base_str_len`
+        /// bytes (its own section need not start with a NUL).
+        fn split(base_str_len: usize) -> Self {
+            Self { types: vec![], strings: vec![], str_base: base_str_len as u32 }
         }
         fn s(&mut self, s: &str) -> u32 {
-            let off = self.strings.len() as u32;
+            let off = self.str_base + self.strings.len() as u32;
             self.strings.extend_from_slice(s.as_bytes());
             self.strings.push(0);
             off
@@ -293,6 +374,62 @@ mod tests {
         assert!(matches!(Btf::parse(&blob[..blob.len() - 40]), Err(BtfError::Truncated(_))));
         assert!(matches!(Btf::parse(&[0u8; 24]), Err(BtfError::BadMagic(0))));
         assert!(matches!(Btf::parse(&[]), Err(BtfError::Truncated(0))));
+    }
+
+    #[test]
+    fn split_btf_continues_ids_and_strings_of_its_base() {
+        let mut base = Builder::new();
+        base.int("int"); // 1
+        base.composite(KIND_STRUCT, "sk_buff", false, &[("next", 1, 0), ("_nfct", 1, 128)]); // 2
+        let base_strings = base.strings.len();
+        let strings_at = 24 + base.types.len();
+        let base_blob = base.build();
+        let vmlinux = Btf::parse(&base_blob).expect("base");
+        assert_eq!(vmlinux.member_offset("nf_conn", &["tuplehash"]), Err(BtfError::NoStruct("nf_conn".into())));
+
+        let mut m = Builder::split(base_strings);
+        // 3: the element struct; its members use the base's `int` (id 1).
+        m.composite(KIND_STRUCT, "nf_conntrack_tuple_hash", false, &[("hnnode", 1, 0), ("tuple", 1, 128)]);
+        // 4: array of two id-3 elements (index type int).
+        m.raw(0, KIND_ARRAY, 0, false, 0);
+        for v in [3u32, 1, 2] {
+            m.types.extend_from_slice(&v.to_le_bytes());
+        }
+        // 5: a member named with a *base* string offset ("_nfct" lives in vmlinux's section).
+        let nfct = base_blob.windows(6).position(|w| w == b"_nfct\0").expect("base string") - strings_at;
+        m.composite(KIND_STRUCT, "nf_conn", false, &[("ct_general", 1, 0), ("tuplehash", 4, 64), ("", 2, 1024)]);
+        let module = m.build();
+        let btf = Btf::parse_split(&module, &vmlinux).expect("split");
+        assert_eq!(btf.member_offset("nf_conn", &["tuplehash"]), Ok(8));
+        assert_eq!(btf.array_elem_size("nf_conn", &["tuplehash"]), Ok(64));
+        assert_eq!(btf.member_offset("nf_conntrack_tuple_hash", &["tuple"]), Ok(16));
+        // Through an anonymous member of a base type, by a base string.
+        assert_eq!(btf.str_at(nfct as u32), "_nfct");
+        assert_eq!(btf.member_offset("nf_conn", &["_nfct"]), Ok(128 + 16));
+        assert_eq!(btf.member_offset("sk_buff", &["_nfct"]), Ok(16), "base types still resolve");
+        assert_eq!(btf.array_elem_size("nf_conn", &["ct_general"]), Err(BtfError::NotArray("ct_general".into())));
+        // Parsed alone, the module's type ids dangle.
+        assert!(matches!(Btf::parse(&module), Err(BtfError::Dangling(..))));
+    }
+
+    /// Every module BTF of the running kernel parses over its vmlinux BTF
+    /// and its named structs resolve their members by name.
+    #[test]
+    fn running_kernel_module_btf_splits_over_vmlinux() {
+        let Ok(vmlinux) = Btf::from_sys_fs() else {
+            eprintln!("no /sys/kernel/btf/vmlinux on this host; covered by the synthetic tests");
+            return;
+        };
+        let mut modules = 0;
+        for entry in fs::read_dir("/sys/kernel/btf").into_iter().flatten().flatten() {
+            if entry.file_name() == "vmlinux" {
+                continue;
+            }
+            let btf = vmlinux.with_module_file(&entry.path()).expect("module BTF parses as split BTF");
+            assert!(btf.types.len() > vmlinux.types.len(), "{:?} adds types", entry.file_name());
+            modules += 1;
+        }
+        eprintln!("{modules} module BTF blobs checked");
     }
 
     /// The running kernel's own BTF, where present (it is on the CI machine).

@@ -2,6 +2,7 @@
 //! tracefs `format` files and struct member offsets from BTF. Nothing here is
 //! hard-coded for one kernel.
 pub mod btf;
+pub mod conntrack;
 pub mod tracefs;
 
 use egress_common::{Config, KOFF_UNKNOWN, KernelOffsets};

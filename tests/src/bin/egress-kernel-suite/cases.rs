@@ -39,15 +39,21 @@ pub fn run_all() -> bool {
         failed |= matches!(o, Outcome::Fail(_));
         report(test, &o);
     };
-    match check() {
-        Ok(programs) => {
+    let (programs, ct_offsets) = match check() {
+        Ok((programs, ct_offsets)) => {
             for (test, o) in judge_programs(&programs) {
                 note(test, o);
             }
+            (programs, ct_offsets)
         }
-        Err(e) => note("check", Outcome::Fail(format!("{e:#}"))),
-    }
-    let mut agent = match Agent::start(AgentMode::Watch(vec!["--kube".into(), "false".into(), "--conntrack".into(), "true".into()])) {
+        Err(e) => {
+            note("check", Outcome::Fail(format!("{e:#}")));
+            (Vec::new(), None)
+        }
+    };
+    // NAT at debug: the agent logs each kprobe/ctnetlink comparison.
+    let args = ["--kube", "false", "--conntrack", "true", "--log", "info,egress_agent::nat=debug"];
+    let mut agent = match Agent::start(AgentMode::Watch(args.iter().map(|a| a.to_string()).collect())) {
         Ok(a) => a,
         Err(e) => {
             note("agent_watch", Outcome::Fail(format!("{e:#}")));
@@ -69,6 +75,14 @@ pub fn run_all() -> bool {
     );
     note("ipv6", outcome(connect_ok(&mut agent, "[::1]:0").and_then(|a| Ok(format!("{a}; {}", connect_refused(&mut agent, "[::1]:0")?)))));
     note("nat_ctnetlink", outcome(nat_ctnetlink(&mut agent)));
+    note("module_btf", module_btf(&programs, ct_offsets.as_deref()));
+    note(
+        "nat_kprobe",
+        match kprobe_status(&programs) {
+            Err(why) => Outcome::Skip(why),
+            Ok(()) => outcome(nat_kprobe(&mut agent).map(|d| format!("{d}; {}", ct_offsets.as_deref().unwrap_or("check gave no offsets line")))),
+        },
+    );
     if let Err(e) = agent.stop() {
         note("agent_stop", Outcome::Fail(format!("{e:#}")));
     }
@@ -76,8 +90,9 @@ pub fn run_all() -> bool {
 }
 
 /// `egress-agent check -o json` with a proxy port so the cgroup_skb
-/// programs load too; returns the program list.
-fn check() -> anyhow::Result<Vec<Value>> {
+/// programs load too; returns the program list and the conntrack kprobe's
+/// offsets line (where its layout resolved).
+fn check() -> anyhow::Result<(Vec<Value>, Option<String>)> {
     let out = Command::new(agent_bin()).args(["check", "-o", "json", "--proxy-ports", "3128"]).output().context("running egress-agent check")?;
     let v: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("check output is not JSON ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
@@ -91,7 +106,8 @@ fn check() -> anyhow::Result<Vec<Value>> {
         let status = if p["attached"] == true { "loaded".to_string() } else { format!("skipped: {}", p["error"].as_str().unwrap_or("?")) };
         println!("{MARK} insns {} {} {} {}", p["program"].as_str().unwrap_or("?"), n("verified_insns"), n("xlated_insns"), status.replace('\n', " "));
     }
-    Ok(programs)
+    let ct = v["checks"].as_array().into_iter().flatten().find(|c| c["check"] == "conntrack kprobe offsets").and_then(|c| c["detail"].as_str()).map(str::to_string);
+    Ok((programs, ct))
 }
 
 /// Every program loads, except where its hook is absent (said so); the
@@ -114,6 +130,8 @@ fn judge_programs(programs: &[Value]) -> Vec<(&'static str, Outcome)> {
             };
         } else if attached {
             continue;
+        } else if name == "conntrack_confirm" && (err.contains("no kprobes") || (ver < (5, 11) && err.contains("no module BTF"))) {
+            skipped.push(format!("{name} ({})", err.split(" (").next().unwrap_or(err)));
         } else if name == "inet_sk_error_report" && ver < (5, 16) && err.contains("does not exist") {
             skipped.push(format!("{name} (hook absent before 5.16; sk_err fallback)"));
         } else {
@@ -235,6 +253,81 @@ fn netem_retransmit(agent: &mut Agent) -> anyhow::Result<Option<String>> {
         bail!("expected a degraded close with retransmits, got {r}");
     }
     Ok(Some(format!("{dst} close degraded, retransmits={retx}")))
+}
+
+/// The module's split BTF (`/sys/kernel/btf/nf_conntrack`, 5.11+) parsed
+/// over vmlinux's on the path the conntrack kprobe's offsets take (`check`
+/// names it in its offsets line); before 5.11 there is none to parse.
+fn module_btf(programs: &[Value], line: Option<&str>) -> Outcome {
+    if let Err(why) = kprobe_status(programs) {
+        return Outcome::Skip(format!("conntrack kprobe off: {why}"));
+    }
+    let line = line.unwrap_or("check gave no conntrack offsets line");
+    match line.find("(vmlinux + split") {
+        Some(i) if !line.contains(": 0 module types") => Outcome::Pass(line[i..].split(')').next().unwrap_or(line).trim_start_matches('(').to_string()),
+        _ if kernel_version() < (5, 11) => Outcome::Skip(format!("no module BTF before 5.11 (CONFIG_DEBUG_INFO_BTF_MODULES); {}", line.split(':').next().unwrap_or(line))),
+        _ => Outcome::Fail(format!("expected nf_conntrack's split BTF on 5.11+: {line}")),
+    }
+}
+
+/// Whether the conntrack kprobe attached (as `check` reports it), else why not.
+fn kprobe_status(programs: &[Value]) -> Result<(), String> {
+    let p = programs.iter().find(|p| p["program"] == "conntrack_confirm").ok_or("conntrack_confirm missing from check")?;
+    if p["attached"] == true { Ok(()) } else { Err(p["error"].as_str().unwrap_or("not attached").to_string()) }
+}
+
+/// The optional conntrack kprobe next to ctnetlink: for a ClusterIP DNAT'ed
+/// in OUTPUT, the agent compares the two sources' reply tuples of the same
+/// original tuple and logs the comparison; this connection's must say
+/// agree, with the backend as the reply source, and no comparison may
+/// have disagreed.
+fn nat_kprobe(agent: &mut Agent) -> anyhow::Result<String> {
+    let l = TcpListener::bind((net::LOCAL, 0))?;
+    let backend = l.local_addr()?;
+    let _rule = Rule::add("nat", &["OUTPUT", "-d", &net::CLUSTER_IP.ip().to_string(), "-p", "tcp", "--dport", &net::CLUSTER_IP.port().to_string(), "-j", "DNAT", "--to-destination", &backend.to_string()])?;
+    let s = TcpStream::connect_timeout(&net::CLUSTER_IP, Duration::from_secs(10)).with_context(|| format!("connect {}", net::CLUSTER_IP))?;
+    let client = s.local_addr()?;
+    let original = format!("original={client}->{}", net::CLUSTER_IP);
+    let reply = format!("{backend}->{client}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let line = loop {
+        let text = plain(&agent.stderr_text());
+        if let Some(bad) = text.lines().find(|l| l.contains("nat sources disagree")) {
+            bail!("the kprobe and ctnetlink disagree: {bad}");
+        }
+        if let Some(line) = text.lines().find(|l| l.contains("nat sources") && l.contains(&original)) {
+            break line.to_string();
+        }
+        if Instant::now() > deadline {
+            bail!("no comparison of {original} in the agent's log within 15 s (kprobe or ctnetlink mapping missing)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let want = [format!("ctnetlink={reply}"), format!("kprobe={reply}"), "nat sources agree".to_string()];
+    if let Some(missing) = want.iter().find(|w| !line.contains(w.as_str())) {
+        bail!("expected {missing} in: {line}");
+    }
+    let agreed = plain(&agent.stderr_text()).lines().filter(|l| l.contains("nat sources agree")).count();
+    drop(s);
+    Ok(format!("{client}->{} reply {reply} from both sources ({agreed} entries compared, none disagreed)", net::CLUSTER_IP))
+}
+
+/// Log text without ANSI colour sequences (`ESC [ … letter`).
+fn plain(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for c in it.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// kube-proxy-style DNAT of a ClusterIP in OUTPUT: the agent's ctnetlink
