@@ -40,6 +40,7 @@ pub struct Metrics {
     pub orphan_events: IntCounter,
     pub kernel_read_errors: IntCounter,
     pub program_attached: IntGaugeVec,
+    pub program_standby: IntGaugeVec,
     pub flows_tracked: IntGauge,
     pub proxy_tunnels: IntCounterVec,
     pub hop_failures: IntCounterVec,
@@ -77,6 +78,12 @@ impl Metrics {
         r.register(Box::new(connect_duration.clone())).expect("unique metric name");
         let program_attached = IntGaugeVec::new(Opts::new("egress_program_attached", "1 if the kernel program is attached."), &["program"]).expect("valid gauge");
         r.register(Box::new(program_attached.clone())).expect("unique metric name");
+        let program_standby = IntGaugeVec::new(
+            Opts::new("egress_program_standby", "1 if the kernel program is not attached because it is not needed on this host (another hook does its job, or nothing calls for it); `check` says why."),
+            &["program"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(program_standby.clone())).expect("unique metric name");
         let flows_tracked = IntGauge::new("egress_flows_tracked", "Active opens held in the agent's flow table.").expect("valid gauge");
         r.register(Box::new(flows_tracked.clone())).expect("unique metric name");
         let build = IntGaugeVec::new(Opts::new("egress_build_info", "Build of the running agent (always 1)."), &["version"]).expect("valid gauge");
@@ -96,6 +103,7 @@ impl Metrics {
             hop_failures: counter_vec(&r, "egress_hop_failures_total", "Requests through the proxy chain that failed, by the hop that broke (`internet` for the origin side, `direct` for a bypass).", &["hop", "reason"]),
             dns: crate::dns::metrics::DnsMetrics::new(&r),
             program_attached,
+            program_standby,
             flows_tracked,
             connect_duration,
             registry: r,

@@ -38,6 +38,7 @@ pub const POLL: Duration = Duration::from_millis(10);
 /// legs of one request through the proxy chain have been stitched. Records
 /// are handed over owned: a sink that keeps one (the API history) keeps it
 /// without a copy.
+#[allow(clippy::large_enum_variant, reason = "moved once into the sink; most outputs are flows")]
 pub enum Output {
     Flow(FlowRecord),
     Chain(ChainRecord),

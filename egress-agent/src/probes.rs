@@ -2,7 +2,7 @@
 //! load, attach what can attach, and say why the rest cannot.
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, KProbe, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt, KProbe, RawTracePoint, TracePoint},
 };
 use egress_common::{GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS};
 use serde::Serialize;
@@ -38,6 +38,10 @@ pub struct ProbeOptions {
     pub dns_port: u16,
     /// Optional programs the operator turned off (`--disable-programs`).
     pub disabled: Vec<String>,
+    /// Read the application's connect() destination with the syscall
+    /// tracepoint: Some(true) always, Some(false) never, None when a cgroup
+    /// sock_addr program (socket-level load balancing) may rewrite it.
+    pub connect_intent: Option<bool>,
 }
 
 /// Programs `--disable-programs` may name: every optional one.
@@ -50,6 +54,8 @@ pub const OPTIONAL_PROGRAMS: &[&str] = &[
     "sys_exit_getsockopt",
     "payload_egress",
     "payload_ingress",
+    "so_error",
+    "conntrack_confirm",
 ];
 
 /// Parse one `--disable-programs` name: optional programs only.
@@ -75,6 +81,9 @@ pub struct ProgramStatus {
     pub error: Option<String>,
     /// What is lost without it.
     pub role: &'static str,
+    /// Not attached because it is not needed here: another hook does its
+    /// job, or nothing on this host calls for it (`error` says which).
+    pub standby: bool,
     /// Instructions the verifier processed (BPF_OBJ_GET_INFO_BY_FD
     /// `verified_insns`, Linux 5.16+; None before or when not loaded).
     pub verified_insns: Option<u32>,
@@ -178,14 +187,57 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         .load(EBPF_OBJECT)?;
 
     let mut programs = Vec::new();
+    let disabled = |name: &str| opts.disabled.iter().any(|d| d == name);
+    let cgroup_root = opts.cgroup_root.clone().or_else(crate::cgroup::find_root);
+    // SO_ERROR through the cgroup hook where it attaches: the syscall
+    // tracepoints would put every syscall of every task on the traced path.
+    let so_error = if disabled("so_error") {
+        Err(DISABLED.to_string())
+    } else {
+        match &cgroup_root {
+            None => Err("no cgroup v2 hierarchy to attach to".to_string()),
+            Some(root) => attach_cgroup_sockopt(&mut ebpf, "so_error", root),
+        }
+    };
+    programs.push(ProgramStatus {
+        program: "so_error".to_string(),
+        hook: "cgroup/getsockopt".to_string(),
+        required: false,
+        attached: so_error.is_ok(),
+        error: so_error.clone().err(),
+        role: "errno of fast ICMP errors consumed by SO_ERROR (the syscall tracepoints stand in where this cannot attach)",
+        standby: false,
+        verified_insns: None,
+        xlated_insns: None,
+    });
+    let intent = match opts.connect_intent {
+        Some(true) => None,
+        Some(false) => Some("standby: --connect-intent false".to_string()),
+        None => match socket_lb_programs() {
+            0 => Some("standby: no cgroup sock_addr program on this host, so connect() destinations are not rewritten and the socket's own is the intended one (--connect-intent true attaches it)".to_string()),
+            _ => None,
+        },
+    };
     for &(name, kind, cat, tp) in offsets::PROGRAMS {
         let (role, required) = role(name);
         let hook = match kind {
             Hook::Tracepoint => format!("tracepoint/{cat}/{tp}"),
             Hook::RawTracepoint => format!("raw_tracepoint/{tp}"),
         };
-        let err = if opts.disabled.iter().any(|d| d == name) {
+        let standby_reason = match name {
+            "sys_enter_getsockopt" | "sys_exit_getsockopt" if so_error.is_ok() => Some("standby: so_error (cgroup/getsockopt) covers SO_ERROR".to_string()),
+            "sys_enter_connect" => intent.clone(),
+            _ => None,
+        };
+        let standby = standby_reason.is_some() && !disabled(name);
+        let err = if disabled(name) {
             Some(DISABLED.to_string())
+        } else if let Some(why) = standby_reason {
+            // Loaded (the verifier's verdict and counts are known), not attached.
+            Some(match load_tracepoint(&mut ebpf, name, kind) {
+                Ok(()) => why,
+                Err(e) => format!("{why}; {e}"),
+            })
         } else if let Some((_, e)) = resolved.tracepoint_errors.iter().find(|(p, _)| p == name) {
             Some(e.clone())
         } else if !tracefs.exists(cat, tp) {
@@ -196,9 +248,8 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         if required && let Some(reason) = &err {
             return Err(ProbeError::Required { program: name.to_string(), reason: reason.clone() });
         }
-        programs.push(ProgramStatus { program: name.to_string(), hook, required, attached: err.is_none(), error: err, role, verified_insns: None, xlated_insns: None });
+        programs.push(ProgramStatus { program: name.to_string(), hook, required, attached: err.is_none(), error: err, role, standby, verified_insns: None, xlated_insns: None });
     }
-    let cgroup_root = opts.cgroup_root.clone().or_else(crate::cgroup::find_root);
     for (name, dir, way) in [("payload_egress", CgroupSkbAttachType::Egress, "egress"), ("payload_ingress", CgroupSkbAttachType::Ingress, "ingress")] {
         let err = if opts.disabled.iter().any(|d| d == name) {
             Some(DISABLED.to_string())
@@ -217,6 +268,7 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
             attached: err.is_none(),
             error: err,
             role: "CONNECT target and proxy status of flows to proxy ports; DNS queries and responses",
+            standby: false,
             verified_insns: None,
             xlated_insns: None,
         });
@@ -229,6 +281,7 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         attached: err.is_none(),
         error: err,
         role: "optional in-kernel NAT view (conntrack tuples at confirm), cross-checked against ctnetlink; ctnetlink alone covers NAT",
+        standby: false,
         verified_insns: None,
         xlated_insns: None,
     });
@@ -240,6 +293,7 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         attached: err.is_none(),
         error: err,
         role: "nothing: a canary needing bpf_get_current_task_btf (5.11+), proof that a program this kernel rejects is skipped",
+        standby: false,
         verified_insns: None,
         xlated_insns: None,
     });
@@ -250,6 +304,32 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         }
     }
     Ok(Probes { ebpf, programs, kernel_problems: resolved.kernel_problems })
+}
+
+/// cgroup sock_addr programs loaded on this host (connect hooks of
+/// socket-level load balancers such as Cilium's rewrite the destination
+/// before the socket sees it). Counted before ours load; we load none.
+fn socket_lb_programs() -> usize {
+    /// `enum bpf_prog_type` in the kernel's uapi (stable ABI).
+    const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.program_type() as u32 == BPF_PROG_TYPE_CGROUP_SOCK_ADDR)
+        .count()
+}
+
+fn attach_cgroup_sockopt(ebpf: &mut Ebpf, name: &str, root: &std::path::Path) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let prog: &mut CgroupSockopt = prog.try_into().map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
+    let cg = std::fs::File::open(root).map_err(|e| format!("opening {}: {e}", root.display()))?;
+    match prog.attach(&cg, CgroupAttachMode::AllowMultiple) {
+        Ok(_) => Ok(()),
+        Err(multi) => prog
+            .attach(&cg, CgroupAttachMode::Single)
+            .map(|_| ())
+            .map_err(|e| format!("attach to {}: {} (multi: {})", root.display(), error_chain(&e), error_chain(&multi))),
+    }
 }
 
 /// Attach to the cgroup v2 root: every socket on the host is below it.
@@ -273,6 +353,15 @@ fn attach_kprobe(ebpf: &mut Ebpf, name: &str, function: &str) -> Result<(), Stri
     let prog: &mut KProbe = prog.try_into().map_err(|e| format!("{e}"))?;
     prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
     prog.attach(function, 0).map(|_| ()).map_err(|e| format!("attach to {function}: {}", error_chain(&e)))
+}
+
+fn load_tracepoint(ebpf: &mut Ebpf, name: &str, kind: Hook) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let load = |e: aya::programs::ProgramError| format!("verifier/load: {}", error_chain(&e));
+    match kind {
+        Hook::Tracepoint => <&mut TracePoint>::try_from(prog).map_err(|e| format!("{e}"))?.load().map_err(load),
+        Hook::RawTracepoint => <&mut RawTracePoint>::try_from(prog).map_err(|e| format!("{e}"))?.load().map_err(load),
+    }
 }
 
 fn load_only(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
@@ -337,8 +426,8 @@ mod tests {
     #[test]
     fn only_optional_programs_can_be_disabled() {
         assert_eq!(parse_optional_program("sys_enter_connect").as_deref(), Ok("sys_enter_connect"));
-        assert!(parse_optional_program("inet_sock_set_state").unwrap_err().contains("required"));
-        assert!(parse_optional_program("nope").unwrap_err().contains("payload_egress"));
+        assert!(parse_optional_program("inet_sock_set_state").is_err_and(|e| e.contains("required")));
+        assert!(parse_optional_program("nope").is_err_and(|e| e.contains("payload_egress")));
         for (name, _, _, _) in offsets::PROGRAMS {
             assert!(*name == "inet_sock_set_state" || OPTIONAL_PROGRAMS.contains(name), "{name} missing from OPTIONAL_PROGRAMS");
         }

@@ -61,15 +61,30 @@ fn start_nat(args: &ProbeArgs, registry: &prometheus::Registry) -> anyhow::Resul
     }
 }
 
+/// Loading parses the kernel's BTF (several MiB, ours and aya's) and frees
+/// it; glibc keeps freed heap pages mapped unless asked, and they would
+/// stay in the agent's RSS for its whole life.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Session {
     pub async fn start(args: &ProbeArgs) -> anyhow::Result<Self> {
         let chain = args.chain()?;
         let mut probes = probes::load(&args.probe_options(chain.as_deref()))?;
+        release_freed_heap();
         let metrics = Arc::new(Metrics::new());
         metrics.set_chain(chain.clone());
         for p in &probes.programs {
             metrics.program_attached.with_label_values(&[p.program.as_str()]).set(i64::from(p.attached));
-            if let Some(e) = &p.error {
+            metrics.program_standby.with_label_values(&[p.program.as_str()]).set(i64::from(p.standby));
+            if p.standby {
+                tracing::info!(program = %p.program, "not attached: {}", p.error.as_deref().unwrap_or("not needed"));
+            } else if let Some(e) = &p.error {
                 tracing::warn!(program = %p.program, "not attached: {e} (lost: {})", p.role);
             }
         }
@@ -87,7 +102,8 @@ impl Session {
 
     pub fn attached_summary(&self) -> String {
         let n = self.probes.programs.iter().filter(|p| p.attached).count();
-        format!("{n}/{} programs attached", self.probes.programs.len())
+        let standby = self.probes.programs.iter().filter(|p| p.standby).count();
+        format!("{n}/{} programs attached, {standby} on standby", self.probes.programs.len())
     }
 
     /// Run the pipeline into `sink` until `shutdown` is true, then drain.

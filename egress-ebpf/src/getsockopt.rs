@@ -3,10 +3,15 @@
 //! connecting task holds the socket lock lands in `sk_err_soft`, and this call
 //! clears it; without this hook a fast "host unreachable" would close with no
 //! errno at all.
+//!
+//! Two ways in: `so_error`, a `cgroup/getsockopt` program on the cgroup root
+//! that runs on getsockopt calls only, and — where it cannot attach — the
+//! `syscalls` tracepoints, which the kernel can only serve by putting every
+//! syscall of every task on its traced (slow) path.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{cgroup_sockopt, tracepoint},
+    programs::{SockoptContext, TracePointContext},
 };
 
 use crate::{
@@ -17,6 +22,31 @@ use crate::{
 
 const SOL_SOCKET: u64 = 1;
 const SO_ERROR: u64 = 4;
+
+/// Runs after the kernel answered: the answer is in the context's buffer.
+/// Always returns 1 (the call proceeds unchanged).
+#[cgroup_sockopt(getsockopt)]
+pub fn so_error(ctx: SockoptContext) -> i32 {
+    // SAFETY: the context pointer is the kernel's bpf_sockopt.
+    let so = unsafe { &*ctx.sockopt };
+    if so.level as u64 != SOL_SOCKET || so.optname as u64 != SO_ERROR || so.retval != 0 {
+        return 1;
+    }
+    // SAFETY: union members of the context, read as the kernel defines them.
+    let (sk, val, end) = unsafe { (so.__bindgen_anon_1.sk as u64, so.__bindgen_anon_2.optval as usize, so.__bindgen_anon_3.optval_end as usize) };
+    if val + 4 > end {
+        return 1;
+    }
+    // SAFETY: the four bytes are inside [optval, optval_end), checked above.
+    let err = unsafe { *(val as *const i32) };
+    if err != 0
+        && let Some(state) = FLOWS.get_ptr_mut(sk)
+    {
+        // SAFETY: valid map value pointer.
+        unsafe { (*state).reported_err = err };
+    }
+    1
+}
 
 #[tracepoint]
 pub fn sys_enter_getsockopt(ctx: TracePointContext) -> u32 {

@@ -131,7 +131,7 @@ pub async fn report(args: &CheckArgs) -> Report {
     }
     checks.extend(kube_item(&args.probe).await);
     for p in &programs {
-        if !p.attached && !p.required {
+        if !p.attached && !p.required && !p.standby {
             checks.push(item(&format!("program {}", p.program), Status::Warn, format!("skipped: {}", p.error.as_deref().unwrap_or("?"))));
         }
     }
@@ -152,8 +152,13 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<bool> {
             println!();
             println!("{:<22} {:<42} {:<9} {:<11} ROLE / WHY NOT", "PROGRAM", "HOOK", "ATTACHED", "INSNS");
             for p in &r.programs {
-                let why = p.error.as_deref().map_or_else(|| p.role.to_string(), |e| format!("{e} (lost: {})", p.role));
-                println!("{:<22} {:<42} {:<9} {:<11} {}", p.program, p.hook, if p.attached { "yes" } else { "no" }, insns(p), why);
+                let why = match p.error.as_deref() {
+                    None => p.role.to_string(),
+                    Some(e) if p.standby => format!("{e} (role: {})", p.role),
+                    Some(e) => format!("{e} (lost: {})", p.role),
+                };
+                let attached = if p.attached { "yes" } else if p.standby { "standby" } else { "no" };
+                println!("{:<22} {:<42} {:<9} {:<11} {}", p.program, p.hook, attached, insns(p), why);
             }
             println!();
             println!("{}", if r.ok { "minimum set OK: the agent can run here" } else { "FAIL: the agent cannot run here" });

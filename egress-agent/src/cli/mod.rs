@@ -143,6 +143,13 @@ pub struct ProbeArgs {
     /// traced path). `check` lists each program's role.
     #[arg(long, value_delimiter = ',', value_parser = crate::probes::parse_optional_program)]
     pub disable_programs: Vec<String>,
+    /// Read the destination the application passed to connect()
+    /// (`sys_enter_connect`): true, false, or auto = only when a cgroup
+    /// sock_addr program is loaded (socket-level load balancing such as
+    /// Cilium's rewrites connect() before the socket sees it). A syscall
+    /// tracepoint puts every syscall of every task on the kernel's traced path.
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub connect_intent: Toggle,
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
 }
@@ -161,7 +168,13 @@ impl ProbeArgs {
         p
     }
     pub fn probe_options(&self, chain: Option<&crate::chain::Chain>) -> ProbeOptions {
-        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.all_proxy_ports(chain), cgroup_root: self.cgroup_root.clone(), dns_port: chain.map_or(egress_common::DNS_PORT, |c| c.dns.port), disabled: self.disable_programs.clone() }
+        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.all_proxy_ports(chain), cgroup_root: self.cgroup_root.clone(), dns_port: chain.map_or(egress_common::DNS_PORT, |c| c.dns.port), disabled: self.disable_programs.clone(),
+            connect_intent: match self.connect_intent {
+                Toggle::Auto => None,
+                Toggle::True => Some(true),
+                Toggle::False => Some(false),
+            },
+        }
     }
     pub fn enrich_options(&self, chain: Option<std::sync::Arc<crate::chain::Chain>>) -> crate::enrich::EnrichOptions {
         crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone(), chain }

@@ -129,7 +129,7 @@ pub fn render(cols: &[Column]) -> String {
             out.push_str(&format!("    {t:<20} {:<4} {d}\n", word(cell)));
         }
         for (p, (_, _, s)) in &c.insns {
-            if s.starts_with("skipped") {
+            if s.starts_with("skipped") || s.starts_with("standby") {
                 out.push_str(&format!("    program {p}: {s}\n"));
             }
         }

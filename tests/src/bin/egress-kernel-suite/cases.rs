@@ -103,7 +103,15 @@ fn check() -> anyhow::Result<(Vec<Value>, Option<String>)> {
     let programs = v["programs"].as_array().cloned().unwrap_or_default();
     for p in &programs {
         let n = |k: &str| p[k].as_u64().map_or("-".to_string(), |n| n.to_string());
-        let status = if p["attached"] == true { "loaded".to_string() } else { format!("skipped: {}", p["error"].as_str().unwrap_or("?")) };
+        let err = p["error"].as_str().unwrap_or("?");
+        let status = if p["attached"] == true {
+            "loaded".to_string()
+        } else if p["standby"] == true && (p["verified_insns"].is_u64() || p["xlated_insns"].is_u64()) {
+            // Verified, not attached: another hook does its job here.
+            format!("standby (loaded, not attached): {}", err.trim_start_matches("standby: "))
+        } else {
+            format!("skipped: {err}")
+        };
         println!("{MARK} insns {} {} {} {}", p["program"].as_str().unwrap_or("?"), n("verified_insns"), n("xlated_insns"), status.replace('\n', " "));
     }
     let ct = v["checks"].as_array().into_iter().flatten().find(|c| c["check"] == "conntrack kprobe offsets").and_then(|c| c["detail"].as_str()).map(str::to_string);
@@ -130,6 +138,9 @@ fn judge_programs(programs: &[Value]) -> Vec<(&'static str, Outcome)> {
             };
         } else if attached {
             continue;
+        } else if p["standby"] == true && (p["verified_insns"].is_u64() || p["xlated_insns"].is_u64()) {
+            // Not needed here (another hook does its job) but loaded: verified.
+            skipped.push(format!("{name} (standby, verified)"));
         } else if name == "conntrack_confirm" && (err.contains("no kprobes") || (ver < (5, 11) && err.contains("no module BTF"))) {
             skipped.push(format!("{name} ({})", err.split(" (").next().unwrap_or(err)));
         } else if name == "inet_sk_error_report" && ver < (5, 16) && err.contains("does not exist") {
