@@ -115,7 +115,18 @@ fn ensure_python() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
+    let pip = || {
+        let mut c = Command::new("python3");
+        c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing);
+        c
+    };
+    run(&mut pip())
+        .or_else(|e| {
+            // Debian's own python3 is "externally managed" (PEP 668): CI runs
+            // as root on a throwaway machine, so install there anyway.
+            println!("setup: pip refused ({e:#}); retrying with --break-system-packages");
+            run(pip().arg("--break-system-packages"))
+        })
         .context("installing the Python packages deploy/validate.py needs")
 }
 
