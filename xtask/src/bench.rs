@@ -36,6 +36,11 @@ pub struct BenchArgs {
     /// to measure what a feature costs.
     #[arg(long, allow_hyphen_values = true)]
     agent_arg: Vec<String>,
+    /// Argument of a variant agent (repeatable): adds the mode "agent + alt
+    /// args" to every round, so a feature's cost is measured A/B in one run,
+    /// e.g. `--alt-agent-arg=--connect-intent=true`.
+    #[arg(long, allow_hyphen_values = true)]
+    alt_agent_arg: Vec<String>,
 }
 
 fn sh(program: &str, args: &[&str]) -> String {
@@ -89,7 +94,19 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // cgroup attribution on; no API server here, so Kubernetes metadata off.
     let mut agent_args = ["--config", &config.to_string_lossy(), "--cgroup-root", "/sys/fs/cgroup", "--kube", "false"].map(String::from).to_vec();
     agent_args.extend(a.agent_arg.iter().cloned());
-    let opts = BenchOptions { rounds: a.rounds, storm: Duration::from_secs(a.seconds), threads: a.threads, hold: a.hold, agent_args: agent_args.clone(), modes: a.modes.clone() };
+    let mut modes = a.modes.clone();
+    if !a.alt_agent_arg.is_empty() && !modes.contains(&Mode::AgentAlt) {
+        modes.push(Mode::AgentAlt);
+    }
+    let opts = BenchOptions {
+        rounds: a.rounds,
+        storm: Duration::from_secs(a.seconds),
+        threads: a.threads,
+        hold: a.hold,
+        agent_args: agent_args.clone(),
+        alt_agent_args: a.alt_agent_arg.clone(),
+        modes,
+    };
     println!("== connect storm: {} rounds × (no tracing, agent, bpftrace), {} s each, {} threads", a.rounds, a.seconds, a.threads);
     let trials = bench::storms(&opts, |t| {
         let extra = t.agent.map_or(String::new(), |s| format!("  agent: produced {} delivered {} lost {} cpu {:.2}s", s.produced, s.delivered, s.lost_ring + s.lost_other, s.cpu_s));
@@ -114,12 +131,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     r.commit = format!("{}{dirty}", sh("git", &["-C", &root().to_string_lossy(), "rev-parse", "--short", "HEAD"]));
     r.date = sh("date", &["-u", "+%Y-%m-%d %H:%M"]);
     r.command = format!(
-        "cargo xtask bench --rounds {} --seconds {} --threads {} --hold {} (agent: egress-agent run {})",
+        "cargo xtask bench --rounds {} --seconds {} --threads {} --hold {} (agent: egress-agent run {}){}",
         a.rounds,
         a.seconds,
         a.threads,
         a.hold,
-        agent_args.join(" ").replace(&root().to_string_lossy().to_string(), ".")
+        agent_args.join(" ").replace(&root().to_string_lossy().to_string(), "."),
+        if a.alt_agent_arg.is_empty() { String::new() } else { format!(" (alt args: {})", a.alt_agent_arg.join(" ")) }
     );
     println!();
     print!("{}", r.table());

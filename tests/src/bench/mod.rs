@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub hold: usize,
     /// Extra arguments of `egress-agent run`.
     pub agent_args: Vec<String>,
+    /// Further arguments of the variant agent ([`Mode::AgentAlt`]).
+    pub alt_agent_args: Vec<String>,
     /// Modes to run (all three for the table; one alone to profile it).
     pub modes: Vec<Mode>,
 }
@@ -68,6 +70,8 @@ pub enum Mode {
     None,
     Agent,
     Bpftrace,
+    /// The agent with `--alt-agent-arg`s on top: a feature's cost, A/B in one run.
+    AgentAlt,
 }
 
 impl Mode {
@@ -76,6 +80,7 @@ impl Mode {
             Mode::None => "no tracing",
             Mode::Agent => "egress-agent run",
             Mode::Bpftrace => "bpftrace counter",
+            Mode::AgentAlt => "agent + alt args",
         }
     }
 }
@@ -144,9 +149,13 @@ pub struct HoldResult {
     pub events: AgentSample,
 }
 
-fn agent_mode(opts: &BenchOptions) -> anyhow::Result<AgentMode> {
+fn agent_mode(opts: &BenchOptions, alt: bool) -> anyhow::Result<AgentMode> {
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    Ok(AgentMode::Daemon { metrics, extra: opts.agent_args.clone() })
+    let mut extra = opts.agent_args.clone();
+    if alt {
+        extra.extend(opts.alt_agent_args.iter().cloned());
+    }
+    Ok(AgentMode::Daemon { metrics, extra })
 }
 
 /// Wait until the agent has taken in everything the kernel produced
@@ -244,8 +253,8 @@ fn trial(mode: Mode, round: usize, addr: SocketAddr, opts: &BenchOptions) -> any
             (t.rate, t.errors) = (r.rate(), r.errors);
             t.bpftrace_events = Some(b.stop()?);
         }
-        Mode::Agent => {
-            let agent = Agent::start(agent_mode(opts)?)?;
+        Mode::Agent | Mode::AgentAlt => {
+            let agent = Agent::start(agent_mode(opts, mode == Mode::AgentAlt)?)?;
             let before = AgentSample::read(&agent)?;
             let r = storm::storm(addr, opts.threads, opts.storm)?;
             (t.rate, t.errors) = (r.rate(), r.errors);
@@ -285,7 +294,7 @@ pub fn storms(opts: &BenchOptions, progress: impl Fn(&Trial)) -> anyhow::Result<
 pub fn hold(opts: &BenchOptions, worker: &dyn Fn(&[SocketAddr], usize) -> Command) -> anyhow::Result<HoldResult> {
     let n = opts.hold;
     let _lock = KernelLock::take()?;
-    let agent = Agent::start(agent_mode(opts)?)?;
+    let agent = Agent::start(agent_mode(opts, false)?)?;
     let before = AgentSample::read(&agent)?;
     let tracked = |a: &Agent| -> anyhow::Result<f64> { Ok(metric_sum(&a.http_get("/metrics")?, "egress_flows_tracked", &[])) };
     // Accept queues of 4096 (somaxconn) each, with room to spare.

@@ -54,10 +54,12 @@ pub struct Report {
     pub commit: String,
     pub date: String,
     pub command: String,
-    pub rate: [Stats; 3],
+    pub rate: [Stats; 4],
     /// Per-round ratio to the no-tracing storm of the same round.
-    pub ratio: [Stats; 3],
+    pub ratio: [Stats; 4],
     pub cpu_per_m: Stats,
+    /// The same for the variant agent ([`Mode::AgentAlt`]), when it ran.
+    pub cpu_per_m_alt: Stats,
     pub peak_rss: Stats,
     pub produced: f64,
     pub delivered: f64,
@@ -77,20 +79,25 @@ fn idx(m: Mode) -> usize {
         Mode::None => 0,
         Mode::Agent => 1,
         Mode::Bpftrace => 2,
+        Mode::AgentAlt => 3,
     }
 }
 
 impl Report {
     pub fn new(trials: &[Trial], hold: Option<HoldResult>, pipeline: &[f64]) -> Self {
-        let mut rate: [Vec<f64>; 3] = Default::default();
-        let mut ratio: [Vec<f64>; 3] = Default::default();
+        let mut rate: [Vec<f64>; 4] = Default::default();
+        let mut ratio: [Vec<f64>; 4] = Default::default();
         for t in trials {
             rate[idx(t.mode)].push(t.rate);
             if let Some(base) = trials.iter().find(|b| b.round == t.round && b.mode == Mode::None) {
                 ratio[idx(t.mode)].push(t.rate / base.rate);
             }
         }
+        // Loss is accounted over every agent trial; CPU and RSS describe the
+        // agent as configured (the variant's CPU separately).
         let agents: Vec<_> = trials.iter().filter_map(|t| t.agent).collect();
+        let of_mode = |m: Mode| trials.iter().filter(|t| t.mode == m).filter_map(|t| t.agent).collect::<Vec<_>>();
+        let cpu = |v: &[super::AgentSample]| Stats::of(&v.iter().filter(|a| a.produced > 0.0).map(|a| a.cpu_s / a.produced * 1e6).collect::<Vec<_>>());
         let sum = |f: fn(&super::AgentSample) -> f64| agents.iter().map(f).sum::<f64>();
         Self {
             machine: String::new(),
@@ -100,8 +107,9 @@ impl Report {
             command: String::new(),
             rate: rate.map(|v| Stats::of(&v)),
             ratio: ratio.map(|v| Stats::of(&v)),
-            cpu_per_m: Stats::of(&agents.iter().filter(|a| a.produced > 0.0).map(|a| a.cpu_s / a.produced * 1e6).collect::<Vec<_>>()),
-            peak_rss: Stats::of(&agents.iter().map(|a| a.peak_rss as f64).collect::<Vec<_>>()),
+            cpu_per_m: cpu(&of_mode(Mode::Agent)),
+            cpu_per_m_alt: cpu(&of_mode(Mode::AgentAlt)),
+            peak_rss: Stats::of(&of_mode(Mode::Agent).iter().map(|a| a.peak_rss as f64).collect::<Vec<_>>()),
             produced: sum(|a| a.produced),
             delivered: sum(|a| a.delivered),
             lost_ring: sum(|a| a.lost_ring),
@@ -149,11 +157,17 @@ impl Report {
         let _ = writeln!(s, "machine: {}; kernel {}; commit {}; {}", self.machine, self.kernel, self.commit, self.date);
         let _ = writeln!(s, "command: {}", self.command);
         let _ = writeln!(s, "{:<34} {:>28} {:>26}", "CONNECT STORM (median (min–max))", "connects/s", "ratio to no tracing");
-        for m in [Mode::None, Mode::Agent, Mode::Bpftrace] {
+        for m in [Mode::None, Mode::Agent, Mode::Bpftrace, Mode::AgentAlt] {
             let i = idx(m);
+            if m == Mode::AgentAlt && self.rate[i].n == 0 {
+                continue;
+            }
             let _ = writeln!(s, "{:<34} {:>28} {:>26}", m.name(), self.rate[i].show(kilo), self.ratio[i].show(ratio));
         }
         let _ = writeln!(s, "agent CPU (user+sys) per 1M events  {}", self.cpu_per_m.show(|v| format!("{v:.2} s")));
+        if self.cpu_per_m_alt.n > 0 {
+            let _ = writeln!(s, "  agent + alt args                  {}", self.cpu_per_m_alt.show(|v| format!("{v:.2} s")));
+        }
         let _ = writeln!(s, "agent peak RSS during storms        {}", self.peak_rss.show(mib));
         let _ = writeln!(
             s,
