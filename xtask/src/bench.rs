@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// e.g. `--alt-agent-arg=--connect-intent=true`.
     #[arg(long, allow_hyphen_values = true)]
     alt_agent_arg: Vec<String>,
+    /// Another build of the agent for the variant mode (e.g. a copy of
+    /// target/release/egress-agent from before a change): A/B of two builds.
+    #[arg(long)]
+    alt_agent_bin: Option<PathBuf>,
 }
 
 fn sh(program: &str, args: &[&str]) -> String {
@@ -95,7 +99,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut agent_args = ["--config", &config.to_string_lossy(), "--cgroup-root", "/sys/fs/cgroup", "--kube", "false"].map(String::from).to_vec();
     agent_args.extend(a.agent_arg.iter().cloned());
     let mut modes = a.modes.clone();
-    if !a.alt_agent_arg.is_empty() && !modes.contains(&Mode::AgentAlt) {
+    if let Some(b) = &a.alt_agent_bin {
+        anyhow::ensure!(b.is_file(), "--alt-agent-bin {}: no such file", b.display());
+    }
+    if (!a.alt_agent_arg.is_empty() || a.alt_agent_bin.is_some()) && !modes.contains(&Mode::AgentAlt) {
         modes.push(Mode::AgentAlt);
     }
     let opts = BenchOptions {
@@ -105,6 +112,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         hold: a.hold,
         agent_args: agent_args.clone(),
         alt_agent_args: a.alt_agent_arg.clone(),
+        alt_agent_bin: a.alt_agent_bin.clone(),
         modes,
     };
     println!("== connect storm: {} rounds × (no tracing, agent, bpftrace), {} s each, {} threads", a.rounds, a.seconds, a.threads);
@@ -137,7 +145,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         a.threads,
         a.hold,
         agent_args.join(" ").replace(&root().to_string_lossy().to_string(), "."),
-        if a.alt_agent_arg.is_empty() { String::new() } else { format!(" (alt args: {})", a.alt_agent_arg.join(" ")) }
+        match (&a.alt_agent_bin, a.alt_agent_arg.is_empty()) {
+            (None, true) => String::new(),
+            (bin, _) => format!(" (alt:{}{})", bin.as_ref().map_or(String::new(), |b| format!(" binary {}", b.display())), if a.alt_agent_arg.is_empty() { String::new() } else { format!(" args {}", a.alt_agent_arg.join(" ")) }),
+        }
     );
     println!();
     print!("{}", r.table());

@@ -40,6 +40,8 @@ pub struct BenchOptions {
     pub agent_args: Vec<String>,
     /// Further arguments of the variant agent ([`Mode::AgentAlt`]).
     pub alt_agent_args: Vec<String>,
+    /// Another build of the agent for the variant (e.g. before a change).
+    pub alt_agent_bin: Option<std::path::PathBuf>,
     /// Modes to run (all three for the table; one alone to profile it).
     pub modes: Vec<Mode>,
 }
@@ -70,7 +72,8 @@ pub enum Mode {
     None,
     Agent,
     Bpftrace,
-    /// The agent with `--alt-agent-arg`s on top: a feature's cost, A/B in one run.
+    /// The agent with `--alt-agent-arg`s on top, or another build of it
+    /// (`--alt-agent-bin`): a feature's or a change's cost, A/B in one run.
     AgentAlt,
 }
 
@@ -80,7 +83,7 @@ impl Mode {
             Mode::None => "no tracing",
             Mode::Agent => "egress-agent run",
             Mode::Bpftrace => "bpftrace counter",
-            Mode::AgentAlt => "agent + alt args",
+            Mode::AgentAlt => "agent, alt (see command)",
         }
     }
 }
@@ -254,7 +257,13 @@ fn trial(mode: Mode, round: usize, addr: SocketAddr, opts: &BenchOptions) -> any
             t.bpftrace_events = Some(b.stop()?);
         }
         Mode::Agent | Mode::AgentAlt => {
-            let agent = Agent::start(agent_mode(opts, mode == Mode::AgentAlt)?)?;
+            let alt = mode == Mode::AgentAlt;
+            let agent = match opts.alt_agent_bin.as_ref().filter(|_| alt) {
+                // The harness appends its agent binary and the arguments:
+                // drop the former, exec the other build with the latter.
+                Some(bin) => Agent::start_wrapped(&["sh".into(), "-c".into(), "shift; exec \"$0\" \"$@\"".into(), bin.to_string_lossy().into()], agent_mode(opts, alt)?)?,
+                None => Agent::start(agent_mode(opts, alt)?)?,
+            };
             let before = AgentSample::read(&agent)?;
             let r = storm::storm(addr, opts.threads, opts.storm)?;
             (t.rate, t.errors) = (r.rate(), r.errors);

@@ -166,7 +166,7 @@ impl Report {
         }
         let _ = writeln!(s, "agent CPU (user+sys) per 1M events  {}", self.cpu_per_m.show(|v| format!("{v:.2} s")));
         if self.cpu_per_m_alt.n > 0 {
-            let _ = writeln!(s, "  agent + alt args                  {}", self.cpu_per_m_alt.show(|v| format!("{v:.2} s")));
+            let _ = writeln!(s, "  agent, alt                        {}", self.cpu_per_m_alt.show(|v| format!("{v:.2} s")));
         }
         let _ = writeln!(s, "agent peak RSS during storms        {}", self.peak_rss.show(mib));
         let _ = writeln!(
