@@ -3,10 +3,6 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use egress_agent::cli::{Cli, Command, check, explain, flows, run, watch};
 
-#[cfg(target_env = "gnu")]
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
