@@ -29,8 +29,12 @@ fn every_outcome_gets_its_verdict_in_watch_and_metrics() {
     let lab = ConnectLab::new(addrs).expect("lab");
     let mut watch = Agent::start(AgentMode::Watch(vec![])).expect("watch agent");
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().expect("port")));
-    // Proxy ports given so that the payload hooks attach too.
-    let mut run = Agent::start(AgentMode::Run { metrics, extra: vec!["--proxy-ports".into(), "3128".into()] }).expect("run agent");
+    // Proxy ports given so that the payload hooks attach too. `watch` runs
+    // with the defaults (SO_ERROR through cgroup/getsockopt, no syscall
+    // tracepoint on a host without socket-level load balancing); `run` with
+    // the syscall tracepoints forced on instead: both must see every outcome.
+    let forced = ["--proxy-ports", "3128", "--connect-intent", "true", "--disable-programs", "so_error"];
+    let mut run = Agent::start(AgentMode::Run { metrics, extra: forced.map(String::from).to_vec() }).expect("run agent");
 
     let scenarios = lab.scenarios();
     // Drive them concurrently: the slow ones (timeout, unreachable) overlap.
@@ -81,9 +85,13 @@ fn every_outcome_gets_its_verdict_in_watch_and_metrics() {
     assert!(metric_sum(&text, "egress_connection_closes_total", &[("result", "ok")]) >= 2.0, "healthy closes counted\n{text}");
     assert!(metric_sum(&text, "egress_tcp_retransmits_total", &[]) >= 1.0);
     assert!(metric_sum(&text, "egress_connect_duration_seconds_count", &[("result", "failed")]) >= 4.0);
-    let programs = attachable_program_lines(&text);
+    let programs: Vec<&str> = attachable_program_lines(&text).into_iter().filter(|l| !l.contains("program=\"so_error\"")).collect();
     assert!(programs.len() >= 5, "{text}");
     assert!(programs.iter().all(|l| l.ends_with(" 1")), "every program this kernel can take attached here\n{text}");
+    for p in ["sys_enter_connect", "sys_enter_getsockopt", "sys_exit_getsockopt"] {
+        assert_eq!(metric_sum(&text, "egress_program_attached", &[("program", p)]), 1.0, "{p} forced on\n{text}");
+    }
+    assert_eq!(metric_sum(&text, "egress_program_attached", &[("program", "so_error")]), 0.0, "so_error disabled\n{text}");
     assert_eq!(metric_sum(&text, "egress_decode_errors_total", &[]), 0.0);
     assert_eq!(run.http_get("/healthz").expect("healthz").trim(), "ok");
     assert!(run.stop().expect("stop"), "run exits 0 on SIGTERM");
