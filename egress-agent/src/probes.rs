@@ -273,7 +273,11 @@ pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
             xlated_insns: None,
         });
     }
-    let err = conntrack.and_then(|_| attach_kprobe(&mut ebpf, "conntrack_confirm", offsets::conntrack::CONFIRM_FN)).err();
+    let err = if disabled("conntrack_confirm") {
+        Some(DISABLED.to_string())
+    } else {
+        conntrack.and_then(|_| attach_kprobe(&mut ebpf, "conntrack_confirm", offsets::conntrack::CONFIRM_FN)).err()
+    };
     programs.push(ProgramStatus {
         program: "conntrack_confirm".to_string(),
         hook: format!("kprobe/{}", offsets::conntrack::CONFIRM_FN),

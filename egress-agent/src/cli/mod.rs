@@ -136,11 +136,11 @@ pub struct ProbeArgs {
     /// /run/netns/router or /proc/1/ns/net.
     #[arg(long)]
     pub conntrack_netns: Vec<std::path::PathBuf>,
-    /// Test hook: leave the ring unread for this many milliseconds after start.
     /// Optional kernel programs not to attach (comma-separated), trading
     /// what they add for their cost: e.g. `sys_enter_connect,sys_enter_getsockopt,sys_exit_getsockopt`
     /// (syscall tracepoints put every syscall of every task on the kernel's
-    /// traced path). `check` lists each program's role.
+    /// traced path). `check` lists each program's role; inet_sock_set_state
+    /// is required.
     #[arg(long, value_delimiter = ',', value_parser = crate::probes::parse_optional_program)]
     pub disable_programs: Vec<String>,
     /// Read the destination the application passed to connect()
@@ -150,6 +150,7 @@ pub struct ProbeArgs {
     /// tracepoint puts every syscall of every task on the kernel's traced path.
     #[arg(long, value_enum, default_value_t = Toggle::Auto)]
     pub connect_intent: Toggle,
+    /// Test hook: leave the ring unread for this many milliseconds after start.
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
 }
