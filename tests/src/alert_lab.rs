@@ -9,7 +9,7 @@
 //! between them): healthy; hop 1 down; hop 2 down; hop 1 ACL deny; hop 2 ACL
 //! deny; origin refuses; NAT blackholed (the Cloud NAT exhaustion signature:
 //! SYNs to public addresses unanswered); proxy bypass (direct, dropped);
-//! lossy client link (15 % TCP loss); agent losing events (the agent is
+//! lossy client link (every 7th TCP packet lost); agent losing events (the agent is
 //! SIGSTOPped while a loopback burst overflows its 64 KiB ring, then
 //! SIGCONTed, every scrape); agent down (SIGTERM, scrapes refused).
 use std::{
@@ -227,7 +227,7 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
             special: Special::None,
             expect: vec![exp("EgressProxyBypass", &[("workload", &unit)])],
         },
-        PhaseSpec { name: "lossy client link (15 % loss)", fault: Box::new(|l| l.lossy_link(LabLink::AppNode, 0.15)), request: Some(healthy.clone()), special: Special::None, expect: vec![exp("EgressRetransmitsHigh", &[("instance", INSTANCE)])] },
+        PhaseSpec { name: "lossy client link (every 7th packet lost)", fault: Box::new(|l| l.lossy_link(LabLink::AppNode, 1.0 / 7.0)), request: Some(healthy.clone()), special: Special::None, expect: vec![exp("EgressRetransmitsHigh", &[("instance", INSTANCE)])] },
         PhaseSpec { name: "agent losing events (ring full)", fault: Box::new(none), request: Some(healthy.clone()), special: Special::LoseEvents, expect: vec![exp("EgressAgentLosingEvents", &[("instance", INSTANCE), ("stage", "ring")])] },
         PhaseSpec { name: "agent down", fault: Box::new(none), request: Some(healthy.clone()), special: Special::AgentDown, expect: vec![exp("EgressAgentDown", &[("instance", INSTANCE), ("job", JOB)])] },
     ];

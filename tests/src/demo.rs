@@ -20,8 +20,25 @@ pub struct DemoOptions {
     pub duration: Duration,
 }
 
-/// Run the demo; Ok(true) when every verdict matched.
-pub fn run(opts: &DemoOptions) -> anyhow::Result<bool> {
+/// One row of the demo's table.
+#[derive(Debug, Clone)]
+pub struct DemoRow {
+    pub name: &'static str,
+    pub dst: SocketAddr,
+    pub expected: String,
+    /// What the agent said, or why nothing matched (never a bare "no record").
+    pub got: String,
+    pub ok: bool,
+}
+
+/// `verdict[/reason]` of a record.
+fn outcome(v: &serde_json::Value) -> String {
+    format!("{}{}", v["verdict"].as_str().unwrap_or("?"), v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default())
+}
+
+/// Run the demo and return its rows (each says whether it matched).
+pub fn run(opts: &DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
+    let _kernel = crate::kernel_lock::KernelLock::take()?;
     let t0 = Instant::now();
     println!("== building the lab: client and server namespaces, veth link, fault rules");
     let lab = ConnectLab::new(LabAddrs::default())?;
@@ -41,16 +58,23 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<bool> {
         }
     });
     let mut rows = Vec::new();
-    let mut all_ok = true;
     for s in &scenarios {
-        let want = format!("{}{}", s.expect_verdict, s.expect_reason.map(|r| format!("/{r}")).unwrap_or_default());
-        let got = run
-            .wait_for(Duration::from_secs(10), |v| v["dst"].as_str() == Some(&s.dst.to_string()) && (v["verdict"] == s.expect_verdict || s.expect_verdict == "ok"))
-            .map(|v| format!("{}{}", v["verdict"].as_str().unwrap_or("?"), v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()))
-            .unwrap_or_else(|_| "(no record)".to_string());
-        let ok = got == want;
-        all_ok &= ok;
-        rows.push((s.name, s.dst, want, got, ok));
+        let expected = format!("{}{}", s.expect_verdict, s.expect_reason.map(|r| format!("/{r}")).unwrap_or_default());
+        let to_dst = |v: &serde_json::Value| v["dst"].as_str() == Some(&s.dst.to_string());
+        let got = match run.wait_for(Duration::from_secs(10), |v| to_dst(v) && (v["verdict"] == s.expect_verdict || s.expect_verdict == "ok")) {
+            Ok(v) => outcome(&v),
+            // Say what the agent did say about this destination, and what
+            // the lab saw of its own fault.
+            Err(_) => {
+                let seen: Vec<String> = run.records.iter().filter(|v| to_dst(v)).map(outcome).collect();
+                let said = if seen.is_empty() { "no record of this destination in 10 s".to_string() } else { seen.join(", ") };
+                match lab.diagnose(s) {
+                    Some(why) => format!("{said} ({why})"),
+                    None => said,
+                }
+            }
+        };
+        rows.push(DemoRow { name: s.name, dst: s.dst, ok: got == expected, expected, got });
     }
     while t0.elapsed() < opts.duration {
         let _ = lab.drive(&scenarios[0], "lab-client");
@@ -63,10 +87,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<bool> {
 
     println!();
     println!("== verdicts: expected vs. what the agent said");
-    println!("{:<34} {:<26} {:<22} {:<22} MATCH", "SCENARIO", "DESTINATION", "EXPECTED", "AGENT");
-    for (name, dst, want, got, ok) in &rows {
-        println!("{name:<34} {:<26} {want:<22} {got:<22} {}", dst.to_string(), if *ok { "yes" } else { "NO" });
-    }
+    print(&rows);
     println!();
     println!("== /metrics excerpt");
     let text = run.http_get("/metrics")?;
@@ -80,6 +101,13 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<bool> {
     }
     run.stop()?;
     println!();
-    println!("{}", if all_ok { "lab: every verdict matched" } else { "lab: MISMATCH (see table)" });
-    Ok(all_ok)
+    println!("{}", if rows.iter().all(|r| r.ok) { "lab: every verdict matched" } else { "lab: MISMATCH (see table)" });
+    Ok(rows)
+}
+
+pub fn print(rows: &[DemoRow]) {
+    println!("{:<34} {:<26} {:<22} {:<22} MATCH", "SCENARIO", "DESTINATION", "EXPECTED", "AGENT");
+    for r in rows {
+        println!("{:<34} {:<26} {:<22} {:<22} {}", r.name, r.dst.to_string(), r.expected, r.got, if r.ok { "yes" } else { "NO" });
+    }
 }

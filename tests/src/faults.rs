@@ -84,6 +84,7 @@ pub fn agent_config_with_probe(cfg: &ChainLabConfig, hop1: &TestCgroup, hop2: &T
 
 /// Run the fault table on a fresh lab. Ok(rows); every row's `ok` says match.
 pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
+    let _kernel = crate::kernel_lock::KernelLock::take()?;
     let hop1_cg = TestCgroup::new(Layout::Systemd { qos: Some("burstable") }, 901)?;
     let hop2_cg = TestCgroup::new(Layout::Unit, 902)?;
     let client_cg = TestCgroup::new(Layout::Systemd { qos: None }, 903)?;
@@ -162,7 +163,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
                 (Some(verdict), Some(h), Some(r)) => format!("{verdict} at {h}: {r}"),
                 (verdict, _, _) => verdict.unwrap_or("?").to_string(),
             },
-            Err(_) => "(no chain record)".to_string(),
+            Err(_) => no_record(&agent.records, source, pid, out.exit_code()),
         };
         if verbose {
             eprintln!("{fault}: client exit {:?}; chain {}", out.exit_code(), rec.as_ref().map(Value::to_string).unwrap_or_else(|e| format!("{e:#}")));
@@ -183,6 +184,25 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
     let _ = std::fs::remove_dir_all(&dir);
     drop(lab);
     Ok(rows)
+}
+
+/// What to print instead of a verdict when the row's record never came:
+/// what the agent did record of the client's request, so the row says why.
+fn no_record(records: &[Value], source: Source, pid: u64, client_exit: Option<i32>) -> String {
+    let exit = client_exit.map_or("killed".to_string(), |c| format!("exit {c}"));
+    if source == Source::Dns {
+        return format!("no failed lookup of the proxy's name (client {exit})");
+    }
+    let legs: Vec<String> = records
+        .iter()
+        .filter(|v| v["record"] == "flow" && v["pid"].as_u64() == Some(pid))
+        .map(|v| format!("{} {}{}", v["leg"].as_str().unwrap_or("no leg"), v["verdict"].as_str().unwrap_or("?"), v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()))
+        .collect();
+    if legs.is_empty() {
+        format!("no record of the client (client {exit})")
+    } else {
+        format!("no chain; client flows: {} (client {exit})", legs.join(", "))
+    }
 }
 
 /// `label="value"` of a Prometheus sample line.

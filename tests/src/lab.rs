@@ -41,6 +41,9 @@ impl Default for LabAddrs {
     }
 }
 
+/// The lossy destination drops every this-many-th data packet (≈14 %).
+pub const LOSS_EVERY: u32 = 7;
+
 /// One scenario: what is done and what the agent must say.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -83,11 +86,44 @@ impl ConnectLab {
         let lab = Self { addrs, client, server, _link: link, _servers: servers };
         // Rules live in the lab's own namespace: deleted with it.
         std::mem::forget(Rule::add(&lab.server, false, "filter", &["INPUT", "-p", "tcp", "--dport", &(p + 2).to_string(), "-j", "DROP"])?);
-        std::mem::forget(Rule::add(&lab.server, false, "filter", &["INPUT", "-p", "tcp", "--dport", &(p + 3).to_string(), "-m", "statistic", "--mode", "random", "--probability", "0.15", "-j", "DROP"])?);
+        // Loss, made deterministic: every LOSS_EVERY-th data-bearing packet
+        // to this port is dropped (`statistic --mode nth`; pure ACKs, which
+        // are never retransmitted, do not count). A 512 KiB upload is at
+        // least 8 packets even as 64 KiB GSO segments, so it always loses
+        // one and retransmits; random loss sometimes hit nothing.
+        let loss = Self::loss_rule(p + 3);
+        std::mem::forget(Rule::add(&lab.server, false, "filter", &loss.iter().map(String::as_str).collect::<Vec<_>>())?);
         // A firewall answering with ICMP host-unreachable, as a router would.
         std::mem::forget(Rule::add(&lab.server, false, "filter", &["INPUT", "-p", "tcp", "--dport", &(p + 4).to_string(), "-j", "REJECT", "--reject-with", "icmp-host-unreachable"])?);
         lab.warm_up()?;
         Ok(lab)
+    }
+
+    /// The iptables rule (INPUT, server side) of the lossy destination's port.
+    fn loss_rule(port: u16) -> Vec<String> {
+        ["INPUT", "-p", "tcp", "--dport", &port.to_string(), "-m", "length", "--length", "200:65535", "-m", "statistic", "--mode", "nth", "--every", &LOSS_EVERY.to_string(), "--packet", "0", "-j", "DROP"]
+            .map(str::to_string)
+            .to_vec()
+    }
+
+    /// Packets the loss rule of `port` dropped so far (None: no such rule).
+    pub fn dropped(&self, port: u16) -> Option<u64> {
+        let out = self.server.run(&["iptables", "-w", "-t", "filter", "-L", "INPUT", "-v", "-x", "-n"]).ok()?;
+        let dpt = format!("dpt:{port}");
+        out.lines().find(|l| l.contains("DROP") && l.split_whitespace().any(|w| w == dpt) && l.contains("statistic")).and_then(|l| l.split_whitespace().next()?.parse().ok())
+    }
+
+    /// Why a scenario may have shown no record of its outcome, from what
+    /// the lab itself can see (the fault rules' counters).
+    pub fn diagnose(&self, s: &Scenario) -> Option<String> {
+        if s.expect_reason == Some("retransmits") {
+            return match self.dropped(s.dst.port()) {
+                Some(0) => Some("no retransmit happened: the loss rule dropped no packet".into()),
+                Some(n) => Some(format!("the loss rule dropped {n} packets")),
+                None => Some("the loss rule is missing".into()),
+            };
+        }
+        None
     }
 
     /// Resolve neighbours both ways before measuring anything, so a first
@@ -111,7 +147,7 @@ impl ConnectLab {
             Scenario { name: "refused: closed port (IPv4)", dst: SocketAddr::new(a.server4, p + 1), upload: 0, expect_verdict: "failed", expect_reason: Some("refused") },
             Scenario { name: "refused: closed port (IPv6)", dst: SocketAddr::new(a.server6, p + 1), upload: 0, expect_verdict: "failed", expect_reason: Some("refused") },
             Scenario { name: "timeout: SYN dropped", dst: SocketAddr::new(a.server4, p + 2), upload: 0, expect_verdict: "failed", expect_reason: Some("timeout") },
-            Scenario { name: "retransmits: 15% loss", dst: SocketAddr::new(a.server4, p + 3), upload: 512 * 1024, expect_verdict: "degraded", expect_reason: Some("retransmits") },
+            Scenario { name: "retransmits: packet loss", dst: SocketAddr::new(a.server4, p + 3), upload: 512 * 1024, expect_verdict: "degraded", expect_reason: Some("retransmits") },
             Scenario { name: "unreachable: ICMP host unreachable", dst: SocketAddr::new(a.server4, p + 4), upload: 0, expect_verdict: "failed", expect_reason: Some("unreachable") },
         ]
     }

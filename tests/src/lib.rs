@@ -11,6 +11,7 @@ pub mod chain_lab;
 pub mod demo;
 pub mod fake_apiserver;
 pub mod faults;
+pub mod kernel_lock;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
@@ -49,6 +50,7 @@ pub fn is_root() -> bool {
 
 /// Skip (return early from) a test when not root, saying why; under CI
 /// (CI=true) not being root is an error instead, so nothing is skipped silently.
+/// Takes the kernel lock for the rest of the test.
 #[macro_export]
 macro_rules! require_root {
     () => {
@@ -59,5 +61,8 @@ macro_rules! require_root {
             eprintln!("skipped: needs root (run `cargo xtask test` as root)");
             return;
         }
+        // Held until the test function returns: one kernel user at a time,
+        // also across checkouts (see kernel_lock).
+        let _kernel_lock = $crate::kernel_lock::KernelLock::take().expect("kernel lock");
     };
 }

@@ -42,6 +42,10 @@ enum Task {
         /// through every fault and print fault / expected / agent verdict.
         #[arg(long)]
         faults: bool,
+        /// Run the table(s) this many times on fresh labs and print, per
+        /// row, how many runs matched (fails unless every run matched).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        repeat: u32,
     },
     /// The kernel matrix: boot pinned Debian kernels (5.10, 6.1, 6.12) under
     /// QEMU/TCG with a busybox initramfs running the kernel-facing suite,
@@ -140,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(args)
         }
         Task::BenchHoldWorker { n, addrs } => egress_tests::bench::storm::hold_worker(&addrs, n, Duration::from_secs(300)),
-        Task::Lab { duration, faults } => {
+        Task::Lab { duration, faults, repeat } => {
             setup::ensure()?;
             if !is_root() {
                 bail!("the lab creates network namespaces and loads eBPF programs: run as root");
@@ -148,13 +152,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&["build", "--package", "egress-agent"])?;
             // SAFETY: single-threaded at this point.
             unsafe { std::env::set_var("EGRESS_AGENT_BIN", root().join("target/debug/egress-agent")) };
-            let mut ok = egress_tests::demo::run(&egress_tests::demo::DemoOptions { duration: Duration::from_secs(duration) })?;
-            if faults {
-                println!();
-                println!("== proxy chain lab: app pod -> Squid pod (ClusterIP, DNAT) -> Squid on the 'VM' -> NAT -> origins");
-                let rows = egress_tests::faults::run(egress_tests::chain_lab::ChainLabConfig::default(), false)?;
-                egress_tests::faults::print(&rows);
-                ok &= rows.iter().all(|r| r.ok);
+            // (table, row) → runs matched, in first-seen order.
+            let mut tally: Vec<(&str, String, u32)> = Vec::new();
+            let mut count = |table: &'static str, row: &str, ok: bool| match tally.iter_mut().find(|(t, r, _)| *t == table && r == row) {
+                Some(e) => e.2 += u32::from(ok),
+                None => tally.push((table, row.to_string(), u32::from(ok))),
+            };
+            let mut clean_runs = 0;
+            for i in 1..=repeat {
+                let mut run_ok = true;
+                if repeat > 1 {
+                    println!("\n######## run {i} of {repeat}");
+                }
+                for r in egress_tests::demo::run(&egress_tests::demo::DemoOptions { duration: Duration::from_secs(duration) })? {
+                    count("connect outcomes", r.name, r.ok);
+                    run_ok &= r.ok;
+                }
+                if faults {
+                    println!();
+                    println!("== proxy chain lab: app pod -> Squid pod (ClusterIP, DNAT) -> Squid on the 'VM' -> NAT -> origins");
+                    let rows = egress_tests::faults::run(egress_tests::chain_lab::ChainLabConfig::default(), false)?;
+                    egress_tests::faults::print(&rows);
+                    for r in &rows {
+                        count("proxy chain faults", r.fault, r.ok);
+                        run_ok &= r.ok;
+                    }
+                }
+                clean_runs += u32::from(run_ok);
+            }
+            let ok = tally.iter().all(|(_, _, n)| *n == repeat);
+            if repeat > 1 {
+                println!("\n== stability: runs matched per row, of {repeat}");
+                for (table, row, n) in &tally {
+                    println!("{table:<20} {row:<38} {n:>4}/{repeat}{}", if *n == repeat { "" } else { "  <-- NOT STABLE" });
+                }
+                println!("all rows matched in {clean_runs}/{repeat} runs");
             }
             if !ok {
                 bail!("some verdicts did not match");

@@ -11,7 +11,6 @@ pub mod storm;
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    os::fd::AsRawFd as _,
     process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     time::{Duration, Instant},
@@ -26,7 +25,7 @@ pub use report::{Report, Stats};
 /// The reference peer: counts the same two tracepoints in the kernel, nothing more.
 pub const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { @set_state = count(); } tracepoint:tcp:tcp_retransmit_skb { @retransmit = count(); }";
 
-pub const KERNEL_LOCK: &str = "/tmp/egress-kernel.lock";
+pub use crate::kernel_lock::{KERNEL_LOCK, KernelLock};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -44,27 +43,6 @@ pub struct BenchOptions {
     pub alt_agent_bin: Option<std::path::PathBuf>,
     /// Modes to run (all three for the table; one alone to profile it).
     pub modes: Vec<Mode>,
-}
-
-/// Exclusive hold of the shared kernel lock (flock), released on drop.
-pub struct KernelLock(std::fs::File);
-
-impl KernelLock {
-    pub fn take() -> anyhow::Result<Self> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(KERNEL_LOCK).context(KERNEL_LOCK)?;
-        // SAFETY: valid fd; blocks until the lock is ours.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("flock {KERNEL_LOCK}: {}", std::io::Error::last_os_error());
-        }
-        Ok(Self(f))
-    }
-}
-
-impl Drop for KernelLock {
-    fn drop(&mut self) {
-        // SAFETY: valid fd.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -79,14 +79,18 @@ impl ChainLab {
         self.add_fault(&self.ns.nat, "filter", "INPUT", &["-j", "DROP"])
     }
 
-    /// Drop TCP packets on `link` at random with `probability` (0..1), both
+    /// Lose TCP packets on `link` at the rate `probability` (0..1], both
     /// directions, in the link's router-side namespace (mangle PREROUTING -i
-    /// and POSTROUTING -o, `-m statistic --mode random`).
+    /// and POSTROUTING -o). Deterministic: every round(1/probability)-th
+    /// packet of a direction is dropped (`-m statistic --mode nth`), so a
+    /// run with the same traffic loses the same packets; random loss made
+    /// tests that need *some* loss fail when the dice spared them.
     pub fn lossy_link(&self, link: LabLink, probability: f64) -> anyhow::Result<()> {
-        anyhow::ensure!((0.0..=1.0).contains(&probability), "probability {probability} not in 0..=1");
+        anyhow::ensure!(probability > 0.0 && probability <= 1.0, "probability {probability} not in (0, 1]");
+        let every = ((1.0 / probability).round() as u32).max(1);
         let (ns, ifname) = self.link_iface(link);
-        let p = format!("{probability:.4}");
-        let stat = ["-p", "tcp", "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"];
+        let every = every.to_string();
+        let stat = ["-p", "tcp", "-m", "statistic", "--mode", "nth", "--every", &every, "--packet", "0", "-j", "DROP"];
         let mut inb = vec!["-i", ifname];
         inb.extend_from_slice(&stat);
         let mut outb = vec!["-o", ifname];
@@ -95,16 +99,17 @@ impl ChainLab {
         self.add_fault(ns, "mangle", "POSTROUTING", &outb)
     }
 
-    /// A lossy hop, made deterministic: every `every`-th connection attempt
-    /// across `link` loses its first SYN (`-m statistic --mode nth`, counted
-    /// from this rule's insertion), so the connect retransmits and gets
-    /// through. Random loss (`lossy_link`) is the realistic fault; this one
-    /// gives the same kernel signal on the first request, every time.
+    /// A lossy hop as one precise loss: the first SYN across `link` after
+    /// this call is dropped, and then every `every`-th
+    /// (`-m statistic --mode nth`, its counter starting one short of
+    /// `every`), so the first connect across it retransmits its SYN and
+    /// gets through: the kernel's retransmit signal, every time.
     pub fn lossy_syn(&self, link: LabLink, every: u32) -> anyhow::Result<()> {
         anyhow::ensure!(every >= 2, "every must be at least 2 (1 would drop every SYN: a blackhole)");
         let (ns, ifname) = self.link_iface(link);
+        let first = (every - 1).to_string();
         let every = every.to_string();
-        self.add_fault(ns, "mangle", "POSTROUTING", &["-o", ifname, "-p", "tcp", "--syn", "-m", "statistic", "--mode", "nth", "--every", &every, "--packet", "0", "-j", "DROP"])
+        self.add_fault(ns, "mangle", "POSTROUTING", &["-o", ifname, "-p", "tcp", "--syn", "-m", "statistic", "--mode", "nth", "--every", &every, "--packet", &first, "-j", "DROP"])
     }
 
     /// What the node does with pod traffic to the internet that skips the
