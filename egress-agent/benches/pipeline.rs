@@ -9,16 +9,16 @@
 use std::{os::unix::fs::MetadataExt as _, sync::Arc, time::Duration};
 
 use egress_agent::{
-    enrich::{EnrichOptions, Enricher},
-    flows::{FlowSettings, FlowTable},
-    kube::KubeIndex,
-    metrics::Metrics,
-    nat::NatTable,
-    pipeline::{Output, Processor},
-    chain::Chain,
-    dns::DnsTracker,
-    record::Clock,
-    remote::{DEFAULT_PRIVATE, parse_ranges},
+    attribution::{kube::KubeIndex, nat::NatTable},
+    config::{Config, DEFAULT_PRIVATE, parse_ranges},
+    pipeline::{
+        Output, Processor,
+        dns_tracker::DnsTracker,
+        enrich::{EnrichOptions, Enricher},
+        flow_table::{FlowSettings, FlowTable},
+    },
+    records::{Clock, Record},
+    sinks::Metrics,
 };
 use egress_common::{
     AF_INET, ConnectArgs, ConnectStart, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED,
@@ -155,15 +155,15 @@ fn main() {
     let (items, events, records) = stream(flows, cgroup_id);
     // The chain of the deployed configuration: every record gets a hop/leg.
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/base/config.yaml");
-    let chain = Arc::new(Chain::load(std::path::Path::new(config)).expect("deploy config").0);
+    let config = Arc::new(Config::load(std::path::Path::new(config)).expect("deploy config"));
     for rep in 0..reps {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(None).expect("metrics"));
         let table = FlowTable::new(FlowSettings { degraded_retransmits: 1, max_flows: 131_072, proxy_ports: vec![3128] }, Clock::new());
-        let opts = EnrichOptions { cgroup_root: Some(root.clone()), private_ranges: parse_ranges(DEFAULT_PRIVATE).expect("default ranges"), chain: Some(chain.clone()) };
+        let opts = EnrichOptions { cgroup_root: Some(root.clone()), private_ranges: parse_ranges(DEFAULT_PRIVATE).expect("default ranges"), config: Some(config.clone()) };
         let enricher = Enricher::new(&opts, KubeIndex::empty(), NatTable::disabled());
         let (mut seen, mut attributed) = (0u64, 0u64);
         let mut p = Processor::new(table, enricher, metrics.clone(), |o: Output| {
-            if let Output::Flow(r) = o {
+            if let Output::Record(Record::Flow(r)) = o {
                 seen += 1;
                 attributed += u64::from(r.pod_uid.is_some());
             }

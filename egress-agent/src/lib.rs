@@ -1,31 +1,31 @@
-//! egress-agent: kernel → decode → flow → verdict → sinks.
+//! egress-agent: which process tried to reach what, through which proxy hop,
+//! and where it broke. One module per stage of the data path, imports one way:
 //!
-//! - [`probes`] loads and attaches the kernel programs for this kernel, with
-//!   layouts from [`offsets`] (tracefs and BTF);
-//! - [`pipeline`] reads the ring, [`events`] decodes, [`flows`] joins events
-//!   into [`record::FlowRecord`]s with a [`verdict`];
-//! - sinks: [`metrics`] / [`server`] (Prometheus), [`output`] (CLI).
+//! ```text
+//! kernel ──▶ decode ──▶ flow ──▶ enrich ──▶ stitch ──▶ verdict ──▶ sinks
+//! kernel/    kernel::   pipeline::flow_table  pipeline::stitch    sinks/, api/
+//! loader     decode     pipeline::enrich (attribution/)  pipeline::judge
+//! ```
+//!
+//! - [`kernel`]: the program table, loading for this kernel ([`kernel::offsets`]
+//!   from tracefs and BTF) and ring decode;
+//! - [`pipeline`]: the ring reader and the processor that takes every record
+//!   through the stages, on one task;
+//! - [`attribution`]: who and where (cgroups, Kubernetes, NAT, address classes);
+//! - [`sinks`]: metrics over HTTP and the JSON flow log; [`api`]: the local API;
+//! - [`records`]: what the stages produce (a leaf); [`config`]: the
+//!   configuration file, validated (a leaf);
+//! - [`prober`]: active CONNECT probes through the chain;
+//! - [`session`]: the composition root; [`cli`]: the command line, the
+//!   binary's edge.
 pub mod api;
-pub mod cgroup;
-pub mod chain;
-pub mod chains;
+pub mod attribution;
 pub mod cli;
-pub mod dns;
-pub mod enrich;
-pub mod events;
-pub mod filter;
-pub mod flows;
-pub mod kube;
-pub mod metrics;
-pub mod nat;
-pub mod offsets;
-pub mod output;
+pub mod config;
+pub mod errors;
+pub mod kernel;
 pub mod pipeline;
 pub mod prober;
-pub mod probes;
-pub mod proxy;
-pub mod record;
-pub mod remote;
-pub mod server;
+pub mod records;
 pub mod session;
-pub mod verdict;
+pub mod sinks;

@@ -9,108 +9,25 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, ToSocketAddrs as _},
-    path::PathBuf,
     sync::mpsc::{Receiver, RecvTimeoutError, SyncSender},
     time::{Duration, Instant},
 };
 
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
-use serde::Deserialize;
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 use crate::{
-    chain::{Hop, parse_duration},
-    chains::ChainRecord,
-    verdict::{Reason, Verdict},
+    config::ProbeSettings,
+    pipeline::{judge, proxy_http},
+    records::{ChainRecord, Reason, Verdict},
+    sinks::register::{self as reg, MetricError},
 };
 
-/// At most this many targets: the prober is a health signal, not a load test.
-pub const MAX_TARGETS: usize = 16;
-/// No probe interval below this.
-const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Gap between two probes, whatever the schedule says.
 const MIN_GAP: Duration = Duration::from_millis(100);
 /// How long the chain record of a probe may trail its end.
 const CHAIN_WAIT: Duration = Duration::from_secs(3);
 /// Bytes of the proxy's answer read at most.
 const MAX_ANSWER: usize = 4096;
-
-/// `probes:` in the configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProbesConfig {
-    /// `host:port` CONNECT targets.
-    pub targets: Vec<String>,
-    /// Time between two probes of a target (default 30s, at least 1s).
-    #[serde(default)]
-    pub interval: Option<String>,
-    /// Bound on one probe: connect, CONNECT answer (default 10s, at most the interval).
-    #[serde(default)]
-    pub timeout: Option<String>,
-    /// Fraction of the interval each wait varies by (0..=0.5, default 0.1).
-    #[serde(default)]
-    pub jitter: Option<f64>,
-    /// Complete a TLS handshake with the target inside the tunnel (default off).
-    #[serde(default)]
-    pub tls: bool,
-    /// Where to connect (`host:port`, resolved at every probe as an
-    /// application would); default: the first hop's first `address`.
-    #[serde(default)]
-    pub proxy: Option<String>,
-    /// Network namespace to probe from (e.g. a pod's `/proc/<pid>/ns/net`);
-    /// default: the agent's.
-    #[serde(default)]
-    pub netns: Option<PathBuf>,
-}
-
-/// A validated probe configuration.
-#[derive(Debug, Clone)]
-pub struct ProbePlan {
-    pub targets: Vec<String>,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub jitter: f64,
-    pub tls: bool,
-    pub proxy: String,
-    pub netns: Option<PathBuf>,
-    /// Name of the first hop (the hop a failed connect to `proxy` is at).
-    pub first_hop: String,
-}
-
-impl ProbePlan {
-    pub fn from_config(c: &ProbesConfig, hops: &[Hop]) -> Result<Self, String> {
-        if c.targets.is_empty() || c.targets.len() > MAX_TARGETS {
-            return Err(format!("probes.targets: 1 to {MAX_TARGETS} targets, got {}", c.targets.len()));
-        }
-        for t in &c.targets {
-            let ok = t.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-            if !ok || t.contains(char::is_whitespace) {
-                return Err(format!("probes.targets: `{t}` is not host:port"));
-            }
-        }
-        let dur = |v: &Option<String>, what: &str, default: u64| v.as_deref().map(parse_duration).transpose().map_err(|e| format!("probes.{what}: {e}")).map(|d| d.unwrap_or(Duration::from_secs(default)));
-        let interval = dur(&c.interval, "interval", 30)?;
-        let timeout = dur(&c.timeout, "timeout", 10)?;
-        if interval < MIN_INTERVAL {
-            return Err(format!("probes.interval {interval:?} is below {MIN_INTERVAL:?}"));
-        }
-        if timeout.is_zero() || timeout > interval {
-            return Err(format!("probes.timeout {timeout:?} must be above 0 and at most the interval"));
-        }
-        let jitter = c.jitter.unwrap_or(0.1);
-        if !(0.0..=0.5).contains(&jitter) {
-            return Err(format!("probes.jitter {jitter} is not in 0..=0.5"));
-        }
-        let first = hops.first().ok_or("probes need a chain: the first hop is where they connect")?;
-        let proxy = match &c.proxy {
-            Some(p) => p.clone(),
-            None => first.client_address().map(|a| a.to_string()).ok_or_else(|| format!("probes.proxy is needed: hop {} has no ip:port address", first.name))?,
-        };
-        if c.tls {
-            return Err("probes.tls: TLS completion is not available in this build; leave it off (the CONNECT answer is the probe)".into());
-        }
-        Ok(Self { targets: c.targets.clone(), interval, timeout, jitter, tls: c.tls, proxy, netns: c.netns.clone(), first_hop: first.name.clone() })
-    }
-}
 
 /// Probe metrics (registered only when probes are configured).
 pub struct ProbeMetrics {
@@ -124,22 +41,15 @@ pub struct ProbeMetrics {
 }
 
 impl ProbeMetrics {
-    pub fn new(r: &Registry) -> prometheus::Result<Self> {
-        let m = Self {
-            success: IntGaugeVec::new(Opts::new("egress_probe_success", "1 if the last probe of the target got its tunnel (CONNECT 200) within the timeout."), &["target"])?,
-            duration: GaugeVec::new(Opts::new("egress_probe_duration_seconds", "Last probe: time to the CONNECT answer (hop=\"total\") and connect time of each leg to a hop."), &["target", "hop"])?,
-            last_failure: IntGaugeVec::new(Opts::new("egress_probe_last_failure_hop", "Info (always 1): the hop and reason of the target's last failed probe."), &["target", "hop", "reason"])?,
-            last_failure_time: GaugeVec::new(Opts::new("egress_probe_last_failure_timestamp_seconds", "Unix time of the target's last failed probe."), &["target"])?,
-            probes: IntCounterVec::new(Opts::new("egress_probes_total", "Probes run, by result (success, failure)."), &["target", "result"])?,
-            records_dropped: IntCounter::new("egress_probe_records_dropped_total", "Synthetic chain records the prober's queue could not take.")?,
-        };
-        r.register(Box::new(m.success.clone()))?;
-        r.register(Box::new(m.duration.clone()))?;
-        r.register(Box::new(m.last_failure.clone()))?;
-        r.register(Box::new(m.last_failure_time.clone()))?;
-        r.register(Box::new(m.probes.clone()))?;
-        r.register(Box::new(m.records_dropped.clone()))?;
-        Ok(m)
+    pub fn new(r: &Registry) -> Result<Self, MetricError> {
+        Ok(Self {
+            success: reg::gauge_vec(r, "egress_probe_success", "1 if the last probe of the target got its tunnel (CONNECT 200) within the timeout.", &["target"])?,
+            duration: reg::float_gauge_vec(r, "egress_probe_duration_seconds", "Last probe: time to the CONNECT answer (hop=\"total\") and connect time of each leg to a hop.", &["target", "hop"])?,
+            last_failure: reg::gauge_vec(r, "egress_probe_last_failure_hop", "Info (always 1): the hop and reason of the target's last failed probe.", &["target", "hop", "reason"])?,
+            last_failure_time: reg::float_gauge_vec(r, "egress_probe_last_failure_timestamp_seconds", "Unix time of the target's last failed probe.", &["target"])?,
+            probes: reg::counter_vec(r, "egress_probes_total", "Probes run, by result (success, failure).", &["target", "result"])?,
+            records_dropped: reg::counter(r, "egress_probe_records_dropped_total", "Synthetic chain records the prober's queue could not take.")?,
+        })
     }
 }
 
@@ -173,7 +83,7 @@ pub fn failure_of(a: &Attempt, chain: Option<&ChainRecord>, first_hop: &str) -> 
         return None;
     }
     let reason = match (a.status, a.error) {
-        (Some(s), _) => crate::verdict::proxy_status(s).1.unwrap_or(Reason::Other),
+        (Some(s), _) => judge::proxy_status(s).1.unwrap_or(Reason::Other),
         (None, Some(r)) => r,
         (None, None) => Reason::Other,
     };
@@ -219,7 +129,7 @@ pub fn probe_once(proxy: &str, target: &str, timeout: Duration) -> Attempt {
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        crate::proxy::parse_response(&buf).map(|r| r.status).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no status line"))
+        proxy_http::parse_response(&buf).map(|r| r.status).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no status line"))
     })();
     match r {
         Ok(s) => a.status = Some(s),
@@ -254,7 +164,7 @@ fn next_rand(state: &mut u64) -> f64 {
 
 /// Start probing on a thread of its own (in `plan.netns` if set). Synthetic
 /// chain records arrive on `chains`.
-pub fn spawn(plan: ProbePlan, metrics: std::sync::Arc<ProbeMetrics>, chains: Receiver<ChainRecord>) -> std::io::Result<Prober> {
+pub fn spawn(plan: ProbeSettings, metrics: std::sync::Arc<ProbeMetrics>, chains: Receiver<ChainRecord>) -> std::io::Result<Prober> {
     let netns = plan.netns.as_ref().map(std::fs::File::open).transpose()?;
     let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let handle = std::thread::Builder::new().name("egress-prober".into()).spawn(move || {
@@ -271,7 +181,7 @@ pub fn spawn(plan: ProbePlan, metrics: std::sync::Arc<ProbeMetrics>, chains: Rec
     Ok(Prober { stop: Some(stop_tx), handle: Some(handle) })
 }
 
-fn run(plan: &ProbePlan, m: &ProbeMetrics, chains: &Receiver<ChainRecord>, stop: &Receiver<()>) {
+fn run(plan: &ProbeSettings, m: &ProbeMetrics, chains: &Receiver<ChainRecord>, stop: &Receiver<()>) {
     let mut rng = (std::process::id() as u64) << 32 | 0x9e37_79b9;
     let n = plan.targets.len() as u32;
     let start = Instant::now();
@@ -312,7 +222,7 @@ fn wait_chain(chains: &Receiver<ChainRecord>, local: Option<SocketAddr>, stop: &
     }
 }
 
-fn record(m: &ProbeMetrics, plan: &ProbePlan, target: &str, a: &Attempt, chain: Option<&ChainRecord>, last: &mut Option<(String, Reason)>) {
+fn record(m: &ProbeMetrics, plan: &ProbeSettings, target: &str, a: &Attempt, chain: Option<&ChainRecord>, last: &mut Option<(String, Reason)>) {
     m.success.with_label_values(&[target]).set(i64::from(a.ok()));
     m.probes.with_label_values(&[target, if a.ok() { "success" } else { "failure" }]).inc();
     m.duration.with_label_values(&[target, "total"]).set(a.elapsed.as_secs_f64());
@@ -334,33 +244,6 @@ fn record(m: &ProbeMetrics, plan: &ProbePlan, target: &str, a: &Attempt, chain: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{Chain, ConfigFile};
-
-    fn chain(probes: &str) -> Result<Chain, String> {
-        let y = format!("version: 1\nchain:\n  hops:\n    - {{name: gke-squid, match: {{address: '10.96.0.10:3128'}}}}\n    - {{name: gce-proxy, match: {{address: '100.64.1.2:3128'}}}}\n{probes}");
-        Chain::from_config(&serde_saphyr::from_str::<ConfigFile>(&y).map_err(|e| e.to_string())?)
-    }
-
-    #[test]
-    fn config_is_validated() {
-        let c = chain("probes:\n  targets: [login.example.test:443]\n  interval: 5s\n  timeout: 2s\n").expect("ok");
-        let p = c.probes.expect("plan");
-        assert_eq!((p.proxy.as_str(), p.interval, p.timeout, p.first_hop.as_str()), ("10.96.0.10:3128", Duration::from_secs(5), Duration::from_secs(2), "gke-squid"));
-        assert!(chain("").expect("ok").probes.is_none(), "off unless configured");
-        for bad in [
-            "probes:\n  targets: []\n",
-            "probes:\n  targets: [nope]\n",
-            "probes:\n  targets: [a.test:443]\n  interval: 100ms\n",
-            "probes:\n  targets: [a.test:443]\n  interval: 5s\n  timeout: 6s\n",
-            "probes:\n  targets: [a.test:443]\n  jitter: 0.9\n",
-            "probes:\n  targets: [a.test:443]\n  tls: true\n",
-            "probes:\n  targets: [a.test:443]\n  bogus: 1\n",
-        ] {
-            assert!(chain(bad).is_err(), "{bad}");
-        }
-        let many: Vec<String> = (0..=MAX_TARGETS).map(|i| format!("t{i}.test:443")).collect();
-        assert!(chain(&format!("probes:\n  targets: [{}]\n", many.join(", "))).is_err(), "bounded");
-    }
 
     #[test]
     fn failure_hop_prefers_the_chain_verdict() {

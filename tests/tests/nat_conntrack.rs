@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_agent::nat::{FlowKey, NatEntry, NatOptions, NatTable};
+use egress_agent::attribution::nat::{FlowKey, NatEntry, NatOptions, NatTable};
 use egress_tests::{Netns, Veth, agent::metric_sum, netns::Rule, require_root};
 
 const CLUSTER_IP: &str = "198.19.0.10:80";

@@ -15,15 +15,18 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
-use prometheus::{IntCounterVec, IntGauge, Opts};
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, BufWriter},
     net::{UnixListener, UnixStream},
     sync::{broadcast, mpsc, watch},
 };
 
-use super::{Item, Request, Status};
+use super::wire::{Control, Request, Status};
+use crate::{
+    records::Record,
+    sinks::register::{self as reg, MetricError},
+};
 
 /// Batches in flight to the history task.
 const QUEUE: usize = 1024;
@@ -32,7 +35,24 @@ const BATCH_MAX: usize = 1024;
 const BROADCAST: usize = 16_384;
 
 /// A record in the history and the live stream (shared, never copied).
-type Kept = Arc<Item>;
+/// Kept unserialized: a node nobody is looking at pays no JSON per record.
+type Kept = Arc<Record>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create {}", path.display())]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("another agent already serves {} (stop it, or pass --api-socket)", path.display())]
+    InUse { path: PathBuf },
+    #[error("cannot remove stale socket {}", path.display())]
+    Stale { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on --api-socket {}", path.display())]
+    Listen { path: PathBuf, source: std::io::Error },
+    #[error("cannot restrict {} to root", path.display())]
+    Permissions { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Metrics(#[from] MetricError),
+}
 
 struct Shared {
     history: VecDeque<Kept>,
@@ -49,7 +69,7 @@ pub struct ApiHandle {
 
 impl ApiHandle {
     /// Add one record to the current batch.
-    pub fn publish(&mut self, item: Item) {
+    pub fn publish(&mut self, item: Record) {
         self.batch.push(Arc::new(item));
         if self.batch.len() >= BATCH_MAX {
             self.flush();
@@ -77,14 +97,9 @@ pub struct ApiOptions {
 
 /// Bind the socket (root-only), start the tasks; they end with `shutdown`
 /// and remove the socket file.
-pub fn start(opts: ApiOptions, registry: &prometheus::Registry, shutdown: watch::Receiver<bool>) -> anyhow::Result<ApiHandle> {
-    let dropped = IntCounterVec::new(
-        Opts::new("egress_api_records_dropped_total", "Records the local API could not deliver: queue_full (the API task fell behind the pipeline) or slow_client (a client read too slowly)"),
-        &["reason"],
-    )?;
-    let clients = IntGauge::new("egress_api_clients", "Clients connected to the local API socket")?;
-    registry.register(Box::new(dropped.clone()))?;
-    registry.register(Box::new(clients.clone()))?;
+pub fn start(opts: ApiOptions, registry: &prometheus::Registry, shutdown: watch::Receiver<bool>) -> Result<ApiHandle, ServerError> {
+    let dropped = reg::counter_vec(registry, "egress_api_records_dropped_total", "Records the local API could not deliver: queue_full (the API task fell behind the pipeline) or slow_client (a client read too slowly)", &["reason"])?;
+    let clients = reg::gauge(registry, "egress_api_clients", "Clients connected to the local API socket")?;
     for r in ["queue_full", "slow_client"] {
         dropped.with_label_values(&[r]);
     }
@@ -99,19 +114,20 @@ pub fn start(opts: ApiOptions, registry: &prometheus::Registry, shutdown: watch:
 
 /// Create the directory (0700) and the socket (0600); a stale socket is
 /// replaced, a live one (another agent) is an error.
-fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let only_root = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|source| ServerError::Permissions { path: p.to_path_buf(), source });
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir { path: dir.to_path_buf(), source })?;
+        only_root(dir, 0o700)?;
     }
     if path.exists() {
         match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => anyhow::bail!("another agent already serves {} (stop it, or pass --api-socket)", path.display()),
-            Err(_) => std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?,
+            Ok(_) => return Err(ServerError::InUse { path: path.to_path_buf() }),
+            Err(_) => std::fs::remove_file(path).map_err(|source| ServerError::Stale { path: path.to_path_buf(), source })?,
         }
     }
-    let l = UnixListener::bind(path).with_context(|| format!("cannot listen on --api-socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let l = UnixListener::bind(path).map_err(|source| ServerError::Listen { path: path.to_path_buf(), source })?;
+    only_root(path, 0o600)?;
     Ok(l)
 }
 
@@ -201,26 +217,26 @@ async fn serve(stream: UnixStream, ctx: &Conn, mut shutdown: watch::Receiver<boo
         return wr.flush().await;
     }
     for item in &history {
-        wr.write_all(item.to_line().as_bytes()).await?;
+        wr.write_all(item.json_line().as_bytes()).await?;
         wr.write_all(b"\n").await?;
     }
     wr.flush().await?;
     let Some(live) = live.as_mut() else { return Ok(()) };
-    wr.write_all(b"{\"record\":\"history_end\"}\n").await?;
+    wr.write_all(format!("{}\n", Control::HistoryEnd.line()).as_bytes()).await?;
     wr.flush().await?;
     let mut probe = [0u8; 1];
     loop {
         tokio::select! {
             r = live.recv() => match r {
                 Ok(item) => {
-                    wr.write_all(item.to_line().as_bytes()).await?;
+                    wr.write_all(item.json_line().as_bytes()).await?;
                     wr.write_all(b"\n").await?;
                     // Batch what is already queued, then flush once.
                     if live.is_empty() { wr.flush().await?; }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     ctx.dropped.with_label_values(&["slow_client"]).inc_by(n);
-                    wr.write_all(format!("{{\"record\":\"lost\",\"count\":{n}}}\n").as_bytes()).await?;
+                    wr.write_all(format!("{}\n", Control::Lost { count: n }.line()).as_bytes()).await?;
                     wr.flush().await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
@@ -235,7 +251,10 @@ async fn serve(stream: UnixStream, ctx: &Conn, mut shutdown: watch::Receiver<boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::client;
+    use crate::{
+        api::{client, wire::Message},
+        records::FlowRecord,
+    };
 
     fn status() -> Status {
         Status { version: "t".into(), pid: 1, started: String::new(), attached: "0/0".into(), history: 0, history_capacity: 3 }
@@ -253,7 +272,7 @@ mod tests {
         // A second agent on the same socket is refused.
         let (_t2, rx2) = watch::channel(false);
         assert!(start(ApiOptions { path: path.clone(), history: 3, status: status() }, &prometheus::Registry::new(), rx2).is_err());
-        let flow = |pid| Item::Flow(crate::record::FlowRecord { pid, ..Default::default() });
+        let flow = |pid| Record::Flow(FlowRecord { pid, ..Default::default() });
         for i in 0..5 {
             api.publish(flow(i));
         }
@@ -268,9 +287,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut follow = follow.expect("history filled");
-        assert!(matches!(follow.next().await.expect("read"), Some(crate::api::Record::HistoryEnd)));
+        assert!(matches!(follow.next().await.expect("read"), Some(Message::Control(Control::HistoryEnd))));
         let snap = client::snapshot(&path).await.expect("snapshot");
-        let pids: Vec<u32> = snap.iter().map(|r| match r { crate::api::Record::Flow(f) => f.pid, _ => 99 }).collect();
+        let pids: Vec<u32> = snap.iter().map(|r| match r { Message::Record(Record::Flow(f)) => f.pid, _ => 99 }).collect();
         assert_eq!(pids, [2, 3, 4], "oldest dropped first");
         for i in 5..8 {
             api.publish(flow(i));
@@ -280,7 +299,7 @@ mod tests {
         api.flush();
         for want in 5..8 {
             let r = tokio::time::timeout(Duration::from_secs(2), follow.next()).await.expect("in time").expect("read").expect("record");
-            assert!(matches!(&r, crate::api::Record::Flow(f) if f.pid == want), "{r:?}");
+            assert!(matches!(&r, Message::Record(Record::Flow(f)) if f.pid == want), "{r:?}");
         }
         tx.send(true).expect("shutdown");
         for _ in 0..100 {

@@ -2,10 +2,15 @@
 use clap::Args;
 use serde::Serialize;
 
+use super::SessionArgs;
 use crate::{
-    cli::ProbeArgs,
-    offsets::{self, Btf, TraceFs},
-    probes::{self, ProgramStatus},
+    attribution::kube::KubeIndex,
+    errors::Chain,
+    kernel::{
+        self, ProgramStatus, loader,
+        offsets::{self, Btf, TraceFs},
+    },
+    session::{SessionOptions, Switch},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,7 +25,7 @@ pub struct CheckArgs {
     #[arg(short = 'o', long, value_enum, default_value_t = CheckFormat::Table)]
     pub output: CheckFormat,
     #[command(flatten)]
-    pub probe: ProbeArgs,
+    pub session: SessionArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,32 +60,29 @@ pub fn kernel_release() -> String {
 }
 
 /// Kubernetes connectivity as `run` would use it (`--kube`).
-async fn kube_item(args: &ProbeArgs) -> Option<Item> {
-    use crate::cli::Toggle;
-    let auto_on = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || args.kubeconfig.is_some();
-    let wanted = match args.kube {
-        Toggle::False => return Some(item("kubernetes", Status::Ok, "off (--kube=false)")),
-        Toggle::Auto if !auto_on => return Some(item("kubernetes", Status::Ok, "off: not in a cluster and no --kubeconfig (pods named from cgroups only)")),
-        Toggle::True => Status::Fail,
-        Toggle::Auto => Status::Warn,
+async fn kube_item(opts: &SessionOptions) -> Item {
+    let wanted = match opts.kube {
+        Switch::Off => return item("kubernetes", Status::Ok, "off (--kube=false)"),
+        Switch::Auto if !opts.kube_wanted() => return item("kubernetes", Status::Ok, "off: not in a cluster and no --kubeconfig (pods named from cgroups only)"),
+        Switch::On => Status::Fail,
+        Switch::Auto => Status::Warn,
     };
-    let opts = crate::kube::KubeOptions { node_name: args.node_name.clone(), kubeconfig: args.kubeconfig.clone() };
-    Some(match crate::kube::KubeIndex::probe(&opts).await {
+    match KubeIndex::check_access(&opts.kube_options()).await {
         Ok(detail) => item("kubernetes", Status::Ok, detail),
-        Err(e) => item("kubernetes", wanted, format!("{e:#}")),
-    })
+        Err(e) => item("kubernetes", wanted, Chain(&e).to_string()),
+    }
 }
 
 pub async fn report(args: &CheckArgs) -> Report {
     let mut checks = Vec::new();
-    let caps = probes::effective_caps();
-    let missing = probes::missing_caps(caps);
+    let caps = loader::effective_caps();
+    let missing = loader::missing_caps(caps);
     checks.push(if missing.is_empty() {
         item("privileges", Status::Ok, format!("CapEff {caps:#x}"))
     } else {
         item("privileges", Status::Fail, format!("missing {}", missing.join(", ")))
     });
-    checks.push(if probes::object_present() {
+    checks.push(if loader::object_present() {
         item("ebpf object", Status::Ok, "embedded")
     } else {
         item("ebpf object", Status::Fail, "built with AYA_BUILD_SKIP: no kernel programs")
@@ -107,29 +109,31 @@ pub async fn report(args: &CheckArgs) -> Report {
                 item("btf", Status::Warn, problems.join("; "))
             });
         }
-        Err(e) => checks.push(item("btf", Status::Warn, format!("{e:#}: errno falls back on tracepoint evidence, netns unknown"))),
+        Err(e) => checks.push(item("btf", Status::Warn, format!("{}: errno falls back on tracepoint evidence, netns unknown", Chain(&e)))),
     }
     let mut programs = Vec::new();
-    let chain = match args.probe.chain() {
+    let config = match args.session.load_config() {
         Ok(c) => {
             if let Some(c) = &c {
-                checks.push(item("config", Status::Ok, format!("chain of {} hops: {}", c.hops.len(), c.hops.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(" -> "))));
+                let hops = &c.chain.hops;
+                checks.push(item("config", Status::Ok, format!("chain of {} hops: {}", hops.len(), hops.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(" -> "))));
             }
             c
         }
         Err(e) => {
-            checks.push(item("config", Status::Fail, format!("{e:#}")));
+            checks.push(item("config", Status::Fail, Chain(&e).to_string()));
             None
         }
     };
-    match probes::load(&args.probe.probe_options(chain.as_deref())) {
+    let opts = args.session.options(config);
+    match kernel::load(&opts.load_options()) {
         Ok(p) => {
             checks.push(item("load", Status::Ok, "object loaded; ring buffer created"));
             programs = p.programs;
         }
         Err(e) => checks.push(item("load", Status::Fail, e.to_string())),
     }
-    checks.extend(kube_item(&args.probe).await);
+    checks.push(kube_item(&opts).await);
     for p in &programs {
         if !p.attached && !p.required && !p.standby {
             checks.push(item(&format!("program {}", p.program), Status::Warn, format!("skipped: {}", p.error.as_deref().unwrap_or("?"))));

@@ -6,14 +6,15 @@ use std::{collections::HashSet, net::{IpAddr, SocketAddr}, time::{Duration, Syst
 use clap::Args;
 use serde::Serialize;
 
+use super::{
+    ApiArgs, EXIT_NO_DATA,
+    filter::split_target,
+    table::{addr, fit, latency},
+};
 use crate::{
-    api::{Record, client},
-    chains::ChainRecord,
-    cli::{ApiArgs, EXIT_NO_DATA},
-    filter::{parse_duration, split_target},
-    output::{addr, fit, latency},
-    record::{FlowRecord, parse_rfc3339},
-    verdict::{Reason, Verdict},
+    api::{client, wire::Message},
+    config::parse_duration,
+    records::{ChainRecord, DnsRecord, FlowRecord, Reason, Record, Verdict, parse_rfc3339, rfc3339},
 };
 
 #[derive(Debug, Args)]
@@ -138,33 +139,30 @@ fn from_flow(r: &FlowRecord) -> Attempt {
 
 /// A client's failed lookup (not a hop's: those are in the chain records
 /// they broke) is an attempt that failed before any connection.
-fn from_dns(d: &serde_json::Value) -> Option<Attempt> {
-    let s = |k: &str| d[k].as_str();
-    if s("verdict") != Some("failed") || !d["asked_by"].is_null() {
+fn from_dns(d: &DnsRecord) -> Option<Attempt> {
+    if d.verdict != Verdict::Failed || d.asked_by.is_some() {
         return None;
     }
-    let reason: Option<Reason> = serde_json::from_value(d["reason"].clone()).ok();
-    let hop = s("hop").map(str::to_string);
     Some(Attempt {
-        time: s("time").unwrap_or_default().to_string(),
-        who: who(s("namespace"), s("pod"), s("unit"), s("cgroup").unwrap_or("?")),
+        time: d.time.clone(),
+        who: who(d.namespace.as_deref(), d.pod.as_deref(), d.unit.as_deref(), d.cgroup.as_deref().unwrap_or("?")),
         pid: 0,
         comm: "dns".into(),
         chain_id: None,
-        target: s("name").map(str::to_string),
+        target: Some(d.name.clone()),
         verdict: Verdict::Failed,
-        failed_hop: hop.clone(),
-        reason,
+        failed_hop: d.hop.clone(),
+        reason: d.reason,
         proxy_status: None,
         hops: vec![Step {
-            hop: hop.unwrap_or_else(|| "dns".into()),
-            leg: Some(format!("dns {} {}", s("qtype").unwrap_or("?"), s("rcode").unwrap_or("?"))),
+            hop: d.hop.clone().unwrap_or_else(|| "dns".into()),
+            leg: Some(format!("dns {} {}", d.qtype, d.rcode)),
             verdict: Verdict::Failed,
-            reason,
+            reason: d.reason,
             proxy_status: None,
-            latency_ms: d["latency_ms"].as_f64().unwrap_or(0.0),
+            latency_ms: d.latency_ms,
             retransmits: 0,
-            dst: s("server").and_then(|a| a.parse().ok()),
+            dst: d.server,
             dst_actual: None,
             snat: None,
         }],
@@ -224,7 +222,7 @@ pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Att
         .filter_map(|r| match r {
             Record::Chain(c) if recent(&c.time) && want.chain(c) => Some(from_chain(c)),
             Record::Flow(f) if recent(&f.time) && !in_chains.contains(f.flow_id.as_str()) && f.chain_id.is_none() && want.flow(f) => Some(from_flow(f)),
-            Record::Dns(d) if recent(r.time()) && d["name"].as_str().is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(&want.host)) => from_dns(d),
+            Record::Dns(d) if recent(&d.time) && d.name.trim_end_matches('.').eq_ignore_ascii_case(&want.host) => from_dns(d),
             _ => None,
         })
         .collect();
@@ -274,7 +272,7 @@ pub fn explain(target: &str, since: SystemTime, attempts: &[Attempt], keep: usiz
     };
     Explanation {
         target: target.to_string(),
-        since: crate::record::rfc3339(since),
+        since: rfc3339(since),
         attempts: total,
         failures,
         state,
@@ -333,7 +331,14 @@ fn human(d: Duration) -> String {
 
 pub async fn run(args: ExplainArgs) -> anyhow::Result<u8> {
     let want = Wanted::parse(&args.target)?;
-    let records = client::snapshot(&args.api.api_socket).await?;
+    let records: Vec<Record> = client::snapshot(&args.api.api_socket)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Record(r) => Some(r),
+            Message::Control(_) => None,
+        })
+        .collect();
     let since = SystemTime::now().checked_sub(args.since).unwrap_or(SystemTime::UNIX_EPOCH);
     let found = attempts(&records, &want, since);
     if found.is_empty() {
@@ -356,13 +361,13 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chains::LegSummary;
+    use crate::records::LegSummary;
 
     fn chain(t: &str, legs: Vec<LegSummary>, verdict: Verdict, hop: Option<&str>, reason: Option<Reason>, status: Option<u16>) -> Record {
-        Record::Chain(Box::new(ChainRecord {
+        Record::Chain(ChainRecord {
             time: format!("2026-11-21T10:{t}.000Z"), chain_id: t.into(), target: Some("login.example.test:443".into()), namespace: Some("app".into()),
             pod: Some("web-1".into()), comm: "curl".into(), legs, verdict, failed_hop: hop.map(str::to_string), reason, proxy_status: status, ..ChainRecord::default()
-        }))
+        })
     }
     fn leg(hop: &str, verdict: Verdict, status: Option<u16>) -> LegSummary {
         LegSummary { hop: hop.into(), leg: format!("x->{hop}"), verdict, proxy_status: status, latency_ms: 2.0, ..LegSummary::default() }

@@ -1,9 +1,14 @@
 //! `egress-agent flows`: the running agent's recent records.
 use clap::Args;
 
+use super::{ApiArgs, FilterArgs, watch};
 use crate::{
-    api::{Record, Request, client},
-    cli::{ApiArgs, FilterArgs, print::Kind, watch},
+    api::{
+        client,
+        wire::{Message, Request},
+    },
+    records::Record,
+    session::shutdown_on_signals,
 };
 
 #[derive(Debug, Args)]
@@ -21,17 +26,15 @@ pub async fn flows(args: FlowsArgs) -> anyhow::Result<u8> {
     let f = &args.filter.flows;
     if args.follow {
         let stream = client::open(&args.api.api_socket, &Request::Follow { history: true }).await?;
-        let shutdown = crate::session::shutdown_on_signals()?;
+        let shutdown = shutdown_on_signals()?;
         return watch::follow(stream, &args.filter, args.filter.printer(false), shutdown, true).await;
     }
-    let records = client::snapshot(&args.api.api_socket).await?;
-    let mut matching: Vec<&Record> = records
+    let lines = client::snapshot(&args.api.api_socket).await?;
+    let mut matching: Vec<&Record> = lines
         .iter()
-        .filter(|r| match r {
-            Record::Flow(x) => args.filter.kind() == Kind::Flows && f.matches(x),
-            Record::Chain(c) => args.filter.kind() == Kind::Chains && f.matches_chain(c),
-            Record::Dns(d) => args.filter.kind() == Kind::Dns && f.matches_dns(d),
-            _ => false,
+        .filter_map(|m| match m {
+            Message::Record(r) if args.filter.shows(r) && f.matches_record(r) => Some(r),
+            _ => None,
         })
         .collect();
     if let Some(n) = f.last {
@@ -41,7 +44,7 @@ pub async fn flows(args: FlowsArgs) -> anyhow::Result<u8> {
     let mut p = args.filter.printer(true);
     p.header();
     for r in &matching {
-        watch::show(&mut p, r);
+        p.record(r);
     }
     p.finish();
     Ok(0)

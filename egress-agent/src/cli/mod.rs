@@ -1,15 +1,28 @@
-//! Command line: `run`, `watch`, `flows`, `explain`, `check`, `completions`.
+//! The command line, the binary's edge: clap types, one module per command
+//! (`run`, `watch`, `flows`, `explain`, `check`, `completions`), and how
+//! records are filtered and rendered for people. Commands build plain
+//! [`SessionOptions`] from their flags; errors are `anyhow` from here up.
 pub mod check;
 pub mod explain;
+pub mod filter;
 pub mod flows;
 pub mod print;
 pub mod run;
+pub mod table;
 pub mod watch;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use egress_common::{DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES};
 
-use crate::{flows::FlowSettings, output::{Color, Format}, probes::ProbeOptions};
+use self::print::{Color, Format};
+use crate::{
+    config::{Cidr, Config, ConfigError, DEFAULT_PRIVATE},
+    kernel::loader::parse_optional_program as parse_optional,
+    records::Record,
+    session::{SessionOptions, Switch},
+};
 
 /// Exit code of `explain` (and `flows`) when there is no recent record to
 /// show: distinct from 1, an error.
@@ -91,7 +104,7 @@ pub struct ApiArgs {
 
 /// Kernel-side options shared by `run` and `watch`.
 #[derive(Debug, Clone, Args)]
-pub struct ProbeArgs {
+pub struct SessionArgs {
     /// Ring buffer size in bytes (a power of two, at least the page size).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
@@ -104,11 +117,11 @@ pub struct ProbeArgs {
     /// cgroup v2 mount to resolve cgroup ids in (default: the one in
     /// /proc/self/mountinfo). In a container, mount the host's hierarchy.
     #[arg(long, env = "EGRESS_CGROUP_ROOT")]
-    pub cgroup_root: Option<std::path::PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
     /// Comma-separated CIDRs classified `private` (cluster-external private
     /// destinations such as a proxy VM).
-    #[arg(long, value_delimiter = ',', default_value = crate::remote::DEFAULT_PRIVATE)]
-    pub private_ranges: Vec<crate::remote::Cidr>,
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_PRIVATE)]
+    pub private_ranges: Vec<Cidr>,
     /// Remote ports of HTTP proxies (comma-separated, at most 8): the first
     /// payload bytes of flows to them are read (CONNECT target, status).
     /// Added to the ports of the chain configuration's hops.
@@ -117,7 +130,7 @@ pub struct ProbeArgs {
     /// Agent configuration (YAML): the proxy chain, destination allow-list,
     /// bypass policy. See deploy/kubernetes/base/config.yaml.
     #[arg(long, env = "EGRESS_CONFIG")]
-    pub config: Option<std::path::PathBuf>,
+    pub config: Option<PathBuf>,
     /// Kubernetes metadata (pods of this node, services, endpointslices,
     /// nodes): auto = on in a cluster or with --kubeconfig.
     #[arg(long, value_enum, default_value_t = Toggle::Auto)]
@@ -127,7 +140,7 @@ pub struct ProbeArgs {
     pub node_name: Option<String>,
     /// kubeconfig for the API server (default: in-cluster, then ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<std::path::PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
     /// Follow conntrack (NAT) over ctnetlink: auto = in the --conntrack-netns
     /// namespaces, else the agent's own if it may.
     #[arg(long, value_enum, default_value_t = Toggle::Auto)]
@@ -135,13 +148,13 @@ pub struct ProbeArgs {
     /// Network namespace to follow conntrack in (repeatable), e.g.
     /// /run/netns/router or /proc/1/ns/net.
     #[arg(long)]
-    pub conntrack_netns: Vec<std::path::PathBuf>,
+    pub conntrack_netns: Vec<PathBuf>,
     /// Optional kernel programs not to attach (comma-separated), trading
     /// what they add for their cost: e.g. `sys_enter_connect,sys_enter_getsockopt,sys_exit_getsockopt`
     /// (syscall tracepoints put every syscall of every task on the kernel's
     /// traced path). `check` lists each program's role; inet_sock_set_state
     /// is required.
-    #[arg(long, value_delimiter = ',', value_parser = crate::probes::parse_optional_program)]
+    #[arg(long, value_delimiter = ',', value_parser = parse_optional)]
     pub disable_programs: Vec<String>,
     /// Read the destination the application passed to connect()
     /// (`sys_enter_connect`): true, false, or auto = only when a cgroup
@@ -155,33 +168,31 @@ pub struct ProbeArgs {
     pub stall_reader_ms: Option<u64>,
 }
 
-impl ProbeArgs {
-    /// The chain from --config, if any (a bad file is an error, not ignored).
-    pub fn chain(&self) -> anyhow::Result<Option<std::sync::Arc<crate::chain::Chain>>> {
-        self.config.as_deref().map(|p| crate::chain::Chain::load(p).map(|(c, _)| std::sync::Arc::new(c))).transpose()
+impl SessionArgs {
+    /// The configuration from --config, if any (a bad file is an error, not ignored).
+    pub fn load_config(&self) -> Result<Option<Arc<Config>>, ConfigError> {
+        self.config.as_deref().map(|p| Config::load(p).map(Arc::new)).transpose()
     }
-    /// --proxy-ports plus the ports of the chain's hops.
-    pub fn all_proxy_ports(&self, chain: Option<&crate::chain::Chain>) -> Vec<u16> {
-        let mut p = self.proxy_ports.clone();
-        p.extend(chain.map(|c| c.proxy_ports()).unwrap_or_default());
-        p.sort_unstable();
-        p.dedup();
-        p
-    }
-    pub fn probe_options(&self, chain: Option<&crate::chain::Chain>) -> ProbeOptions {
-        ProbeOptions { ring_bytes: self.ring_bytes, max_flows: self.max_flows, proxy_ports: self.all_proxy_ports(chain), cgroup_root: self.cgroup_root.clone(), dns_port: chain.map_or(egress_common::DNS_PORT, |c| c.dns.port), disabled: self.disable_programs.clone(),
-            connect_intent: match self.connect_intent {
-                Toggle::Auto => None,
-                Toggle::True => Some(true),
-                Toggle::False => Some(false),
-            },
+
+    /// The session these flags ask for, with the configuration loaded.
+    pub fn options(&self, config: Option<Arc<Config>>) -> SessionOptions {
+        SessionOptions {
+            ring_bytes: self.ring_bytes,
+            max_flows: self.max_flows,
+            degraded_retransmits: self.degraded_retransmits,
+            cgroup_root: self.cgroup_root.clone(),
+            private_ranges: self.private_ranges.clone(),
+            proxy_ports: self.proxy_ports.clone(),
+            config,
+            kube: self.kube.into(),
+            node_name: self.node_name.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            conntrack: self.conntrack.into(),
+            conntrack_netns: self.conntrack_netns.clone(),
+            disabled_programs: self.disable_programs.clone(),
+            connect_intent: self.connect_intent.into(),
+            stall_reader: self.stall_reader_ms.map(Duration::from_millis),
         }
-    }
-    pub fn enrich_options(&self, chain: Option<std::sync::Arc<crate::chain::Chain>>) -> crate::enrich::EnrichOptions {
-        crate::enrich::EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone(), chain }
-    }
-    pub fn flow_settings(&self, chain: Option<&crate::chain::Chain>) -> FlowSettings {
-        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize, proxy_ports: self.all_proxy_ports(chain) }
     }
 }
 
@@ -193,10 +204,28 @@ pub enum Toggle {
     False,
 }
 
-fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+impl From<Toggle> for Switch {
+    fn from(t: Toggle) -> Self {
+        match t {
+            Toggle::Auto => Self::Auto,
+            Toggle::True => Self::On,
+            Toggle::False => Self::Off,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingBytesError {
+    #[error("{0}")]
+    NotANumber(std::num::ParseIntError),
+    #[error("{0} is not a power of two ≥ 4096")]
+    Size(u32),
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, RingBytesError> {
+    let v: u32 = s.parse().map_err(RingBytesError::NotANumber)?;
     if v < 4096 || !v.is_power_of_two() {
-        return Err(format!("{v} is not a power of two ≥ 4096"));
+        return Err(RingBytesError::Size(v));
     }
     Ok(v)
 }
@@ -205,7 +234,7 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
     #[command(flatten)]
-    pub flows: crate::filter::FlowFilter,
+    pub flows: filter::FlowFilter,
     /// Print stitched chain records (one per request through the proxy
     /// chain: who, target, VIA the hops, the hop that broke) instead of flows.
     #[arg(long)]
@@ -226,6 +255,11 @@ pub struct FilterArgs {
 impl FilterArgs {
     pub fn printer(&self, snapshot: bool) -> print::Printer {
         print::Printer::new(self.output, self.kind(), self.color.enabled(), snapshot)
+    }
+
+    /// Whether `r` is of the kind of records asked for.
+    pub fn shows(&self, r: &Record) -> bool {
+        print::Kind::of(r) == self.kind()
     }
 
     pub fn kind(&self) -> print::Kind {
@@ -253,11 +287,11 @@ mod tests {
     fn private_ranges_parse() {
         let cli = Cli::try_parse_from(["egress-agent", "watch", "--private-ranges", "10.0.0.0/8,fd00::/8"]).expect("parse");
         let Command::Watch(w) = cli.command else { panic!("watch") };
-        assert_eq!(w.probe.private_ranges.len(), 2);
+        assert_eq!(w.session.private_ranges.len(), 2);
         assert!(Cli::try_parse_from(["egress-agent", "watch", "--private-ranges", "10.0.0.0/99"]).is_err());
         let cli = Cli::try_parse_from(["egress-agent", "watch"]).expect("parse");
         let Command::Watch(w) = cli.command else { panic!("watch") };
-        assert_eq!(w.probe.private_ranges.len(), 7);
+        assert_eq!(w.session.private_ranges.len(), 7);
     }
 
     #[test]

@@ -1,16 +1,48 @@
 //! Writing records to stdout in the format the user chose, for `watch` and
 //! `flows` alike. A closed pipe (`| head`) ends output quietly.
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
-use crate::{
-    api::RecordRef,
-    chains::ChainRecord,
-    output::{
-        Format, record_line,
-        table::{CHAIN_COLS, Col, DNS_COLS, FLOW_COLS, Table, chain_cells, dns_cells, flow_cells},
-    },
-    record::FlowRecord,
-};
+use super::table::{CHAIN_COLS, Col, DNS_COLS, FLOW_COLS, Table, chain_cells, dns_cells, flow_cells, terminal_width};
+use crate::records::{Record, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns with a header, fitted to the terminal width.
+    Table,
+    /// Every column (PID, source, NAT, proxy status, ids), not truncated.
+    Wide,
+    /// JSON: an array for a snapshot; one object per line for a stream.
+    Json,
+    /// One JSON object per line, always.
+    Jsonl,
+}
+
+impl Format {
+    pub fn is_json(self) -> bool {
+        matches!(self, Self::Json | Self::Jsonl)
+    }
+}
+
+/// When to colour the verdict column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    /// On a terminal, unless NO_COLOR is set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    pub fn enabled(self) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+}
+
 
 /// Which records a printer shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +53,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of records `r` is.
+    pub fn of(r: &Record) -> Self {
+        match r {
+            Record::Flow(_) => Self::Flows,
+            Record::Chain(_) => Self::Chains,
+            Record::Dns(_) => Self::Dns,
+        }
+    }
+
     fn cols(self) -> &'static [Col] {
         match self {
             Self::Flows => &FLOW_COLS,
@@ -44,7 +85,7 @@ impl Printer {
     pub fn new(format: Format, kind: Kind, color: bool, snapshot: bool) -> Self {
         let cols = kind.cols();
         let table = match format {
-            Format::Table => Some(Table::new(cols, crate::output::terminal_width(), false, color)),
+            Format::Table => Some(Table::new(cols, terminal_width(), false, color)),
             Format::Wide => Some(Table::new(cols, usize::MAX, true, color)),
             _ => None,
         };
@@ -68,67 +109,33 @@ impl Printer {
         }
     }
 
-    fn json(&mut self, r: RecordRef<'_>) {
-        let l = record_line(r);
-        self.json_text(l);
-    }
-
-    fn json_text(&mut self, l: String) {
+    fn json_text(&mut self, l: &str) {
         if self.array {
             let sep = if self.printed > 0 { "," } else { " " };
             self.line(&format!("{sep}{l}"));
         } else {
-            self.line(&l);
+            self.line(l);
         }
         self.printed += 1;
     }
 
-    pub fn flow(&mut self, r: &FlowRecord) {
-        if self.kind != Kind::Flows {
+    /// A record, when it is of the kind this printer shows.
+    pub fn record(&mut self, r: &Record) {
+        if Kind::of(r) != self.kind {
             return;
         }
-        match &self.table {
-            Some(t) => {
-                let l = t.render(&flow_cells(r), Some(r.verdict));
-                self.line(&l);
-                self.printed += 1;
-            }
-            None => self.json(RecordRef::Flow(r)),
-        }
-    }
-
-    pub fn chain(&mut self, c: &ChainRecord) {
-        if self.kind != Kind::Chains {
+        let Some(t) = &self.table else {
+            self.json_text(&r.json_line());
             return;
-        }
-        match &self.table {
-            Some(t) => {
-                let l = t.render(&chain_cells(c), Some(c.verdict));
-                self.line(&l);
-                self.printed += 1;
-            }
-            None => self.json(RecordRef::Chain(c)),
-        }
-    }
-
-    /// A DNS record, as the agent wrote it.
-    pub fn dns(&mut self, d: &serde_json::Value) {
-        if self.kind != Kind::Dns {
-            return;
-        }
-        match &self.table {
-            Some(t) => {
-                let v = match d["verdict"].as_str() {
-                    Some("failed") => Some(crate::verdict::Verdict::Failed),
-                    Some("ok") => Some(crate::verdict::Verdict::Ok),
-                    _ => None,
-                };
-                let l = t.render(&dns_cells(d), v);
-                self.line(&l);
-                self.printed += 1;
-            }
-            None => self.json_text(d.to_string()),
-        }
+        };
+        let l = match r {
+            Record::Flow(f) => t.render(&flow_cells(f), Some(f.verdict)),
+            Record::Chain(c) => t.render(&chain_cells(c), Some(c.verdict)),
+            // A lookup is ok or failed; nothing else is coloured.
+            Record::Dns(d) => t.render(&dns_cells(d), (d.verdict != Verdict::Degraded).then_some(d.verdict)),
+        };
+        self.line(&l);
+        self.printed += 1;
     }
 
     /// End of a snapshot. Returns how many records were printed.

@@ -1,15 +1,17 @@
-//! `egress-agent run`: the daemon.
-use std::{io::Write as _, net::SocketAddr};
+//! `egress-agent run`: the daemon. The pipeline's records go to the sinks:
+//! metrics (served over HTTP), the local API, the JSON flow log.
+use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Args;
 
+use super::SessionArgs;
 use crate::{
-    api,
-    cli::ProbeArgs,
+    api::{self, server::ApiOptions, wire::Status},
     pipeline::Output,
-    server,
+    records::{Record, rfc3339},
     session::{Session, shutdown_on_signals},
+    sinks::{flow_log::FlowLog, http},
 };
 
 #[derive(Debug, Args)]
@@ -32,7 +34,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_api: bool,
     #[command(flatten)]
-    pub probe: ProbeArgs,
+    pub session: SessionArgs,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -40,48 +42,43 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    let mut session = Session::start(&args.probe).await?;
+    let config = args.session.load_config()?;
+    let mut session = Session::start(args.session.options(config)).await?;
     let shutdown = shutdown_on_signals()?;
-    let server = tokio::spawn(server::serve(listener, session.metrics.clone(), shutdown.clone()));
+    let server = tokio::spawn(http::serve(listener, session.metrics.clone(), shutdown.clone()));
     let api = if args.no_api {
         None
     } else {
-        let status = api::Status {
+        let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
-            started: crate::record::rfc3339(std::time::SystemTime::now()),
+            started: rfc3339(std::time::SystemTime::now()),
             attached: session.attached_summary(),
             history: 0,
             history_capacity: args.api_history,
         };
-        let opts = api::server::ApiOptions { path: args.api_socket.clone(), history: args.api_history, status };
+        let opts = ApiOptions { path: args.api_socket.clone(), history: args.api_history, status };
         Some(api::server::start(opts, &session.metrics.registry, shutdown.clone())?)
     };
     tracing::info!(addr = %args.metrics_addr, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
-    let log = args.log_flows;
+    let log = args.log_flows.then(FlowLog::stdout);
     let mut api = api;
-    let out = std::io::stdout();
     session
         .pipeline(
-            move |rec| {
-                let item = match rec {
-                    Output::Flow(r) if !r.quiet => api::Item::Flow(r),
-                    Output::Chain(c) => api::Item::Chain(c),
-                    Output::Dns(d) => api::Item::Dns(d),
-                    Output::Idle => {
-                        if let Some(api) = &mut api {
-                            api.flush();
-                        }
-                        return;
+            move |out| match out {
+                Output::Idle => {
+                    if let Some(api) = &mut api {
+                        api.flush();
                     }
-                    Output::Flow(_) => return,
-                };
-                if log {
-                    let mut o = out.lock();
-                    let _ = writeln!(o, "{}", item.to_line()).and_then(|_| o.flush());
                 }
-                if let Some(api) = &mut api {
-                    api.publish(item);
+                Output::Record(Record::Flow(r)) if r.quiet => {}
+                Output::Record(rec) => {
+                    if let Some(log) = &log {
+                        log.write(&rec);
+                    }
+                    if let Some(api) = &mut api {
+                        api.publish(rec);
+                    }
                 }
             },
             shutdown,

@@ -1,13 +1,18 @@
 //! `egress-agent watch`: live records on stdout, from the running agent's
-//! API when there is one, else from probes this process loads itself.
+//! API when there is one, else from kernel programs this process loads
+//! itself (standalone mode).
 use std::time::Duration;
 
 use clap::Args;
 
+use super::{ApiArgs, FilterArgs, SessionArgs, print::Printer};
 use crate::{
-    api::{Record, Request, client},
-    cli::{ApiArgs, FilterArgs, ProbeArgs, print::{Kind, Printer}},
+    api::{
+        client::{self, ClientError},
+        wire::{Control, Message, Request},
+    },
     pipeline::Output,
+    records::Record,
     session::{Session, shutdown_on_signals},
 };
 
@@ -25,7 +30,7 @@ pub struct WatchArgs {
     pub api: ApiArgs,
     /// Kernel-side options, used in standalone mode.
     #[command(flatten)]
-    pub probe: ProbeArgs,
+    pub session: SessionArgs,
 }
 
 /// Turns true on SIGINT/SIGTERM or after `secs`.
@@ -58,30 +63,21 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
                 );
                 return follow(stream, &args.filter, args.filter.printer(false), shutdown, false).await;
             }
-            Err(e) => match e.downcast_ref::<client::ConnectError>() {
-                Some(c) if c.is_absent() => eprintln!("egress-agent watch: no agent at {}; standalone mode", args.api.api_socket.display()),
-                _ => return Err(e),
-            },
+            Err(ClientError::Connect(c)) if c.is_absent() => eprintln!("egress-agent watch: no agent at {}; standalone mode", args.api.api_socket.display()),
+            Err(e) => return Err(e.into()),
         }
     }
-    let mut session = Session::start(&args.probe).await?;
+    let config = args.session.load_config()?;
+    let mut session = Session::start(args.session.options(config)).await?;
     eprintln!("egress-agent watch: standalone mode, probes loaded by this process; {}", session.attached_summary());
     let mut printer = args.filter.printer(false);
     printer.header();
     let filter = args.filter.flows.clone();
-    let dns = args.filter.dns;
     session
         .pipeline(
-            move |rec| match rec {
-                Output::Flow(r) if !r.quiet && filter.matches(&r) => printer.flow(&r),
-                Output::Chain(c) if filter.matches_chain(&c) => printer.chain(&c),
-                Output::Dns(d) if dns => {
-                    if let Ok(v) = serde_json::to_value(&d)
-                        && filter.matches_dns(&v)
-                    {
-                        printer.dns(&v);
-                    }
-                }
+            move |out| match out {
+                Output::Record(Record::Flow(r)) if r.quiet => {}
+                Output::Record(r) if filter.matches_record(&r) => printer.record(&r),
                 _ => {}
             },
             shutdown,
@@ -108,40 +104,24 @@ pub async fn follow(mut stream: client::RecordStream, filter: &FilterArgs, mut p
             return Ok(1);
         };
         match rec {
-            Record::HistoryEnd => {
+            Message::Control(Control::HistoryEnd) => {
                 let keep = f.last.map_or(0, |n| backlog.len().saturating_sub(n));
                 for r in backlog.drain(..).skip(keep) {
-                    show(&mut printer, &r);
+                    printer.record(&r);
                 }
                 live = true;
             }
-            Record::Lost { count } => eprintln!("egress-agent: {count} records dropped by the agent for this client (reading too slowly)"),
-            Record::Flow(r) if !f.matches(&r) => {}
-            Record::Chain(c) if !f.matches_chain(&c) => {}
-            Record::Dns(d) if !f.matches_dns(&d) => {}
-            r if !live => {
-                let kind = match r {
-                    Record::Chain(_) => Kind::Chains,
-                    Record::Dns(_) => Kind::Dns,
-                    _ => Kind::Flows,
-                };
-                if kind == filter.kind() {
+            Message::Control(Control::Lost { count }) => eprintln!("egress-agent: {count} records dropped by the agent for this client (reading too slowly)"),
+            Message::Record(r) if !f.matches_record(&r) => {}
+            Message::Record(r) if !live => {
+                if filter.shows(&r) {
                     backlog.push(r);
                 }
             }
-            r => show(&mut printer, &r),
+            Message::Record(r) => printer.record(&r),
         }
         if printer.broken {
             return Ok(0);
         }
-    }
-}
-
-pub fn show(p: &mut Printer, r: &Record) {
-    match r {
-        Record::Flow(f) => p.flow(f),
-        Record::Chain(c) => p.chain(c),
-        Record::Dns(d) => p.dns(d),
-        _ => {}
     }
 }

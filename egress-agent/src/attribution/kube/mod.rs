@@ -1,0 +1,299 @@
+//! Kubernetes metadata: a read-only index for attribution.
+//!
+//! - **Pods** on this node (`spec.nodeName=$NODE_NAME`, all pods when no node
+//!   name is given) by UID → namespace, name, labels, containers (runtime id →
+//!   name), owner workload, node, IPs. A deleted pod stays resolvable for
+//!   [`KubeTuning::pod_retention`] (60 s) so late kernel events still attribute.
+//! - **Services** (ClusterIPs, external and load-balancer IPs),
+//!   **EndpointSlices** (backend address → pod + Service) and **Nodes**
+//!   (InternalIP/ExternalIP), cluster-wide → [`KubeIndex::remote`].
+//!
+//! Every resource is a kube-runtime `watcher` (list, then watch from the list's
+//! resourceVersion, re-list on 410) with an exponential backoff that only resets
+//! on real progress ([`informer`]). Objects are decoded one by one, so one
+//! malformed object is counted in `egress_kube_objects_malformed_total` and the
+//! others are still indexed. Nothing here fails hard once started: with the API
+//! unreachable the index stays empty, lookups answer `None`, the watches retry
+//! and `egress_kube_watch_up{resource}` says 0.
+//!
+//! Workload resolution (see [`owners`]) needs no extra watches or RBAC: a
+//! ReplicaSet is a Deployment's when its name is `<deployment>-<hash>` and the
+//! pod carries the same `pod-template-hash` label (both stamped by the
+//! Deployment controller); a Job is a CronJob's when its name is
+//! `<cronjob>-<scheduled time in Unix minutes>` with a plausible time.
+//!
+//! RBAC needed: `get/list/watch` on `pods`, `services`, `nodes` (core) and
+//! `endpointslices` (`discovery.k8s.io`).
+mod index;
+mod informer;
+mod objects;
+mod owners;
+mod raw;
+
+#[cfg(test)]
+mod fake_apiserver;
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use self::index::Index;
+use self::informer::KubeMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("reading kubeconfig {}", path.display())]
+    ReadKubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
+    #[error("using kubeconfig {}", path.display())]
+    UseKubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
+    #[error("no Kubernetes configuration (not in a cluster, no kubeconfig)")]
+    NoConfig(#[source] kube::config::InferConfigError),
+    #[error("the Kubernetes index needs a tokio runtime")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    #[error("{what}")]
+    Request { what: &'static str, source: kube::Error },
+    #[error("no answer from {url} within 5 s")]
+    Timeout { url: String },
+    #[error(transparent)]
+    Metrics(#[from] crate::sinks::MetricError),
+}
+
+/// How to reach the API server and what to watch.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// Watch only the pods scheduled on this node (`$NODE_NAME` from the
+    /// downward API); `None` watches every pod of the cluster.
+    pub node_name: Option<String>,
+    /// Use this kubeconfig instead of `kube::Config::infer()` (which tries
+    /// `$KUBECONFIG`/`~/.kube/config`, then the in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Timings; the defaults are right for production, tests shorten them.
+#[derive(Clone, Debug)]
+pub struct KubeTuning {
+    /// How long a deleted (or vanished on re-list) pod stays resolvable by UID.
+    pub pod_retention: Duration,
+    /// First retry delay after a failed list/watch; doubles per failure.
+    pub backoff_min: Duration,
+    /// Retry delay cap.
+    pub backoff_max: Duration,
+}
+
+impl Default for KubeTuning {
+    fn default() -> Self {
+        // Backoff as client-go's reflector: 800 ms doubling to 30 s.
+        Self {
+            pod_retention: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(800),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The metadata index. Cheap to clone; lookups take a read lock and never
+/// wait on the network. The watches stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct KubeIndex {
+    index: Arc<Index>,
+    tasks: Option<Arc<informer::Tasks>>,
+}
+
+impl std::fmt::Debug for KubeIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeIndex")
+            .field("running", &self.tasks.is_some())
+            .field("counts", &self.index.counts())
+            .finish()
+    }
+}
+
+impl KubeIndex {
+    /// Starts the watches in the background (on the current tokio runtime)
+    /// and returns at once, before anything is listed.
+    ///
+    /// Errors only when there is no usable client configuration (no
+    /// kubeconfig and not in a cluster, an unreadable `--kubeconfig`) or the
+    /// metrics cannot be registered. An unreachable or misbehaving API server
+    /// is not an error: the index stays empty and the watches retry.
+    pub async fn start(opts: KubeOptions, registry: &prometheus::Registry) -> Result<KubeIndex, KubeError> {
+        let config = client_config(&opts).await?;
+        Self::start_with(config, &opts, KubeTuning::default(), registry)
+    }
+
+    /// For `check`: reach the API server and list what the agent watches
+    /// (one object each, so RBAC is proven, not assumed).
+    pub async fn check_access(opts: &KubeOptions) -> Result<String, KubeError> {
+        use k8s_openapi::api::{core::v1::{Node, Pod, Service}, discovery::v1::EndpointSlice};
+        let config = client_config(opts).await?;
+        let url = config.cluster_url.to_string();
+        let req = |what| move |source| KubeError::Request { what, source };
+        let client = kube::Client::try_from(config).map_err(req("kube client"))?;
+        let lp = kube::api::ListParams::default().limit(1);
+        let work = async {
+            let v = client.apiserver_version().await.map_err(req("GET /version"))?;
+            kube::Api::<Pod>::all(client.clone()).list(&lp).await.map_err(req("list pods"))?;
+            kube::Api::<Service>::all(client.clone()).list(&lp).await.map_err(req("list services"))?;
+            kube::Api::<EndpointSlice>::all(client.clone()).list(&lp).await.map_err(req("list endpointslices"))?;
+            kube::Api::<Node>::all(client.clone()).list(&lp).await.map_err(req("list nodes"))?;
+            Ok::<_, KubeError>(format!("{} at {url}: pods, services, endpointslices, nodes listable{}", v.git_version, opts.node_name.as_deref().map_or_else(|| "; NODE_NAME unset (all pods would be watched)".to_string(), |n| format!("; node {n}"))))
+        };
+        tokio::time::timeout(Duration::from_secs(5), work).await.unwrap_or(Err(KubeError::Timeout { url }))
+    }
+}
+
+/// The client configuration: `--kubeconfig`, else in-cluster / ~/.kube/config.
+async fn client_config(opts: &KubeOptions) -> Result<kube::Config, KubeError> {
+    match &opts.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::ReadKubeconfig { path: path.clone(), source })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::UseKubeconfig { path: path.clone(), source })
+        }
+        None => kube::Config::infer().await.map_err(KubeError::NoConfig),
+    }
+}
+
+impl KubeIndex {
+    /// [`KubeIndex::start`] with an explicit client configuration and timings.
+    /// Spawns on the current tokio runtime (an error outside one).
+    pub fn start_with(
+        config: kube::Config,
+        opts: &KubeOptions,
+        tuning: KubeTuning,
+        registry: &prometheus::Registry,
+    ) -> Result<KubeIndex, KubeError> {
+        let metrics = KubeMetrics::register(registry)?;
+        let index = Arc::new(Index::new(tuning.pod_retention));
+        let tasks = informer::spawn_all(config, opts, &tuning, index.clone(), metrics)?;
+        Ok(KubeIndex { index, tasks: Some(Arc::new(tasks)) })
+    }
+
+    /// An index that knows nothing (`--kube=false`, or outside a cluster).
+    pub fn empty() -> KubeIndex {
+        KubeIndex { index: Arc::new(Index::new(Duration::ZERO)), tasks: None }
+    }
+
+    /// The pod with this UID (as found in the cgroup path; dashes or the
+    /// systemd driver's underscores), live or deleted less than the retention ago.
+    pub fn pod(&self, uid: &str) -> Option<PodMeta> {
+        self.index.pod(uid).map(|p| (*p).clone())
+    }
+
+    /// Like [`KubeIndex::pod`] without cloning the metadata.
+    pub fn pod_arc(&self, uid: &str) -> Option<Arc<PodMeta>> {
+        self.index.pod(uid)
+    }
+
+    /// What a remote address is in the cluster: a Service (ClusterIP,
+    /// external or load-balancer IP), a pod (an EndpointSlice backend with its
+    /// Service, or a pod on this node), or a node. `None` for anything else.
+    ///
+    /// Order: Service IP → backend `ip:port` → node IP → backend `ip` on
+    /// another port → pod on this node. A hostNetwork backend on a node IP is
+    /// the pod only on a port its Service targets, otherwise the node.
+    pub fn remote(&self, ip: IpAddr, port: u16) -> Option<RemoteMeta> {
+        self.index.remote(ip, port)
+    }
+
+    /// Objects currently indexed: (pods incl. retained, services, endpointslices, nodes).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        self.index.counts()
+    }
+}
+
+/// A pod, as far as attribution needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodMeta {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Current containers (init, regular, ephemeral). `id` is empty until the
+    /// runtime has started the container.
+    pub containers: Vec<ContainerMeta>,
+    /// The owning workload, ReplicaSet and Job resolved to Deployment and CronJob.
+    pub workload: Option<Workload>,
+    pub node: Option<String>,
+    pub ip: Vec<IpAddr>,
+    /// Shares the node's network namespace (its IPs are the node's).
+    pub host_network: bool,
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    pub phase: Option<String>,
+    /// Ids of earlier instances of restarted containers (`lastState.terminated`):
+    /// late events of a crashed container still name it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub previous_containers: Vec<ContainerMeta>,
+}
+
+impl PodMeta {
+    /// The container name for a runtime container id (with or without a
+    /// `containerd://`-style prefix), current or a restarted container's previous id.
+    pub fn container_name(&self, container_id: &str) -> Option<&str> {
+        let id = strip_runtime_prefix(container_id);
+        if id.is_empty() {
+            return None;
+        }
+        self.containers.iter().chain(&self.previous_containers).find(|c| c.id == id).map(|c| c.name.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerMeta {
+    /// Runtime id without the `containerd://` / `cri-o://` / `docker://` prefix.
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    /// `Deployment`, `DaemonSet`, `StatefulSet`, `Job`, `CronJob`, `ReplicaSet`
+    /// (bare), `ReplicationController`, `Node` (static pods), or a custom kind.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RemoteMeta {
+    pub class: RemoteClass,
+    /// `None` for nodes.
+    pub namespace: Option<String>,
+    /// Pod, Service or node name.
+    pub name: String,
+    /// The Service this address backs: the pod's Service, or for an endpoint
+    /// that is no pod (a selector-less Service pointing at a VM) the Service
+    /// itself, then with `class: Service`.
+    pub service: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteClass {
+    Pod,
+    Service,
+    Node,
+}
+
+impl RemoteClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteClass::Pod => "pod",
+            RemoteClass::Service => "service",
+            RemoteClass::Node => "node",
+        }
+    }
+}
+
+/// `containerd://abc` → `abc`; ids without a scheme are returned as they are.
+pub(crate) fn strip_runtime_prefix(id: &str) -> &str {
+    id.split_once("://").map_or(id, |(_, rest)| rest)
+}

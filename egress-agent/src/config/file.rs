@@ -1,0 +1,182 @@
+//! The configuration file (`--config`, YAML) as written: every section and
+//! key, unknown ones refused. [`super::Config::from_file`] validates it into
+//! plain settings; nothing else reads these types.
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub version: u32,
+    /// Refused: attribution sources are flags (`--kube`, `--cgroup-root`).
+    #[serde(default, deserialize_with = "present")]
+    pub attribution: bool,
+    #[serde(default)]
+    pub chain: Option<ChainConfig>,
+    #[serde(default)]
+    pub destinations: Destinations,
+    #[serde(default)]
+    pub bypass: BypassConfig,
+    /// Refused: metric labels are always bounded.
+    #[serde(default, deserialize_with = "present")]
+    pub labels: bool,
+    /// DNS observation (on by default, port 53).
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+    /// Active probes through the chain (off unless configured).
+    #[serde(default)]
+    pub probes: Option<ProbesConfig>,
+}
+
+/// True for a section that is there, whatever it holds (even nothing).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    #[serde(default)]
+    #[allow(dead_code, reason = "a name for the reader of the file; the agent needs none")]
+    pub name: Option<String>,
+    pub hops: Vec<HopConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopConfig {
+    pub name: String,
+    #[serde(default)]
+    #[allow(dead_code, reason = "for the reader of the file")]
+    pub description: Option<String>,
+    /// `http-connect` (default for hops with an address): read the CONNECT
+    /// line and the status line of flows to this hop. The only protocol:
+    /// accepted, not needed.
+    #[serde(default)]
+    #[allow(dead_code, reason = "http-connect is the only protocol")]
+    pub protocol: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: HopMatch,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopMatch {
+    /// Where clients reach it: a Service (resolved with the Kubernetes index).
+    #[serde(default)]
+    pub service: Option<ServiceRef>,
+    /// Where clients reach it: `ip:port` or `cidr:port` (one or a list).
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// DNS names clients resolve to reach it (e.g. the name in HTTPS_PROXY):
+    /// a failed lookup of one is a `dns_failed` at this hop.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// What it is: its processes' systemd unit, comm, cgroup path substring,
+    /// pod labels (and pod namespace).
+    #[serde(default)]
+    pub host_unit: Option<String>,
+    #[serde(default)]
+    pub comm: Option<String>,
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    #[serde(default)]
+    pub pod_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// For the `internet` pseudo-hop: the hop whose upstream connects it names.
+    #[serde(default)]
+    pub upstream_of: Option<String>,
+    /// For the `internet` pseudo-hop: documents which destinations it covers
+    /// (the agent classifies them itself).
+    #[serde(default)]
+    #[allow(dead_code, reason = "the internet pseudo-hop is implied; its matcher documents it")]
+    pub dst_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destinations {
+    /// `host:port` targets that keep their own metric label value.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BypassConfig {
+    #[serde(default = "yes")]
+    pub report: bool,
+    #[serde(default)]
+    pub exempt_namespaces: Vec<String>,
+    #[serde(default)]
+    pub exempt_units: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for BypassConfig {
+    fn default() -> Self {
+        Self { report: true, exempt_namespaces: vec![], exempt_units: vec![] }
+    }
+}
+
+/// `dns:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Observe DNS (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Server port (default 53).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// A query without a response after this long is a failed lookup
+    /// (`30s`, `1500ms`; default 5s, glibc's per-try timeout).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Names kept as metric label values (`egress_dns_lookups_total{name}`).
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// `probes:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// `host:port` CONNECT targets.
+    pub targets: Vec<String>,
+    /// Time between two probes of a target (default 30s, at least 1s).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Bound on one probe: connect, CONNECT answer (default 10s, at most the interval).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Fraction of the interval each wait varies by (0..=0.5, default 0.1).
+    #[serde(default)]
+    pub jitter: Option<f64>,
+    /// Complete a TLS handshake with the target inside the tunnel (default off).
+    #[serde(default)]
+    pub tls: bool,
+    /// Where to connect (`host:port`, resolved at every probe as an
+    /// application would); default: the first hop's first `address`.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Network namespace to probe from (e.g. a pod's `/proc/<pid>/ns/net`);
+    /// default: the agent's.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+}

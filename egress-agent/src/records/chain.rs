@@ -1,0 +1,50 @@
+//! The chain record: the legs of one request through the proxy chain and the
+//! hop that broke. Field names are stable and snake_case.
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::verdict::{Reason, Verdict};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LegSummary {
+    pub leg: String,
+    pub hop: String,
+    pub flow_id: String,
+    pub dst: Option<SocketAddr>,
+    pub dst_actual: Option<SocketAddr>,
+    pub snat: Option<SocketAddr>,
+    pub verdict: Verdict,
+    pub reason: Option<Reason>,
+    pub proxy_status: Option<u16>,
+    pub latency_ms: f64,
+    pub retransmits: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChainRecord {
+    pub chain_id: String,
+    pub time: String,
+    pub target: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub workload: Option<String>,
+    pub unit: Option<String>,
+    pub comm: String,
+    pub pid: u32,
+    /// Legs in chain order, client first.
+    pub legs: Vec<LegSummary>,
+    pub verdict: Verdict,
+    /// The hop that broke (`internet` for the origin side), when failed or degraded.
+    pub failed_hop: Option<String>,
+    pub reason: Option<Reason>,
+    /// The proxy status the client saw.
+    pub proxy_status: Option<u16>,
+    /// The client's socket address (what an active probe knows its tunnel by).
+    pub src: Option<SocketAddr>,
+    /// Made by the agent's own prober.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic: bool,
+}

@@ -1,0 +1,65 @@
+//! Verdicts and their reasons: what happened, in a closed vocabulary (metric
+//! label values, JSON values, `--verdict` / `--reason` filter values).
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    #[default]
+    Ok,
+    Failed,
+    Degraded,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Degraded => "degraded",
+        }
+    }
+}
+
+/// Why a flow failed or degraded. A closed set: metric label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Reason {
+    /// The peer answered the SYN with a reset (ECONNREFUSED).
+    Refused,
+    /// No answer: SYNs retransmitted until the kernel or the application gave up.
+    Timeout,
+    /// ICMP unreachable (EHOSTUNREACH / ENETUNREACH).
+    Unreachable,
+    /// An established connection was reset.
+    Reset,
+    /// Retransmits at or over the degraded threshold.
+    Retransmits,
+    /// A proxy refused the request (403, 407).
+    ProxyDenied,
+    /// A proxy could not reach its upstream (502, 503, 504).
+    ProxyUpstreamError,
+    /// Egress that left for a public address without going through the chain.
+    Bypass,
+    /// A name lookup failed: NXDOMAIN, SERVFAIL, REFUSED or no answer.
+    DnsFailed,
+    Other,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::Reset => "reset",
+            Self::Retransmits => "retransmits",
+            Self::ProxyDenied => "proxy_denied",
+            Self::ProxyUpstreamError => "proxy_upstream_error",
+            Self::Bypass => "bypass",
+            Self::DnsFailed => "dns_failed",
+            Self::Other => "other",
+        }
+    }
+}
