@@ -19,7 +19,7 @@ use egress_common::{DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES};
 use self::print::{Color, Format};
 use crate::{
     config::{Cidr, Config, ConfigError, DEFAULT_PRIVATE},
-    kernel::loader::parse_optional_program as parse_optional,
+    kernel::programs::parse_optional,
     records::Record,
     session::{SessionOptions, Switch},
 };

@@ -1,13 +1,17 @@
-//! Load the kernel programs for *this* kernel: resolve offsets, size maps,
-//! load, attach what can attach, and say why the rest cannot.
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt, KProbe, RawTracePoint, TracePoint},
-};
-use egress_common::{GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS};
+//! Load the kernel programs for *this* kernel: resolve the layouts the
+//! programs read (tracefs, BTF) into `CONFIG`, size the maps, then walk the
+//! [program table](super::programs) once: attach what this kernel takes,
+//! keep on standby what is not needed here, and say why the rest is skipped.
+use aya::{Ebpf, EbpfLoader};
+use egress_common::{Config, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS};
 use serde::Serialize;
 
-use super::offsets::{self, Btf, Hook, TraceFs};
+use super::{
+    attach,
+    offsets::{self, Btf, TraceFs, conntrack::ConntrackLayoutError},
+    programs::{Hook, Need, PROGRAMS, Program, Requires, Standby},
+};
+use crate::errors::Chain;
 
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress"));
@@ -16,8 +20,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub enum LoadError {
     #[error("this binary was built without its kernel programs (AYA_BUILD_SKIP); build with `cargo xtask build`")]
     NoObject,
-    #[error("missing privilege: {0}")]
-    Privilege(String),
+    #[error("missing privilege: {} (run as root or grant them)", .0.join(", "))]
+    Privilege(Vec<&'static str>),
     #[error(transparent)]
     TraceFs(#[from] offsets::tracefs::FormatError),
     #[error("loading the eBPF object: {0}")]
@@ -44,31 +48,6 @@ pub struct LoadOptions {
     pub connect_intent: Option<bool>,
 }
 
-/// Programs `--disable-programs` may name: every optional one.
-pub const OPTIONAL_PROGRAMS: &[&str] = &[
-    "tcp_retransmit_skb",
-    "tcp_receive_reset",
-    "inet_sk_error_report",
-    "sys_enter_connect",
-    "sys_enter_getsockopt",
-    "sys_exit_getsockopt",
-    "payload_egress",
-    "payload_ingress",
-    "so_error",
-    "conntrack_confirm",
-];
-
-/// Parse one `--disable-programs` name: optional programs only.
-pub fn parse_optional_program(s: &str) -> Result<String, String> {
-    if OPTIONAL_PROGRAMS.contains(&s) {
-        Ok(s.to_string())
-    } else if s == "inet_sock_set_state" {
-        Err("inet_sock_set_state is required and cannot be disabled".into())
-    } else {
-        Err(format!("unknown program {s:?} (optional programs: {})", OPTIONAL_PROGRAMS.join(", ")))
-    }
-}
-
 const DISABLED: &str = "disabled by --disable-programs";
 
 /// Attach status of one program, as `check` and `/metrics` report it.
@@ -92,22 +71,11 @@ pub struct ProgramStatus {
     pub xlated_insns: Option<u32>,
 }
 
+/// The loaded object and what became of each program.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub programs: Vec<ProgramStatus>,
     pub kernel_problems: Vec<String>,
-}
-
-fn role(program: &str) -> (&'static str, bool) {
-    match program {
-        "inet_sock_set_state" => ("connect outcomes, owner, latency (required)", true),
-        "tcp_retransmit_skb" => ("retransmit counts, connect stalling, degraded verdicts", false),
-        "tcp_receive_reset" => ("refused/reset when sk_err is unreadable", false),
-        "inet_sk_error_report" => ("errors cleared by SO_ERROR before close (Linux 5.16+); sk_err covers the rest", false),
-        "sys_enter_connect" => ("intended destination before socket-level load balancing", false),
-        "sys_enter_getsockopt" | "sys_exit_getsockopt" => ("errno of fast ICMP errors consumed by SO_ERROR", false),
-        _ => ("", false),
-    }
 }
 
 /// Effective capability set of this process.
@@ -118,9 +86,7 @@ pub fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
-pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_SYS_RESOURCE: u32 = 24;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
@@ -145,6 +111,83 @@ pub fn object_present() -> bool {
     !EBPF_OBJECT.is_empty()
 }
 
+/// The `CONFIG` global for this kernel: tracepoint record layouts from
+/// tracefs (per program: why one did not resolve) and struct offsets from BTF.
+struct Resolved {
+    config: Config,
+    /// Program name → why its layout could not be resolved.
+    layout_errors: Vec<(&'static str, String)>,
+    kernel_problems: Vec<String>,
+}
+
+fn resolve(tracefs: &TraceFs, btf: Option<&Btf>) -> Resolved {
+    let mut config = Config::DEFAULT;
+    let mut layout_errors = Vec::new();
+    for p in PROGRAMS {
+        let (Hook::Tracepoint { category, name }, Some(layout)) = (p.hook, p.layout) else { continue };
+        if let Err(e) = tracefs.format(category, name).and_then(|f| layout(&f, &mut config)) {
+            layout_errors.push((p.name, e.to_string()));
+        }
+    }
+    let kernel_problems = match btf {
+        Some(btf) => {
+            let (k, p) = offsets::kernel_offsets(btf);
+            config.kernel = k;
+            p
+        }
+        None => vec!["no kernel BTF: sk_err and netns reads are off".to_string()],
+    };
+    Resolved { config, layout_errors, kernel_problems }
+}
+
+/// What the loop knows beyond the program itself.
+struct Host<'a> {
+    opts: &'a LoadOptions,
+    tracefs: &'a TraceFs,
+    resolved: &'a Resolved,
+    conntrack: &'a Result<offsets::conntrack::Plan, ConntrackLayoutError>,
+    /// Proxy ports the payload programs look for.
+    ports: &'a [u16],
+    so_error_attached: bool,
+}
+
+impl Host<'_> {
+    /// Why `p` is not needed here, if it is not.
+    fn standby(&self, p: &Program) -> Option<String> {
+        match p.standby {
+            Standby::Never => None,
+            Standby::WhileSoErrorAttached => self.so_error_attached.then(|| "standby: so_error (cgroup/getsockopt) covers SO_ERROR".to_string()),
+            Standby::ConnectIntent => match self.opts.connect_intent {
+                Some(true) => None,
+                Some(false) => Some("standby: --connect-intent false".to_string()),
+                None if socket_lb_programs() == 0 => Some(
+                    "standby: no cgroup sock_addr program on this host, so connect() destinations are not rewritten and the socket's own is the intended one (--connect-intent true attaches it)"
+                        .to_string(),
+                ),
+                None => None,
+            },
+        }
+    }
+
+    /// What this kernel or host lacks for `p`, if anything.
+    fn missing(&self, p: &Program) -> Option<String> {
+        match p.requires {
+            Requires::Tracepoint => {
+                if let Some((_, e)) = self.resolved.layout_errors.iter().find(|(n, _)| *n == p.name) {
+                    return Some(e.clone());
+                }
+                let (Hook::Tracepoint { category, name } | Hook::RawTracepoint { category, name }) = p.hook else { return None };
+                (!self.tracefs.exists(category, name)).then(|| format!("tracepoint {category}/{name} does not exist on this kernel"))
+            }
+            Requires::Payload if self.ports.is_empty() && self.opts.dns_port == 0 => {
+                Some("off: no proxy ports configured (--proxy-ports or chain hops) and DNS observation off".to_string())
+            }
+            Requires::ConntrackBtf => self.conntrack.as_ref().err().map(|e| Chain(e).to_string()),
+            Requires::CgroupRoot | Requires::Payload | Requires::Verifier => None,
+        }
+    }
+}
+
 /// Load everything and attach what this kernel supports.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if !object_present() {
@@ -152,18 +195,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
     let missing = missing_caps(effective_caps());
     if !missing.is_empty() {
-        return Err(LoadError::Privilege(format!("{} (run as root or grant them)", missing.join(", "))));
+        return Err(LoadError::Privilege(missing));
     }
     raise_memlock();
     let tracefs = TraceFs::locate()?;
     let btf = match Btf::from_sys_fs() {
         Ok(b) => Some(b),
         Err(e) => {
-            tracing::warn!("kernel BTF unavailable ({}); errno and netns capture are off", crate::errors::Chain(&e));
+            tracing::warn!("kernel BTF unavailable ({}); errno and netns capture are off", Chain(&e));
             None
         }
     };
-    let mut resolved = offsets::resolve(&tracefs, btf.as_ref());
+    let mut resolved = resolve(&tracefs, btf.as_ref());
     let conntrack = offsets::conntrack::plan(&tracefs.root, btf.as_ref());
     if let Ok(p) = &conntrack {
         resolved.config.conntrack = p.offsets;
@@ -177,7 +220,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     resolved.config.proxy_ports[..ports.len()].copy_from_slice(&ports);
     resolved.config.dns_port = opts.dns_port;
     // The reader is woken once an eighth of the ring is unread; below that
-    // it collects events on its poll tick (pipeline::POLL).
+    // it collects events on its poll tick (pipeline::ring::POLL).
     resolved.config.wakeup_bytes = opts.ring_bytes / 8;
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &resolved.config, true)
@@ -186,136 +229,54 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(MAP_PROXY_FLOWS, opts.max_flows)
         .load(EBPF_OBJECT)?;
 
-    let mut programs = Vec::new();
-    let disabled = |name: &str| opts.disabled.iter().any(|d| d == name);
-    let cgroup_root = opts.cgroup_root.clone();
-    // SO_ERROR through the cgroup hook where it attaches: the syscall
-    // tracepoints would put every syscall of every task on the traced path.
-    let so_error = if disabled("so_error") {
-        Err(DISABLED.to_string())
-    } else {
-        match &cgroup_root {
-            None => Err("no cgroup v2 hierarchy to attach to".to_string()),
-            Some(root) => attach_cgroup_sockopt(&mut ebpf, "so_error", root),
-        }
-    };
-    programs.push(ProgramStatus {
-        program: "so_error".to_string(),
-        hook: "cgroup/getsockopt".to_string(),
-        required: false,
-        attached: so_error.is_ok(),
-        error: so_error.clone().err(),
-        role: "errno of fast ICMP errors consumed by SO_ERROR (the syscall tracepoints stand in where this cannot attach)",
-        standby: false,
-        verified_insns: None,
-        xlated_insns: None,
-    });
-    let intent = match opts.connect_intent {
-        Some(true) => None,
-        Some(false) => Some("standby: --connect-intent false".to_string()),
-        None => match socket_lb_programs() {
-            0 => Some("standby: no cgroup sock_addr program on this host, so connect() destinations are not rewritten and the socket's own is the intended one (--connect-intent true attaches it)".to_string()),
-            _ => None,
-        },
-    };
-    for &(name, kind, cat, tp) in offsets::PROGRAMS {
-        let (role, required) = role(name);
-        let hook = match kind {
-            Hook::Tracepoint => format!("tracepoint/{cat}/{tp}"),
-            Hook::RawTracepoint => format!("raw_tracepoint/{tp}"),
-        };
-        let standby_reason = match name {
-            "sys_enter_getsockopt" | "sys_exit_getsockopt" if so_error.is_ok() => Some("standby: so_error (cgroup/getsockopt) covers SO_ERROR".to_string()),
-            "sys_enter_connect" => intent.clone(),
-            _ => None,
-        };
-        let standby = standby_reason.is_some() && !disabled(name);
-        let err = if disabled(name) {
+    let mut host = Host { opts, tracefs: &tracefs, resolved: &resolved, conntrack: &conntrack, ports: &ports, so_error_attached: false };
+    let mut programs = Vec::with_capacity(PROGRAMS.len());
+    for p in PROGRAMS {
+        let disabled = opts.disabled.iter().any(|d| d == p.name);
+        let standby = if disabled { None } else { host.standby(p) };
+        let error = if disabled {
             Some(DISABLED.to_string())
-        } else if let Some(why) = standby_reason {
+        } else if let Some(why) = &standby {
             // Loaded (the verifier's verdict and counts are known), not attached.
-            Some(match load_tracepoint(&mut ebpf, name, kind) {
-                Ok(()) => why,
+            Some(match attach::load(&mut ebpf, p) {
+                Ok(()) => why.clone(),
                 Err(e) => format!("{why}; {e}"),
             })
-        } else if let Some((_, e)) = resolved.tracepoint_errors.iter().find(|(p, _)| p == name) {
-            Some(e.clone())
-        } else if !tracefs.exists(cat, tp) {
-            Some(format!("tracepoint {cat}/{tp} does not exist on this kernel"))
+        } else if let Some(why) = host.missing(p) {
+            Some(why)
         } else {
-            attach(&mut ebpf, name, kind, cat, tp).err()
+            attach::attach(&mut ebpf, p, opts.cgroup_root.as_deref()).err().map(|e| e.to_string())
         };
-        if required && let Some(reason) = &err {
-            return Err(LoadError::Required { program: name.to_string(), reason: reason.clone() });
+        if p.need == Need::Required
+            && let Some(reason) = &error
+        {
+            return Err(LoadError::Required { program: p.name.to_string(), reason: reason.clone() });
         }
-        programs.push(ProgramStatus { program: name.to_string(), hook, required, attached: err.is_none(), error: err, role, standby, verified_insns: None, xlated_insns: None });
-    }
-    for (name, dir, way) in [("payload_egress", CgroupSkbAttachType::Egress, "egress"), ("payload_ingress", CgroupSkbAttachType::Ingress, "ingress")] {
-        let err = if opts.disabled.iter().any(|d| d == name) {
-            Some(DISABLED.to_string())
-        } else if ports.is_empty() && opts.dns_port == 0 {
-            Some("off: no proxy ports configured (--proxy-ports or chain hops) and DNS observation off".to_string())
-        } else {
-            match &cgroup_root {
-                None => Some("no cgroup v2 hierarchy to attach to".to_string()),
-                Some(root) => attach_cgroup_skb(&mut ebpf, name, root, dir).err(),
-            }
+        if p.name == "so_error" {
+            host.so_error_attached = error.is_none();
+        }
+        let (verified_insns, xlated_insns) = match ebpf.program(p.name).and_then(|prog| prog.info().ok()) {
+            Some(info) => (info.verified_instruction_count(), info.size_translated().map(|bytes| bytes / 8)),
+            None => (None, None),
         };
         programs.push(ProgramStatus {
-            program: name.to_string(),
-            hook: format!("cgroup_skb/{way}"),
-            required: false,
-            attached: err.is_none(),
-            error: err,
-            role: "CONNECT target and proxy status of flows to proxy ports; DNS queries and responses",
-            standby: false,
-            verified_insns: None,
-            xlated_insns: None,
+            program: p.name.to_string(),
+            hook: p.hook.describe(),
+            required: p.need == Need::Required,
+            attached: error.is_none(),
+            error,
+            role: p.role,
+            standby: standby.is_some(),
+            verified_insns,
+            xlated_insns,
         });
-    }
-    let err = if disabled("conntrack_confirm") {
-        Some(DISABLED.to_string())
-    } else {
-        match &conntrack {
-            Err(e) => Some(crate::errors::Chain(e).to_string()),
-            Ok(_) => attach_kprobe(&mut ebpf, "conntrack_confirm", offsets::conntrack::CONFIRM_FN).err(),
-        }
-    };
-    programs.push(ProgramStatus {
-        program: "conntrack_confirm".to_string(),
-        hook: format!("kprobe/{}", offsets::conntrack::CONFIRM_FN),
-        required: false,
-        attached: err.is_none(),
-        error: err,
-        role: "optional in-kernel NAT view (conntrack tuples at confirm), cross-checked against ctnetlink; ctnetlink alone covers NAT",
-        standby: false,
-        verified_insns: None,
-        xlated_insns: None,
-    });
-    let err = load_only(&mut ebpf, "compat_canary").err();
-    programs.push(ProgramStatus {
-        program: "compat_canary".to_string(),
-        hook: "none (load only)".to_string(),
-        required: false,
-        attached: err.is_none(),
-        error: err,
-        role: "nothing: a canary needing bpf_get_current_task_btf (5.11+), proof that a program this kernel rejects is skipped",
-        standby: false,
-        verified_insns: None,
-        xlated_insns: None,
-    });
-    for p in &mut programs {
-        if let Some(info) = ebpf.program(&p.program).and_then(|prog| prog.info().ok()) {
-            p.verified_insns = info.verified_instruction_count();
-            p.xlated_insns = info.size_translated().map(|bytes| bytes / 8);
-        }
     }
     Ok(Loaded { ebpf, programs, kernel_problems: resolved.kernel_problems })
 }
 
 /// cgroup sock_addr programs loaded on this host (connect hooks of
 /// socket-level load balancers such as Cilium's rewrite the destination
-/// before the socket sees it). Counted before ours load; we load none.
+/// before the socket sees it). We load none.
 fn socket_lb_programs() -> usize {
     /// `enum bpf_prog_type` in the kernel's uapi (stable ABI).
     const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
@@ -325,94 +286,10 @@ fn socket_lb_programs() -> usize {
         .count()
 }
 
-fn attach_cgroup_sockopt(ebpf: &mut Ebpf, name: &str, root: &std::path::Path) -> Result<(), String> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    let prog: &mut CgroupSockopt = prog.try_into().map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
-    let cg = std::fs::File::open(root).map_err(|e| format!("opening {}: {e}", root.display()))?;
-    match prog.attach(&cg, CgroupAttachMode::AllowMultiple) {
-        Ok(_) => Ok(()),
-        Err(multi) => prog
-            .attach(&cg, CgroupAttachMode::Single)
-            .map(|_| ())
-            .map_err(|e| format!("attach to {}: {} (multi: {})", root.display(), error_chain(&e), error_chain(&multi))),
-    }
-}
-
-/// Attach to the cgroup v2 root: every socket on the host is below it.
-/// Shares the root with other programs where the kernel allows it.
-fn attach_cgroup_skb(ebpf: &mut Ebpf, name: &str, root: &std::path::Path, dir: CgroupSkbAttachType) -> Result<(), String> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    let prog: &mut CgroupSkb = prog.try_into().map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
-    let cg = std::fs::File::open(root).map_err(|e| format!("opening {}: {e}", root.display()))?;
-    match prog.attach(&cg, dir, CgroupAttachMode::AllowMultiple) {
-        Ok(_) => Ok(()),
-        Err(multi) => prog
-            .attach(&cg, dir, CgroupAttachMode::Single)
-            .map(|_| ())
-            .map_err(|e| format!("attach to {}: {} (multi: {})", root.display(), error_chain(&e), error_chain(&multi))),
-    }
-}
-
-fn attach_kprobe(ebpf: &mut Ebpf, name: &str, function: &str) -> Result<(), String> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    let prog: &mut KProbe = prog.try_into().map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))?;
-    prog.attach(function, 0).map(|_| ()).map_err(|e| format!("attach to {function}: {}", error_chain(&e)))
-}
-
-fn load_tracepoint(ebpf: &mut Ebpf, name: &str, kind: Hook) -> Result<(), String> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    let load = |e: aya::programs::ProgramError| format!("verifier/load: {}", error_chain(&e));
-    match kind {
-        Hook::Tracepoint => <&mut TracePoint>::try_from(prog).map_err(|e| format!("{e}"))?.load().map_err(load),
-        Hook::RawTracepoint => <&mut RawTracePoint>::try_from(prog).map_err(|e| format!("{e}"))?.load().map_err(load),
-    }
-}
-
-fn load_only(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("verifier/load: {}", error_chain(&e)))
-}
-
-fn attach(ebpf: &mut Ebpf, name: &str, kind: Hook, cat: &str, tp: &str) -> Result<(), String> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    let load = |e: aya::programs::ProgramError| format!("verifier/load: {}", error_chain(&e));
-    let att = |e: aya::programs::ProgramError| format!("attach: {}", error_chain(&e));
-    match kind {
-        Hook::Tracepoint => {
-            let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-            prog.load().map_err(load)?;
-            prog.attach(cat, tp).map_err(att)?;
-        }
-        Hook::RawTracepoint => {
-            let prog: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-            prog.load().map_err(load)?;
-            prog.attach(tp).map_err(att)?;
-        }
-    }
-    Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    // Verifier logs are long: keep the last lines, where the reason is.
-    let lines: Vec<&str> = s.lines().collect();
-    if lines.len() > 6 { lines[lines.len() - 6..].join(" | ") } else { s.replace('\n', " | ") }
-}
-
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 fn raise_memlock() {
     let rl = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: valid pointer to a local rlimit.
+    // SAFETY: setrlimit reads one rlimit through a valid pointer to a local.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on 5.11+ (memcg accounting)");
     }
@@ -431,12 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn only_optional_programs_can_be_disabled() {
-        assert_eq!(parse_optional_program("sys_enter_connect").as_deref(), Ok("sys_enter_connect"));
-        assert!(parse_optional_program("inet_sock_set_state").is_err_and(|e| e.contains("required")));
-        assert!(parse_optional_program("nope").is_err_and(|e| e.contains("payload_egress")));
-        for (name, _, _, _) in offsets::PROGRAMS {
-            assert!(*name == "inet_sock_set_state" || OPTIONAL_PROGRAMS.contains(name), "{name} missing from OPTIONAL_PROGRAMS");
-        }
+    fn privilege_error_says_what_to_do() {
+        assert_eq!(LoadError::Privilege(vec!["CAP_BPF", "CAP_PERFMON"]).to_string(), "missing privilege: CAP_BPF, CAP_PERFMON (run as root or grant them)");
     }
 }

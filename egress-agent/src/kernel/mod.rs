@@ -1,8 +1,11 @@
-//! The kernel side, as the agent sees it: where this kernel keeps the fields
-//! the programs read ([`offsets`]), loading and attaching the programs
-//! ([`loader`]), and decoding what they put in the ring ([`decode`]).
+//! The kernel side, as the agent sees it: the programs, one value each
+//! ([`programs`]); where this kernel keeps the fields they read
+//! ([`offsets`]); loading and attaching them for this kernel ([`loader`],
+//! [`attach`]); and decoding what they put in the ring ([`decode`]).
+pub mod attach;
 pub mod decode;
 pub mod loader;
 pub mod offsets;
+pub mod programs;
 
 pub use self::loader::{LoadError, LoadOptions, Loaded, ProgramStatus, load};
