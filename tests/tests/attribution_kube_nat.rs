@@ -36,7 +36,10 @@ use std::{
 
 use egress_tests::{
     Agent, AgentMode, Netns, Veth,
-    fake_apiserver::{FakeApiServer, Kubeconfig},
+    fake_apiserver::{
+        FakeApiServer, Kubeconfig,
+        objects::{self, PodSpec},
+    },
     agent::{free_port, metric_sum},
     cgroups::{Layout, TestCgroup},
     netns::Rule,
@@ -75,146 +78,29 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 }
 
 // ---------------------------------------------------------------------------
-// The Kubernetes objects, shaped as the API returns them (managedFields left out).
+// The Kubernetes objects (the fake API server's fixture builders).
 
 fn client_pod(uid: &str, container_id: &str) -> Value {
-    let container = |name: &str, image: &str| {
-        json!({
-            "name": name, "image": image, "imagePullPolicy": "IfNotPresent",
-            "resources": {"limits": {"memory": "256Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}},
-            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
-            "volumeMounts": [{"mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-                              "name": "kube-api-access-9zq4w", "readOnly": true}]
-        })
-    };
-    let status = |name: &str, image: &str, id: &str| {
-        json!({
-            "containerID": format!("containerd://{id}"),
-            "image": format!("docker.io/library/{image}"),
-            "imageID": format!("docker.io/library/{}@sha256:{}", image.split(':').next().unwrap_or(image), SIDECAR_CID),
-            "lastState": {}, "name": name, "ready": true, "restartCount": 0, "started": true,
-            "state": {"running": {"startedAt": "2024-06-01T00:00:05Z"}}
-        })
-    };
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "creationTimestamp": "2024-06-01T00:00:03Z",
-            "generateName": format!("{DEPLOY}-{TEMPLATE_HASH}-"),
-            "labels": {"app": DEPLOY, "pod-template-hash": TEMPLATE_HASH},
-            "name": POD,
-            "namespace": NS,
-            "ownerReferences": [{"apiVersion": "apps/v1", "blockOwnerDeletion": true, "controller": true,
-                                 "kind": "ReplicaSet", "name": format!("{DEPLOY}-{TEMPLATE_HASH}"),
-                                 "uid": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"}],
-            "resourceVersion": "1017",
-            "uid": uid
-        },
-        "spec": {
-            "containers": [container(CONTAINER, "python:3.12-slim"), container(SIDECAR, "fluent-bit:3.0")],
-            "dnsPolicy": "ClusterFirst", "enableServiceLinks": true, "nodeName": NODE,
-            "preemptionPolicy": "PreemptLowerPriority", "priority": 0, "restartPolicy": "Always",
-            "schedulerName": "default-scheduler", "securityContext": {}, "serviceAccount": "default",
-            "serviceAccountName": "default", "terminationGracePeriodSeconds": 30,
-            "tolerations": [
-                {"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300},
-                {"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300}
-            ],
-            "volumes": [{"name": "kube-api-access-9zq4w", "projected": {"defaultMode": 420, "sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                {"configMap": {"items": [{"key": "ca.crt", "path": "ca.crt"}], "name": "kube-root-ca.crt"}}
-            ]}}]
-        },
-        "status": {
-            "conditions": [
-                {"lastProbeTime": null, "lastTransitionTime": "2024-06-01T00:00:04Z", "status": "True", "type": "PodReadyToStartContainers"},
-                {"lastProbeTime": null, "lastTransitionTime": "2024-06-01T00:00:03Z", "status": "True", "type": "Initialized"},
-                {"lastProbeTime": null, "lastTransitionTime": "2024-06-01T00:00:06Z", "status": "True", "type": "Ready"},
-                {"lastProbeTime": null, "lastTransitionTime": "2024-06-01T00:00:06Z", "status": "True", "type": "ContainersReady"},
-                {"lastProbeTime": null, "lastTransitionTime": "2024-06-01T00:00:03Z", "status": "True", "type": "PodScheduled"}
-            ],
-            "containerStatuses": [
-                status(CONTAINER, "python:3.12-slim", container_id),
-                status(SIDECAR, "fluent-bit:3.0", SIDECAR_CID)
-            ],
-            "hostIP": ROUTER_OUT, "hostIPs": [{"ip": ROUTER_OUT}],
-            "phase": "Running",
-            "podIP": CLIENT_IP, "podIPs": [{"ip": CLIENT_IP}],
-            "qosClass": "Burstable",
-            "startTime": "2024-06-01T00:00:03Z"
-        }
+    objects::pod(&PodSpec {
+        ns: NS,
+        name: POD,
+        uid: uid.to_string(),
+        node: NODE,
+        ip: CLIENT_IP,
+        owner: Some(("apps/v1", "ReplicaSet", &format!("{DEPLOY}-{TEMPLATE_HASH}"))),
+        labels: json!({"app": DEPLOY, "pod-template-hash": TEMPLATE_HASH}),
+        containers: vec![(CONTAINER, "python:3.12-slim", container_id.to_string()), (SIDECAR, "fluent-bit:3.0", SIDECAR_CID.to_string())],
+        host_ip: Some(ROUTER_OUT),
+        ..PodSpec::default()
     })
 }
 
 fn service() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"creationTimestamp": "2024-05-30T10:00:00Z", "labels": {"app": SVC}, "name": SVC,
-                     "namespace": NS, "resourceVersion": "812", "uid": "6c5d4e3f-2a1b-4c0d-9e8f-7a6b5c4d3e2f"},
-        "spec": {
-            "clusterIP": CLUSTER_IP, "clusterIPs": [CLUSTER_IP], "internalTrafficPolicy": "Cluster",
-            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
-            "ports": [{"name": "http", "port": SVC_PORT, "protocol": "TCP", "targetPort": BACKEND_PORT}],
-            "selector": {"app": SVC}, "sessionAffinity": "None", "type": "ClusterIP"
-        },
-        "status": {"loadBalancer": {}}
-    })
+    objects::service(NS, SVC, CLUSTER_IP, SVC_PORT, Some(json!({"app": SVC})))
 }
 
 fn endpoint_slice() -> Value {
-    json!({
-        "addressType": "IPv4",
-        "apiVersion": "discovery.k8s.io/v1",
-        "endpoints": [{
-            "addresses": [BACKEND_IP],
-            "conditions": {"ready": true, "serving": true, "terminating": false},
-            "nodeName": OTHER_NODE,
-            "targetRef": {"kind": "Pod", "name": BACKEND_POD, "namespace": NS, "uid": BACKEND_UID}
-        }],
-        "kind": "EndpointSlice",
-        "metadata": {
-            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2024-05-30T10:00:07Z"},
-            "creationTimestamp": "2024-05-30T10:00:00Z", "generateName": format!("{SVC}-"), "generation": 2,
-            "labels": {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-                       "kubernetes.io/service-name": SVC},
-            "name": format!("{SVC}-x8k2d"), "namespace": NS,
-            "ownerReferences": [{"apiVersion": "v1", "blockOwnerDeletion": true, "controller": true,
-                                 "kind": "Service", "name": SVC, "uid": "6c5d4e3f-2a1b-4c0d-9e8f-7a6b5c4d3e2f"}],
-            "resourceVersion": "815",
-            "uid": "1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e"
-        },
-        "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}]
-    })
-}
-
-fn node(name: &str, ip: &str, uid: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
-            "creationTimestamp": "2024-05-20T08:00:00Z",
-            "labels": {"kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
-            "name": name, "resourceVersion": "990", "uid": uid
-        },
-        "spec": {"podCIDR": "198.18.41.0/24", "podCIDRs": ["198.18.41.0/24"]},
-        "status": {
-            "addresses": [{"address": ip, "type": "InternalIP"}, {"address": name, "type": "Hostname"}],
-            "allocatable": {"cpu": "1930m", "memory": "5758392Ki", "pods": "110"},
-            "capacity": {"cpu": "2", "memory": "8140216Ki", "pods": "110"},
-            "conditions": [{"lastHeartbeatTime": "2024-06-01T00:00:00Z", "lastTransitionTime": "2024-05-20T08:01:00Z",
-                            "message": "kubelet is posting ready status", "reason": "KubeletReady",
-                            "status": "True", "type": "Ready"}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-            "nodeInfo": {"architecture": "amd64", "bootID": "0b4a0a58-3c1e-4d52-8a8e-0e1f5b5a1c11",
-                         "containerRuntimeVersion": "containerd://1.7.24", "kernelVersion": "6.6.56",
-                         "kubeProxyVersion": "v1.33.1", "kubeletVersion": "v1.33.1",
-                         "machineID": "5f0c2a8e1b9d4c7f8e6a3b2c1d0e9f8a", "operatingSystem": "linux",
-                         "osImage": "Debian GNU/Linux 12 (bookworm)", "systemUUID": "5f0c2a8e-1b9d-4c7f-8e6a-3b2c1d0e9f8a"}
-        }
-    })
+    objects::endpoint_slice(NS, &format!("{SVC}-x8k2d"), SVC, BACKEND_PORT, &[(BACKEND_IP, Some((BACKEND_POD, BACKEND_UID.to_string(), OTHER_NODE)))])
 }
 
 // ---------------------------------------------------------------------------
@@ -332,16 +218,12 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
     let cg = TestCgroup::new(Layout::Systemd { qos: Some("burstable") }, 41).expect("pod cgroup");
 
     // The fake API server and a kubeconfig pointing at it.
-    let api = FakeApiServer::start(vec![
-        ("/api/v1/pods", "v1", "Pod", vec![client_pod(&cg.pod_uid, &cg.container_id)]),
-        ("/api/v1/services", "v1", "Service", vec![service()]),
-        ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice", vec![endpoint_slice()]),
-        (
-            "/api/v1/nodes",
-            "v1",
-            "Node",
-            vec![node(NODE, ROUTER_OUT, "2e3f4a5b-6c7d-4e8f-9a0b-1c2d3e4f5a6b"), node(OTHER_NODE, "198.18.42.3", "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d")],
-        ),
+    let api = FakeApiServer::with([
+        client_pod(&cg.pod_uid, &cg.container_id),
+        service(),
+        endpoint_slice(),
+        objects::node(NODE, ROUTER_OUT, None),
+        objects::node(OTHER_NODE, "198.18.42.3", None),
     ]);
     let collections = ["/api/v1/pods", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices", "/api/v1/nodes"];
     let kubeconfig = Kubeconfig::write(api.addr);

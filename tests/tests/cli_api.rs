@@ -313,24 +313,30 @@ fn table_in_tmux(sock: &str, width: usize, records: usize) {
 /// the exact `kubectl exec` it would run, and that is what is asserted.
 #[test]
 fn kubectl_plugin_finds_the_agent_of_the_node() {
-    use egress_tests::fake_apiserver::{FakeApiServer, Kubeconfig};
+    use egress_tests::fake_apiserver::{
+        FakeApiServer, Kubeconfig,
+        objects::{self, PodSpec, cid},
+    };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let plugin = root.join("deploy/kubectl-plugin/kubectl-egress");
     let kubectl = std::env::var_os("EGRESS_KUBECTL").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target/tools/kubectl/bin/kubectl"));
     assert!(kubectl.exists(), "{} missing: run `cargo xtask setup`", kubectl.display());
-    let pod = |ns: &str, name: &str, node: &str, app: &str| {
-        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": {"app.kubernetes.io/name": app}},
-            "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "egress-agent:dev"}]},
-            "status": {"phase": "Running"}})
+    let pod = |seed: u32, ns: &str, name: &str, node: &str, app: &str| {
+        objects::pod(&PodSpec {
+            ns,
+            name,
+            uid: objects::uid(seed),
+            node,
+            labels: serde_json::json!({"app.kubernetes.io/name": app}),
+            containers: vec![("agent", "egress-agent:dev", cid(seed))],
+            ..PodSpec::default()
+        })
     };
-    let api = FakeApiServer::start(vec![
-        ("/api/v1/namespaces/egress-observer/pods", "v1", "Pod", vec![
-            pod("egress-observer", "egress-agent-a1b2c", "node-a", "egress-agent"),
-            pod("egress-observer", "egress-agent-d3e4f", "node-b", "egress-agent"),
-            pod("egress-observer", "not-the-agent", "node-b", "something-else"),
-        ]),
-        ("/api/v1/namespaces/payments/pods", "v1", "Pod", vec![pod("payments", "api-7d9f", "node-b", "api")]),
+    let api = FakeApiServer::with([
+        pod(21, "egress-observer", "egress-agent-a1b2c", "node-a", "egress-agent"),
+        pod(22, "egress-observer", "egress-agent-d3e4f", "node-b", "egress-agent"),
+        pod(23, "egress-observer", "not-the-agent", "node-b", "something-else"),
+        pod(24, "payments", "api-7d9f", "node-b", "api"),
     ]);
     let kc = Kubeconfig::write(api.addr);
     let home = std::env::temp_dir().join(format!("eo-kubectl-home-{}", std::process::id()));

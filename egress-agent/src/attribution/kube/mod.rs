@@ -30,13 +30,6 @@ mod objects;
 mod owners;
 mod raw;
 
-#[cfg(test)]
-mod fake_apiserver;
-#[cfg(test)]
-mod fixtures;
-#[cfg(test)]
-mod tests;
-
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -296,4 +289,22 @@ impl RemoteClass {
 /// `containerd://abc` → `abc`; ids without a scheme are returned as they are.
 pub(crate) fn strip_runtime_prefix(id: &str) -> &str {
     id.split_once("://").map_or(id, |(_, rest)| rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_index_knows_nothing() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<KubeIndex>();
+        let index = KubeIndex::empty();
+        assert!(index.pod("00000001-5d1c-4b7e-9a3f-000000001eef").is_none());
+        assert!(index.remote("10.0.0.1".parse().expect("ip"), 80).is_none());
+        assert_eq!(index.counts(), (0, 0, 0, 0));
+        // Outside a tokio runtime start_with is an error, not a panic.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+        assert!(KubeIndex::start_with(config, &KubeOptions::default(), KubeTuning::default(), &prometheus::Registry::new()).is_err());
+    }
 }

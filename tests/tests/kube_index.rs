@@ -1,20 +1,22 @@
-//! The metadata index against a fake Kubernetes API server.
-//!
-//! No kube-apiserver can run here, so [`super::fake_apiserver`] is a fake
-//! apiserver serving real-shaped Kubernetes JSON (Lists with a
-//! resourceVersion, newline-delimited WatchEvent streams, list items without
-//! apiVersion/kind, objects as `kubectl get -o json` shows them) over plain
-//! HTTP on 127.0.0.1. The kube client talks to it as to a real one
+//! The agent's Kubernetes metadata index against the fake API server (no
+//! root needed). No kube-apiserver can run here, so
+//! `egress_tests::fake_apiserver` serves real-shaped Kubernetes JSON (Lists
+//! with a resourceVersion, newline-delimited WatchEvent streams, list items
+//! without apiVersion/kind, objects as `kubectl get -o json` shows them) over
+//! plain HTTP on 127.0.0.1. The kube client talks to it as to a real one
 //! (`kube::Config::new(url)`, no auth), through the real kube-runtime watcher.
-use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
+use egress_agent::attribution::kube::{KubeIndex, KubeOptions, KubeTuning, RemoteClass, RemoteMeta, Workload};
+use egress_tests::fake_apiserver::{
+    FakeApiServer, Kubeconfig, Mode,
+    objects::{self as fixtures, Cluster, NODE_A, NODE_A_EXTERNAL_IP, NODE_A_IP, NODE_B, NODE_B_IP, cid, uid},
+};
 use prometheus::Registry;
 use serde_json::json;
-
-use super::fake_apiserver::{FakeApiServer, Mode};
-use super::fixtures::{self, Cluster, NODE_A, NODE_A_EXTERNAL_IP, NODE_A_IP, NODE_B, NODE_B_IP, cid, uid};
-use super::{KubeIndex, KubeOptions, KubeTuning, RemoteClass, RemoteMeta, Workload};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip literal")
@@ -60,20 +62,20 @@ async fn synced(registry: &Registry, pods: f64, services: f64, slices: f64, node
     .await;
 }
 
-async fn serve(cluster: &Cluster) -> FakeApiServer {
-    let server = FakeApiServer::start().await;
-    for object in cluster.all() {
-        server.apply(object);
-    }
-    server
+fn serve(cluster: &Cluster) -> FakeApiServer {
+    FakeApiServer::with(cluster.all())
+}
+
+fn config(server: &FakeApiServer) -> kube::Config {
+    kube::Config::new(server.url.parse().expect("server url"))
 }
 
 #[tokio::test]
 async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     let cluster = fixtures::cluster();
-    let server = serve(&cluster).await;
+    let server = serve(&cluster);
     let registry = Registry::new();
-    let index = KubeIndex::start_with(server.config(), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
+    let index = KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
         .expect("start");
     // Node A runs squid, the agent, redis and the report job; squid_b is on node B.
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
@@ -111,11 +113,11 @@ async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     // The pod watch asked the apiserver for this node's pods only. The
     // watch follows the list, a moment later on a loaded machine: wait for it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.requests().iter().any(|r| r.starts_with("/api/v1/pods?") && r.contains("watch=true")) && Instant::now() < deadline {
+    while !server.requests().iter().any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true")) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let requests = server.requests();
-    let pod_requests: Vec<&String> = requests.iter().filter(|r| r.starts_with("/api/v1/pods?")).collect();
+    let pod_requests: Vec<&String> = requests.iter().filter(|r| r.starts_with("GET /api/v1/pods?")).collect();
     assert!(pod_requests.iter().any(|r| r.contains("watch=true")), "{pod_requests:?}");
     assert!(
         pod_requests.iter().all(|r| r.contains(&format!("fieldSelector=spec.nodeName={NODE_A}"))),
@@ -124,7 +126,7 @@ async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     assert!(
         requests
             .iter()
-            .any(|r| r.starts_with("/apis/discovery.k8s.io/v1/endpointslices?") && !r.contains("fieldSelector"))
+            .any(|r| r.starts_with("GET /apis/discovery.k8s.io/v1/endpointslices?") && !r.contains("fieldSelector"))
     );
 
     // What a sink would print.
@@ -140,11 +142,11 @@ async fn pods_on_this_node_resolve_to_containers_and_workloads() {
 #[tokio::test]
 async fn remote_addresses_resolve_to_services_backends_and_nodes() {
     let cluster = fixtures::cluster();
-    let server = serve(&cluster).await;
+    let server = serve(&cluster);
     let registry = Registry::new();
     let all_pods = KubeOptions::default();
     let index =
-        KubeIndex::start_with(server.config(), &all_pods, tuning(Duration::from_secs(60)), &registry).expect("start");
+        KubeIndex::start_with(config(&server), &all_pods, tuning(Duration::from_secs(60)), &registry).expect("start");
     synced(&registry, 5.0, 3.0, 3.0, 2.0).await;
 
     let svc = |ns: &str, name: &str| RemoteMeta {
@@ -203,10 +205,10 @@ async fn remote_addresses_resolve_to_services_backends_and_nodes() {
 #[tokio::test]
 async fn deleted_pod_stays_resolvable_for_the_retention_then_goes() {
     let cluster = fixtures::cluster();
-    let server = serve(&cluster).await;
+    let server = serve(&cluster);
     let registry = Registry::new();
     let retention = Duration::from_millis(1500);
-    let index = KubeIndex::start_with(server.config(), &on_node(NODE_A), tuning(retention), &registry).expect("start");
+    let index = KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(retention), &registry).expect("start");
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
 
     // The index stamps the deletion when it applies the event, after this.
@@ -238,6 +240,7 @@ async fn deleted_pod_stays_resolvable_for_the_retention_then_goes() {
         containers: vec![("redis", "redis:7.2", cid(12))],
         host_network: false,
         restarted: None,
+        host_ip: None,
     });
     server.apply(added);
     eventually("MODIFIED and ADDED applied after the watch resumed", Duration::from_secs(5), || {
@@ -254,7 +257,7 @@ async fn deleted_pod_stays_resolvable_for_the_retention_then_goes() {
     assert!(deleted_at.elapsed() >= retention, "forgotten too early: {:?}", deleted_at.elapsed());
     assert!(index.pod(&uid(1)).is_some() && index.pod(&uid(6)).is_some(), "live pods are not pruned");
     assert!(
-        server.requests().iter().filter(|r| r.starts_with("/api/v1/pods?") && r.contains("watch=true")).count() >= 2
+        server.requests().iter().filter(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true")).count() >= 2
     );
 }
 
@@ -262,7 +265,8 @@ async fn deleted_pod_stays_resolvable_for_the_retention_then_goes() {
 async fn unreachable_api_leaves_the_index_empty_and_keeps_retrying() {
     // A port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    let addr = closed.local_addr().expect("addr");
+    let url = format!("http://{addr}");
     drop(closed);
     let registry = Registry::new();
     let started = Instant::now();
@@ -285,9 +289,9 @@ async fn unreachable_api_leaves_the_index_empty_and_keeps_retrying() {
     assert_eq!(index.remote(ip(fixtures::SQUID_SVC_IP), 3128), None);
 
     // The same through a kubeconfig file: `start` returns, nothing resolves.
-    let kubeconfig = write_kubeconfig(&url);
+    let kubeconfig = Kubeconfig::write(addr);
     let registry = Registry::new();
-    let opts = KubeOptions { node_name: None, kubeconfig: Some(kubeconfig.clone()) };
+    let opts = KubeOptions { node_name: None, kubeconfig: Some(kubeconfig.0.clone()) };
     let index = tokio::time::timeout(Duration::from_secs(5), KubeIndex::start(opts, &registry))
         .await
         .expect("start returns at once")
@@ -295,37 +299,22 @@ async fn unreachable_api_leaves_the_index_empty_and_keeps_retrying() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(metric(&registry, "egress_kube_watch_up", "pods"), 0.0);
     assert!(index.pod(&uid(1)).is_none());
-    let _ = std::fs::remove_file(kubeconfig);
+    drop(kubeconfig);
 
     let missing = KubeOptions { node_name: None, kubeconfig: Some("/nonexistent/kubeconfig".into()) };
     assert!(KubeIndex::start(missing, &Registry::new()).await.is_err(), "an unreadable kubeconfig is a config error");
 }
 
-fn write_kubeconfig(server: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "egress-kube-test-{}-{}.yaml",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-    ));
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
-         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\n\
-         current-context: fake\nusers:\n- name: nobody\n  user: {{}}\n"
-    );
-    std::fs::write(&path, yaml).expect("write kubeconfig");
-    path
-}
-
 #[tokio::test]
 async fn kubeconfig_points_start_at_the_server() {
     let cluster = fixtures::cluster();
-    let server = serve(&cluster).await;
-    let kubeconfig = write_kubeconfig(&server.url);
+    let server = serve(&cluster);
+    let kubeconfig = Kubeconfig::write(server.addr);
     let registry = Registry::new();
-    let opts = KubeOptions { node_name: Some(NODE_A.into()), kubeconfig: Some(kubeconfig.clone()) };
+    let opts = KubeOptions { node_name: Some(NODE_A.into()), kubeconfig: Some(kubeconfig.0.clone()) };
     let index = KubeIndex::start(opts, &registry).await.expect("start");
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
-    let _ = std::fs::remove_file(kubeconfig);
+    drop(kubeconfig);
     assert_eq!(index.pod(&uid(1)).map(|p| p.name), Some("squid-proxy-6f9c7b8d4-x2x7q".into()));
     let clone = index.clone();
     drop(index);
@@ -335,7 +324,7 @@ async fn kubeconfig_points_start_at_the_server() {
 #[tokio::test]
 async fn malformed_objects_are_counted_and_the_rest_indexed() {
     let cluster = fixtures::cluster();
-    let server = serve(&cluster).await;
+    let server = serve(&cluster);
     // List items that are not pods, or are pods the schema rejects, or lack identity.
     server.add_junk("Pod", json!("garbage"));
     server.add_junk(
@@ -361,6 +350,7 @@ async fn malformed_objects_are_counted_and_the_rest_indexed() {
         containers: vec![("main", "busybox:1.36", cid(72))],
         host_network: false,
         restarted: None,
+        host_ip: None,
     });
     odd_ip.as_object_mut().map(|o| o.remove("kind"));
     server.add_junk("Pod", odd_ip);
@@ -373,7 +363,7 @@ async fn malformed_objects_are_counted_and_the_rest_indexed() {
     server.add_junk("Node", json!({"metadata": {"name": "bad-node"}, "status": {"addresses": "10.0.0.1"}}));
 
     let registry = Registry::new();
-    let index = KubeIndex::start_with(server.config(), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
+    let index = KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
         .expect("start");
     synced(&registry, 5.0, 3.0, 3.0, 2.0).await;
     assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "pods"), 5.0);
@@ -415,10 +405,10 @@ async fn malformed_objects_are_counted_and_the_rest_indexed() {
 #[tokio::test]
 async fn api_answering_errors_or_garbage_backs_off_then_recovers() {
     let cluster = fixtures::cluster();
-    let server = serve(&cluster).await;
+    let server = serve(&cluster);
     server.set_mode(Mode::Garbage);
     let registry = Registry::new();
-    let index = KubeIndex::start_with(server.config(), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
+    let index = KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
         .expect("start");
     let resources = ["pods", "services", "endpointslices", "nodes"];
     let mut floor = 0.0;
@@ -439,17 +429,4 @@ async fn api_answering_errors_or_garbage_backs_off_then_recovers() {
     server.set_mode(Mode::Healthy);
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
     assert!(index.pod(&uid(1)).is_some());
-}
-
-#[test]
-fn empty_index_knows_nothing() {
-    fn shareable<T: Clone + Send + Sync + 'static>() {}
-    shareable::<KubeIndex>();
-    let index = KubeIndex::empty();
-    assert!(index.pod(&uid(1)).is_none());
-    assert!(index.remote(ip("10.0.0.1"), 80).is_none());
-    assert_eq!(index.counts(), (0, 0, 0, 0));
-    // Outside a tokio runtime start_with is an error, not a panic.
-    let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
-    assert!(KubeIndex::start_with(config, &KubeOptions::default(), KubeTuning::default(), &Registry::new()).is_err());
 }

@@ -1,6 +1,7 @@
-//! Kubernetes objects as the API returns them (a GKE-like cluster running the
-//! egress chain), for the fake API server. Shapes follow
-//! `kubectl get -o json` of real objects, `managedFields` left out.
+//! The one fixture set: Kubernetes objects as the API returns them, for the
+//! fake API server. Shapes follow `kubectl get -o json` of real objects,
+//! `managedFields` left out. [`cluster`] is a GKE-like cluster running the
+//! egress chain; the builders make the objects of any other test.
 use serde_json::{Value, json};
 
 pub const NODE_A: &str = "gke-egress-pool-1-node-a";
@@ -36,6 +37,26 @@ pub struct PodSpec<'a> {
     pub host_network: bool,
     /// (container name, id of the instance before the restart)
     pub restarted: Option<(&'a str, String)>,
+    /// The node's address (default: node A's or node B's).
+    pub host_ip: Option<&'a str>,
+}
+
+impl Default for PodSpec<'_> {
+    fn default() -> Self {
+        PodSpec {
+            ns: "default",
+            name: "pod",
+            uid: uid(0),
+            node: NODE_A,
+            ip: "10.8.1.100",
+            owner: None,
+            labels: json!({}),
+            containers: Vec::new(),
+            host_network: false,
+            restarted: None,
+            host_ip: None,
+        }
+    }
 }
 
 pub fn pod(p: &PodSpec<'_>) -> Value {
@@ -83,7 +104,7 @@ pub fn pod(p: &PodSpec<'_>) -> Value {
                    "kind": kind, "name": name, "uid": uid(name.len() as u32 + 900)})
         })
         .collect();
-    let host_ip = if p.node == NODE_A { NODE_A_IP } else { NODE_B_IP };
+    let host_ip = p.host_ip.unwrap_or(if p.node == NODE_A { NODE_A_IP } else { NODE_B_IP });
     let mut spec = json!({
         "containers": containers, "dnsPolicy": "ClusterFirst", "enableServiceLinks": true,
         "nodeName": p.node, "preemptionPolicy": "PreemptLowerPriority", "priority": 0,
@@ -281,6 +302,7 @@ pub fn cluster() -> Cluster {
         ],
         host_network: false,
         restarted: None,
+        host_ip: None,
     });
     let squid_b = pod(&PodSpec {
         ns: "intra-proxy",
@@ -293,6 +315,7 @@ pub fn cluster() -> Cluster {
         containers: vec![("squid", "ubuntu/squid:6.6-24.04_beta", cid(3))],
         host_network: false,
         restarted: None,
+        host_ip: None,
     });
     let agent = pod(&PodSpec {
         ns: "kube-system",
@@ -305,6 +328,7 @@ pub fn cluster() -> Cluster {
         containers: vec![("agent", "egress-observer/egress-agent:0.1.0", cid(4))],
         host_network: true,
         restarted: None,
+        host_ip: None,
     });
     let redis = pod(&PodSpec {
         ns: "data",
@@ -318,6 +342,7 @@ pub fn cluster() -> Cluster {
         containers: vec![("redis", "redis:7.2", cid(5))],
         host_network: false,
         restarted: None,
+        host_ip: None,
     });
     let report = pod(&PodSpec {
         ns: "batch",
@@ -331,6 +356,7 @@ pub fn cluster() -> Cluster {
         containers: vec![("report", "curlimages/curl:8.8.0", cid(6))],
         host_network: false,
         restarted: Some(("report", cid(60))),
+        host_ip: None,
     });
     let others = vec![
         service("intra-proxy", "squid-proxy-service", SQUID_SVC_IP, 3128, Some(json!({"app": "squid-proxy"}))),
