@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use egress_common::{AF_INET, AF_INET6, ConnectArgs};
 
-use crate::{config, emit::field, maps::CONNECT_ARGS};
+use crate::{config, maps::CONNECT_ARGS, read::field};
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {

@@ -10,7 +10,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::kprobe, programs::ProbeContext};
 use egress_common::{ConntrackOffsets, EVENT_NAT_MAPPING, EventHeader, IPPROTO_TCP, NatMapping, STAT_READ_ERRORS, Tuple};
 
-use crate::{config, emit::{emit, kread}, maps::count};
+use crate::{config, emit::emit, maps::count, read::kread};
 
 /// `_nfct` keeps `enum ip_conntrack_info` in its low 3 bits.
 const NFCT_PTRMASK: u64 = !7;

@@ -4,7 +4,7 @@
 //! the flow's end event.
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{config, emit::kread, maps::FLOWS};
+use crate::{config, maps::FLOWS, read::kread};
 
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {

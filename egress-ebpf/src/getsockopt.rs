@@ -16,8 +16,8 @@ use aya_ebpf::{
 
 use crate::{
     config,
-    emit::field,
     maps::{FLOWS, SO_ERROR_CALLS, SOCK_FDS},
+    read::field,
 };
 
 const SOL_SOCKET: u64 = 1;

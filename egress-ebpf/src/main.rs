@@ -6,6 +6,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod addr;
 mod compat_canary;
 mod connect;
 mod conntrack;
@@ -15,6 +16,7 @@ mod error_report;
 mod getsockopt;
 mod maps;
 mod payload;
+mod read;
 mod retransmit;
 mod set_state;
 

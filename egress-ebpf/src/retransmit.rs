@@ -8,8 +8,9 @@ use egress_common::{
 
 use crate::{
     config,
-    emit::{emit, field},
+    emit::emit,
     maps::{FLOWS, count},
+    read::field,
 };
 
 #[tracepoint]

@@ -16,9 +16,11 @@ use egress_common::{
 
 use crate::{
     config,
-    emit::{emit, field, kread, tuple},
+    addr::tuple_key,
+    emit::emit,
     maps::{CONNECT_ARGS, FLOWS, PROXY_FLOWS, SOCK_FDS, count},
-    payload::{is_proxy_port, tuple_key},
+    payload::is_proxy_port,
+    read::{field, kread, tuple},
 };
 
 /// A `connect()` sockaddr older than this is not trusted for the flow (the

@@ -2,7 +2,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use super::SessionArgs;
+use super::args::SessionArgs;
 use crate::{
     attribution::kube::KubeIndex,
     errors::Chain,

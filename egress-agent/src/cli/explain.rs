@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{
-    ApiArgs, EXIT_NO_DATA,
+    args::{ApiArgs, EXIT_NO_DATA},
     filter::split_target,
     table::{addr, fit, latency},
 };

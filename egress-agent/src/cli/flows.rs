@@ -1,7 +1,10 @@
 //! `egress-agent flows`: the running agent's recent records.
 use clap::Args;
 
-use super::{ApiArgs, FilterArgs, watch};
+use super::{
+    args::{ApiArgs, FilterArgs},
+    watch,
+};
 use crate::{
     api::{
         client,

@@ -1,7 +1,9 @@
 //! The command line, the binary's edge: clap types, one module per command
 //! (`run`, `watch`, `flows`, `explain`, `check`, `completions`), and how
 //! records are filtered and rendered for people. Commands build plain
-//! [`SessionOptions`] from their flags; errors are `anyhow` from here up.
+//! [`SessionOptions`](crate::session::SessionOptions) from their flags
+//! ([`args`]); errors are `anyhow` from here up.
+pub mod args;
 pub mod check;
 pub mod explain;
 pub mod filter;
@@ -11,22 +13,9 @@ pub mod run;
 pub mod table;
 pub mod watch;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use clap::{Parser, Subcommand};
 
-use clap::{Args, Parser, Subcommand};
-use egress_common::{DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES};
-
-use self::print::{Color, Format};
-use crate::{
-    config::{Cidr, Config, ConfigError, DEFAULT_PRIVATE},
-    kernel::programs::parse_optional,
-    records::Record,
-    session::{SessionOptions, Switch},
-};
-
-/// Exit code of `explain` (and `flows`) when there is no recent record to
-/// show: distinct from 1, an error.
-pub const EXIT_NO_DATA: u8 = 3;
+pub use self::args::EXIT_NO_DATA;
 
 /// egress-observer node agent: which process tried to reach what, and where it broke.
 ///
@@ -94,189 +83,11 @@ pub enum Command {
     },
 }
 
-/// Where the daemon's API socket is.
-#[derive(Debug, Clone, Args)]
-pub struct ApiArgs {
-    /// The agent's local API socket (unix, root-only).
-    #[arg(long, env = "EGRESS_API_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
-    pub api_socket: std::path::PathBuf,
-}
-
-/// Kernel-side options shared by `run` and `watch`.
-#[derive(Debug, Clone, Args)]
-pub struct SessionArgs {
-    /// Ring buffer size in bytes (a power of two, at least the page size).
-    #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
-    pub ring_bytes: u32,
-    /// Capacity of the in-kernel and in-agent socket tables.
-    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_flows: u32,
-    /// Retransmits at or above which a flow is `degraded` (0 disables).
-    #[arg(long, default_value_t = 1)]
-    pub degraded_retransmits: u32,
-    /// cgroup v2 mount to resolve cgroup ids in (default: the one in
-    /// /proc/self/mountinfo). In a container, mount the host's hierarchy.
-    #[arg(long, env = "EGRESS_CGROUP_ROOT")]
-    pub cgroup_root: Option<PathBuf>,
-    /// Comma-separated CIDRs classified `private` (cluster-external private
-    /// destinations such as a proxy VM).
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_PRIVATE)]
-    pub private_ranges: Vec<Cidr>,
-    /// Remote ports of HTTP proxies (comma-separated, at most 8): the first
-    /// payload bytes of flows to them are read (CONNECT target, status).
-    /// Added to the ports of the chain configuration's hops.
-    #[arg(long, value_delimiter = ',')]
-    pub proxy_ports: Vec<u16>,
-    /// Agent configuration (YAML): the proxy chain, destination allow-list,
-    /// bypass policy. See deploy/kubernetes/base/config.yaml.
-    #[arg(long, env = "EGRESS_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Kubernetes metadata (pods of this node, services, endpointslices,
-    /// nodes): auto = on in a cluster or with --kubeconfig.
-    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
-    pub kube: Toggle,
-    /// This node's name: only its pods are watched.
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
-    /// kubeconfig for the API server (default: in-cluster, then ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Follow conntrack (NAT) over ctnetlink: auto = in the --conntrack-netns
-    /// namespaces, else the agent's own if it may.
-    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
-    pub conntrack: Toggle,
-    /// Network namespace to follow conntrack in (repeatable), e.g.
-    /// /run/netns/router or /proc/1/ns/net.
-    #[arg(long)]
-    pub conntrack_netns: Vec<PathBuf>,
-    /// Optional kernel programs not to attach (comma-separated), trading
-    /// what they add for their cost: e.g. `sys_enter_connect,sys_enter_getsockopt,sys_exit_getsockopt`
-    /// (syscall tracepoints put every syscall of every task on the kernel's
-    /// traced path). `check` lists each program's role; inet_sock_set_state
-    /// is required.
-    #[arg(long, value_delimiter = ',', value_parser = parse_optional)]
-    pub disable_programs: Vec<String>,
-    /// Read the destination the application passed to connect()
-    /// (`sys_enter_connect`): true, false, or auto = only when a cgroup
-    /// sock_addr program is loaded (socket-level load balancing such as
-    /// Cilium's rewrites connect() before the socket sees it). A syscall
-    /// tracepoint puts every syscall of every task on the kernel's traced path.
-    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
-    pub connect_intent: Toggle,
-    /// Test hook: leave the ring unread for this many milliseconds after start.
-    #[arg(long, hide = true)]
-    pub stall_reader_ms: Option<u64>,
-}
-
-impl SessionArgs {
-    /// The configuration from --config, if any (a bad file is an error, not ignored).
-    pub fn load_config(&self) -> Result<Option<Arc<Config>>, ConfigError> {
-        self.config.as_deref().map(|p| Config::load(p).map(Arc::new)).transpose()
-    }
-
-    /// The session these flags ask for, with the configuration loaded.
-    pub fn options(&self, config: Option<Arc<Config>>) -> SessionOptions {
-        SessionOptions {
-            ring_bytes: self.ring_bytes,
-            max_flows: self.max_flows,
-            degraded_retransmits: self.degraded_retransmits,
-            cgroup_root: self.cgroup_root.clone(),
-            private_ranges: self.private_ranges.clone(),
-            proxy_ports: self.proxy_ports.clone(),
-            config,
-            kube: self.kube.into(),
-            node_name: self.node_name.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-            conntrack: self.conntrack.into(),
-            conntrack_netns: self.conntrack_netns.clone(),
-            disabled_programs: self.disable_programs.clone(),
-            connect_intent: self.connect_intent.into(),
-            stall_reader: self.stall_reader_ms.map(Duration::from_millis),
-        }
-    }
-}
-
-/// On, off, or decided from the environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Toggle {
-    Auto,
-    True,
-    False,
-}
-
-impl From<Toggle> for Switch {
-    fn from(t: Toggle) -> Self {
-        match t {
-            Toggle::Auto => Self::Auto,
-            Toggle::True => Self::On,
-            Toggle::False => Self::Off,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RingBytesError {
-    #[error("{0}")]
-    NotANumber(std::num::ParseIntError),
-    #[error("{0} is not a power of two ≥ 4096")]
-    Size(u32),
-}
-
-fn parse_ring_bytes(s: &str) -> Result<u32, RingBytesError> {
-    let v: u32 = s.parse().map_err(RingBytesError::NotANumber)?;
-    if v < 4096 || !v.is_power_of_two() {
-        return Err(RingBytesError::Size(v));
-    }
-    Ok(v)
-}
-
-/// Filters and format for record output.
-#[derive(Debug, Clone, Args)]
-pub struct FilterArgs {
-    #[command(flatten)]
-    pub flows: filter::FlowFilter,
-    /// Print stitched chain records (one per request through the proxy
-    /// chain: who, target, VIA the hops, the hop that broke) instead of flows.
-    #[arg(long)]
-    pub chains: bool,
-    /// Print DNS lookups (name, rcode, server, latency, the hop it concerns)
-    /// instead of flows.
-    #[arg(long, conflicts_with = "chains")]
-    pub dns: bool,
-    /// Output format. JSON field names are stable and snake_case; every
-    /// object has `record`: `flow` or `chain`.
-    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-    pub output: Format,
-    /// Colour the verdict column.
-    #[arg(long, value_enum, default_value_t = Color::Auto)]
-    pub color: Color,
-}
-
-impl FilterArgs {
-    pub fn printer(&self, snapshot: bool) -> print::Printer {
-        print::Printer::new(self.output, self.kind(), self.color.enabled(), snapshot)
-    }
-
-    /// Whether `r` is of the kind of records asked for.
-    pub fn shows(&self, r: &Record) -> bool {
-        print::Kind::of(r) == self.kind()
-    }
-
-    pub fn kind(&self) -> print::Kind {
-        if self.chains {
-            print::Kind::Chains
-        } else if self.dns {
-            print::Kind::Dns
-        } else {
-            print::Kind::Flows
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::CommandFactory;
+
+    use super::{args::parse_ring_bytes, *};
 
     #[test]
     fn cli_is_consistent() {

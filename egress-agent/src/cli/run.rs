@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::SessionArgs;
+use super::args::SessionArgs;
 use crate::{
     api::{self, server::ApiOptions, wire::Status},
     pipeline::Output,

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{ApiArgs, FilterArgs, SessionArgs, print::Printer};
+use super::{
+    args::{ApiArgs, FilterArgs, SessionArgs},
+    print::Printer,
+};
 use crate::{
     api::{
         client::{self, ClientError},

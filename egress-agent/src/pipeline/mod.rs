@@ -21,16 +21,7 @@ pub mod proxy_http;
 pub mod ring;
 pub mod stitch;
 
-pub use self::{processor::Processor, ring::Pipeline};
-use crate::records::Record;
-
-/// What leaves the pipeline: every record (flows that repeat their connect
-/// verdict at close are `quiet`: counted, not shown), handed over owned so a
-/// sink that keeps one (the API history) keeps it without a copy.
-#[allow(clippy::large_enum_variant, reason = "moved once into the sink; most outputs are records")]
-pub enum Output {
-    Record(Record),
-    /// What the ring held is processed: a sink that batches hands its batch
-    /// on here (one hand-off per ring batch, not per record).
-    Idle,
-}
+pub use self::{
+    processor::{Output, Processor},
+    ring::Pipeline,
+};

@@ -11,7 +11,6 @@ use aya::maps::{MapData, RingBuf};
 use egress_common::event_kind_name;
 
 use super::{
-    Output,
     dns_tracker::{DnsStats, DnsTracker},
     enrich::Enricher,
     flow_table::{FlowTable, TableStats},
@@ -28,6 +27,17 @@ use crate::{
 const NAT_WAIT: Duration = Duration::from_millis(150);
 /// Records held for NAT at most; beyond, the oldest goes out without NAT.
 const NAT_HELD_MAX: usize = 4096;
+
+/// What leaves the pipeline: every record (flows that repeat their connect
+/// verdict at close are `quiet`: counted, not shown), handed over owned so a
+/// sink that keeps one (the API history) keeps it without a copy.
+#[allow(clippy::large_enum_variant, reason = "moved once into the sink; most outputs are records")]
+pub enum Output {
+    Record(Record),
+    /// What the ring held is processed: a sink that batches hands its batch
+    /// on here (one hand-off per ring batch, not per record).
+    Idle,
+}
 
 /// Everything after the ring, owned by one task.
 pub struct Processor<S> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
-use super::{Output, processor::Processor};
+use super::processor::{Output, Processor};
 
 const TICK: Duration = Duration::from_millis(20);
 /// The kernel wakes the reader only when an eighth of the ring is unread
