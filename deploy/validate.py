@@ -266,7 +266,7 @@ def check_metric_names(r: Report, exprs: list[tuple[str, str]], metrics_file: Pa
         elif scrape is not None:
             r.check(name in scrape, f"{name}: in the scrape ({where})",
                     "not in the scrape; a counter vector with no label set observed yet is absent from the "
-                    "exposition: initialise its known label sets to 0 in metrics.rs, or scrape after traffic")
+                    "exposition: initialise its known label sets to 0 where it is registered (egress-agent/src/sinks/metrics.rs), or scrape after traffic")
         else:
             r.check(name in EXISTING or name in CONDITIONAL, f"{name}: exported by the agent ({where})",
                     "unknown metric name (typo?), not in EXISTING or PLANNED")

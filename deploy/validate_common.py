@@ -20,7 +20,8 @@ except ImportError:  # pragma: no cover
     sys.exit("validate.py needs PyYAML: pip install pyyaml kubernetes-validate")
 
 # ---------------------------------------------------------------------------
-# Metric names. Keep in step with egress-agent/src/metrics.rs.
+# Metric names. Keep in step with egress-agent/src/sinks/metrics.rs (and the
+# self-metrics registered beside their components).
 
 # Exported by the agent today (exposition names; a histogram's series listed).
 EXISTING = {

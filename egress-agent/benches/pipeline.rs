@@ -31,7 +31,7 @@ const WINDOW: u64 = 512;
 fn bytes_of<T>(v: &T) -> &[u8] {
     // SAFETY: plain #[repr(C)] records without padding bytes left uninitialised
     // (every field is written; explicit padding fields are zero).
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
 }
 
 fn tuple(i: u64) -> Tuple {

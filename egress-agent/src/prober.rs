@@ -251,9 +251,9 @@ mod tests {
         assert_eq!(failure_of(&a, None, "gke-squid"), Some(("gke-squid".into(), Reason::ProxyUpstreamError)));
         let c = ChainRecord { verdict: Verdict::Failed, failed_hop: Some("gce-proxy".into()), reason: Some(Reason::Refused), ..ChainRecord::default() };
         assert_eq!(failure_of(&a, Some(&c), "gke-squid"), Some(("gce-proxy".into(), Reason::Refused)));
-        let refused = Attempt { status: None, error: Some(Reason::Refused), ..a.clone() };
+        let refused = Attempt { status: None, error: Some(Reason::Refused), ..a };
         assert_eq!(failure_of(&refused, None, "gke-squid"), Some(("gke-squid".into(), Reason::Refused)));
-        let ok = Attempt { status: Some(200), ..a };
+        let ok = Attempt { status: Some(200), ..refused };
         assert_eq!(failure_of(&ok, None, "gke-squid"), None);
     }
 

@@ -149,7 +149,7 @@ pub struct EventHeader {
     /// `bpf_ktime_get_ns()` when the event happened (CLOCK_MONOTONIC).
     pub ts_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+const _: () = assert!(size_of::<EventHeader>() == 16);
 
 /// Addresses of a TCP socket. IPv4 addresses use the first 4 bytes.
 #[repr(C)]
@@ -164,7 +164,7 @@ pub struct Tuple {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
+const _: () = assert!(size_of::<Tuple>() == 40);
 
 /// Destination given to `connect()` (before any socket-level load balancing).
 #[repr(C)]
@@ -178,7 +178,7 @@ pub struct ConnectArgs {
     pub fd: u32,
     pub addr: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 32);
+const _: () = assert!(size_of::<ConnectArgs>() == 32);
 
 /// Per-socket state kept in the kernel between an active open and its close.
 #[repr(C)]
@@ -193,7 +193,7 @@ pub struct FlowState {
     /// Error seen when the kernel reported one (`sk_err`, else `sk_err_soft`).
     pub reported_err: i32,
 }
-const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+const _: () = assert!(size_of::<FlowState>() == 32);
 
 /// EVENT_CONNECT_START.
 #[repr(C)]
@@ -214,7 +214,7 @@ pub struct ConnectStart {
     /// What `connect()` was asked for (valid with FLOW_FLAG_HAS_INTENDED).
     pub intended: ConnectArgs,
 }
-const _: () = assert!(core::mem::size_of::<ConnectStart>() == 136);
+const _: () = assert!(size_of::<ConnectStart>() == 136);
 
 /// EVENT_CONNECTED, EVENT_CONNECT_FAILED and EVENT_CLOSED.
 #[repr(C)]
@@ -243,7 +243,7 @@ pub struct FlowEnd {
     pub flags: u32,
     pub tuple: Tuple,
 }
-const _: () = assert!(core::mem::size_of::<FlowEnd>() == 112);
+const _: () = assert!(size_of::<FlowEnd>() == 112);
 
 /// Key of a TCP connection as seen from the local socket.
 #[repr(C)]
@@ -258,7 +258,7 @@ pub struct TupleKey {
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
+const _: () = assert!(size_of::<TupleKey>() == 40);
 
 /// EVENT_PAYLOAD.
 #[repr(C)]
@@ -273,7 +273,7 @@ pub struct PayloadEvent {
     pub len: u32,
     pub data: [u8; PAYLOAD_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 40 + PAYLOAD_BYTES);
+const _: () = assert!(size_of::<PayloadEvent>() == 40 + PAYLOAD_BYTES);
 
 impl Default for PayloadEvent {
     fn default() -> Self {
@@ -304,7 +304,7 @@ pub struct DnsEvent {
     pub caplen: u32,
     pub data: [u8; DNS_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<DnsEvent>() == 88 + DNS_BYTES);
+const _: () = assert!(size_of::<DnsEvent>() == 88 + DNS_BYTES);
 
 impl Default for DnsEvent {
     fn default() -> Self {
@@ -322,7 +322,7 @@ pub struct SynRetransmit {
     pub syn_retransmits: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SynRetransmit>() == 40);
+const _: () = assert!(size_of::<SynRetransmit>() == 40);
 
 /// EVENT_NAT_MAPPING: a conntrack entry at confirmation. Tuples as conntrack
 /// keeps them (ports in host byte order here): `original` as the client sent
@@ -338,7 +338,7 @@ pub struct NatMapping {
     pub original: Tuple,
     pub reply: Tuple,
 }
-const _: () = assert!(core::mem::size_of::<NatMapping>() == 104);
+const _: () = assert!(size_of::<NatMapping>() == 104);
 
 // ---------------------------------------------------------------------------
 // Load-time configuration (one global, written by the agent before load).
@@ -363,7 +363,7 @@ pub struct TpOffsets {
     /// `state` (retransmit).
     pub state: u16,
 }
-const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
+const _: () = assert!(size_of::<TpOffsets>() == 24);
 
 pub const OFFSET_ABSENT: u16 = 0xffff;
 
@@ -499,7 +499,7 @@ pub struct Config {
     /// poll tick (batched reads instead of one wake-up per event).
     pub wakeup_bytes: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 3 * 24 + 16 + 16 + 40 + 16 + 8);
+const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 16 + 40 + 16 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -518,9 +518,11 @@ impl Config {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)], contain only integers and byte
-    // arrays, and have no implicit padding (asserted sizes above).
+    // SAFETY: #[repr(C)], only integers and byte arrays, no implicit padding
+    // (size asserted above): every bit pattern is a valid Config.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as for Config (size asserted above).
     unsafe impl aya::Pod for super::FlowState {}
+    // SAFETY: as for Config (size asserted above).
     unsafe impl aya::Pod for super::ConnectArgs {}
 }

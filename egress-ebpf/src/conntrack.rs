@@ -44,6 +44,7 @@ fn try_confirm(ctx: &ProbeContext) -> Result<(), i64> {
     let netns = kread::<u64>(ct, o.ct_net).and_then(|net| kread::<u32>(net, config!(kernel.net_ns_inum))).unwrap_or(0);
     let reply = original + o.tuple_hash_size as u64;
     emit(EVENT_NAT_MAPPING, |ev: &mut NatMapping| {
+        // SAFETY: a helper without arguments.
         ev.hdr = EventHeader { kind: EVENT_NAT_MAPPING, size: size_of::<NatMapping>() as u32, ts_ns: unsafe { bpf_ktime_get_ns() } };
         ev.netns = netns;
         read_tuple(original, &o, &mut ev.original)?;

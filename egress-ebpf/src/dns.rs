@@ -4,7 +4,6 @@
 //! The first `DNS_BYTES` of the message go to the ring; parsing is the
 //! agent's. Fail-open: the caller passes every packet whatever happens here.
 use aya_ebpf::{
-    bindings::__sk_buff,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     programs::SkBuffContext,
 };
@@ -34,8 +33,10 @@ pub fn capture(ctx: &SkBuffContext, dir: u32, proto: u32, key: &TupleKey, payloa
     emit(EVENT_DNS, |ev: &mut DnsEvent| {
         // SAFETY: helpers on the program's own context pointer.
         ev.hdr = EventHeader { kind: EVENT_DNS, size: size_of::<DnsEvent>() as u32, ts_ns: unsafe { bpf_ktime_get_ns() } };
+        // SAFETY: as above.
         ev.cookie = unsafe { bpf_get_socket_cookie(skb_ptr.cast()) };
-        ev.cgroup_id = unsafe { bpf_skb_cgroup_id(skb_ptr as *mut __sk_buff) };
+        // SAFETY: as above.
+        ev.cgroup_id = unsafe { bpf_skb_cgroup_id(skb_ptr) };
         ev.direction = dir;
         ev.proto = proto;
         ev.key = key;

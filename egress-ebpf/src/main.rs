@@ -29,6 +29,8 @@ static CONFIG: Config = Config::DEFAULT;
 /// Read one field of [`CONFIG`] without letting the compiler fold the default.
 macro_rules! config {
     ($($field:ident).+) => {
+        // SAFETY: a read of a plain-integer field of a static that lives for
+        // the whole program; volatile only so the load-time value is read.
         unsafe { core::ptr::read_volatile(&raw const crate::CONFIG.$($field).+) }
     };
 }
@@ -36,7 +38,7 @@ pub(crate) use config;
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

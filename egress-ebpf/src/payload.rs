@@ -60,20 +60,20 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     let proto = u32::from(u16::from_be(skb.protocol as u16));
     let mut key = TupleKey::default();
     let (l4, src_addr_off, dst_addr_off, alen, ipproto) = if proto == ETH_P_IP {
-        let vihl: u8 = ctx.load(0).map_err(|e| e as i64)?;
+        let vihl: u8 = ctx.load(0)?;
         key.family = AF_INET;
-        (((vihl & 0x0f) as usize) * 4, 12usize, 16usize, 4usize, ctx.load::<u8>(9).map_err(|e| e as i64)?)
+        (((vihl & 0x0f) as usize) * 4, 12usize, 16usize, 4usize, ctx.load::<u8>(9)?)
     } else if proto == ETH_P_IPV6 {
         key.family = AF_INET6;
-        (40usize, 8usize, 24usize, 16usize, ctx.load::<u8>(6).map_err(|e| e as i64)?)
+        (40usize, 8usize, 24usize, 16usize, ctx.load::<u8>(6)?)
     } else {
         return Ok(());
     };
     if ipproto != IPPROTO_TCP && ipproto != IPPROTO_UDP {
         return Ok(());
     }
-    let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|e| e as i64)?);
-    let dport = u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|e| e as i64)?);
+    let sport = u16::from_be(ctx.load::<u16>(l4)?);
+    let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
     let (lport, rport) = if dir == DIR_EGRESS { (sport, dport) } else { (dport, sport) };
     let dns = dns::is_dns(dir, sport, dport);
     if ipproto == IPPROTO_UDP && !dns {
@@ -86,20 +86,20 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     key.rport = rport;
     let (l_off, r_off) = if dir == DIR_EGRESS { (src_addr_off, dst_addr_off) } else { (dst_addr_off, src_addr_off) };
     if alen == 4 {
-        let l: [u8; 4] = ctx.load(l_off).map_err(|e| e as i64)?;
-        let r: [u8; 4] = ctx.load(r_off).map_err(|e| e as i64)?;
+        let l: [u8; 4] = ctx.load(l_off)?;
+        let r: [u8; 4] = ctx.load(r_off)?;
         key.laddr[..4].copy_from_slice(&l);
         key.raddr[..4].copy_from_slice(&r);
     } else {
-        key.laddr = ctx.load(l_off).map_err(|e| e as i64)?;
-        key.raddr = ctx.load(r_off).map_err(|e| e as i64)?;
+        key.laddr = ctx.load(l_off)?;
+        key.raddr = ctx.load(r_off)?;
     }
     let len = skb.len as usize;
     if ipproto == IPPROTO_UDP {
         dns::capture(ctx, dir, u32::from(IPPROTO_UDP), &key, l4 + 8, len);
         return Ok(());
     }
-    let doff: u8 = ctx.load(l4 + 12).map_err(|e| e as i64)?;
+    let doff: u8 = ctx.load(l4 + 12)?;
     let payload = l4 + ((doff >> 4) as usize) * 4;
     if dns {
         dns::capture(ctx, dir, u32::from(IPPROTO_TCP), &key, payload, len);
@@ -117,6 +117,7 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
         return Ok(());
     };
     let flag = if dir == DIR_EGRESS { FLOW_FLAG_REQ_SEEN } else { FLOW_FLAG_RESP_SEEN };
+    // SAFETY: valid map value pointer; the flags are this program's alone.
     let st = unsafe { &mut *state };
     if st.flags & flag != 0 {
         return Ok(());
@@ -127,6 +128,7 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     let n = if avail > PAYLOAD_BYTES { PAYLOAD_BYTES } else { avail };
     let skb_ptr = ctx.skb.skb;
     emit(EVENT_PAYLOAD, |ev: &mut PayloadEvent| {
+        // SAFETY: a helper without arguments.
         ev.hdr = EventHeader { kind: EVENT_PAYLOAD, size: size_of::<PayloadEvent>() as u32, ts_ns: unsafe { bpf_ktime_get_ns() } };
         ev.skaddr = skaddr;
         ev.start_ns = start_ns;

@@ -30,15 +30,18 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: valid map value pointer; per-socket events are serialised by the socket lock.
     unsafe { (*state).retransmits += 1 };
     if st == tcp_state::SYN_SENT {
+        // SAFETY: as above.
         let n = unsafe {
             (*state).syn_retransmits += 1;
             (*state).syn_retransmits
         };
+        // SAFETY: as above.
         let start_ns = unsafe { (*state).start_ns };
         emit(EVENT_SYN_RETRANSMIT, |ev: &mut SynRetransmit| {
             ev.hdr = EventHeader {
                 kind: EVENT_SYN_RETRANSMIT,
                 size: size_of::<SynRetransmit>() as u32,
+                // SAFETY: a helper without arguments.
                 ts_ns: unsafe { bpf_ktime_get_ns() },
             };
             ev.skaddr = skaddr;

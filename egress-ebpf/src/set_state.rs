@@ -49,16 +49,19 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(state) = FLOWS.get_ptr_mut(skaddr) else {
         return Ok(()); // not an active open we track
     };
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // One inlined copy of the proxy index update (stack: see track_proxy_flow).
     let mut proxy_index = None;
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
         // SAFETY: valid map value pointer; a socket's transitions are serialised by its lock.
         unsafe { (*state).established_ns = now };
+        // SAFETY: as above.
         let st = unsafe { *state };
         emit(EVENT_CONNECTED, |ev: &mut FlowEnd| flow_end(ev, ctx, &o, EVENT_CONNECTED, now, skaddr, &st, old, new));
         proxy_index = Some(true);
     } else if new == tcp_state::CLOSE {
+        // SAFETY: valid map value pointer, read before the entry is removed.
         let st = unsafe { *state };
         let _ = FLOWS.remove(skaddr);
         if st.established_ns != 0 {
@@ -92,6 +95,7 @@ fn track_proxy_flow(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64, add: bo
 }
 
 fn on_connect(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64) {
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let state = FlowState { start_ns: now, ..FlowState::default() };
     if FLOWS.insert(skaddr, state, 0).is_err() {
@@ -102,6 +106,7 @@ fn on_connect(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64) {
     emit(EVENT_CONNECT_START, |ev: &mut ConnectStart| {
         ev.hdr = EventHeader { kind: EVENT_CONNECT_START, size: size_of::<ConnectStart>() as u32, ts_ns: now };
         ev.skaddr = skaddr;
+        // SAFETY: a helper without arguments.
         ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         ev.pid = pid_tgid as u32;
         ev.tgid = (pid_tgid >> 32) as u32;
@@ -126,7 +131,7 @@ fn on_connect(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64) {
     });
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one inlined copy: a struct of them would cost stack the verifier counts")]
 #[inline(always)]
 fn flow_end(
     ev: &mut FlowEnd,

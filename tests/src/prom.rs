@@ -209,7 +209,7 @@ impl Recording {
         let ups: Vec<&str> = self.samples.iter().map(|s| if s.is_some() { "1" } else { "0" }).collect();
         y.push_str(&format!("      - series: {}\n        values: {}\n", q(&up_series), q(&ups.join(" "))));
         for series in all {
-            let vals: Vec<String> = self.samples.iter().map(|s| s.as_ref().and_then(|m| m.get(series)).map_or("_".into(), |v| format!("{v}"))).collect();
+            let vals: Vec<String> = self.samples.iter().map(|s| s.as_ref().and_then(|m| m.get(series)).map_or_else(|| "_".into(), |v| format!("{v}"))).collect();
             y.push_str(&format!("      - series: {}\n        values: {}\n", q(series), q(&vals.join(" "))));
         }
         y.push_str("    alert_rule_test:\n");

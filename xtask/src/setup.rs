@@ -79,6 +79,7 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_packages()?;
     ensure_python()?;
     ensure_nightly()?;
+    ensure_lint_tools()?;
     ensure_bpf_linker()?;
     ensure_kubectl()?;
     ensure_musl_target()?;
@@ -167,6 +168,28 @@ fn ensure_nightly() -> anyhow::Result<()> {
             .context("the eBPF programs need a nightly toolchain (build-std)")?;
     }
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// `cargo xtask lint`: rustfmt and clippy on the default (stable) toolchain,
+/// clippy on nightly for the eBPF crate.
+fn ensure_lint_tools() -> anyhow::Result<()> {
+    let installed = |toolchain: Option<&str>| {
+        let mut c = Command::new("rustup");
+        c.args(["component", "list", "--installed"]);
+        if let Some(t) = toolchain {
+            c.args(["--toolchain", t]);
+        }
+        c.output().map(|o| String::from_utf8_lossy(&o.stdout).lines().map(|l| l.split('-').next().unwrap_or_default().to_string()).collect::<Vec<_>>()).unwrap_or_default()
+    };
+    let stable = installed(None);
+    let missing: Vec<&str> = ["rustfmt", "clippy"].into_iter().filter(|c| !stable.iter().any(|i| i == c)).collect();
+    if !missing.is_empty() {
+        run(Command::new("rustup").args(["component", "add"]).args(&missing)).context("rustfmt and clippy for `cargo xtask lint`")?;
+    }
+    if !installed(Some("nightly")).iter().any(|i| i == "clippy") {
+        run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"])).context("clippy on nightly for the eBPF crate")?;
+    }
+    Ok(())
 }
 
 /// The kernel matrix runs the agent in a bare initramfs: it is built static

@@ -26,7 +26,7 @@ pub const EXIT_NO_DATA: u8 = 3;
 pub struct ApiArgs {
     /// The agent's local API socket (unix, root-only).
     #[arg(long, env = "EGRESS_API_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
-    pub api_socket: std::path::PathBuf,
+    pub api_socket: PathBuf,
 }
 
 /// Kernel-side options shared by `run` and `watch`.

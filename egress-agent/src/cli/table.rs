@@ -216,7 +216,7 @@ pub fn via(c: &ChainRecord) -> String {
     c.legs
         .iter()
         .map(|l| {
-            let what = l.proxy_status.map_or_else(|| l.reason.map_or(l.verdict.as_str().to_string(), |r| r.as_str().to_string()), |s| s.to_string());
+            let what = l.proxy_status.map_or_else(|| l.reason.map_or_else(|| l.verdict.as_str().to_string(), |r| r.as_str().to_string()), |s| s.to_string());
             format!("{}[{what}]", l.hop)
         })
         .collect::<Vec<_>>()
@@ -228,7 +228,7 @@ pub fn chain_cells(c: &ChainRecord) -> Vec<String> {
     vec![
         c.time.get(11..23).unwrap_or(&c.time).to_string(),
         opt(c.namespace.as_deref()),
-        opt(c.pod.as_deref().or(c.unit.as_deref()).or(Some(c.comm.as_str()).filter(|s| !s.is_empty()))),
+        opt(c.pod.as_deref().or(c.unit.as_deref()).or_else(|| Some(c.comm.as_str()).filter(|s| !s.is_empty()))),
         opt(c.target.as_deref()),
         via(c),
         c.verdict.as_str().to_string(),

@@ -109,7 +109,7 @@ pub async fn follow(mut stream: client::RecordStream, filter: &FilterArgs, mut p
         match rec {
             Message::Control(Control::HistoryEnd) => {
                 let keep = f.last.map_or(0, |n| backlog.len().saturating_sub(n));
-                for r in backlog.drain(..).skip(keep) {
+                for r in std::mem::take(&mut backlog).into_iter().skip(keep) {
                     printer.record(&r);
                 }
                 live = true;

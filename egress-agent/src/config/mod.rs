@@ -47,7 +47,7 @@ pub enum ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error(transparent)]
-    Yaml(#[from] serde_saphyr::Error),
+    Yaml(Box<serde_saphyr::Error>),
     #[error("unsupported config version {0} (this agent reads version 1)")]
     Version(u32),
     #[error("`attribution:` is not read by this agent: the sources are chosen with flags (`--kube auto|true|false` with `--node-name`/`--kubeconfig` for Kubernetes metadata; pods and systemd units come from cgroup paths under `--cgroup-root`, always); remove the section")]
@@ -184,7 +184,7 @@ impl Config {
 
     /// Validate a configuration given as YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, SettingsError> {
-        Self::from_file(&serde_saphyr::from_str::<ConfigFile>(text)?)
+        Self::from_file(&serde_saphyr::from_str::<ConfigFile>(text).map_err(|e| SettingsError::Yaml(Box::new(e)))?)
     }
 
     fn from_file(cfg: &ConfigFile) -> Result<Self, SettingsError> {

@@ -133,8 +133,8 @@ pub fn comm(c: &[u8; 16]) -> String {
 
 #[cfg(test)]
 pub(crate) fn bytes_of<T>(v: &T) -> Vec<u8> {
-    // SAFETY: test helper over plain records.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    // SAFETY: test helper over plain records: `v` is valid for size_of::<T>() bytes.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
 #[cfg(test)]

@@ -76,8 +76,8 @@ pub fn wait_output(child: &mut Child, timeout: Duration) -> anyhow::Result<Clien
             String::from_utf8_lossy(&s).into_owned()
         })
     };
-    let out = reader(child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
-    let err = reader(child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let out = reader(child.stdout.take().map(|r| -> Box<dyn std::io::Read + Send> { Box::new(r) }));
+    let err = reader(child.stderr.take().map(|r| -> Box<dyn std::io::Read + Send> { Box::new(r) }));
     let status = loop {
         if let Some(st) = child.try_wait()? {
             break st;

@@ -294,7 +294,7 @@ impl CtSocket {
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
         if rc != 0 {
@@ -415,7 +415,7 @@ fn setsockopt_int(sock: &Socket, opt: libc::c_int, value: libc::c_int) -> io::Re
             libc::SOL_SOCKET,
             opt,
             (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }

@@ -280,7 +280,7 @@ mod tests {
         let t = NatTable::disabled();
         let k = FlowKey { src: "10.0.0.1:1".parse().expect("addr"), dst: "10.0.0.2:2".parse().expect("addr") };
         assert!(!t.is_enabled());
-        assert_eq!(t.clone().lookup(&k), None);
+        assert_eq!(t.lookup(&k), None);
     }
 
     #[test]

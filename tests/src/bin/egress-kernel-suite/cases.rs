@@ -52,7 +52,7 @@ pub fn run_all() -> bool {
         }
     };
     // NAT at debug: the agent logs each kprobe/ctnetlink comparison.
-    let args = ["--kube", "false", "--conntrack", "true", "--log", "info,egress_agent::nat=debug"];
+    let args = ["--kube", "false", "--conntrack", "true", "--log", "info,egress_agent::attribution::nat=debug"];
     let mut agent = match Agent::start(AgentMode::Watch(args.iter().map(|a| a.to_string()).collect())) {
         Ok(a) => a,
         Err(e) => {
@@ -102,7 +102,7 @@ fn check() -> anyhow::Result<(Vec<Value>, Option<String>)> {
     }
     let programs = v["programs"].as_array().cloned().unwrap_or_default();
     for p in &programs {
-        let n = |k: &str| p[k].as_u64().map_or("-".to_string(), |n| n.to_string());
+        let n = |k: &str| p[k].as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
         let err = p["error"].as_str().unwrap_or("?");
         let status = if p["attached"] == true {
             "loaded".to_string()
