@@ -36,6 +36,7 @@
 //! need to be retried for a short while.
 mod counters;
 mod ctnetlink;
+mod socket;
 mod store;
 mod worker;
 

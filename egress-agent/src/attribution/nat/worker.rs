@@ -11,7 +11,8 @@ use std::{
 
 use super::{
     Shared,
-    ctnetlink::{CpuStats, CtDecodeError, CtKind, CtSocket, Decoded, get_request, stats_dump_request, table_dump_request},
+    ctnetlink::{CpuStats, CtDecodeError, CtKind, Decoded, get_request, stats_dump_request, table_dump_request},
+    socket::CtSocket,
     counters::NatMetrics,
 };
 
