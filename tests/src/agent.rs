@@ -162,6 +162,27 @@ impl Agent {
         }
     }
 
+    /// One line on the agent's state, for a row or test that got no record:
+    /// alive or not, events produced and delivered, the last stderr line.
+    pub fn health(&mut self) -> String {
+        let state = match self.child.try_wait() {
+            Ok(Some(st)) => format!("agent exited ({st})"),
+            Ok(None) => "agent alive".to_string(),
+            Err(e) => format!("agent state unknown ({e})"),
+        };
+        let events = match self.http_get("/metrics") {
+            Ok(t) => format!(
+                "events produced {} delivered {} lost {}",
+                metric_sum(&t, "egress_events_produced_total", &[]),
+                metric_sum(&t, "egress_events_delivered_total", &[]),
+                metric_sum(&t, "egress_events_lost_total", &[])
+            ),
+            Err(e) => format!("no scrape ({e:#})"),
+        };
+        let last = self.stderr.lock().ok().and_then(|s| s.last().cloned()).unwrap_or_default();
+        format!("{state}, {events}; last stderr: {last}")
+    }
+
     /// GET /metrics (or another path) from a `run` agent.
     pub fn http_get(&self, path: &str) -> anyhow::Result<String> {
         let addr = self.metrics_addr.context("agent not started with run")?;

@@ -68,10 +68,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             Err(_) => {
                 let seen: Vec<String> = run.records.iter().filter(|v| to_dst(v)).map(outcome).collect();
                 let said = if seen.is_empty() { "no record of this destination in 10 s".to_string() } else { seen.join(", ") };
-                match lab.diagnose(s) {
+                let said = match lab.diagnose(s) {
                     Some(why) => format!("{said} ({why})"),
                     None => said,
-                }
+                };
+                format!("{said}; {}", run.health())
             }
         };
         rows.push(DemoRow { name: s.name, dst: s.dst, ok: got == expected, expected, got });

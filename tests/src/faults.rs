@@ -163,7 +163,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
                 (Some(verdict), Some(h), Some(r)) => format!("{verdict} at {h}: {r}"),
                 (verdict, _, _) => verdict.unwrap_or("?").to_string(),
             },
-            Err(_) => no_record(&agent.records, source, pid, out.exit_code()),
+            Err(_) => format!("{}; {}", no_record(&agent.records, source, pid, out.exit_code()), agent.health()),
         };
         if verbose {
             eprintln!("{fault}: client exit {:?}; chain {}", out.exit_code(), rec.as_ref().map(Value::to_string).unwrap_or_else(|e| format!("{e:#}")));

@@ -101,15 +101,15 @@ impl ChainLab {
 
     /// A lossy hop as one precise loss: the first SYN across `link` after
     /// this call is dropped, and then every `every`-th
-    /// (`-m statistic --mode nth`, its counter starting one short of
-    /// `every`), so the first connect across it retransmits its SYN and
-    /// gets through: the kernel's retransmit signal, every time.
+    /// (`-m statistic --mode nth --packet 0`: iptables starts the counter so
+    /// that the first packet matches), so the first connect across it
+    /// retransmits its SYN and gets through: the kernel's retransmit
+    /// signal, every time.
     pub fn lossy_syn(&self, link: LabLink, every: u32) -> anyhow::Result<()> {
         anyhow::ensure!(every >= 2, "every must be at least 2 (1 would drop every SYN: a blackhole)");
         let (ns, ifname) = self.link_iface(link);
-        let first = (every - 1).to_string();
         let every = every.to_string();
-        self.add_fault(ns, "mangle", "POSTROUTING", &["-o", ifname, "-p", "tcp", "--syn", "-m", "statistic", "--mode", "nth", "--every", &every, "--packet", &first, "-j", "DROP"])
+        self.add_fault(ns, "mangle", "POSTROUTING", &["-o", ifname, "-p", "tcp", "--syn", "-m", "statistic", "--mode", "nth", "--every", &every, "--packet", "0", "-j", "DROP"])
     }
 
     /// What the node does with pod traffic to the internet that skips the
