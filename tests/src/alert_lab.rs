@@ -229,7 +229,7 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
         },
         PhaseSpec { name: "lossy client link (every 7th packet lost)", fault: Box::new(|l| l.lossy_link(LabLink::AppNode, 1.0 / 7.0)), request: Some(healthy.clone()), special: Special::None, expect: vec![exp("EgressRetransmitsHigh", &[("instance", INSTANCE)])] },
         PhaseSpec { name: "agent losing events (ring full)", fault: Box::new(none), request: Some(healthy.clone()), special: Special::LoseEvents, expect: vec![exp("EgressAgentLosingEvents", &[("instance", INSTANCE), ("stage", "ring")])] },
-        PhaseSpec { name: "agent down", fault: Box::new(none), request: Some(healthy.clone()), special: Special::AgentDown, expect: vec![exp("EgressAgentDown", &[("instance", INSTANCE), ("job", JOB)])] },
+        PhaseSpec { name: "agent down", fault: Box::new(none), request: Some(healthy), special: Special::AgentDown, expect: vec![exp("EgressAgentDown", &[("instance", INSTANCE), ("job", JOB)])] },
     ];
 
     let current: Arc<Mutex<Option<Request>>> = Arc::new(Mutex::new(None));

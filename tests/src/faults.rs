@@ -107,7 +107,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
     let proxy_name = cfg.proxy_name.clone();
     use Source::{Chain as C, Dns as D};
     type Case<'a> = (&'static str, Setup, Request, Option<(&'a str, &'a str)>, Source);
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("healthy request", Box::new(none), Request::Chain(healthy.clone()), None, C),
         ("healthy, proxy by name (DNS)", Box::new(none), Request::ViaName(healthy.clone()), None, C),
         ("hop1 down (Squid pod stopped)", Box::new(|l: &ChainLab| l.hop1_down()), Request::Chain(healthy.clone()), Some(("gke-squid", "refused")), C),
@@ -123,7 +123,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
         ("proxy bypass (direct)", Box::new(|l: &ChainLab| l.set_direct_egress(DirectEgress::Drop)), Request::Direct(cfg.healthy.ip), Some(("direct", "bypass")), C),
         ("proxy name does not resolve", Box::new(move |l: &ChainLab| l.dns_remove(&proxy_name)), Request::ViaName(healthy.clone()), Some(("gke-squid", "dns_failed")), D),
         ("origin name NXDOMAIN at hop2", Box::new({ let h = healthy.clone(); move |l: &ChainLab| l.dns_remove(&h) }), Request::Chain(healthy.clone()), Some(("gce-proxy", "dns_failed")), C),
-        ("resolver down", Box::new(|l: &ChainLab| l.resolver_down()), Request::ViaName(healthy.clone()), Some(("gke-squid", "dns_failed")), D),
+        ("resolver down", Box::new(|l: &ChainLab| l.resolver_down()), Request::ViaName(healthy), Some(("gke-squid", "dns_failed")), D),
     ];
     let mut rows = Vec::new();
     for (fault, setup, req, expect, source) in cases {
@@ -155,7 +155,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
             Source::Dns => v["record"] == "dns" && v["verdict"] == "failed" && v["name"].as_str() == Some(cfg.proxy_name.as_str()) && v["cgroup"].as_str().is_some_and(|c| client_cgroup.ends_with(c)),
         });
         let lag = done.elapsed().as_secs_f64();
-        let expected = expect.map_or("ok".to_string(), |(h, r)| format!("{} at {h}: {r}", if r == "retransmits" { "degraded" } else { "failed" }));
+        let expected = expect.map_or_else(|| "ok".to_string(), |(h, r)| format!("{} at {h}: {r}", if r == "retransmits" { "degraded" } else { "failed" }));
         let got = match &rec {
             Ok(v) if source == Source::Dns => format!("{} at {}: {}", v["verdict"].as_str().unwrap_or("?"), v["hop"].as_str().unwrap_or("-"), v["reason"].as_str().unwrap_or("-")),
             Ok(v) => match (v["verdict"].as_str(), v["failed_hop"].as_str(), v["reason"].as_str()) {
@@ -189,7 +189,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
 /// What to print instead of a verdict when the row's record never came:
 /// what the agent did record of the client's request, so the row says why.
 fn no_record(records: &[Value], source: Source, pid: u64, client_exit: Option<i32>) -> String {
-    let exit = client_exit.map_or("killed".to_string(), |c| format!("exit {c}"));
+    let exit = client_exit.map_or_else(|| "killed".to_string(), |c| format!("exit {c}"));
     if source == Source::Dns {
         return format!("no failed lookup of the proxy's name (client {exit})");
     }

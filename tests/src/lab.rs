@@ -64,6 +64,7 @@ pub struct ConnectLab {
 
 impl ConnectLab {
     /// Build the namespaces, link, servers and fault rules.
+    #[allow(clippy::mem_forget, reason = "the rules live in the lab's own namespace and go with it: their guards need not delete them")]
     pub fn new(addrs: LabAddrs) -> anyhow::Result<Self> {
         let client = Netns::new("client")?;
         let server = Netns::new("server")?;

@@ -1,5 +1,6 @@
 //! `cargo xtask …`: everything a fresh machine needs, in the project's own code.
 mod bench;
+mod lint;
 mod setup;
 mod vm;
 
@@ -28,9 +29,12 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// The whole test suite: unit tests, then the root/kernel integration
-    /// tests (network namespaces, real traffic, the real agent binary), then
-    /// the kernel matrix (`vm`).
+    /// Formatting and clippy, warnings denied: `cargo fmt --check`, clippy
+    /// on the host crates, and clippy on the eBPF crate for its own target.
+    Lint,
+    /// The whole test suite: lint, unit tests, then the root/kernel
+    /// integration tests (network namespaces, real traffic, the real agent
+    /// binary), then the kernel matrix (`vm`).
     Test,
     /// The local lab demo: namespaces, the agent, every connect outcome,
     /// the watch table and a /metrics excerpt; cleans up after itself.
@@ -113,11 +117,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             cargo(&args)
         }
+        Task::Lint => {
+            setup::ensure()?;
+            lint::run()
+        }
         Task::Test => {
             setup::ensure()?;
             if !is_root() {
                 bail!("the kernel tests load eBPF programs and create network namespaces: run as root");
             }
+            lint::run()?;
             cargo(&["test", "--package", "egress-common", "--package", "egress-agent", "--package", "xtask"])?;
             cargo(&["build", "--package", "egress-agent"])?;
             // One test at a time: every root test runs an agent, whose

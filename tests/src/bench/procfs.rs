@@ -40,6 +40,7 @@ mod tests {
     #[test]
     fn parses_stat_with_odd_comm() {
         let s = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 0 0";
+        // SAFETY: sysconf reads a constant of the system; no pointers.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         assert_eq!(parse_cpu(s).expect("cpu"), 300.0 / hz);
     }

@@ -200,7 +200,7 @@ impl Report {
 
     /// One row of the BENCHMARKS.md table (see [`ROW_HEADER`]).
     pub fn row(&self) -> String {
-        let hold = self.hold.map_or("skipped".into(), |h| format!("{} / {} peak", mib(h.rss_held as f64), mib(h.peak_rss as f64)));
+        let hold = self.hold.map_or_else(|| "skipped".into(), |h| format!("{} / {} peak", mib(h.rss_held as f64), mib(h.peak_rss as f64)));
         format!(
             "| {} | {} | {} | {} | {} | {} = {} | {} = {} | {} | {} | {} / {} / {} | {} | {} |",
             self.date,
