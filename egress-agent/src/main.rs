@@ -1,3 +1,6 @@
+//! The `egress-agent` binary: parse the command line, set up logging, run
+//! the command, and print an error with its whole chain (`{e:#}`) and the
+//! exit code the command chose.
 use std::process::ExitCode;
 
 use clap::Parser as _;
