@@ -13,14 +13,20 @@ fn main() -> anyhow::Result<()> {
         }
         return aya_build::build_ebpf([], aya_build::Toolchain::default());
     }
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new().no_deps().exec()?;
+    let cargo_metadata::Metadata { packages, .. } =
+        cargo_metadata::MetadataCommand::new().no_deps().exec()?;
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "egress-ebpf")
         .ok_or_else(|| anyhow::anyhow!("egress-ebpf package not found in the workspace"))?;
-    let root = ebpf.manifest_path.parent().ok_or_else(|| anyhow::anyhow!("manifest has no parent"))?;
+    let root =
+        ebpf.manifest_path.parent().ok_or_else(|| anyhow::anyhow!("manifest has no parent"))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: ebpf.name.as_str(), root_dir: root.as_str(), ..Default::default() }],
+        [aya_build::Package {
+            name: ebpf.name.as_str(),
+            root_dir: root.as_str(),
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -2,6 +2,8 @@
 fn main() {
     match which::which("bpf-linker") {
         Ok(p) => println!("cargo:rerun-if-changed={}", p.display()),
-        Err(e) => println!("cargo:warning=bpf-linker not found on PATH: {e}; run `cargo xtask setup`"),
+        Err(e) => {
+            println!("cargo:warning=bpf-linker not found on PATH: {e}; run `cargo xtask setup`")
+        }
     }
 }

@@ -21,8 +21,9 @@ use egress_agent::{
     sinks::Metrics,
 };
 use egress_common::{
-    AF_INET, ConnectArgs, ConnectStart, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED,
-    EVENT_SYN_RETRANSMIT, EventHeader, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEnd, SynRetransmit, Tuple,
+    AF_INET, ConnectArgs, ConnectStart, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START,
+    EVENT_CONNECTED, EVENT_SYN_RETRANSMIT, EventHeader, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET,
+    FlowEnd, SynRetransmit, Tuple,
 };
 
 /// Flows in flight at once (interleaved), as on a busy node.
@@ -35,7 +36,12 @@ fn bytes_of<T>(v: &T) -> &[u8] {
 }
 
 fn tuple(i: u64) -> Tuple {
-    let mut t = Tuple { family: AF_INET, sport: 32768 + (i % 28_000) as u16, dport: [443, 80, 5432, 8443][(i % 4) as usize], ..Tuple::default() };
+    let mut t = Tuple {
+        family: AF_INET,
+        sport: 32768 + (i % 28_000) as u16,
+        dport: [443, 80, 5432, 8443][(i % 4) as usize],
+        ..Tuple::default()
+    };
     t.saddr[..4].copy_from_slice(&[10, 4, (i >> 8) as u8, i as u8]);
     // Public, private and node-local destinations.
     let d: [u8; 4] = match i % 5 {
@@ -54,10 +60,15 @@ fn tuple(i: u64) -> Tuple {
 fn flow(i: u64, cgroup_id: u64, ts: u64, out: &mut Vec<Vec<u8>>) -> (u64, u64) {
     let sk = 0xffff_8880_0000_0000 | (i << 8);
     let t = tuple(i);
-    let mut intended = ConnectArgs { ts_ns: ts, family: AF_INET, port: t.dport, fd: 7, ..ConnectArgs::default() };
+    let mut intended =
+        ConnectArgs { ts_ns: ts, family: AF_INET, port: t.dport, fd: 7, ..ConnectArgs::default() };
     intended.addr = t.daddr;
     let start = ConnectStart {
-        hdr: EventHeader { kind: EVENT_CONNECT_START, size: size_of::<ConnectStart>() as u32, ts_ns: ts },
+        hdr: EventHeader {
+            kind: EVENT_CONNECT_START,
+            size: size_of::<ConnectStart>() as u32,
+            ts_ns: ts,
+        },
         skaddr: sk,
         cgroup_id,
         pid: 1000 + (i % 64) as u32,
@@ -70,7 +81,13 @@ fn flow(i: u64, cgroup_id: u64, ts: u64, out: &mut Vec<Vec<u8>>) -> (u64, u64) {
     };
     out.push(bytes_of(&start).to_vec());
     let end = |kind, at: u64, f: &dyn Fn(&mut FlowEnd)| {
-        let mut e = FlowEnd { hdr: EventHeader { kind, size: size_of::<FlowEnd>() as u32, ts_ns: at }, skaddr: sk, start_ns: ts, tuple: t, ..FlowEnd::default() };
+        let mut e = FlowEnd {
+            hdr: EventHeader { kind, size: size_of::<FlowEnd>() as u32, ts_ns: at },
+            skaddr: sk,
+            start_ns: ts,
+            tuple: t,
+            ..FlowEnd::default()
+        };
         f(&mut e);
         bytes_of(&e).to_vec()
     };
@@ -82,7 +99,17 @@ fn flow(i: u64, cgroup_id: u64, ts: u64, out: &mut Vec<Vec<u8>>) -> (u64, u64) {
         })),
         1 => {
             for n in 1..=3u32 {
-                let r = SynRetransmit { hdr: EventHeader { kind: EVENT_SYN_RETRANSMIT, size: size_of::<SynRetransmit>() as u32, ts_ns: ts + u64::from(n) }, skaddr: sk, start_ns: ts, syn_retransmits: n, _pad: 0 };
+                let r = SynRetransmit {
+                    hdr: EventHeader {
+                        kind: EVENT_SYN_RETRANSMIT,
+                        size: size_of::<SynRetransmit>() as u32,
+                        ts_ns: ts + u64::from(n),
+                    },
+                    skaddr: sk,
+                    start_ns: ts,
+                    syn_retransmits: n,
+                    _pad: 0,
+                };
                 out.push(bytes_of(&r).to_vec());
                 events += 1;
             }
@@ -158,16 +185,29 @@ fn main() {
     let config = Arc::new(Config::load(std::path::Path::new(config)).expect("deploy config"));
     for rep in 0..reps {
         let metrics = Arc::new(Metrics::new(None).expect("metrics"));
-        let table = FlowTable::new(FlowSettings { degraded_retransmits: 1, max_flows: 131_072, proxy_ports: vec![3128] }, Clock::new());
-        let opts = EnrichOptions { cgroup_root: Some(root.clone()), private_ranges: parse_ranges(DEFAULT_PRIVATE).expect("default ranges"), config: Some(config.clone()) };
+        let table = FlowTable::new(
+            FlowSettings { degraded_retransmits: 1, max_flows: 131_072, proxy_ports: vec![3128] },
+            Clock::new(),
+        );
+        let opts = EnrichOptions {
+            cgroup_root: Some(root.clone()),
+            private_ranges: parse_ranges(DEFAULT_PRIVATE).expect("default ranges"),
+            config: Some(config.clone()),
+        };
         let enricher = Enricher::new(&opts, KubeIndex::empty(), NatTable::disabled());
         let (mut seen, mut attributed) = (0u64, 0u64);
-        let mut p = Processor::new(table, enricher, metrics.clone(), |o: Output| {
-            if let Output::Record(Record::Flow(r)) = o {
-                seen += 1;
-                attributed += u64::from(r.pod_uid.is_some());
-            }
-        }, DnsTracker::new(Duration::from_secs(5), 131_072, Clock::new()));
+        let mut p = Processor::new(
+            table,
+            enricher,
+            metrics.clone(),
+            |o: Output| {
+                if let Output::Record(Record::Flow(r)) = o {
+                    seen += 1;
+                    attributed += u64::from(r.pod_uid.is_some());
+                }
+            },
+            DnsTracker::new(Duration::from_secs(5), 131_072, Clock::new()),
+        );
         let t0 = thread_cpu();
         for item in &items {
             p.ingest(item);
@@ -179,7 +219,10 @@ fn main() {
         assert_eq!(attributed, records, "every record attributed to the pod of its cgroup");
         let conns: u64 = metrics.connections.collect_total();
         assert_eq!(conns, flows, "one connection outcome per flow in the metrics");
-        println!("PIPELINE rep={rep} events={events} records={records} cpu_s={cpu:.4} events_per_core_s={:.0}", events as f64 / cpu);
+        println!(
+            "PIPELINE rep={rep} events={events} records={records} cpu_s={cpu:.4} events_per_core_s={:.0}",
+            events as f64 / cpu
+        );
     }
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -192,6 +235,10 @@ trait CollectTotal {
 impl CollectTotal for prometheus::IntCounterVec {
     fn collect_total(&self) -> u64 {
         use prometheus::core::Collector as _;
-        self.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
+        self.collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 }

@@ -10,7 +10,9 @@ use egress_agent::cli::{Cli, Command, check, explain, flows, run, watch};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let res = match cli.command {
@@ -21,7 +23,12 @@ async fn main() -> ExitCode {
         Command::Check(a) => check::check(a).await.map(|ok| if ok { 0 } else { 1 }),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
-            clap_complete::generate(shell, &mut Cli::command(), "egress-agent", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "egress-agent",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
     };

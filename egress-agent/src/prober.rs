@@ -43,12 +43,41 @@ pub struct ProbeMetrics {
 impl ProbeMetrics {
     pub fn new(r: &Registry) -> Result<Self, MetricError> {
         Ok(Self {
-            success: reg::gauge_vec(r, "egress_probe_success", "1 if the last probe of the target got its tunnel (CONNECT 200) within the timeout.", &["target"])?,
-            duration: reg::float_gauge_vec(r, "egress_probe_duration_seconds", "Last probe: time to the CONNECT answer (hop=\"total\") and connect time of each leg to a hop.", &["target", "hop"])?,
-            last_failure: reg::gauge_vec(r, "egress_probe_last_failure_hop", "Info (always 1): the hop and reason of the target's last failed probe.", &["target", "hop", "reason"])?,
-            last_failure_time: reg::float_gauge_vec(r, "egress_probe_last_failure_timestamp_seconds", "Unix time of the target's last failed probe.", &["target"])?,
-            probes: reg::counter_vec(r, "egress_probes_total", "Probes run, by result (success, failure).", &["target", "result"])?,
-            records_dropped: reg::counter(r, "egress_probe_records_dropped_total", "Synthetic chain records the prober's queue could not take.")?,
+            success: reg::gauge_vec(
+                r,
+                "egress_probe_success",
+                "1 if the last probe of the target got its tunnel (CONNECT 200) within the timeout.",
+                &["target"],
+            )?,
+            duration: reg::float_gauge_vec(
+                r,
+                "egress_probe_duration_seconds",
+                "Last probe: time to the CONNECT answer (hop=\"total\") and connect time of each leg to a hop.",
+                &["target", "hop"],
+            )?,
+            last_failure: reg::gauge_vec(
+                r,
+                "egress_probe_last_failure_hop",
+                "Info (always 1): the hop and reason of the target's last failed probe.",
+                &["target", "hop", "reason"],
+            )?,
+            last_failure_time: reg::float_gauge_vec(
+                r,
+                "egress_probe_last_failure_timestamp_seconds",
+                "Unix time of the target's last failed probe.",
+                &["target"],
+            )?,
+            probes: reg::counter_vec(
+                r,
+                "egress_probes_total",
+                "Probes run, by result (success, failure).",
+                &["target", "result"],
+            )?,
+            records_dropped: reg::counter(
+                r,
+                "egress_probe_records_dropped_total",
+                "Synthetic chain records the prober's queue could not take.",
+            )?,
         })
     }
 }
@@ -73,7 +102,11 @@ impl Attempt {
 
 /// The hop and reason of a failed probe: the chain record's verdict when
 /// it came, else what the prober saw (a failed connect is at the first hop).
-pub fn failure_of(a: &Attempt, chain: Option<&ChainRecord>, first_hop: &str) -> Option<(String, Reason)> {
+pub fn failure_of(
+    a: &Attempt,
+    chain: Option<&ChainRecord>,
+    first_hop: &str,
+) -> Option<(String, Reason)> {
     if let Some(c) = chain.filter(|c| c.verdict == Verdict::Failed)
         && let (Some(h), Some(r)) = (&c.failed_hop, c.reason)
     {
@@ -106,10 +139,20 @@ pub fn probe_once(proxy: &str, target: &str, timeout: Duration) -> Attempt {
     let t0 = Instant::now();
     let mut a = Attempt { local: None, elapsed: Duration::ZERO, status: None, error: None };
     let r = (|| -> std::io::Result<u16> {
-        let addr = proxy.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "proxy name has no address"))?;
-        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let addr = proxy.to_socket_addrs()?.next().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "proxy name has no address")
+        })?;
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
         // Bind first: the local port is known even when the connect fails.
-        let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let any: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
         sock.bind(&any.into())?;
         a.local = sock.local_addr()?.as_socket();
         sock.connect_timeout(&addr.into(), timeout)?;
@@ -129,7 +172,9 @@ pub fn probe_once(proxy: &str, target: &str, timeout: Duration) -> Attempt {
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        proxy_http::parse_response(&buf).map(|r| r.status).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no status line"))
+        proxy_http::parse_response(&buf)
+            .map(|r| r.status)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no status line"))
     })();
     match r {
         Ok(s) => a.status = Some(s),
@@ -164,7 +209,11 @@ fn next_rand(state: &mut u64) -> f64 {
 
 /// Start probing on a thread of its own (in `plan.netns` if set). Synthetic
 /// chain records arrive on `chains`.
-pub fn spawn(plan: ProbeSettings, metrics: std::sync::Arc<ProbeMetrics>, chains: Receiver<ChainRecord>) -> std::io::Result<Prober> {
+pub fn spawn(
+    plan: ProbeSettings,
+    metrics: std::sync::Arc<ProbeMetrics>,
+    chains: Receiver<ChainRecord>,
+) -> std::io::Result<Prober> {
     let netns = plan.netns.as_ref().map(std::fs::File::open).transpose()?;
     let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let handle = std::thread::Builder::new().name("egress-prober".into()).spawn(move || {
@@ -172,7 +221,11 @@ pub fn spawn(plan: ProbeSettings, metrics: std::sync::Arc<ProbeMetrics>, chains:
             use std::os::fd::AsRawFd as _;
             // SAFETY: setns on this thread only, with a valid namespace fd.
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                tracing::error!("prober: setns {:?}: {}; probes off", plan.netns, std::io::Error::last_os_error());
+                tracing::error!(
+                    "prober: setns {:?}: {}; probes off",
+                    plan.netns,
+                    std::io::Error::last_os_error()
+                );
                 return;
             }
         }
@@ -181,7 +234,12 @@ pub fn spawn(plan: ProbeSettings, metrics: std::sync::Arc<ProbeMetrics>, chains:
     Ok(Prober { stop: Some(stop_tx), handle: Some(handle) })
 }
 
-fn run(plan: &ProbeSettings, m: &ProbeMetrics, chains: &Receiver<ChainRecord>, stop: &Receiver<()>) {
+fn run(
+    plan: &ProbeSettings,
+    m: &ProbeMetrics,
+    chains: &Receiver<ChainRecord>,
+    stop: &Receiver<()>,
+) {
     let mut rng = (std::process::id() as u64) << 32 | 0x9e37_79b9;
     let n = plan.targets.len() as u32;
     let start = Instant::now();
@@ -205,12 +263,18 @@ fn run(plan: &ProbeSettings, m: &ProbeMetrics, chains: &Receiver<ChainRecord>, s
 }
 
 /// The chain record whose client leg is the probe's socket, waited for a bounded time.
-fn wait_chain(chains: &Receiver<ChainRecord>, local: Option<SocketAddr>, stop: &Receiver<()>) -> Option<ChainRecord> {
+fn wait_chain(
+    chains: &Receiver<ChainRecord>,
+    local: Option<SocketAddr>,
+    stop: &Receiver<()>,
+) -> Option<ChainRecord> {
     let port = local?.port();
     let deadline = Instant::now() + CHAIN_WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || matches!(stop.try_recv(), Ok(()) | Err(std::sync::mpsc::TryRecvError::Disconnected)) {
+        if left.is_zero()
+            || matches!(stop.try_recv(), Ok(()) | Err(std::sync::mpsc::TryRecvError::Disconnected))
+        {
             return None;
         }
         match chains.recv_timeout(left.min(Duration::from_millis(100))) {
@@ -222,7 +286,14 @@ fn wait_chain(chains: &Receiver<ChainRecord>, local: Option<SocketAddr>, stop: &
     }
 }
 
-fn record(m: &ProbeMetrics, plan: &ProbeSettings, target: &str, a: &Attempt, chain: Option<&ChainRecord>, last: &mut Option<(String, Reason)>) {
+fn record(
+    m: &ProbeMetrics,
+    plan: &ProbeSettings,
+    target: &str,
+    a: &Attempt,
+    chain: Option<&ChainRecord>,
+    last: &mut Option<(String, Reason)>,
+) {
     m.success.with_label_values(&[target]).set(i64::from(a.ok()));
     m.probes.with_label_values(&[target, if a.ok() { "success" } else { "failure" }]).inc();
     m.duration.with_label_values(&[target, "total"]).set(a.elapsed.as_secs_f64());
@@ -234,7 +305,8 @@ fn record(m: &ProbeMetrics, plan: &ProbeSettings, target: &str, a: &Attempt, cha
             let _ = m.last_failure.remove_label_values(&[target, &h, r.as_str()]);
         }
         m.last_failure.with_label_values(&[target, &hop, reason.as_str()]).set(1);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         m.last_failure_time.with_label_values(&[target]).set(now.as_secs_f64());
         tracing::info!(%target, %hop, reason = reason.as_str(), "probe failed");
         *last = Some((hop, reason));
@@ -248,11 +320,25 @@ mod tests {
     #[test]
     fn failure_hop_prefers_the_chain_verdict() {
         let a = Attempt { local: None, elapsed: Duration::ZERO, status: Some(503), error: None };
-        assert_eq!(failure_of(&a, None, "gke-squid"), Some(("gke-squid".into(), Reason::ProxyUpstreamError)));
-        let c = ChainRecord { verdict: Verdict::Failed, failed_hop: Some("gce-proxy".into()), reason: Some(Reason::Refused), ..ChainRecord::default() };
-        assert_eq!(failure_of(&a, Some(&c), "gke-squid"), Some(("gce-proxy".into(), Reason::Refused)));
+        assert_eq!(
+            failure_of(&a, None, "gke-squid"),
+            Some(("gke-squid".into(), Reason::ProxyUpstreamError))
+        );
+        let c = ChainRecord {
+            verdict: Verdict::Failed,
+            failed_hop: Some("gce-proxy".into()),
+            reason: Some(Reason::Refused),
+            ..ChainRecord::default()
+        };
+        assert_eq!(
+            failure_of(&a, Some(&c), "gke-squid"),
+            Some(("gce-proxy".into(), Reason::Refused))
+        );
         let refused = Attempt { status: None, error: Some(Reason::Refused), ..a };
-        assert_eq!(failure_of(&refused, None, "gke-squid"), Some(("gke-squid".into(), Reason::Refused)));
+        assert_eq!(
+            failure_of(&refused, None, "gke-squid"),
+            Some(("gke-squid".into(), Reason::Refused))
+        );
         let ok = Attempt { status: Some(200), ..refused };
         assert_eq!(failure_of(&ok, None, "gke-squid"), None);
     }
@@ -273,8 +359,11 @@ mod tests {
         let a = probe_once(&addr.to_string(), "login.example.test:443", Duration::from_secs(2));
         assert!(a.ok(), "{a:?}");
         assert!(a.local.is_some_and(|l| l.port() != 0));
-        assert!(srv.join().expect("join").starts_with("CONNECT login.example.test:443 HTTP/1.1\r\n"));
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        assert!(
+            srv.join().expect("join").starts_with("CONNECT login.example.test:443 HTTP/1.1\r\n")
+        );
+        let closed =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
         let a = probe_once(&closed.to_string(), "x.test:443", Duration::from_secs(2));
         assert_eq!((a.ok(), a.error), (false, Some(Reason::Refused)));
     }

@@ -26,7 +26,7 @@ use crate::{
     },
     prober::{self, ProbeMetrics},
     records::{Clock, Record},
-    sinks::{Metrics, MetricError},
+    sinks::{MetricError, Metrics},
 };
 
 /// On, off, or decided from the environment.
@@ -98,11 +98,19 @@ impl SessionOptions {
     }
 
     fn enrich_options(&self) -> EnrichOptions {
-        EnrichOptions { cgroup_root: self.cgroup_root.clone(), private_ranges: self.private_ranges.clone(), config: self.config.clone() }
+        EnrichOptions {
+            cgroup_root: self.cgroup_root.clone(),
+            private_ranges: self.private_ranges.clone(),
+            config: self.config.clone(),
+        }
     }
 
     fn flow_settings(&self) -> FlowSettings {
-        FlowSettings { degraded_retransmits: self.degraded_retransmits, max_flows: self.max_flows as usize, proxy_ports: self.all_proxy_ports() }
+        FlowSettings {
+            degraded_retransmits: self.degraded_retransmits,
+            max_flows: self.max_flows as usize,
+            proxy_ports: self.all_proxy_ports(),
+        }
     }
 
     /// Kubernetes metadata is wanted: asked for, or (auto) in a cluster or
@@ -111,7 +119,9 @@ impl SessionOptions {
         match self.kube {
             Switch::On => true,
             Switch::Off => false,
-            Switch::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || self.kubeconfig.is_some(),
+            Switch::Auto => {
+                std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || self.kubeconfig.is_some()
+            }
         }
     }
 
@@ -154,7 +164,10 @@ pub struct Session {
 
 /// Kubernetes metadata: on when asked, or (auto) when running in a cluster
 /// or given a kubeconfig. Auto degrades to off with a warning.
-async fn start_kube(opts: &SessionOptions, registry: &prometheus::Registry) -> Result<KubeIndex, SessionError> {
+async fn start_kube(
+    opts: &SessionOptions,
+    registry: &prometheus::Registry,
+) -> Result<KubeIndex, SessionError> {
     if !opts.kube_wanted() {
         return Ok(KubeIndex::empty());
     }
@@ -170,7 +183,10 @@ async fn start_kube(opts: &SessionOptions, registry: &prometheus::Registry) -> R
 
 /// Conntrack: in the --conntrack-netns namespaces (an error if they cannot be
 /// followed), else (auto) in the agent's own, degrading to off with a warning.
-fn start_nat(opts: &SessionOptions, registry: &prometheus::Registry) -> Result<NatTable, SessionError> {
+fn start_nat(
+    opts: &SessionOptions,
+    registry: &prometheus::Registry,
+) -> Result<NatTable, SessionError> {
     let nat = NatOptions { netns: opts.conntrack_netns.clone(), ..NatOptions::default() };
     let required = match opts.conntrack {
         Switch::Off => return Ok(NatTable::disabled()),
@@ -205,8 +221,14 @@ impl Session {
         release_freed_heap();
         let metrics = Arc::new(Metrics::new(opts.config.clone())?);
         for p in &kernel.programs {
-            metrics.program_attached.with_label_values(&[p.program.as_str()]).set(i64::from(p.attached));
-            metrics.program_standby.with_label_values(&[p.program.as_str()]).set(i64::from(p.standby));
+            metrics
+                .program_attached
+                .with_label_values(&[p.program.as_str()])
+                .set(i64::from(p.attached));
+            metrics
+                .program_standby
+                .with_label_values(&[p.program.as_str()])
+                .set(i64::from(p.standby));
             if p.standby {
                 tracing::info!(program = %p.program, "not attached: {}", p.error.as_deref().unwrap_or("not needed"));
             } else if let Some(e) = &p.error {
@@ -217,9 +239,13 @@ impl Session {
             tracing::warn!("kernel offsets: {p}");
         }
         let stats = kernel.ebpf.take_map(MAP_STATS).ok_or(SessionError::MapMissing("STATS"))?;
-        metrics.set_kernel_stats(PerCpuArray::try_from(stats).map_err(|source| SessionError::Map { what: "STATS map", source })?);
+        metrics.set_kernel_stats(
+            PerCpuArray::try_from(stats)
+                .map_err(|source| SessionError::Map { what: "STATS map", source })?,
+        );
         let ring = kernel.ebpf.take_map(MAP_EVENTS).ok_or(SessionError::MapMissing("EVENTS"))?;
-        let ring = RingBuf::try_from(ring).map_err(|source| SessionError::Map { what: "EVENTS ring buffer", source })?;
+        let ring = RingBuf::try_from(ring)
+            .map_err(|source| SessionError::Map { what: "EVENTS ring buffer", source })?;
         let kube = start_kube(&opts, &metrics.registry).await?;
         let nat = start_nat(&opts, &metrics.registry)?;
         Ok(Self { kernel, metrics, ring: Some(ring), opts, kube, nat })
@@ -235,7 +261,11 @@ impl Session {
     /// Run the pipeline into `sink` until `shutdown` is true, then drain.
     /// With `probes:` configured, the prober runs alongside and gets the
     /// chain records of its own tunnels.
-    pub async fn pipeline(&mut self, mut sink: impl FnMut(Output), shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
+    pub async fn pipeline(
+        &mut self,
+        mut sink: impl FnMut(Output),
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), SessionError> {
         let ring = self.ring.take().ok_or(SessionError::Started)?;
         let (probe_tx, probe_rx) = std::sync::mpsc::sync_channel(256);
         let mut prober = None;
@@ -257,7 +287,8 @@ impl Session {
         let dns = self.opts.config.as_ref().map(|c| c.dns.clone()).unwrap_or_default();
         let dns = DnsTracker::new(dns.timeout, self.opts.max_flows as usize, Clock::new());
         let table = FlowTable::new(self.opts.flow_settings(), Clock::new());
-        let enricher = Enricher::new(&self.opts.enrich_options(), self.kube.clone(), self.nat.clone());
+        let enricher =
+            Enricher::new(&self.opts.enrich_options(), self.kube.clone(), self.nat.clone());
         let processor = Processor::new(table, enricher, self.metrics.clone(), sink, dns);
         Pipeline::new(ring, processor, self.opts.stall_reader)?.run(shutdown).await?;
         drop(prober);

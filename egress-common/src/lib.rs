@@ -277,7 +277,14 @@ const _: () = assert!(size_of::<PayloadEvent>() == 40 + PAYLOAD_BYTES);
 
 impl Default for PayloadEvent {
     fn default() -> Self {
-        Self { hdr: EventHeader::default(), skaddr: 0, start_ns: 0, direction: 0, len: 0, data: [0; PAYLOAD_BYTES] }
+        Self {
+            hdr: EventHeader::default(),
+            skaddr: 0,
+            start_ns: 0,
+            direction: 0,
+            len: 0,
+            data: [0; PAYLOAD_BYTES],
+        }
     }
 }
 
@@ -308,7 +315,17 @@ const _: () = assert!(size_of::<DnsEvent>() == 88 + DNS_BYTES);
 
 impl Default for DnsEvent {
     fn default() -> Self {
-        Self { hdr: EventHeader::default(), cookie: 0, cgroup_id: 0, direction: 0, proto: 0, key: TupleKey::default(), len: 0, caplen: 0, data: [0; DNS_BYTES] }
+        Self {
+            hdr: EventHeader::default(),
+            cookie: 0,
+            cgroup_id: 0,
+            direction: 0,
+            proto: 0,
+            key: TupleKey::default(),
+            len: 0,
+            caplen: 0,
+            data: [0; DNS_BYTES],
+        }
     }
 }
 

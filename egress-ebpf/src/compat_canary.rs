@@ -4,7 +4,9 @@
 //! reports it skipped with the verifier's reason. It keeps the claim "a
 //! program this kernel cannot take is skipped, never fatal" tested on every
 //! kernel of the VM matrix.
-use aya_ebpf::{helpers::generated::bpf_get_current_task_btf, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::generated::bpf_get_current_task_btf, macros::tracepoint, programs::TracePointContext,
+};
 
 #[tracepoint]
 pub fn compat_canary(_ctx: TracePointContext) -> u32 {

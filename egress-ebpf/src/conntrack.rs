@@ -8,7 +8,10 @@
 //! The entry is `skb->_nfct & NFCT_PTRMASK`; the reply tuple is
 //! `tuplehash[1]`, one element after the original.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::kprobe, programs::ProbeContext};
-use egress_common::{ConntrackOffsets, EVENT_NAT_MAPPING, EventHeader, IPPROTO_TCP, NatMapping, STAT_READ_ERRORS, Tuple};
+use egress_common::{
+    ConntrackOffsets, EVENT_NAT_MAPPING, EventHeader, IPPROTO_TCP, NatMapping, STAT_READ_ERRORS,
+    Tuple,
+};
 
 use crate::{config, emit::emit, maps::count, read::kread};
 
@@ -41,11 +44,17 @@ fn try_confirm(ctx: &ProbeContext) -> Result<(), i64> {
     if u16::from(must(kread::<u8>(original, o.dst_protonum))?) != IPPROTO_TCP {
         return Ok(());
     }
-    let netns = kread::<u64>(ct, o.ct_net).and_then(|net| kread::<u32>(net, config!(kernel.net_ns_inum))).unwrap_or(0);
+    let netns = kread::<u64>(ct, o.ct_net)
+        .and_then(|net| kread::<u32>(net, config!(kernel.net_ns_inum)))
+        .unwrap_or(0);
     let reply = original + o.tuple_hash_size as u64;
     emit(EVENT_NAT_MAPPING, |ev: &mut NatMapping| {
-        // SAFETY: a helper without arguments.
-        ev.hdr = EventHeader { kind: EVENT_NAT_MAPPING, size: size_of::<NatMapping>() as u32, ts_ns: unsafe { bpf_ktime_get_ns() } };
+        ev.hdr = EventHeader {
+            kind: EVENT_NAT_MAPPING,
+            size: size_of::<NatMapping>() as u32,
+            // SAFETY: a helper without arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        };
         ev.netns = netns;
         read_tuple(original, &o, &mut ev.original)?;
         read_tuple(reply, &o, &mut ev.reply)

@@ -22,7 +22,14 @@ pub fn is_dns(dir: u32, sport: u16, dport: u16) -> bool {
 /// Emit the message that starts at `payload` (an offset from the network
 /// header) of a packet of `len` bytes.
 #[inline(always)]
-pub fn capture(ctx: &SkBuffContext, dir: u32, proto: u32, key: &TupleKey, payload: usize, len: usize) {
+pub fn capture(
+    ctx: &SkBuffContext,
+    dir: u32,
+    proto: u32,
+    key: &TupleKey,
+    payload: usize,
+    len: usize,
+) {
     if len <= payload {
         return; // no payload: a TCP handshake or ACK
     }
@@ -31,9 +38,13 @@ pub fn capture(ctx: &SkBuffContext, dir: u32, proto: u32, key: &TupleKey, payloa
     let skb_ptr = ctx.skb.skb;
     let key = *key;
     emit(EVENT_DNS, |ev: &mut DnsEvent| {
+        ev.hdr = EventHeader {
+            kind: EVENT_DNS,
+            size: size_of::<DnsEvent>() as u32,
+            // SAFETY: a helper without arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        };
         // SAFETY: helpers on the program's own context pointer.
-        ev.hdr = EventHeader { kind: EVENT_DNS, size: size_of::<DnsEvent>() as u32, ts_ns: unsafe { bpf_ktime_get_ns() } };
-        // SAFETY: as above.
         ev.cookie = unsafe { bpf_get_socket_cookie(skb_ptr.cast()) };
         // SAFETY: as above.
         ev.cgroup_id = unsafe { bpf_skb_cgroup_id(skb_ptr) };
@@ -50,7 +61,14 @@ pub fn capture(ctx: &SkBuffContext, dir: u32, proto: u32, key: &TupleKey, payloa
         }
         let n = m + 1;
         // SAFETY: n is in 1..=DNS_BYTES and the destination holds DNS_BYTES.
-        let rc = unsafe { bpf_skb_load_bytes(skb_ptr.cast(), payload as u32, ev.data.as_mut_ptr().cast(), n as u32) };
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                skb_ptr.cast(),
+                payload as u32,
+                ev.data.as_mut_ptr().cast(),
+                n as u32,
+            )
+        };
         if rc != 0 {
             return Err(rc);
         }

@@ -36,7 +36,11 @@ pub fn emit<T: 'static>(kind: u32, fill: impl FnOnce(&mut T) -> Result<(), i64>)
 #[inline(always)]
 fn wakeup_flag() -> u64 {
     let threshold = crate::config!(wakeup_bytes) as u64;
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;

@@ -33,7 +33,13 @@ pub fn so_error(ctx: SockoptContext) -> i32 {
         return 1;
     }
     // SAFETY: union members of the context, read as the kernel defines them.
-    let (sk, val, end) = unsafe { (so.__bindgen_anon_1.sk as u64, so.__bindgen_anon_2.optval as usize, so.__bindgen_anon_3.optval_end as usize) };
+    let (sk, val, end) = unsafe {
+        (
+            so.__bindgen_anon_1.sk as u64,
+            so.__bindgen_anon_2.optval as usize,
+            so.__bindgen_anon_3.optval_end as usize,
+        )
+    };
     if val + 4 > end {
         return 1;
     }

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use egress_common::{ConnectArgs, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, FlowState, STAT_SLOTS, TupleKey};
+use egress_common::{
+    ConnectArgs, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, FlowState, STAT_SLOTS, TupleKey,
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);

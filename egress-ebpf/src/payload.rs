@@ -84,7 +84,8 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     }
     key.lport = lport;
     key.rport = rport;
-    let (l_off, r_off) = if dir == DIR_EGRESS { (src_addr_off, dst_addr_off) } else { (dst_addr_off, src_addr_off) };
+    let (l_off, r_off) =
+        if dir == DIR_EGRESS { (src_addr_off, dst_addr_off) } else { (dst_addr_off, src_addr_off) };
     if alen == 4 {
         let l: [u8; 4] = ctx.load(l_off)?;
         let r: [u8; 4] = ctx.load(r_off)?;
@@ -128,8 +129,12 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     let n = if avail > PAYLOAD_BYTES { PAYLOAD_BYTES } else { avail };
     let skb_ptr = ctx.skb.skb;
     emit(EVENT_PAYLOAD, |ev: &mut PayloadEvent| {
-        // SAFETY: a helper without arguments.
-        ev.hdr = EventHeader { kind: EVENT_PAYLOAD, size: size_of::<PayloadEvent>() as u32, ts_ns: unsafe { bpf_ktime_get_ns() } };
+        ev.hdr = EventHeader {
+            kind: EVENT_PAYLOAD,
+            size: size_of::<PayloadEvent>() as u32,
+            // SAFETY: a helper without arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        };
         ev.skaddr = skaddr;
         ev.start_ns = start_ns;
         ev.direction = dir;
@@ -144,7 +149,14 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
         }
         let n = m + 1;
         // SAFETY: n is in 1..=PAYLOAD_BYTES and the destination holds PAYLOAD_BYTES.
-        let rc = unsafe { bpf_skb_load_bytes(skb_ptr.cast(), payload as u32, ev.data.as_mut_ptr().cast(), n as u32) };
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                skb_ptr.cast(),
+                payload as u32,
+                ev.data.as_mut_ptr().cast(),
+                n as u32,
+            )
+        };
         if rc != 0 {
             return Err(rc);
         }

@@ -22,7 +22,11 @@ pub fn field<T>(ctx: &TracePointContext, off: u16) -> Result<T, i64> {
 /// Read the address tuple of a TCP tracepoint record into `t` (zeroed).
 #[inline(always)]
 pub fn tuple(ctx: &TracePointContext, o: &TpOffsets, t: &mut Tuple) -> Result<(), i64> {
-    t.family = if o.family == OFFSET_ABSENT { family_from_v6(ctx, o)? } else { field::<u16>(ctx, o.family)? };
+    t.family = if o.family == OFFSET_ABSENT {
+        family_from_v6(ctx, o)?
+    } else {
+        field::<u16>(ctx, o.family)?
+    };
     t.sport = field::<u16>(ctx, o.sport)?;
     t.dport = field::<u16>(ctx, o.dport)?;
     if t.family == AF_INET {

@@ -4,7 +4,9 @@
 //! owner (pid, comm, cgroup) is the current task. Every later transition may
 //! run in softirq context and is attributed by socket address only.
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -15,8 +17,8 @@ use egress_common::{
 };
 
 use crate::{
-    config,
     addr::tuple_key,
+    config,
     emit::emit,
     maps::{CONNECT_ARGS, FLOWS, PROXY_FLOWS, SOCK_FDS, count},
     payload::is_proxy_port,
@@ -58,7 +60,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe { (*state).established_ns = now };
         // SAFETY: as above.
         let st = unsafe { *state };
-        emit(EVENT_CONNECTED, |ev: &mut FlowEnd| flow_end(ev, ctx, &o, EVENT_CONNECTED, now, skaddr, &st, old, new));
+        emit(EVENT_CONNECTED, |ev: &mut FlowEnd| {
+            flow_end(ev, ctx, &o, EVENT_CONNECTED, now, skaddr, &st, old, new)
+        });
         proxy_index = Some(true);
     } else if new == tcp_state::CLOSE {
         // SAFETY: valid map value pointer, read before the entry is removed.
@@ -104,7 +108,11 @@ fn on_connect(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64) {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     emit(EVENT_CONNECT_START, |ev: &mut ConnectStart| {
-        ev.hdr = EventHeader { kind: EVENT_CONNECT_START, size: size_of::<ConnectStart>() as u32, ts_ns: now };
+        ev.hdr = EventHeader {
+            kind: EVENT_CONNECT_START,
+            size: size_of::<ConnectStart>() as u32,
+            ts_ns: now,
+        };
         ev.skaddr = skaddr;
         // SAFETY: a helper without arguments.
         ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -131,7 +139,10 @@ fn on_connect(ctx: &TracePointContext, o: &TpOffsets, skaddr: u64) {
     });
 }
 
-#[allow(clippy::too_many_arguments, reason = "one inlined copy: a struct of them would cost stack the verifier counts")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one inlined copy: a struct of them would cost stack the verifier counts"
+)]
 #[inline(always)]
 fn flow_end(
     ev: &mut FlowEnd,

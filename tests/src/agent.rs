@@ -86,7 +86,12 @@ impl Agent {
                 Some(*metrics)
             }
         };
-        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("spawning {}", bin.display()))?;
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
         let (tx, lines) = channel();
         let stdout = child.stdout.take().context("stdout")?;
         std::thread::spawn(move || {
@@ -110,10 +115,16 @@ impl Agent {
                 }
             }
         });
-        let mut agent = Self { child, lines, records: Vec::new(), stderr: stderr_lines, metrics_addr };
+        let mut agent =
+            Self { child, lines, records: Vec::new(), stderr: stderr_lines, metrics_addr };
         // Verifying the programs takes tens of seconds on old kernels under
         // TCG (the VM matrix raises the limit with EGRESS_AGENT_READY_SECS).
-        let ready = Duration::from_secs(std::env::var("EGRESS_AGENT_READY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30));
+        let ready = Duration::from_secs(
+            std::env::var("EGRESS_AGENT_READY_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(30),
+        );
         if ready_rx.recv_timeout(ready).is_err() {
             let _ = agent.child.kill();
             bail!("agent not ready within {ready:?}; stderr:\n{}", agent.stderr_text());
@@ -140,7 +151,11 @@ impl Agent {
     }
 
     /// Wait until a record matches `pred`; returns it.
-    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = self.records.iter().find(|v| pred(v)) {
@@ -148,7 +163,11 @@ impl Agent {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("no matching record within {timeout:?}; records:\n{}\nstderr:\n{}", self.records.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n"), self.stderr_text());
+                bail!(
+                    "no matching record within {timeout:?}; records:\n{}\nstderr:\n{}",
+                    self.records.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n"),
+                    self.stderr_text()
+                );
             }
             match self.lines.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(l) => {
@@ -157,7 +176,9 @@ impl Agent {
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("agent exited; stderr:\n{}", self.stderr_text()),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("agent exited; stderr:\n{}", self.stderr_text())
+                }
             }
         }
     }
@@ -237,14 +258,16 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, lbl) = series.split_once('{').map_or((series, ""), |(n, rest)| (n, rest));
-            (n == name && labels.iter().all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\"")))).then(|| value.parse::<f64>().ok())?
+            (n == name && labels.iter().all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
 
 /// Whether this kernel takes kprobes (the kprobe PMU or tracefs `kprobe_events`).
 pub fn kernel_has_kprobes() -> bool {
-    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
 }
 
 /// The `egress_program_attached` samples of programs this kernel can take:

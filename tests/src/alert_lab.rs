@@ -13,8 +13,8 @@
 //! SIGSTOPped while a loopback burst overflows its 64 KiB ring, then
 //! SIGCONTed, every scrape); agent down (SIGTERM, scrapes refused).
 use std::{
-    path::PathBuf,
     net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -126,7 +126,11 @@ fn exp(alert: &str, pairs: &[(&str, &str)]) -> Expected {
 /// Metric names worth recording: those the rule file mentions.
 pub fn rule_metric_filter(rules_text: &str) -> impl Fn(&str) -> bool + '_ {
     move |name: &str| {
-        name.starts_with("egress_") && rules_text.match_indices(name).any(|(i, _)| !rules_text[i + name.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        name.starts_with("egress_")
+            && rules_text.match_indices(name).any(|(i, _)| {
+                !rules_text[i + name.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            })
     }
 }
 
@@ -150,7 +154,13 @@ fn loopback_burst(n: usize) -> anyhow::Result<()> {
 
 /// One client loop: requests `current` (none: idle) through the lab until
 /// `stop` (bounded: 15 minutes), each client moved into `client_cg` first.
-pub fn client_loop(lab: &ChainLab, client_cg: &TestCgroup, cfg: &ChainLabConfig, current: &Mutex<Option<Request>>, stop: &AtomicBool) {
+pub fn client_loop(
+    lab: &ChainLab,
+    client_cg: &TestCgroup,
+    cfg: &ChainLabConfig,
+    current: &Mutex<Option<Request>>,
+    stop: &AtomicBool,
+) {
     let deadline = Instant::now() + Duration::from_secs(900);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let req = current.lock().map(|c| c.clone()).unwrap_or(None);
@@ -181,7 +191,11 @@ pub fn client_loop(lab: &ChainLab, client_cg: &TestCgroup, cfg: &ChainLabConfig,
 /// process on this host): they land in the recording too.
 fn report_foreign(agent: &mut Agent) {
     agent.poll();
-    for r in agent.records.iter().filter(|r| r["record"] != "chain" && r["hop"] == "direct" && r["unit"].is_null()) {
+    for r in agent
+        .records
+        .iter()
+        .filter(|r| r["record"] != "chain" && r["hop"] == "direct" && r["unit"].is_null())
+    {
         eprintln!("alert lab: direct flow of no unit (not the lab's): {r}");
     }
 }
@@ -207,18 +221,57 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
     let healthy = Request::Chain(cfg.healthy.name.clone());
     let none = |_: &ChainLab| Ok(());
     let phases: Vec<PhaseSpec> = vec![
-        PhaseSpec { name: "healthy", fault: Box::new(none), request: Some(healthy.clone()), special: Special::None, expect: vec![] },
-        PhaseSpec { name: "hop1 down (Squid pod stopped)", fault: Box::new(|l| l.hop1_down()), request: Some(healthy.clone()), special: Special::None, expect: vec![exp("EgressHopDown", &[("hop", "gke-squid")])] },
-        PhaseSpec { name: "hop2 down (VM Squid stopped)", fault: Box::new(|l| l.hop2_down()), request: Some(healthy.clone()), special: Special::None, expect: vec![exp("EgressHopDown", &[("hop", "gce-proxy")])] },
-        PhaseSpec { name: "hop1 ACL deny (403)", fault: Box::new(none), request: Some(Request::Chain(cfg.denied_at_hop1.clone())), special: Special::None, expect: vec![exp("EgressProxyDenialsRising", &[("hop", "gke-squid")])] },
-        PhaseSpec { name: "hop2 ACL deny (403)", fault: Box::new(none), request: Some(Request::Chain(cfg.denied_at_hop2.clone())), special: Special::None, expect: vec![exp("EgressProxyDenialsRising", &[("hop", "gce-proxy")])] },
-        PhaseSpec { name: "origin refuses", fault: Box::new(none), request: Some(Request::Chain(cfg.refused.name.clone())), special: Special::None, expect: vec![exp("EgressHopDown", &[("hop", "internet")])] },
+        PhaseSpec {
+            name: "healthy",
+            fault: Box::new(none),
+            request: Some(healthy.clone()),
+            special: Special::None,
+            expect: vec![],
+        },
+        PhaseSpec {
+            name: "hop1 down (Squid pod stopped)",
+            fault: Box::new(|l| l.hop1_down()),
+            request: Some(healthy.clone()),
+            special: Special::None,
+            expect: vec![exp("EgressHopDown", &[("hop", "gke-squid")])],
+        },
+        PhaseSpec {
+            name: "hop2 down (VM Squid stopped)",
+            fault: Box::new(|l| l.hop2_down()),
+            request: Some(healthy.clone()),
+            special: Special::None,
+            expect: vec![exp("EgressHopDown", &[("hop", "gce-proxy")])],
+        },
+        PhaseSpec {
+            name: "hop1 ACL deny (403)",
+            fault: Box::new(none),
+            request: Some(Request::Chain(cfg.denied_at_hop1.clone())),
+            special: Special::None,
+            expect: vec![exp("EgressProxyDenialsRising", &[("hop", "gke-squid")])],
+        },
+        PhaseSpec {
+            name: "hop2 ACL deny (403)",
+            fault: Box::new(none),
+            request: Some(Request::Chain(cfg.denied_at_hop2.clone())),
+            special: Special::None,
+            expect: vec![exp("EgressProxyDenialsRising", &[("hop", "gce-proxy")])],
+        },
+        PhaseSpec {
+            name: "origin refuses",
+            fault: Box::new(none),
+            request: Some(Request::Chain(cfg.refused.name.clone())),
+            special: Special::None,
+            expect: vec![exp("EgressHopDown", &[("hop", "internet")])],
+        },
         PhaseSpec {
             name: "NAT blackholed (SYNs unanswered)",
             fault: Box::new(|l| l.nat_blackhole()),
             request: Some(healthy.clone()),
             special: Special::None,
-            expect: vec![exp("EgressHopDown", &[("hop", "internet")]), exp("EgressConnectTimeoutsPublic", &[("hop", "internet")])],
+            expect: vec![
+                exp("EgressHopDown", &[("hop", "internet")]),
+                exp("EgressConnectTimeoutsPublic", &[("hop", "internet")]),
+            ],
         },
         PhaseSpec {
             name: "proxy bypass (direct, dropped)",
@@ -227,9 +280,30 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
             special: Special::None,
             expect: vec![exp("EgressProxyBypass", &[("workload", &unit)])],
         },
-        PhaseSpec { name: "lossy client link (every 7th packet lost)", fault: Box::new(|l| l.lossy_link(LabLink::AppNode, 1.0 / 7.0)), request: Some(healthy.clone()), special: Special::None, expect: vec![exp("EgressRetransmitsHigh", &[("instance", INSTANCE)])] },
-        PhaseSpec { name: "agent losing events (ring full)", fault: Box::new(none), request: Some(healthy.clone()), special: Special::LoseEvents, expect: vec![exp("EgressAgentLosingEvents", &[("instance", INSTANCE), ("stage", "ring")])] },
-        PhaseSpec { name: "agent down", fault: Box::new(none), request: Some(healthy), special: Special::AgentDown, expect: vec![exp("EgressAgentDown", &[("instance", INSTANCE), ("job", JOB)])] },
+        PhaseSpec {
+            name: "lossy client link (every 7th packet lost)",
+            fault: Box::new(|l| l.lossy_link(LabLink::AppNode, 1.0 / 7.0)),
+            request: Some(healthy.clone()),
+            special: Special::None,
+            expect: vec![exp("EgressRetransmitsHigh", &[("instance", INSTANCE)])],
+        },
+        PhaseSpec {
+            name: "agent losing events (ring full)",
+            fault: Box::new(none),
+            request: Some(healthy.clone()),
+            special: Special::LoseEvents,
+            expect: vec![exp(
+                "EgressAgentLosingEvents",
+                &[("instance", INSTANCE), ("stage", "ring")],
+            )],
+        },
+        PhaseSpec {
+            name: "agent down",
+            fault: Box::new(none),
+            request: Some(healthy),
+            special: Special::AgentDown,
+            expect: vec![exp("EgressAgentDown", &[("instance", INSTANCE), ("job", JOB)])],
+        },
     ];
 
     let current: Arc<Mutex<Option<Request>>> = Arc::new(Mutex::new(None));
@@ -281,9 +355,19 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
                 let end = rec.samples.len();
                 let checks = if start == 0 { vec![end / 2, end - 1] } else { vec![end - 1] };
                 if verbose {
-                    eprintln!("alert lab: {:<34} samples {start}..{end} ({:.0} s real)", p.name, t0.elapsed().as_secs_f64());
+                    eprintln!(
+                        "alert lab: {:<34} samples {start}..{end} ({:.0} s real)",
+                        p.name,
+                        t0.elapsed().as_secs_f64()
+                    );
                 }
-                rec.phases.push(Phase { name: p.name.into(), start, end, expect: p.expect.clone(), checks });
+                rec.phases.push(Phase {
+                    name: p.name.into(),
+                    start,
+                    end,
+                    expect: p.expect.clone(),
+                    checks,
+                });
             }
             Ok(())
         };

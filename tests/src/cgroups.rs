@@ -13,7 +13,8 @@ pub fn v2_root() -> anyhow::Result<PathBuf> {
     text.lines()
         .find_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap_or("")))
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap_or("")))
         })
         .context("no cgroup2 mount")
 }
@@ -53,15 +54,29 @@ impl TestCgroup {
     pub fn new(layout: Layout, seed: u64) -> anyhow::Result<Self> {
         let root = v2_root()?;
         let h = pseudo_hex(seed ^ u64::from(std::process::id()), 32);
-        let pod_uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+        let pod_uid =
+            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
         let container_id = pseudo_hex(seed.wrapping_add(7) ^ u64::from(std::process::id()), 64);
         let unit = format!("eo-test-{}-{seed}.service", std::process::id());
         let u = pod_uid.replace('-', "_");
         let rel: Vec<String> = match layout {
-            Layout::Systemd { qos: Some(q) } => vec!["kubepods.slice".into(), format!("kubepods-{q}.slice"), format!("kubepods-{q}-pod{u}.slice"), format!("cri-containerd-{container_id}.scope")],
-            Layout::Systemd { qos: None } => vec!["kubepods.slice".into(), format!("kubepods-pod{u}.slice"), format!("cri-containerd-{container_id}.scope")],
-            Layout::Cgroupfs { qos: Some(q) } => vec!["kubepods".into(), q.into(), format!("pod{pod_uid}"), container_id.clone()],
-            Layout::Cgroupfs { qos: None } => vec!["kubepods".into(), format!("pod{pod_uid}"), container_id.clone()],
+            Layout::Systemd { qos: Some(q) } => vec![
+                "kubepods.slice".into(),
+                format!("kubepods-{q}.slice"),
+                format!("kubepods-{q}-pod{u}.slice"),
+                format!("cri-containerd-{container_id}.scope"),
+            ],
+            Layout::Systemd { qos: None } => vec![
+                "kubepods.slice".into(),
+                format!("kubepods-pod{u}.slice"),
+                format!("cri-containerd-{container_id}.scope"),
+            ],
+            Layout::Cgroupfs { qos: Some(q) } => {
+                vec!["kubepods".into(), q.into(), format!("pod{pod_uid}"), container_id.clone()]
+            }
+            Layout::Cgroupfs { qos: None } => {
+                vec!["kubepods".into(), format!("pod{pod_uid}"), container_id.clone()]
+            }
             Layout::Unit => vec!["system.slice".into(), unit.clone()],
         };
         let mut created = Vec::new();
@@ -78,7 +93,8 @@ impl TestCgroup {
 
     /// Move process `pid` into the leaf cgroup.
     pub fn enter(&self, pid: u32) -> anyhow::Result<()> {
-        fs::write(self.leaf.join("cgroup.procs"), pid.to_string()).with_context(|| format!("moving {pid} into {}", self.leaf.display()))
+        fs::write(self.leaf.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", self.leaf.display()))
     }
 
     pub fn path(&self) -> &Path {

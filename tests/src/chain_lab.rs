@@ -96,7 +96,10 @@ impl Drop for ChainNamespaces {
         let me = std::process::id();
         for ns in self.all() {
             let Ok(out) = cmd("ip", &["netns", "pids", &ns.name]).output() else { continue };
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
                 if pid != me {
                     // SAFETY: kill(2) on a PID listed inside our own namespace.
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -123,7 +126,11 @@ struct IptRule {
 
 impl IptRule {
     fn args(&self, op: &str) -> Vec<String> {
-        let mut a: Vec<String> = ["ip", "netns", "exec", &self.ns, "iptables", "-w", "-t", self.table, op, self.chain].iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> =
+            ["ip", "netns", "exec", &self.ns, "iptables", "-w", "-t", self.table, op, self.chain]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         a.extend(self.spec.iter().cloned());
         a.extend(["-m", "comment", "--comment", &self.tag].iter().map(|s| s.to_string()));
         a
@@ -171,13 +178,21 @@ impl ChainLab {
     /// Build namespaces, links, routes, DNAT, NAT, origins and both Squids.
     pub fn new(cfg: ChainLabConfig) -> anyhow::Result<Self> {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp = TempDir(std::env::temp_dir().join(format!("eo-chain-{}-{seq}", std::process::id())));
+        let tmp =
+            TempDir(std::env::temp_dir().join(format!("eo-chain-{}-{seq}", std::process::id())));
         std::fs::create_dir_all(&tmp.0).with_context(|| format!("creating {}", tmp.0.display()))?;
         let files = [SquidFiles::new(&tmp.0, Hop::One)?, SquidFiles::new(&tmp.0, Hop::Two)?];
-        let services = [format!("eo{}c{seq}h1", std::process::id()), format!("eo{}c{seq}h2", std::process::id())];
+        let services = [
+            format!("eo{}c{seq}h1", std::process::id()),
+            format!("eo{}c{seq}h2", std::process::id()),
+        ];
         let ns = ChainNamespaces::new()?;
         let links = build_network(&cfg, &ns)?;
-        let origin = origin::Origin::start(&ns.internet, SocketAddr::new(cfg.healthy.ip.into(), cfg.origin_port), format!("{}\n", cfg.banner))?;
+        let origin = origin::Origin::start(
+            &ns.internet,
+            SocketAddr::new(cfg.healthy.ip.into(), cfg.origin_port),
+            format!("{}\n", cfg.banner),
+        )?;
         let resolver = resolver::Resolver::new(&tmp.0, cfg.dns_ip, cfg.dns_local_domains())?;
         resolver.set_records(&cfg.dns_records())?;
         resolver.start(&ns.dns).context("resolver")?;
@@ -284,14 +299,26 @@ impl ChainLab {
 
     /// Wait (bounded) for a line of `hop`'s access log after `mark` that
     /// contains `needle`. Squid writes it when the transaction ends.
-    pub fn wait_access_log(&self, hop: Hop, mark: &LogMark, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+    pub fn wait_access_log(
+        &self,
+        hop: Hop,
+        mark: &LogMark,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self.access_log_since(hop, mark).into_iter().find(|l| l.contains(needle)) {
+            if let Some(l) =
+                self.access_log_since(hop, mark).into_iter().find(|l| l.contains(needle))
+            {
                 return Ok(l);
             }
             if Instant::now() > deadline {
-                bail!("no new {} access-log line with {needle:?} within {timeout:?}:\n{}", hop.label(), self.access_log(hop));
+                bail!(
+                    "no new {} access-log line with {needle:?} within {timeout:?}:\n{}",
+                    hop.label(),
+                    self.access_log(hop)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -301,7 +328,11 @@ impl ChainLab {
     pub fn link_iface(&self, link: LabLink) -> (&Netns, &str) {
         let veth = &self.links.iter().find(|(l, _)| *l == link).expect("every link is built").1;
         let ns = match link {
-            LabLink::AppNode | LabLink::ProxyPodNode | LabLink::NodeGce | LabLink::NodeNat | LabLink::DnsNode => &self.ns.node,
+            LabLink::AppNode
+            | LabLink::ProxyPodNode
+            | LabLink::NodeGce
+            | LabLink::NodeNat
+            | LabLink::DnsNode => &self.ns.node,
             LabLink::GceNat | LabLink::NatInternet => &self.ns.nat,
         };
         (ns, &veth.a_if)
@@ -316,7 +347,12 @@ impl ChainLab {
 
     /// Start `args` in the app namespace now, stdout/stderr piped.
     pub fn spawn_client(&self, args: &[&str]) -> anyhow::Result<Child> {
-        self.app_command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("spawning {args:?} in app"))
+        self.app_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {args:?} in app"))
     }
 
     /// Start `args` in the app namespace held at a gate: move `pid()` into a
@@ -324,7 +360,13 @@ impl ChainLab {
     pub fn spawn_client_gated(&self, args: &[&str]) -> anyhow::Result<GatedClient> {
         let mut full = vec!["sh", "-c", "read -r _ || exit 125; exec \"$@\"", "eo-gate"];
         full.extend_from_slice(args);
-        let child = self.app_command(&full).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawning gated client")?;
+        let child = self
+            .app_command(&full)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning gated client")?;
         GatedClient::new(child)
     }
 
@@ -362,7 +404,22 @@ impl ChainLab {
 
     fn curl_common(&self) -> Vec<String> {
         let t = self.cfg.client_timeout.as_secs().max(1).to_string();
-        ["curl", "-sS", "-v", "--connect-timeout", &t, "--max-time", &t, "-o", "-", "-w", &client::curl_write_out()].iter().map(|s| s.to_string()).collect()
+        [
+            "curl",
+            "-sS",
+            "-v",
+            "--connect-timeout",
+            &t,
+            "--max-time",
+            &t,
+            "-o",
+            "-",
+            "-w",
+            &client::curl_write_out(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     /// Run curl through the chain to `host` and parse what it saw.
@@ -387,8 +444,16 @@ impl Drop for ChainLab {
         if std::thread::panicking() {
             for hop in [Hop::One, Hop::Two] {
                 let f = &self.files[hop.index()];
-                eprintln!("--- chain lab {} access.log:\n{}", hop.label(), squid::tail(&f.access_log, 40));
-                eprintln!("--- chain lab {} cache.log (tail):\n{}", hop.label(), squid::tail(&f.cache_log, 15));
+                eprintln!(
+                    "--- chain lab {} access.log:\n{}",
+                    hop.label(),
+                    squid::tail(&f.access_log, 40)
+                );
+                eprintln!(
+                    "--- chain lab {} cache.log (tail):\n{}",
+                    hop.label(),
+                    squid::tail(&f.cache_log, 15)
+                );
             }
         }
         // Squids first (by PID), then the origin, namespaces, temp dir (field order).
@@ -401,17 +466,32 @@ impl Drop for ChainLab {
 }
 
 /// Links, addresses, routes, forwarding, DNAT, NAT, the blackholed origin.
-fn build_network(cfg: &ChainLabConfig, ns: &ChainNamespaces) -> anyhow::Result<Vec<(LabLink, Veth)>> {
+fn build_network(
+    cfg: &ChainLabConfig,
+    ns: &ChainNamespaces,
+) -> anyhow::Result<Vec<(LabLink, Veth)>> {
     let c = |ip: Ipv4Addr, p: u8| format!("{ip}/{p}");
     let (pp, gp, up) = (cfg.pod_prefix, cfg.gce_prefix, cfg.public_prefix);
     // Router side first: faults on a link go into `a`.
     let specs: [(LabLink, &Netns, String, &Netns, String); 7] = [
         (LabLink::AppNode, &ns.node, c(cfg.app_gw, pp), &ns.app, c(cfg.app_ip, pp)),
-        (LabLink::ProxyPodNode, &ns.node, c(cfg.proxy_pod_gw, pp), &ns.proxy_pod, c(cfg.proxy_pod_ip, pp)),
+        (
+            LabLink::ProxyPodNode,
+            &ns.node,
+            c(cfg.proxy_pod_gw, pp),
+            &ns.proxy_pod,
+            c(cfg.proxy_pod_ip, pp),
+        ),
         (LabLink::NodeGce, &ns.node, c(cfg.node_gce_ip, gp), &ns.gce, c(cfg.gce_ip, gp)),
         (LabLink::NodeNat, &ns.node, c(cfg.node_nat_ip, gp), &ns.nat, c(cfg.nat_node_ip, gp)),
         (LabLink::GceNat, &ns.nat, c(cfg.nat_gce_ip, gp), &ns.gce, c(cfg.gce_nat_ip, gp)),
-        (LabLink::NatInternet, &ns.nat, c(cfg.nat_public_ip, up), &ns.internet, c(cfg.internet_ip, up)),
+        (
+            LabLink::NatInternet,
+            &ns.nat,
+            c(cfg.nat_public_ip, up),
+            &ns.internet,
+            c(cfg.internet_ip, up),
+        ),
         (LabLink::DnsNode, &ns.node, c(cfg.dns_gw, pp), &ns.dns, c(cfg.dns_ip, pp)),
     ];
     let mut links = Vec::new();
@@ -433,7 +513,14 @@ fn build_network(cfg: &ChainLabConfig, ns: &ChainNamespaces) -> anyhow::Result<V
     ns.gce.run(&["ip", "route", "add", &pod_range, "via", &cfg.node_gce_ip.to_string()])?;
     if !cfg.pod_range.contains(cfg.dns_ip) {
         // The resolver is reached through the node like the pods are.
-        ns.gce.run(&["ip", "route", "add", &format!("{}/32", cfg.dns_ip), "via", &cfg.node_gce_ip.to_string()])?;
+        ns.gce.run(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", cfg.dns_ip),
+            "via",
+            &cfg.node_gce_ip.to_string(),
+        ])?;
     }
     ns.gce.run(&["ip", "route", "add", "default", "via", &cfg.nat_gce_ip.to_string()])?;
     ns.nat.run(&["ip", "route", "add", &pod_range, "via", &cfg.node_nat_ip.to_string()])?;
@@ -441,18 +528,56 @@ fn build_network(cfg: &ChainLabConfig, ns: &ChainNamespaces) -> anyhow::Result<V
     // The internet knows only the NAT's public address: without MASQUERADE nothing comes back.
     for o in [&cfg.healthy, &cfg.refused, &cfg.blackhole] {
         let a = format!("{}/32", o.ip);
-        if !ns.internet.run(&["ip", "-4", "addr", "show", "dev", "lo"])?.contains(&format!(" {a} ")) {
+        if !ns.internet.run(&["ip", "-4", "addr", "show", "dev", "lo"])?.contains(&format!(" {a} "))
+        {
             ns.internet.run(&["ip", "addr", "add", &a, "dev", "lo"])?;
         }
     }
     // kube-proxy (iptables mode): ClusterIP:port → pod:port.
     let port = cfg.proxy_port.to_string();
     let to = format!("{}:{}", cfg.proxy_pod_ip, cfg.proxy_port);
-    ns.node.run(&["iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-d", &cfg.cluster_ip.to_string(), "-p", "tcp", "--dport", &port, "-j", "DNAT", "--to-destination", &to])?;
+    ns.node.run(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-d",
+        &cfg.cluster_ip.to_string(),
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to,
+    ])?;
     // Cloud NAT: everything leaving to the public side takes the NAT's address.
     let inet_if = &links.iter().find(|(l, _)| *l == LabLink::NatInternet).expect("link").1.a_if;
-    ns.nat.run(&["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-o", inet_if, "-j", "MASQUERADE"])?;
-    ns.internet.run(&["iptables", "-w", "-A", "INPUT", "-d", &cfg.blackhole.ip.to_string(), "-j", "DROP"])?;
+    ns.nat.run(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        inet_if,
+        "-j",
+        "MASQUERADE",
+    ])?;
+    ns.internet.run(&[
+        "iptables",
+        "-w",
+        "-A",
+        "INPUT",
+        "-d",
+        &cfg.blackhole.ip.to_string(),
+        "-j",
+        "DROP",
+    ])?;
     warm_up(cfg, ns)?;
     Ok(links)
 }
@@ -471,7 +596,11 @@ fn warm_up(cfg: &ChainLabConfig, ns: &ChainNamespaces) -> anyhow::Result<()> {
     for (n, ip) in pairs {
         let deadline = Instant::now() + Duration::from_secs(5);
         while n.run(&["ping", "-c", "1", "-W", "1", &ip.to_string()]).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "chain lab link {} → {ip} did not come up", n.name);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "chain lab link {} → {ip} did not come up",
+                n.name
+            );
         }
     }
     Ok(())

@@ -33,7 +33,11 @@ pub struct DemoRow {
 
 /// `verdict[/reason]` of a record.
 fn outcome(v: &serde_json::Value) -> String {
-    format!("{}{}", v["verdict"].as_str().unwrap_or("?"), v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default())
+    format!(
+        "{}{}",
+        v["verdict"].as_str().unwrap_or("?"),
+        v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
+    )
 }
 
 /// Run the demo and return its rows (each says whether it matched).
@@ -42,12 +46,20 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     let t0 = Instant::now();
     println!("== building the lab: client and server namespaces, veth link, fault rules");
     let lab = ConnectLab::new(LabAddrs::default())?;
-    println!("   client {} / {}   server {} / {}", lab.addrs.client4, lab.addrs.client6, lab.addrs.server4, lab.addrs.server6);
+    println!(
+        "   client {} / {}   server {} / {}",
+        lab.addrs.client4, lab.addrs.client6, lab.addrs.server4, lab.addrs.server6
+    );
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut run = Agent::start(AgentMode::Run { metrics, extra: vec![] })?;
     println!("== egress-agent run: metrics on http://{metrics}/metrics");
     println!("== egress-agent watch (live, from the kernel):");
-    let mut watch = Command::new(agent_bin()).args(["watch", "-o", "table"]).stdin(Stdio::null()).stderr(Stdio::null()).spawn().context("starting watch")?;
+    let mut watch = Command::new(agent_bin())
+        .args(["watch", "-o", "table"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting watch")?;
     std::thread::sleep(Duration::from_millis(1500));
 
     let scenarios = lab.scenarios();
@@ -59,15 +71,26 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     });
     let mut rows = Vec::new();
     for s in &scenarios {
-        let expected = format!("{}{}", s.expect_verdict, s.expect_reason.map(|r| format!("/{r}")).unwrap_or_default());
+        let expected = format!(
+            "{}{}",
+            s.expect_verdict,
+            s.expect_reason.map(|r| format!("/{r}")).unwrap_or_default()
+        );
         let to_dst = |v: &serde_json::Value| v["dst"].as_str() == Some(&s.dst.to_string());
-        let got = match run.wait_for(Duration::from_secs(10), |v| to_dst(v) && (v["verdict"] == s.expect_verdict || s.expect_verdict == "ok")) {
+        let got = match run.wait_for(Duration::from_secs(10), |v| {
+            to_dst(v) && (v["verdict"] == s.expect_verdict || s.expect_verdict == "ok")
+        }) {
             Ok(v) => outcome(&v),
             // Say what the agent did say about this destination, and what
             // the lab saw of its own fault.
             Err(_) => {
-                let seen: Vec<String> = run.records.iter().filter(|v| to_dst(v)).map(outcome).collect();
-                let said = if seen.is_empty() { "no record of this destination in 10 s".to_string() } else { seen.join(", ") };
+                let seen: Vec<String> =
+                    run.records.iter().filter(|v| to_dst(v)).map(outcome).collect();
+                let said = if seen.is_empty() {
+                    "no record of this destination in 10 s".to_string()
+                } else {
+                    seen.join(", ")
+                };
                 let said = match lab.diagnose(s) {
                     Some(why) => format!("{said} ({why})"),
                     None => said,
@@ -94,21 +117,41 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     let text = run.http_get("/metrics")?;
     for line in text.lines().filter(|l| {
         !l.starts_with('#')
-            && ["egress_connections_total", "egress_tcp_retransmits_total", "egress_events_lost_total", "egress_program_attached", "egress_events_produced_total"]
-                .iter()
-                .any(|m| l.starts_with(m))
+            && [
+                "egress_connections_total",
+                "egress_tcp_retransmits_total",
+                "egress_events_lost_total",
+                "egress_program_attached",
+                "egress_events_produced_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
     }) {
         println!("   {line}");
     }
     run.stop()?;
     println!();
-    println!("{}", if rows.iter().all(|r| r.ok) { "lab: every verdict matched" } else { "lab: MISMATCH (see table)" });
+    println!(
+        "{}",
+        if rows.iter().all(|r| r.ok) {
+            "lab: every verdict matched"
+        } else {
+            "lab: MISMATCH (see table)"
+        }
+    );
     Ok(rows)
 }
 
 pub fn print(rows: &[DemoRow]) {
     println!("{:<34} {:<26} {:<22} {:<22} MATCH", "SCENARIO", "DESTINATION", "EXPECTED", "AGENT");
     for r in rows {
-        println!("{:<34} {:<26} {:<22} {:<22} {}", r.name, r.dst.to_string(), r.expected, r.got, if r.ok { "yes" } else { "NO" });
+        println!(
+            "{:<34} {:<26} {:<22} {:<22} {}",
+            r.name,
+            r.dst.to_string(),
+            r.expected,
+            r.got,
+            if r.ok { "yes" } else { "NO" }
+        );
     }
 }

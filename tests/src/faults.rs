@@ -62,15 +62,31 @@ const LAB_DNS_TIMEOUT: &str = "1s";
 pub fn agent_config(cfg: &ChainLabConfig, hop1_cgroup: &TestCgroup, hop2: &TestCgroup) -> String {
     format!(
         "version: 1\nchain:\n  name: lab\n  hops:\n    - name: gke-squid\n      match:\n        addresses: [\"{}:{}\", \"{}:{}\"]\n        names: [\"{}\"]\n        cgroup: \"{}\"\n    - name: gce-proxy\n      match:\n        address: \"{}:{}\"\n        host_unit: \"{}\"\ndestinations:\n  allow: [\"{}:{}\"]\ndns:\n  timeout: {LAB_DNS_TIMEOUT}\n  names: [\"{}\", \"{}\"]\n",
-        cfg.cluster_ip, cfg.proxy_port, cfg.proxy_pod_ip, cfg.proxy_port, cfg.proxy_name,
+        cfg.cluster_ip,
+        cfg.proxy_port,
+        cfg.proxy_pod_ip,
+        cfg.proxy_port,
+        cfg.proxy_name,
         hop1_cgroup.path().file_name().and_then(|n| n.to_str()).unwrap_or("?"),
-        cfg.gce_ip, cfg.proxy_port, hop2.unit, cfg.healthy.name, cfg.origin_port, cfg.proxy_name, cfg.healthy.name
+        cfg.gce_ip,
+        cfg.proxy_port,
+        hop2.unit,
+        cfg.healthy.name,
+        cfg.origin_port,
+        cfg.proxy_name,
+        cfg.healthy.name
     )
 }
 
 /// [`agent_config`] plus a probe of the healthy origin through the
 /// ClusterIP, from the app pod's network namespace.
-pub fn agent_config_with_probe(cfg: &ChainLabConfig, hop1: &TestCgroup, hop2: &TestCgroup, app_netns: &std::path::Path, interval: Duration) -> String {
+pub fn agent_config_with_probe(
+    cfg: &ChainLabConfig,
+    hop1: &TestCgroup,
+    hop2: &TestCgroup,
+    app_netns: &std::path::Path,
+    interval: Duration,
+) -> String {
     format!(
         "{}probes:\n  targets: [\"{}:{}\"]\n  interval: {}ms\n  timeout: {}ms\n  netns: \"{}\"\n",
         agent_config(cfg, hop1, hop2),
@@ -99,7 +115,10 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
     let conf = dir.join("agent.yaml");
     std::fs::write(&conf, agent_config(&cfg, &hop1_cg, &hop2_cg))?;
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut agent = Agent::start(AgentMode::Run { metrics, extra: vec!["--config".into(), conf.display().to_string()] })?;
+    let mut agent = Agent::start(AgentMode::Run {
+        metrics,
+        extra: vec!["--config".into(), conf.display().to_string()],
+    })?;
 
     let healthy = cfg.healthy.name.clone();
     type Setup = Box<dyn Fn(&ChainLab) -> anyhow::Result<()>>;
@@ -109,21 +128,114 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
     type Case<'a> = (&'static str, Setup, Request, Option<(&'a str, &'a str)>, Source);
     let cases: Vec<Case<'_>> = vec![
         ("healthy request", Box::new(none), Request::Chain(healthy.clone()), None, C),
-        ("healthy, proxy by name (DNS)", Box::new(none), Request::ViaName(healthy.clone()), None, C),
-        ("hop1 down (Squid pod stopped)", Box::new(|l: &ChainLab| l.hop1_down()), Request::Chain(healthy.clone()), Some(("gke-squid", "refused")), C),
-        ("hop1 blackholed", Box::new(|l: &ChainLab| l.hop1_blackhole()), Request::Chain(healthy.clone()), Some(("gke-squid", "timeout")), C),
-        ("hop1 ACL deny (403)", Box::new(none), Request::Chain(cfg.denied_at_hop1.clone()), Some(("gke-squid", "proxy_denied")), C),
-        ("hop2 down (VM Squid stopped)", Box::new(|l: &ChainLab| l.hop2_down()), Request::Chain(healthy.clone()), Some(("gce-proxy", "refused")), C),
-        ("hop2 blackholed", Box::new(|l: &ChainLab| l.hop2_blackhole()), Request::Chain(healthy.clone()), Some(("gce-proxy", "timeout")), C),
-        ("hop2 ACL deny (403)", Box::new(none), Request::Chain(cfg.denied_at_hop2.clone()), Some(("gce-proxy", "proxy_denied")), C),
-        ("origin refuses", Box::new(none), Request::Chain(cfg.refused.name.clone()), Some(("internet", "refused")), C),
-        ("origin blackholed", Box::new(none), Request::Chain(cfg.blackhole.name.clone()), Some(("internet", "timeout")), C),
-        ("NAT blackholed", Box::new(|l: &ChainLab| l.nat_blackhole()), Request::Chain(healthy.clone()), Some(("internet", "timeout")), C),
-        ("lossy hop (hop1->hop2 loses a SYN)", Box::new(|l: &ChainLab| l.lossy_syn(LabLink::NodeGce, 2)), Request::Chain(healthy.clone()), Some(("gce-proxy", "retransmits")), C),
-        ("proxy bypass (direct)", Box::new(|l: &ChainLab| l.set_direct_egress(DirectEgress::Drop)), Request::Direct(cfg.healthy.ip), Some(("direct", "bypass")), C),
-        ("proxy name does not resolve", Box::new(move |l: &ChainLab| l.dns_remove(&proxy_name)), Request::ViaName(healthy.clone()), Some(("gke-squid", "dns_failed")), D),
-        ("origin name NXDOMAIN at hop2", Box::new({ let h = healthy.clone(); move |l: &ChainLab| l.dns_remove(&h) }), Request::Chain(healthy.clone()), Some(("gce-proxy", "dns_failed")), C),
-        ("resolver down", Box::new(|l: &ChainLab| l.resolver_down()), Request::ViaName(healthy), Some(("gke-squid", "dns_failed")), D),
+        (
+            "healthy, proxy by name (DNS)",
+            Box::new(none),
+            Request::ViaName(healthy.clone()),
+            None,
+            C,
+        ),
+        (
+            "hop1 down (Squid pod stopped)",
+            Box::new(|l: &ChainLab| l.hop1_down()),
+            Request::Chain(healthy.clone()),
+            Some(("gke-squid", "refused")),
+            C,
+        ),
+        (
+            "hop1 blackholed",
+            Box::new(|l: &ChainLab| l.hop1_blackhole()),
+            Request::Chain(healthy.clone()),
+            Some(("gke-squid", "timeout")),
+            C,
+        ),
+        (
+            "hop1 ACL deny (403)",
+            Box::new(none),
+            Request::Chain(cfg.denied_at_hop1.clone()),
+            Some(("gke-squid", "proxy_denied")),
+            C,
+        ),
+        (
+            "hop2 down (VM Squid stopped)",
+            Box::new(|l: &ChainLab| l.hop2_down()),
+            Request::Chain(healthy.clone()),
+            Some(("gce-proxy", "refused")),
+            C,
+        ),
+        (
+            "hop2 blackholed",
+            Box::new(|l: &ChainLab| l.hop2_blackhole()),
+            Request::Chain(healthy.clone()),
+            Some(("gce-proxy", "timeout")),
+            C,
+        ),
+        (
+            "hop2 ACL deny (403)",
+            Box::new(none),
+            Request::Chain(cfg.denied_at_hop2.clone()),
+            Some(("gce-proxy", "proxy_denied")),
+            C,
+        ),
+        (
+            "origin refuses",
+            Box::new(none),
+            Request::Chain(cfg.refused.name.clone()),
+            Some(("internet", "refused")),
+            C,
+        ),
+        (
+            "origin blackholed",
+            Box::new(none),
+            Request::Chain(cfg.blackhole.name.clone()),
+            Some(("internet", "timeout")),
+            C,
+        ),
+        (
+            "NAT blackholed",
+            Box::new(|l: &ChainLab| l.nat_blackhole()),
+            Request::Chain(healthy.clone()),
+            Some(("internet", "timeout")),
+            C,
+        ),
+        (
+            "lossy hop (hop1->hop2 loses a SYN)",
+            Box::new(|l: &ChainLab| l.lossy_syn(LabLink::NodeGce, 2)),
+            Request::Chain(healthy.clone()),
+            Some(("gce-proxy", "retransmits")),
+            C,
+        ),
+        (
+            "proxy bypass (direct)",
+            Box::new(|l: &ChainLab| l.set_direct_egress(DirectEgress::Drop)),
+            Request::Direct(cfg.healthy.ip),
+            Some(("direct", "bypass")),
+            C,
+        ),
+        (
+            "proxy name does not resolve",
+            Box::new(move |l: &ChainLab| l.dns_remove(&proxy_name)),
+            Request::ViaName(healthy.clone()),
+            Some(("gke-squid", "dns_failed")),
+            D,
+        ),
+        (
+            "origin name NXDOMAIN at hop2",
+            Box::new({
+                let h = healthy.clone();
+                move |l: &ChainLab| l.dns_remove(&h)
+            }),
+            Request::Chain(healthy.clone()),
+            Some(("gce-proxy", "dns_failed")),
+            C,
+        ),
+        (
+            "resolver down",
+            Box::new(|l: &ChainLab| l.resolver_down()),
+            Request::ViaName(healthy),
+            Some(("gke-squid", "dns_failed")),
+            D,
+        ),
     ];
     let mut rows = Vec::new();
     for (fault, setup, req, expect, source) in cases {
@@ -144,40 +256,91 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
         let done = Instant::now();
         let pid = u64::from(child.id());
         let want_target = match &req {
-            Request::Chain(host) | Request::ViaName(host) => Some(format!("{host}:{}", cfg.origin_port)),
+            Request::Chain(host) | Request::ViaName(host) => {
+                Some(format!("{host}:{}", cfg.origin_port))
+            }
             Request::Direct(_) => None,
         };
         let client_cgroup = client_cg.path().to_string_lossy().into_owned();
         let rec = agent.wait_for(Duration::from_secs(10), |v| match source {
             // No target when the first connect failed before any CONNECT line.
-            Source::Chain => v["record"] == "chain" && v["pid"].as_u64() == Some(pid) && (v["target"].is_null() || want_target.as_deref().is_none_or(|t| v["target"].as_str() == Some(t))),
+            Source::Chain => {
+                v["record"] == "chain"
+                    && v["pid"].as_u64() == Some(pid)
+                    && (v["target"].is_null()
+                        || want_target.as_deref().is_none_or(|t| v["target"].as_str() == Some(t)))
+            }
             // DNS records carry the asking socket's cgroup, not a pid.
-            Source::Dns => v["record"] == "dns" && v["verdict"] == "failed" && v["name"].as_str() == Some(cfg.proxy_name.as_str()) && v["cgroup"].as_str().is_some_and(|c| client_cgroup.ends_with(c)),
+            Source::Dns => {
+                v["record"] == "dns"
+                    && v["verdict"] == "failed"
+                    && v["name"].as_str() == Some(cfg.proxy_name.as_str())
+                    && v["cgroup"].as_str().is_some_and(|c| client_cgroup.ends_with(c))
+            }
         });
         let lag = done.elapsed().as_secs_f64();
-        let expected = expect.map_or_else(|| "ok".to_string(), |(h, r)| format!("{} at {h}: {r}", if r == "retransmits" { "degraded" } else { "failed" }));
-        let got = match &rec {
-            Ok(v) if source == Source::Dns => format!("{} at {}: {}", v["verdict"].as_str().unwrap_or("?"), v["hop"].as_str().unwrap_or("-"), v["reason"].as_str().unwrap_or("-")),
-            Ok(v) => match (v["verdict"].as_str(), v["failed_hop"].as_str(), v["reason"].as_str()) {
-                (Some("ok"), _, _) => "ok".to_string(),
-                (Some(verdict), Some(h), Some(r)) => format!("{verdict} at {h}: {r}"),
-                (verdict, _, _) => verdict.unwrap_or("?").to_string(),
+        let expected = expect.map_or_else(
+            || "ok".to_string(),
+            |(h, r)| {
+                format!("{} at {h}: {r}", if r == "retransmits" { "degraded" } else { "failed" })
             },
-            Err(_) => format!("{}; {}", no_record(&agent.records, source, pid, out.exit_code()), agent.health()),
+        );
+        let got = match &rec {
+            Ok(v) if source == Source::Dns => format!(
+                "{} at {}: {}",
+                v["verdict"].as_str().unwrap_or("?"),
+                v["hop"].as_str().unwrap_or("-"),
+                v["reason"].as_str().unwrap_or("-")
+            ),
+            Ok(v) => {
+                match (v["verdict"].as_str(), v["failed_hop"].as_str(), v["reason"].as_str()) {
+                    (Some("ok"), _, _) => "ok".to_string(),
+                    (Some(verdict), Some(h), Some(r)) => format!("{verdict} at {h}: {r}"),
+                    (verdict, _, _) => verdict.unwrap_or("?").to_string(),
+                }
+            }
+            Err(_) => format!(
+                "{}; {}",
+                no_record(&agent.records, source, pid, out.exit_code()),
+                agent.health()
+            ),
         };
         if verbose {
-            eprintln!("{fault}: client exit {:?}; chain {}", out.exit_code(), rec.as_ref().map(Value::to_string).unwrap_or_else(|e| format!("{e:#}")));
+            eprintln!(
+                "{fault}: client exit {:?}; chain {}",
+                out.exit_code(),
+                rec.as_ref().map(Value::to_string).unwrap_or_else(|e| format!("{e:#}"))
+            );
         }
-        rows.push(Row { fault, ok: got == expected && lag <= LAG_LIMIT_S, expected, got, lag_s: lag, lag_limit_s: LAG_LIMIT_S });
+        rows.push(Row {
+            fault,
+            ok: got == expected && lag <= LAG_LIMIT_S,
+            expected,
+            got,
+            lag_s: lag,
+            lag_limit_s: LAG_LIMIT_S,
+        });
     }
     lab.restore()?;
     agent.stop()?;
     // No application traffic: a fresh agent that probes, and a hop-2 outage.
     lab.hop_up(Hop::One)?;
     let interval = Duration::from_secs(2);
-    std::fs::write(&conf, agent_config_with_probe(&cfg, &hop1_cg, &hop2_cg, &crate::chain_lab::netns_path(&lab.ns.app), interval))?;
+    std::fs::write(
+        &conf,
+        agent_config_with_probe(
+            &cfg,
+            &hop1_cg,
+            &hop2_cg,
+            &crate::chain_lab::netns_path(&lab.ns.app),
+            interval,
+        ),
+    )?;
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut agent = Agent::start(AgentMode::Run { metrics, extra: vec!["--config".into(), conf.display().to_string()] })?;
+    let mut agent = Agent::start(AgentMode::Run {
+        metrics,
+        extra: vec!["--config".into(), conf.display().to_string()],
+    })?;
     rows.push(probe_row(&lab, &mut agent, &lab.target(&cfg.healthy.name), interval, verbose)?);
     lab.restore()?;
     agent.stop()?;
@@ -196,7 +359,14 @@ fn no_record(records: &[Value], source: Source, pid: u64, client_exit: Option<i3
     let legs: Vec<String> = records
         .iter()
         .filter(|v| v["record"] == "flow" && v["pid"].as_u64() == Some(pid))
-        .map(|v| format!("{} {}{}", v["leg"].as_str().unwrap_or("no leg"), v["verdict"].as_str().unwrap_or("?"), v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()))
+        .map(|v| {
+            format!(
+                "{} {}{}",
+                v["leg"].as_str().unwrap_or("no leg"),
+                v["verdict"].as_str().unwrap_or("?"),
+                v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
+            )
+        })
         .collect();
     if legs.is_empty() {
         format!("no record of the client (client {exit})")
@@ -213,13 +383,24 @@ fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// Wait (bounded) for the probe to succeed, stop Squid #2, and time how long
 /// the probe metrics take to name the hop that broke.
-fn probe_row(lab: &ChainLab, agent: &mut Agent, target: &str, interval: Duration, verbose: bool) -> anyhow::Result<Row> {
+fn probe_row(
+    lab: &ChainLab,
+    agent: &mut Agent,
+    target: &str,
+    interval: Duration,
+    verbose: bool,
+) -> anyhow::Result<Row> {
     let fault = "no app traffic: hop2 down, probe";
     let expected = "failed at gce-proxy: refused".to_string();
-    let success = |text: &str| crate::agent::metric_sum(text, "egress_probe_success", &[("target", target)]);
+    let success =
+        |text: &str| crate::agent::metric_sum(text, "egress_probe_success", &[("target", target)]);
     let up_by = Instant::now() + 6 * interval;
     while success(&agent.http_get("/metrics")?) < 1.0 {
-        anyhow::ensure!(Instant::now() < up_by, "the probe never succeeded on the healthy chain:\n{}", agent.stderr_text());
+        anyhow::ensure!(
+            Instant::now() < up_by,
+            "the probe never succeeded on the healthy chain:\n{}",
+            agent.stderr_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     lab.hop2_down()?;
@@ -227,26 +408,57 @@ fn probe_row(lab: &ChainLab, agent: &mut Agent, target: &str, interval: Duration
     let mut got = "(not detected)".to_string();
     while t0.elapsed() < 4 * interval {
         let text = agent.http_get("/metrics")?;
-        let failure = text.lines().find(|l| l.starts_with("egress_probe_last_failure_hop{") && label(l, "target") == Some(target));
+        let failure = text.lines().find(|l| {
+            l.starts_with("egress_probe_last_failure_hop{") && label(l, "target") == Some(target)
+        });
         if success(&text) == 0.0
             && let Some(l) = failure
         {
-            got = format!("failed at {}: {}", label(l, "hop").unwrap_or("?"), label(l, "reason").unwrap_or("?"));
+            got = format!(
+                "failed at {}: {}",
+                label(l, "hop").unwrap_or("?"),
+                label(l, "reason").unwrap_or("?")
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let lag = t0.elapsed().as_secs_f64();
     if verbose {
-        eprintln!("{fault}: {got} after {lag:.1}s; probe records: {}", agent.records.iter().filter(|v| v["synthetic"] == true && v["record"] == "chain").count());
+        eprintln!(
+            "{fault}: {got} after {lag:.1}s; probe records: {}",
+            agent
+                .records
+                .iter()
+                .filter(|v| v["synthetic"] == true && v["record"] == "chain")
+                .count()
+        );
     }
     let limit = 2.0 * interval.as_secs_f64();
-    Ok(Row { fault, ok: got == expected && lag <= limit, expected, got, lag_s: lag, lag_limit_s: limit })
+    Ok(Row {
+        fault,
+        ok: got == expected && lag <= limit,
+        expected,
+        got,
+        lag_s: lag,
+        lag_limit_s: limit,
+    })
 }
 
 pub fn print(rows: &[Row]) {
-    println!("{:<36} {:<38} {:<38} {:>6} {:>6}  MATCH", "FAULT INJECTED", "EXPECTED", "AGENT SAID", "LAG", "BOUND");
+    println!(
+        "{:<36} {:<38} {:<38} {:>6} {:>6}  MATCH",
+        "FAULT INJECTED", "EXPECTED", "AGENT SAID", "LAG", "BOUND"
+    );
     for r in rows {
-        println!("{:<36} {:<38} {:<38} {:>5.1}s {:>5.1}s  {}", r.fault, r.expected, r.got, r.lag_s, r.lag_limit_s, if r.ok { "yes" } else { "NO" });
+        println!(
+            "{:<36} {:<38} {:<38} {:>5.1}s {:>5.1}s  {}",
+            r.fault,
+            r.expected,
+            r.got,
+            r.lag_s,
+            r.lag_limit_s,
+            if r.ok { "yes" } else { "NO" }
+        );
     }
 }

@@ -35,7 +35,11 @@ impl KernelLock {
     pub fn take() -> anyhow::Result<Self> {
         let mut h = hold();
         if h.0 == 0 {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(KERNEL_LOCK).context(KERNEL_LOCK)?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(KERNEL_LOCK)
+                .context(KERNEL_LOCK)?;
             // SAFETY: valid fd; blocks until the lock is ours.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 bail!("flock {KERNEL_LOCK}: {}", std::io::Error::last_os_error());

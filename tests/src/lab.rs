@@ -64,7 +64,10 @@ pub struct ConnectLab {
 
 impl ConnectLab {
     /// Build the namespaces, link, servers and fault rules.
-    #[allow(clippy::mem_forget, reason = "the rules live in the lab's own namespace and go with it: their guards need not delete them")]
+    #[allow(
+        clippy::mem_forget,
+        reason = "the rules live in the lab's own namespace and go with it: their guards need not delete them"
+    )]
     pub fn new(addrs: LabAddrs) -> anyhow::Result<Self> {
         let client = Netns::new("client")?;
         let server = Netns::new("server")?;
@@ -86,32 +89,86 @@ impl ConnectLab {
         servers.shrink_to_fit();
         let lab = Self { addrs, client, server, _link: link, _servers: servers };
         // Rules live in the lab's own namespace: deleted with it.
-        std::mem::forget(Rule::add(&lab.server, false, "filter", &["INPUT", "-p", "tcp", "--dport", &(p + 2).to_string(), "-j", "DROP"])?);
+        std::mem::forget(Rule::add(
+            &lab.server,
+            false,
+            "filter",
+            &["INPUT", "-p", "tcp", "--dport", &(p + 2).to_string(), "-j", "DROP"],
+        )?);
         // Loss, made deterministic: every LOSS_EVERY-th data-bearing packet
         // to this port is dropped (`statistic --mode nth`; pure ACKs, which
         // are never retransmitted, do not count). A 512 KiB upload is at
         // least 8 packets even as 64 KiB GSO segments, so it always loses
         // one and retransmits; random loss sometimes hit nothing.
         let loss = Self::loss_rule(p + 3);
-        std::mem::forget(Rule::add(&lab.server, false, "filter", &loss.iter().map(String::as_str).collect::<Vec<_>>())?);
+        std::mem::forget(Rule::add(
+            &lab.server,
+            false,
+            "filter",
+            &loss.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?);
         // A firewall answering with ICMP host-unreachable, as a router would.
-        std::mem::forget(Rule::add(&lab.server, false, "filter", &["INPUT", "-p", "tcp", "--dport", &(p + 4).to_string(), "-j", "REJECT", "--reject-with", "icmp-host-unreachable"])?);
+        std::mem::forget(Rule::add(
+            &lab.server,
+            false,
+            "filter",
+            &[
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &(p + 4).to_string(),
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "icmp-host-unreachable",
+            ],
+        )?);
         lab.warm_up()?;
         Ok(lab)
     }
 
     /// The iptables rule (INPUT, server side) of the lossy destination's port.
     fn loss_rule(port: u16) -> Vec<String> {
-        ["INPUT", "-p", "tcp", "--dport", &port.to_string(), "-m", "length", "--length", "200:65535", "-m", "statistic", "--mode", "nth", "--every", &LOSS_EVERY.to_string(), "--packet", "0", "-j", "DROP"]
-            .map(str::to_string)
-            .to_vec()
+        [
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-m",
+            "length",
+            "--length",
+            "200:65535",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            &LOSS_EVERY.to_string(),
+            "--packet",
+            "0",
+            "-j",
+            "DROP",
+        ]
+        .map(str::to_string)
+        .to_vec()
     }
 
     /// Packets the loss rule of `port` dropped so far (None: no such rule).
     pub fn dropped(&self, port: u16) -> Option<u64> {
-        let out = self.server.run(&["iptables", "-w", "-t", "filter", "-L", "INPUT", "-v", "-x", "-n"]).ok()?;
+        let out = self
+            .server
+            .run(&["iptables", "-w", "-t", "filter", "-L", "INPUT", "-v", "-x", "-n"])
+            .ok()?;
         let dpt = format!("dpt:{port}");
-        out.lines().find(|l| l.contains("DROP") && l.split_whitespace().any(|w| w == dpt) && l.contains("statistic")).and_then(|l| l.split_whitespace().next()?.parse().ok())
+        out.lines()
+            .find(|l| {
+                l.contains("DROP")
+                    && l.split_whitespace().any(|w| w == dpt)
+                    && l.contains("statistic")
+            })
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
     }
 
     /// Why a scenario may have shown no record of its outcome, from what
@@ -133,7 +190,10 @@ impl ConnectLab {
         for ip in [self.addrs.server4, self.addrs.server6] {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while self.client.run(&["ping", "-c", "1", "-W", "1", &ip.to_string()]).is_err() {
-                anyhow::ensure!(std::time::Instant::now() < deadline, "lab link to {ip} did not come up");
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "lab link to {ip} did not come up"
+                );
             }
         }
         Ok(())
@@ -143,13 +203,55 @@ impl ConnectLab {
         let a = &self.addrs;
         let p = a.base_port;
         vec![
-            Scenario { name: "ok (IPv4)", dst: SocketAddr::new(a.server4, p), upload: 0, expect_verdict: "ok", expect_reason: None },
-            Scenario { name: "ok (IPv6)", dst: SocketAddr::new(a.server6, p), upload: 0, expect_verdict: "ok", expect_reason: None },
-            Scenario { name: "refused: closed port (IPv4)", dst: SocketAddr::new(a.server4, p + 1), upload: 0, expect_verdict: "failed", expect_reason: Some("refused") },
-            Scenario { name: "refused: closed port (IPv6)", dst: SocketAddr::new(a.server6, p + 1), upload: 0, expect_verdict: "failed", expect_reason: Some("refused") },
-            Scenario { name: "timeout: SYN dropped", dst: SocketAddr::new(a.server4, p + 2), upload: 0, expect_verdict: "failed", expect_reason: Some("timeout") },
-            Scenario { name: "retransmits: packet loss", dst: SocketAddr::new(a.server4, p + 3), upload: 512 * 1024, expect_verdict: "degraded", expect_reason: Some("retransmits") },
-            Scenario { name: "unreachable: ICMP host unreachable", dst: SocketAddr::new(a.server4, p + 4), upload: 0, expect_verdict: "failed", expect_reason: Some("unreachable") },
+            Scenario {
+                name: "ok (IPv4)",
+                dst: SocketAddr::new(a.server4, p),
+                upload: 0,
+                expect_verdict: "ok",
+                expect_reason: None,
+            },
+            Scenario {
+                name: "ok (IPv6)",
+                dst: SocketAddr::new(a.server6, p),
+                upload: 0,
+                expect_verdict: "ok",
+                expect_reason: None,
+            },
+            Scenario {
+                name: "refused: closed port (IPv4)",
+                dst: SocketAddr::new(a.server4, p + 1),
+                upload: 0,
+                expect_verdict: "failed",
+                expect_reason: Some("refused"),
+            },
+            Scenario {
+                name: "refused: closed port (IPv6)",
+                dst: SocketAddr::new(a.server6, p + 1),
+                upload: 0,
+                expect_verdict: "failed",
+                expect_reason: Some("refused"),
+            },
+            Scenario {
+                name: "timeout: SYN dropped",
+                dst: SocketAddr::new(a.server4, p + 2),
+                upload: 0,
+                expect_verdict: "failed",
+                expect_reason: Some("timeout"),
+            },
+            Scenario {
+                name: "retransmits: packet loss",
+                dst: SocketAddr::new(a.server4, p + 3),
+                upload: 512 * 1024,
+                expect_verdict: "degraded",
+                expect_reason: Some("retransmits"),
+            },
+            Scenario {
+                name: "unreachable: ICMP host unreachable",
+                dst: SocketAddr::new(a.server4, p + 4),
+                upload: 0,
+                expect_verdict: "failed",
+                expect_reason: Some("unreachable"),
+            },
         ]
     }
 

@@ -13,15 +13,18 @@ pub fn deploy_dir() -> PathBuf {
 
 /// Every YAML document of `path` as JSON values.
 pub fn yaml_docs(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
 /// The agent container of the base DaemonSet.
 pub fn daemonset_container() -> anyhow::Result<Value> {
     let path = deploy_dir().join("kubernetes/base/daemonset.yaml");
-    let ds = yaml_docs(&path)?.into_iter().find(|d| d["kind"] == "DaemonSet").context("no DaemonSet")?;
+    let ds =
+        yaml_docs(&path)?.into_iter().find(|d| d["kind"] == "DaemonSet").context("no DaemonSet")?;
     Ok(ds["spec"]["template"]["spec"]["containers"][0].clone())
 }
 
@@ -30,7 +33,9 @@ pub fn daemonset_container() -> anyhow::Result<Value> {
 pub fn daemonset_capabilities() -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let c = daemonset_container()?;
     let caps = &c["securityContext"]["capabilities"];
-    let list = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect() };
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+    };
     Ok((list(&caps["drop"]), list(&caps["add"])))
 }
 
@@ -40,7 +45,11 @@ pub fn unit_capabilities() -> anyhow::Result<Vec<String>> {
     Ok(unit
         .lines()
         .filter_map(|l| l.trim().strip_prefix("CapabilityBoundingSet="))
-        .flat_map(|v| v.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_string()).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split_whitespace()
+                .map(|c| c.trim_start_matches("CAP_").to_string())
+                .collect::<Vec<_>>()
+        })
         .collect())
 }
 
@@ -52,7 +61,20 @@ pub fn setpriv_args(caps: &[String]) -> Vec<String> {
     for c in caps {
         set.push_str(&format!(",+{}", c.to_ascii_lowercase()));
     }
-    ["setpriv", "--bounding-set", &set, "--inh-caps", "-all", "--ambient-caps", "-all", "--no-new-privs", "--"].iter().map(|s| s.to_string()).collect()
+    [
+        "setpriv",
+        "--bounding-set",
+        &set,
+        "--inh-caps",
+        "-all",
+        "--ambient-caps",
+        "-all",
+        "--no-new-privs",
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ pub struct Netns {
 impl Netns {
     /// A fresh namespace named `eo<pid>-<role>-<n>` with loopback up.
     pub fn new(role: &str) -> anyhow::Result<Self> {
-        let name = format!("eo{}-{role}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name =
+            format!("eo{}-{role}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         sh(&mut cmd("ip", &["netns", "add", &name]))?;
         let ns = Self { name };
         ns.run(&["ip", "link", "set", "lo", "up"])?;
@@ -62,7 +63,11 @@ impl Netns {
     }
 
     /// `spawn` and wait.
-    pub fn within<T: Send + 'static>(&self, thread_name: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    pub fn within<T: Send + 'static>(
+        &self,
+        thread_name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         self.spawn(thread_name, f)?.join().map_err(|_| anyhow::anyhow!("thread panicked"))?
     }
 }
@@ -86,8 +91,17 @@ impl Veth {
     pub fn link(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) -> anyhow::Result<Self> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         // Interface names: ≤ 15 bytes, unique per pair.
-        let (a_if, b_if) = (format!("eoa{}x{n}", std::process::id() % 100_000), format!("eob{}x{n}", std::process::id() % 100_000));
-        sh(&mut cmd("ip", &["link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name]))?;
+        let (a_if, b_if) = (
+            format!("eoa{}x{n}", std::process::id() % 100_000),
+            format!("eob{}x{n}", std::process::id() % 100_000),
+        );
+        sh(&mut cmd(
+            "ip",
+            &[
+                "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if,
+                "netns", &b.name,
+            ],
+        ))?;
         for (ns, ifname, addrs) in [(a, &a_if, a_addrs), (b, &b_if, b_addrs)] {
             for addr in addrs {
                 let fam = if addr.contains(':') { "-6" } else { "-4" };
@@ -119,14 +133,20 @@ impl<'a> Rule<'a> {
         let mut args = vec![bin, "-w", "-t", table, "-A"];
         args.extend_from_slice(spec);
         ns.run(&args)?;
-        Ok(Self { ns, v6, table: table.to_string(), spec: spec.iter().map(|s| s.to_string()).collect() })
+        Ok(Self {
+            ns,
+            v6,
+            table: table.to_string(),
+            spec: spec.iter().map(|s| s.to_string()).collect(),
+        })
     }
 }
 
 impl Drop for Rule<'_> {
     fn drop(&mut self) {
         let bin = if self.v6 { "ip6tables" } else { "iptables" };
-        let mut args = vec![bin.to_string(), "-w".into(), "-t".into(), self.table.clone(), "-D".into()];
+        let mut args =
+            vec![bin.to_string(), "-w".into(), "-t".into(), self.table.clone(), "-D".into()];
         args.extend(self.spec.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let _ = self.ns.command(&refs).output();

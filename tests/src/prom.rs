@@ -59,14 +59,26 @@ pub struct AlertRule {
 
 /// Alerting rules of a Prometheus rule file, in file order.
 pub fn alert_rules(path: &Path) -> anyhow::Result<Vec<AlertRule>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: Value = serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let map = |x: &Value| -> Labels { x.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect() };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let map = |x: &Value| -> Labels {
+        x.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect()
+    };
     let mut out = Vec::new();
     for g in v["groups"].as_array().context("no groups")? {
         for r in g["rules"].as_array().into_iter().flatten() {
             if let Some(name) = r["alert"].as_str() {
-                out.push(AlertRule { name: name.to_string(), labels: map(&r["labels"]), annotations: map(&r["annotations"]) });
+                out.push(AlertRule {
+                    name: name.to_string(),
+                    labels: map(&r["labels"]),
+                    annotations: map(&r["annotations"]),
+                });
             }
         }
     }
@@ -83,7 +95,9 @@ pub fn render(template: &str, labels: &Labels) -> anyhow::Result<String> {
         out.push_str(&rest[..i]);
         let end = rest[i..].find("}}").context("unclosed {{")? + i;
         let inner = rest[i + 2..end].trim();
-        let Some(name) = inner.strip_prefix("$labels.") else { bail!("template {{{{ {inner} }}}} is not $labels.NAME: {template}") };
+        let Some(name) = inner.strip_prefix("$labels.") else {
+            bail!("template {{{{ {inner} }}}} is not $labels.NAME: {template}")
+        };
         out.push_str(labels.get(name).map_or("", String::as_str));
         rest = &rest[end + 2..];
     }
@@ -93,7 +107,11 @@ pub fn render(template: &str, labels: &Labels) -> anyhow::Result<String> {
 
 /// Exposition text → series (`name{labels}` with `extra` labels merged in,
 /// sorted) → value, for metric names `keep` accepts.
-pub fn parse_exposition(text: &str, extra: &Labels, keep: &dyn Fn(&str) -> bool) -> BTreeMap<String, f64> {
+pub fn parse_exposition(
+    text: &str,
+    extra: &Labels,
+    keep: &dyn Fn(&str) -> bool,
+) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
         let Some((series, value)) = line.rsplit_once(' ') else { continue };
@@ -179,7 +197,11 @@ impl Recording {
     pub fn sum(&self, i: usize, name: &str, want: &[(&str, &str)]) -> f64 {
         let Some(Some(s)) = self.samples.get(i) else { return 0.0 };
         s.iter()
-            .filter(|(k, _)| k.split_once('{').is_some_and(|(n, l)| n == name && want.iter().all(|(a, b)| l.contains(&format!("{a}=\"{b}\"")))))
+            .filter(|(k, _)| {
+                k.split_once('{').is_some_and(|(n, l)| {
+                    n == name && want.iter().all(|(a, b)| l.contains(&format!("{a}=\"{b}\"")))
+                })
+            })
             .map(|(_, v)| v)
             .sum()
     }
@@ -187,17 +209,33 @@ impl Recording {
     /// The promtool unit-test file. `rule_file` as it should appear in
     /// `rule_files` (relative to the test file, or absolute); `rules` the
     /// alerting rules of that file (for labels and annotations).
-    pub fn promtool_test(&self, rule_file: &str, rules: &[AlertRule], header: &str) -> anyhow::Result<String> {
+    pub fn promtool_test(
+        &self,
+        rule_file: &str,
+        rules: &[AlertRule],
+        header: &str,
+    ) -> anyhow::Result<String> {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let mut y = String::new();
         for l in header.lines() {
             y.push_str(&format!("# {l}\n"));
         }
-        y.push_str("#\n# Phases (sample = minute of promtool time; real seconds since the start):\n");
+        y.push_str(
+            "#\n# Phases (sample = minute of promtool time; real seconds since the start):\n",
+        );
         for p in &self.phases {
             let real = |i: usize| self.real_s.get(i).copied().unwrap_or(0.0);
-            let exp: Vec<String> = p.expect.iter().map(|e| format!("{}{:?}", e.alert, e.labels)).collect();
-            y.push_str(&format!("#   {:>3}m-{:>3}m  real {:>6.1}s-{:>6.1}s  {:<34} fires: {}\n", p.start, p.end - 1, real(p.start), real(p.end - 1), p.name, if exp.is_empty() { "nothing".into() } else { exp.join(", ") }));
+            let exp: Vec<String> =
+                p.expect.iter().map(|e| format!("{}{:?}", e.alert, e.labels)).collect();
+            y.push_str(&format!(
+                "#   {:>3}m-{:>3}m  real {:>6.1}s-{:>6.1}s  {:<34} fires: {}\n",
+                p.start,
+                p.end - 1,
+                real(p.start),
+                real(p.end - 1),
+                p.name,
+                if exp.is_empty() { "nothing".into() } else { exp.join(", ") }
+            ));
         }
         y.push_str(&format!("rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n", q(rule_file)));
         let mut all: BTreeSet<&String> = BTreeSet::new();
@@ -205,20 +243,44 @@ impl Recording {
             all.extend(s.keys());
         }
         let target = self.target_labels();
-        let up_series = format!("up{{{}}}", target.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect::<Vec<_>>().join(","));
-        let ups: Vec<&str> = self.samples.iter().map(|s| if s.is_some() { "1" } else { "0" }).collect();
-        y.push_str(&format!("      - series: {}\n        values: {}\n", q(&up_series), q(&ups.join(" "))));
+        let up_series = format!(
+            "up{{{}}}",
+            target.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect::<Vec<_>>().join(",")
+        );
+        let ups: Vec<&str> =
+            self.samples.iter().map(|s| if s.is_some() { "1" } else { "0" }).collect();
+        y.push_str(&format!(
+            "      - series: {}\n        values: {}\n",
+            q(&up_series),
+            q(&ups.join(" "))
+        ));
         for series in all {
-            let vals: Vec<String> = self.samples.iter().map(|s| s.as_ref().and_then(|m| m.get(series)).map_or_else(|| "_".into(), |v| format!("{v}"))).collect();
-            y.push_str(&format!("      - series: {}\n        values: {}\n", q(series), q(&vals.join(" "))));
+            let vals: Vec<String> = self
+                .samples
+                .iter()
+                .map(|s| {
+                    s.as_ref()
+                        .and_then(|m| m.get(series))
+                        .map_or_else(|| "_".into(), |v| format!("{v}"))
+                })
+                .collect();
+            y.push_str(&format!(
+                "      - series: {}\n        values: {}\n",
+                q(series),
+                q(&vals.join(" "))
+            ));
         }
         y.push_str("    alert_rule_test:\n");
         for p in &self.phases {
             for &at in &p.checks {
                 y.push_str(&format!("      # phase {:?}, sample {at}\n", p.name));
                 for rule in rules {
-                    y.push_str(&format!("      - eval_time: {at}m\n        alertname: {}\n", rule.name));
-                    let mine: Vec<&Expected> = p.expect.iter().filter(|e| e.alert == rule.name).collect();
+                    y.push_str(&format!(
+                        "      - eval_time: {at}m\n        alertname: {}\n",
+                        rule.name
+                    ));
+                    let mine: Vec<&Expected> =
+                        p.expect.iter().filter(|e| e.alert == rule.name).collect();
                     if mine.is_empty() {
                         y.push_str("        exp_alerts: []\n");
                         continue;
@@ -235,7 +297,10 @@ impl Recording {
                         render_labels.insert("alertname".into(), rule.name.clone());
                         y.push_str("            exp_annotations:\n");
                         for (k, t) in &rule.annotations {
-                            y.push_str(&format!("              {k}: {}\n", q(&render(t, &render_labels)?)));
+                            y.push_str(&format!(
+                                "              {k}: {}\n",
+                                q(&render(t, &render_labels)?)
+                            ));
                         }
                     }
                 }
@@ -247,8 +312,13 @@ impl Recording {
 
 /// `promtool test rules FILE`: Ok(output) if it passed.
 pub fn promtool_test_rules(file: &Path) -> anyhow::Result<String> {
-    let out = std::process::Command::new("promtool").args(["test", "rules"]).arg(file).output().context("promtool (Debian package prometheus)")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(file)
+        .output()
+        .context("promtool (Debian package prometheus)")?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         bail!("promtool test rules {} failed:\n{text}", file.display());
     }
@@ -267,7 +337,8 @@ pub fn promtool_check_metrics(exposition: &str) -> anyhow::Result<String> {
         .context("promtool")?;
     child.stdin.take().context("stdin")?.write_all(exposition.as_bytes())?;
     let out = child.wait_with_output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         bail!("promtool check metrics failed:\n{text}");
     }
@@ -290,7 +361,10 @@ mod tests {
     #[test]
     fn render_substitutes_labels_only() {
         let l = labels(&[("hop", "gce-proxy")]);
-        assert_eq!(render("hop {{ $labels.hop }} {{$labels.none}}!", &l).expect("ok"), "hop gce-proxy !");
+        assert_eq!(
+            render("hop {{ $labels.hop }} {{$labels.none}}!", &l).expect("ok"),
+            "hop gce-proxy !"
+        );
         assert!(render("{{ $value }}", &l).is_err());
     }
 
@@ -299,10 +373,22 @@ mod tests {
         let mut r = Recording::new("egress-agent", "n:1");
         r.push(Some("m 1\n"), 0.0, &|_| true);
         r.push(None, 1.0, &|_| true);
-        r.phases.push(Phase { name: "p".into(), start: 0, end: 2, expect: vec![], checks: vec![1] });
-        let rules = vec![AlertRule { name: "A".into(), labels: Labels::new(), annotations: Labels::new() }];
+        r.phases.push(Phase {
+            name: "p".into(),
+            start: 0,
+            end: 2,
+            expect: vec![],
+            checks: vec![1],
+        });
+        let rules =
+            vec![AlertRule { name: "A".into(), labels: Labels::new(), annotations: Labels::new() }];
         let y = r.promtool_test("rules.yml", &rules, "h").expect("yaml");
-        assert!(y.contains("\"up{instance=\\\"n:1\\\",job=\\\"egress-agent\\\"}\"\n        values: \"1 0\""), "{y}");
+        assert!(
+            y.contains(
+                "\"up{instance=\\\"n:1\\\",job=\\\"egress-agent\\\"}\"\n        values: \"1 0\""
+            ),
+            "{y}"
+        );
         assert!(y.contains("values: \"1 _\""), "{y}");
         assert!(y.contains("eval_time: 1m\n        alertname: A\n        exp_alerts: []"), "{y}");
     }

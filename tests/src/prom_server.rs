@@ -36,7 +36,11 @@ impl PromServer {
     /// Start Prometheus scraping `target` as job `job` every `every`, and
     /// evaluating `rules` (file text) at the same interval.
     pub fn start(target: SocketAddr, job: &str, rules: &str, every: &str) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("eo-prometheus-{}-{}", std::process::id(), free_port()?));
+        let dir = std::env::temp_dir().join(format!(
+            "eo-prometheus-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::write(dir.join("rules.yml"), rules)?;
         let config = format!(
@@ -94,8 +98,20 @@ impl PromServer {
 
     /// Instant query (`q` URL-safe: letters, digits, `_{}="`, no spaces).
     pub fn query(&self, q: &str) -> anyhow::Result<Vec<Value>> {
-        let enc: String = q.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
-        Ok(self.api(&format!("/api/v1/query?query={enc}"))?["result"].as_array().cloned().unwrap_or_default())
+        let enc: String = q
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        Ok(self.api(&format!("/api/v1/query?query={enc}"))?["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

@@ -42,13 +42,16 @@ impl Server {
                         let mut sink = [0u8; 16 * 1024];
                         while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
             Ok(())
         })?;
-        rx.recv_timeout(Duration::from_secs(5)).map_err(|_| anyhow::anyhow!("server on {addr} did not start"))?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow::anyhow!("server on {addr} did not start"))?;
         Ok(Self { addr, stop, handle: Some(handle) })
     }
 }
@@ -72,7 +75,13 @@ pub struct ClientResult {
 
 /// Connect from inside `ns` on a thread named `comm`, send `upload` bytes,
 /// read to EOF, close.
-pub fn fetch(ns: &Netns, comm: &str, addr: SocketAddr, upload: usize, timeout: Duration) -> anyhow::Result<ClientResult> {
+pub fn fetch(
+    ns: &Netns,
+    comm: &str,
+    addr: SocketAddr,
+    upload: usize,
+    timeout: Duration,
+) -> anyhow::Result<ClientResult> {
     ns.within(comm, move || {
         let t0 = Instant::now();
         match TcpStream::connect_timeout(&addr, timeout) {

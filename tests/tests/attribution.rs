@@ -48,7 +48,9 @@ fn connections_are_attributed_to_pod_container_or_unit() {
         cg.enter(child.id()).expect("enter cgroup");
         assert!(child.wait().expect("wait").success(), "{layout:?}: client failed");
         let pid = u64::from(child.id());
-        let rec = agent.wait_for(Duration::from_secs(10), |v| v["pid"].as_u64() == Some(pid)).unwrap_or_else(|e| panic!("{layout:?}: {e:#}"));
+        let rec = agent
+            .wait_for(Duration::from_secs(10), |v| v["pid"].as_u64() == Some(pid))
+            .unwrap_or_else(|e| panic!("{layout:?}: {e:#}"));
         assert_eq!(rec["verdict"], "ok", "{layout:?}: {rec}");
         match layout {
             Layout::Unit => {
@@ -57,11 +59,21 @@ fn connections_are_attributed_to_pod_container_or_unit() {
             }
             _ => {
                 assert_eq!(rec["pod_uid"].as_str(), Some(cg.pod_uid.as_str()), "{layout:?}: {rec}");
-                assert_eq!(rec["container_id"].as_str(), Some(cg.container_id.as_str()), "{layout:?}: {rec}");
+                assert_eq!(
+                    rec["container_id"].as_str(),
+                    Some(cg.container_id.as_str()),
+                    "{layout:?}: {rec}"
+                );
             }
         }
-        assert!(rec["cgroup"].as_str().is_some_and(|p| cg.path().ends_with(p.trim_start_matches('/'))), "{rec}");
-        assert_eq!(rec["dst_class"], "public", "198.19/16 is outside the default private ranges: {rec}");
+        assert!(
+            rec["cgroup"].as_str().is_some_and(|p| cg.path().ends_with(p.trim_start_matches('/'))),
+            "{rec}"
+        );
+        assert_eq!(
+            rec["dst_class"], "public",
+            "198.19/16 is outside the default private ranges: {rec}"
+        );
     }
     drop(agent);
 }

@@ -36,12 +36,12 @@ use std::{
 
 use egress_tests::{
     Agent, AgentMode, Netns, Veth,
+    agent::{free_port, metric_sum},
+    cgroups::{Layout, TestCgroup},
     fake_apiserver::{
         FakeApiServer, Kubeconfig,
         objects::{self, PodSpec},
     },
-    agent::{free_port, metric_sum},
-    cgroups::{Layout, TestCgroup},
     netns::Rule,
     require_root,
 };
@@ -89,7 +89,10 @@ fn client_pod(uid: &str, container_id: &str) -> Value {
         ip: CLIENT_IP,
         owner: Some(("apps/v1", "ReplicaSet", &format!("{DEPLOY}-{TEMPLATE_HASH}"))),
         labels: json!({"app": DEPLOY, "pod-template-hash": TEMPLATE_HASH}),
-        containers: vec![(CONTAINER, "python:3.12-slim", container_id.to_string()), (SIDECAR, "fluent-bit:3.0", SIDECAR_CID.to_string())],
+        containers: vec![
+            (CONTAINER, "python:3.12-slim", container_id.to_string()),
+            (SIDECAR, "fluent-bit:3.0", SIDECAR_CID.to_string()),
+        ],
         host_ip: Some(ROUTER_OUT),
         ..PodSpec::default()
     })
@@ -100,7 +103,13 @@ fn service() -> Value {
 }
 
 fn endpoint_slice() -> Value {
-    objects::endpoint_slice(NS, &format!("{SVC}-x8k2d"), SVC, BACKEND_PORT, &[(BACKEND_IP, Some((BACKEND_POD, BACKEND_UID.to_string(), OTHER_NODE)))])
+    objects::endpoint_slice(
+        NS,
+        &format!("{SVC}-x8k2d"),
+        SVC,
+        BACKEND_PORT,
+        &[(BACKEND_IP, Some((BACKEND_POD, BACKEND_UID.to_string(), OTHER_NODE)))],
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -114,7 +123,10 @@ struct Backend {
 
 impl Backend {
     fn start(outside: &Netns, at: SocketAddr) -> Backend {
-        let listener = outside.within("eo-kn-backend", move || TcpListener::bind(at)).expect("backend thread").expect("bind backend");
+        let listener = outside
+            .within("eo-kn-backend", move || TcpListener::bind(at))
+            .expect("backend thread")
+            .expect("bind backend");
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
@@ -184,7 +196,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn field_addr(rec: &Value, field: &str) -> SocketAddr {
-    rec[field].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{field} is no ip:port: {rec}"))
+    rec[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{field} is no ip:port: {rec}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -198,8 +213,15 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
     let client = Netns::new("knc").expect("client ns");
     let router = Netns::new("knr").expect("router ns");
     let outside = Netns::new("kno").expect("outside ns");
-    Veth::link(&client, &[&format!("{CLIENT_IP}/24")], &router, &[&format!("{ROUTER_IN}/24")]).expect("client veth");
-    let out = Veth::link(&router, &[&format!("{ROUTER_OUT}/24")], &outside, &[&format!("{BACKEND_IP}/24")]).expect("outside veth");
+    Veth::link(&client, &[&format!("{CLIENT_IP}/24")], &router, &[&format!("{ROUTER_IN}/24")])
+        .expect("client veth");
+    let out = Veth::link(
+        &router,
+        &[&format!("{ROUTER_OUT}/24")],
+        &outside,
+        &[&format!("{BACKEND_IP}/24")],
+    )
+    .expect("outside veth");
     client.run(&["ip", "route", "add", "default", "via", ROUTER_IN]).expect("client route");
     router.sysctl("net.ipv4.ip_forward", "1").expect("ip_forward");
     let dport = SVC_PORT.to_string();
@@ -208,10 +230,24 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
         &router,
         false,
         "nat",
-        &["PREROUTING", "-d", &format!("{CLUSTER_IP}/32"), "-p", "tcp", "--dport", &dport, "-j", "DNAT", "--to-destination", &backend],
+        &[
+            "PREROUTING",
+            "-d",
+            &format!("{CLUSTER_IP}/32"),
+            "-p",
+            "tcp",
+            "--dport",
+            &dport,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &backend,
+        ],
     )
     .expect("DNAT rule");
-    let _masq = Rule::add(&router, false, "nat", &["POSTROUTING", "-o", &out.a_if, "-j", "MASQUERADE"]).expect("MASQUERADE rule");
+    let _masq =
+        Rule::add(&router, false, "nat", &["POSTROUTING", "-o", &out.a_if, "-j", "MASQUERADE"])
+            .expect("MASQUERADE rule");
     let _backend = Backend::start(&outside, sa(BACKEND_IP, BACKEND_PORT));
 
     // The pod: a kubelet-shaped cgroup (systemd driver, burstable QoS).
@@ -225,7 +261,12 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
         objects::node(NODE, ROUTER_OUT, None),
         objects::node(OTHER_NODE, "198.18.42.3", None),
     ]);
-    let collections = ["/api/v1/pods", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices", "/api/v1/nodes"];
+    let collections = [
+        "/api/v1/pods",
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/nodes",
+    ];
     let kubeconfig = Kubeconfig::write(api.addr);
 
     let agent_args = vec![
@@ -241,14 +282,17 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
     let mut watch = Agent::start(AgentMode::Watch(agent_args.clone())).expect("watch agent");
     api.wait_watched(&collections, 1, READY, &watch);
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port().expect("free port")));
-    let mut run = Agent::start(AgentMode::Run { metrics: metrics_addr, extra: agent_args }).expect("run agent");
+    let mut run = Agent::start(AgentMode::Run { metrics: metrics_addr, extra: agent_args })
+        .expect("run agent");
     api.wait_watched(&collections, 2, READY, &run);
     let ready_at = started.elapsed();
 
     // The pods were listed for this node only.
     let reqs = api.requests();
     assert!(
-        reqs.iter().any(|r| r.starts_with("GET /api/v1/pods?") && r.contains(&format!("fieldSelector=spec.nodeName={NODE}")) && !r.contains("watch=")),
+        reqs.iter().any(|r| r.starts_with("GET /api/v1/pods?")
+            && r.contains(&format!("fieldSelector=spec.nodeName={NODE}"))
+            && !r.contains("watch=")),
         "pods listed with the node's field selector:\n{}",
         reqs.join("\n")
     );
@@ -256,7 +300,9 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
     // The bar: pod → ClusterIP, DNAT'ed to the backend and masqueraded.
     let cluster = sa(CLUSTER_IP, SVC_PORT);
     let pid = connect_from_pod(&client, &cg, cluster);
-    let rec = watch.wait_for(RECORD, |v| v["pid"].as_u64() == Some(pid)).expect("watch record of the ClusterIP flow");
+    let rec = watch
+        .wait_for(RECORD, |v| v["pid"].as_u64() == Some(pid))
+        .expect("watch record of the ClusterIP flow");
     eprintln!("watch -o json: {rec}");
     assert_eq!(rec["phase"], "connect", "{rec}");
     assert_eq!(rec["verdict"], "ok", "{rec}");
@@ -270,7 +316,11 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
     assert_eq!(field_addr(&rec, "dst"), cluster, "dst is what connect() asked for: {rec}");
     assert_eq!(rec["dst_name"], format!("{NS}/{SVC}:{SVC_PORT}"), "{rec}");
     assert_eq!(rec["dst_class"], "service", "{rec}");
-    assert_eq!(field_addr(&rec, "dst_actual"), sa(BACKEND_IP, BACKEND_PORT), "the backend behind the DNAT: {rec}");
+    assert_eq!(
+        field_addr(&rec, "dst_actual"),
+        sa(BACKEND_IP, BACKEND_PORT),
+        "the backend behind the DNAT: {rec}"
+    );
     let snat = field_addr(&rec, "snat");
     assert_eq!(snat.ip(), ip(ROUTER_OUT), "MASQUERADE'd to the router's outside address: {rec}");
     assert_ne!(snat.port(), 0, "{rec}");
@@ -279,7 +329,9 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
     // remote is the pod behind the Service.
     let direct = sa(BACKEND_IP, BACKEND_PORT);
     let pid2 = connect_from_pod(&client, &cg, direct);
-    let rec2 = watch.wait_for(RECORD, |v| v["pid"].as_u64() == Some(pid2)).expect("watch record of the direct flow");
+    let rec2 = watch
+        .wait_for(RECORD, |v| v["pid"].as_u64() == Some(pid2))
+        .expect("watch record of the direct flow");
     eprintln!("watch -o json: {rec2}");
     assert_eq!(rec2["verdict"], "ok", "{rec2}");
     assert_eq!(rec2["namespace"], NS, "{rec2}");
@@ -291,27 +343,52 @@ fn pod_flow_to_dnat_clusterip_is_attributed_end_to_end() {
     assert_eq!(field_addr(&rec2, "snat").ip(), ip(ROUTER_OUT), "{rec2}");
 
     // The same flows in egress_connections_total, with bounded labels only.
-    let via_run = run.wait_for(RECORD, |v| v["pid"].as_u64() == Some(pid)).expect("run --log-flows record (ClusterIP flow)");
+    let via_run = run
+        .wait_for(RECORD, |v| v["pid"].as_u64() == Some(pid))
+        .expect("run --log-flows record (ClusterIP flow)");
     assert_eq!(via_run["dst_name"], rec["dst_name"], "{via_run}");
     assert_eq!(field_addr(&via_run, "snat").ip(), ip(ROUTER_OUT), "{via_run}");
-    run.wait_for(RECORD, |v| v["pid"].as_u64() == Some(pid2)).expect("run --log-flows record (direct flow)");
+    run.wait_for(RECORD, |v| v["pid"].as_u64() == Some(pid2))
+        .expect("run --log-flows record (direct flow)");
     // A record is counted before it is printed: both are in by now.
     let text = run.http_get("/metrics").expect("GET /metrics");
     let workload = format!("Deployment/{DEPLOY}");
     let who = [("namespace", NS), ("workload", workload.as_str())];
     let count = |class: &str| {
-        metric_sum(&text, "egress_connections_total", &[who[0], who[1], ("dst_class", class), ("result", "ok"), ("reason", "")])
+        metric_sum(
+            &text,
+            "egress_connections_total",
+            &[who[0], who[1], ("dst_class", class), ("result", "ok"), ("reason", "")],
+        )
     };
-    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("egress_connections_total{")).collect();
+    let series: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("egress_connections_total{")).collect();
     assert_eq!(count("service"), 1.0, "the ClusterIP flow, once:\n{}", series.join("\n"));
     assert_eq!(count("pod"), 1.0, "the direct flow, once:\n{}", series.join("\n"));
-    assert_eq!(metric_sum(&text, "egress_connections_total", &who), 2.0, "nothing else from this pod:\n{}", series.join("\n"));
+    assert_eq!(
+        metric_sum(&text, "egress_connections_total", &who),
+        2.0,
+        "nothing else from this pod:\n{}",
+        series.join("\n")
+    );
     for unbounded in [POD, CLIENT_IP, CLUSTER_IP, BACKEND_IP, BACKEND_POD, cg.pod_uid.as_str()] {
-        assert!(!series.iter().any(|l| l.contains(unbounded)), "no per-pod/per-IP label ({unbounded}) by default:\n{}", series.join("\n"));
+        assert!(
+            !series.iter().any(|l| l.contains(unbounded)),
+            "no per-pod/per-IP label ({unbounded}) by default:\n{}",
+            series.join("\n")
+        );
     }
     for resource in ["pods", "services", "endpointslices", "nodes"] {
-        assert_eq!(metric_sum(&text, "egress_kube_watch_up", &[("resource", resource)]), 1.0, "{resource} watch up\n{text}");
-        assert_eq!(metric_sum(&text, "egress_kube_objects_malformed_total", &[("resource", resource)]), 0.0, "{resource}: real-shaped JSON decodes\n{text}");
+        assert_eq!(
+            metric_sum(&text, "egress_kube_watch_up", &[("resource", resource)]),
+            1.0,
+            "{resource} watch up\n{text}"
+        );
+        assert_eq!(
+            metric_sum(&text, "egress_kube_objects_malformed_total", &[("resource", resource)]),
+            0.0,
+            "{resource}: real-shaped JSON decodes\n{text}"
+        );
     }
     assert_eq!(metric_sum(&text, "egress_kube_objects", &[("resource", "pods")]), 1.0, "{text}");
     assert_eq!(metric_sum(&text, "egress_kube_objects", &[("resource", "nodes")]), 2.0, "{text}");

@@ -30,6 +30,12 @@ fn every_fault_is_named_at_its_hop() {
     faults::print(&rows);
     for r in &rows {
         assert!(r.ok, "{}: expected {}, agent said {}", r.fault, r.expected, r.got);
-        assert!(r.lag_s <= r.lag_limit_s, "{}: verdict {:.1} s after the client saw it (bound {:.1} s)", r.fault, r.lag_s, r.lag_limit_s);
+        assert!(
+            r.lag_s <= r.lag_limit_s,
+            "{}: verdict {:.1} s after the client saw it (bound {:.1} s)",
+            r.fault,
+            r.lag_s,
+            r.lag_limit_s
+        );
     }
 }

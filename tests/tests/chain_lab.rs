@@ -6,7 +6,10 @@ use std::{
 };
 
 use egress_tests::{
-    chain_lab::{ChainLab, ChainLabConfig, Cidr, CurlResult, DirectEgress, Hop, LabLink, LogMark, OriginName, wait_output},
+    chain_lab::{
+        ChainLab, ChainLabConfig, Cidr, CurlResult, DirectEgress, Hop, LabLink, LogMark,
+        OriginName, wait_output,
+    },
     require_root,
 };
 
@@ -31,7 +34,10 @@ fn config() -> ChainLabConfig {
 }
 
 fn show(what: &str, r: &CurlResult) -> String {
-    format!("{what}: exit {:?}, CONNECT {}, HTTP {}, {:?}, headers {:?}\n{}", r.exit_code, r.connect_status, r.http_status, r.elapsed, r.proxy_headers, r.stderr)
+    format!(
+        "{what}: exit {:?}, CONNECT {}, HTTP {}, {:?}, headers {:?}\n{}",
+        r.exit_code, r.connect_status, r.http_status, r.elapsed, r.proxy_headers, r.stderr
+    )
 }
 
 fn assert_squid_error(what: &str, r: &CurlResult, status: u16, error: &str) {
@@ -49,21 +55,38 @@ fn chain_lab_every_fault_end_to_end() {
     eprintln!("lab up in {:?}", t0.elapsed());
     let (h1, h2) = (cfg.hop1_hostname.as_str(), cfg.hop2_hostname.as_str());
     let timeout_bound = cfg.connect_timeout + Duration::from_secs(2);
-    let log = |hop, m: &LogMark, target: &str| lab.wait_access_log(hop, m, &format!(" {target} "), Duration::from_secs(3)).expect("access log line");
+    let log = |hop, m: &LogMark, target: &str| {
+        lab.wait_access_log(hop, m, &format!(" {target} "), Duration::from_secs(3))
+            .expect("access log line")
+    };
     assert!(lab.node_netns_path().exists());
 
     // Healthy: CONNECT 200 at both hops, the origin's answer through the tunnel.
     let m = lab.log_mark();
     let r = lab.curl_via_chain(&cfg.healthy.name).expect("curl");
-    assert_eq!((r.exit_code, r.connect_status, r.http_status), (Some(0), 200, 200), "{}", show("healthy", &r));
+    assert_eq!(
+        (r.exit_code, r.connect_status, r.http_status),
+        (Some(0), 200, 200),
+        "{}",
+        show("healthy", &r)
+    );
     assert!(r.body.starts_with(&cfg.banner), "{}", show("healthy", &r));
     let target = lab.target(&cfg.healthy.name);
     let l1 = log(Hop::One, &m, &target);
-    assert!(l1.contains("TCP_TUNNEL/200 ") && l1.contains(&format!("FIRSTUP_PARENT/{}", cfg.gce_ip)), "{l1}");
-    assert!(l1.contains(&format!(" {} ", cfg.app_ip)), "hop 1 sees the client pod IP through the DNAT: {l1}");
+    assert!(
+        l1.contains("TCP_TUNNEL/200 ") && l1.contains(&format!("FIRSTUP_PARENT/{}", cfg.gce_ip)),
+        "{l1}"
+    );
+    assert!(
+        l1.contains(&format!(" {} ", cfg.app_ip)),
+        "hop 1 sees the client pod IP through the DNAT: {l1}"
+    );
     let l2 = log(Hop::Two, &m, &target);
     assert!(l2.contains(&format!("HIER_DIRECT/{}", cfg.healthy.ip)), "{l2}");
-    assert!(l2.contains(&format!(" {} ", cfg.proxy_pod_ip)), "hop 2 sees the proxy pod IP (no SNAT on the node): {l2}");
+    assert!(
+        l2.contains(&format!(" {} ", cfg.proxy_pod_ip)),
+        "hop 2 sees the proxy pod IP (no SNAT on the node): {l2}"
+    );
 
     // Direct (bypass) egress: allowed → through the NAT; rejected → at once.
     let r = lab.curl_direct(cfg.healthy.ip).expect("curl");
@@ -83,28 +106,50 @@ fn chain_lab_every_fault_end_to_end() {
         let rf = s.spawn(|| lab.curl_via_chain(&cfg.refused.name));
         let bh = s.spawn(|| lab.curl_via_chain(&cfg.blackhole.name));
         let di = s.spawn(|| lab.curl_direct(cfg.healthy.ip));
-        let j = |h: std::thread::ScopedJoinHandle<'_, anyhow::Result<CurlResult>>| h.join().expect("thread").expect("curl");
+        let j = |h: std::thread::ScopedJoinHandle<'_, anyhow::Result<CurlResult>>| {
+            h.join().expect("thread").expect("curl")
+        };
         (j(d1), j(d2), j(rf), j(bh), j(di))
     });
     eprintln!("ACL/origin/direct round in {:?}", t.elapsed());
     // Hop 1 denies itself: its own Via, and it never opens a connection upstream.
     assert_squid_error("denied at hop1", &d1, 403, "ERR_ACCESS_DENIED 0");
-    assert_eq!(d1.header("Via"), Some(format!("1.1 {h1} (squid/5.7)").as_str()), "{}", show("deny1", &d1));
+    assert_eq!(
+        d1.header("Via"),
+        Some(format!("1.1 {h1} (squid/5.7)").as_str()),
+        "{}",
+        show("deny1", &d1)
+    );
     assert!(log(Hop::One, &m, &lab.target(&cfg.denied_at_hop1)).contains("TCP_DENIED/403"));
     assert!(!lab.access_log(Hop::Two).contains(&cfg.denied_at_hop1), "hop 2 never saw it");
     // Hop 2 denies: hop 1 relays hop 2's answer unchanged (hop 2's Via only).
     assert_squid_error("denied at hop2", &d2, 403, "ERR_ACCESS_DENIED 0");
-    assert_eq!(d2.header("Via"), Some(format!("1.1 {h2} (squid/5.7)").as_str()), "{}", show("deny2", &d2));
+    assert_eq!(
+        d2.header("Via"),
+        Some(format!("1.1 {h2} (squid/5.7)").as_str()),
+        "{}",
+        show("deny2", &d2)
+    );
     assert!(log(Hop::One, &m, &lab.target(&cfg.denied_at_hop2)).contains("TCP_TUNNEL/403"));
     assert!(log(Hop::Two, &m, &lab.target(&cfg.denied_at_hop2)).contains("TCP_DENIED/403"));
     // Origin refused / blackholed behind the NAT: hop 2's 503, relayed.
     assert_squid_error("origin refused", &refused, 503, "ERR_CONNECT_FAIL 111");
-    assert!(log(Hop::Two, &m, &lab.target(&cfg.refused.name)).contains(&format!("/503 0 CONNECT {}", lab.target(&cfg.refused.name))));
+    assert!(
+        log(Hop::Two, &m, &lab.target(&cfg.refused.name))
+            .contains(&format!("/503 0 CONNECT {}", lab.target(&cfg.refused.name)))
+    );
     assert_squid_error("origin blackholed", &blackhole, 503, "ERR_CONNECT_FAIL 110");
     assert!(blackhole.elapsed < timeout_bound, "{}", show("origin blackholed", &blackhole));
-    assert!(log(Hop::One, &m, &lab.target(&cfg.blackhole.name)).contains("TCP_TUNNEL/503"), "relayed from the parent");
+    assert!(
+        log(Hop::One, &m, &lab.target(&cfg.blackhole.name)).contains("TCP_TUNNEL/503"),
+        "relayed from the parent"
+    );
     // Direct egress dropped at the node: the kernel gives up (SYN timeout).
-    assert!(matches!(direct.exit_code, Some(7 | 28)) && direct.http_status == 0, "{}", show("direct dropped", &direct));
+    assert!(
+        matches!(direct.exit_code, Some(7 | 28)) && direct.http_status == 0,
+        "{}",
+        show("direct dropped", &direct)
+    );
     lab.restore().expect("restore");
 
     // Hop 2 down: hop 1 answers 503 itself (its log: NONE_NONE, not TCP_TUNNEL).
@@ -144,7 +189,11 @@ fn chain_lab_every_fault_end_to_end() {
     // Hop 1 blackholed: the client's SYNs go unanswered; the kernel gives up.
     lab.hop1_blackhole().expect("hop1 blackhole");
     let r = lab.curl_via_chain(&cfg.healthy.name).expect("curl");
-    assert!(matches!(r.exit_code, Some(7 | 28)) && r.connect_status == 0, "{}", show("hop1 blackholed", &r));
+    assert!(
+        matches!(r.exit_code, Some(7 | 28)) && r.connect_status == 0,
+        "{}",
+        show("hop1 blackholed", &r)
+    );
     assert!(r.elapsed < timeout_bound, "{}", show("hop1 blackholed", &r));
     lab.restore().expect("restore");
 
@@ -152,7 +201,15 @@ fn chain_lab_every_fault_end_to_end() {
     lab.lossy_link(LabLink::NodeGce, 0.1).expect("lossy");
     let mut ok = 0;
     for _ in 0..3 {
-        let r = lab.run_client(&lab.curl_via_chain_args(&cfg.healthy.name, "/bytes/100000").iter().map(String::as_str).collect::<Vec<_>>(), Duration::from_secs(30)).expect("curl");
+        let r = lab
+            .run_client(
+                &lab.curl_via_chain_args(&cfg.healthy.name, "/bytes/100000")
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+                Duration::from_secs(30),
+            )
+            .expect("curl");
         let r = CurlResult::parse(&r);
         ok += usize::from(r.http_status == 200 && r.body.len() > 100_000);
     }
@@ -163,10 +220,14 @@ fn chain_lab_every_fault_end_to_end() {
 
     // A gated client keeps its PID from the gate to the program (for cgroups).
     let args = lab.curl_via_chain_args(&cfg.healthy.name, "/");
-    let gated = lab.spawn_client_gated(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect("gated");
+    let gated = lab
+        .spawn_client_gated(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .expect("gated");
     let pid = gated.pid();
     // Parked at the gate: the shell, not curl yet.
-    let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+    let comm = || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+    };
     let deadline = Instant::now() + Duration::from_secs(3);
     while comm() != "sh" && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -180,9 +241,11 @@ fn chain_lab_every_fault_end_to_end() {
 
     // Teardown leaves nothing behind.
     let names: Vec<String> = lab.ns.all().iter().map(|n| n.name.clone()).collect();
-    let squids: Vec<u32> = [Hop::One, Hop::Two].into_iter().filter_map(|h| lab.squid_pid(h)).collect();
+    let squids: Vec<u32> =
+        [Hop::One, Hop::Two].into_iter().filter_map(|h| lab.squid_pid(h)).collect();
     drop(lab);
-    let list = egress_tests::sh(&mut egress_tests::cmd("ip", &["netns", "list"])).expect("ip netns list");
+    let list =
+        egress_tests::sh(&mut egress_tests::cmd("ip", &["netns", "list"])).expect("ip netns list");
     for n in &names {
         assert!(!list.lines().any(|l| l.split_whitespace().next() == Some(n)), "{n} left behind");
     }
@@ -194,7 +257,10 @@ fn chain_lab_every_fault_end_to_end() {
 }
 
 #[test]
-#[allow(clippy::zombie_processes, reason = "the panic is the point: the lab's teardown kills the client, and a zombie until reaped is accepted below")]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the panic is the point: the lab's teardown kills the client, and a zombie until reaped is accepted below"
+)]
 fn chain_lab_is_removed_on_panic() {
     require_root!();
     let cfg = ChainLabConfig {
@@ -220,13 +286,17 @@ fn chain_lab_is_removed_on_panic() {
     assert!(res.is_err());
     let (names, pids) = seen.into_inner().expect("seen");
     assert_eq!(names.len(), 7, "app, node, proxy-pod, gce, nat, internet, dns");
-    let list = egress_tests::sh(&mut egress_tests::cmd("ip", &["netns", "list"])).expect("ip netns list");
+    let list =
+        egress_tests::sh(&mut egress_tests::cmd("ip", &["netns", "list"])).expect("ip netns list");
     for n in &names {
         assert!(!list.lines().any(|l| l.split_whitespace().next() == Some(n)), "{n} left behind");
     }
     for p in pids {
         // Killed; at most a zombie until reaped.
         let state = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        assert!(state.is_empty() || state.split_whitespace().nth(2) == Some("Z"), "{p} still alive: {state}");
+        assert!(
+            state.is_empty() || state.split_whitespace().nth(2) == Some("Z"),
+            "{p} still alive: {state}"
+        );
     }
 }

@@ -27,8 +27,16 @@ use serde_json::Value;
 
 /// Run the CLI; (exit code, stdout, stderr).
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin()).args(args).stdin(Stdio::null()).output().expect("run egress-agent");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(agent_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run egress-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `flows -o json` with `extra`: the array.
@@ -37,13 +45,20 @@ fn flows(sock: &str, extra: &[&str]) -> Vec<Value> {
     args.extend_from_slice(extra);
     let (code, out, err) = cli(&args);
     assert_eq!(code, 0, "flows {extra:?}: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("flows {extra:?} is not a JSON array ({e}):\n{out}"));
+    let v: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("flows {extra:?} is not a JSON array ({e}):\n{out}"));
     v.as_array().cloned().expect("array")
 }
 
 /// A child whose stdout lines arrive on a channel.
 fn spawn_lines(args: &[&str]) -> (Child, Receiver<String>, Receiver<String>) {
-    let mut child = Command::new(agent_bin()).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = Command::new(agent_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let (tx, rx) = channel();
     let stdout = child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -79,11 +94,17 @@ fn wait_line(rx: &Receiver<String>, within: Duration, pred: impl Fn(&str) -> boo
     panic!("no matching line within {within:?}; saw:\n{}", seen.join("\n"));
 }
 
-fn collect(rx: &Receiver<String>, within: Duration, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+fn collect(
+    rx: &Receiver<String>,
+    within: Duration,
+    until: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
     while !until(&got) {
-        let left = deadline.checked_duration_since(Instant::now()).unwrap_or_else(|| panic!("stream incomplete after {within:?}: {got:#?}"));
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("stream incomplete after {within:?}: {got:#?}"));
         if let Ok(l) = rx.recv_timeout(left) {
             got.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")));
         }
@@ -112,7 +133,11 @@ impl Lab {
 }
 
 fn chain_of(agent: &mut Agent, pid: u64) -> Value {
-    agent.wait_for(Duration::from_secs(10), |v| v["record"] == "chain" && v["pid"].as_u64() == Some(pid)).expect("chain record")
+    agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["record"] == "chain" && v["pid"].as_u64() == Some(pid)
+        })
+        .expect("chain record")
 }
 
 #[test]
@@ -134,7 +159,8 @@ fn cli_against_the_running_agent() {
         peer_connect_fail_limit: 1000,
         ..ChainLabConfig::default()
     };
-    let hop1 = TestCgroup::new(Layout::Systemd { qos: Some("burstable") }, 711).expect("hop1 cgroup");
+    let hop1 =
+        TestCgroup::new(Layout::Systemd { qos: Some("burstable") }, 711).expect("hop1 cgroup");
     let hop2 = TestCgroup::new(Layout::Unit, 712).expect("hop2 cgroup");
     let client = TestCgroup::new(Layout::Cgroupfs { qos: None }, 713).expect("client cgroup");
     let mut cfg = cfg;
@@ -144,10 +170,15 @@ fn cli_against_the_running_agent() {
     std::fs::create_dir_all(&dir).expect("dir");
     let conf = dir.join("agent.yaml");
     std::fs::write(&conf, agent_config(&cfg, &hop1, &hop2)).expect("config");
-    let lab = Lab { lab: ChainLab::new(cfg.clone()).expect("lab"), client, _hops: [hop1, hop2], conf };
+    let lab =
+        Lab { lab: ChainLab::new(cfg.clone()).expect("lab"), client, _hops: [hop1, hop2], conf };
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().expect("port")));
     let sock = api_socket_for(&metrics).display().to_string();
-    let mut agent = Agent::start(AgentMode::Run { metrics, extra: vec!["--config".into(), lab.conf.display().to_string()] }).expect("agent");
+    let mut agent = Agent::start(AgentMode::Run {
+        metrics,
+        extra: vec!["--config".into(), lab.conf.display().to_string()],
+    })
+    .expect("agent");
 
     // A watcher that follows the daemon, before any traffic.
     let (mut watcher, wrx, werr) = spawn_lines(&["watch", "--api-socket", &sock, "-o", "jsonl"]);
@@ -165,8 +196,13 @@ fn cli_against_the_running_agent() {
     // ---- flows: the snapshot, and each filter ----
     let all = flows(&sock, &[]);
     assert!(all.iter().all(|v| v["record"] == "flow"), "flows prints flow records");
-    let client_flows: Vec<&Value> = all.iter().filter(|v| pids.contains(&v["pid"].as_u64().unwrap_or(0))).collect();
-    assert_eq!(client_flows.len(), pids.len(), "one shown flow per client request: {client_flows:#?}");
+    let client_flows: Vec<&Value> =
+        all.iter().filter(|v| pids.contains(&v["pid"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(
+        client_flows.len(),
+        pids.len(),
+        "one shown flow per client request: {client_flows:#?}"
+    );
     let check = |extra: &[&str], pred: &dyn Fn(&Value) -> bool| {
         let got = flows(&sock, extra);
         assert!(!got.is_empty(), "{extra:?} matched nothing");
@@ -179,20 +215,30 @@ fn cli_against_the_running_agent() {
     check(&["--verdict", "ok"], &|v| v["verdict"] == "ok");
     check(&["--reason", "proxy_denied"], &|v| v["reason"] == "proxy_denied");
     check(&["--hop", "gce-proxy"], &|v| v["hop"] == "gce-proxy");
-    let pod_uid = client_flows[0]["pod_uid"].as_str().expect("client pod uid from its cgroup").to_string();
+    let pod_uid =
+        client_flows[0]["pod_uid"].as_str().expect("client pod uid from its cgroup").to_string();
     let by_pod = check(&["--pod", &pod_uid], &|v| v["pod_uid"] == pod_uid.as_str());
     assert_eq!(by_pod.len(), pids.len());
-    check(&["--dst", &healthy], &|v| v["target"].as_str().is_some_and(|t| t.starts_with(&format!("{healthy}:"))));
+    check(&["--dst", &healthy], &|v| {
+        v["target"].as_str().is_some_and(|t| t.starts_with(&format!("{healthy}:")))
+    });
     let cluster = format!("{}/32", cfg.cluster_ip);
-    check(&["--dst", &cluster], &|v| v["dst"].as_str().is_some_and(|d| d.starts_with(&format!("{}:", cfg.cluster_ip))));
-    check(&["--port", "8080"], &|v| v["dst"].as_str().is_some_and(|d| d.ends_with(":8080")) || v["target"].as_str().is_some_and(|t| t.ends_with(":8080")));
+    check(&["--dst", &cluster], &|v| {
+        v["dst"].as_str().is_some_and(|d| d.starts_with(&format!("{}:", cfg.cluster_ip)))
+    });
+    check(&["--port", "8080"], &|v| {
+        v["dst"].as_str().is_some_and(|d| d.ends_with(":8080"))
+            || v["target"].as_str().is_some_and(|t| t.ends_with(":8080"))
+    });
     assert!(flows(&sock, &["-n", "no-such-namespace"]).is_empty());
     assert!(flows(&sock, &["--workload", "no-such-workload"]).is_empty());
     let last2 = flows(&sock, &["--last", "2"]);
     assert_eq!(last2, all[all.len() - 2..].to_vec(), "--last keeps the newest");
     let chains = flows(&sock, &["--chains", "--dst", &denied]);
     assert_eq!(chains.len(), 3, "{chains:#?}");
-    assert!(chains.iter().all(|c| c["record"] == "chain" && c["failed_hop"] == "gce-proxy" && c["reason"] == "proxy_denied"));
+    assert!(chains.iter().all(|c| c["record"] == "chain"
+        && c["failed_hop"] == "gce-proxy"
+        && c["reason"] == "proxy_denied"));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(flows(&sock, &["--since", "1s"]).is_empty(), "--since excludes older records");
     // Unknown filter values are refused with the accepted ones listed.
@@ -204,22 +250,34 @@ fn cli_against_the_running_agent() {
     // JSON lines.
     let (code, out, _) = cli(&["flows", "--api-socket", &sock, "-o", "jsonl", "--last", "3"]);
     assert_eq!(code, 0);
-    assert_eq!(out.lines().map(|l| serde_json::from_str::<Value>(l).expect("line")).collect::<Vec<_>>(), all[all.len() - 3..].to_vec());
+    assert_eq!(
+        out.lines().map(|l| serde_json::from_str::<Value>(l).expect("line")).collect::<Vec<_>>(),
+        all[all.len() - 3..].to_vec()
+    );
 
     // ---- watch followed the daemon: same records, same order ----
-    let want: Vec<String> = flows(&sock, &[]).iter().map(|v| v["flow_id"].as_str().unwrap_or("").to_string()).collect();
-    let streamed = collect(&wrx, Duration::from_secs(5), |got| got.iter().filter(|v| v["record"] == "flow").count() >= want.len());
-    let ids: Vec<String> = streamed.iter().filter(|v| v["record"] == "flow").map(|v| v["flow_id"].as_str().unwrap_or("").to_string()).collect();
+    let want: Vec<String> =
+        flows(&sock, &[]).iter().map(|v| v["flow_id"].as_str().unwrap_or("").to_string()).collect();
+    let streamed = collect(&wrx, Duration::from_secs(5), |got| {
+        got.iter().filter(|v| v["record"] == "flow").count() >= want.len()
+    });
+    let ids: Vec<String> = streamed
+        .iter()
+        .filter(|v| v["record"] == "flow")
+        .map(|v| v["flow_id"].as_str().unwrap_or("").to_string())
+        .collect();
     assert_eq!(ids, want, "watch streams flows in the order the agent made them");
     let _ = watcher.kill();
     let _ = watcher.wait();
 
     // ---- flows -f: the last N of the history, then live ----
-    let (mut follower, frx, _ferr) = spawn_lines(&["flows", "-f", "--last", "1", "--api-socket", &sock, "-o", "jsonl"]);
+    let (mut follower, frx, _ferr) =
+        spawn_lines(&["flows", "-f", "--last", "1", "--api-socket", &sock, "-o", "jsonl"]);
     let first = collect(&frx, Duration::from_secs(5), |g| !g.is_empty());
     assert_eq!(first[0]["flow_id"], all[all.len() - 1]["flow_id"]);
     let pid = lab.request(&healthy);
-    let live = collect(&frx, Duration::from_secs(5), |g| g.iter().any(|v| v["pid"].as_u64() == Some(pid)));
+    let live =
+        collect(&frx, Duration::from_secs(5), |g| g.iter().any(|v| v["pid"].as_u64() == Some(pid)));
     assert!(!live.is_empty());
     let _ = follower.kill();
     let _ = follower.wait();
@@ -229,14 +287,26 @@ fn cli_against_the_running_agent() {
     assert_eq!(code, 0, "{err}");
     eprintln!("explain {denied}:443\n{out}");
     let conclusion = out.lines().find(|l| l.starts_with("Conclusion: ")).expect("conclusion");
-    assert!(conclusion.starts_with("Conclusion: failing at hop gce-proxy: 403 proxy_denied since "), "{conclusion}");
+    assert!(
+        conclusion.starts_with("Conclusion: failing at hop gce-proxy: 403 proxy_denied since "),
+        "{conclusion}"
+    );
     assert!(conclusion.ends_with("3 of 3 attempts"), "{conclusion}");
     assert!(out.contains("gke-squid") && out.contains("client->gke-squid"), "hop by hop: {out}");
     let (code, out, _) = cli(&["explain", &healthy, "--api-socket", &sock, "-o", "json"]);
     assert_eq!(code, 0);
     let e: Value = serde_json::from_str(&out).expect("explain json");
-    assert_eq!((e["state"].as_str(), e["attempts"].as_u64(), e["failures"].as_u64()), (Some("healthy"), Some(3), Some(0)), "{e:#}");
-    assert!(e["conclusion"].as_str().is_some_and(|c| c.starts_with("healthy: last attempt ok via gke-squid > gce-proxy > internet")), "{e:#}");
+    assert_eq!(
+        (e["state"].as_str(), e["attempts"].as_u64(), e["failures"].as_u64()),
+        (Some("healthy"), Some(3), Some(0)),
+        "{e:#}"
+    );
+    assert!(
+        e["conclusion"].as_str().is_some_and(
+            |c| c.starts_with("healthy: last attempt ok via gke-squid > gce-proxy > internet")
+        ),
+        "{e:#}"
+    );
     let (code, _, err) = cli(&["explain", "nothing-here.cli-lab.test", "--api-socket", &sock]);
     assert_eq!(code, 3, "no recent flows is its own exit code: {err}");
     assert!(err.contains("no recent flows"), "{err}");
@@ -252,12 +322,30 @@ fn cli_against_the_running_agent() {
     assert_eq!(code, 1);
     assert!(err.contains("no agent is serving") && err.contains("standalone"), "{err}");
     let conf = lab.conf.display().to_string();
-    let (mut solo, srx, serr) = spawn_lines(&["watch", "--api-socket", &sock, "--duration", "20", "-o", "jsonl", "--config", &conf]);
-    wait_line(&serr, Duration::from_secs(30), |l| l.contains("standalone mode, probes loaded by this process"));
+    let (mut solo, srx, serr) = spawn_lines(&[
+        "watch",
+        "--api-socket",
+        &sock,
+        "--duration",
+        "20",
+        "-o",
+        "jsonl",
+        "--config",
+        &conf,
+    ]);
+    wait_line(&serr, Duration::from_secs(30), |l| {
+        l.contains("standalone mode, probes loaded by this process")
+    });
     let pid = lab.request(&healthy);
-    let got = collect(&srx, Duration::from_secs(10), |g| g.iter().any(|v| v["pid"].as_u64() == Some(pid)));
+    let got = collect(&srx, Duration::from_secs(10), |g| {
+        g.iter().any(|v| v["pid"].as_u64() == Some(pid))
+    });
     let rec = got.iter().find(|v| v["pid"].as_u64() == Some(pid)).expect("record");
-    assert_eq!((rec["verdict"].as_str(), rec["hop"].as_str()), (Some("ok"), Some("gke-squid")), "{rec}");
+    assert_eq!(
+        (rec["verdict"].as_str(), rec["hop"].as_str()),
+        (Some("ok"), Some("gke-squid")),
+        "{rec}"
+    );
     let _ = solo.kill();
     let _ = solo.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -273,7 +361,8 @@ fn table_in_tmux(sock: &str, width: usize, records: usize) {
     };
     let bin = agent_bin().display().to_string();
     let script = format!("{bin} flows --api-socket {sock}; echo EO-DONE; sleep 60");
-    let (ok, _) = tmux(&["new-session", "-d", "-x", &width.to_string(), "-y", "100", "sh", "-c", &script]);
+    let (ok, _) =
+        tmux(&["new-session", "-d", "-x", &width.to_string(), "-y", "100", "sh", "-c", &script]);
     assert!(ok, "tmux new-session");
     let (_, pid) = tmux(&["display-message", "-p", "#{pid}"]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -291,19 +380,33 @@ fn table_in_tmux(sock: &str, width: usize, records: usize) {
         unsafe { libc::kill(p, libc::SIGTERM) };
     }
     let lines: Vec<&str> = pane.lines().take_while(|l| !l.starts_with("EO-DONE")).collect();
-    assert_eq!(lines.len(), records + 1, "{width} columns: header + one line per record, nothing wrapped:\n{pane}");
+    assert_eq!(
+        lines.len(),
+        records + 1,
+        "{width} columns: header + one line per record, nothing wrapped:\n{pane}"
+    );
     let header = lines[0];
-    let starts: Vec<usize> = header.char_indices().filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' ')).map(|(i, _)| i).collect();
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
+        .collect();
     assert!(starts.len() >= 5, "{header}");
     for row in &lines[1..] {
         assert!(row.chars().count() <= width, "{width}: row wider than the terminal:\n{row}");
         let chars: Vec<char> = row.chars().collect();
         for &at in &starts[1..] {
-            assert!(chars.get(at - 1).is_none_or(|c| *c == ' '), "{width} columns: misaligned at {at}:\n{header}\n{row}");
+            assert!(
+                chars.get(at - 1).is_none_or(|c| *c == ' '),
+                "{width} columns: misaligned at {at}:\n{header}\n{row}"
+            );
         }
     }
     assert!(coloured.contains("\u{1b}["), "verdicts are coloured on a terminal");
-    eprintln!("flows at {width} columns:\n{}", lines.iter().take(6).copied().collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "flows at {width} columns:\n{}",
+        lines.iter().take(6).copied().collect::<Vec<_>>().join("\n")
+    );
 }
 
 /// The kubectl plugin with a real kubectl (Kubernetes' release binary,
@@ -319,7 +422,9 @@ fn kubectl_plugin_finds_the_agent_of_the_node() {
     };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let plugin = root.join("deploy/kubectl-plugin/kubectl-egress");
-    let kubectl = std::env::var_os("EGRESS_KUBECTL").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target/tools/kubectl/bin/kubectl"));
+    let kubectl = std::env::var_os("EGRESS_KUBECTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/tools/kubectl/bin/kubectl"));
     assert!(kubectl.exists(), "{} missing: run `cargo xtask setup`", kubectl.display());
     let pod = |seed: u32, ns: &str, name: &str, node: &str, app: &str| {
         objects::pod(&PodSpec {
@@ -353,14 +458,21 @@ fn kubectl_plugin_finds_the_agent_of_the_node() {
             .stdin(Stdio::null())
             .output()
             .expect("plugin");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, out, err) = run(&["flows", "--pod", "payments/api-7d9f", "--verdict", "failed"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("exec -n egress-observer egress-agent-d3e4f -c agent -- egress-agent flows --verdict failed -n payments --pod api-7d9f"), "{out}");
     let (code, out, err) = run(&["explain", "login.example.test:443", "--node", "node-a"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("egress-agent-a1b2c -c agent -- egress-agent explain login.example.test:443"), "{out}");
+    assert!(
+        out.contains("egress-agent-a1b2c -c agent -- egress-agent explain login.example.test:443"),
+        "{out}"
+    );
     let (code, _, err) = run(&["flows"]);
     assert_eq!(code, Some(2), "several agents: the user must choose");
     assert!(err.contains("--node node-a") && err.contains("--node node-b"), "{err}");
@@ -368,7 +480,12 @@ fn kubectl_plugin_finds_the_agent_of_the_node() {
     assert_eq!(code, Some(1));
     assert!(err.contains("no egress-agent pod on node node-z"), "{err}");
     let reqs = api.requests();
-    assert!(reqs.iter().any(|r| r.contains("/api/v1/namespaces/egress-observer/pods") && r.contains("fieldSelector=spec.nodeName=node-b") && r.contains("labelSelector=app.kubernetes.io/name=egress-agent")), "{reqs:#?}");
+    assert!(
+        reqs.iter().any(|r| r.contains("/api/v1/namespaces/egress-observer/pods")
+            && r.contains("fieldSelector=spec.nodeName=node-b")
+            && r.contains("labelSelector=app.kubernetes.io/name=egress-agent")),
+        "{reqs:#?}"
+    );
     let _ = std::fs::remove_dir_all(&home);
 }
 
@@ -376,14 +493,27 @@ fn kubectl_plugin_finds_the_agent_of_the_node() {
 /// pod and exec'ing needs a kube-apiserver that serves exec; not tested).
 #[test]
 fn kubectl_plugin_usage() {
-    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubectl-plugin/kubectl-egress");
+    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubectl-plugin/kubectl-egress");
     let run = |args: &[&str]| {
-        let out = Command::new("bash").arg(&plugin).args(args).env("KUBECTL", "/bin/false").stdin(Stdio::null()).output().expect("plugin");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new("bash")
+            .arg(&plugin)
+            .args(args)
+            .env("KUBECTL", "/bin/false")
+            .stdin(Stdio::null())
+            .output()
+            .expect("plugin");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, out, _) = run(&["-h"]);
     assert_eq!(code, Some(0));
-    for w in ["watch|flows|explain|check", "--node NODE", "--pod NS/NAME", "--context", "--kubeconfig"] {
+    for w in
+        ["watch|flows|explain|check", "--node NODE", "--pod NS/NAME", "--context", "--kubeconfig"]
+    {
         assert!(out.contains(w), "help lacks {w}:\n{out}");
     }
     let (code, _, err) = run(&["frobnicate"]);

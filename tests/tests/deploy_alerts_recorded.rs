@@ -56,14 +56,28 @@ fn each_fault_fires_its_alert_and_healthy_traffic_none() {
     let dir = std::env::temp_dir().join(format!("eo-alerts-recorded-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let file = dir.join("lab-recorded.test.yml");
-    let yaml = rec.promtool_test(&rules_path.display().to_string(), &rules, &header("")).expect("test file");
+    let yaml = rec
+        .promtool_test(&rules_path.display().to_string(), &rules, &header(""))
+        .expect("test file");
     std::fs::write(&file, &yaml).expect("write");
     for p in &rec.phases {
-        eprintln!("{:<34} samples {:>3}..{:<3} expect {:?}", p.name, p.start, p.end, p.expect.iter().map(|e| (&e.alert, &e.labels)).collect::<Vec<_>>());
+        eprintln!(
+            "{:<34} samples {:>3}..{:<3} expect {:?}",
+            p.name,
+            p.start,
+            p.end,
+            p.expect.iter().map(|e| (&e.alert, &e.labels)).collect::<Vec<_>>()
+        );
     }
     let tested = promtool_test_rules(&file);
     if std::env::var("EGRESS_UPDATE_FIXTURES").is_ok_and(|v| v == "1") && tested.is_ok() {
-        let y = rec.promtool_test("../rules.yml", &rules, &header("Rule file: ../rules.yml (the real rules, unchanged).")).expect("test file");
+        let y = rec
+            .promtool_test(
+                "../rules.yml",
+                &rules,
+                &header("Rule file: ../rules.yml (the real rules, unchanged)."),
+            )
+            .expect("test file");
         std::fs::create_dir_all(committed().parent().expect("dir")).expect("mkdir");
         std::fs::write(committed(), y).expect("write fixture");
         promtool_test_rules(&committed()).unwrap_or_else(|e| panic!("{e:#}"));
@@ -84,9 +98,25 @@ fn each_fault_fires_its_alert_and_healthy_traffic_none() {
     std::fs::write(&scrape, &rec.last_scrape).expect("scrape");
     let out = promtool_check_metrics(&rec.last_scrape).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("promtool check metrics: ok {}", out.trim());
-    let out = Command::new("python3").arg(deploy_dir().join("validate.py")).arg("--metrics-file").arg(&scrape).output().expect("validate.py");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    eprintln!("{}", text.lines().filter(|l| l.contains("== 6") || l.contains(": in the scrape") || l.contains("FAIL") || l.contains("validate:") || l.contains("note")).collect::<Vec<_>>().join("\n"));
+    let out = Command::new("python3")
+        .arg(deploy_dir().join("validate.py"))
+        .arg("--metrics-file")
+        .arg(&scrape)
+        .output()
+        .expect("validate.py");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("== 6")
+                || l.contains(": in the scrape")
+                || l.contains("FAIL")
+                || l.contains("validate:")
+                || l.contains("note"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(out.status.success(), "deploy/validate.py --metrics-file (lab scrape) failed:\n{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,7 +26,11 @@ use egress_tests::{
 use serde_json::Value;
 
 fn firing(alerts: &[Value]) -> Vec<String> {
-    alerts.iter().filter(|a| a["state"] == "firing").map(|a| format!("{}{}", a["labels"]["alertname"].as_str().unwrap_or("?"), a["labels"])).collect()
+    alerts
+        .iter()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| format!("{}{}", a["labels"]["alertname"].as_str().unwrap_or("?"), a["labels"]))
+        .collect()
 }
 
 #[test]
@@ -36,7 +40,8 @@ fn prometheus_fires_hop_down_for_a_stopped_hop() {
     let rig = Rig::new(971).expect("lab");
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().expect("port")));
     let agent = Agent::start(AgentMode::Run { metrics, extra: rig.agent_args() }).expect("agent");
-    let prom = PromServer::start(metrics, JOB, &rules_with_short_for(&rules, "5s"), "1s").expect("prometheus");
+    let prom = PromServer::start(metrics, JOB, &rules_with_short_for(&rules, "5s"), "1s")
+        .expect("prometheus");
     eprintln!("prometheus on {} (dir {})", prom.addr, prom.dir().display());
 
     let current = Mutex::new(Some(Request::Chain(rig.cfg.healthy.name.clone())));
@@ -49,9 +54,17 @@ fn prometheus_fires_hop_down_for_a_stopped_hop() {
             // Healthy traffic for 20 s: the target is up, nothing fires.
             std::thread::sleep(Duration::from_secs(20));
             let up = prom.query("up{job=\"egress-agent\"}")?;
-            anyhow::ensure!(up.len() == 1 && up[0]["value"][1] == "1", "target up: {up:?}\n{}", prom.log());
-            let ok = prom.query("sum(egress_connections_total{hop=\"gke-squid\",result=\"ok\"})")?;
-            eprintln!("healthy: up=1, ok connects to gke-squid so far: {}", ok.first().map_or(Value::Null, |v| v["value"][1].clone()));
+            anyhow::ensure!(
+                up.len() == 1 && up[0]["value"][1] == "1",
+                "target up: {up:?}\n{}",
+                prom.log()
+            );
+            let ok =
+                prom.query("sum(egress_connections_total{hop=\"gke-squid\",result=\"ok\"})")?;
+            eprintln!(
+                "healthy: up=1, ok connects to gke-squid so far: {}",
+                ok.first().map_or(Value::Null, |v| v["value"][1].clone())
+            );
             let healthy_firing = firing(&prom.alerts()?);
             // Fault: hop 2's Squid stopped; clients keep requesting.
             rig.lab.hop_down(Hop::Two)?;
@@ -59,10 +72,18 @@ fn prometheus_fires_hop_down_for_a_stopped_hop() {
             let deadline = t + Duration::from_secs(120);
             loop {
                 let alerts = prom.alerts()?;
-                if let Some(a) = alerts.iter().find(|a| a["state"] == "firing" && a["labels"]["alertname"] == "EgressHopDown" && a["labels"]["hop"] == "gce-proxy") {
+                if let Some(a) = alerts.iter().find(|a| {
+                    a["state"] == "firing"
+                        && a["labels"]["alertname"] == "EgressHopDown"
+                        && a["labels"]["hop"] == "gce-proxy"
+                }) {
                     return Ok((healthy_firing, a.clone(), t.elapsed().as_secs_f64()));
                 }
-                anyhow::ensure!(Instant::now() < deadline, "EgressHopDown{{hop=gce-proxy}} not firing within 120 s; alerts: {alerts:?}\n{}", prom.log());
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "EgressHopDown{{hop=gce-proxy}} not firing within 120 s; alerts: {alerts:?}\n{}",
+                    prom.log()
+                );
                 std::thread::sleep(Duration::from_secs(1));
             }
         })();
@@ -77,7 +98,10 @@ fn prometheus_fires_hop_down_for_a_stopped_hop() {
     let summary = alert["annotations"]["summary"].as_str().unwrap_or("");
     assert!(summary.contains("gce-proxy"), "the summary names the hop: {summary}");
     let others = firing(&prom.alerts().expect("alerts"));
-    assert!(others.iter().all(|a| !a.contains("gke-squid") && !a.contains("internet")), "only the broken hop is blamed: {others:?}");
+    assert!(
+        others.iter().all(|a| !a.contains("gke-squid") && !a.contains("internet")),
+        "only the broken hop is blamed: {others:?}"
+    );
     drop(prom);
     assert!(agent.stop().expect("stop"));
     rig.lab.restore().expect("restore");

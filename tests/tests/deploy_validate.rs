@@ -3,7 +3,11 @@
 //! metric name the rules and the dashboard use against the exposition.
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-use egress_tests::{Agent, AgentMode, agent::{agent_bin, free_port}, require_root};
+use egress_tests::{
+    Agent, AgentMode,
+    agent::{agent_bin, free_port},
+    require_root,
+};
 
 #[test]
 fn deploy_validates_against_a_real_scrape() {
@@ -35,7 +39,8 @@ fn deploy_validates_against_a_real_scrape() {
         .output()
         .expect("python3 deploy/validate.py");
     let _ = std::fs::remove_dir_all(&dir);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("{text}");
     assert!(out.status.success(), "deploy/validate.py failed:\n{text}");
 }

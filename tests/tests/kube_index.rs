@@ -10,10 +10,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_agent::attribution::kube::{KubeIndex, KubeOptions, KubeTuning, RemoteClass, RemoteMeta, Workload};
+use egress_agent::attribution::kube::{
+    KubeIndex, KubeOptions, KubeTuning, RemoteClass, RemoteMeta, Workload,
+};
 use egress_tests::fake_apiserver::{
     FakeApiServer, Kubeconfig, Mode,
-    objects::{self as fixtures, Cluster, NODE_A, NODE_A_EXTERNAL_IP, NODE_A_IP, NODE_B, NODE_B_IP, cid, uid},
+    objects::{
+        self as fixtures, Cluster, NODE_A, NODE_A_EXTERNAL_IP, NODE_A_IP, NODE_B, NODE_B_IP, cid,
+        uid,
+    },
 };
 use prometheus::Registry;
 use serde_json::json;
@@ -44,7 +49,11 @@ async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool
 }
 
 fn tuning(pod_retention: Duration) -> KubeTuning {
-    KubeTuning { pod_retention, backoff_min: Duration::from_millis(50), backoff_max: Duration::from_millis(200) }
+    KubeTuning {
+        pod_retention,
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+    }
 }
 
 fn on_node(node: &str) -> KubeOptions {
@@ -54,9 +63,11 @@ fn on_node(node: &str) -> KubeOptions {
 /// Waits until every resource is listed with the expected object counts and up.
 async fn synced(registry: &Registry, pods: f64, services: f64, slices: f64, nodes: f64) {
     eventually("all four watches up with the fixture counts", Duration::from_secs(10), || {
-        let counts = [("pods", pods), ("services", services), ("endpointslices", slices), ("nodes", nodes)];
+        let counts =
+            [("pods", pods), ("services", services), ("endpointslices", slices), ("nodes", nodes)];
         counts.iter().all(|(r, n)| {
-            metric(registry, "egress_kube_objects", r) == *n && metric(registry, "egress_kube_watch_up", r) == 1.0
+            metric(registry, "egress_kube_objects", r) == *n
+                && metric(registry, "egress_kube_watch_up", r) == 1.0
         })
     })
     .await;
@@ -75,14 +86,25 @@ async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     let cluster = fixtures::cluster();
     let server = serve(&cluster);
     let registry = Registry::new();
-    let index = KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
-        .expect("start");
+    let index = KubeIndex::start_with(
+        config(&server),
+        &on_node(NODE_A),
+        tuning(Duration::from_secs(60)),
+        &registry,
+    )
+    .expect("start");
     // Node A runs squid, the agent, redis and the report job; squid_b is on node B.
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
 
     let squid = index.pod(&uid(1)).expect("squid pod");
-    assert_eq!((squid.namespace.as_str(), squid.name.as_str()), ("intra-proxy", "squid-proxy-6f9c7b8d4-x2x7q"));
-    assert_eq!(squid.workload, Some(Workload { kind: "Deployment".into(), name: "squid-proxy".into() }));
+    assert_eq!(
+        (squid.namespace.as_str(), squid.name.as_str()),
+        ("intra-proxy", "squid-proxy-6f9c7b8d4-x2x7q")
+    );
+    assert_eq!(
+        squid.workload,
+        Some(Workload { kind: "Deployment".into(), name: "squid-proxy".into() })
+    );
     assert_eq!(squid.container_name(&cid(1)), Some("squid"));
     assert_eq!(squid.container_name(&cid(2)), Some("exporter"));
     assert_eq!(squid.container_name(&format!("containerd://{}", cid(2))), Some("exporter"));
@@ -92,16 +114,26 @@ async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     assert_eq!(squid.node.as_deref(), Some(NODE_A));
     assert_eq!(squid.ip, vec![ip(fixtures::SQUID_IP)]);
     assert_eq!(squid.phase.as_deref(), Some("Running"));
-    assert!(squid.containers.iter().all(|c| c.id.len() == 64 && !c.id.contains(':')), "{:?}", squid.containers);
+    assert!(
+        squid.containers.iter().all(|c| c.id.len() == 64 && !c.id.contains(':')),
+        "{:?}",
+        squid.containers
+    );
 
     let agent = index.pod(&uid(3)).expect("daemonset pod");
-    assert_eq!(agent.workload, Some(Workload { kind: "DaemonSet".into(), name: "egress-agent".into() }));
+    assert_eq!(
+        agent.workload,
+        Some(Workload { kind: "DaemonSet".into(), name: "egress-agent".into() })
+    );
     assert!(agent.host_network);
     let redis = index.pod(&uid(4)).expect("statefulset pod");
     assert_eq!(redis.workload, Some(Workload { kind: "StatefulSet".into(), name: "redis".into() }));
     assert_eq!(redis.container_name(&cid(5)), Some("redis"));
     let report = index.pod(&uid(5)).expect("cronjob pod");
-    assert_eq!(report.workload, Some(Workload { kind: "CronJob".into(), name: "nightly-report".into() }));
+    assert_eq!(
+        report.workload,
+        Some(Workload { kind: "CronJob".into(), name: "nightly-report".into() })
+    );
     assert_eq!(report.container_name(&cid(6)), Some("report"));
     assert_eq!(report.container_name(&cid(60)), Some("report"), "the instance before the restart");
 
@@ -113,20 +145,25 @@ async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     // The pod watch asked the apiserver for this node's pods only. The
     // watch follows the list, a moment later on a loaded machine: wait for it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.requests().iter().any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true")) && Instant::now() < deadline {
+    while !server
+        .requests()
+        .iter()
+        .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let requests = server.requests();
-    let pod_requests: Vec<&String> = requests.iter().filter(|r| r.starts_with("GET /api/v1/pods?")).collect();
+    let pod_requests: Vec<&String> =
+        requests.iter().filter(|r| r.starts_with("GET /api/v1/pods?")).collect();
     assert!(pod_requests.iter().any(|r| r.contains("watch=true")), "{pod_requests:?}");
     assert!(
         pod_requests.iter().all(|r| r.contains(&format!("fieldSelector=spec.nodeName={NODE_A}"))),
         "{pod_requests:?}"
     );
     assert!(
-        requests
-            .iter()
-            .any(|r| r.starts_with("GET /apis/discovery.k8s.io/v1/endpointslices?") && !r.contains("fieldSelector"))
+        requests.iter().any(|r| r.starts_with("GET /apis/discovery.k8s.io/v1/endpointslices?")
+            && !r.contains("fieldSelector"))
     );
 
     // What a sink would print.
@@ -134,8 +171,16 @@ async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     assert_eq!(json["workload"], json!({"kind": "Deployment", "name": "squid-proxy"}));
     assert_eq!(json["containers"][0], json!({"id": cid(1), "name": "squid"}));
     for resource in ["pods", "services", "endpointslices", "nodes"] {
-        assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", resource), 0.0, "{resource}");
-        assert_eq!(metric(&registry, "egress_kube_watch_errors_total", resource), 0.0, "{resource}");
+        assert_eq!(
+            metric(&registry, "egress_kube_objects_malformed_total", resource),
+            0.0,
+            "{resource}"
+        );
+        assert_eq!(
+            metric(&registry, "egress_kube_watch_errors_total", resource),
+            0.0,
+            "{resource}"
+        );
     }
 }
 
@@ -145,8 +190,13 @@ async fn remote_addresses_resolve_to_services_backends_and_nodes() {
     let server = serve(&cluster);
     let registry = Registry::new();
     let all_pods = KubeOptions::default();
-    let index =
-        KubeIndex::start_with(config(&server), &all_pods, tuning(Duration::from_secs(60)), &registry).expect("start");
+    let index = KubeIndex::start_with(
+        config(&server),
+        &all_pods,
+        tuning(Duration::from_secs(60)),
+        &registry,
+    )
+    .expect("start");
     synced(&registry, 5.0, 3.0, 3.0, 2.0).await;
 
     let svc = |ns: &str, name: &str| RemoteMeta {
@@ -161,18 +211,35 @@ async fn remote_addresses_resolve_to_services_backends_and_nodes() {
         name: name.into(),
         service: service.map(Into::into),
     };
-    let node = |name: &str| RemoteMeta { class: RemoteClass::Node, namespace: None, name: name.into(), service: None };
+    let node = |name: &str| RemoteMeta {
+        class: RemoteClass::Node,
+        namespace: None,
+        name: name.into(),
+        service: None,
+    };
 
     // The ClusterIP a client meant, on its port and on any other.
-    assert_eq!(index.remote(ip(fixtures::SQUID_SVC_IP), 3128), Some(svc("intra-proxy", "squid-proxy-service")));
-    assert_eq!(index.remote(ip(fixtures::SQUID_SVC_IP), 80), Some(svc("intra-proxy", "squid-proxy-service")));
+    assert_eq!(
+        index.remote(ip(fixtures::SQUID_SVC_IP), 3128),
+        Some(svc("intra-proxy", "squid-proxy-service"))
+    );
+    assert_eq!(
+        index.remote(ip(fixtures::SQUID_SVC_IP), 80),
+        Some(svc("intra-proxy", "squid-proxy-service"))
+    );
     assert_eq!(index.remote(ip(fixtures::REDIS_SVC_IP), 6379), Some(svc("data", "redis")));
     // The backend it reached, with its Service: on this node and on the other.
     let squid_b = pod("intra-proxy", "squid-proxy-6f9c7b8d4-z9k2m", Some("squid-proxy-service"));
     assert_eq!(index.remote(ip(fixtures::SQUID_B_IP), 3128), Some(squid_b));
-    assert_eq!(index.remote(ip(fixtures::REDIS_IP), 6379), Some(pod("data", "redis-0", Some("redis"))));
+    assert_eq!(
+        index.remote(ip(fixtures::REDIS_IP), 6379),
+        Some(pod("data", "redis-0", Some("redis")))
+    );
     // A pod behind no Service, known from the pod watch.
-    assert_eq!(index.remote(ip(fixtures::REPORT_IP), 8080), Some(pod("batch", "nightly-report-28620000-hx4tq", None)));
+    assert_eq!(
+        index.remote(ip(fixtures::REPORT_IP), 8080),
+        Some(pod("batch", "nightly-report-28620000-hx4tq", None))
+    );
     // A selector-less Service's endpoint (the proxy VM) is that Service.
     assert_eq!(index.remote(ip(fixtures::VM_SVC_IP), 3128), Some(svc("intra-proxy", "vm-squid")));
     assert_eq!(index.remote(ip(fixtures::VM_IP), 3128), Some(svc("intra-proxy", "vm-squid")));
@@ -186,7 +253,10 @@ async fn remote_addresses_resolve_to_services_backends_and_nodes() {
     assert_eq!(index.remote(ip("10.128.2.101"), 3128), None);
 
     let json = serde_json::to_value(index.remote(ip(fixtures::REDIS_IP), 6379)).expect("serialize");
-    assert_eq!(json, json!({"class": "pod", "namespace": "data", "name": "redis-0", "service": "redis"}));
+    assert_eq!(
+        json,
+        json!({"class": "pod", "namespace": "data", "name": "redis-0", "service": "redis"})
+    );
 
     // Live changes: a new Service appears, a slice loses a backend, a node goes.
     server.apply(fixtures::service("default", "kubernetes", "10.12.0.1", 443, None));
@@ -208,7 +278,9 @@ async fn deleted_pod_stays_resolvable_for_the_retention_then_goes() {
     let server = serve(&cluster);
     let registry = Registry::new();
     let retention = Duration::from_millis(1500);
-    let index = KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(retention), &registry).expect("start");
+    let index =
+        KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(retention), &registry)
+            .expect("start");
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
 
     // The index stamps the deletion when it applies the event, after this.
@@ -224,7 +296,8 @@ async fn deleted_pod_stays_resolvable_for_the_retention_then_goes() {
     // Meanwhile: a container restarts (MODIFIED with a new id), a pod is
     // ADDED, and a watch ends and is resumed from its resourceVersion.
     let mut restarted = cluster.squid.clone();
-    restarted["status"]["containerStatuses"][0]["containerID"] = json!(format!("containerd://{}", cid(11)));
+    restarted["status"]["containerStatuses"][0]["containerID"] =
+        json!(format!("containerd://{}", cid(11)));
     restarted["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {"containerID": format!("containerd://{}", cid(1)), "exitCode": 1, "reason": "Error",
                               "startedAt": "2024-06-01T00:00:05Z", "finishedAt": "2024-06-01T00:09:00Z"}});
     server.apply(restarted);
@@ -243,21 +316,43 @@ async fn deleted_pod_stays_resolvable_for_the_retention_then_goes() {
         host_ip: None,
     });
     server.apply(added);
-    eventually("MODIFIED and ADDED applied after the watch resumed", Duration::from_secs(5), || {
-        index.pod(&uid(6)).is_some() && index.pod(&uid(1)).is_some_and(|p| p.container_name(&cid(11)) == Some("squid"))
-    })
+    eventually(
+        "MODIFIED and ADDED applied after the watch resumed",
+        Duration::from_secs(5),
+        || {
+            index.pod(&uid(6)).is_some()
+                && index.pod(&uid(1)).is_some_and(|p| p.container_name(&cid(11)) == Some("squid"))
+        },
+    )
     .await;
     let squid = index.pod(&uid(1)).expect("squid");
-    assert_eq!(squid.container_name(&cid(1)), Some("squid"), "late events of the previous instance");
+    assert_eq!(
+        squid.container_name(&cid(1)),
+        Some("squid"),
+        "late events of the previous instance"
+    );
     assert_eq!(index.remote(ip("10.8.1.13"), 6379).map(|r| r.name), Some("redis-1".into()));
 
-    assert!(index.pod(&uid(4)).is_some() || deleted_at.elapsed() >= retention, "still within the retention");
-    eventually("the deleted pod is forgotten after the retention", retention * 3, || index.pod(&uid(4)).is_none())
-        .await;
-    assert!(deleted_at.elapsed() >= retention, "forgotten too early: {:?}", deleted_at.elapsed());
-    assert!(index.pod(&uid(1)).is_some() && index.pod(&uid(6)).is_some(), "live pods are not pruned");
     assert!(
-        server.requests().iter().filter(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true")).count() >= 2
+        index.pod(&uid(4)).is_some() || deleted_at.elapsed() >= retention,
+        "still within the retention"
+    );
+    eventually("the deleted pod is forgotten after the retention", retention * 3, || {
+        index.pod(&uid(4)).is_none()
+    })
+    .await;
+    assert!(deleted_at.elapsed() >= retention, "forgotten too early: {:?}", deleted_at.elapsed());
+    assert!(
+        index.pod(&uid(1)).is_some() && index.pod(&uid(6)).is_some(),
+        "live pods are not pruned"
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
+            .count()
+            >= 2
     );
 }
 
@@ -272,7 +367,8 @@ async fn unreachable_api_leaves_the_index_empty_and_keeps_retrying() {
     let started = Instant::now();
     let config = kube::Config::new(url.parse().expect("url"));
     let index =
-        KubeIndex::start_with(config, &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry).expect("start");
+        KubeIndex::start_with(config, &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
+            .expect("start");
     assert!(started.elapsed() < Duration::from_secs(1), "start must not wait for the API");
 
     eventually("every watch failed at least twice (retrying)", Duration::from_secs(10), || {
@@ -301,8 +397,12 @@ async fn unreachable_api_leaves_the_index_empty_and_keeps_retrying() {
     assert!(index.pod(&uid(1)).is_none());
     drop(kubeconfig);
 
-    let missing = KubeOptions { node_name: None, kubeconfig: Some("/nonexistent/kubeconfig".into()) };
-    assert!(KubeIndex::start(missing, &Registry::new()).await.is_err(), "an unreadable kubeconfig is a config error");
+    let missing =
+        KubeOptions { node_name: None, kubeconfig: Some("/nonexistent/kubeconfig".into()) };
+    assert!(
+        KubeIndex::start(missing, &Registry::new()).await.is_err(),
+        "an unreadable kubeconfig is a config error"
+    );
 }
 
 #[tokio::test]
@@ -311,7 +411,8 @@ async fn kubeconfig_points_start_at_the_server() {
     let server = serve(&cluster);
     let kubeconfig = Kubeconfig::write(server.addr);
     let registry = Registry::new();
-    let opts = KubeOptions { node_name: Some(NODE_A.into()), kubeconfig: Some(kubeconfig.0.clone()) };
+    let opts =
+        KubeOptions { node_name: Some(NODE_A.into()), kubeconfig: Some(kubeconfig.0.clone()) };
     let index = KubeIndex::start(opts, &registry).await.expect("start");
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
     drop(kubeconfig);
@@ -337,7 +438,10 @@ async fn malformed_objects_are_counted_and_the_rest_indexed() {
         json!({"metadata": {"name": "bad-labels", "namespace": "x", "uid": uid(71),
                                    "labels": ["a", "b"]}, "spec": {"containers": [], "nodeName": NODE_A}}),
     );
-    server.add_junk("Pod", json!({"metadata": {"name": "no-uid", "namespace": "x"}, "spec": {"containers": []}}));
+    server.add_junk(
+        "Pod",
+        json!({"metadata": {"name": "no-uid", "namespace": "x"}, "spec": {"containers": []}}),
+    );
     // A valid pod with an IP that does not parse: indexed without it, counted.
     let mut odd_ip = fixtures::pod(&fixtures::PodSpec {
         ns: "x",
@@ -360,11 +464,19 @@ async fn malformed_objects_are_counted_and_the_rest_indexed() {
                                        "spec": {"clusterIPs": 5}}),
     );
     server.add_junk("EndpointSlice", json!([1, 2, 3]));
-    server.add_junk("Node", json!({"metadata": {"name": "bad-node"}, "status": {"addresses": "10.0.0.1"}}));
+    server.add_junk(
+        "Node",
+        json!({"metadata": {"name": "bad-node"}, "status": {"addresses": "10.0.0.1"}}),
+    );
 
     let registry = Registry::new();
-    let index = KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
-        .expect("start");
+    let index = KubeIndex::start_with(
+        config(&server),
+        &on_node(NODE_A),
+        tuning(Duration::from_secs(60)),
+        &registry,
+    )
+    .expect("start");
     synced(&registry, 5.0, 3.0, 3.0, 2.0).await;
     assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "pods"), 5.0);
     assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "services"), 1.0);
@@ -396,10 +508,14 @@ async fn malformed_objects_are_counted_and_the_rest_indexed() {
     // ... and the next good event brings it back.
     server.apply(fixtures::service("default", "kubernetes", "10.12.0.1", 443, None));
     eventually("the watch recovers", Duration::from_secs(5), || {
-        metric(&registry, "egress_kube_watch_up", "services") == 1.0 && index.remote(ip("10.12.0.1"), 443).is_some()
+        metric(&registry, "egress_kube_watch_up", "services") == 1.0
+            && index.remote(ip("10.12.0.1"), 443).is_some()
     })
     .await;
-    assert!(index.remote(ip(fixtures::SQUID_SVC_IP), 3128).is_some(), "the index survived the error");
+    assert!(
+        index.remote(ip(fixtures::SQUID_SVC_IP), 3128).is_some(),
+        "the index survived the error"
+    );
 }
 
 #[tokio::test]
@@ -408,21 +524,32 @@ async fn api_answering_errors_or_garbage_backs_off_then_recovers() {
     let server = serve(&cluster);
     server.set_mode(Mode::Garbage);
     let registry = Registry::new();
-    let index = KubeIndex::start_with(config(&server), &on_node(NODE_A), tuning(Duration::from_secs(60)), &registry)
-        .expect("start");
+    let index = KubeIndex::start_with(
+        config(&server),
+        &on_node(NODE_A),
+        tuning(Duration::from_secs(60)),
+        &registry,
+    )
+    .expect("start");
     let resources = ["pods", "services", "endpointslices", "nodes"];
     let mut floor = 0.0;
     for mode in [Mode::Garbage, Mode::Fail] {
         server.set_mode(mode);
-        eventually(&format!("{mode:?}: more errors counted, watches down"), Duration::from_secs(10), || {
-            resources.iter().all(|r| {
-                metric(&registry, "egress_kube_watch_errors_total", r) >= floor + 2.0
-                    && metric(&registry, "egress_kube_watch_up", r) == 0.0
-            })
-        })
+        eventually(
+            &format!("{mode:?}: more errors counted, watches down"),
+            Duration::from_secs(10),
+            || {
+                resources.iter().all(|r| {
+                    metric(&registry, "egress_kube_watch_errors_total", r) >= floor + 2.0
+                        && metric(&registry, "egress_kube_watch_up", r) == 0.0
+                })
+            },
+        )
         .await;
-        floor =
-            resources.iter().map(|r| metric(&registry, "egress_kube_watch_errors_total", r)).fold(f64::MAX, f64::min);
+        floor = resources
+            .iter()
+            .map(|r| metric(&registry, "egress_kube_watch_errors_total", r))
+            .fold(f64::MAX, f64::min);
         assert_eq!(metric(&registry, "egress_kube_objects", "pods"), 0.0);
         assert!(index.pod(&uid(1)).is_none());
     }

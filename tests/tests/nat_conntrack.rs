@@ -44,7 +44,12 @@ fn key_of(s: &TcpStream, dst: SocketAddr) -> FlowKey {
 }
 
 /// Poll `lookup` until `pred` holds, at most `within`.
-fn wait_for(table: &NatTable, key: &FlowKey, within: Duration, pred: impl Fn(&NatEntry) -> bool) -> Option<NatEntry> {
+fn wait_for(
+    table: &NatTable,
+    key: &FlowKey,
+    within: Duration,
+    pred: impl Fn(&NatEntry) -> bool,
+) -> Option<NatEntry> {
     let deadline = Instant::now() + within;
     loop {
         let e = table.lookup(key);
@@ -72,7 +77,8 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
 
 fn metrics_text(registry: &prometheus::Registry) -> String {
     let mut buf = Vec::new();
-    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf).expect("encode");
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf)
+        .expect("encode");
     String::from_utf8(buf).expect("utf8")
 }
 
@@ -80,7 +86,10 @@ fn conntrack_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("conntrack-")))
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("conntrack-"))
+                })
                 .count()
         })
         .unwrap_or(0)
@@ -93,19 +102,37 @@ fn dnat_and_masquerade_through_a_router_namespace() {
     let router = Netns::new("natr").expect("router ns");
     let outside = Netns::new("nato").expect("outside ns");
     Veth::link(&client, &["198.18.1.2/24"], &router, &["198.18.1.1/24"]).expect("client veth");
-    let out = Veth::link(&router, &[&format!("{ROUTER_OUT}/24")], &outside, &["198.18.2.2/24"]).expect("outside veth");
+    let out = Veth::link(&router, &[&format!("{ROUTER_OUT}/24")], &outside, &["198.18.2.2/24"])
+        .expect("outside veth");
     client.run(&["ip", "route", "add", "default", "via", "198.18.1.1"]).expect("client route");
     router.sysctl("net.ipv4.ip_forward", "1").expect("ip_forward");
     let _dnat = Rule::add(
         &router,
         false,
         "nat",
-        &["PREROUTING", "-d", "198.19.0.10/32", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", BACKEND],
+        &[
+            "PREROUTING",
+            "-d",
+            "198.19.0.10/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            BACKEND,
+        ],
     )
     .expect("DNAT rule");
-    let _masq = Rule::add(&router, false, "nat", &["POSTROUTING", "-o", &out.a_if, "-j", "MASQUERADE"]).expect("MASQUERADE rule");
+    let _masq =
+        Rule::add(&router, false, "nat", &["POSTROUTING", "-o", &out.a_if, "-j", "MASQUERADE"])
+            .expect("MASQUERADE rule");
 
-    let listener = outside.within("eo-nat-server", || TcpListener::bind(BACKEND)).expect("server thread").expect("bind backend");
+    let listener = outside
+        .within("eo-nat-server", || TcpListener::bind(BACKEND))
+        .expect("server thread")
+        .expect("bind backend");
     let stop = Arc::new(AtomicBool::new(false));
     let server = serve(listener, stop.clone());
 
@@ -124,16 +151,22 @@ fn dnat_and_masquerade_through_a_router_namespace() {
     let table = NatTable::start(opts, &registry).expect("conntrack in the router namespace");
     assert!(table.is_enabled());
 
-    let e = table.lookup(&early_key).expect("pre-existing flow known from the dump right after start");
+    let e =
+        table.lookup(&early_key).expect("pre-existing flow known from the dump right after start");
     assert_eq!(e.dnat_to(), Some(sa(BACKEND)), "{e:?}");
-    assert_eq!(e.snat_to().map(|a| a.ip()), Some(ROUTER_OUT.parse::<IpAddr>().expect("ip")), "{e:?}");
+    assert_eq!(
+        e.snat_to().map(|a| a.ip()),
+        Some(ROUTER_OUT.parse::<IpAddr>().expect("ip")),
+        "{e:?}"
+    );
     assert_eq!(e.netns, router_path);
     assert!(!e.destroyed);
 
     // A flow opened after start: known from a NEW event.
     let late = connect(&client, sa(CLUSTER_IP));
     let late_key = key_of(&late, sa(CLUSTER_IP));
-    let e = wait_for(&table, &late_key, Duration::from_secs(5), |_| true).expect("NEW event within 5 s");
+    let e = wait_for(&table, &late_key, Duration::from_secs(5), |_| true)
+        .expect("NEW event within 5 s");
     eprintln!("late flow: {e:?}");
     assert_eq!(e.dnat_to(), Some(sa(BACKEND)), "{e:?}");
     let snat = e.snat_to().expect("masqueraded");
@@ -144,7 +177,8 @@ fn dnat_and_masquerade_through_a_router_namespace() {
     // Straight to the backend: no DNAT, only MASQUERADE.
     let direct = connect(&client, sa(BACKEND));
     let direct_key = key_of(&direct, sa(BACKEND));
-    let e = wait_for(&table, &direct_key, Duration::from_secs(5), |_| true).expect("NEW event for the direct flow");
+    let e = wait_for(&table, &direct_key, Duration::from_secs(5), |_| true)
+        .expect("NEW event for the direct flow");
     assert_eq!(e.dnat_to(), None, "{e:?}");
     assert_eq!(e.snat_to().map(|a| a.ip()), Some(ROUTER_OUT.parse::<IpAddr>().expect("ip")));
 
@@ -168,7 +202,8 @@ fn dnat_and_masquerade_through_a_router_namespace() {
 
     let text = metrics_text(&registry);
     let ns = [("netns", router_path.as_str())];
-    let events = |ty: &str| metric_sum(&text, "egress_conntrack_events_total", &[ns[0], ("type", ty)]);
+    let events =
+        |ty: &str| metric_sum(&text, "egress_conntrack_events_total", &[ns[0], ("type", ty)]);
     assert!(events("dump") >= 1.0, "the early flow came from the dump\n{text}");
     assert!(events("new") >= 2.0, "late + direct\n{text}");
     // The early flow predates the subscription: with nf_conntrack_events=2
@@ -187,7 +222,11 @@ fn dnat_and_masquerade_through_a_router_namespace() {
     while conntrack_threads() > threads_before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(conntrack_threads(), threads_before, "worker thread still running after the table was dropped");
+    assert_eq!(
+        conntrack_threads(),
+        threads_before,
+        "worker thread still running after the table was dropped"
+    );
 
     stop.store(true, Ordering::Relaxed);
     server.join().expect("server thread");

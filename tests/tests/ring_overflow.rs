@@ -5,7 +5,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_tests::{Agent, AgentMode, agent::{free_port, metric_sum}, require_root};
+use egress_tests::{
+    Agent, AgentMode,
+    agent::{free_port, metric_sum},
+    require_root,
+};
 
 #[test]
 fn produced_equals_delivered_plus_lost() {
@@ -14,7 +18,12 @@ fn produced_equals_delivered_plus_lost() {
     let stall_ms = 3000;
     let agent = Agent::start(AgentMode::Run {
         metrics,
-        extra: vec!["--ring-bytes".into(), "4096".into(), "--stall-reader-ms".into(), stall_ms.to_string()],
+        extra: vec![
+            "--ring-bytes".into(),
+            "4096".into(),
+            "--stall-reader-ms".into(),
+            stall_ms.to_string(),
+        ],
     })
     .expect("agent");
     let started = Instant::now();
@@ -32,7 +41,10 @@ fn produced_equals_delivered_plus_lost() {
         drop(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect"));
     }
     acceptor.join().expect("acceptor");
-    assert!(started.elapsed() < Duration::from_millis(stall_ms), "storm outlasted the stall; the test proves nothing");
+    assert!(
+        started.elapsed() < Duration::from_millis(stall_ms),
+        "storm outlasted the stall; the test proves nothing"
+    );
 
     // Wait for the reader to drain, then the books must balance exactly.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -42,12 +54,18 @@ fn produced_equals_delivered_plus_lost() {
         let produced = metric_sum(&text, "egress_events_produced_total", &[]);
         let delivered = metric_sum(&text, "egress_events_delivered_total", &[]);
         let lost = metric_sum(&text, "egress_events_lost_total", &[("stage", "ring")]);
-        if (produced == delivered + lost && started.elapsed() > Duration::from_millis(stall_ms + 500)) || Instant::now() > deadline {
+        if (produced == delivered + lost
+            && started.elapsed() > Duration::from_millis(stall_ms + 500))
+            || Instant::now() > deadline
+        {
             break (produced, delivered, lost, text);
         }
     };
     eprintln!("produced {produced} delivered {delivered} lost {lost}");
-    assert!(produced >= 1800.0, "600 connections make ≥ 1800 events (start, connected, closed): {produced}");
+    assert!(
+        produced >= 1800.0,
+        "600 connections make ≥ 1800 events (start, connected, closed): {produced}"
+    );
     assert!(lost > 0.0, "a 4 KiB ring with a stalled reader must overflow\n{text}");
     assert!(delivered > 0.0);
     assert_eq!(produced, delivered + lost, "produced = delivered + lost\n{text}");

@@ -48,17 +48,31 @@ pub struct BenchArgs {
 }
 
 fn sh(program: &str, args: &[&str]) -> String {
-    Command::new(program).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .map_or(0.0, |kib| kib / 1048576.0);
     format!("{} × {cpu}, {mem_gib:.0} GiB", sh("nproc", &[]))
 }
@@ -69,7 +83,12 @@ fn pipeline(flows: u64) -> anyhow::Result<Vec<f64>> {
     let flows = flows.to_string();
     let args = ["bench", "--package", "egress-agent", "--bench", "pipeline", "--", &flows, "5"];
     println!("+ cargo {}", args.join(" "));
-    let out = Command::new(env!("CARGO")).args(args).current_dir(root()).env("PATH", setup::tool_path()).output().context("running cargo bench")?;
+    let out = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root())
+        .env("PATH", setup::tool_path())
+        .output()
+        .context("running cargo bench")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("pipeline benchmark failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -78,7 +97,11 @@ fn pipeline(flows: u64) -> anyhow::Result<Vec<f64>> {
         .lines()
         .filter(|l| l.starts_with("PIPELINE "))
         .inspect(|l| println!("  {l}"))
-        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("events_per_core_s=")).and_then(|v| v.parse().ok()))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("events_per_core_s="))
+                .and_then(|v| v.parse().ok())
+        })
         .collect();
     if rates.is_empty() {
         bail!("pipeline benchmark printed no result:\n{text}");
@@ -96,13 +119,24 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let config = root().join("deploy/kubernetes/base/config.yaml");
     // The deployed configuration (chain → proxy ports → cgroup_skb hooks),
     // cgroup attribution on; no API server here, so Kubernetes metadata off.
-    let mut agent_args = ["--config", &config.to_string_lossy(), "--cgroup-root", "/sys/fs/cgroup", "--kube", "false"].map(String::from).to_vec();
+    let mut agent_args = [
+        "--config",
+        &config.to_string_lossy(),
+        "--cgroup-root",
+        "/sys/fs/cgroup",
+        "--kube",
+        "false",
+    ]
+    .map(String::from)
+    .to_vec();
     agent_args.extend(a.agent_arg.iter().cloned());
     let mut modes = a.modes.clone();
     if let Some(b) = &a.alt_agent_bin {
         anyhow::ensure!(b.is_file(), "--alt-agent-bin {}: no such file", b.display());
     }
-    if (!a.alt_agent_arg.is_empty() || a.alt_agent_bin.is_some()) && !modes.contains(&Mode::AgentAlt) {
+    if (!a.alt_agent_arg.is_empty() || a.alt_agent_bin.is_some())
+        && !modes.contains(&Mode::AgentAlt)
+    {
         modes.push(Mode::AgentAlt);
     }
     let opts = BenchOptions {
@@ -115,9 +149,20 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         alt_agent_bin: a.alt_agent_bin.clone(),
         modes,
     };
-    println!("== connect storm: {} rounds × (no tracing, agent, bpftrace), {} s each, {} threads", a.rounds, a.seconds, a.threads);
+    println!(
+        "== connect storm: {} rounds × (no tracing, agent, bpftrace), {} s each, {} threads",
+        a.rounds, a.seconds, a.threads
+    );
     let trials = bench::storms(&opts, |t| {
-        let extra = t.agent.map_or(String::new(), |s| format!("  agent: produced {} delivered {} lost {} cpu {:.2}s", s.produced, s.delivered, s.lost_ring + s.lost_other, s.cpu_s));
+        let extra = t.agent.map_or(String::new(), |s| {
+            format!(
+                "  agent: produced {} delivered {} lost {} cpu {:.2}s",
+                s.produced,
+                s.delivered,
+                s.lost_ring + s.lost_other,
+                s.cpu_s
+            )
+        });
         println!("  round {} {:<18} {:>9.0} connects/s{extra}", t.round, t.mode.name(), t.rate);
     })?;
     let hold = if a.hold > 0 {
@@ -135,8 +180,20 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut r = Report::new(&trials, hold, &pipeline);
     r.machine = machine();
     r.kernel = sh("uname", &["-r"]);
-    let dirty = if sh("git", &["-C", &root().to_string_lossy(), "status", "--porcelain", "--untracked-files=no"]).is_empty() { "" } else { "+dirty" };
-    r.commit = format!("{}{dirty}", sh("git", &["-C", &root().to_string_lossy(), "rev-parse", "--short", "HEAD"]));
+    let dirty = if sh(
+        "git",
+        &["-C", &root().to_string_lossy(), "status", "--porcelain", "--untracked-files=no"],
+    )
+    .is_empty()
+    {
+        ""
+    } else {
+        "+dirty"
+    };
+    r.commit = format!(
+        "{}{dirty}",
+        sh("git", &["-C", &root().to_string_lossy(), "rev-parse", "--short", "HEAD"])
+    );
     r.date = sh("date", &["-u", "+%Y-%m-%d %H:%M"]);
     r.command = format!(
         "cargo xtask bench --rounds {} --seconds {} --threads {} --hold {} (agent: egress-agent run {}){}",
@@ -147,7 +204,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         agent_args.join(" ").replace(&root().to_string_lossy().to_string(), "."),
         match (&a.alt_agent_bin, a.alt_agent_arg.is_empty()) {
             (None, true) => String::new(),
-            (bin, _) => format!(" (alt:{}{})", bin.as_ref().map_or(String::new(), |b| format!(" binary {}", b.display())), if a.alt_agent_arg.is_empty() { String::new() } else { format!(" args {}", a.alt_agent_arg.join(" ")) }),
+            (bin, _) => format!(
+                " (alt:{}{})",
+                bin.as_ref().map_or(String::new(), |b| format!(" binary {}", b.display())),
+                if a.alt_agent_arg.is_empty() {
+                    String::new()
+                } else {
+                    format!(" args {}", a.alt_agent_arg.join(" "))
+                }
+            ),
         }
     );
     println!();

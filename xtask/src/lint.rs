@@ -10,25 +10,50 @@ use crate::{cargo, root, setup};
 
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--workspace", "--exclude", "egress-ebpf", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "egress-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     ebpf()
 }
 
 /// Clippy for the kernel programs, with the flags aya-build gives them
 /// (only `bpf_target_arch` matters to a check; nothing is linked).
 fn ebpf() -> anyhow::Result<()> {
-    let target = if cfg!(target_endian = "big") { "bpfeb-unknown-none" } else { "bpfel-unknown-none" };
+    let target =
+        if cfg!(target_endian = "big") { "bpfeb-unknown-none" } else { "bpfel-unknown-none" };
     let target_dir = root().join("target/lint-ebpf");
     let args = [
-        "run", "nightly", "cargo", "clippy", "--package", "egress-ebpf", "--lib", "--bins", "--release", "--target", target,
-        "-Z", "build-std=core", "--target-dir",
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "egress-ebpf",
+        "--lib",
+        "--bins",
+        "--release",
+        "--target",
+        target,
+        "-Z",
+        "build-std=core",
+        "--target-dir",
     ];
     println!("+ rustup {} {} -- -D warnings", args.join(" "), target_dir.display());
     let st = Command::new("rustup")
         .args(args)
         .arg(&target_dir)
         .args(["--", "-D", "warnings"])
-        .env("CARGO_ENCODED_RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        )
         // As aya-build does: the nightly toolchain's own rustc, not the caller's.
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")

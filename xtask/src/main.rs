@@ -124,17 +124,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Test => {
             setup::ensure()?;
             if !is_root() {
-                bail!("the kernel tests load eBPF programs and create network namespaces: run as root");
+                bail!(
+                    "the kernel tests load eBPF programs and create network namespaces: run as root"
+                );
             }
             lint::run()?;
-            cargo(&["test", "--package", "egress-common", "--package", "egress-agent", "--package", "xtask"])?;
+            cargo(&[
+                "test",
+                "--package",
+                "egress-common",
+                "--package",
+                "egress-agent",
+                "--package",
+                "xtask",
+            ])?;
             cargo(&["build", "--package", "egress-agent"])?;
             // One test at a time: every root test runs an agent, whose
             // cgroup_skb programs sit on the cgroup root in Single mode (a
             // second agent replaces the first's) and which sees the whole
             // host's traffic (two labs at once would see each other's).
             cargo(&["test", "--package", "egress-tests", "--", "--test-threads=1"])?;
-            vm::run(&vm::VmOptions { kernels: vm::kernels::KERNELS.iter().map(|k| k.name.to_string()).collect(), host: true })?;
+            vm::run(&vm::VmOptions {
+                kernels: vm::kernels::KERNELS.iter().map(|k| k.name.to_string()).collect(),
+                host: true,
+            })?;
             println!("xtask test: all suites passed");
             Ok(())
         }
@@ -152,7 +165,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             bench::run(args)
         }
-        Task::BenchHoldWorker { n, addrs } => egress_tests::bench::storm::hold_worker(&addrs, n, Duration::from_secs(300)),
+        Task::BenchHoldWorker { n, addrs } => {
+            egress_tests::bench::storm::hold_worker(&addrs, n, Duration::from_secs(300))
+        }
         Task::Lab { duration, faults, repeat } => {
             setup::ensure()?;
             if !is_root() {
@@ -160,10 +175,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             cargo(&["build", "--package", "egress-agent"])?;
             // SAFETY: single-threaded at this point.
-            unsafe { std::env::set_var("EGRESS_AGENT_BIN", root().join("target/debug/egress-agent")) };
+            unsafe {
+                std::env::set_var("EGRESS_AGENT_BIN", root().join("target/debug/egress-agent"))
+            };
             // (table, row) → runs matched, in first-seen order.
             let mut tally: Vec<(&str, String, u32)> = Vec::new();
-            let mut count = |table: &'static str, row: &str, ok: bool| match tally.iter_mut().find(|(t, r, _)| *t == table && r == row) {
+            let mut count = |table: &'static str, row: &str, ok: bool| match tally
+                .iter_mut()
+                .find(|(t, r, _)| *t == table && r == row)
+            {
                 Some(e) => e.2 += u32::from(ok),
                 None => tally.push((table, row.to_string(), u32::from(ok))),
             };
@@ -173,14 +193,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if repeat > 1 {
                     println!("\n######## run {i} of {repeat}");
                 }
-                for r in egress_tests::demo::run(&egress_tests::demo::DemoOptions { duration: Duration::from_secs(duration) })? {
+                for r in egress_tests::demo::run(&egress_tests::demo::DemoOptions {
+                    duration: Duration::from_secs(duration),
+                })? {
                     count("connect outcomes", r.name, r.ok);
                     run_ok &= r.ok;
                 }
                 if faults {
                     println!();
-                    println!("== proxy chain lab: app pod -> Squid pod (ClusterIP, DNAT) -> Squid on the 'VM' -> NAT -> origins");
-                    let rows = egress_tests::faults::run(egress_tests::chain_lab::ChainLabConfig::default(), false)?;
+                    println!(
+                        "== proxy chain lab: app pod -> Squid pod (ClusterIP, DNAT) -> Squid on the 'VM' -> NAT -> origins"
+                    );
+                    let rows = egress_tests::faults::run(
+                        egress_tests::chain_lab::ChainLabConfig::default(),
+                        false,
+                    )?;
                     egress_tests::faults::print(&rows);
                     for r in &rows {
                         count("proxy chain faults", r.fault, r.ok);
@@ -193,7 +220,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if repeat > 1 {
                 println!("\n== stability: runs matched per row, of {repeat}");
                 for (table, row, n) in &tally {
-                    println!("{table:<20} {row:<38} {n:>4}/{repeat}{}", if *n == repeat { "" } else { "  <-- NOT STABLE" });
+                    println!(
+                        "{table:<20} {row:<38} {n:>4}/{repeat}{}",
+                        if *n == repeat { "" } else { "  <-- NOT STABLE" }
+                    );
                 }
                 println!("all rows matched in {clean_runs}/{repeat} runs");
             }

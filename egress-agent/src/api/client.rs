@@ -19,7 +19,9 @@ pub enum ConnectError {
          Start one, or run `egress-agent watch`, which loads the probes itself in standalone mode)"
     )]
     Absent(PathBuf),
-    #[error("permission denied on {0}: the agent's API socket is root-only; run this command as root")]
+    #[error(
+        "permission denied on {0}: the agent's API socket is root-only; run this command as root"
+    )]
     Denied(PathBuf),
     #[error("cannot connect to {0}: {1}")]
     Other(PathBuf, std::io::Error),
@@ -51,7 +53,9 @@ pub enum ClientError {
 
 pub async fn connect(path: &Path) -> Result<UnixStream, ConnectError> {
     UnixStream::connect(path).await.map_err(|e| match e.kind() {
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => ConnectError::Absent(path.to_path_buf()),
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
+            ConnectError::Absent(path.to_path_buf())
+        }
         ErrorKind::PermissionDenied => ConnectError::Denied(path.to_path_buf()),
         _ => ConnectError::Other(path.to_path_buf(), e),
     })
@@ -71,7 +75,8 @@ impl RecordStream {
             match serde_json::from_str::<Message>(&line) {
                 Ok(m) => return Ok(Some(m)),
                 Err(e) => {
-                    let v: serde_json::Value = serde_json::from_str(&line).map_err(|_| ClientError::NotJson(e))?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&line).map_err(|_| ClientError::NotJson(e))?;
                     if let Some(msg) = v.get("error").and_then(|m| m.as_str()) {
                         return Err(ClientError::Agent(msg.to_string()));
                     }

@@ -97,15 +97,29 @@ pub struct ApiOptions {
 
 /// Bind the socket (root-only), start the tasks; they end with `shutdown`
 /// and remove the socket file.
-pub fn start(opts: ApiOptions, registry: &prometheus::Registry, shutdown: watch::Receiver<bool>) -> Result<ApiHandle, ServerError> {
-    let dropped = reg::counter_vec(registry, "egress_api_records_dropped_total", "Records the local API could not deliver: queue_full (the API task fell behind the pipeline) or slow_client (a client read too slowly)", &["reason"])?;
-    let clients = reg::gauge(registry, "egress_api_clients", "Clients connected to the local API socket")?;
+pub fn start(
+    opts: ApiOptions,
+    registry: &prometheus::Registry,
+    shutdown: watch::Receiver<bool>,
+) -> Result<ApiHandle, ServerError> {
+    let dropped = reg::counter_vec(
+        registry,
+        "egress_api_records_dropped_total",
+        "Records the local API could not deliver: queue_full (the API task fell behind the pipeline) or slow_client (a client read too slowly)",
+        &["reason"],
+    )?;
+    let clients =
+        reg::gauge(registry, "egress_api_clients", "Clients connected to the local API socket")?;
     for r in ["queue_full", "slow_client"] {
         dropped.with_label_values(&[r]);
     }
     let listener = bind(&opts.path)?;
     let (tx, rx) = mpsc::channel(QUEUE);
-    let shared = Arc::new(Mutex::new(Shared { history: VecDeque::new(), capacity: opts.history, live: broadcast::channel(BROADCAST).0 }));
+    let shared = Arc::new(Mutex::new(Shared {
+        history: VecDeque::new(),
+        capacity: opts.history,
+        live: broadcast::channel(BROADCAST).0,
+    }));
     tokio::spawn(ingest(rx, shared.clone()));
     let ctx = Arc::new(Conn { shared, status: opts.status, dropped: dropped.clone(), clients });
     tokio::spawn(accept(listener, opts.path, ctx, shutdown));
@@ -115,18 +129,24 @@ pub fn start(opts: ApiOptions, registry: &prometheus::Registry, shutdown: watch:
 /// Create the directory (0700) and the socket (0600); a stale socket is
 /// replaced, a live one (another agent) is an error.
 fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let only_root = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|source| ServerError::Permissions { path: p.to_path_buf(), source });
+    let only_root = |p: &Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|source| ServerError::Permissions { path: p.to_path_buf(), source })
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| ServerError::CreateDir { path: dir.to_path_buf(), source })?;
         only_root(dir, 0o700)?;
     }
     if path.exists() {
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(ServerError::InUse { path: path.to_path_buf() }),
-            Err(_) => std::fs::remove_file(path).map_err(|source| ServerError::Stale { path: path.to_path_buf(), source })?,
+            Err(_) => std::fs::remove_file(path)
+                .map_err(|source| ServerError::Stale { path: path.to_path_buf(), source })?,
         }
     }
-    let l = UnixListener::bind(path).map_err(|source| ServerError::Listen { path: path.to_path_buf(), source })?;
+    let l = UnixListener::bind(path)
+        .map_err(|source| ServerError::Listen { path: path.to_path_buf(), source })?;
     only_root(path, 0o600)?;
     Ok(l)
 }
@@ -156,7 +176,12 @@ struct Conn {
     clients: IntGauge,
 }
 
-async fn accept(listener: UnixListener, path: PathBuf, ctx: Arc<Conn>, mut shutdown: watch::Receiver<bool>) {
+async fn accept(
+    listener: UnixListener,
+    path: PathBuf,
+    ctx: Arc<Conn>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -182,7 +207,11 @@ async fn accept(listener: UnixListener, path: PathBuf, ctx: Arc<Conn>, mut shutd
     let _ = std::fs::remove_file(&path);
 }
 
-async fn serve(stream: UnixStream, ctx: &Conn, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+async fn serve(
+    stream: UnixStream,
+    ctx: &Conn,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let mut wr = BufWriter::new(wr);
@@ -208,7 +237,10 @@ async fn serve(stream: UnixStream, ctx: &Conn, mut shutdown: watch::Receiver<boo
             Request::Snapshot => (s.history.iter().cloned().collect::<Vec<_>>(), None),
             // Subscribe under the same lock that appends: no record is both
             // in the history and the stream, none falls between.
-            Request::Follow { history } => (if *history { s.history.iter().cloned().collect() } else { Vec::new() }, Some(s.live.subscribe())),
+            Request::Follow { history } => (
+                if *history { s.history.iter().cloned().collect() } else { Vec::new() },
+                Some(s.live.subscribe()),
+            ),
         }
     };
     if req == Request::Status {
@@ -257,7 +289,14 @@ mod tests {
     };
 
     fn status() -> Status {
-        Status { version: "t".into(), pid: 1, started: String::new(), attached: "0/0".into(), history: 0, history_capacity: 3 }
+        Status {
+            version: "t".into(),
+            pid: 1,
+            started: String::new(),
+            attached: "0/0".into(),
+            history: 0,
+            history_capacity: 3,
+        }
     }
 
     #[tokio::test]
@@ -266,12 +305,21 @@ mod tests {
         let path = dir.join("api.sock");
         let reg = prometheus::Registry::new();
         let (tx, rx) = watch::channel(false);
-        let mut api = start(ApiOptions { path: path.clone(), history: 3, status: status() }, &reg, rx).expect("start");
+        let mut api =
+            start(ApiOptions { path: path.clone(), history: 3, status: status() }, &reg, rx)
+                .expect("start");
         let mode = std::fs::metadata(&path).expect("socket").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // A second agent on the same socket is refused.
         let (_t2, rx2) = watch::channel(false);
-        assert!(start(ApiOptions { path: path.clone(), history: 3, status: status() }, &prometheus::Registry::new(), rx2).is_err());
+        assert!(
+            start(
+                ApiOptions { path: path.clone(), history: 3, status: status() },
+                &prometheus::Registry::new(),
+                rx2
+            )
+            .is_err()
+        );
         let flow = |pid| Record::Flow(FlowRecord { pid, ..Default::default() });
         for i in 0..5 {
             api.publish(flow(i));
@@ -281,29 +329,49 @@ mod tests {
         for _ in 0..100 {
             let s = client::status(&path).await.expect("status");
             if s.history == 3 {
-                follow = Some(client::open(&path, &Request::Follow { history: false }).await.expect("follow"));
+                follow = Some(
+                    client::open(&path, &Request::Follow { history: false }).await.expect("follow"),
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut follow = follow.expect("history filled");
-        assert!(matches!(follow.next().await.expect("read"), Some(Message::Control(Control::HistoryEnd))));
+        assert!(matches!(
+            follow.next().await.expect("read"),
+            Some(Message::Control(Control::HistoryEnd))
+        ));
         let snap = client::snapshot(&path).await.expect("snapshot");
-        let pids: Vec<u32> = snap.iter().map(|r| match r { Message::Record(Record::Flow(f)) => f.pid, _ => 99 }).collect();
+        let pids: Vec<u32> = snap
+            .iter()
+            .map(|r| match r {
+                Message::Record(Record::Flow(f)) => f.pid,
+                _ => 99,
+            })
+            .collect();
         assert_eq!(pids, [2, 3, 4], "oldest dropped first");
         for i in 5..8 {
             api.publish(flow(i));
         }
         // Nothing leaves before the batch is flushed.
-        assert!(tokio::time::timeout(Duration::from_millis(100), follow.next()).await.is_err(), "unflushed batch delivered");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), follow.next()).await.is_err(),
+            "unflushed batch delivered"
+        );
         api.flush();
         for want in 5..8 {
-            let r = tokio::time::timeout(Duration::from_secs(2), follow.next()).await.expect("in time").expect("read").expect("record");
+            let r = tokio::time::timeout(Duration::from_secs(2), follow.next())
+                .await
+                .expect("in time")
+                .expect("read")
+                .expect("record");
             assert!(matches!(&r, Message::Record(Record::Flow(f)) if f.pid == want), "{r:?}");
         }
         tx.send(true).expect("shutdown");
         for _ in 0..100 {
-            if !path.exists() { break; }
+            if !path.exists() {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!path.exists(), "socket removed at shutdown");

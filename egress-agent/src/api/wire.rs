@@ -72,14 +72,27 @@ mod tests {
     #[test]
     fn lines_read_back() {
         let line = Record::Flow(FlowRecord { pid: 7, ..FlowRecord::default() }).json_line();
-        assert!(matches!(serde_json::from_str(&line).expect("flow"), Message::Record(Record::Flow(f)) if f.pid == 7));
-        let line = Record::Dns(DnsRecord { name: "a.test".into(), ..DnsRecord::default() }).json_line();
-        assert!(matches!(serde_json::from_str(&line).expect("dns"), Message::Record(Record::Dns(d)) if d.name == "a.test"));
+        assert!(
+            matches!(serde_json::from_str(&line).expect("flow"), Message::Record(Record::Flow(f)) if f.pid == 7)
+        );
+        let line =
+            Record::Dns(DnsRecord { name: "a.test".into(), ..DnsRecord::default() }).json_line();
+        assert!(
+            matches!(serde_json::from_str(&line).expect("dns"), Message::Record(Record::Dns(d)) if d.name == "a.test")
+        );
         for c in [Control::Lost { count: 3 }, Control::HistoryEnd] {
             assert_eq!(serde_json::to_string(&c).expect("json"), c.line());
-            assert_eq!(serde_json::from_str::<Message>(&c.line()).map(|m| matches!(m, Message::Control(x) if x == c)).ok(), Some(true));
+            assert_eq!(
+                serde_json::from_str::<Message>(&c.line())
+                    .map(|m| matches!(m, Message::Control(x) if x == c))
+                    .ok(),
+                Some(true)
+            );
         }
         assert!(serde_json::from_str::<Message>(r#"{"record":"from_the_future"}"#).is_err());
-        assert_eq!(serde_json::to_string(&Request::Follow { history: true }).expect("json"), r#"{"op":"follow","history":true}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Follow { history: true }).expect("json"),
+            r#"{"op":"follow","history":true}"#
+        );
     }
 }

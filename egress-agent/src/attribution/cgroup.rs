@@ -30,9 +30,17 @@ pub struct CgroupInfo {
 pub fn parse(path: &str) -> CgroupInfo {
     let mut info = CgroupInfo { path: path.to_string(), ..CgroupInfo::default() };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let Some(kube_at) = segments.iter().position(|s| s.starts_with("kubepods") || s.contains("-kubepods")) else {
+    let Some(kube_at) =
+        segments.iter().position(|s| s.starts_with("kubepods") || s.contains("-kubepods"))
+    else {
         // Host process: the innermost .service (or .scope) unit.
-        info.unit = segments.iter().rev().find(|s| s.ends_with(".service") || (s.ends_with(".scope") && !s.starts_with("session-"))).map(|s| s.to_string());
+        info.unit = segments
+            .iter()
+            .rev()
+            .find(|s| {
+                s.ends_with(".service") || (s.ends_with(".scope") && !s.starts_with("session-"))
+            })
+            .map(|s| s.to_string());
         return info;
     };
     let rest = &segments[kube_at..];
@@ -97,7 +105,14 @@ pub struct CgroupResolver {
 
 impl CgroupResolver {
     pub fn new(root: Option<PathBuf>) -> Self {
-        Self { root, by_id: HashMap::new(), misses: HashMap::new(), last_scan: None, min_rescan: Duration::from_millis(10), entries: 0 }
+        Self {
+            root,
+            by_id: HashMap::new(),
+            misses: HashMap::new(),
+            last_scan: None,
+            min_rescan: Duration::from_millis(10),
+            entries: 0,
+        }
     }
 
     pub fn root(&self) -> Option<&Path> {
@@ -109,7 +124,9 @@ impl CgroupResolver {
         if let Some(i) = self.by_id.get(&id) {
             return Some(i.clone());
         }
-        if self.misses.get(&id).is_some_and(|t| t.elapsed() < MISS_TTL) || self.last_scan.is_some_and(|t| t.elapsed() < self.min_rescan) {
+        if self.misses.get(&id).is_some_and(|t| t.elapsed() < MISS_TTL)
+            || self.last_scan.is_some_and(|t| t.elapsed() < self.min_rescan)
+        {
             return None;
         }
         self.rescan();
@@ -131,11 +148,23 @@ impl CgroupResolver {
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(meta) = fs::metadata(&dir) else { continue };
-            let rel = dir.strip_prefix(&root).map(|p| format!("/{}", p.display())).unwrap_or_else(|_| "/".into());
-            let info = self.by_id.get(&meta.ino()).filter(|i| i.path == rel).cloned().unwrap_or_else(|| Arc::new(parse(&rel)));
+            let rel = dir
+                .strip_prefix(&root)
+                .map(|p| format!("/{}", p.display()))
+                .unwrap_or_else(|_| "/".into());
+            let info = self
+                .by_id
+                .get(&meta.ino())
+                .filter(|i| i.path == rel)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(parse(&rel)));
             found.insert(meta.ino(), info);
             if let Ok(rd) = fs::read_dir(&dir) {
-                stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
             }
         }
         self.entries = found.len();
@@ -154,9 +183,13 @@ mod tests {
     #[test]
     fn systemd_driver_layouts() {
         let u = UID.replace('-', "_");
-        for (qos, prefix) in [("burstable", "kubepods-burstable.slice/"), ("besteffort", "kubepods-besteffort.slice/")] {
+        for (qos, prefix) in [
+            ("burstable", "kubepods-burstable.slice/"),
+            ("besteffort", "kubepods-besteffort.slice/"),
+        ] {
             for rt in ["cri-containerd", "crio", "docker"] {
-                let p = format!("/kubepods.slice/{prefix}kubepods-{qos}-pod{u}.slice/{rt}-{CID}.scope");
+                let p =
+                    format!("/kubepods.slice/{prefix}kubepods-{qos}-pod{u}.slice/{rt}-{CID}.scope");
                 let i = parse(&p);
                 assert_eq!(i.pod_uid.as_deref(), Some(UID), "{p}");
                 assert_eq!(i.container_id.as_deref(), Some(CID), "{p}");
@@ -178,14 +211,20 @@ mod tests {
         let i = parse(&format!("/kubepods/pod{UID}/{CID}"));
         assert_eq!((i.pod_uid.as_deref(), i.container_id.as_deref()), (Some(UID), Some(CID)));
         // Nested under another slice (kind, k3s, systemd in a container).
-        let i = parse(&format!("/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{}.slice/cri-containerd-{CID}.scope", UID.replace('-', "_")));
+        let i = parse(&format!(
+            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{}.slice/cri-containerd-{CID}.scope",
+            UID.replace('-', "_")
+        ));
         assert_eq!((i.pod_uid.as_deref(), i.container_id.as_deref()), (Some(UID), Some(CID)));
     }
 
     #[test]
     fn host_processes() {
         assert_eq!(parse("/system.slice/squid.service").unit.as_deref(), Some("squid.service"));
-        assert_eq!(parse("/system.slice/docker-abc.scope").unit.as_deref(), Some("docker-abc.scope"));
+        assert_eq!(
+            parse("/system.slice/docker-abc.scope").unit.as_deref(),
+            Some("docker-abc.scope")
+        );
         assert_eq!(parse("/user.slice/user-0.slice/session-3.scope").unit, None);
         assert_eq!(parse("/").unit, None);
         let i = parse("/kubepods.slice/not-a-pod.slice");

@@ -56,14 +56,22 @@ fn item(check: &str, status: Status, detail: impl Into<String>) -> Item {
 }
 
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Kubernetes connectivity as `run` would use it (`--kube`).
 async fn kube_item(opts: &SessionOptions) -> Item {
     let wanted = match opts.kube {
         Switch::Off => return item("kubernetes", Status::Ok, "off (--kube=false)"),
-        Switch::Auto if !opts.kube_wanted() => return item("kubernetes", Status::Ok, "off: not in a cluster and no --kubeconfig (pods named from cgroups only)"),
+        Switch::Auto if !opts.kube_wanted() => {
+            return item(
+                "kubernetes",
+                Status::Ok,
+                "off: not in a cluster and no --kubeconfig (pods named from cgroups only)",
+            );
+        }
         Switch::On => Status::Fail,
         Switch::Auto => Status::Warn,
     };
@@ -104,19 +112,38 @@ pub async fn report(args: &CheckArgs) -> Report {
         Ok(btf) => {
             let (k, problems) = offsets::kernel_offsets(&btf);
             checks.push(if problems.is_empty() {
-                item("btf", Status::Ok, format!("sock.sk_err@{} sock_common.skc_net@{} net.ns.inum@{}", k.sock_sk_err, k.sock_skc_net, k.net_ns_inum))
+                item(
+                    "btf",
+                    Status::Ok,
+                    format!(
+                        "sock.sk_err@{} sock_common.skc_net@{} net.ns.inum@{}",
+                        k.sock_sk_err, k.sock_skc_net, k.net_ns_inum
+                    ),
+                )
             } else {
                 item("btf", Status::Warn, problems.join("; "))
             });
         }
-        Err(e) => checks.push(item("btf", Status::Warn, format!("{}: errno falls back on tracepoint evidence, netns unknown", Chain(&e)))),
+        Err(e) => checks.push(item(
+            "btf",
+            Status::Warn,
+            format!("{}: errno falls back on tracepoint evidence, netns unknown", Chain(&e)),
+        )),
     }
     let mut programs = Vec::new();
     let config = match args.session.load_config() {
         Ok(c) => {
             if let Some(c) = &c {
                 let hops = &c.chain.hops;
-                checks.push(item("config", Status::Ok, format!("chain of {} hops: {}", hops.len(), hops.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(" -> "))));
+                checks.push(item(
+                    "config",
+                    Status::Ok,
+                    format!(
+                        "chain of {} hops: {}",
+                        hops.len(),
+                        hops.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(" -> ")
+                    ),
+                ));
             }
             c
         }
@@ -136,7 +163,11 @@ pub async fn report(args: &CheckArgs) -> Report {
     checks.push(kube_item(&opts).await);
     for p in &programs {
         if !p.attached && !p.required && !p.standby {
-            checks.push(item(&format!("program {}", p.program), Status::Warn, format!("skipped: {}", p.error.as_deref().unwrap_or("?"))));
+            checks.push(item(
+                &format!("program {}", p.program),
+                Status::Warn,
+                format!("skipped: {}", p.error.as_deref().unwrap_or("?")),
+            ));
         }
     }
     let ok = !checks.iter().any(|c| c.status == Status::Fail);
@@ -154,18 +185,41 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<bool> {
                 println!("{:<34} {:<6} {}", c.check, status(c.status), c.detail);
             }
             println!();
-            println!("{:<22} {:<42} {:<9} {:<11} ROLE / WHY NOT", "PROGRAM", "HOOK", "ATTACHED", "INSNS");
+            println!(
+                "{:<22} {:<42} {:<9} {:<11} ROLE / WHY NOT",
+                "PROGRAM", "HOOK", "ATTACHED", "INSNS"
+            );
             for p in &r.programs {
                 let why = match p.error.as_deref() {
                     None => p.role.to_string(),
                     Some(e) if p.standby => format!("{e} (role: {})", p.role),
                     Some(e) => format!("{e} (lost: {})", p.role),
                 };
-                let attached = if p.attached { "yes" } else if p.standby { "standby" } else { "no" };
-                println!("{:<22} {:<42} {:<9} {:<11} {}", p.program, p.hook, attached, insns(p), why);
+                let attached = if p.attached {
+                    "yes"
+                } else if p.standby {
+                    "standby"
+                } else {
+                    "no"
+                };
+                println!(
+                    "{:<22} {:<42} {:<9} {:<11} {}",
+                    p.program,
+                    p.hook,
+                    attached,
+                    insns(p),
+                    why
+                );
             }
             println!();
-            println!("{}", if r.ok { "minimum set OK: the agent can run here" } else { "FAIL: the agent cannot run here" });
+            println!(
+                "{}",
+                if r.ok {
+                    "minimum set OK: the agent can run here"
+                } else {
+                    "FAIL: the agent cannot run here"
+                }
+            );
         }
     }
     Ok(r.ok)

@@ -1,7 +1,11 @@
 //! `egress-agent explain HOST[:PORT]`: the recent attempts to reach one
 //! target, hop by hop, and a one-line conclusion an on-call engineer can
 //! paste into a ticket.
-use std::{collections::HashSet, net::{IpAddr, SocketAddr}, time::{Duration, SystemTime}};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, SystemTime},
+};
 
 use clap::Args;
 use serde::Serialize;
@@ -14,7 +18,9 @@ use super::{
 use crate::{
     api::{client, wire::Message},
     config::parse_duration,
-    records::{ChainRecord, DnsRecord, FlowRecord, Reason, Record, Verdict, parse_rfc3339, rfc3339},
+    records::{
+        ChainRecord, DnsRecord, FlowRecord, Reason, Record, Verdict, parse_rfc3339, rfc3339,
+    },
 };
 
 #[derive(Debug, Args)]
@@ -115,7 +121,18 @@ fn from_chain(c: &ChainRecord) -> Attempt {
         hops: c
             .legs
             .iter()
-            .map(|l| Step { hop: l.hop.clone(), leg: Some(l.leg.clone()), verdict: l.verdict, reason: l.reason, proxy_status: l.proxy_status, latency_ms: l.latency_ms, retransmits: l.retransmits, dst: l.dst, dst_actual: l.dst_actual, snat: l.snat })
+            .map(|l| Step {
+                hop: l.hop.clone(),
+                leg: Some(l.leg.clone()),
+                verdict: l.verdict,
+                reason: l.reason,
+                proxy_status: l.proxy_status,
+                latency_ms: l.latency_ms,
+                retransmits: l.retransmits,
+                dst: l.dst,
+                dst_actual: l.dst_actual,
+                snat: l.snat,
+            })
             .collect(),
     }
 }
@@ -133,7 +150,18 @@ fn from_flow(r: &FlowRecord) -> Attempt {
         failed_hop: r.hop.clone().filter(|_| r.verdict != Verdict::Ok),
         reason: r.reason,
         proxy_status: r.proxy_status,
-        hops: vec![Step { hop, leg: r.leg.clone(), verdict: r.verdict, reason: r.reason, proxy_status: r.proxy_status, latency_ms: r.latency_ms, retransmits: r.retransmits, dst: r.dst, dst_actual: r.dst_actual, snat: r.snat }],
+        hops: vec![Step {
+            hop,
+            leg: r.leg.clone(),
+            verdict: r.verdict,
+            reason: r.reason,
+            proxy_status: r.proxy_status,
+            latency_ms: r.latency_ms,
+            retransmits: r.retransmits,
+            dst: r.dst,
+            dst_actual: r.dst_actual,
+            snat: r.snat,
+        }],
     }
 }
 
@@ -145,7 +173,12 @@ fn from_dns(d: &DnsRecord) -> Option<Attempt> {
     }
     Some(Attempt {
         time: d.time.clone(),
-        who: who(d.namespace.as_deref(), d.pod.as_deref(), d.unit.as_deref(), d.cgroup.as_deref().unwrap_or("?")),
+        who: who(
+            d.namespace.as_deref(),
+            d.pod.as_deref(),
+            d.unit.as_deref(),
+            d.cgroup.as_deref().unwrap_or("?"),
+        ),
         pid: 0,
         comm: "dns".into(),
         chain_id: None,
@@ -198,13 +231,16 @@ impl Wanted {
     }
 
     fn chain(&self, c: &ChainRecord) -> bool {
-        self.target(c.target.as_deref()) || c.legs.iter().any(|l| self.addr(l.dst) || self.addr(l.dst_actual))
+        self.target(c.target.as_deref())
+            || c.legs.iter().any(|l| self.addr(l.dst) || self.addr(l.dst_actual))
     }
 
     fn flow(&self, r: &FlowRecord) -> bool {
         let name = r.dst_name.as_deref().map(|d| d.rsplit_once(':').map_or(d, |(a, _)| a));
-        let by_name = name.is_some_and(|n| n.eq_ignore_ascii_case(&self.host) || n.split_once('/').is_some_and(|(_, s)| s.eq_ignore_ascii_case(&self.host)))
-            && self.port.is_none_or(|p| r.dst.is_some_and(|d| d.port() == p));
+        let by_name = name.is_some_and(|n| {
+            n.eq_ignore_ascii_case(&self.host)
+                || n.split_once('/').is_some_and(|(_, s)| s.eq_ignore_ascii_case(&self.host))
+        }) && self.port.is_none_or(|p| r.dst.is_some_and(|d| d.port() == p));
         self.target(r.target.as_deref()) || self.addr(r.dst) || self.addr(r.dst_actual) || by_name
     }
 }
@@ -221,8 +257,20 @@ pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Att
         .iter()
         .filter_map(|r| match r {
             Record::Chain(c) if recent(&c.time) && want.chain(c) => Some(from_chain(c)),
-            Record::Flow(f) if recent(&f.time) && !in_chains.contains(f.flow_id.as_str()) && f.chain_id.is_none() && want.flow(f) => Some(from_flow(f)),
-            Record::Dns(d) if recent(&d.time) && d.name.trim_end_matches('.').eq_ignore_ascii_case(&want.host) => from_dns(d),
+            Record::Flow(f)
+                if recent(&f.time)
+                    && !in_chains.contains(f.flow_id.as_str())
+                    && f.chain_id.is_none()
+                    && want.flow(f) =>
+            {
+                Some(from_flow(f))
+            }
+            Record::Dns(d)
+                if recent(&d.time)
+                    && d.name.trim_end_matches('.').eq_ignore_ascii_case(&want.host) =>
+            {
+                from_dns(d)
+            }
             _ => None,
         })
         .collect();
@@ -243,7 +291,12 @@ pub fn explain(target: &str, since: SystemTime, attempts: &[Attempt], keep: usiz
     let (state, hop, reason, status, state_since, conclusion) = match last {
         Some(l) if l.verdict != Verdict::Ok => {
             let k = key(l);
-            let run_start = attempts.iter().rev().take_while(|a| key(a) == k).last().map_or(l.time.as_str(), |a| a.time.as_str());
+            let run_start = attempts
+                .iter()
+                .rev()
+                .take_while(|a| key(a) == k)
+                .last()
+                .map_or(l.time.as_str(), |a| a.time.as_str());
             let same = attempts.iter().filter(|a| key(a) == k).count();
             let state = if l.verdict == Verdict::Failed { "failing" } else { "degraded" };
             let what = match (l.proxy_status, l.reason) {
@@ -252,20 +305,49 @@ pub fn explain(target: &str, since: SystemTime, attempts: &[Attempt], keep: usiz
                 _ => l.verdict.as_str().to_string(),
             };
             let at = l.failed_hop.as_deref().map_or_else(String::new, |h| format!(" at hop {h}"));
-            let text = format!("{state}{at}: {what} since {}, {same} of {total} attempts", hhmmss(run_start));
-            (state, l.failed_hop.clone(), l.reason, l.proxy_status, Some(run_start.to_string()), text)
+            let text = format!(
+                "{state}{at}: {what} since {}, {same} of {total} attempts",
+                hhmmss(run_start)
+            );
+            (
+                state,
+                l.failed_hop.clone(),
+                l.reason,
+                l.proxy_status,
+                Some(run_start.to_string()),
+                text,
+            )
         }
         Some(l) => {
-            let oks: Vec<f64> = attempts.iter().filter(|a| a.verdict == Verdict::Ok).filter_map(|a| a.hops.first().map(|h| h.latency_ms)).collect();
+            let oks: Vec<f64> = attempts
+                .iter()
+                .filter(|a| a.verdict == Verdict::Ok)
+                .filter_map(|a| a.hops.first().map(|h| h.latency_ms))
+                .collect();
             let mut sorted = oks.clone();
             sorted.sort_by(f64::total_cmp);
             let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
             let via: Vec<&str> = l.hops.iter().map(|h| h.hop.as_str()).collect();
-            let mut text = format!("healthy: last attempt ok via {}; {} of {total} attempts ok, median connect {}", via.join(" > "), oks.len(), latency(median));
+            let mut text = format!(
+                "healthy: last attempt ok via {}; {} of {total} attempts ok, median connect {}",
+                via.join(" > "),
+                oks.len(),
+                latency(median)
+            );
             if let Some(f) = attempts.iter().rev().find(|a| a.verdict != Verdict::Ok) {
-                text.push_str(&format!("; last problem at {}: {} at hop {}", hhmmss(&f.time), f.reason.map_or(f.verdict.as_str(), |r| r.as_str()), f.failed_hop.as_deref().unwrap_or("-")));
+                text.push_str(&format!(
+                    "; last problem at {}: {} at hop {}",
+                    hhmmss(&f.time),
+                    f.reason.map_or(f.verdict.as_str(), |r| r.as_str()),
+                    f.failed_hop.as_deref().unwrap_or("-")
+                ));
             }
-            let run_start = attempts.iter().rev().take_while(|a| a.verdict == Verdict::Ok).last().map(|a| a.time.clone());
+            let run_start = attempts
+                .iter()
+                .rev()
+                .take_while(|a| a.verdict == Verdict::Ok)
+                .last()
+                .map(|a| a.time.clone());
             ("healthy", None, None, None, run_start, text)
         }
         None => ("healthy", None, None, None, None, String::new()),
@@ -286,15 +368,30 @@ pub fn explain(target: &str, since: SystemTime, attempts: &[Attempt], keep: usiz
 }
 
 pub fn render(e: &Explanation) -> String {
-    let mut o = format!("{}: {} attempts since {} ({} failed)\n", e.target, e.attempts, e.since, e.failures);
+    let mut o = format!(
+        "{}: {} attempts since {} ({} failed)\n",
+        e.target, e.attempts, e.since, e.failures
+    );
     for a in &e.recent {
         let verdict = match (&a.failed_hop, a.reason) {
-            (Some(h), Some(r)) if a.verdict != Verdict::Ok => format!("{} at {h}: {}", a.verdict.as_str(), r.as_str()),
+            (Some(h), Some(r)) if a.verdict != Verdict::Ok => {
+                format!("{} at {h}: {}", a.verdict.as_str(), r.as_str())
+            }
             (None, Some(r)) => format!("{}: {}", a.verdict.as_str(), r.as_str()),
             _ => a.verdict.as_str().to_string(),
         };
-        o.push_str(&format!("\n{}  {} ({} pid {})  {}  => {verdict}\n", a.time.get(11..23).unwrap_or(&a.time), a.who, a.comm, a.pid, a.target.as_deref().unwrap_or("-")));
-        o.push_str(&format!("  {:<14} {:<28} {:<9} {:<21} {:<6} {:<9} {:<4} {}\n", "HOP", "LEG", "VERDICT", "REASON", "STATUS", "LATENCY", "RETX", "DST -> ACTUAL (SNAT)"));
+        o.push_str(&format!(
+            "\n{}  {} ({} pid {})  {}  => {verdict}\n",
+            a.time.get(11..23).unwrap_or(&a.time),
+            a.who,
+            a.comm,
+            a.pid,
+            a.target.as_deref().unwrap_or("-")
+        ));
+        o.push_str(&format!(
+            "  {:<14} {:<28} {:<9} {:<21} {:<6} {:<9} {:<4} {}\n",
+            "HOP", "LEG", "VERDICT", "REASON", "STATUS", "LATENCY", "RETX", "DST -> ACTUAL (SNAT)"
+        ));
         for h in &a.hops {
             let mut dst = addr(h.dst);
             if h.dst_actual.is_some() && h.dst_actual != h.dst {
@@ -363,40 +460,115 @@ mod tests {
     use super::*;
     use crate::records::LegSummary;
 
-    fn chain(t: &str, legs: Vec<LegSummary>, verdict: Verdict, hop: Option<&str>, reason: Option<Reason>, status: Option<u16>) -> Record {
+    fn chain(
+        t: &str,
+        legs: Vec<LegSummary>,
+        verdict: Verdict,
+        hop: Option<&str>,
+        reason: Option<Reason>,
+        status: Option<u16>,
+    ) -> Record {
         Record::Chain(ChainRecord {
-            time: format!("2026-11-21T10:{t}.000Z"), chain_id: t.into(), target: Some("login.example.test:443".into()), namespace: Some("app".into()),
-            pod: Some("web-1".into()), comm: "curl".into(), legs, verdict, failed_hop: hop.map(str::to_string), reason, proxy_status: status, ..ChainRecord::default()
+            time: format!("2026-11-21T10:{t}.000Z"),
+            chain_id: t.into(),
+            target: Some("login.example.test:443".into()),
+            namespace: Some("app".into()),
+            pod: Some("web-1".into()),
+            comm: "curl".into(),
+            legs,
+            verdict,
+            failed_hop: hop.map(str::to_string),
+            reason,
+            proxy_status: status,
+            ..ChainRecord::default()
         })
     }
     fn leg(hop: &str, verdict: Verdict, status: Option<u16>) -> LegSummary {
-        LegSummary { hop: hop.into(), leg: format!("x->{hop}"), verdict, proxy_status: status, latency_ms: 2.0, ..LegSummary::default() }
+        LegSummary {
+            hop: hop.into(),
+            leg: format!("x->{hop}"),
+            verdict,
+            proxy_status: status,
+            latency_ms: 2.0,
+            ..LegSummary::default()
+        }
     }
 
     #[test]
     fn concludes_failing_with_since_and_counts() {
-        let ok = || chain("40:00", vec![leg("gke-squid", Verdict::Ok, Some(200)), leg("gce-proxy", Verdict::Ok, Some(200))], Verdict::Ok, None, None, None);
-        let denied = |t: &str| chain(t, vec![leg("gke-squid", Verdict::Failed, Some(403)), leg("gce-proxy", Verdict::Failed, Some(403))], Verdict::Failed, Some("gce-proxy"), Some(Reason::ProxyDenied), Some(403));
+        let ok = || {
+            chain(
+                "40:00",
+                vec![
+                    leg("gke-squid", Verdict::Ok, Some(200)),
+                    leg("gce-proxy", Verdict::Ok, Some(200)),
+                ],
+                Verdict::Ok,
+                None,
+                None,
+                None,
+            )
+        };
+        let denied = |t: &str| {
+            chain(
+                t,
+                vec![
+                    leg("gke-squid", Verdict::Failed, Some(403)),
+                    leg("gce-proxy", Verdict::Failed, Some(403)),
+                ],
+                Verdict::Failed,
+                Some("gce-proxy"),
+                Some(Reason::ProxyDenied),
+                Some(403),
+            )
+        };
         let recs = vec![ok(), denied("42:01"), denied("42:05"), denied("43:00")];
         let since = parse_rfc3339("2026-11-21T09:00:00.000Z").expect("t");
         let want = Wanted::parse("login.example.test:443").expect("want");
         let a = attempts(&recs, &want, since);
         assert_eq!(a.len(), 4);
         let e = explain("login.example.test:443", since, &a, 2);
-        assert_eq!(e.conclusion, "failing at hop gce-proxy: 403 proxy_denied since 10:42:01, 3 of 4 attempts");
+        assert_eq!(
+            e.conclusion,
+            "failing at hop gce-proxy: 403 proxy_denied since 10:42:01, 3 of 4 attempts"
+        );
         assert_eq!((e.state, e.recent.len()), ("failing", 2));
         assert!(render(&e).contains("Conclusion: failing at hop gce-proxy"));
         // Another port, another name: nothing.
-        assert!(attempts(&recs, &Wanted::parse("login.example.test:80").expect("w"), since).is_empty());
+        assert!(
+            attempts(&recs, &Wanted::parse("login.example.test:80").expect("w"), since).is_empty()
+        );
         assert!(attempts(&recs, &Wanted::parse("other.test").expect("w"), since).is_empty());
         // Healthy after the failures.
         let mut recs = recs;
-        recs.push(chain("44:00", vec![leg("gke-squid", Verdict::Ok, Some(200))], Verdict::Ok, None, None, None));
+        recs.push(chain(
+            "44:00",
+            vec![leg("gke-squid", Verdict::Ok, Some(200))],
+            Verdict::Ok,
+            None,
+            None,
+            None,
+        ));
         let e = explain("t", since, &attempts(&recs, &want, since), 5);
         assert_eq!(e.state, "healthy");
-        assert!(e.conclusion.starts_with("healthy: last attempt ok via gke-squid; 2 of 5 attempts ok"), "{}", e.conclusion);
-        assert!(e.conclusion.contains("last problem at 10:43:00: proxy_denied at hop gce-proxy"), "{}", e.conclusion);
+        assert!(
+            e.conclusion.starts_with("healthy: last attempt ok via gke-squid; 2 of 5 attempts ok"),
+            "{}",
+            e.conclusion
+        );
+        assert!(
+            e.conclusion.contains("last problem at 10:43:00: proxy_denied at hop gce-proxy"),
+            "{}",
+            e.conclusion
+        );
         assert!(Wanted::parse("host:notaport").is_err());
-        assert_eq!((human(Duration::from_secs(5400)), human(Duration::from_secs(45)), human(Duration::from_millis(300))), ("1h30m".into(), "45s".into(), "300ms".into()));
+        assert_eq!(
+            (
+                human(Duration::from_secs(5400)),
+                human(Duration::from_secs(45)),
+                human(Duration::from_millis(300))
+            ),
+            ("1h30m".into(), "45s".into(), "300ms".into())
+        );
     }
 }

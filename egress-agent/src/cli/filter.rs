@@ -1,6 +1,10 @@
 //! Which records a user asked to see: the filters shared by `watch`,
 //! `flows` (and the target match of `explain`).
-use std::{net::IpAddr, str::FromStr, time::{Duration, SystemTime}};
+use std::{
+    net::IpAddr,
+    str::FromStr,
+    time::{Duration, SystemTime},
+};
 
 use clap::Args;
 
@@ -81,14 +85,25 @@ impl FromStr for DstMatch {
 }
 
 impl DstMatch {
-    fn matches(&self, ips: &[Option<IpAddr>], target: Option<&str>, dst_name: Option<&str>) -> bool {
+    fn matches(
+        &self,
+        ips: &[Option<IpAddr>],
+        target: Option<&str>,
+        dst_name: Option<&str>,
+    ) -> bool {
         match self {
-            Self::Cidr(c) => ips.iter().flatten().any(|ip| c.contains(*ip)) || target.and_then(|t| split_target(t).0.parse().ok()).is_some_and(|ip| c.contains(ip)),
+            Self::Cidr(c) => {
+                ips.iter().flatten().any(|ip| c.contains(*ip))
+                    || target
+                        .and_then(|t| split_target(t).0.parse().ok())
+                        .is_some_and(|ip| c.contains(ip))
+            }
             Self::Name(n) => {
                 target.is_some_and(|t| split_target(t).0.eq_ignore_ascii_case(n))
                     || dst_name.is_some_and(|d| {
                         let d = d.rsplit_once(':').map_or(d, |(a, _)| a);
-                        d.eq_ignore_ascii_case(n) || d.split_once('/').is_some_and(|(_, svc)| svc.eq_ignore_ascii_case(n))
+                        d.eq_ignore_ascii_case(n)
+                            || d.split_once('/').is_some_and(|(_, svc)| svc.eq_ignore_ascii_case(n))
                     })
             }
         }
@@ -115,7 +130,13 @@ impl FlowFilter {
         }
     }
 
-    fn who(&self, namespace: Option<&str>, pod: Option<&str>, pod_uid: Option<&str>, workload: Option<&str>) -> bool {
+    fn who(
+        &self,
+        namespace: Option<&str>,
+        pod: Option<&str>,
+        pod_uid: Option<&str>,
+        workload: Option<&str>,
+    ) -> bool {
         if !self.all_namespaces
             && let Some(ns) = &self.namespace
             && namespace != Some(ns.as_str())
@@ -129,7 +150,8 @@ impl FlowFilter {
             return false;
         }
         if let Some(w) = &self.workload
-            && !workload.is_some_and(|x| x == w || x.split_once('/').is_some_and(|(_, name)| name == w))
+            && !workload
+                .is_some_and(|x| x == w || x.split_once('/').is_some_and(|(_, name)| name == w))
         {
             return false;
         }
@@ -143,10 +165,24 @@ impl FlowFilter {
     pub fn matches_at(&self, r: &FlowRecord, now: SystemTime) -> bool {
         self.verdict.is_none_or(|v| v == r.verdict)
             && self.reason.is_none_or(|x| Some(x) == r.reason)
-            && self.who(r.namespace.as_deref(), r.pod.as_deref(), r.pod_uid.as_deref(), r.workload.as_deref())
+            && self.who(
+                r.namespace.as_deref(),
+                r.pod.as_deref(),
+                r.pod_uid.as_deref(),
+                r.workload.as_deref(),
+            )
             && self.hop.as_deref().is_none_or(|h| r.hop.as_deref() == Some(h))
-            && self.dst.as_ref().is_none_or(|d| d.matches(&[r.dst.map(|a| a.ip()), r.dst_actual.map(|a| a.ip())], r.target.as_deref(), r.dst_name.as_deref()))
-            && self.port.is_none_or(|p| r.dst.is_some_and(|d| d.port() == p) || r.target.as_deref().is_some_and(|t| split_target(t).1 == Some(p)))
+            && self.dst.as_ref().is_none_or(|d| {
+                d.matches(
+                    &[r.dst.map(|a| a.ip()), r.dst_actual.map(|a| a.ip())],
+                    r.target.as_deref(),
+                    r.dst_name.as_deref(),
+                )
+            })
+            && self.port.is_none_or(|p| {
+                r.dst.is_some_and(|d| d.port() == p)
+                    || r.target.as_deref().is_some_and(|t| split_target(t).1 == Some(p))
+            })
             && self.recent(&r.time, now)
     }
 
@@ -155,7 +191,12 @@ impl FlowFilter {
     pub fn matches_dns(&self, d: &DnsRecord) -> bool {
         self.verdict.is_none_or(|v| d.verdict == v)
             && self.reason.is_none_or(|r| d.reason == Some(r))
-            && self.who(d.namespace.as_deref(), d.pod.as_deref(), d.pod_uid.as_deref(), d.workload.as_deref())
+            && self.who(
+                d.namespace.as_deref(),
+                d.pod.as_deref(),
+                d.pod_uid.as_deref(),
+                d.workload.as_deref(),
+            )
             && self.hop.as_deref().is_none_or(|h| d.hop.as_deref() == Some(h))
             && self.dst.as_ref().is_none_or(|m| match m {
                 DstMatch::Name(n) => d.name.trim_end_matches('.').eq_ignore_ascii_case(n),
@@ -179,13 +220,20 @@ impl FlowFilter {
     }
 
     pub fn matches_chain_at(&self, c: &ChainRecord, now: SystemTime) -> bool {
-        let ips: Vec<Option<IpAddr>> = c.legs.iter().flat_map(|l| [l.dst.map(|a| a.ip()), l.dst_actual.map(|a| a.ip())]).collect();
+        let ips: Vec<Option<IpAddr>> = c
+            .legs
+            .iter()
+            .flat_map(|l| [l.dst.map(|a| a.ip()), l.dst_actual.map(|a| a.ip())])
+            .collect();
         self.verdict.is_none_or(|v| v == c.verdict)
             && self.reason.is_none_or(|x| Some(x) == c.reason)
             && self.who(c.namespace.as_deref(), c.pod.as_deref(), None, c.workload.as_deref())
             && self.hop.as_deref().is_none_or(|h| c.legs.iter().any(|l| l.hop == h))
             && self.dst.as_ref().is_none_or(|d| d.matches(&ips, c.target.as_deref(), None))
-            && self.port.is_none_or(|p| c.target.as_deref().is_some_and(|t| split_target(t).1 == Some(p)) || c.legs.first().and_then(|l| l.dst).is_some_and(|d| d.port() == p))
+            && self.port.is_none_or(|p| {
+                c.target.as_deref().is_some_and(|t| split_target(t).1 == Some(p))
+                    || c.legs.first().and_then(|l| l.dst).is_some_and(|d| d.port() == p)
+            })
             && self.recent(&c.time, now)
     }
 }
@@ -196,17 +244,27 @@ mod tests {
 
     fn rec() -> FlowRecord {
         FlowRecord {
-            time: "2026-11-21T22:00:00.000Z".into(), namespace: Some("app".into()), pod: Some("web-1".into()), pod_uid: Some("u1".into()),
-            workload: Some("Deployment/web".into()), verdict: Verdict::Failed, reason: Some(Reason::ProxyDenied), hop: Some("gke-squid".into()),
-            dst: Some("10.96.0.10:3128".parse().expect("a")), dst_actual: Some("10.1.2.3:3128".parse().expect("a")),
-            dst_name: Some("intra-proxy/squid:3128".into()), target: Some("login.example.test:443".into()), ..FlowRecord::default()
+            time: "2026-11-21T22:00:00.000Z".into(),
+            namespace: Some("app".into()),
+            pod: Some("web-1".into()),
+            pod_uid: Some("u1".into()),
+            workload: Some("Deployment/web".into()),
+            verdict: Verdict::Failed,
+            reason: Some(Reason::ProxyDenied),
+            hop: Some("gke-squid".into()),
+            dst: Some("10.96.0.10:3128".parse().expect("a")),
+            dst_actual: Some("10.1.2.3:3128".parse().expect("a")),
+            dst_name: Some("intra-proxy/squid:3128".into()),
+            target: Some("login.example.test:443".into()),
+            ..FlowRecord::default()
         }
     }
 
     #[test]
     fn every_filter() {
         let r = rec();
-        let f = |f: FlowFilter| f.matches_at(&r, parse_rfc3339("2026-11-21T22:00:30.000Z").expect("t"));
+        let f =
+            |f: FlowFilter| f.matches_at(&r, parse_rfc3339("2026-11-21T22:00:30.000Z").expect("t"));
         assert!(f(FlowFilter::default()));
         assert!(f(FlowFilter { verdict: Some(Verdict::Failed), ..Default::default() }));
         assert!(!f(FlowFilter { verdict: Some(Verdict::Ok), ..Default::default() }));
@@ -214,20 +272,39 @@ mod tests {
         assert!(!f(FlowFilter { reason: Some(Reason::Timeout), ..Default::default() }));
         assert!(f(FlowFilter { namespace: Some("app".into()), ..Default::default() }));
         assert!(!f(FlowFilter { namespace: Some("kube-system".into()), ..Default::default() }));
-        assert!(f(FlowFilter { namespace: Some("kube-system".into()), all_namespaces: true, ..Default::default() }));
-        assert!(f(FlowFilter { pod: Some("web-1".into()), ..Default::default() }) && f(FlowFilter { pod: Some("u1".into()), ..Default::default() }));
+        assert!(f(FlowFilter {
+            namespace: Some("kube-system".into()),
+            all_namespaces: true,
+            ..Default::default()
+        }));
+        assert!(
+            f(FlowFilter { pod: Some("web-1".into()), ..Default::default() })
+                && f(FlowFilter { pod: Some("u1".into()), ..Default::default() })
+        );
         assert!(!f(FlowFilter { pod: Some("web-2".into()), ..Default::default() }));
-        assert!(f(FlowFilter { workload: Some("web".into()), ..Default::default() }) && f(FlowFilter { workload: Some("Deployment/web".into()), ..Default::default() }));
+        assert!(
+            f(FlowFilter { workload: Some("web".into()), ..Default::default() })
+                && f(FlowFilter { workload: Some("Deployment/web".into()), ..Default::default() })
+        );
         assert!(!f(FlowFilter { workload: Some("api".into()), ..Default::default() }));
         assert!(f(FlowFilter { hop: Some("gke-squid".into()), ..Default::default() }));
         assert!(!f(FlowFilter { hop: Some("gce-proxy".into()), ..Default::default() }));
         for d in ["10.96.0.0/16", "10.1.2.3", "login.example.test", "squid", "intra-proxy/squid"] {
-            assert!(f(FlowFilter { dst: Some(d.parse().expect("dst")), ..Default::default() }), "{d}");
+            assert!(
+                f(FlowFilter { dst: Some(d.parse().expect("dst")), ..Default::default() }),
+                "{d}"
+            );
         }
         for d in ["192.168.0.0/16", "10.1.2.4", "other.test", "intra-proxy"] {
-            assert!(!f(FlowFilter { dst: Some(d.parse().expect("dst")), ..Default::default() }), "{d}");
+            assert!(
+                !f(FlowFilter { dst: Some(d.parse().expect("dst")), ..Default::default() }),
+                "{d}"
+            );
         }
-        assert!(f(FlowFilter { port: Some(3128), ..Default::default() }) && f(FlowFilter { port: Some(443), ..Default::default() }));
+        assert!(
+            f(FlowFilter { port: Some(3128), ..Default::default() })
+                && f(FlowFilter { port: Some(443), ..Default::default() })
+        );
         assert!(!f(FlowFilter { port: Some(80), ..Default::default() }));
         assert!(f(FlowFilter { since: Some(Duration::from_secs(60)), ..Default::default() }));
         assert!(!f(FlowFilter { since: Some(Duration::from_secs(10)), ..Default::default() }));

@@ -30,7 +30,8 @@ pub async fn flows(args: FlowsArgs) -> anyhow::Result<u8> {
     if args.follow {
         let stream = client::open(&args.api.api_socket, &Request::Follow { history: true }).await?;
         let shutdown = shutdown_on_signals()?;
-        return watch::follow(stream, &args.filter, args.filter.printer(false), shutdown, true).await;
+        return watch::follow(stream, &args.filter, args.filter.printer(false), shutdown, true)
+            .await;
     }
     let lines = client::snapshot(&args.api.api_socket).await?;
     let mut matching: Vec<&Record> = lines

@@ -96,10 +96,19 @@ mod tests {
 
     #[test]
     fn private_ranges_parse() {
-        let cli = Cli::try_parse_from(["egress-agent", "watch", "--private-ranges", "10.0.0.0/8,fd00::/8"]).expect("parse");
+        let cli = Cli::try_parse_from([
+            "egress-agent",
+            "watch",
+            "--private-ranges",
+            "10.0.0.0/8,fd00::/8",
+        ])
+        .expect("parse");
         let Command::Watch(w) = cli.command else { panic!("watch") };
         assert_eq!(w.session.private_ranges.len(), 2);
-        assert!(Cli::try_parse_from(["egress-agent", "watch", "--private-ranges", "10.0.0.0/99"]).is_err());
+        assert!(
+            Cli::try_parse_from(["egress-agent", "watch", "--private-ranges", "10.0.0.0/99"])
+                .is_err()
+        );
         let cli = Cli::try_parse_from(["egress-agent", "watch"]).expect("parse");
         let Command::Watch(w) = cli.command else { panic!("watch") };
         assert_eq!(w.session.private_ranges.len(), 7);
@@ -108,7 +117,12 @@ mod tests {
     #[test]
     fn completions_cover_every_command() {
         let mut out = Vec::new();
-        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "egress-agent", &mut out);
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "egress-agent",
+            &mut out,
+        );
         let script = String::from_utf8(out).expect("utf8");
         for w in ["watch", "flows", "explain", "check", "--verdict", "--api-socket", "--since"] {
             assert!(script.contains(w), "bash completion lacks {w}");
@@ -117,10 +131,25 @@ mod tests {
 
     #[test]
     fn unknown_filter_values_list_the_accepted_ones() {
-        let e = Cli::try_parse_from(["egress-agent", "flows", "--reason", "bogus"]).expect_err("bogus reason");
+        let e = Cli::try_parse_from(["egress-agent", "flows", "--reason", "bogus"])
+            .expect_err("bogus reason");
         let msg = e.to_string();
         assert!(msg.contains("proxy_denied") && msg.contains("bypass"), "{msg}");
-        assert!(Cli::try_parse_from(["egress-agent", "flows", "--verdict", "failed", "--dst", "10.0.0.0/8", "--since", "5m", "-o", "wide"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "egress-agent",
+                "flows",
+                "--verdict",
+                "failed",
+                "--dst",
+                "10.0.0.0/8",
+                "--since",
+                "5m",
+                "-o",
+                "wide"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `flows` alike. A closed pipe (`| head`) ends output quietly.
 use std::io::{IsTerminal as _, Write as _};
 
-use super::table::{CHAIN_COLS, Col, DNS_COLS, FLOW_COLS, Table, chain_cells, dns_cells, flow_cells, terminal_width};
+use super::table::{
+    CHAIN_COLS, Col, DNS_COLS, FLOW_COLS, Table, chain_cells, dns_cells, flow_cells, terminal_width,
+};
 use crate::records::{Record, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,11 +40,13 @@ impl Color {
         match self {
             Self::Always => true,
             Self::Never => false,
-            Self::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            Self::Auto => {
+                std::io::stdout().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
         }
     }
 }
-
 
 /// Which records a printer shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +136,9 @@ impl Printer {
             Record::Flow(f) => t.render(&flow_cells(f), Some(f.verdict)),
             Record::Chain(c) => t.render(&chain_cells(c), Some(c.verdict)),
             // A lookup is ok or failed; nothing else is coloured.
-            Record::Dns(d) => t.render(&dns_cells(d), (d.verdict != Verdict::Degraded).then_some(d.verdict)),
+            Record::Dns(d) => {
+                t.render(&dns_cells(d), (d.verdict != Verdict::Degraded).then_some(d.verdict))
+            }
         };
         self.line(&l);
         self.printed += 1;
@@ -144,7 +150,14 @@ impl Printer {
             self.line("]");
         }
         if self.printed == 0 && self.table.is_some() {
-            eprintln!("no matching {} records", match self.kind { Kind::Flows => "flow", Kind::Chains => "chain", Kind::Dns => "DNS" });
+            eprintln!(
+                "no matching {} records",
+                match self.kind {
+                    Kind::Flows => "flow",
+                    Kind::Chains => "chain",
+                    Kind::Dns => "DNS",
+                }
+            );
         }
         self.printed
     }

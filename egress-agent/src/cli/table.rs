@@ -88,11 +88,17 @@ impl Table {
     pub fn new(cols: &[Col], width: usize, wide: bool, color: bool) -> Self {
         let verdict_col = cols.iter().position(|c| c.name == "VERDICT");
         if wide {
-            return Self { widths: cols.iter().map(|c| Some(c.max)).collect(), last_cut: None, verdict_col, color };
+            return Self {
+                widths: cols.iter().map(|c| Some(c.max)).collect(),
+                last_cut: None,
+                verdict_col,
+                color,
+            };
         }
         let mut shown: Vec<bool> = cols.iter().map(|c| c.prio == 0 && !c.wide_only).collect();
         let used = |shown: &[bool]| -> usize {
-            let w: usize = cols.iter().zip(shown).filter(|(_, s)| **s).map(|(c, _)| c.min + 1).sum();
+            let w: usize =
+                cols.iter().zip(shown).filter(|(_, s)| **s).map(|(c, _)| c.min + 1).sum();
             w.saturating_sub(1)
         };
         for prio in 1..=8 {
@@ -105,7 +111,8 @@ impl Table {
                 }
             }
         }
-        let mut widths: Vec<Option<usize>> = cols.iter().zip(&shown).map(|(c, s)| s.then_some(c.min)).collect();
+        let mut widths: Vec<Option<usize>> =
+            cols.iter().zip(&shown).map(|(c, s)| s.then_some(c.min)).collect();
         let last = shown.iter().rposition(|s| *s);
         // Spare width: grow columns towards their max, in display order; the
         // last column takes what remains.
@@ -216,7 +223,13 @@ pub fn via(c: &ChainRecord) -> String {
     c.legs
         .iter()
         .map(|l| {
-            let what = l.proxy_status.map_or_else(|| l.reason.map_or_else(|| l.verdict.as_str().to_string(), |r| r.as_str().to_string()), |s| s.to_string());
+            let what = l.proxy_status.map_or_else(
+                || {
+                    l.reason
+                        .map_or_else(|| l.verdict.as_str().to_string(), |r| r.as_str().to_string())
+                },
+                |s| s.to_string(),
+            );
             format!("{}[{what}]", l.hop)
         })
         .collect::<Vec<_>>()
@@ -228,7 +241,11 @@ pub fn chain_cells(c: &ChainRecord) -> Vec<String> {
     vec![
         c.time.get(11..23).unwrap_or(&c.time).to_string(),
         opt(c.namespace.as_deref()),
-        opt(c.pod.as_deref().or(c.unit.as_deref()).or_else(|| Some(c.comm.as_str()).filter(|s| !s.is_empty()))),
+        opt(c
+            .pod
+            .as_deref()
+            .or(c.unit.as_deref())
+            .or_else(|| Some(c.comm.as_str()).filter(|s| !s.is_empty()))),
         opt(c.target.as_deref()),
         via(c),
         c.verdict.as_str().to_string(),
@@ -242,7 +259,8 @@ pub fn chain_cells(c: &ChainRecord) -> Vec<String> {
 pub fn terminal_width() -> usize {
     let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ fills a winsize; stdout may not be a tty (then it fails).
-    if unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
+    if unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0
+    {
         return usize::from(ws.ws_col);
     }
     std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).filter(|&c| c > 0).unwrap_or(200)
@@ -283,11 +301,19 @@ mod tests {
 
     fn rec() -> FlowRecord {
         FlowRecord {
-            time: "2026-11-21T22:01:02.345Z".into(), pid: 4242, comm: "curl".into(), namespace: Some("intra-proxy".into()),
-            pod: Some("squid-7d9f-a-very-long-generated-pod-name-x".into()), dst: Some("10.96.0.10:3128".parse().expect("a")),
-            dst_name: Some("intra-proxy/squid-proxy-service-with-a-long-name:3128".into()), hop: Some("gke-squid".into()),
-            target: Some("login.microsoftonline.example.com:443".into()), verdict: Verdict::Failed, reason: Some(Reason::ProxyUpstreamError),
-            latency_ms: 3012.5, ..FlowRecord::default()
+            time: "2026-11-21T22:01:02.345Z".into(),
+            pid: 4242,
+            comm: "curl".into(),
+            namespace: Some("intra-proxy".into()),
+            pod: Some("squid-7d9f-a-very-long-generated-pod-name-x".into()),
+            dst: Some("10.96.0.10:3128".parse().expect("a")),
+            dst_name: Some("intra-proxy/squid-proxy-service-with-a-long-name:3128".into()),
+            hop: Some("gke-squid".into()),
+            target: Some("login.microsoftonline.example.com:443".into()),
+            verdict: Verdict::Failed,
+            reason: Some(Reason::ProxyUpstreamError),
+            latency_ms: 3012.5,
+            ..FlowRecord::default()
         }
     }
 
@@ -302,24 +328,48 @@ mod tests {
             let t = Table::new(&FLOW_COLS, width, false, false);
             let h = t.header(&FLOW_COLS);
             let row = t.render(&flow_cells(&rec()), Some(Verdict::Failed));
-            assert!(h.chars().count() <= width && row.chars().count() <= width, "{width}:\n{h}\n{row}");
+            assert!(
+                h.chars().count() <= width && row.chars().count() <= width,
+                "{width}:\n{h}\n{row}"
+            );
             for at in starts(&h) {
-                assert!(at == 0 || row.chars().nth(at - 1) == Some(' '), "{width}: column at {at} misaligned:\n{h}\n{row}");
+                assert!(
+                    at == 0 || row.chars().nth(at - 1) == Some(' '),
+                    "{width}: column at {at} misaligned:\n{h}\n{row}"
+                );
             }
             let names: Vec<&str> = h.split_whitespace().collect();
             for must in ["TIME", "DST", "VERDICT", "REASON", "POD/UNIT", "LAT"] {
                 assert!(names.contains(&must), "{width}: {must} missing: {h}");
             }
             if width == 200 {
-                assert_eq!(names, ["TIME", "NAMESPACE", "POD/UNIT", "PID", "COMM", "DST", "HOP", "TARGET", "VERDICT", "LAT", "RETX", "REASON"]);
+                assert_eq!(
+                    names,
+                    [
+                        "TIME",
+                        "NAMESPACE",
+                        "POD/UNIT",
+                        "PID",
+                        "COMM",
+                        "DST",
+                        "HOP",
+                        "TARGET",
+                        "VERDICT",
+                        "LAT",
+                        "RETX",
+                        "REASON"
+                    ]
+                );
             }
         }
     }
 
     #[test]
     fn colour_does_not_move_columns() {
-        let plain = Table::new(&FLOW_COLS, 120, false, false).render(&flow_cells(&rec()), Some(Verdict::Failed));
-        let col = Table::new(&FLOW_COLS, 120, false, true).render(&flow_cells(&rec()), Some(Verdict::Failed));
+        let plain = Table::new(&FLOW_COLS, 120, false, false)
+            .render(&flow_cells(&rec()), Some(Verdict::Failed));
+        let col = Table::new(&FLOW_COLS, 120, false, true)
+            .render(&flow_cells(&rec()), Some(Verdict::Failed));
         assert!(col.contains("\x1b[1;31mfailed\x1b[0m"), "{col}");
         assert_eq!(col.replace("\x1b[1;31m", "").replace("\x1b[0m", ""), plain);
     }
@@ -334,15 +384,31 @@ mod tests {
 
     #[test]
     fn chain_via_column() {
-        let leg = |hop: &str, status, reason| LegSummary { hop: hop.into(), proxy_status: status, reason, verdict: Verdict::Failed, ..LegSummary::default() };
+        let leg = |hop: &str, status, reason| LegSummary {
+            hop: hop.into(),
+            proxy_status: status,
+            reason,
+            verdict: Verdict::Failed,
+            ..LegSummary::default()
+        };
         let c = ChainRecord {
-            time: "2026-11-21T22:01:02.345Z".into(), target: Some("a.test:443".into()), verdict: Verdict::Failed,
-            legs: vec![leg("gke-squid", Some(503), None), leg("gce-proxy", None, Some(Reason::Timeout))],
-            failed_hop: Some("gce-proxy".into()), reason: Some(Reason::Timeout), ..ChainRecord::default()
+            time: "2026-11-21T22:01:02.345Z".into(),
+            target: Some("a.test:443".into()),
+            verdict: Verdict::Failed,
+            legs: vec![
+                leg("gke-squid", Some(503), None),
+                leg("gce-proxy", None, Some(Reason::Timeout)),
+            ],
+            failed_hop: Some("gce-proxy".into()),
+            reason: Some(Reason::Timeout),
+            ..ChainRecord::default()
         };
         assert_eq!(via(&c), "gke-squid[503] > gce-proxy[timeout]");
         let t = Table::new(&CHAIN_COLS, 80, false, false);
         let row = t.render(&chain_cells(&c), Some(c.verdict));
-        assert!(row.chars().count() <= 80 && row.contains("gce-proxy") && row.ends_with("timeout"), "{row}");
+        assert!(
+            row.chars().count() <= 80 && row.contains("gce-proxy") && row.ends_with("timeout"),
+            "{row}"
+        );
     }
 }

@@ -64,15 +64,22 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
                     status.as_ref().map_or_else(|| "?".into(), |s| s.pid.to_string()),
                     status.as_ref().map_or("?", |s| s.attached.as_str())
                 );
-                return follow(stream, &args.filter, args.filter.printer(false), shutdown, false).await;
+                return follow(stream, &args.filter, args.filter.printer(false), shutdown, false)
+                    .await;
             }
-            Err(ClientError::Connect(c)) if c.is_absent() => eprintln!("egress-agent watch: no agent at {}; standalone mode", args.api.api_socket.display()),
+            Err(ClientError::Connect(c)) if c.is_absent() => eprintln!(
+                "egress-agent watch: no agent at {}; standalone mode",
+                args.api.api_socket.display()
+            ),
             Err(e) => return Err(e.into()),
         }
     }
     let config = args.session.load_config()?;
     let mut session = Session::start(args.session.options(config)).await?;
-    eprintln!("egress-agent watch: standalone mode, probes loaded by this process; {}", session.attached_summary());
+    eprintln!(
+        "egress-agent watch: standalone mode, probes loaded by this process; {}",
+        session.attached_summary()
+    );
     let mut printer = args.filter.printer(false);
     printer.header();
     let filter = args.filter.flows.clone();
@@ -92,7 +99,13 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
 /// Print a follow stream until it ends or `shutdown`. With `history`, the
 /// records before `history_end` are the agent's history: `--last` applies
 /// to them. Returns the exit code.
-pub async fn follow(mut stream: client::RecordStream, filter: &FilterArgs, mut printer: Printer, mut shutdown: tokio::sync::watch::Receiver<bool>, history: bool) -> anyhow::Result<u8> {
+pub async fn follow(
+    mut stream: client::RecordStream,
+    filter: &FilterArgs,
+    mut printer: Printer,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    history: bool,
+) -> anyhow::Result<u8> {
     let f = &filter.flows;
     printer.header();
     let mut backlog: Vec<Record> = Vec::new();
@@ -114,7 +127,9 @@ pub async fn follow(mut stream: client::RecordStream, filter: &FilterArgs, mut p
                 }
                 live = true;
             }
-            Message::Control(Control::Lost { count }) => eprintln!("egress-agent: {count} records dropped by the agent for this client (reading too slowly)"),
+            Message::Control(Control::Lost { count }) => eprintln!(
+                "egress-agent: {count} records dropped by the agent for this client (reading too slowly)"
+            ),
             Message::Record(r) if !f.matches_record(&r) => {}
             Message::Record(r) if !live => {
                 if filter.shows(&r) {

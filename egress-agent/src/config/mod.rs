@@ -18,11 +18,11 @@ use std::{
 
 use egress_common::DNS_PORT;
 
+use self::file::{BypassConfig, ConfigFile, DnsConfig, ProbesConfig};
 pub use self::{
     duration::{DurationError, parse_duration},
     net::{AddrError, AddrMatch, Cidr, DEFAULT_PRIVATE, parse_ranges},
 };
-use self::file::{BypassConfig, ConfigFile, DnsConfig, ProbesConfig};
 
 /// Hop names the agent gives itself: past the last hop, and egress that
 /// bypassed the chain.
@@ -50,15 +50,21 @@ pub enum SettingsError {
     Yaml(Box<serde_saphyr::Error>),
     #[error("unsupported config version {0} (this agent reads version 1)")]
     Version(u32),
-    #[error("`attribution:` is not read by this agent: the sources are chosen with flags (`--kube auto|true|false` with `--node-name`/`--kubeconfig` for Kubernetes metadata; pods and systemd units come from cgroup paths under `--cgroup-root`, always); remove the section")]
+    #[error(
+        "`attribution:` is not read by this agent: the sources are chosen with flags (`--kube auto|true|false` with `--node-name`/`--kubeconfig` for Kubernetes metadata; pods and systemd units come from cgroup paths under `--cgroup-root`, always); remove the section"
+    )]
     Attribution,
-    #[error("`labels:` is not read by this agent: metric labels are always bounded (namespace, workload, hop, reason, dst_class; CONNECT targets only from `destinations.allow`), pod and IP labels are not offered; remove the section")]
+    #[error(
+        "`labels:` is not read by this agent: metric labels are always bounded (namespace, workload, hop, reason, dst_class; CONNECT targets only from `destinations.allow`), pod and IP labels are not offered; remove the section"
+    )]
     Labels,
     #[error("hop name `{0}` is empty, reserved or repeated")]
     HopName(String),
     #[error("hop {hop}: address {address}")]
     HopAddress { hop: String, address: String, source: AddrError },
-    #[error("hop {0} has no `address`, `addresses` or `service`: clients could not be seen reaching it")]
+    #[error(
+        "hop {0} has no `address`, `addresses` or `service`: clients could not be seen reaching it"
+    )]
     HopUnreachable(String),
     #[error("{field}")]
     Duration { field: &'static str, source: DurationError },
@@ -78,7 +84,9 @@ pub enum SettingsError {
     ProbeNoChain,
     #[error("probes.proxy is needed: hop {0} has no ip:port address")]
     ProbeNoProxy(String),
-    #[error("probes.tls: TLS completion is not available in this build; leave it off (the CONNECT answer is the probe)")]
+    #[error(
+        "probes.tls: TLS completion is not available in this build; leave it off (the CONNECT answer is the probe)"
+    )]
     ProbeTls,
 }
 
@@ -178,13 +186,18 @@ pub struct ProbeSettings {
 impl Config {
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::from_yaml(&text).map_err(|source| ConfigError::Invalid { path: path.to_path_buf(), source })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_yaml(&text)
+            .map_err(|source| ConfigError::Invalid { path: path.to_path_buf(), source })
     }
 
     /// Validate a configuration given as YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, SettingsError> {
-        Self::from_file(&serde_saphyr::from_str::<ConfigFile>(text).map_err(|e| SettingsError::Yaml(Box::new(e)))?)
+        Self::from_file(
+            &serde_saphyr::from_str::<ConfigFile>(text)
+                .map_err(|e| SettingsError::Yaml(Box::new(e)))?,
+        )
     }
 
     fn from_file(cfg: &ConfigFile) -> Result<Self, SettingsError> {
@@ -208,9 +221,14 @@ impl Config {
             }
             let mut addrs = Vec::new();
             for a in m.address.iter().chain(&m.addresses) {
-                addrs.push(a.parse().map_err(|source| SettingsError::HopAddress { hop: h.name.clone(), address: a.clone(), source })?);
+                addrs.push(a.parse().map_err(|source| SettingsError::HopAddress {
+                    hop: h.name.clone(),
+                    address: a.clone(),
+                    source,
+                })?);
             }
-            let service = m.service.as_ref().map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port));
+            let service =
+                m.service.as_ref().map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port));
             if addrs.is_empty() && service.is_none() {
                 return Err(SettingsError::HopUnreachable(h.name.clone()));
             }
@@ -231,7 +249,11 @@ impl Config {
         let bypass = (cfg.chain.is_some() && cfg.bypass.report).then(|| bypass(&cfg.bypass));
         let dns = DnsSettings::from_file(cfg.dns.as_ref())?;
         let probes = cfg.probes.as_ref().map(|p| ProbeSettings::from_file(p, &hops)).transpose()?;
-        Ok(Self { chain: ChainSettings { hops, allow: cfg.destinations.allow.clone(), bypass }, dns, probes })
+        Ok(Self {
+            chain: ChainSettings { hops, allow: cfg.destinations.allow.clone(), bypass },
+            dns,
+            probes,
+        })
     }
 }
 
@@ -240,11 +262,18 @@ fn bypass(b: &BypassConfig) -> Bypass {
 }
 
 /// A duration of the file (at most a day), or its default.
-fn duration(v: Option<&str>, field: &'static str, default: Duration) -> Result<Duration, SettingsError> {
+fn duration(
+    v: Option<&str>,
+    field: &'static str,
+    default: Duration,
+) -> Result<Duration, SettingsError> {
     let Some(s) = v else { return Ok(default) };
     let d = parse_duration(s).map_err(|source| SettingsError::Duration { field, source })?;
     if d > MAX_DURATION {
-        return Err(SettingsError::Duration { field, source: DurationError::Range(s.trim().to_string()) });
+        return Err(SettingsError::Duration {
+            field,
+            source: DurationError::Range(s.trim().to_string()),
+        });
     }
     Ok(d)
 }
@@ -269,7 +298,11 @@ impl DnsSettings {
             return Err(SettingsError::DnsTimeout(timeout));
         }
         let port = if c.enabled == Some(false) { 0 } else { c.port.unwrap_or(DNS_PORT) };
-        Ok(Self { port, timeout, names: c.names.iter().map(|n| n.trim_end_matches('.').to_ascii_lowercase()).collect() })
+        Ok(Self {
+            port,
+            timeout,
+            names: c.names.iter().map(|n| n.trim_end_matches('.').to_ascii_lowercase()).collect(),
+        })
     }
 
     /// Bounded label value for a name: itself when allow-listed, else `other`.
@@ -284,7 +317,9 @@ impl ProbeSettings {
             return Err(SettingsError::ProbeTargetCount(c.targets.len()));
         }
         for t in &c.targets {
-            let ok = t.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            let ok = t
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
             if !ok || t.contains(char::is_whitespace) {
                 return Err(SettingsError::ProbeTarget(t.clone()));
             }
@@ -304,12 +339,24 @@ impl ProbeSettings {
         let first = hops.first().ok_or(SettingsError::ProbeNoChain)?;
         let proxy = match &c.proxy {
             Some(p) => p.clone(),
-            None => first.client_address().map(|a| a.to_string()).ok_or_else(|| SettingsError::ProbeNoProxy(first.name.clone()))?,
+            None => first
+                .client_address()
+                .map(|a| a.to_string())
+                .ok_or_else(|| SettingsError::ProbeNoProxy(first.name.clone()))?,
         };
         if c.tls {
             return Err(SettingsError::ProbeTls);
         }
-        Ok(Self { targets: c.targets.clone(), interval, timeout, jitter, tls: c.tls, proxy, netns: c.netns.clone(), first_hop: first.name.clone() })
+        Ok(Self {
+            targets: c.targets.clone(),
+            interval,
+            timeout,
+            jitter,
+            tls: c.tls,
+            proxy,
+            netns: c.netns.clone(),
+            first_hop: first.name.clone(),
+        })
     }
 }
 
@@ -318,45 +365,84 @@ mod tests {
     use super::*;
 
     fn with_probes(probes: &str) -> Result<Config, SettingsError> {
-        Config::from_yaml(&format!("version: 1\nchain:\n  hops:\n    - {{name: gke-squid, match: {{address: '10.96.0.10:3128'}}}}\n    - {{name: gce-proxy, match: {{address: '100.64.1.2:3128'}}}}\n{probes}"))
+        Config::from_yaml(&format!(
+            "version: 1\nchain:\n  hops:\n    - {{name: gke-squid, match: {{address: '10.96.0.10:3128'}}}}\n    - {{name: gce-proxy, match: {{address: '100.64.1.2:3128'}}}}\n{probes}"
+        ))
     }
 
     #[test]
     fn bad_configs_are_clear_errors() {
         let bad = |y: &str| Config::from_yaml(y).expect_err("must fail").to_string();
         assert!(bad("version: 2\n").contains("version"));
-        assert!(bad("version: 1\nchain:\n  hops:\n    - name: a\n      match: {comm: squid}\n").contains("no `address`"));
-        assert!(bad("version: 1\nchain:\n  hops:\n    - name: a\n      match: {address: 'nope:1'}\n").contains("address"));
+        assert!(
+            bad("version: 1\nchain:\n  hops:\n    - name: a\n      match: {comm: squid}\n")
+                .contains("no `address`")
+        );
+        assert!(
+            bad("version: 1\nchain:\n  hops:\n    - name: a\n      match: {address: 'nope:1'}\n")
+                .contains("address")
+        );
         assert!(bad("version: 1\nchain:\n  hops:\n    - {name: a, match: {address: '10.0.0.1:1'}}\n    - {name: a, match: {address: '10.0.0.2:1'}}\n").contains("repeated"));
         assert!(Config::from_yaml("version: 1\nchian: {}\n").is_err(), "unknown keys are refused");
     }
 
     #[test]
     fn unread_sections_are_refused_with_what_to_use_instead() {
-        let e = Config::from_yaml("version: 1\nattribution:\n  kubernetes: true\n").expect_err("attribution");
+        let e = Config::from_yaml("version: 1\nattribution:\n  kubernetes: true\n")
+            .expect_err("attribution");
         assert!(matches!(e, SettingsError::Attribution) && e.to_string().contains("--kube"), "{e}");
         let e = Config::from_yaml("version: 1\nattribution:\n").expect_err("even empty");
         assert!(matches!(e, SettingsError::Attribution), "{e}");
-        let e = Config::from_yaml("version: 1\nlabels: {pod: false, ip: false}\n").expect_err("labels");
-        assert!(matches!(e, SettingsError::Labels) && e.to_string().contains("destinations.allow"), "{e}");
+        let e =
+            Config::from_yaml("version: 1\nlabels: {pod: false, ip: false}\n").expect_err("labels");
+        assert!(
+            matches!(e, SettingsError::Labels) && e.to_string().contains("destinations.allow"),
+            "{e}"
+        );
     }
 
     #[test]
     fn dns_settings() {
-        let c = Config::from_yaml("version: 1\ndns:\n  timeout: 1500ms\n  names: [Login.Example.Test.]\n").expect("ok");
+        let c = Config::from_yaml(
+            "version: 1\ndns:\n  timeout: 1500ms\n  names: [Login.Example.Test.]\n",
+        )
+        .expect("ok");
         assert_eq!((c.dns.port, c.dns.timeout), (53, Duration::from_millis(1500)));
-        assert_eq!((c.dns.name_label("login.example.test"), c.dns.name_label("x.test")), ("login.example.test", "other"));
-        assert_eq!(Config::from_yaml("version: 1\ndns: {enabled: false}\n").expect("ok").dns.port, 0);
-        assert_eq!(Config::from_yaml("version: 1\ndns: {timeout: 1.5s}\n").expect("decimals").dns.timeout, Duration::from_millis(1500));
+        assert_eq!(
+            (c.dns.name_label("login.example.test"), c.dns.name_label("x.test")),
+            ("login.example.test", "other")
+        );
+        assert_eq!(
+            Config::from_yaml("version: 1\ndns: {enabled: false}\n").expect("ok").dns.port,
+            0
+        );
+        assert_eq!(
+            Config::from_yaml("version: 1\ndns: {timeout: 1.5s}\n").expect("decimals").dns.timeout,
+            Duration::from_millis(1500)
+        );
         assert!(Config::from_yaml("version: 1\ndns: {timeout: 10m}\n").is_err());
         assert!(Config::from_yaml("version: 1\ndns: {timeout: 10x}\n").is_err());
     }
 
     #[test]
     fn probes_are_validated() {
-        let p = with_probes("probes:\n  targets: [login.example.test:443]\n  interval: 5s\n  timeout: 2s\n").expect("ok").probes.expect("plan");
-        assert_eq!((p.proxy.as_str(), p.interval, p.timeout, p.first_hop.as_str()), ("10.96.0.10:3128", Duration::from_secs(5), Duration::from_secs(2), "gke-squid"));
-        assert_eq!(with_probes("probes:\n  targets: [a.test:443]\n  interval: 1h\n").expect("hours").probes.map(|p| p.interval), Some(Duration::from_secs(3600)));
+        let p = with_probes(
+            "probes:\n  targets: [login.example.test:443]\n  interval: 5s\n  timeout: 2s\n",
+        )
+        .expect("ok")
+        .probes
+        .expect("plan");
+        assert_eq!(
+            (p.proxy.as_str(), p.interval, p.timeout, p.first_hop.as_str()),
+            ("10.96.0.10:3128", Duration::from_secs(5), Duration::from_secs(2), "gke-squid")
+        );
+        assert_eq!(
+            with_probes("probes:\n  targets: [a.test:443]\n  interval: 1h\n")
+                .expect("hours")
+                .probes
+                .map(|p| p.interval),
+            Some(Duration::from_secs(3600))
+        );
         assert!(with_probes("").expect("ok").probes.is_none(), "off unless configured");
         for bad in [
             "probes:\n  targets: []\n",
@@ -371,14 +457,18 @@ mod tests {
             assert!(with_probes(bad).is_err(), "{bad}");
         }
         let many: Vec<String> = (0..=MAX_PROBE_TARGETS).map(|i| format!("t{i}.test:443")).collect();
-        assert!(with_probes(&format!("probes:\n  targets: [{}]\n", many.join(", "))).is_err(), "bounded");
+        assert!(
+            with_probes(&format!("probes:\n  targets: [{}]\n", many.join(", "))).is_err(),
+            "bounded"
+        );
     }
 
     #[test]
     fn the_shipped_configs_load() {
         for p in ["../deploy/kubernetes/base/config.yaml", "../deploy/gce/config.yaml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
-            let c = Config::load(&path).unwrap_or_else(|e| panic!("{p}: {e} ({:?})", std::error::Error::source(&e)));
+            let c = Config::load(&path)
+                .unwrap_or_else(|e| panic!("{p}: {e} ({:?})", std::error::Error::source(&e)));
             assert_eq!(c.chain.hops.len(), 2, "{p}");
             assert_eq!(c.chain.proxy_ports(), vec![3128, 3128], "{p}");
         }

@@ -7,7 +7,8 @@ use std::{
 };
 
 /// RFC 1918, CGNAT (RFC 6598), link-local and ULA: private unless configured otherwise.
-pub const DEFAULT_PRIVATE: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,169.254.0.0/16,fc00::/7,fe80::/10";
+pub const DEFAULT_PRIVATE: &str =
+    "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,169.254.0.0/16,fc00::/7,fe80::/10";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
@@ -34,7 +35,11 @@ impl FromStr for Cidr {
         let (a, l) = s.split_once('/').unwrap_or((s, ""));
         let addr: IpAddr = a.trim().parse().map_err(|e| AddrError::Address(s.to_string(), e))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len = if l.is_empty() { max } else { l.trim().parse::<u8>().map_err(|e| AddrError::PrefixLength(s.to_string(), e))? };
+        let len = if l.is_empty() {
+            max
+        } else {
+            l.trim().parse::<u8>().map_err(|e| AddrError::PrefixLength(s.to_string(), e))?
+        };
         if len > max {
             return Err(AddrError::PrefixTooLong(s.to_string(), max));
         }
@@ -85,7 +90,10 @@ impl FromStr for AddrMatch {
         match s.rsplit_once(':') {
             Some((net, port)) if !net.contains(':') || net.starts_with('[') => {
                 let net = net.trim_start_matches('[').trim_end_matches(']');
-                Ok(Self { net: net.parse()?, port: port.parse().map_err(|e| AddrError::Port(s.to_string(), e))? })
+                Ok(Self {
+                    net: net.parse()?,
+                    port: port.parse().map_err(|e| AddrError::Port(s.to_string(), e))?,
+                })
             }
             _ => Ok(Self { net: s.parse()?, port: 0 }),
         }
@@ -101,9 +109,15 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense/8".parse::<Cidr>().is_err());
         let host: Cidr = "192.0.2.7".parse().expect("host");
-        assert!(host.contains("192.0.2.7".parse().expect("ip")) && !host.contains("192.0.2.8".parse().expect("ip")));
+        assert!(
+            host.contains("192.0.2.7".parse().expect("ip"))
+                && !host.contains("192.0.2.8".parse().expect("ip"))
+        );
         let all: Cidr = "0.0.0.0/0".parse().expect("all");
-        assert!(all.contains("8.8.8.8".parse().expect("ip")) && !all.contains("::1".parse().expect("ip")));
+        assert!(
+            all.contains("8.8.8.8".parse().expect("ip"))
+                && !all.contains("::1".parse().expect("ip"))
+        );
         assert_eq!(parse_ranges("").expect("empty"), vec![]);
         assert_eq!(parse_ranges(DEFAULT_PRIVATE).expect("default").len(), 7);
     }
@@ -111,11 +125,16 @@ mod tests {
     #[test]
     fn address_matchers() {
         let m: AddrMatch = "10.96.0.0/16:3128".parse().expect("cidr:port");
-        assert!(m.matches("10.96.3.4:3128".parse().expect("a")) && !m.matches("10.96.3.4:80".parse().expect("a")));
+        assert!(
+            m.matches("10.96.3.4:3128".parse().expect("a"))
+                && !m.matches("10.96.3.4:80".parse().expect("a"))
+        );
         let any: AddrMatch = "10.1.2.3".parse().expect("bare");
         assert!(any.matches("10.1.2.3:1".parse().expect("a")));
         let v6: AddrMatch = "[fd00::1]:3128".parse().expect("v6");
         assert!(v6.matches("[fd00::1]:3128".parse().expect("a")));
-        assert!("10.0.0.1:http".parse::<AddrMatch>().is_err() && "nope:1".parse::<AddrMatch>().is_err());
+        assert!(
+            "10.0.0.1:http".parse::<AddrMatch>().is_err() && "nope:1".parse::<AddrMatch>().is_err()
+        );
     }
 }

@@ -4,7 +4,10 @@ use std::path::Path;
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt, KProbe, ProgramError,
+        RawTracePoint, TracePoint,
+    },
 };
 
 use super::programs::{Direction, Hook, Program};
@@ -48,11 +51,21 @@ fn load_error(e: &ProgramError) -> AttachError {
 pub fn load(ebpf: &mut Ebpf, p: &Program) -> Result<(), AttachError> {
     let prog = ebpf.program_mut(p.name).ok_or(AttachError::Missing(p.name))?;
     match p.hook {
-        Hook::RawTracepoint { .. } => <&mut RawTracePoint>::try_from(prog).map_err(AttachError::WrongType)?.load(),
-        Hook::CgroupSockopt => <&mut CgroupSockopt>::try_from(prog).map_err(AttachError::WrongType)?.load(),
-        Hook::CgroupSkb(_) => <&mut CgroupSkb>::try_from(prog).map_err(AttachError::WrongType)?.load(),
-        Hook::Kprobe { .. } => <&mut KProbe>::try_from(prog).map_err(AttachError::WrongType)?.load(),
-        Hook::Tracepoint { .. } | Hook::LoadOnly => <&mut TracePoint>::try_from(prog).map_err(AttachError::WrongType)?.load(),
+        Hook::RawTracepoint { .. } => {
+            <&mut RawTracePoint>::try_from(prog).map_err(AttachError::WrongType)?.load()
+        }
+        Hook::CgroupSockopt => {
+            <&mut CgroupSockopt>::try_from(prog).map_err(AttachError::WrongType)?.load()
+        }
+        Hook::CgroupSkb(_) => {
+            <&mut CgroupSkb>::try_from(prog).map_err(AttachError::WrongType)?.load()
+        }
+        Hook::Kprobe { .. } => {
+            <&mut KProbe>::try_from(prog).map_err(AttachError::WrongType)?.load()
+        }
+        Hook::Tracepoint { .. } | Hook::LoadOnly => {
+            <&mut TracePoint>::try_from(prog).map_err(AttachError::WrongType)?.load()
+        }
     }
     .map_err(|e| load_error(&e))
 }
@@ -69,19 +82,31 @@ pub fn attach(ebpf: &mut Ebpf, p: &Program, cgroup_root: Option<&Path>) -> Resul
     let tracepoint = |e: ProgramError| AttachError::Tracepoint(summary(&e));
     match p.hook {
         Hook::Tracepoint { category, name } => {
-            <&mut TracePoint>::try_from(prog).map_err(AttachError::WrongType)?.attach(category, name).map_err(tracepoint)?;
+            <&mut TracePoint>::try_from(prog)
+                .map_err(AttachError::WrongType)?
+                .attach(category, name)
+                .map_err(tracepoint)?;
         }
         Hook::RawTracepoint { name, .. } => {
-            <&mut RawTracePoint>::try_from(prog).map_err(AttachError::WrongType)?.attach(name).map_err(tracepoint)?;
+            <&mut RawTracePoint>::try_from(prog)
+                .map_err(AttachError::WrongType)?
+                .attach(name)
+                .map_err(tracepoint)?;
         }
         Hook::Kprobe { function } => {
             let prog = <&mut KProbe>::try_from(prog).map_err(AttachError::WrongType)?;
-            prog.attach(function, 0).map_err(|e| AttachError::Kprobe { function, error: summary(&e) })?;
+            prog.attach(function, 0)
+                .map_err(|e| AttachError::Kprobe { function, error: summary(&e) })?;
         }
         Hook::CgroupSockopt | Hook::CgroupSkb(_) => {
             let Some(root) = cgroup_root else { return Err(AttachError::NoCgroup) };
-            let cg = std::fs::File::open(root).map_err(|error| AttachError::Open { path: root.to_path_buf(), error })?;
-            let cgroup = |multi: ProgramError, single: ProgramError| AttachError::Cgroup { path: root.to_path_buf(), error: summary(&single), multi: summary(&multi) };
+            let cg = std::fs::File::open(root)
+                .map_err(|error| AttachError::Open { path: root.to_path_buf(), error })?;
+            let cgroup = |multi: ProgramError, single: ProgramError| AttachError::Cgroup {
+                path: root.to_path_buf(),
+                error: summary(&single),
+                multi: summary(&multi),
+            };
             if let Hook::CgroupSkb(dir) = p.hook {
                 let way = match dir {
                     Direction::Egress => CgroupSkbAttachType::Egress,
@@ -89,12 +114,14 @@ pub fn attach(ebpf: &mut Ebpf, p: &Program, cgroup_root: Option<&Path>) -> Resul
                 };
                 let prog = <&mut CgroupSkb>::try_from(prog).map_err(AttachError::WrongType)?;
                 if let Err(multi) = prog.attach(&cg, way, CgroupAttachMode::AllowMultiple) {
-                    prog.attach(&cg, way, CgroupAttachMode::Single).map_err(|single| cgroup(multi, single))?;
+                    prog.attach(&cg, way, CgroupAttachMode::Single)
+                        .map_err(|single| cgroup(multi, single))?;
                 }
             } else {
                 let prog = <&mut CgroupSockopt>::try_from(prog).map_err(AttachError::WrongType)?;
                 if let Err(multi) = prog.attach(&cg, CgroupAttachMode::AllowMultiple) {
-                    prog.attach(&cg, CgroupAttachMode::Single).map_err(|single| cgroup(multi, single))?;
+                    prog.attach(&cg, CgroupAttachMode::Single)
+                        .map_err(|single| cgroup(multi, single))?;
                 }
             }
         }

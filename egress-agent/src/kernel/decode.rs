@@ -4,9 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egress_common::{
-    AF_INET, AF_INET6, ConnectArgs, ConnectStart, DnsEvent, EVENT_DNS, EVENT_NAT_MAPPING, EventHeader, FlowEnd, NatMapping, PayloadEvent, SynRetransmit,
-    Tuple, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EVENT_PAYLOAD,
-    EVENT_SYN_RETRANSMIT,
+    AF_INET, AF_INET6, ConnectArgs, ConnectStart, DnsEvent, EVENT_CLOSED, EVENT_CONNECT_FAILED,
+    EVENT_CONNECT_START, EVENT_CONNECTED, EVENT_DNS, EVENT_NAT_MAPPING, EVENT_PAYLOAD,
+    EVENT_SYN_RETRANSMIT, EventHeader, FlowEnd, NatMapping, PayloadEvent, SynRetransmit, Tuple,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -63,7 +63,12 @@ impl Event {
 fn read<T: Copy>(bytes: &[u8], hdr: &EventHeader) -> Result<T, DecodeError> {
     let expected = size_of::<T>();
     if hdr.size as usize != expected || bytes.len() < expected {
-        return Err(DecodeError::BadSize { kind: hdr.kind, declared: hdr.size, expected, len: bytes.len() });
+        return Err(DecodeError::BadSize {
+            kind: hdr.kind,
+            declared: hdr.size,
+            expected,
+            len: bytes.len(),
+        });
     }
     // SAFETY: length checked above; T is a plain-old-data record for which
     // every bit pattern is valid; read_unaligned makes no alignment claim.
@@ -85,14 +90,24 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EVENT_PAYLOAD => {
             let p: PayloadEvent = read(bytes, &hdr)?;
             if p.len as usize > p.data.len() {
-                return Err(DecodeError::BadSize { kind: hdr.kind, declared: p.len, expected: p.data.len(), len: bytes.len() });
+                return Err(DecodeError::BadSize {
+                    kind: hdr.kind,
+                    declared: p.len,
+                    expected: p.data.len(),
+                    len: bytes.len(),
+                });
             }
             Event::Payload(Box::new(p))
         }
         EVENT_DNS => {
             let d: DnsEvent = read(bytes, &hdr)?;
             if d.caplen as usize > d.data.len() {
-                return Err(DecodeError::BadSize { kind: hdr.kind, declared: d.caplen, expected: d.data.len(), len: bytes.len() });
+                return Err(DecodeError::BadSize {
+                    kind: hdr.kind,
+                    declared: d.caplen,
+                    expected: d.data.len(),
+                    len: bytes.len(),
+                });
             }
             Event::Dns(Box::new(d))
         }
@@ -134,7 +149,8 @@ pub fn comm(c: &[u8; 16]) -> String {
 #[cfg(test)]
 pub(crate) fn bytes_of<T>(v: &T) -> Vec<u8> {
     // SAFETY: test helper over plain records: `v` is valid for size_of::<T>() bytes.
-    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }.to_vec()
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
 }
 
 #[cfg(test)]
@@ -145,7 +161,11 @@ mod tests {
         let mut t = Tuple { family: AF_INET, dport: 443, ..Tuple::default() };
         t.daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
         ConnectStart {
-            hdr: EventHeader { kind: EVENT_CONNECT_START, size: size_of::<ConnectStart>() as u32, ts_ns: 7 },
+            hdr: EventHeader {
+                kind: EVENT_CONNECT_START,
+                size: size_of::<ConnectStart>() as u32,
+                ts_ns: 7,
+            },
             skaddr: 0xffff_0000_1234,
             pid: 42,
             tuple: t,
@@ -158,23 +178,60 @@ mod tests {
         let s = start();
         assert_eq!(decode(&bytes_of(&s)), Ok(Event::ConnectStart(s)));
         for kind in [EVENT_CONNECTED, EVENT_CONNECT_FAILED, EVENT_CLOSED] {
-            let e = FlowEnd { hdr: EventHeader { kind, size: size_of::<FlowEnd>() as u32, ts_ns: 1 }, sk_err: 111, ..FlowEnd::default() };
+            let e = FlowEnd {
+                hdr: EventHeader { kind, size: size_of::<FlowEnd>() as u32, ts_ns: 1 },
+                sk_err: 111,
+                ..FlowEnd::default()
+            };
             assert_eq!(decode(&bytes_of(&e)).map(|e| e.kind()), Ok(kind));
         }
-        let r = SynRetransmit { hdr: EventHeader { kind: EVENT_SYN_RETRANSMIT, size: 40, ts_ns: 1 }, syn_retransmits: 2, ..Default::default() };
+        let r = SynRetransmit {
+            hdr: EventHeader { kind: EVENT_SYN_RETRANSMIT, size: 40, ts_ns: 1 },
+            syn_retransmits: 2,
+            ..Default::default()
+        };
         assert_eq!(decode(&bytes_of(&r)), Ok(Event::SynRetransmit(r)));
-        let mut p = PayloadEvent { hdr: EventHeader { kind: EVENT_PAYLOAD, size: size_of::<PayloadEvent>() as u32, ts_ns: 1 }, len: 3, ..Default::default() };
+        let mut p = PayloadEvent {
+            hdr: EventHeader {
+                kind: EVENT_PAYLOAD,
+                size: size_of::<PayloadEvent>() as u32,
+                ts_ns: 1,
+            },
+            len: 3,
+            ..Default::default()
+        };
         assert_eq!(decode(&bytes_of(&p)), Ok(Event::Payload(Box::new(p))));
         p.len = 10_000;
-        assert!(matches!(decode(&bytes_of(&p)), Err(DecodeError::BadSize { .. })), "payload length beyond its buffer");
-        let mut d = DnsEvent { hdr: EventHeader { kind: EVENT_DNS, size: size_of::<DnsEvent>() as u32, ts_ns: 1 }, caplen: 30, ..Default::default() };
+        assert!(
+            matches!(decode(&bytes_of(&p)), Err(DecodeError::BadSize { .. })),
+            "payload length beyond its buffer"
+        );
+        let mut d = DnsEvent {
+            hdr: EventHeader { kind: EVENT_DNS, size: size_of::<DnsEvent>() as u32, ts_ns: 1 },
+            caplen: 30,
+            ..Default::default()
+        };
         assert_eq!(decode(&bytes_of(&d)), Ok(Event::Dns(Box::new(d))));
         d.caplen = 257;
-        assert!(matches!(decode(&bytes_of(&d)), Err(DecodeError::BadSize { .. })), "capture length beyond its buffer");
-        let mut n = NatMapping { hdr: EventHeader { kind: EVENT_NAT_MAPPING, size: size_of::<NatMapping>() as u32, ts_ns: 1 }, netns: 4026531840, ..Default::default() };
+        assert!(
+            matches!(decode(&bytes_of(&d)), Err(DecodeError::BadSize { .. })),
+            "capture length beyond its buffer"
+        );
+        let mut n = NatMapping {
+            hdr: EventHeader {
+                kind: EVENT_NAT_MAPPING,
+                size: size_of::<NatMapping>() as u32,
+                ts_ns: 1,
+            },
+            netns: 4026531840,
+            ..Default::default()
+        };
         n.original.dport = 80;
         assert_eq!(decode(&bytes_of(&n)), Ok(Event::NatMapping(n)));
-        assert!(matches!(decode(&bytes_of(&n)[..64]), Err(DecodeError::BadSize { len: 64, .. })), "a short mapping");
+        assert!(
+            matches!(decode(&bytes_of(&n)[..64]), Err(DecodeError::BadSize { len: 64, .. })),
+            "a short mapping"
+        );
     }
 
     #[test]
@@ -190,7 +247,10 @@ mod tests {
         s.hdr.size = 16;
         assert!(matches!(decode(&bytes_of(&s)), Err(DecodeError::BadSize { declared: 16, .. })));
         // A header claiming a larger kind than the bytes hold.
-        let mut e = FlowEnd { hdr: EventHeader { kind: EVENT_CONNECT_START, size: 136, ts_ns: 0 }, ..FlowEnd::default() };
+        let mut e = FlowEnd {
+            hdr: EventHeader { kind: EVENT_CONNECT_START, size: 136, ts_ns: 0 },
+            ..FlowEnd::default()
+        };
         e.hdr.kind = EVENT_CONNECT_START;
         assert!(matches!(decode(&bytes_of(&e)), Err(DecodeError::BadSize { len: 112, .. })));
     }

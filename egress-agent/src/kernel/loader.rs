@@ -3,7 +3,9 @@
 //! [program table](super::programs) once: attach what this kernel takes,
 //! keep on standby what is not needed here, and say why the rest is skipped.
 use aya::{Ebpf, EbpfLoader};
-use egress_common::{Config, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS};
+use egress_common::{
+    Config, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS,
+};
 use serde::Serialize;
 
 use super::{
@@ -18,7 +20,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("this binary was built without its kernel programs (AYA_BUILD_SKIP); build with `cargo xtask build`")]
+    #[error(
+        "this binary was built without its kernel programs (AYA_BUILD_SKIP); build with `cargo xtask build`"
+    )]
     NoObject,
     #[error("missing privilege: {} (run as root or grant them)", .0.join(", "))]
     Privilege(Vec<&'static str>),
@@ -82,7 +86,11 @@ pub struct Loaded {
 pub fn effective_caps() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0))))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0))
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -124,7 +132,9 @@ fn resolve(tracefs: &TraceFs, btf: Option<&Btf>) -> Resolved {
     let mut config = Config::DEFAULT;
     let mut layout_errors = Vec::new();
     for p in PROGRAMS {
-        let (Hook::Tracepoint { category, name }, Some(layout)) = (p.hook, p.layout) else { continue };
+        let (Hook::Tracepoint { category, name }, Some(layout)) = (p.hook, p.layout) else {
+            continue;
+        };
         if let Err(e) = tracefs.format(category, name).and_then(|f| layout(&f, &mut config)) {
             layout_errors.push((p.name, e.to_string()));
         }
@@ -202,7 +212,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let btf = match Btf::from_sys_fs() {
         Ok(b) => Some(b),
         Err(e) => {
-            tracing::warn!("kernel BTF unavailable ({}); errno and netns capture are off", Chain(&e));
+            tracing::warn!(
+                "kernel BTF unavailable ({}); errno and netns capture are off",
+                Chain(&e)
+            );
             None
         }
     };
@@ -215,7 +228,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     ports.sort_unstable();
     ports.dedup();
     if ports.len() > MAX_PROXY_PORTS {
-        return Err(LoadError::Required { program: "payload".into(), reason: format!("at most {MAX_PROXY_PORTS} proxy ports, got {}", ports.len()) });
+        return Err(LoadError::Required {
+            program: "payload".into(),
+            reason: format!("at most {MAX_PROXY_PORTS} proxy ports, got {}", ports.len()),
+        });
     }
     resolved.config.proxy_ports[..ports.len()].copy_from_slice(&ports);
     resolved.config.dns_port = opts.dns_port;
@@ -229,7 +245,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(MAP_PROXY_FLOWS, opts.max_flows)
         .load(EBPF_OBJECT)?;
 
-    let mut host = Host { opts, tracefs: &tracefs, resolved: &resolved, conntrack: &conntrack, ports: &ports, so_error_attached: false };
+    let mut host = Host {
+        opts,
+        tracefs: &tracefs,
+        resolved: &resolved,
+        conntrack: &conntrack,
+        ports: &ports,
+        so_error_attached: false,
+    };
     let mut programs = Vec::with_capacity(PROGRAMS.len());
     for p in PROGRAMS {
         let disabled = opts.disabled.iter().any(|d| d == p.name);
@@ -250,15 +273,22 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         if p.need == Need::Required
             && let Some(reason) = &error
         {
-            return Err(LoadError::Required { program: p.name.to_string(), reason: reason.clone() });
+            return Err(LoadError::Required {
+                program: p.name.to_string(),
+                reason: reason.clone(),
+            });
         }
         if p.name == "so_error" {
             host.so_error_attached = error.is_none();
         }
-        let (verified_insns, xlated_insns) = match ebpf.program(p.name).and_then(|prog| prog.info().ok()) {
-            Some(info) => (info.verified_instruction_count(), info.size_translated().map(|bytes| bytes / 8)),
-            None => (None, None),
-        };
+        let (verified_insns, xlated_insns) =
+            match ebpf.program(p.name).and_then(|prog| prog.info().ok()) {
+                Some(info) => (
+                    info.verified_instruction_count(),
+                    info.size_translated().map(|bytes| bytes / 8),
+                ),
+                None => (None, None),
+            };
         programs.push(ProgramStatus {
             program: p.name.to_string(),
             hook: p.hook.describe(),
@@ -309,6 +339,9 @@ mod tests {
 
     #[test]
     fn privilege_error_says_what_to_do() {
-        assert_eq!(LoadError::Privilege(vec!["CAP_BPF", "CAP_PERFMON"]).to_string(), "missing privilege: CAP_BPF, CAP_PERFMON (run as root or grant them)");
+        assert_eq!(
+            LoadError::Privilege(vec!["CAP_BPF", "CAP_PERFMON"]).to_string(),
+            "missing privilege: CAP_BPF, CAP_PERFMON (run as root or grant them)"
+        );
     }
 }

@@ -12,15 +12,23 @@ use super::offsets::tracefs::{FormatError, TracepointFormat};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     /// A tracefs tracepoint: the record layout comes from its `format`.
-    Tracepoint { category: &'static str, name: &'static str },
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
     /// A raw tracepoint: arguments are the TP_PROTO (no record layout); the
     /// tracefs event says whether this kernel has it.
-    RawTracepoint { category: &'static str, name: &'static str },
+    RawTracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
     /// `cgroup/getsockopt` on the cgroup v2 root.
     CgroupSockopt,
     /// `cgroup_skb` on the cgroup v2 root, one direction.
     CgroupSkb(Direction),
-    Kprobe { function: &'static str },
+    Kprobe {
+        function: &'static str,
+    },
     /// Loaded (verified), never attached.
     LoadOnly,
 }
@@ -125,7 +133,9 @@ pub const PROGRAMS: &[Program] = &[
         role: "connect outcomes, owner, latency (required)",
         standby: Standby::Never,
         requires: Requires::Tracepoint,
-        layout: Some(|f, c| f.tcp_offsets(&["oldstate", "newstate", "protocol"], None).map(|o| c.set_state = o)),
+        layout: Some(|f, c| {
+            f.tcp_offsets(&["oldstate", "newstate", "protocol"], None).map(|o| c.set_state = o)
+        }),
     },
     Program {
         name: "tcp_retransmit_skb",
@@ -229,7 +239,8 @@ pub const PROGRAMS: &[Program] = &[
     },
 ];
 
-const PAYLOAD_ROLE: &str = "CONNECT target and proxy status of flows to proxy ports; DNS queries and responses";
+const PAYLOAD_ROLE: &str =
+    "CONNECT target and proxy status of flows to proxy ports; DNS queries and responses";
 
 /// A `--disable-programs` name that is not an optional program.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -261,9 +272,14 @@ mod tests {
     #[test]
     fn only_optional_programs_can_be_disabled() {
         assert_eq!(parse_optional("sys_enter_connect").as_deref(), Ok("sys_enter_connect"));
-        assert!(parse_optional("inet_sock_set_state").is_err_and(|e| e.to_string().contains("required")));
+        assert!(
+            parse_optional("inet_sock_set_state")
+                .is_err_and(|e| e.to_string().contains("required"))
+        );
         assert!(parse_optional("compat_canary").is_err(), "the canary is not an option");
-        assert!(parse_optional("nope").is_err_and(|e| e.to_string().contains("payload_egress") && e.to_string().contains("so_error")));
+        assert!(parse_optional("nope").is_err_and(
+            |e| e.to_string().contains("payload_egress") && e.to_string().contains("so_error")
+        ));
         assert_eq!(optional().count(), PROGRAMS.len() - 2);
     }
 
@@ -271,10 +287,18 @@ mod tests {
     fn one_entry_per_program() {
         for (i, p) in PROGRAMS.iter().enumerate() {
             assert!(PROGRAMS[..i].iter().all(|q| q.name != p.name), "{} twice", p.name);
-            assert_eq!(p.layout.is_some(), matches!(p.hook, Hook::Tracepoint { .. }), "{}: a tracefs tracepoint has a layout", p.name);
+            assert_eq!(
+                p.layout.is_some(),
+                matches!(p.hook, Hook::Tracepoint { .. }),
+                "{}: a tracefs tracepoint has a layout",
+                p.name
+            );
             assert!(!p.role.is_empty(), "{}", p.name);
         }
         assert_eq!(PROGRAMS.iter().filter(|p| p.need == Need::Required).count(), 1);
-        assert_eq!(PROGRAMS[0].name, "so_error", "decides the getsockopt tracepoints' standby: first");
+        assert_eq!(
+            PROGRAMS[0].name, "so_error",
+            "decides the getsockopt tracepoints' standby: first"
+        );
     }
 }

@@ -54,7 +54,14 @@ pub struct DnsTracker {
 
 impl DnsTracker {
     pub fn new(timeout: Duration, max: usize, clock: Clock) -> Self {
-        Self { timeout_ns: timeout.as_nanos() as u64, max: max.max(1), clock, pending: HashMap::new(), order: VecDeque::new(), stats: DnsStats::default() }
+        Self {
+            timeout_ns: timeout.as_nanos() as u64,
+            max: max.max(1),
+            clock,
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            stats: DnsStats::default(),
+        }
     }
 
     pub fn has_pending(&self) -> bool {
@@ -66,8 +73,10 @@ impl DnsTracker {
         let cap = (ev.caplen as usize).min(ev.data.len());
         let tcp = ev.proto == u32::from(IPPROTO_TCP);
         let msg = wire::parse(&ev.data[..cap], tcp, ev.len as usize)?;
-        let local = decode::ip(ev.key.family, &ev.key.laddr).map(|a| SocketAddr::new(a, ev.key.lport));
-        let remote = decode::ip(ev.key.family, &ev.key.raddr).map(|a| SocketAddr::new(a, ev.key.rport));
+        let local =
+            decode::ip(ev.key.family, &ev.key.laddr).map(|a| SocketAddr::new(a, ev.key.lport));
+        let remote =
+            decode::ip(ev.key.family, &ev.key.raddr).map(|a| SocketAddr::new(a, ev.key.rport));
         let key = (ev.cookie, ev.key.lport, msg.id, msg.qtype);
         if ev.direction == DIR_EGRESS && !msg.response {
             // A retransmitted query keeps its first timestamp.
@@ -76,7 +85,17 @@ impl DnsTracker {
                     self.evict_oldest();
                 }
                 self.order.push_back((key, ev.hdr.ts_ns));
-                self.pending.insert(key, Pending { ts: ev.hdr.ts_ns, ev_cgroup: ev.cgroup_id, msg, server: remote, client: local, tcp });
+                self.pending.insert(
+                    key,
+                    Pending {
+                        ts: ev.hdr.ts_ns,
+                        ev_cgroup: ev.cgroup_id,
+                        msg,
+                        server: remote,
+                        client: local,
+                        tcp,
+                    },
+                );
             }
             return Ok(None);
         }
@@ -151,7 +170,17 @@ mod tests {
         let mut k = TupleKey { family: AF_INET, lport: 40000, rport: 53, ..TupleKey::default() };
         k.laddr[..4].copy_from_slice(&[10, 0, 1, 10]);
         k.raddr[..4].copy_from_slice(&[10, 0, 3, 10]);
-        let mut e = DnsEvent { hdr: EventHeader { kind: EVENT_DNS, size: 344, ts_ns: ts }, cookie: 7, cgroup_id: 42, direction: dir, proto: u32::from(IPPROTO_UDP), key: k, len: msg.len() as u32, caplen: msg.len() as u32, ..DnsEvent::default() };
+        let mut e = DnsEvent {
+            hdr: EventHeader { kind: EVENT_DNS, size: 344, ts_ns: ts },
+            cookie: 7,
+            cgroup_id: 42,
+            direction: dir,
+            proto: u32::from(IPPROTO_UDP),
+            key: k,
+            len: msg.len() as u32,
+            caplen: msg.len() as u32,
+            ..DnsEvent::default()
+        };
         e.data[..msg.len()].copy_from_slice(msg);
         e
     }
@@ -159,22 +188,39 @@ mod tests {
     #[test]
     fn query_response_and_timeout() {
         let mut t = DnsTracker::new(Duration::from_secs(1), 16, Clock::new());
-        assert!(matches!(t.on_event(&ev(DIR_EGRESS, 1_000, &wire::query(5, "squid.lab.test", 1, 0x0100))), Ok(None)));
-        let r = t.on_event(&ev(DIR_INGRESS, 2_001_000, &wire::query(5, "squid.lab.test", 1, 0x8183))).expect("parse").expect("record");
-        assert_eq!((r.name.as_str(), &*r.qtype, &*r.rcode, r.latency_ms, r.cgroup_id), ("squid.lab.test", "A", "NXDOMAIN", 2.0, 42));
+        assert!(matches!(
+            t.on_event(&ev(DIR_EGRESS, 1_000, &wire::query(5, "squid.lab.test", 1, 0x0100))),
+            Ok(None)
+        ));
+        let r = t
+            .on_event(&ev(DIR_INGRESS, 2_001_000, &wire::query(5, "squid.lab.test", 1, 0x8183)))
+            .expect("parse")
+            .expect("record");
+        assert_eq!(
+            (r.name.as_str(), &*r.qtype, &*r.rcode, r.latency_ms, r.cgroup_id),
+            ("squid.lab.test", "A", "NXDOMAIN", 2.0, 42)
+        );
         assert_eq!((r.verdict, r.reason), (Verdict::Failed, Some(Reason::DnsFailed)));
         assert_eq!(r.server, Some("10.0.3.10:53".parse().expect("addr")));
         // NOERROR with no answer (NODATA, e.g. AAAA of a v4-only name) is not a failure.
-        t.on_event(&ev(DIR_EGRESS, 3_000, &wire::query(6, "squid.lab.test", 28, 0x0100))).expect("q");
-        let r = t.on_event(&ev(DIR_INGRESS, 4_000, &wire::query(6, "squid.lab.test", 28, 0x8180))).expect("p").expect("r");
+        t.on_event(&ev(DIR_EGRESS, 3_000, &wire::query(6, "squid.lab.test", 28, 0x0100)))
+            .expect("q");
+        let r = t
+            .on_event(&ev(DIR_INGRESS, 4_000, &wire::query(6, "squid.lab.test", 28, 0x8180)))
+            .expect("p")
+            .expect("r");
         assert_eq!(r.verdict, Verdict::Ok);
         // Unanswered: a failed lookup at the timeout, not before.
         t.on_event(&ev(DIR_EGRESS, 10_000, &wire::query(7, "a.test", 1, 0x0100))).expect("q");
-        t.on_event(&ev(DIR_EGRESS, 20_000, &wire::query(7, "a.test", 1, 0x0100))).expect("retransmit");
+        t.on_event(&ev(DIR_EGRESS, 20_000, &wire::query(7, "a.test", 1, 0x0100)))
+            .expect("retransmit");
         assert!(t.expire(900_000_000).is_empty());
         let x = t.expire(1_000_010_000);
         assert_eq!(x.len(), 1);
-        assert_eq!((&*x[0].rcode, x[0].verdict, x[0].latency_ms), (DNS_TIMEOUT, Verdict::Failed, 1000.0));
+        assert_eq!(
+            (&*x[0].rcode, x[0].verdict, x[0].latency_ms),
+            (DNS_TIMEOUT, Verdict::Failed, 1000.0)
+        );
         assert!(!t.has_pending());
         // A response nobody asked for is counted.
         t.on_event(&ev(DIR_INGRESS, 5, &wire::query(99, "b.test", 1, 0x8180))).expect("p");
@@ -188,6 +234,9 @@ mod tests {
             t.on_event(&ev(DIR_EGRESS, i, &wire::query(i as u16, "a.test", 1, 0x0100))).expect("q");
         }
         assert_eq!((t.pending.len(), t.stats.evicted), (2, 3));
-        assert!(t.on_event(&ev(DIR_EGRESS, 1, &[0; 4])).is_err(), "decode errors surface to the caller");
+        assert!(
+            t.on_event(&ev(DIR_EGRESS, 1, &[0; 4])).is_err(),
+            "decode errors surface to the caller"
+        );
     }
 }

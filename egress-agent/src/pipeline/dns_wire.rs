@@ -49,7 +49,14 @@ impl WireError {
         }
     }
 
-    pub const ALL: [WireError; 6] = [Self::Short, Self::TcpLength, Self::NoQuestion, Self::Truncated, Self::BadLabel, Self::NameTooLong];
+    pub const ALL: [WireError; 6] = [
+        Self::Short,
+        Self::TcpLength,
+        Self::NoQuestion,
+        Self::Truncated,
+        Self::BadLabel,
+        Self::NameTooLong,
+    ];
 }
 
 /// Parse a captured message. `tcp`: the message starts with its 2-byte
@@ -101,11 +108,19 @@ pub fn parse(data: &[u8], tcp: bool, wire_len: usize) -> Result<Message, WireErr
         name.extend(label.iter().map(|b| b.to_ascii_lowercase() as char));
         i += usize::from(len);
     }
-    let qtype = data.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(WireError::Truncated)?;
+    let qtype =
+        data.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(WireError::Truncated)?;
     if name.is_empty() {
         name.push('.');
     }
-    Ok(Message { id, response: flags & 0x8000 != 0, rcode: (flags & 0x000f) as u8, qname: name, qtype, answers: an })
+    Ok(Message {
+        id,
+        response: flags & 0x8000 != 0,
+        rcode: (flags & 0x000f) as u8,
+        qname: name,
+        qtype,
+        answers: an,
+    })
 }
 
 /// Name of a response code (bounded label values).
@@ -162,7 +177,10 @@ mod tests {
     fn parses_query_and_response() {
         let q = query(0x1234, "Login.Example.TEST", 1, 0x0100);
         let m = parse(&q, false, q.len()).expect("query");
-        assert_eq!((m.id, m.response, m.rcode, m.qname.as_str(), m.qtype), (0x1234, false, 0, "login.example.test", 1));
+        assert_eq!(
+            (m.id, m.response, m.rcode, m.qname.as_str(), m.qtype),
+            (0x1234, false, 0, "login.example.test", 1)
+        );
         let r = query(0x1234, "gone.example.test", 28, 0x8183);
         let m = parse(&r, false, r.len()).expect("response");
         assert!(m.response);
@@ -179,15 +197,27 @@ mod tests {
         q[5] = 0;
         assert_eq!(parse(&q, false, q.len()), Err(WireError::NoQuestion));
         let q = query(1, "a-long-label.test", 1, 0);
-        assert_eq!(parse(&q[..16], false, q.len()), Err(WireError::Truncated), "cut by the capture");
+        assert_eq!(
+            parse(&q[..16], false, q.len()),
+            Err(WireError::Truncated),
+            "cut by the capture"
+        );
         let mut p = query(1, "a.test", 1, 0);
         p[12] = 0xc0;
-        assert_eq!(parse(&p, false, p.len()), Err(WireError::BadLabel), "compression pointer in a question");
+        assert_eq!(
+            parse(&p, false, p.len()),
+            Err(WireError::BadLabel),
+            "compression pointer in a question"
+        );
         let long = vec!["abcdefghij"; 30].join(".");
         let q = query(1, &long, 1, 0);
         assert_eq!(parse(&q, false, q.len()), Err(WireError::NameTooLong));
         let q = query(1, "a.test", 1, 0);
-        assert_eq!(parse(&q, true, q.len()), Err(WireError::TcpLength), "a TCP segment that does not start a message");
+        assert_eq!(
+            parse(&q, true, q.len()),
+            Err(WireError::TcpLength),
+            "a TCP segment that does not start a message"
+        );
         let mut bad = query(1, "a b.test", 1, 0);
         bad[14] = b' ';
         assert_eq!(parse(&bad, false, bad.len()), Err(WireError::BadLabel));

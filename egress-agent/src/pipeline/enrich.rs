@@ -44,7 +44,14 @@ impl Enricher {
         if root.is_none() {
             tracing::warn!("no cgroup v2 hierarchy found: pod and unit attribution are off");
         }
-        Self { cgroups: CgroupResolver::new(root), private: opts.private_ranges.clone(), config: opts.config.clone(), kube, nat, own_pid: std::process::id() }
+        Self {
+            cgroups: CgroupResolver::new(root),
+            private: opts.private_ranges.clone(),
+            config: opts.config.clone(),
+            kube,
+            nat,
+            own_pid: std::process::id(),
+        }
     }
 
     /// True when conntrack is followed and this connect record's NAT entry is
@@ -70,10 +77,16 @@ impl Enricher {
     /// one ctnetlink feeds). False when its addresses do not decode.
     pub fn observe_nat_mapping(&self, m: &egress_common::NatMapping) -> bool {
         use decode::{dst, src};
-        let (Some(os), Some(od), Some(rs), Some(rd)) = (src(&m.original), dst(&m.original), src(&m.reply), dst(&m.reply)) else {
+        let (Some(os), Some(od), Some(rs), Some(rd)) =
+            (src(&m.original), dst(&m.original), src(&m.reply), dst(&m.reply))
+        else {
             return false;
         };
-        self.nat.observe_kprobe(u64::from(m.netns), FlowKey { src: os, dst: od }, FlowKey { src: rs, dst: rd });
+        self.nat.observe_kprobe(
+            u64::from(m.netns),
+            FlowKey { src: os, dst: od },
+            FlowKey { src: rs, dst: rd },
+        );
         true
     }
 
@@ -82,7 +95,8 @@ impl Enricher {
         if let Some(pod) = r.pod_uid.as_deref().and_then(|u| self.kube.pod_arc(u)) {
             r.namespace = Some(pod.namespace.clone());
             r.pod = Some(pod.name.clone());
-            r.container = r.container_id.as_deref().and_then(|c| pod.container_name(c)).map(str::to_string);
+            r.container =
+                r.container_id.as_deref().and_then(|c| pod.container_name(c)).map(str::to_string);
             r.workload = pod.workload.as_ref().map(|w| format!("{}/{}", w.kind, w.name));
             r.pod_labels = Some(pod.labels.clone());
         }

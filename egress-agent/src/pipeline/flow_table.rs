@@ -3,7 +3,9 @@
 //! alone: no locks.
 use std::collections::{HashMap, VecDeque};
 
-use egress_common::{ConnectStart, DIR_EGRESS, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEnd, PayloadEvent};
+use egress_common::{
+    ConnectStart, DIR_EGRESS, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEnd, PayloadEvent,
+};
 
 use super::{
     judge::{self, Facts},
@@ -60,7 +62,13 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub fn new(settings: FlowSettings, clock: Clock) -> Self {
-        Self { settings, clock, flows: HashMap::new(), order: VecDeque::new(), stats: TableStats::default() }
+        Self {
+            settings,
+            clock,
+            flows: HashMap::new(),
+            order: VecDeque::new(),
+            stats: TableStats::default(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -81,7 +89,8 @@ impl FlowTable {
             Event::SynRetransmit(_) => None, // counted in the kernel; the totals come with the outcome
             Event::Connected(e) => {
                 let threshold = self.settings.degraded_retransmits;
-                let flow = self.flows.get_mut(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns);
+                let flow =
+                    self.flows.get_mut(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns);
                 let (owner, found) = match flow {
                     Some(f) => (f.start, true),
                     None => (orphan_start(e), false),
@@ -107,18 +116,27 @@ impl FlowTable {
             Event::ConnectFailed(e) => {
                 let owner = self.take(e);
                 // sk_err first; the reported error survives getsockopt(SO_ERROR).
-                let errno = [e.sk_err, e.reported_err, e.sk_err_soft].into_iter().find(|&x| x != 0).unwrap_or(0);
+                let errno = [e.sk_err, e.reported_err, e.sk_err_soft]
+                    .into_iter()
+                    .find(|&x| x != 0)
+                    .unwrap_or(0);
                 Some(self.failure(&owner, e, errno))
             }
             Event::Closed(e) => {
-                let flow = self.flows.get_mut(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns);
+                let flow =
+                    self.flows.get_mut(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns);
                 let connect_verdict = flow.as_ref().and_then(|f| f.connect_verdict);
                 if let Some(mut held) = flow.and_then(|f| f.held.take()) {
                     // A proxy flow closed before its proxy answered: that is
                     // its record, with the close's evidence.
                     self.take(e);
-                    let (v, reason) = judge::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
-                    let (v, reason) = if v == Verdict::Ok && held.target.is_some() { (Verdict::Failed, Some(Reason::Other)) } else { (v, reason) };
+                    let (v, reason) =
+                        judge::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
+                    let (v, reason) = if v == Verdict::Ok && held.target.is_some() {
+                        (Verdict::Failed, Some(Reason::Other))
+                    } else {
+                        (v, reason)
+                    };
                     held.verdict = v;
                     held.reason = reason;
                     held.retransmits = e.retransmits;
@@ -126,7 +144,8 @@ impl FlowTable {
                     return Some(*held);
                 }
                 let owner = self.take(e);
-                let (v, reason) = judge::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
+                let (v, reason) =
+                    judge::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
                 // One shown record per flow unless it got worse after the connect.
                 let mut rec = self.record(&owner, e, Phase::Close, v, reason, e.sk_err);
                 rec.quiet = Some(v) == connect_verdict || v == Verdict::Ok;
@@ -179,7 +198,14 @@ impl FlowTable {
                 }
             }
         }
-        if self.flows.insert(s.skaddr, Box::new(Flow { start: s, connect_verdict: None, request: None, held: None })).is_some() {
+        if self
+            .flows
+            .insert(
+                s.skaddr,
+                Box::new(Flow { start: s, connect_verdict: None, request: None, held: None }),
+            )
+            .is_some()
+        {
             // The previous socket at this address ended without us seeing it.
             self.stats.orphans += 1;
         }
@@ -193,7 +219,9 @@ impl FlowTable {
     /// Remove and return the owner of the flow `e` ends (or a stand-in if unseen).
     fn take(&mut self, e: &FlowEnd) -> ConnectStart {
         match self.flows.get(&e.skaddr) {
-            Some(f) if f.start.hdr.ts_ns == e.start_ns => self.flows.remove(&e.skaddr).map(|f| f.start).unwrap_or_default(),
+            Some(f) if f.start.hdr.ts_ns == e.start_ns => {
+                self.flows.remove(&e.skaddr).map(|f| f.start).unwrap_or_default()
+            }
             _ => {
                 self.stats.orphans += 1;
                 orphan_start(e)
@@ -201,11 +229,21 @@ impl FlowTable {
         }
     }
 
-    fn record(&self, s: &ConnectStart, e: &FlowEnd, phase: Phase, verdict: Verdict, reason: Option<Reason>, errno: i32) -> FlowRecord {
+    fn record(
+        &self,
+        s: &ConnectStart,
+        e: &FlowEnd,
+        phase: Phase,
+        verdict: Verdict,
+        reason: Option<Reason>,
+        errno: i32,
+    ) -> FlowRecord {
         let start = e.start_ns;
         let connect_end = if e.established_ns != 0 { e.established_ns } else { e.hdr.ts_ns };
         let actual = decode::dst(&e.tuple);
-        let intended = (s.flags & FLOW_FLAG_HAS_INTENDED != 0).then(|| decode::intended(&s.intended)).flatten();
+        let intended = (s.flags & FLOW_FLAG_HAS_INTENDED != 0)
+            .then(|| decode::intended(&s.intended))
+            .flatten();
         FlowRecord {
             time: rfc3339(self.clock.wall(e.hdr.ts_ns)),
             phase,
@@ -223,7 +261,8 @@ impl FlowTable {
             latency_ms: ms(connect_end.saturating_sub(start)),
             retransmits: e.retransmits,
             syn_retransmits: e.syn_retransmits,
-            duration_ms: (phase == Phase::Close && e.established_ns != 0).then(|| ms(e.hdr.ts_ns.saturating_sub(e.established_ns))),
+            duration_ms: (phase == Phase::Close && e.established_ns != 0)
+                .then(|| ms(e.hdr.ts_ns.saturating_sub(e.established_ns))),
             flow_id: format!("{:x}-{:x}", e.skaddr, e.start_ns),
             start_mono_ns: e.start_ns,
             record_mono_ns: e.hdr.ts_ns,
@@ -233,12 +272,22 @@ impl FlowTable {
 }
 
 fn facts(e: &FlowEnd, errno: i32) -> Facts {
-    Facts { errno, reset_seen: e.flags & FLOW_FLAG_RESET != 0, syn_retransmits: e.syn_retransmits, retransmits: e.retransmits }
+    Facts {
+        errno,
+        reset_seen: e.flags & FLOW_FLAG_RESET != 0,
+        syn_retransmits: e.syn_retransmits,
+        retransmits: e.retransmits,
+    }
 }
 
 /// Owner unknown (its start event was lost and counted): keep the tuple.
 fn orphan_start(e: &FlowEnd) -> ConnectStart {
-    ConnectStart { skaddr: e.skaddr, tuple: e.tuple, comm: *b"?\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", ..ConnectStart::default() }
+    ConnectStart {
+        skaddr: e.skaddr,
+        tuple: e.tuple,
+        comm: *b"?\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        ..ConnectStart::default()
+    }
 }
 
 fn ms(ns: u64) -> f64 {
@@ -247,12 +296,18 @@ fn ms(ns: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use egress_common::{AF_INET, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED, EventHeader, Tuple};
+    use egress_common::{
+        AF_INET, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED,
+        EventHeader, Tuple,
+    };
 
     use super::*;
 
     fn table(max: usize) -> FlowTable {
-        FlowTable::new(FlowSettings { degraded_retransmits: 3, max_flows: max, proxy_ports: vec![3128] }, Clock::new())
+        FlowTable::new(
+            FlowSettings { degraded_retransmits: 3, max_flows: max, proxy_ports: vec![3128] },
+            Clock::new(),
+        )
     }
 
     fn tuple() -> Tuple {
@@ -274,7 +329,13 @@ mod tests {
     }
 
     fn end(kind: u32, sk: u64, start: u64, ts: u64, f: impl FnOnce(&mut FlowEnd)) -> FlowEnd {
-        let mut e = FlowEnd { hdr: EventHeader { kind, size: 112, ts_ns: ts }, skaddr: sk, start_ns: start, tuple: tuple(), ..FlowEnd::default() };
+        let mut e = FlowEnd {
+            hdr: EventHeader { kind, size: 112, ts_ns: ts },
+            skaddr: sk,
+            start_ns: start,
+            tuple: tuple(),
+            ..FlowEnd::default()
+        };
         if kind == EVENT_CLOSED {
             e.established_ns = start + 1_000_000;
         }
@@ -286,10 +347,19 @@ mod tests {
     fn ok_connect_then_quiet_close_is_one_record() {
         let mut t = table(16);
         assert!(t.on_event(&start(1, 100)).is_none());
-        let r = t.on_event(&Event::Connected(end(EVENT_CONNECTED, 1, 100, 2_000_100, |e| e.established_ns = 2_000_100))).expect("record");
-        assert_eq!((r.verdict, r.pid, r.comm.as_str(), r.latency_ms), (Verdict::Ok, 77, "curl", 2.0));
+        let r = t
+            .on_event(&Event::Connected(end(EVENT_CONNECTED, 1, 100, 2_000_100, |e| {
+                e.established_ns = 2_000_100
+            })))
+            .expect("record");
+        assert_eq!(
+            (r.verdict, r.pid, r.comm.as_str(), r.latency_ms),
+            (Verdict::Ok, 77, "curl", 2.0)
+        );
         assert_eq!(r.dst, Some("192.0.2.7:443".parse().expect("addr")));
-        let close = t.on_event(&Event::Closed(end(EVENT_CLOSED, 1, 100, 9_000_000, |_| {}))).expect("close");
+        let close = t
+            .on_event(&Event::Closed(end(EVENT_CLOSED, 1, 100, 9_000_000, |_| {})))
+            .expect("close");
         assert!(close.quiet && close.phase == Phase::Close && close.duration_ms.is_some());
         assert!(t.is_empty());
         assert_eq!(t.stats, TableStats::default());
@@ -299,40 +369,76 @@ mod tests {
     fn refused_and_degraded_close() {
         let mut t = table(16);
         t.on_event(&start(1, 100));
-        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 1, 100, 500, |e| { e.sk_err = libc::ECONNREFUSED; e.flags = FLOW_FLAG_RESET; }))).expect("r");
-        assert_eq!((r.verdict, r.reason, r.errno), (Verdict::Failed, Some(Reason::Refused), libc::ECONNREFUSED));
+        let r = t
+            .on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 1, 100, 500, |e| {
+                e.sk_err = libc::ECONNREFUSED;
+                e.flags = FLOW_FLAG_RESET;
+            })))
+            .expect("r");
+        assert_eq!(
+            (r.verdict, r.reason, r.errno),
+            (Verdict::Failed, Some(Reason::Refused), libc::ECONNREFUSED)
+        );
         t.on_event(&start(2, 200));
-        t.on_event(&Event::Connected(end(EVENT_CONNECTED, 2, 200, 300, |e| e.established_ns = 300)));
-        let r = t.on_event(&Event::Closed(end(EVENT_CLOSED, 2, 200, 900, |e| e.retransmits = 5))).expect("degraded");
-        assert_eq!((r.phase, r.verdict, r.reason, r.retransmits), (Phase::Close, Verdict::Degraded, Some(Reason::Retransmits), 5));
+        t.on_event(&Event::Connected(end(EVENT_CONNECTED, 2, 200, 300, |e| {
+            e.established_ns = 300
+        })));
+        let r = t
+            .on_event(&Event::Closed(end(EVENT_CLOSED, 2, 200, 900, |e| e.retransmits = 5)))
+            .expect("degraded");
+        assert_eq!(
+            (r.phase, r.verdict, r.reason, r.retransmits),
+            (Phase::Close, Verdict::Degraded, Some(Reason::Retransmits), 5)
+        );
     }
 
     #[test]
     fn reported_error_used_when_sk_err_was_consumed() {
         let mut t = table(16);
         t.on_event(&start(1, 100));
-        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 1, 100, 500, |e| e.reported_err = libc::EHOSTUNREACH))).expect("r");
+        let r = t
+            .on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 1, 100, 500, |e| {
+                e.reported_err = libc::EHOSTUNREACH
+            })))
+            .expect("r");
         assert_eq!((r.reason, r.errno), (Some(Reason::Unreachable), libc::EHOSTUNREACH));
         t.on_event(&start(2, 600));
-        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 2, 600, 900, |e| e.sk_err_soft = libc::ENETUNREACH))).expect("r");
+        let r = t
+            .on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 2, 600, 900, |e| {
+                e.sk_err_soft = libc::ENETUNREACH
+            })))
+            .expect("r");
         assert_eq!(r.reason, Some(Reason::Unreachable));
     }
 
     #[test]
     fn lost_start_gives_orphan_record_and_count() {
         let mut t = table(16);
-        let r = t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 9, 100, 500, |e| e.sk_err = libc::ETIMEDOUT))).expect("r");
+        let r = t
+            .on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 9, 100, 500, |e| {
+                e.sk_err = libc::ETIMEDOUT
+            })))
+            .expect("r");
         assert_eq!((r.comm.as_str(), r.reason), ("?", Some(Reason::Timeout)));
         assert_eq!(t.stats.orphans, 1);
         // A reused socket address with a different start is not the same flow.
         t.on_event(&start(3, 100));
-        t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 3, 999, 1000, |e| e.sk_err = libc::ECONNREFUSED)));
+        t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 3, 999, 1000, |e| {
+            e.sk_err = libc::ECONNREFUSED
+        })));
         assert_eq!(t.stats.orphans, 2);
         assert_eq!(t.len(), 1);
     }
 
     fn payload(sk: u64, start: u64, dir: u32, text: &[u8]) -> Event {
-        let mut p = PayloadEvent { hdr: EventHeader { kind: 6, size: 424, ts_ns: start + 50 }, skaddr: sk, start_ns: start, direction: dir, len: text.len() as u32, ..PayloadEvent::default() };
+        let mut p = PayloadEvent {
+            hdr: EventHeader { kind: 6, size: 424, ts_ns: start + 50 },
+            skaddr: sk,
+            start_ns: start,
+            direction: dir,
+            len: text.len() as u32,
+            ..PayloadEvent::default()
+        };
         p.data[..text.len()].copy_from_slice(text);
         Event::Payload(Box::new(p))
     }
@@ -355,10 +461,31 @@ mod tests {
         use egress_common::DIR_INGRESS;
         let mut t = table(16);
         t.on_event(&proxy_start(1, 100));
-        assert!(t.on_event(&Event::Connected(proxy_end(EVENT_CONNECTED, 1, 100, 110))).is_none(), "held until the status line");
-        assert!(t.on_event(&payload(1, 100, DIR_EGRESS, b"CONNECT login.example.test:443 HTTP/1.1\r\n")).is_none());
-        let r = t.on_event(&payload(1, 100, DIR_INGRESS, b"HTTP/1.1 403 Forbidden\r\nX-Squid-Error: ERR_ACCESS_DENIED 0\r\n")).expect("record");
-        assert_eq!((r.verdict, r.reason, r.proxy_status), (Verdict::Failed, Some(Reason::ProxyDenied), Some(403)));
+        assert!(
+            t.on_event(&Event::Connected(proxy_end(EVENT_CONNECTED, 1, 100, 110))).is_none(),
+            "held until the status line"
+        );
+        assert!(
+            t.on_event(&payload(
+                1,
+                100,
+                DIR_EGRESS,
+                b"CONNECT login.example.test:443 HTTP/1.1\r\n"
+            ))
+            .is_none()
+        );
+        let r = t
+            .on_event(&payload(
+                1,
+                100,
+                DIR_INGRESS,
+                b"HTTP/1.1 403 Forbidden\r\nX-Squid-Error: ERR_ACCESS_DENIED 0\r\n",
+            ))
+            .expect("record");
+        assert_eq!(
+            (r.verdict, r.reason, r.proxy_status),
+            (Verdict::Failed, Some(Reason::ProxyDenied), Some(403))
+        );
         assert_eq!(r.target.as_deref(), Some("login.example.test:443"));
         assert_eq!(r.proxy_error.as_deref(), Some("ERR_ACCESS_DENIED 0"));
         // The close repeats the verdict: quiet.
@@ -373,7 +500,10 @@ mod tests {
         t.on_event(&Event::Connected(proxy_end(EVENT_CONNECTED, 2, 100, 110)));
         t.on_event(&payload(2, 100, DIR_EGRESS, b"CONNECT a.test:443 HTTP/1.1\r\n"));
         let r = t.on_event(&Event::Closed(proxy_end(EVENT_CLOSED, 2, 100, 900))).expect("record");
-        assert_eq!((r.verdict, r.target.as_deref(), r.proxy_status), (Verdict::Failed, Some("a.test:443"), None));
+        assert_eq!(
+            (r.verdict, r.target.as_deref(), r.proxy_status),
+            (Verdict::Failed, Some("a.test:443"), None)
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub fn connect_failure(f: &Facts) -> Reason {
     match f.errno {
         libc::ECONNREFUSED => Reason::Refused,
         libc::ETIMEDOUT => Reason::Timeout,
-        libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN => Reason::Unreachable,
+        libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN => {
+            Reason::Unreachable
+        }
         libc::ECONNRESET => Reason::Reset,
         0 if f.reset_seen => Reason::Refused,
         // No error but SYNs went unanswered: the application gave up first
@@ -83,7 +85,8 @@ pub fn judge(legs: &[LegSummary]) -> (Verdict, Option<String>, Option<Reason>) {
     let Some(client) = legs.first() else { return (Verdict::Ok, None, None) };
     // A leg that failed without a proxy answer: its connect failed (or it was
     // cut): the hop it went to is where the chain broke.
-    if let Some(l) = legs.iter().find(|l| l.verdict == Verdict::Failed && l.proxy_status.is_none()) {
+    if let Some(l) = legs.iter().find(|l| l.verdict == Verdict::Failed && l.proxy_status.is_none())
+    {
         return (Verdict::Failed, Some(l.hop.clone()), l.reason);
     }
     match client.proxy_status {
@@ -93,8 +96,14 @@ pub fn judge(legs: &[LegSummary]) -> (Verdict, Option<String>, Option<Reason>) {
             // A 5xx from the deepest proxy with no failed upstream leg: the
             // failure is past it (origin side), or it could not resolve/reach
             // an upstream we do not see.
-            let hop = if reason == Some(Reason::ProxyUpstreamError) && deepest.hop == legs.last().map_or("", |l| l.hop.as_str()) {
-                if legs.len() > 1 && legs.last().is_some_and(|l| l.hop == INTERNET) { INTERNET.to_string() } else { deepest.hop.clone() }
+            let hop = if reason == Some(Reason::ProxyUpstreamError)
+                && deepest.hop == legs.last().map_or("", |l| l.hop.as_str())
+            {
+                if legs.len() > 1 && legs.last().is_some_and(|l| l.hop == INTERNET) {
+                    INTERNET.to_string()
+                } else {
+                    deepest.hop.clone()
+                }
             } else {
                 deepest.hop.clone()
             };
@@ -142,37 +151,79 @@ mod tests {
     #[test]
     fn success_and_degradation() {
         assert_eq!(connected(&f(0, false, 0, 0), 1), (Verdict::Ok, None));
-        assert_eq!(connected(&f(0, false, 1, 1), 1), (Verdict::Degraded, Some(Reason::Retransmits)));
+        assert_eq!(
+            connected(&f(0, false, 1, 1), 1),
+            (Verdict::Degraded, Some(Reason::Retransmits))
+        );
         assert_eq!(connected(&f(0, false, 1, 1), 2), (Verdict::Ok, None));
         assert_eq!(connected(&f(0, false, 9, 9), 0), (Verdict::Ok, None), "0 disables");
         assert_eq!(closed(&f(0, false, 0, 5), 3), (Verdict::Degraded, Some(Reason::Retransmits)));
         assert_eq!(closed(&f(0, false, 0, 2), 3), (Verdict::Ok, None));
         assert_eq!(closed(&f(0, true, 0, 0), 3), (Verdict::Failed, Some(Reason::Reset)));
-        assert_eq!(closed(&f(libc::ETIMEDOUT, false, 0, 9), 3), (Verdict::Failed, Some(Reason::Timeout)));
+        assert_eq!(
+            closed(&f(libc::ETIMEDOUT, false, 0, 9), 3),
+            (Verdict::Failed, Some(Reason::Timeout))
+        );
     }
 
-    fn leg(leg: &str, hop: &str, verdict: Verdict, reason: Option<Reason>, status: Option<u16>) -> LegSummary {
-        LegSummary { leg: leg.into(), hop: hop.into(), flow_id: String::new(), dst: None, dst_actual: None, snat: None, verdict, reason, proxy_status: status, latency_ms: 0.0, retransmits: 0 }
+    fn leg(
+        leg: &str,
+        hop: &str,
+        verdict: Verdict,
+        reason: Option<Reason>,
+        status: Option<u16>,
+    ) -> LegSummary {
+        LegSummary {
+            leg: leg.into(),
+            hop: hop.into(),
+            flow_id: String::new(),
+            dst: None,
+            dst_actual: None,
+            snat: None,
+            verdict,
+            reason,
+            proxy_status: status,
+            latency_ms: 0.0,
+            retransmits: 0,
+        }
     }
     const C: &str = "client->gke-squid";
     const H: &str = "gke-squid->gce-proxy";
     const O: &str = "gce-proxy->internet";
-    
 
     #[test]
     fn the_error_flowchart() {
         use Verdict::{Degraded, Failed, Ok};
         let ok = leg(C, "gke-squid", Ok, None, Some(200));
-        assert_eq!(judge(&[ok.clone(), leg(H, "gce-proxy", Ok, None, Some(200)), leg(O, "internet", Ok, None, None)]), (Ok, None, None));
+        assert_eq!(
+            judge(&[
+                ok.clone(),
+                leg(H, "gce-proxy", Ok, None, Some(200)),
+                leg(O, "internet", Ok, None, None)
+            ]),
+            (Ok, None, None)
+        );
         // hop1 unreachable
-        assert_eq!(judge(&[leg(C, "gke-squid", Failed, Some(Reason::Refused), None)]), (Failed, Some("gke-squid".into()), Some(Reason::Refused)));
+        assert_eq!(
+            judge(&[leg(C, "gke-squid", Failed, Some(Reason::Refused), None)]),
+            (Failed, Some("gke-squid".into()), Some(Reason::Refused))
+        );
         // hop1 ACL: 403 and no upstream leg
-        assert_eq!(judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyDenied), Some(403))]), (Failed, Some("gke-squid".into()), Some(Reason::ProxyDenied)));
+        assert_eq!(
+            judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyDenied), Some(403))]),
+            (Failed, Some("gke-squid".into()), Some(Reason::ProxyDenied))
+        );
         // hop2 ACL: the 403 comes from gce-proxy and is relayed
-        let r = judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyDenied), Some(403)), leg(H, "gce-proxy", Failed, Some(Reason::ProxyDenied), Some(403))]);
+        let r = judge(&[
+            leg(C, "gke-squid", Failed, Some(Reason::ProxyDenied), Some(403)),
+            leg(H, "gce-proxy", Failed, Some(Reason::ProxyDenied), Some(403)),
+        ]);
         assert_eq!(r, (Failed, Some("gce-proxy".into()), Some(Reason::ProxyDenied)));
         // hop2 unreachable: hop1 answers 503 itself, its upstream connect failed
-        let r = judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyUpstreamError), Some(503)), leg(H, "gce-proxy", Failed, Some(Reason::Timeout), None)]);
+        let r = judge(&[
+            leg(C, "gke-squid", Failed, Some(Reason::ProxyUpstreamError), Some(503)),
+            leg(H, "gce-proxy", Failed, Some(Reason::Timeout), None),
+        ]);
         assert_eq!(r, (Failed, Some("gce-proxy".into()), Some(Reason::Timeout)));
         // origin refused behind the NAT
         let r = judge(&[
@@ -182,11 +233,13 @@ mod tests {
         ]);
         assert_eq!(r, (Failed, Some("internet".into()), Some(Reason::Refused)));
         // hop2 answers 503 and no origin leg is visible (e.g. it cannot resolve the name)
-        let r = judge(&[leg(C, "gke-squid", Failed, Some(Reason::ProxyUpstreamError), Some(503)), leg(H, "gce-proxy", Failed, Some(Reason::ProxyUpstreamError), Some(503))]);
+        let r = judge(&[
+            leg(C, "gke-squid", Failed, Some(Reason::ProxyUpstreamError), Some(503)),
+            leg(H, "gce-proxy", Failed, Some(Reason::ProxyUpstreamError), Some(503)),
+        ]);
         assert_eq!(r, (Failed, Some("gce-proxy".into()), Some(Reason::ProxyUpstreamError)));
         // lossy hop
         let r = judge(&[ok, leg(H, "gce-proxy", Degraded, Some(Reason::Retransmits), Some(200))]);
         assert_eq!(r, (Degraded, Some("gce-proxy".into()), Some(Reason::Retransmits)));
     }
-
 }

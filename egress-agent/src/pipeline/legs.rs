@@ -25,8 +25,11 @@ pub struct Leg {
 /// Where clients reach `hop`: its addresses, or its Service as the
 /// Kubernetes index names the destination.
 fn reached_at(hop: &Hop, r: &FlowRecord) -> bool {
-    let hit = |a: Option<std::net::SocketAddr>| a.is_some_and(|a| hop.addrs.iter().any(|m| m.matches(a)));
-    hit(r.dst) || hit(r.dst_actual) || hop.service.as_ref().is_some_and(|s| r.dst_name.as_deref() == Some(s.as_str()))
+    let hit =
+        |a: Option<std::net::SocketAddr>| a.is_some_and(|a| hop.addrs.iter().any(|m| m.matches(a)));
+    hit(r.dst)
+        || hit(r.dst_actual)
+        || hop.service.as_ref().is_some_and(|s| r.dst_name.as_deref() == Some(s.as_str()))
 }
 
 /// Whether the owner of `r` is one of `hop`'s processes: every owner
@@ -44,7 +47,11 @@ fn is_owner_of(hop: &Hop, r: &FlowRecord) -> bool {
     check(hop.comm.as_ref().map(|c| r.comm == *c));
     check(hop.cgroup.as_ref().map(|c| r.cgroup.as_deref().is_some_and(|p| p.contains(c.as_str()))));
     check(hop.namespace.as_ref().map(|n| r.namespace.as_deref() == Some(n.as_str())));
-    check((!hop.pod_labels.is_empty()).then(|| r.pod_labels.as_ref().is_some_and(|l| hop.pod_labels.iter().all(|(k, v)| l.get(k) == Some(v)))));
+    check((!hop.pod_labels.is_empty()).then(|| {
+        r.pod_labels
+            .as_ref()
+            .is_some_and(|l| hop.pod_labels.iter().all(|(k, v)| l.get(k) == Some(v)))
+    }));
     any && all
 }
 
@@ -58,7 +65,11 @@ pub fn owner_hop<'a>(chain: &'a ChainSettings, owner: &FlowRecord) -> Option<&'a
 pub fn dns_hop(chain: &ChainSettings, asked_by: Option<&str>, name: &str) -> Option<String> {
     asked_by.map(str::to_string).or_else(|| {
         let name = name.trim_end_matches('.');
-        chain.hops.iter().find(|h| h.names.iter().any(|n| n.trim_end_matches('.').eq_ignore_ascii_case(name))).map(|h| h.name.clone())
+        chain
+            .hops
+            .iter()
+            .find(|h| h.names.iter().any(|n| n.trim_end_matches('.').eq_ignore_ascii_case(name)))
+            .map(|h| h.name.clone())
     })
 }
 
@@ -72,15 +83,28 @@ pub fn classify(chain: &ChainSettings, r: &FlowRecord) -> Option<Leg> {
     let to = hops.iter().position(|h| reached_at(h, r));
     let name = |i: usize| hops[i].name.clone();
     match (from, to) {
-        (Some(f), Some(t)) => Some(Leg { hop: name(t), leg: format!("{}->{}", name(f), name(t)), depth: t }),
-        (None, Some(t)) => Some(Leg { hop: name(t), leg: format!("client->{}", name(t)), depth: t }),
+        (Some(f), Some(t)) => {
+            Some(Leg { hop: name(t), leg: format!("{}->{}", name(f), name(t)), depth: t })
+        }
+        (None, Some(t)) => {
+            Some(Leg { hop: name(t), leg: format!("client->{}", name(t)), depth: t })
+        }
         (Some(f), None) if matches!(r.dst_class, Some(DstClass::Public | DstClass::Private)) => {
-            Some(Leg { hop: INTERNET.into(), leg: format!("{}->{INTERNET}", name(f)), depth: hops.len() })
+            Some(Leg {
+                hop: INTERNET.into(),
+                leg: format!("{}->{INTERNET}", name(f)),
+                depth: hops.len(),
+            })
         }
         (None, None) => {
             let b = chain.bypass.as_ref()?;
-            let exempt = r.namespace.as_ref().is_some_and(|n| b.exempt_namespaces.contains(n)) || r.unit.as_ref().is_some_and(|u| b.exempt_units.contains(u));
-            (r.dst_class == Some(DstClass::Public) && !exempt).then(|| Leg { hop: DIRECT.into(), leg: DIRECT.into(), depth: 0 })
+            let exempt = r.namespace.as_ref().is_some_and(|n| b.exempt_namespaces.contains(n))
+                || r.unit.as_ref().is_some_and(|u| b.exempt_units.contains(u));
+            (r.dst_class == Some(DstClass::Public) && !exempt).then(|| Leg {
+                hop: DIRECT.into(),
+                leg: DIRECT.into(),
+                depth: 0,
+            })
         }
         _ => None,
     }
@@ -116,7 +140,11 @@ bypass:
 "#;
 
     fn rec(dst: &str, class: DstClass) -> FlowRecord {
-        FlowRecord { dst: Some(dst.parse().expect("addr")), dst_class: Some(class), ..FlowRecord::default() }
+        FlowRecord {
+            dst: Some(dst.parse().expect("addr")),
+            dst_class: Some(class),
+            ..FlowRecord::default()
+        }
     }
 
     #[test]
@@ -136,13 +164,20 @@ bypass:
         assert_eq!(classify(&c, &r).map(|l| l.leg), Some("gke-squid->gce-proxy".into()));
         let mut r = rec("203.0.113.9:443", DstClass::Public);
         r.unit = Some("squid.service".into());
-        assert_eq!(classify(&c, &r), Some(Leg { hop: "internet".into(), leg: "gce-proxy->internet".into(), depth: 2 }));
+        assert_eq!(
+            classify(&c, &r),
+            Some(Leg { hop: "internet".into(), leg: "gce-proxy->internet".into(), depth: 2 })
+        );
         let mut r = rec("203.0.113.9:443", DstClass::Public);
         r.namespace = Some("app".into());
         assert_eq!(classify(&c, &r).map(|l| l.leg), Some("direct".into()));
         r.namespace = Some("kube-system".into());
         assert_eq!(classify(&c, &r), None, "exempt namespace");
-        assert_eq!(classify(&c, &rec("10.1.2.3:5432", DstClass::Private)), None, "private, not a hop: not the chain's business");
+        assert_eq!(
+            classify(&c, &rec("10.1.2.3:5432", DstClass::Private)),
+            None,
+            "private, not a hop: not the chain's business"
+        );
         assert_eq!(c.target_label("login.example.test:443"), "login.example.test:443");
         assert_eq!(c.target_label("evil.test:443"), "other");
         // DNS: the hop that asked, else the hop whose name was asked.

@@ -57,8 +57,25 @@ pub struct Processor<S> {
 }
 
 impl<S: FnMut(Output)> Processor<S> {
-    pub fn new(table: FlowTable, enricher: Enricher, metrics: Arc<Metrics>, sink: S, dns: DnsTracker) -> Self {
-        Self { table, enricher, metrics, sink, seen: TableStats::default(), stitcher: Stitcher::default(), held: VecDeque::new(), dns, dns_seen: Default::default(), sent: false }
+    pub fn new(
+        table: FlowTable,
+        enricher: Enricher,
+        metrics: Arc<Metrics>,
+        sink: S,
+        dns: DnsTracker,
+    ) -> Self {
+        Self {
+            table,
+            enricher,
+            metrics,
+            sink,
+            seen: TableStats::default(),
+            stitcher: Stitcher::default(),
+            held: VecDeque::new(),
+            dns,
+            dns_seen: Default::default(),
+            sent: false,
+        }
     }
 
     /// Consume every item currently in the ring. Returns how many items.
@@ -76,12 +93,17 @@ impl<S: FnMut(Output)> Processor<S> {
     pub fn ingest(&mut self, item: &[u8]) {
         match decode(item) {
             Ok(ev) => {
-                self.metrics.events_delivered.with_label_values(&[event_kind_name(ev.kind())]).inc();
+                self.metrics
+                    .events_delivered
+                    .with_label_values(&[event_kind_name(ev.kind())])
+                    .inc();
                 if let Event::Dns(d) = &ev {
                     match self.dns.on_event(d) {
                         Ok(Some(r)) => self.send_dns(r),
                         Ok(None) => {}
-                        Err(e) => self.metrics.dns.decode_errors.with_label_values(&[e.label()]).inc(),
+                        Err(e) => {
+                            self.metrics.dns.decode_errors.with_label_values(&[e.label()]).inc()
+                        }
                     }
                 } else if let Event::NatMapping(m) = &ev {
                     if !self.enricher.observe_nat_mapping(m) {
@@ -184,7 +206,10 @@ impl<S: FnMut(Output)> Processor<S> {
         self.metrics.orphan_events.inc_by(s.orphans - self.seen.orphans);
         let evicted = s.evicted - self.seen.evicted;
         if evicted > 0 {
-            self.metrics.events_lost.with_label_values(&["flow_table", "connect_start"]).inc_by(evicted);
+            self.metrics
+                .events_lost
+                .with_label_values(&["flow_table", "connect_start"])
+                .inc_by(evicted);
         }
         self.seen = s;
         self.metrics.flows_tracked.set(self.table.len() as i64);

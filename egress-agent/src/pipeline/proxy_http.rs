@@ -60,7 +60,9 @@ pub fn parse_response(b: &[u8]) -> Option<ProxyResponse> {
         match k.trim().to_ascii_lowercase().as_str() {
             "server" => r.server = Some(v),
             "x-squid-error" => r.error = Some(v),
-            "x-cache" => r.via = v.split_once(" from ").map(|(_, h)| h.trim().to_string()).or(r.via),
+            "x-cache" => {
+                r.via = v.split_once(" from ").map(|(_, h)| h.trim().to_string()).or(r.via)
+            }
             "via" if r.via.is_none() => r.via = Some(v),
             _ => {}
         }
@@ -74,7 +76,10 @@ mod tests {
 
     #[test]
     fn connect_request() {
-        let r = parse_request(b"CONNECT login.microsoft.com:443 HTTP/1.1\r\nHost: login.microsoft.com:443\r\n").expect("req");
+        let r = parse_request(
+            b"CONNECT login.microsoft.com:443 HTTP/1.1\r\nHost: login.microsoft.com:443\r\n",
+        )
+        .expect("req");
         assert_eq!((r.method.as_str(), r.target.as_str()), ("CONNECT", "login.microsoft.com:443"));
         // Only the first segment may be captured: the line can be cut short.
         let r = parse_request(b"CONNECT api.example.test:8443 HTTP/1.1").expect("req");
@@ -91,11 +96,17 @@ mod tests {
         let r = parse_response(b"HTTP/1.1 200 Connection established\r\n\r\n").expect("resp");
         assert_eq!(r.status, 200);
         let r = parse_response(b"HTTP/1.1 403 Forbidden\r\nServer: squid/5.7\r\nMime-Version: 1.0\r\nX-Squid-Error: ERR_ACCESS_DENIED 0\r\nX-Cache: MISS from gce-proxy\r\nVia: 1.1 gce-proxy (squid/5.7)\r\n").expect("resp");
-        assert_eq!((r.status, r.error.as_deref(), r.via.as_deref(), r.server.as_deref()), (403, Some("ERR_ACCESS_DENIED 0"), Some("gce-proxy"), Some("squid/5.7")));
+        assert_eq!(
+            (r.status, r.error.as_deref(), r.via.as_deref(), r.server.as_deref()),
+            (403, Some("ERR_ACCESS_DENIED 0"), Some("gce-proxy"), Some("squid/5.7"))
+        );
         assert_eq!(parse_response(b"HTTP/1.0 503").map(|r| r.status), Some(503));
         assert_eq!(parse_response(b"HTTP/1.1 999 x"), None);
         assert_eq!(parse_response(b"SSH-2.0-OpenSSH"), None);
         // Cut in the middle of a header: what is there is used.
-        assert_eq!(parse_response(b"HTTP/1.1 407 Proxy Authentication Required\r\nServ").map(|r| r.status), Some(407));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 407 Proxy Authentication Required\r\nServ").map(|r| r.status),
+            Some(407)
+        );
     }
 }

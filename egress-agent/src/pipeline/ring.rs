@@ -22,10 +22,15 @@ pub struct Pipeline<S> {
 }
 
 impl<S: FnMut(Output)> Pipeline<S> {
-    pub fn new(ring: RingBuf<MapData>, proc: Processor<S>, stall: Option<Duration>) -> std::io::Result<Self> {
+    pub fn new(
+        ring: RingBuf<MapData>,
+        proc: Processor<S>,
+        stall: Option<Duration>,
+    ) -> std::io::Result<Self> {
         // SAFETY: the ring owns its map fd, which stays open and unchanged
         // for as long as the AsyncFd owns the ring.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
         Ok(Self { ring, proc, stall })
     }
 
@@ -65,4 +70,3 @@ impl<S: FnMut(Output)> Pipeline<S> {
         Ok(())
     }
 }
-

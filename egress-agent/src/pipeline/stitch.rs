@@ -50,8 +50,16 @@ impl Stitcher {
     /// Remember a hop's failed lookup: a proxy that cannot resolve the
     /// target answers 5xx with no upstream leg, and this says why.
     pub fn on_dns(&mut self, d: &DnsRecord) {
-        let (Some(hop), Reason::DnsFailed) = (&d.asked_by, d.reason.unwrap_or(Reason::Other)) else { return };
-        while self.dns_failures.front().is_some_and(|f| d.record_mono_ns.saturating_sub(f.2) > KEEP_NS) || self.dns_failures.len() >= KEEP_MAX {
+        let (Some(hop), Reason::DnsFailed) = (&d.asked_by, d.reason.unwrap_or(Reason::Other))
+        else {
+            return;
+        };
+        while self
+            .dns_failures
+            .front()
+            .is_some_and(|f| d.record_mono_ns.saturating_sub(f.2) > KEEP_NS)
+            || self.dns_failures.len() >= KEEP_MAX
+        {
             self.dns_failures.pop_front();
         }
         self.dns_failures.push_back((hop.clone(), d.name.clone(), d.record_mono_ns));
@@ -60,7 +68,11 @@ impl Stitcher {
     /// `dns_failed` instead of `proxy_upstream_error` (or `other` for a 500) when the hop that
     /// answered failed to resolve the target's host during the request.
     fn dns_explains(&self, hop: &str, target: Option<&str>, lo: u64, hi: u64) -> bool {
-        let Some(host) = target.map(|t| t.rsplit_once(':').map_or(t, |(h, _)| h).trim_matches(['[', ']']).to_ascii_lowercase()) else { return false };
+        let Some(host) = target.map(|t| {
+            t.rsplit_once(':').map_or(t, |(h, _)| h).trim_matches(['[', ']']).to_ascii_lowercase()
+        }) else {
+            return false;
+        };
         self.dns_failures.iter().any(|(h, n, ts)| h == hop && *n == host && *ts >= lo && *ts <= hi)
     }
 
@@ -71,10 +83,21 @@ impl Stitcher {
             return None;
         }
         if leg == DIRECT {
-            return Some(self.finish(r, vec![summary(r)], Verdict::Failed, Some(DIRECT.into()), Some(Reason::Bypass)));
+            return Some(self.finish(
+                r,
+                vec![summary(r)],
+                Verdict::Failed,
+                Some(DIRECT.into()),
+                Some(Reason::Bypass),
+            ));
         }
         if !leg.starts_with("client->") {
-            while self.upstream.front().is_some_and(|o| r.record_mono_ns.saturating_sub(o.record_mono_ns) > KEEP_NS) || self.upstream.len() >= KEEP_MAX {
+            while self
+                .upstream
+                .front()
+                .is_some_and(|o| r.record_mono_ns.saturating_sub(o.record_mono_ns) > KEEP_NS)
+                || self.upstream.len() >= KEEP_MAX
+            {
                 self.upstream.pop_front();
             }
             self.upstream.push_back(r.clone());
@@ -85,7 +108,11 @@ impl Stitcher {
         let mut legs = vec![summary(r)];
         let mut from = r.hop.clone().unwrap_or_default();
         let (mut lo, mut hi) = (r.start_mono_ns, r.record_mono_ns);
-        let mut port = r.target.as_deref().and_then(|t| t.rsplit_once(':')).and_then(|(_, p)| p.parse::<u16>().ok());
+        let mut port = r
+            .target
+            .as_deref()
+            .and_then(|t| t.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok());
         while let Some(i) = self.upstream.iter().position(|u| {
             u.leg.as_deref().is_some_and(|l| l.starts_with(&format!("{from}->")))
                 && u.start_mono_ns >= lo
@@ -107,12 +134,22 @@ impl Stitcher {
             if from == INTERNET {
                 break;
             }
-            port = port.or_else(|| u.target.as_deref().and_then(|t| t.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()));
+            port = port.or_else(|| {
+                u.target
+                    .as_deref()
+                    .and_then(|t| t.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+            });
         }
         let (verdict, hop, mut reason) = judge(&legs);
         // Squid answers a failed lookup with 500 or 503 (ERR_DNS_FAIL), no upstream leg.
-        let answered_5xx = r.proxy_status.is_some_and(|s| s >= 500) && matches!(reason, Some(Reason::ProxyUpstreamError | Reason::Other));
-        if answered_5xx && hop.as_deref().is_some_and(|h| self.dns_explains(h, r.target.as_deref(), r.start_mono_ns, r.record_mono_ns)) {
+        let answered_5xx = r.proxy_status.is_some_and(|s| s >= 500)
+            && matches!(reason, Some(Reason::ProxyUpstreamError | Reason::Other));
+        if answered_5xx
+            && hop.as_deref().is_some_and(|h| {
+                self.dns_explains(h, r.target.as_deref(), r.start_mono_ns, r.record_mono_ns)
+            })
+        {
             reason = Some(Reason::DnsFailed);
         }
         let c = self.finish(r, legs, verdict, hop, reason);
@@ -120,11 +157,22 @@ impl Stitcher {
         Some(c)
     }
 
-    fn finish(&mut self, r: &FlowRecord, legs: Vec<LegSummary>, verdict: Verdict, failed_hop: Option<String>, reason: Option<Reason>) -> ChainRecord {
+    fn finish(
+        &mut self,
+        r: &FlowRecord,
+        legs: Vec<LegSummary>,
+        verdict: Verdict,
+        failed_hop: Option<String>,
+        reason: Option<Reason>,
+    ) -> ChainRecord {
         self.seq += 1;
         ChainRecord {
             chain_id: format!("{:x}-{}", r.start_mono_ns, self.seq),
-            time: if r.time.is_empty() { rfc3339(std::time::SystemTime::now()) } else { r.time.clone() },
+            time: if r.time.is_empty() {
+                rfc3339(std::time::SystemTime::now())
+            } else {
+                r.time.clone()
+            },
             target: r.target.clone(),
             namespace: r.namespace.clone(),
             pod: r.pod.clone(),
@@ -151,7 +199,15 @@ mod tests {
     const H: &str = "gke-squid->gce-proxy";
     const O: &str = "gce-proxy->internet";
 
-    fn rec(leg: &str, hop: &str, start: u64, end: u64, target: Option<&str>, status: Option<u16>, verdict: Verdict) -> FlowRecord {
+    fn rec(
+        leg: &str,
+        hop: &str,
+        start: u64,
+        end: u64,
+        target: Option<&str>,
+        status: Option<u16>,
+        verdict: Verdict,
+    ) -> FlowRecord {
         FlowRecord {
             leg: Some(leg.into()),
             hop: Some(hop.into()),
@@ -182,17 +238,29 @@ mod tests {
         assert_eq!(s.upstream.len(), 1, "the unrelated leg stays");
         // The next proxy refused the connect: no CONNECT line on that leg.
         assert!(s.on_record(&mut rec(H, "gce-proxy", 210, 211, None, None, Failed)).is_none());
-        let c = s.on_record(&mut rec(C, "gke-squid", 200, 260, t, Some(503), Failed)).expect("chain");
+        let c =
+            s.on_record(&mut rec(C, "gke-squid", 200, 260, t, Some(503), Failed)).expect("chain");
         assert_eq!((c.legs.len(), c.failed_hop.as_deref()), (2, Some("gce-proxy")));
         // hop 2 answers 503 because it could not resolve the target: dns_failed.
-        let dns = DnsRecord { asked_by: Some("gce-proxy".into()), name: "login.example.test".into(), reason: Some(Reason::DnsFailed), record_mono_ns: 305, ..Default::default() };
+        let dns = DnsRecord {
+            asked_by: Some("gce-proxy".into()),
+            name: "login.example.test".into(),
+            reason: Some(Reason::DnsFailed),
+            record_mono_ns: 305,
+            ..Default::default()
+        };
         s.on_dns(&dns);
         assert!(s.on_record(&mut rec(H, "gce-proxy", 302, 310, t, Some(500), Failed)).is_none());
-        let c = s.on_record(&mut rec(C, "gke-squid", 300, 320, t, Some(500), Failed)).expect("chain");
-        assert_eq!((c.failed_hop.as_deref(), c.reason), (Some("gce-proxy"), Some(Reason::DnsFailed)));
+        let c =
+            s.on_record(&mut rec(C, "gke-squid", 300, 320, t, Some(500), Failed)).expect("chain");
+        assert_eq!(
+            (c.failed_hop.as_deref(), c.reason),
+            (Some("gce-proxy"), Some(Reason::DnsFailed))
+        );
         // The same 503 without a failed lookup stays an upstream error.
         assert!(s.on_record(&mut rec(H, "gce-proxy", 402, 410, t, Some(503), Failed)).is_none());
-        let c = s.on_record(&mut rec(C, "gke-squid", 400, 420, t, Some(503), Failed)).expect("chain");
+        let c =
+            s.on_record(&mut rec(C, "gke-squid", 400, 420, t, Some(503), Failed)).expect("chain");
         assert_eq!(c.reason, Some(Reason::ProxyUpstreamError));
         // A bypass is a chain of one.
         let c = s.on_record(&mut rec(DIRECT, DIRECT, 1, 2, None, None, Failed)).expect("chain");

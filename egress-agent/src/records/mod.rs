@@ -25,7 +25,10 @@ pub use self::{
 /// pipeline to every sink and back from the local API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
-#[allow(clippy::large_enum_variant, reason = "moved, not copied, from the pipeline to the sinks; most records are flows")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved, not copied, from the pipeline to the sinks; most records are flows"
+)]
 pub enum Record {
     Flow(FlowRecord),
     Chain(ChainRecord),
@@ -69,28 +72,79 @@ mod tests {
             retransmits: 2,
             ..FlowRecord::default()
         };
-        let v: serde_json::Value = serde_json::from_str(&Record::Flow(r).json_line()).expect("json");
-        for k in ["record", "time", "pid", "comm", "cgroup_id", "src", "dst", "verdict", "reason", "latency_ms", "retransmits", "hop", "target", "proxy_status", "chain_id"] {
+        let v: serde_json::Value =
+            serde_json::from_str(&Record::Flow(r).json_line()).expect("json");
+        for k in [
+            "record",
+            "time",
+            "pid",
+            "comm",
+            "cgroup_id",
+            "src",
+            "dst",
+            "verdict",
+            "reason",
+            "latency_ms",
+            "retransmits",
+            "hop",
+            "target",
+            "proxy_status",
+            "chain_id",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
-        assert_eq!((v["record"].as_str(), v["verdict"].as_str(), v["reason"].as_str()), (Some("flow"), Some("failed"), Some("timeout")));
-        assert_eq!((v["dst"].as_str(), v["dst_actual"].as_str(), v["phase"].as_str()), (Some("10.96.0.10:3128"), Some("10.0.1.5:3128"), Some("connect")));
+        assert_eq!(
+            (v["record"].as_str(), v["verdict"].as_str(), v["reason"].as_str()),
+            (Some("flow"), Some("failed"), Some("timeout"))
+        );
+        assert_eq!(
+            (v["dst"].as_str(), v["dst_actual"].as_str(), v["phase"].as_str()),
+            (Some("10.96.0.10:3128"), Some("10.0.1.5:3128"), Some("connect"))
+        );
     }
 
     #[test]
     fn records_round_trip_with_their_tag() {
-        let f = FlowRecord { pid: 7, verdict: Verdict::Failed, reason: Some(Reason::Refused), flow_id: "a-1".into(), ..FlowRecord::default() };
+        let f = FlowRecord {
+            pid: 7,
+            verdict: Verdict::Failed,
+            reason: Some(Reason::Refused),
+            flow_id: "a-1".into(),
+            ..FlowRecord::default()
+        };
         let line = Record::Flow(f).json_line();
         assert!(line.starts_with("{\"record\":\"flow\""), "{line}");
-        let Record::Flow(back) = serde_json::from_str(&line).expect("parse") else { panic!("flow") };
-        assert_eq!((back.pid, back.verdict, back.reason), (7, Verdict::Failed, Some(Reason::Refused)));
-        let c = ChainRecord { chain_id: "c1".into(), target: Some("a.test:443".into()), ..ChainRecord::default() };
-        let Record::Chain(back) = serde_json::from_str(&Record::Chain(c).json_line()).expect("parse") else { panic!("chain") };
+        let Record::Flow(back) = serde_json::from_str(&line).expect("parse") else {
+            panic!("flow")
+        };
+        assert_eq!(
+            (back.pid, back.verdict, back.reason),
+            (7, Verdict::Failed, Some(Reason::Refused))
+        );
+        let c = ChainRecord {
+            chain_id: "c1".into(),
+            target: Some("a.test:443".into()),
+            ..ChainRecord::default()
+        };
+        let Record::Chain(back) =
+            serde_json::from_str(&Record::Chain(c).json_line()).expect("parse")
+        else {
+            panic!("chain")
+        };
         assert_eq!(back.target.as_deref(), Some("a.test:443"));
-        let d = DnsRecord { name: "a.test".into(), rcode: "NXDOMAIN".into(), verdict: Verdict::Failed, reason: Some(Reason::DnsFailed), ..DnsRecord::default() };
+        let d = DnsRecord {
+            name: "a.test".into(),
+            rcode: "NXDOMAIN".into(),
+            verdict: Verdict::Failed,
+            reason: Some(Reason::DnsFailed),
+            ..DnsRecord::default()
+        };
         let line = Record::Dns(d).json_line();
         assert!(line.starts_with("{\"record\":\"dns\",\"time\":"), "{line}");
         let Record::Dns(back) = serde_json::from_str(&line).expect("parse") else { panic!("dns") };
-        assert_eq!((back.name.as_str(), &*back.rcode, back.reason), ("a.test", "NXDOMAIN", Some(Reason::DnsFailed)));
+        assert_eq!(
+            (back.name.as_str(), &*back.rcode, back.reason),
+            ("a.test", "NXDOMAIN", Some(Reason::DnsFailed))
+        );
     }
 }

@@ -66,14 +66,23 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// Parse what [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SS[.fff]Z`).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || !s.ends_with('Z') {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || !s.ends_with('Z')
+    {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
     let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
     let frac = &s[19..s.len() - 1];
     let millis = match frac.strip_prefix('.') {
-        Some(f) if !f.is_empty() && f.len() <= 9 => f.parse::<u64>().ok()? * 10u64.pow(9 - f.len() as u32) / 1_000_000,
+        Some(f) if !f.is_empty() && f.len() <= 9 => {
+            f.parse::<u64>().ok()? * 10u64.pow(9 - f.len() as u32) / 1_000_000
+        }
         None if frac.is_empty() => 0,
         _ => return None,
     };
@@ -107,8 +116,14 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_305_600_123)), "2026-11-22T00:00:00.123Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_305_600_123)),
+            "2026-11-22T00:00:00.123Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]
@@ -117,8 +132,13 @@ mod tests {
             let t = UNIX_EPOCH + Duration::from_millis(ms);
             assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{ms}");
         }
-        assert_eq!(parse_rfc3339("2026-11-21T22:01:02Z"), Some(UNIX_EPOCH + Duration::from_secs(1_795_298_462)));
-        assert!(parse_rfc3339("2026-13-21T22:01:02Z").is_none() && parse_rfc3339("yesterday").is_none());
+        assert_eq!(
+            parse_rfc3339("2026-11-21T22:01:02Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_795_298_462))
+        );
+        assert!(
+            parse_rfc3339("2026-13-21T22:01:02Z").is_none() && parse_rfc3339("yesterday").is_none()
+        );
     }
 
     #[test]

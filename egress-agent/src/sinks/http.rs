@@ -12,7 +12,13 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             "/metrics",
             get(move || {
                 let m = metrics.clone();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response() }
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        m.render(),
+                    )
+                        .into_response()
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -20,7 +26,11 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
 }
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     axum::serve(listener, router(metrics))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|v| *v).await;

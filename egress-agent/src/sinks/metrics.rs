@@ -6,10 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, PerCpuArray};
 use egress_common::{
-    EVENT_KINDS, STAT_FLOW_MAP_FULL, STAT_PRODUCED, STAT_READ_ERRORS, STAT_RETRANSMITS, STAT_RING_LOST,
-    STAT_SLOTS, event_kind_name,
+    EVENT_KINDS, STAT_FLOW_MAP_FULL, STAT_PRODUCED, STAT_READ_ERRORS, STAT_RETRANSMITS,
+    STAT_RING_LOST, STAT_SLOTS, event_kind_name,
 };
-use prometheus::{Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder,
+};
 
 use super::register::{self as reg, MetricError};
 use crate::{
@@ -22,13 +25,14 @@ use crate::{
 /// applies (newer kernels), doubling otherwise (1, 3, 7, 15, 31, 63, 127 s).
 /// Each bound sits just under a plateau so every retry count has its bucket.
 pub const CONNECT_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.95, 1.95, 2.95, 3.95, 6.95, 14.95,
-    30.95, 62.95, 126.95, 135.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.95, 1.95, 2.95, 3.95, 6.95,
+    14.95, 30.95, 62.95, 126.95, 135.0,
 ];
 
 /// Lookup latency buckets (seconds): cache hits, a LAN resolver, a
 /// recursive resolution, retries at glibc's 1 s / 5 s.
-pub const DNS_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const DNS_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Bounded labels of the flow counters: verdict, reason, who (namespace and
 /// workload, or the systemd unit of a host process) and the destination class.
@@ -70,12 +74,40 @@ pub struct DnsMetrics {
 impl DnsMetrics {
     fn new(r: &Registry) -> Result<Self, MetricError> {
         Ok(Self {
-            responses: reg::counter_vec(r, "egress_dns_responses_total", "DNS lookups of local processes by outcome (rcode, or `timeout`) and the hop they are about (\"\" for none).", &["rcode", "hop"])?,
-            duration: reg::histogram(r, "egress_dns_duration_seconds", "Time from a DNS query to its response (answered lookups).", DNS_BUCKETS)?,
-            lookups: reg::counter_vec(r, "egress_dns_lookups_total", "DNS lookups of allow-listed names (dns.names), by rcode.", &["name", "rcode"])?,
-            decode_errors: reg::counter_vec(r, "egress_dns_decode_errors_total", "Captured DNS messages that did not parse (counted, skipped).", &["reason"])?,
-            unmatched: reg::counter(r, "egress_dns_unmatched_responses_total", "DNS responses whose query was not seen (lost, or sent before the agent started).")?,
-            evicted: reg::counter(r, "egress_dns_pending_evicted_total", "DNS queries dropped unanswered because the pending table was full.")?,
+            responses: reg::counter_vec(
+                r,
+                "egress_dns_responses_total",
+                "DNS lookups of local processes by outcome (rcode, or `timeout`) and the hop they are about (\"\" for none).",
+                &["rcode", "hop"],
+            )?,
+            duration: reg::histogram(
+                r,
+                "egress_dns_duration_seconds",
+                "Time from a DNS query to its response (answered lookups).",
+                DNS_BUCKETS,
+            )?,
+            lookups: reg::counter_vec(
+                r,
+                "egress_dns_lookups_total",
+                "DNS lookups of allow-listed names (dns.names), by rcode.",
+                &["name", "rcode"],
+            )?,
+            decode_errors: reg::counter_vec(
+                r,
+                "egress_dns_decode_errors_total",
+                "Captured DNS messages that did not parse (counted, skipped).",
+                &["reason"],
+            )?,
+            unmatched: reg::counter(
+                r,
+                "egress_dns_unmatched_responses_total",
+                "DNS responses whose query was not seen (lost, or sent before the agent started).",
+            )?,
+            evicted: reg::counter(
+                r,
+                "egress_dns_pending_evicted_total",
+                "DNS queries dropped unanswered because the pending table was full.",
+            )?,
         })
     }
 }
@@ -90,24 +122,101 @@ impl Metrics {
     /// `target` label and names the DNS names kept as labels.
     pub fn new(config: Option<Arc<Config>>) -> Result<Self, MetricError> {
         let r = Registry::new();
-        let build = reg::gauge_vec(&r, "egress_build_info", "Build of the running agent (always 1).", &["version"])?;
+        let build = reg::gauge_vec(
+            &r,
+            "egress_build_info",
+            "Build of the running agent (always 1).",
+            &["version"],
+        )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let m = Self {
-            connections: reg::counter_vec(&r, "egress_connections_total", "Egress TCP connect outcomes, one per connection attempt.", FLOW_LABELS)?,
-            closes: reg::counter_vec(&r, "egress_connection_closes_total", "How established egress connections ended (ok, degraded by retransmits, failed by reset or timeout).", FLOW_LABELS)?,
-            connect_duration: reg::histogram_vec(&r, "egress_connect_duration_seconds", "Time from SYN_SENT to ESTABLISHED or to the failure.", CONNECT_BUCKETS, &["result"])?,
-            retransmits: reg::counter(&r, "egress_tcp_retransmits_total", "TCP retransmits on tracked egress flows (kernel count).")?,
-            events_produced: reg::counter_vec(&r, "egress_events_produced_total", "Events the kernel programs emitted or tried to emit.", &["kind"])?,
-            events_delivered: reg::counter_vec(&r, "egress_events_delivered_total", "Events decoded by the agent.", &["kind"])?,
-            events_lost: reg::counter_vec(&r, "egress_events_lost_total", "Events lost, by pipeline stage.", &["stage", "kind"])?,
-            decode_errors: reg::counter_vec(&r, "egress_decode_errors_total", "Ring records that failed to decode.", &["reason"])?,
-            orphan_events: reg::counter(&r, "egress_orphan_events_total", "Events for a socket whose start was lost (owner unknown).")?,
-            kernel_read_errors: reg::counter(&r, "egress_kernel_read_errors_total", "Tracepoint field reads that failed in the kernel.")?,
-            program_attached: reg::gauge_vec(&r, "egress_program_attached", "1 if the kernel program is attached.", &["program"])?,
-            program_standby: reg::gauge_vec(&r, "egress_program_standby", "1 if the kernel program is not attached because it is not needed on this host (another hook does its job, or nothing calls for it); `check` says why.", &["program"])?,
-            flows_tracked: reg::gauge(&r, "egress_flows_tracked", "Active opens held in the agent's flow table.")?,
-            proxy_tunnels: reg::counter_vec(&r, "egress_proxy_tunnels_total", "Proxy answers to tunnel requests, by hop, status and target (allow-listed targets; others are `other`).", &["hop", "status", "target"])?,
-            hop_failures: reg::counter_vec(&r, "egress_hop_failures_total", "Requests through the proxy chain that failed, by the hop that broke (`internet` for the origin side, `direct` for a bypass).", &["hop", "reason"])?,
+            connections: reg::counter_vec(
+                &r,
+                "egress_connections_total",
+                "Egress TCP connect outcomes, one per connection attempt.",
+                FLOW_LABELS,
+            )?,
+            closes: reg::counter_vec(
+                &r,
+                "egress_connection_closes_total",
+                "How established egress connections ended (ok, degraded by retransmits, failed by reset or timeout).",
+                FLOW_LABELS,
+            )?,
+            connect_duration: reg::histogram_vec(
+                &r,
+                "egress_connect_duration_seconds",
+                "Time from SYN_SENT to ESTABLISHED or to the failure.",
+                CONNECT_BUCKETS,
+                &["result"],
+            )?,
+            retransmits: reg::counter(
+                &r,
+                "egress_tcp_retransmits_total",
+                "TCP retransmits on tracked egress flows (kernel count).",
+            )?,
+            events_produced: reg::counter_vec(
+                &r,
+                "egress_events_produced_total",
+                "Events the kernel programs emitted or tried to emit.",
+                &["kind"],
+            )?,
+            events_delivered: reg::counter_vec(
+                &r,
+                "egress_events_delivered_total",
+                "Events decoded by the agent.",
+                &["kind"],
+            )?,
+            events_lost: reg::counter_vec(
+                &r,
+                "egress_events_lost_total",
+                "Events lost, by pipeline stage.",
+                &["stage", "kind"],
+            )?,
+            decode_errors: reg::counter_vec(
+                &r,
+                "egress_decode_errors_total",
+                "Ring records that failed to decode.",
+                &["reason"],
+            )?,
+            orphan_events: reg::counter(
+                &r,
+                "egress_orphan_events_total",
+                "Events for a socket whose start was lost (owner unknown).",
+            )?,
+            kernel_read_errors: reg::counter(
+                &r,
+                "egress_kernel_read_errors_total",
+                "Tracepoint field reads that failed in the kernel.",
+            )?,
+            program_attached: reg::gauge_vec(
+                &r,
+                "egress_program_attached",
+                "1 if the kernel program is attached.",
+                &["program"],
+            )?,
+            program_standby: reg::gauge_vec(
+                &r,
+                "egress_program_standby",
+                "1 if the kernel program is not attached because it is not needed on this host (another hook does its job, or nothing calls for it); `check` says why.",
+                &["program"],
+            )?,
+            flows_tracked: reg::gauge(
+                &r,
+                "egress_flows_tracked",
+                "Active opens held in the agent's flow table.",
+            )?,
+            proxy_tunnels: reg::counter_vec(
+                &r,
+                "egress_proxy_tunnels_total",
+                "Proxy answers to tunnel requests, by hop, status and target (allow-listed targets; others are `other`).",
+                &["hop", "status", "target"],
+            )?,
+            hop_failures: reg::counter_vec(
+                &r,
+                "egress_hop_failures_total",
+                "Requests through the proxy chain that failed, by the hop that broke (`internet` for the origin side, `direct` for a bypass).",
+                &["hop", "reason"],
+            )?,
             dns: DnsMetrics::new(&r)?,
             registry: r,
             kernel: Mutex::new(None),
@@ -156,9 +265,18 @@ impl Metrics {
                 continue;
             }
             match slot {
-                s if s < STAT_PRODUCED + EVENT_KINDS => self.events_produced.with_label_values(&[event_kind_name(s - STAT_PRODUCED)]).inc_by(delta),
-                s if s < STAT_RING_LOST + EVENT_KINDS => self.events_lost.with_label_values(&["ring", event_kind_name(s - STAT_RING_LOST)]).inc_by(delta),
-                STAT_FLOW_MAP_FULL => self.events_lost.with_label_values(&["kernel_flow_table", "connect_start"]).inc_by(delta),
+                s if s < STAT_PRODUCED + EVENT_KINDS => self
+                    .events_produced
+                    .with_label_values(&[event_kind_name(s - STAT_PRODUCED)])
+                    .inc_by(delta),
+                s if s < STAT_RING_LOST + EVENT_KINDS => self
+                    .events_lost
+                    .with_label_values(&["ring", event_kind_name(s - STAT_RING_LOST)])
+                    .inc_by(delta),
+                STAT_FLOW_MAP_FULL => self
+                    .events_lost
+                    .with_label_values(&["kernel_flow_table", "connect_start"])
+                    .inc_by(delta),
                 STAT_READ_ERRORS => self.kernel_read_errors.inc_by(delta),
                 STAT_RETRANSMITS => self.retransmits.inc_by(delta),
                 _ => {}
@@ -182,7 +300,9 @@ impl Metrics {
         match r.phase {
             Phase::Connect => {
                 self.connections.with_label_values(&labels).inc();
-                self.connect_duration.with_label_values(&[r.verdict.as_str()]).observe(r.latency_ms / 1000.0);
+                self.connect_duration
+                    .with_label_values(&[r.verdict.as_str()])
+                    .observe(r.latency_ms / 1000.0);
             }
             Phase::Close => self.closes.with_label_values(&labels).inc(),
         }
@@ -195,7 +315,9 @@ impl Metrics {
             && !c.synthetic
             && let Some(hop) = &c.failed_hop
         {
-            self.hop_failures.with_label_values(&[hop.as_str(), c.reason.map_or("", |r| r.as_str())]).inc();
+            self.hop_failures
+                .with_label_values(&[hop.as_str(), c.reason.map_or("", |r| r.as_str())])
+                .inc();
         }
     }
 
@@ -213,7 +335,9 @@ impl Metrics {
         {
             self.dns.lookups.with_label_values(&[&d.name, &*d.rcode]).inc();
         }
-        if let (Verdict::Failed, Some(h), Some(r), None) = (d.verdict, &d.hop, d.reason, &d.asked_by) {
+        if let (Verdict::Failed, Some(h), Some(r), None) =
+            (d.verdict, &d.hop, d.reason, &d.asked_by)
+        {
             self.hop_failures.with_label_values(&[h.as_str(), r.as_str()]).inc();
         }
     }
@@ -250,7 +374,13 @@ mod tests {
     #[test]
     fn exposition_has_the_documented_names() {
         let m = Metrics::new(None).expect("metrics");
-        let r = FlowRecord { verdict: Verdict::Failed, reason: Some(Reason::Refused), errno: 111, latency_ms: 0.7, ..FlowRecord::default() };
+        let r = FlowRecord {
+            verdict: Verdict::Failed,
+            reason: Some(Reason::Refused),
+            errno: 111,
+            latency_ms: 0.7,
+            ..FlowRecord::default()
+        };
         m.observe(&r);
         m.program_attached.with_label_values(&["inet_sock_set_state"]).set(1);
         m.events_lost.with_label_values(&["sink", "record"]).inc();

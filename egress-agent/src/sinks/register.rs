@@ -4,8 +4,8 @@
 //! the local API) is made here, so a name clash or a bad definition is one
 //! typed error, never a panic.
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, core::Collector,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, core::Collector,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +15,11 @@ pub struct MetricError {
     source: prometheus::Error,
 }
 
-fn register<C: Collector + Clone + 'static>(r: &Registry, name: &str, made: prometheus::Result<C>) -> Result<C, MetricError> {
+fn register<C: Collector + Clone + 'static>(
+    r: &Registry,
+    name: &str,
+    made: prometheus::Result<C>,
+) -> Result<C, MetricError> {
     let err = |source| MetricError { name: name.to_string(), source };
     let c = made.map_err(err)?;
     r.register(Box::new(c.clone())).map_err(err)?;
@@ -26,7 +30,12 @@ pub fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, Metri
     register(r, name, IntCounter::new(name, help))
 }
 
-pub fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricError> {
+pub fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricError> {
     register(r, name, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
@@ -34,7 +43,12 @@ pub fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricErr
     register(r, name, IntGauge::new(name, help))
 }
 
-pub fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricError> {
+pub fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, MetricError> {
     register(r, name, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
@@ -43,16 +57,40 @@ pub fn float_gauge(r: &Registry, name: &str, help: &str) -> Result<Gauge, Metric
     register(r, name, Gauge::new(name, help))
 }
 
-pub fn float_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricError> {
+pub fn float_gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<GaugeVec, MetricError> {
     register(r, name, GaugeVec::new(Opts::new(name, help), labels))
 }
 
-pub fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Result<Histogram, MetricError> {
-    register(r, name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
+pub fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> Result<Histogram, MetricError> {
+    register(
+        r,
+        name,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())),
+    )
 }
 
-pub fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> Result<HistogramVec, MetricError> {
-    register(r, name, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels))
+pub fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> Result<HistogramVec, MetricError> {
+    register(
+        r,
+        name,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels),
+    )
 }
 
 #[cfg(test)]

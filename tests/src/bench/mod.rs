@@ -86,7 +86,8 @@ impl AgentSample {
             produced: metric_sum(&m, "egress_events_produced_total", &[]),
             delivered: metric_sum(&m, "egress_events_delivered_total", &[]),
             lost_ring: metric_sum(&m, "egress_events_lost_total", &[("stage", "ring")]),
-            lost_other: metric_sum(&m, "egress_events_lost_total", &[]) - metric_sum(&m, "egress_events_lost_total", &[("stage", "ring")]),
+            lost_other: metric_sum(&m, "egress_events_lost_total", &[])
+                - metric_sum(&m, "egress_events_lost_total", &[("stage", "ring")]),
             decode_errors: metric_sum(&m, "egress_decode_errors_total", &[]),
             cpu_s: procfs::cpu_seconds(agent.pid())?,
             peak_rss,
@@ -197,7 +198,14 @@ impl Bpftrace {
         let mut total = 0;
         while Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) => total += l.split_once(": ").and_then(|(k, v)| k.starts_with('@').then(|| v.trim().parse::<u64>().ok())?).unwrap_or(0),
+                Ok(l) => {
+                    total += l
+                        .split_once(": ")
+                        .and_then(|(k, v)| {
+                            k.starts_with('@').then(|| v.trim().parse::<u64>().ok())?
+                        })
+                        .unwrap_or(0)
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -239,7 +247,15 @@ fn trial(mode: Mode, round: usize, addr: SocketAddr, opts: &BenchOptions) -> any
             let agent = match opts.alt_agent_bin.as_ref().filter(|_| alt) {
                 // The harness appends its agent binary and the arguments:
                 // drop the former, exec the other build with the latter.
-                Some(bin) => Agent::start_wrapped(&["sh".into(), "-c".into(), "shift; exec \"$0\" \"$@\"".into(), bin.to_string_lossy().into()], agent_mode(opts, alt)?)?,
+                Some(bin) => Agent::start_wrapped(
+                    &[
+                        "sh".into(),
+                        "-c".into(),
+                        "shift; exec \"$0\" \"$@\"".into(),
+                        bin.to_string_lossy().into(),
+                    ],
+                    agent_mode(opts, alt)?,
+                )?,
                 None => Agent::start(agent_mode(opts, alt)?)?,
             };
             let before = AgentSample::read(&agent)?;
@@ -278,22 +294,33 @@ pub fn storms(opts: &BenchOptions, progress: impl Fn(&Trial)) -> anyhow::Result<
 /// released. The connections are held by worker processes (`worker`: this
 /// program re-run with arguments that call [`storm::hold_worker`]), since
 /// one process may not hold that many fds here; the listeners never accept.
-pub fn hold(opts: &BenchOptions, worker: &dyn Fn(&[SocketAddr], usize) -> Command) -> anyhow::Result<HoldResult> {
+pub fn hold(
+    opts: &BenchOptions,
+    worker: &dyn Fn(&[SocketAddr], usize) -> Command,
+) -> anyhow::Result<HoldResult> {
     let n = opts.hold;
     let _lock = KernelLock::take()?;
     let agent = Agent::start(agent_mode(opts, false)?)?;
     let before = AgentSample::read(&agent)?;
-    let tracked = |a: &Agent| -> anyhow::Result<f64> { Ok(metric_sum(&a.http_get("/metrics")?, "egress_flows_tracked", &[])) };
+    let tracked = |a: &Agent| -> anyhow::Result<f64> {
+        Ok(metric_sum(&a.http_get("/metrics")?, "egress_flows_tracked", &[]))
+    };
     // Accept queues of 4096 (somaxconn) each, with room to spare.
     let listeners = storm::queue_listeners(n.div_ceil(3000).max(1))?;
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let addrs: Vec<SocketAddr> =
+        listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
     let mut workers = Vec::new();
     let mut left = n;
     while left > 0 {
         let k = left.min(storm::PER_PROCESS);
         left -= k;
         let mut c = worker(&addrs, k);
-        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("spawning a hold worker")?;
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning a hold worker")?;
         let out = child.stdout.take().context("worker stdout")?;
         workers.push((child, BufReader::new(out)));
     }
@@ -301,7 +328,8 @@ pub fn hold(opts: &BenchOptions, worker: &dyn Fn(&[SocketAddr], usize) -> Comman
     for (child, out) in &mut workers {
         let mut line = String::new();
         out.read_line(&mut line)?;
-        let Some(k) = line.trim().strip_prefix("held ").and_then(|v| v.parse::<usize>().ok()) else {
+        let Some(k) = line.trim().strip_prefix("held ").and_then(|v| v.parse::<usize>().ok())
+        else {
             let _ = child.kill();
             bail!("hold worker failed: {line:?}");
         };
@@ -330,5 +358,13 @@ pub fn hold(opts: &BenchOptions, worker: &dyn Fn(&[SocketAddr], usize) -> Comman
     if !agent.stop()? {
         bail!("agent exited with an error");
     }
-    Ok(HoldResult { sockets: opened, tracked: seen, rss_held, peak_rss, rss_released, tracked_after: after, events })
+    Ok(HoldResult {
+        sockets: opened,
+        tracked: seen,
+        rss_held,
+        peak_rss,
+        rss_released,
+        tracked_after: after,
+        events,
+    })
 }

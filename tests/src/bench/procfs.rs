@@ -3,7 +3,8 @@ use anyhow::{Context as _, bail};
 
 /// user + system CPU seconds of process `pid` so far (all its threads).
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("/proc/{pid}/stat"))?;
     parse_cpu(&stat)
 }
 
@@ -20,13 +21,17 @@ fn parse_cpu(stat: &str) -> anyhow::Result<f64> {
 
 /// Memory of process `pid` in bytes: (VmRSS now, VmHWM = peak RSS so far).
 pub fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("/proc/{pid}/status"))?;
     parse_memory(&status)
 }
 
 fn parse_memory(status: &str) -> anyhow::Result<(u64, u64)> {
     let kib = |name: &str| -> anyhow::Result<u64> {
-        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in status"))?;
         let v = line.split_whitespace().nth(1).context("no value")?;
         Ok(v.parse::<u64>()? * 1024)
     };
@@ -47,7 +52,10 @@ mod tests {
 
     #[test]
     fn parses_memory_and_reads_self() {
-        assert_eq!(parse_memory("VmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n").expect("mem"), (1024 * 1024, 2048 * 1024));
+        assert_eq!(
+            parse_memory("VmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n").expect("mem"),
+            (1024 * 1024, 2048 * 1024)
+        );
         let (rss, hwm) = memory(std::process::id()).expect("self");
         assert!(rss > 0 && hwm >= rss);
         assert!(cpu_seconds(std::process::id()).expect("cpu") >= 0.0);

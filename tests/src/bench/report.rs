@@ -96,8 +96,17 @@ impl Report {
         // Loss is accounted over every agent trial; CPU and RSS describe the
         // agent as configured (the variant's CPU separately).
         let agents: Vec<_> = trials.iter().filter_map(|t| t.agent).collect();
-        let of_mode = |m: Mode| trials.iter().filter(|t| t.mode == m).filter_map(|t| t.agent).collect::<Vec<_>>();
-        let cpu = |v: &[super::AgentSample]| Stats::of(&v.iter().filter(|a| a.produced > 0.0).map(|a| a.cpu_s / a.produced * 1e6).collect::<Vec<_>>());
+        let of_mode = |m: Mode| {
+            trials.iter().filter(|t| t.mode == m).filter_map(|t| t.agent).collect::<Vec<_>>()
+        };
+        let cpu = |v: &[super::AgentSample]| {
+            Stats::of(
+                &v.iter()
+                    .filter(|a| a.produced > 0.0)
+                    .map(|a| a.cpu_s / a.produced * 1e6)
+                    .collect::<Vec<_>>(),
+            )
+        };
         let sum = |f: fn(&super::AgentSample) -> f64| agents.iter().map(f).sum::<f64>();
         Self {
             machine: String::new(),
@@ -109,7 +118,9 @@ impl Report {
             ratio: ratio.map(|v| Stats::of(&v)),
             cpu_per_m: cpu(&of_mode(Mode::Agent)),
             cpu_per_m_alt: cpu(&of_mode(Mode::AgentAlt)),
-            peak_rss: Stats::of(&of_mode(Mode::Agent).iter().map(|a| a.peak_rss as f64).collect::<Vec<_>>()),
+            peak_rss: Stats::of(
+                &of_mode(Mode::Agent).iter().map(|a| a.peak_rss as f64).collect::<Vec<_>>(),
+            ),
             produced: sum(|a| a.produced),
             delivered: sum(|a| a.delivered),
             lost_ring: sum(|a| a.lost_ring),
@@ -126,7 +137,11 @@ impl Report {
     /// The targets of issue 7: (target, met, what was measured).
     pub fn targets(&self) -> Vec<(&'static str, bool, String)> {
         let mut t = vec![
-            ("storm with agent ≥ 0.95× no tracing", self.ratio[1].median >= 0.95, ratio(self.ratio[1].median)),
+            (
+                "storm with agent ≥ 0.95× no tracing",
+                self.ratio[1].median >= 0.95,
+                ratio(self.ratio[1].median),
+            ),
             (
                 "storm with agent better than bpftrace",
                 self.ratio[1].median > self.ratio[2].median,
@@ -134,7 +149,8 @@ impl Report {
             ),
             (
                 "zero lost at saturation (or every loss counted)",
-                (self.produced - self.delivered - self.lost_ring - self.decode_errors).abs() <= SCRAPE_EVENTS * self.agent_trials as f64,
+                (self.produced - self.delivered - self.lost_ring - self.decode_errors).abs()
+                    <= SCRAPE_EVENTS * self.agent_trials as f64,
                 format!(
                     "lost {} of {} ({:.3} %); unaccounted {} (the /metrics scrapes are traced connections too: ±{SCRAPE_EVENTS} per trial)",
                     self.lost_ring,
@@ -145,28 +161,58 @@ impl Report {
             ),
         ];
         if let Some(h) = self.hold {
-            t.push(("agent peak RSS ≤ 64 MiB with 100k tracked sockets", h.peak_rss as f64 <= 64.0 * 1048576.0, mib(h.peak_rss as f64)));
+            t.push((
+                "agent peak RSS ≤ 64 MiB with 100k tracked sockets",
+                h.peak_rss as f64 <= 64.0 * 1048576.0,
+                mib(h.peak_rss as f64),
+            ));
         }
-        t.push(("pipeline ≥ 1,000,000 events/s per core", self.pipeline.median >= 1e6, format!("{:.2} M/s", self.pipeline.median / 1e6)));
+        t.push((
+            "pipeline ≥ 1,000,000 events/s per core",
+            self.pipeline.median >= 1e6,
+            format!("{:.2} M/s", self.pipeline.median / 1e6),
+        ));
         t
     }
 
     /// The human table printed at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "machine: {}; kernel {}; commit {}; {}", self.machine, self.kernel, self.commit, self.date);
+        let _ = writeln!(
+            s,
+            "machine: {}; kernel {}; commit {}; {}",
+            self.machine, self.kernel, self.commit, self.date
+        );
         let _ = writeln!(s, "command: {}", self.command);
-        let _ = writeln!(s, "{:<34} {:>28} {:>26}", "CONNECT STORM (median (min–max))", "connects/s", "ratio to no tracing");
+        let _ = writeln!(
+            s,
+            "{:<34} {:>28} {:>26}",
+            "CONNECT STORM (median (min–max))", "connects/s", "ratio to no tracing"
+        );
         for m in [Mode::None, Mode::Agent, Mode::Bpftrace, Mode::AgentAlt] {
             let i = idx(m);
             if m == Mode::AgentAlt && self.rate[i].n == 0 {
                 continue;
             }
-            let _ = writeln!(s, "{:<34} {:>28} {:>26}", m.name(), self.rate[i].show(kilo), self.ratio[i].show(ratio));
+            let _ = writeln!(
+                s,
+                "{:<34} {:>28} {:>26}",
+                m.name(),
+                self.rate[i].show(kilo),
+                self.ratio[i].show(ratio)
+            );
         }
-        let _ = writeln!(s, "agent CPU (user+sys) per 1M events  {}", self.cpu_per_m.show(|v| format!("{v:.2} s")));
+        let _ = writeln!(
+            s,
+            "agent CPU (user+sys) per 1M events  {}",
+            self.cpu_per_m.show(|v| format!("{v:.2} s"))
+        );
         if self.cpu_per_m_alt.n > 0 {
-            let _ = writeln!(s, "  agent, alt                        {}", self.cpu_per_m_alt.show(|v| format!("{v:.2} s")));
+            let _ = writeln!(
+                s,
+                "  agent, alt                        {}",
+                self.cpu_per_m_alt.show(|v| format!("{v:.2} s"))
+            );
         }
         let _ = writeln!(s, "agent peak RSS during storms        {}", self.peak_rss.show(mib));
         let _ = writeln!(
@@ -174,7 +220,11 @@ impl Report {
             "events at saturation (all storms)   produced {} delivered {} lost(ring) {} lost(tables) {} decode errors {}",
             self.produced, self.delivered, self.lost_ring, self.lost_other, self.decode_errors
         );
-        let _ = writeln!(s, "bpftrace counted                    {} events; storm connect errors {}", self.bpftrace_events, self.storm_errors);
+        let _ = writeln!(
+            s,
+            "bpftrace counted                    {} events; storm connect errors {}",
+            self.bpftrace_events, self.storm_errors
+        );
         if let Some(h) = self.hold {
             let _ = writeln!(
                 s,
@@ -190,7 +240,11 @@ impl Report {
                 h.events.lost_ring + h.events.lost_other
             );
         }
-        let _ = writeln!(s, "pipeline events/s per core          {}", self.pipeline.show(|v| format!("{:.2}M", v / 1e6)));
+        let _ = writeln!(
+            s,
+            "pipeline events/s per core          {}",
+            self.pipeline.show(|v| format!("{:.2}M", v / 1e6))
+        );
         let _ = writeln!(s, "TARGETS");
         for (name, ok, got) in self.targets() {
             let _ = writeln!(s, "  [{}] {name}: {got}", if ok { "met " } else { "MISS" });
@@ -200,7 +254,10 @@ impl Report {
 
     /// One row of the BENCHMARKS.md table (see [`ROW_HEADER`]).
     pub fn row(&self) -> String {
-        let hold = self.hold.map_or_else(|| "skipped".into(), |h| format!("{} / {} peak", mib(h.rss_held as f64), mib(h.peak_rss as f64)));
+        let hold = self.hold.map_or_else(
+            || "skipped".into(),
+            |h| format!("{} / {} peak", mib(h.rss_held as f64), mib(h.peak_rss as f64)),
+        );
         format!(
             "| {} | {} | {} | {} | {} | {} = {} | {} = {} | {} | {} | {} / {} / {} | {} | {} |",
             self.date,
@@ -239,8 +296,20 @@ mod tests {
 
     #[test]
     fn ratios_are_per_round() {
-        let t = |mode, round, rate| Trial { mode, round, rate, errors: 0, agent: None, bpftrace_events: None };
-        let trials = [t(Mode::None, 0, 100.0), t(Mode::Agent, 0, 90.0), t(Mode::None, 1, 50.0), t(Mode::Agent, 1, 50.0)];
+        let t = |mode, round, rate| Trial {
+            mode,
+            round,
+            rate,
+            errors: 0,
+            agent: None,
+            bpftrace_events: None,
+        };
+        let trials = [
+            t(Mode::None, 0, 100.0),
+            t(Mode::Agent, 0, 90.0),
+            t(Mode::None, 1, 50.0),
+            t(Mode::Agent, 1, 50.0),
+        ];
         let r = Report::new(&trials, None, &[2e6]);
         assert_eq!((r.ratio[1].min, r.ratio[1].max), (0.9, 1.0));
         assert_eq!(r.rate[0].median, 75.0);

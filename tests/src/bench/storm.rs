@@ -69,7 +69,13 @@ pub fn set_linger_zero(s: &TcpStream) {
     let l = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: valid socket fd and option buffer.
     unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const l).cast(), size_of::<libc::linger>() as u32);
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            size_of::<libc::linger>() as u32,
+        );
     }
 }
 
@@ -151,14 +157,19 @@ pub fn raise_nofile() -> u64 {
 }
 
 /// `n` connections opened round-robin over `addrs` and held open, within `within`.
-pub fn open_many(addrs: &[SocketAddr], n: usize, within: Duration) -> anyhow::Result<Vec<TcpStream>> {
+pub fn open_many(
+    addrs: &[SocketAddr],
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<TcpStream>> {
     let deadline = Instant::now() + within;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         if Instant::now() > deadline {
             bail!("opened only {i} of {n} connections within {within:?}");
         }
-        let s = TcpStream::connect(addrs[i % addrs.len()]).with_context(|| format!("connection {i} of {n}"))?;
+        let s = TcpStream::connect(addrs[i % addrs.len()])
+            .with_context(|| format!("connection {i} of {n}"))?;
         out.push(s);
     }
     Ok(out)

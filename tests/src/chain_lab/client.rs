@@ -124,7 +124,10 @@ pub struct CurlResult {
 impl CurlResult {
     pub fn parse(out: &ClientOutput) -> Self {
         let (body, summary) = match out.stdout.rfind(CURL_MARK) {
-            Some(i) => (out.stdout[..i].strip_suffix('\n').unwrap_or(&out.stdout[..i]).to_string(), &out.stdout[i + CURL_MARK.len()..]),
+            Some(i) => (
+                out.stdout[..i].strip_suffix('\n').unwrap_or(&out.stdout[..i]).to_string(),
+                &out.stdout[i + CURL_MARK.len()..],
+            ),
             None => (out.stdout.clone(), ""),
         };
         let mut f = summary.split_whitespace();
@@ -143,7 +146,10 @@ impl CurlResult {
 
     /// First proxy header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.proxy_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.proxy_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -15,7 +15,8 @@ impl Cidr {
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
+        let mask =
+            if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
         u32::from(ip) & mask == u32::from(self.addr) & mask
     }
 }
@@ -104,7 +105,15 @@ pub enum LabLink {
 }
 
 impl LabLink {
-    pub const ALL: [LabLink; 7] = [LabLink::AppNode, LabLink::ProxyPodNode, LabLink::NodeGce, LabLink::NodeNat, LabLink::GceNat, LabLink::NatInternet, LabLink::DnsNode];
+    pub const ALL: [LabLink; 7] = [
+        LabLink::AppNode,
+        LabLink::ProxyPodNode,
+        LabLink::NodeGce,
+        LabLink::NodeNat,
+        LabLink::GceNat,
+        LabLink::NatInternet,
+        LabLink::DnsNode,
+    ];
 }
 
 /// Everything the chain lab is built from.
@@ -248,12 +257,22 @@ impl ChainLabConfig {
 
     /// Squid #1's allowed domains: all origins and the hop-2 deny name.
     pub fn hop1_domains(&self) -> Vec<String> {
-        vec![self.healthy.name.clone(), self.refused.name.clone(), self.blackhole.name.clone(), self.denied_at_hop2.clone()]
+        vec![
+            self.healthy.name.clone(),
+            self.refused.name.clone(),
+            self.blackhole.name.clone(),
+            self.denied_at_hop2.clone(),
+        ]
     }
 
     /// Squid #2's allowed domains: all origins and the hop-1 deny name.
     pub fn hop2_domains(&self) -> Vec<String> {
-        vec![self.healthy.name.clone(), self.refused.name.clone(), self.blackhole.name.clone(), self.denied_at_hop1.clone()]
+        vec![
+            self.healthy.name.clone(),
+            self.refused.name.clone(),
+            self.blackhole.name.clone(),
+            self.denied_at_hop1.clone(),
+        ]
     }
 
     /// Every name the resolver knows: the proxy's, the origins', the deny names.
@@ -270,7 +289,11 @@ impl ChainLabConfig {
     /// Top-level domains of the lab's names: the resolver answers NXDOMAIN
     /// for unknown names in them (and forwards nothing anywhere).
     pub fn dns_local_domains(&self) -> Vec<String> {
-        let mut d: Vec<String> = self.dns_records().iter().filter_map(|(n, _)| n.rsplit('.').next().map(str::to_string)).collect();
+        let mut d: Vec<String> = self
+            .dns_records()
+            .iter()
+            .filter_map(|(n, _)| n.rsplit('.').next().map(str::to_string))
+            .collect();
         d.sort();
         d.dedup();
         d
@@ -282,6 +305,9 @@ impl ChainLabConfig {
             .into_iter()
             .find(|o| o.name == name)
             .map(|o| o.ip)
-            .or_else(|| (name == self.denied_at_hop1 || name == self.denied_at_hop2).then_some(self.healthy.ip))
+            .or_else(|| {
+                (name == self.denied_at_hop1 || name == self.denied_at_hop2)
+                    .then_some(self.healthy.ip)
+            })
     }
 }

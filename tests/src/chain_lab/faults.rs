@@ -23,8 +23,14 @@ impl ChainLab {
             Hop::One => self.cfg.hop1_cgroup.as_deref(),
             Hop::Two => self.cfg.hop2_cgroup.as_deref(),
         };
-        let p = SquidProc::start(self.hop_netns(hop), &self.files[hop.index()], &self.services[hop.index()], self.cfg.proxy_port, cgroup)
-            .with_context(|| format!("starting Squid {}", hop.label()))?;
+        let p = SquidProc::start(
+            self.hop_netns(hop),
+            &self.files[hop.index()],
+            &self.services[hop.index()],
+            self.cfg.proxy_port,
+            cgroup,
+        )
+        .with_context(|| format!("starting Squid {}", hop.label()))?;
         squids[hop.index()] = Some(p);
         Ok(())
     }
@@ -49,7 +55,12 @@ impl ChainLab {
     /// connects to it see no SYN-ACK and time out.
     pub fn hop_blackhole(&self, hop: Hop) -> anyhow::Result<()> {
         let port = self.cfg.proxy_port.to_string();
-        self.add_fault(self.hop_netns(hop), "filter", "INPUT", &["-p", "tcp", "--dport", &port, "-j", "DROP"])
+        self.add_fault(
+            self.hop_netns(hop),
+            "filter",
+            "INPUT",
+            &["-p", "tcp", "--dport", &port, "-j", "DROP"],
+        )
     }
 
     /// Squid #1 stopped: clients' connects to the ClusterIP are refused.
@@ -86,11 +97,27 @@ impl ChainLab {
     /// run with the same traffic loses the same packets; random loss made
     /// tests that need *some* loss fail when the dice spared them.
     pub fn lossy_link(&self, link: LabLink, probability: f64) -> anyhow::Result<()> {
-        anyhow::ensure!(probability > 0.0 && probability <= 1.0, "probability {probability} not in (0, 1]");
+        anyhow::ensure!(
+            probability > 0.0 && probability <= 1.0,
+            "probability {probability} not in (0, 1]"
+        );
         let every = ((1.0 / probability).round() as u32).max(1);
         let (ns, ifname) = self.link_iface(link);
         let every = every.to_string();
-        let stat = ["-p", "tcp", "-m", "statistic", "--mode", "nth", "--every", &every, "--packet", "0", "-j", "DROP"];
+        let stat = [
+            "-p",
+            "tcp",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            &every,
+            "--packet",
+            "0",
+            "-j",
+            "DROP",
+        ];
         let mut inb = vec!["-i", ifname];
         inb.extend_from_slice(&stat);
         let mut outb = vec!["-o", ifname];
@@ -106,10 +133,34 @@ impl ChainLab {
     /// retransmits its SYN and gets through: the kernel's retransmit
     /// signal, every time.
     pub fn lossy_syn(&self, link: LabLink, every: u32) -> anyhow::Result<()> {
-        anyhow::ensure!(every >= 2, "every must be at least 2 (1 would drop every SYN: a blackhole)");
+        anyhow::ensure!(
+            every >= 2,
+            "every must be at least 2 (1 would drop every SYN: a blackhole)"
+        );
         let (ns, ifname) = self.link_iface(link);
         let every = every.to_string();
-        self.add_fault(ns, "mangle", "POSTROUTING", &["-o", ifname, "-p", "tcp", "--syn", "-m", "statistic", "--mode", "nth", "--every", &every, "--packet", "0", "-j", "DROP"])
+        self.add_fault(
+            ns,
+            "mangle",
+            "POSTROUTING",
+            &[
+                "-o",
+                ifname,
+                "-p",
+                "tcp",
+                "--syn",
+                "-m",
+                "statistic",
+                "--mode",
+                "nth",
+                "--every",
+                &every,
+                "--packet",
+                "0",
+                "-j",
+                "DROP",
+            ],
+        )
     }
 
     /// What the node does with pod traffic to the internet that skips the
@@ -125,9 +176,16 @@ impl ChainLab {
             DirectEgress::Reject => &["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"],
         };
         let (_, nat_if) = self.link_iface(LabLink::NodeNat);
-        let mut spec = vec!["-s".to_string(), self.cfg.pod_range.to_string(), "-o".into(), nat_if.to_string()];
+        let mut spec =
+            vec!["-s".to_string(), self.cfg.pod_range.to_string(), "-o".into(), nat_if.to_string()];
         spec.extend(target.iter().map(|s| s.to_string()));
-        let rule = IptRule { ns: self.ns.node.name.clone(), table: "filter", chain: "FORWARD", spec, tag: "eo-direct-egress".into() };
+        let rule = IptRule {
+            ns: self.ns.node.name.clone(),
+            table: "filter",
+            chain: "FORWARD",
+            spec,
+            tag: "eo-direct-egress".into(),
+        };
         rule.run("-I")?;
         *direct = Some(rule);
         Ok(())
@@ -136,7 +194,8 @@ impl ChainLab {
     /// The resolver forgets `name` (its record is removed): lookups of it
     /// get NXDOMAIN.
     pub fn dns_remove(&self, name: &str) -> anyhow::Result<()> {
-        let records: Vec<_> = self.cfg.dns_records().into_iter().filter(|(n, _)| n != name).collect();
+        let records: Vec<_> =
+            self.cfg.dns_records().into_iter().filter(|(n, _)| n != name).collect();
         self.resolver.set_records(&records)
     }
 
@@ -175,22 +234,47 @@ impl ChainLab {
     pub fn fault_packets(&self) -> anyhow::Result<u64> {
         let rules = self.faults.lock().expect("faults").clone();
         let tags: BTreeSet<&str> = rules.iter().map(|r| r.tag.as_str()).collect();
-        let places: BTreeSet<(&str, &str)> = rules.iter().map(|r| (r.ns.as_str(), r.table)).collect();
+        let places: BTreeSet<(&str, &str)> =
+            rules.iter().map(|r| (r.ns.as_str(), r.table)).collect();
         let mut total = 0;
         for (ns, table) in places {
-            let out = crate::sh(crate::cmd("ip", &["netns", "exec", ns, "iptables-save", "-c", "-t", table]).env("LC_ALL", "C"))?;
-            for line in out.lines().filter(|l| tags.iter().any(|t| l.contains(&format!("--comment {t} ")) || l.ends_with(&format!("--comment {t}")))) {
+            let out = crate::sh(
+                crate::cmd("ip", &["netns", "exec", ns, "iptables-save", "-c", "-t", table])
+                    .env("LC_ALL", "C"),
+            )?;
+            for line in out.lines().filter(|l| {
+                tags.iter().any(|t| {
+                    l.contains(&format!("--comment {t} ")) || l.ends_with(&format!("--comment {t}"))
+                })
+            }) {
                 // `[packets:bytes] -A …`
-                let counters = line.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(c, _)| c).unwrap_or("");
-                total += counters.split(':').next().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
+                let counters = line
+                    .strip_prefix('[')
+                    .and_then(|l| l.split_once(']'))
+                    .map(|(c, _)| c)
+                    .unwrap_or("");
+                total +=
+                    counters.split(':').next().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
             }
         }
         Ok(total)
     }
 
-    fn add_fault(&self, ns: &Netns, table: &'static str, chain: &'static str, spec: &[&str]) -> anyhow::Result<()> {
+    fn add_fault(
+        &self,
+        ns: &Netns,
+        table: &'static str,
+        chain: &'static str,
+        spec: &[&str],
+    ) -> anyhow::Result<()> {
         let tag = format!("eo-fault-{}", SEQ.fetch_add(1, Ordering::Relaxed));
-        let rule = IptRule { ns: ns.name.clone(), table, chain, spec: spec.iter().map(|s| s.to_string()).collect(), tag };
+        let rule = IptRule {
+            ns: ns.name.clone(),
+            table,
+            chain,
+            spec: spec.iter().map(|s| s.to_string()).collect(),
+            tag,
+        };
         rule.run("-I")?;
         self.faults.lock().expect("faults").push(rule);
         Ok(())

@@ -40,15 +40,20 @@ impl Origin {
                 match l.accept() {
                     Ok((s, _)) => {
                         let (flag, banner) = (flag.clone(), banner.clone());
-                        std::thread::Builder::new().name("eo-origin-conn".into()).spawn(move || serve(s, &banner, &flag))?;
+                        std::thread::Builder::new()
+                            .name("eo-origin-conn".into())
+                            .spawn(move || serve(s, &banner, &flag))?;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
             Ok(())
         })?;
-        rx.recv_timeout(Duration::from_secs(5)).map_err(|_| anyhow::anyhow!("origin on {addr} did not start"))?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow::anyhow!("origin on {addr} did not start"))?;
         Ok(Self { stop, handle: Some(handle) })
     }
 }
@@ -77,7 +82,10 @@ fn serve(mut s: TcpStream, banner: &str, stop: &AtomicBool) {
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(0)
             .min(MAX_BULK);
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n", banner.len() + bulk);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+            banner.len() + bulk
+        );
         let _ = s.write_all(head.as_bytes());
         if !first.starts_with(b"HEAD ") {
             let _ = s.write_all(banner.as_bytes());

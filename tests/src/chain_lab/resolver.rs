@@ -31,13 +31,21 @@ impl Resolver {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // dnsmasq drops to `nobody` and rereads the hosts file on SIGHUP.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-        Ok(Self { hosts: dir.join("hosts"), pid_file: dir.join("dnsmasq.pid"), log: dir.join("dnsmasq.out"), ip, domains, child: Mutex::new(None) })
+        Ok(Self {
+            hosts: dir.join("hosts"),
+            pid_file: dir.join("dnsmasq.pid"),
+            log: dir.join("dnsmasq.out"),
+            ip,
+            domains,
+            child: Mutex::new(None),
+        })
     }
 
     /// Write the hosts file (and make a running server reread it).
     pub fn set_records(&self, records: &[(String, Ipv4Addr)]) -> anyhow::Result<()> {
         let text: String = records.iter().map(|(n, ip)| format!("{ip} {n}\n")).collect();
-        fs::write(&self.hosts, text).with_context(|| format!("writing {}", self.hosts.display()))?;
+        fs::write(&self.hosts, text)
+            .with_context(|| format!("writing {}", self.hosts.display()))?;
         fs::set_permissions(&self.hosts, fs::Permissions::from_mode(0o644))?;
         if let Some(c) = self.child.lock().expect("resolver").as_ref() {
             // SAFETY: kill(2) on our own child's PID: SIGHUP rereads the hosts file.
@@ -56,7 +64,13 @@ impl Resolver {
         }
         let _ = fs::remove_file(&self.pid_file);
         let mut args: Vec<String> = [
-            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--no-negcache",
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--no-negcache",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -67,11 +81,20 @@ impl Resolver {
         args.extend(self.domains.iter().map(|d| format!("--local=/{d}/")));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = fs::File::create(&self.log)?;
-        let mut c = ns.command(&refs).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn().context("spawning dnsmasq")?;
+        let mut c = ns
+            .command(&refs)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawning dnsmasq")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = c.try_wait()? {
-                bail!("dnsmasq exited ({st}): {}", fs::read_to_string(&self.log).unwrap_or_default());
+                bail!(
+                    "dnsmasq exited ({st}): {}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             if !ns.run(&["ss", "-Hlun", "sport = :53"])?.trim().is_empty() {
                 break;
@@ -119,7 +142,10 @@ impl NetnsResolvConf {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let me = Self(dir);
         // One try of 1 s: a lookup that gets no answer fails fast and visibly.
-        fs::write(me.0.join("resolv.conf"), format!("nameserver {server}\noptions timeout:1 attempts:1\n"))?;
+        fs::write(
+            me.0.join("resolv.conf"),
+            format!("nameserver {server}\noptions timeout:1 attempts:1\n"),
+        )?;
         Ok(me)
     }
 }

@@ -131,7 +131,13 @@ pub(super) struct SquidProc {
 impl SquidProc {
     /// Start Squid in `ns`; when `cgroup` is set the process joins it before
     /// it runs any Squid code. Returns once Squid listens on `port`.
-    pub fn start(ns: &Netns, files: &SquidFiles, service: &str, port: u16, cgroup: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn start(
+        ns: &Netns,
+        files: &SquidFiles,
+        service: &str,
+        port: u16,
+        cgroup: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         // A stale pid file (left by a SIGKILL) would make Squid refuse to start
         // if its PID were reused.
         let _ = fs::remove_file(&files.pid_file);
@@ -139,7 +145,18 @@ impl SquidProc {
         let conf = files.conf.to_string_lossy().into_owned();
         // `ip netns exec` and `sh` exec in place: the PID stays Squid's.
         let child = ns
-            .command(&["sh", "-c", "read -r _ || exit 125; exec \"$@\"", "eo-gate", "squid", "-N", "-n", service, "-f", &conf])
+            .command(&[
+                "sh",
+                "-c",
+                "read -r _ || exit 125; exec \"$@\"",
+                "eo-gate",
+                "squid",
+                "-N",
+                "-n",
+                service,
+                "-f",
+                &conf,
+            ])
             .stdin(Stdio::piped())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -148,7 +165,8 @@ impl SquidProc {
         let pid = child.id();
         let mut proc_ = Self { child };
         if let Some(cg) = cgroup {
-            fs::write(cg.join("cgroup.procs"), pid.to_string()).with_context(|| format!("moving squid {pid} into {}", cg.display()))?;
+            fs::write(cg.join("cgroup.procs"), pid.to_string())
+                .with_context(|| format!("moving squid {pid} into {}", cg.display()))?;
         }
         let mut stdin = proc_.child.stdin.take().context("squid stdin")?;
         stdin.write_all(b"go\n")?;
@@ -166,14 +184,21 @@ impl SquidProc {
         let filter = format!("sport = :{port}");
         loop {
             if let Some(st) = self.child.try_wait()? {
-                bail!("squid exited ({st}) before listening; cache.log:\n{}\noutput:\n{}", tail(&files.cache_log, 20), tail(&files.stdio_log, 20));
+                bail!(
+                    "squid exited ({st}) before listening; cache.log:\n{}\noutput:\n{}",
+                    tail(&files.cache_log, 20),
+                    tail(&files.stdio_log, 20)
+                );
             }
             let out = ns.run(&["ss", "-Hltn", &filter])?;
             if !out.trim().is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("squid did not listen on :{port} within 10 s; cache.log:\n{}", tail(&files.cache_log, 20));
+                bail!(
+                    "squid did not listen on :{port} within 10 s; cache.log:\n{}",
+                    tail(&files.cache_log, 20)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

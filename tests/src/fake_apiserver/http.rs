@@ -22,7 +22,10 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            b'%' if i + 2 < b.len() => match std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 Some(v) => {
                     out.push(v);
                     i += 2;
@@ -57,7 +60,9 @@ fn target(path: &str) -> Option<Target> {
         };
         let name = match rest.strip_prefix(resource)? {
             "" => None,
-            n => Some(n.strip_prefix('/').filter(|n| !n.is_empty() && !n.contains('/'))?.to_string()),
+            n => {
+                Some(n.strip_prefix('/').filter(|n| !n.is_empty() && !n.contains('/'))?.to_string())
+            }
         };
         Some(Target { kind, api_version, namespace, name })
     })
@@ -75,11 +80,19 @@ impl Selector {
         Self {
             namespace: t.namespace.clone(),
             // Only `spec.nodeName=<node>` (the one the agent uses) is understood.
-            node: params.get("fieldSelector").and_then(|f| f.strip_prefix("spec.nodeName=")).map(str::to_string),
+            node: params
+                .get("fieldSelector")
+                .and_then(|f| f.strip_prefix("spec.nodeName="))
+                .map(str::to_string),
             // Equality terms only (`k=v,k2=v2`), as kubectl -l sends them.
             labels: params
                 .get("labelSelector")
-                .map(|l| l.split(',').filter_map(|t| t.split_once('=')).map(|(k, v)| (k.trim_end_matches('=').to_string(), v.to_string())).collect())
+                .map(|l| {
+                    l.split(',')
+                        .filter_map(|t| t.split_once('='))
+                        .map(|(k, v)| (k.trim_end_matches('=').to_string(), v.to_string()))
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -148,32 +161,95 @@ pub(super) fn serve_one(mut s: TcpStream, shared: &Shared) -> std::io::Result<()
     };
     match mode {
         Mode::Healthy => {}
-        Mode::Fail => return respond_json(&mut s, 500, "Internal Server Error", &status(500, "InternalError", "etcd is down")),
-        Mode::Garbage => return respond(&mut s, 200, "OK", "<html>this is a captive portal, not an apiserver</html>"),
+        Mode::Fail => {
+            return respond_json(
+                &mut s,
+                500,
+                "Internal Server Error",
+                &status(500, "InternalError", "etcd is down"),
+            );
+        }
+        Mode::Garbage => {
+            return respond(
+                &mut s,
+                200,
+                "OK",
+                "<html>this is a captive portal, not an apiserver</html>",
+            );
+        }
     }
     if method != "GET" {
-        return respond_json(&mut s, 405, "Method Not Allowed", &status(405, "MethodNotAllowed", "read-only fake"));
+        return respond_json(
+            &mut s,
+            405,
+            "Method Not Allowed",
+            &status(405, "MethodNotAllowed", "read-only fake"),
+        );
     }
     // Discovery, as kubectl asks for it before a `get` (legacy JSON forms).
     match path {
-        "/version" => return respond_json(&mut s, 200, "OK", &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"})),
-        "/api" => return respond_json(&mut s, 200, "OK", &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})),
-        "/apis" => return respond_json(&mut s, 200, "OK", &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})),
+        "/version" => {
+            return respond_json(
+                &mut s,
+                200,
+                "OK",
+                &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"}),
+            );
+        }
+        "/api" => {
+            return respond_json(
+                &mut s,
+                200,
+                "OK",
+                &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+            );
+        }
+        "/apis" => {
+            return respond_json(
+                &mut s,
+                200,
+                "OK",
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+            );
+        }
         "/api/v1" => {
             let r = |name: &str, singular: &str, kind: &str, namespaced: bool| json!({"name": name, "singularName": singular, "namespaced": namespaced, "kind": kind, "verbs": ["get", "list", "watch"]});
-            return respond_json(&mut s, 200, "OK", &json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [r("pods", "pod", "Pod", true), r("services", "service", "Service", true), r("nodes", "node", "Node", false)]}));
+            return respond_json(
+                &mut s,
+                200,
+                "OK",
+                &json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [r("pods", "pod", "Pod", true), r("services", "service", "Service", true), r("nodes", "node", "Node", false)]}),
+            );
         }
         _ => {}
     }
     let Some(t) = target(path) else {
-        return respond_json(&mut s, 404, "Not Found", &status(404, "NotFound", "the server could not find the requested resource"));
+        return respond_json(
+            &mut s,
+            404,
+            "Not Found",
+            &status(404, "NotFound", "the server could not find the requested resource"),
+        );
     };
     let sel = Selector::new(&t, &params);
     if let Some(name) = &t.name {
-        let found = shared.lock().objects.get(t.kind).and_then(|o| o.values().find(|o| o["metadata"]["name"].as_str() == Some(name) && sel.selects(o)).cloned());
+        let found = shared.lock().objects.get(t.kind).and_then(|o| {
+            o.values()
+                .find(|o| o["metadata"]["name"].as_str() == Some(name) && sel.selects(o))
+                .cloned()
+        });
         return match found {
             Some(o) => respond_json(&mut s, 200, "OK", &o),
-            None => respond_json(&mut s, 404, "Not Found", &status(404, "NotFound", &format!("{} \"{name}\" not found", t.kind.to_lowercase()))),
+            None => respond_json(
+                &mut s,
+                404,
+                "Not Found",
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("{} \"{name}\" not found", t.kind.to_lowercase()),
+                ),
+            ),
         };
     }
     if !matches!(params.get("watch").map(String::as_str), Some("1" | "true")) {
@@ -205,18 +281,37 @@ pub(super) fn serve_one(mut s: TcpStream, shared: &Shared) -> std::io::Result<()
 
 /// A watch: the events after the asked resourceVersion, a BOOKMARK when
 /// asked for, then live lines until the timeout, `close_watches` or stop.
-fn watch(mut s: TcpStream, shared: &Shared, t: &Target, sel: &Selector, params: &BTreeMap<String, String>) -> std::io::Result<()> {
+fn watch(
+    mut s: TcpStream,
+    shared: &Shared,
+    t: &Target,
+    sel: &Selector,
+    params: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
     let since: u64 = params.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let timeout = params.get("timeoutSeconds").and_then(|t| t.parse().ok()).map_or(WATCH_HOLD, Duration::from_secs);
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map_or(WATCH_HOLD, Duration::from_secs);
     let end = Instant::now() + timeout.min(WATCH_HOLD);
     // The backlog and the point live lines start from, under one lock: no
     // event falls between them.
     let (backlog, mut seen, closes, rv) = {
         let st = shared.lock();
-        let backlog: Vec<String> = st.lines.iter().filter(|l| l.kind == t.kind && l.rv.is_some_and(|rv| rv > since) && sel.selects(&l.object)).map(|l| l.text.clone()).collect();
+        let backlog: Vec<String> = st
+            .lines
+            .iter()
+            .filter(|l| {
+                l.kind == t.kind && l.rv.is_some_and(|rv| rv > since) && sel.selects(&l.object)
+            })
+            .map(|l| l.text.clone())
+            .collect();
         (backlog, st.seq, st.closes, st.rv)
     };
-    write!(s, "HTTP/1.1 200 OK\r\nCache-Control: no-cache, private\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "HTTP/1.1 200 OK\r\nCache-Control: no-cache, private\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )?;
     for line in &backlog {
         chunk(&mut s, line)?;
     }
@@ -227,13 +322,28 @@ fn watch(mut s: TcpStream, shared: &Shared, t: &Target, sel: &Selector, params: 
     loop {
         let live = {
             let mut st = shared.lock();
-            while st.seq == seen && st.closes == closes && !shared.stop.load(Ordering::Relaxed) && Instant::now() < end {
-                st = shared.changed.wait_timeout(st, Duration::from_millis(50)).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            while st.seq == seen
+                && st.closes == closes
+                && !shared.stop.load(Ordering::Relaxed)
+                && Instant::now() < end
+            {
+                st = shared
+                    .changed
+                    .wait_timeout(st, Duration::from_millis(50))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
             if st.closes != closes || shared.stop.load(Ordering::Relaxed) || Instant::now() >= end {
                 break;
             }
-            let live: Vec<String> = st.lines.iter().filter(|l| l.seq > seen && l.kind == t.kind && (l.rv.is_none() || sel.selects(&l.object))).map(|l| l.text.clone()).collect();
+            let live: Vec<String> = st
+                .lines
+                .iter()
+                .filter(|l| {
+                    l.seq > seen && l.kind == t.kind && (l.rv.is_none() || sel.selects(&l.object))
+                })
+                .map(|l| l.text.clone())
+                .collect();
             seen = st.seq;
             live
         };
@@ -256,10 +366,17 @@ mod tests {
         let t = target("/api/v1/pods").expect("pods");
         assert_eq!((t.kind, t.namespace, t.name), ("Pod", None, None));
         let t = target("/api/v1/namespaces/payments/pods/api-7d9f").expect("one pod");
-        assert_eq!((t.kind, t.namespace.as_deref(), t.name.as_deref()), ("Pod", Some("payments"), Some("api-7d9f")));
+        assert_eq!(
+            (t.kind, t.namespace.as_deref(), t.name.as_deref()),
+            ("Pod", Some("payments"), Some("api-7d9f"))
+        );
         let t = target("/apis/discovery.k8s.io/v1/endpointslices").expect("slices");
         assert_eq!(t.api_version, "discovery.k8s.io/v1");
         assert_eq!(target("/api/v1/nodes/node-a").and_then(|t| t.name).as_deref(), Some("node-a"));
-        assert!(target("/api/v1/namespaces/x/nodes").is_none() && target("/api/v1/secrets").is_none() && target("/api/v1/podsx").is_none());
+        assert!(
+            target("/api/v1/namespaces/x/nodes").is_none()
+                && target("/api/v1/secrets").is_none()
+                && target("/api/v1/podsx").is_none()
+        );
     }
 }

@@ -71,7 +71,11 @@ impl FakeApiServer {
             closes: 0,
             requests: Vec::new(),
         };
-        let shared = Arc::new(Shared { state: Mutex::new(state), changed: Condvar::new(), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
         let sh = shared.clone();
         let accept = std::thread::Builder::new()
             .name("fake-apiserver".into())
@@ -130,7 +134,12 @@ impl FakeApiServer {
         let mut s = self.shared.lock();
         s.rv += 1;
         let rv = s.rv;
-        let mut object = s.objects.entry(kind).or_default().remove(key).unwrap_or_else(|| panic!("no {kind} {key}"));
+        let mut object = s
+            .objects
+            .entry(kind)
+            .or_default()
+            .remove(key)
+            .unwrap_or_else(|| panic!("no {kind} {key}"));
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         push_event(&mut s, kind, rv, "DELETED", object);
         self.shared.changed.notify_all();
@@ -170,7 +179,9 @@ impl FakeApiServer {
         self.requests()
             .iter()
             .filter_map(|r| r.strip_prefix("GET ")?.split_once('?'))
-            .filter(|(p, q)| *p == collection && q.split('&').any(|kv| kv == "watch=1" || kv == "watch=true"))
+            .filter(|(p, q)| {
+                *p == collection && q.split('&').any(|kv| kv == "watch=1" || kv == "watch=true")
+            })
             .count()
     }
 
@@ -208,7 +219,11 @@ pub struct Kubeconfig(pub PathBuf);
 impl Kubeconfig {
     pub fn write(server: SocketAddr) -> Kubeconfig {
         static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!("eo-{}-{}-kubeconfig.yaml", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let path = std::env::temp_dir().join(format!(
+            "eo-{}-{}-kubeconfig.yaml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{server}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: agent\n    namespace: default\ncurrent-context: fake\nusers:\n- name: agent\n  user: {{}}\npreferences: {{}}\n"
         );

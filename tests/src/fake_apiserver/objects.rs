@@ -14,7 +14,12 @@ const CREATED: &str = "2024-06-01T00:00:03Z";
 /// A containerd container id: 64 hex digits, distinct per seed.
 pub fn cid(seed: u32) -> String {
     (0..8u32)
-        .map(|i| format!("{:08x}", seed.wrapping_mul(0x9e37_79b9).wrapping_add(i.wrapping_mul(0x85eb_ca6b))))
+        .map(|i| {
+            format!(
+                "{:08x}",
+                seed.wrapping_mul(0x9e37_79b9).wrapping_add(i.wrapping_mul(0x85eb_ca6b))
+            )
+        })
         .collect()
 }
 
@@ -154,7 +159,13 @@ pub fn pod(p: &PodSpec<'_>) -> Value {
     })
 }
 
-pub fn service(ns: &str, name: &str, cluster_ip: &str, port: u16, selector: Option<Value>) -> Value {
+pub fn service(
+    ns: &str,
+    name: &str,
+    cluster_ip: &str,
+    port: u16,
+    selector: Option<Value>,
+) -> Value {
     let mut spec = json!({
         "clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "internalTrafficPolicy": "Cluster",
         "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
@@ -177,7 +188,13 @@ pub fn service(ns: &str, name: &str, cluster_ip: &str, port: u16, selector: Opti
 /// One endpoint: (address, Some((pod name, pod uid, node)) for a pod backend).
 pub type Endpoint<'a> = (&'a str, Option<(&'a str, String, &'a str)>);
 
-pub fn endpoint_slice(ns: &str, name: &str, service: &str, port: u16, endpoints: &[Endpoint<'_>]) -> Value {
+pub fn endpoint_slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    port: u16,
+    endpoints: &[Endpoint<'_>],
+) -> Value {
     // The EndpointSlice controller writes slices of Services with a selector;
     // a selector-less Service's slice is written by hand, without owner.
     let by_controller = endpoints.is_empty() || endpoints.iter().any(|(_, pod)| pod.is_some());
@@ -359,7 +376,13 @@ pub fn cluster() -> Cluster {
         host_ip: None,
     });
     let others = vec![
-        service("intra-proxy", "squid-proxy-service", SQUID_SVC_IP, 3128, Some(json!({"app": "squid-proxy"}))),
+        service(
+            "intra-proxy",
+            "squid-proxy-service",
+            SQUID_SVC_IP,
+            3128,
+            Some(json!({"app": "squid-proxy"})),
+        ),
         service("data", "redis", REDIS_SVC_IP, 6379, Some(json!({"app": "redis"}))),
         // Selector-less: its EndpointSlice is written by hand and points at the VM.
         service("intra-proxy", "vm-squid", VM_SVC_IP, 3128, None),
@@ -373,7 +396,13 @@ pub fn cluster() -> Cluster {
                 (SQUID_B_IP, Some(("squid-proxy-6f9c7b8d4-z9k2m", squid_b_uid, NODE_B))),
             ],
         ),
-        endpoint_slice("data", "redis-q7f5w", "redis", 6379, &[(REDIS_IP, Some(("redis-0", redis_uid, NODE_A)))]),
+        endpoint_slice(
+            "data",
+            "redis-q7f5w",
+            "redis",
+            6379,
+            &[(REDIS_IP, Some(("redis-0", redis_uid, NODE_A)))],
+        ),
         endpoint_slice("intra-proxy", "vm-squid-1", "vm-squid", 3128, &[(VM_IP, None)]),
         node(NODE_A, NODE_A_IP, Some(NODE_A_EXTERNAL_IP)),
         node(NODE_B, NODE_B_IP, None),

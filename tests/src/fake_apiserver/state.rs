@@ -71,7 +71,11 @@ pub(super) fn push_event(s: &mut State, kind: &'static str, rv: u64, event: &str
 
 pub(super) fn kind_of(object: &Value) -> &'static str {
     let kind = object["kind"].as_str().unwrap_or_default();
-    RESOURCES.iter().map(|r| r.0).find(|k| *k == kind).unwrap_or_else(|| panic!("object of a kind not served: {object}"))
+    RESOURCES
+        .iter()
+        .map(|r| r.0)
+        .find(|k| *k == kind)
+        .unwrap_or_else(|| panic!("object of a kind not served: {object}"))
 }
 
 pub(super) fn key_of(object: &Value) -> String {
@@ -82,4 +86,3 @@ pub(super) fn key_of(object: &Value) -> String {
         _ => panic!("object without metadata.name: {object}"),
     }
 }
-

@@ -16,12 +16,27 @@ pub struct Console {
     pub seconds: f64,
 }
 
-pub fn boot(vmlinuz: &Path, initramfs: &Path, log: &Path, limit: Duration) -> anyhow::Result<Console> {
+pub fn boot(
+    vmlinuz: &Path,
+    initramfs: &Path,
+    log: &Path,
+    limit: Duration,
+) -> anyhow::Result<Console> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
-        .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-nic", "none", "-no-reboot"])
+        .args([
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-nic",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")

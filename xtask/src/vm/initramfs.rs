@@ -144,7 +144,13 @@ fn ldd(bin: &str) -> anyhow::Result<Vec<String>> {
 /// A stripped copy of a static binary (the debug info would weigh 150+ MB).
 fn stripped(bin: &Path) -> anyhow::Result<Vec<u8>> {
     let tmp = bin.with_extension("vm-stripped");
-    let st = Command::new("strip").arg("--strip-debug").arg("-o").arg(&tmp).arg(bin).status().context("running strip")?;
+    let st = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(bin)
+        .status()
+        .context("running strip")?;
     if !st.success() {
         bail!("strip {} failed", bin.display());
     }
@@ -166,7 +172,10 @@ impl Base {
             files.push((tool.to_string(), 0o755, read(Path::new(tool))?));
             libs.extend(ldd(tool)?);
         }
-        for e in std::fs::read_dir(XTABLES_DIR).with_context(|| format!("reading {XTABLES_DIR}"))?.flatten() {
+        for e in std::fs::read_dir(XTABLES_DIR)
+            .with_context(|| format!("reading {XTABLES_DIR}"))?
+            .flatten()
+        {
             let p = e.path();
             let ps = p.to_string_lossy().into_owned();
             libs.extend(ldd(&ps)?);
@@ -197,7 +206,8 @@ impl Base {
             order.push('\n');
         }
         c.file("/modules/order", 0o644, order.as_bytes());
-        let mut f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        let mut f =
+            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         f.write_all(&c.finish())?;
         Ok(())
     }
@@ -215,7 +225,8 @@ fn module_bytes(p: &Path) -> anyhow::Result<Vec<u8>> {
     } else {
         return read(p);
     };
-    let out = Command::new(tool).arg("-dc").arg(p).output().with_context(|| format!("{tool} -dc {s}"))?;
+    let out =
+        Command::new(tool).arg("-dc").arg(p).output().with_context(|| format!("{tool} -dc {s}"))?;
     if !out.status.success() {
         bail!("{tool} -dc {s} failed");
     }

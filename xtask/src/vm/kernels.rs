@@ -31,9 +31,24 @@ pub struct Kernel {
 /// The pins, in one place. To move one: `apt-cache policy <package>` (for
 /// 5.10 against bullseye-security) and change the version here.
 pub const KERNELS: &[Kernel] = &[
-    Kernel { name: "5.10", package: "linux-image-5.10.0-46-cloud-amd64", version: "5.10.262-1", source: Source::BullseyeSecurity },
-    Kernel { name: "6.1", package: "linux-image-6.1.0-56-cloud-amd64", version: "6.1.192-2", source: Source::Machine },
-    Kernel { name: "6.12", package: "linux-image-6.12.117+deb12-cloud-amd64", version: "6.12.117-1~deb12u1", source: Source::Machine },
+    Kernel {
+        name: "5.10",
+        package: "linux-image-5.10.0-46-cloud-amd64",
+        version: "5.10.262-1",
+        source: Source::BullseyeSecurity,
+    },
+    Kernel {
+        name: "6.1",
+        package: "linux-image-6.1.0-56-cloud-amd64",
+        version: "6.1.192-2",
+        source: Source::Machine,
+    },
+    Kernel {
+        name: "6.12",
+        package: "linux-image-6.12.117+deb12-cloud-amd64",
+        version: "6.12.117-1~deb12u1",
+        source: Source::Machine,
+    },
 ];
 
 /// Modules the suite needs (their dependencies are added from modules.dep).
@@ -51,15 +66,18 @@ pub const MODULES: &[&str] = &[
 
 pub fn find(name: &str) -> anyhow::Result<Kernel> {
     KERNELS.iter().copied().find(|k| k.name == name).with_context(|| {
-        format!("unknown kernel {name:?}; known: {}", KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))
+        format!(
+            "unknown kernel {name:?}; known: {}",
+            KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        )
     })
 }
 
 /// `$XDG_CACHE_HOME/egress-observer/kernels`, else `~/.cache/…`.
 pub fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache"));
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache")
+    });
     base.join("egress-observer/kernels")
 }
 
@@ -122,7 +140,8 @@ fn private_apt(root: &Path) -> anyhow::Result<Vec<String>> {
     .into_iter()
     .flat_map(|o| ["-o".to_string(), o])
     .collect();
-    run(Command::new("apt-get").args(&opts).args(["update", "-qq"])).context("apt-get update on the private bullseye-security list")?;
+    run(Command::new("apt-get").args(&opts).args(["update", "-qq"]))
+        .context("apt-get update on the private bullseye-security list")?;
     Ok(opts)
 }
 
@@ -140,7 +159,10 @@ fn security_source() -> anyhow::Result<(String, String)> {
         }
     }
     texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
-    texts.iter().find_map(|t| parse_security_source(t)).context("no debian-security source in /etc/apt: cannot fetch bullseye-security kernels")
+    texts
+        .iter()
+        .find_map(|t| parse_security_source(t))
+        .context("no debian-security source in /etc/apt: cannot fetch bullseye-security kernels")
 }
 
 const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -148,12 +170,17 @@ const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// First `*-security` suite's URI, from deb822 stanzas or one-line entries.
 pub fn parse_security_source(text: &str) -> Option<(String, String)> {
     for stanza in text.split("\n\n") {
-        let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
         if let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:"))
             && suites.split_whitespace().any(|s| s.ends_with("-security"))
             && let Some(uri) = uris.split_whitespace().next()
         {
-            return Some((uri.to_string(), field("Signed-By:").unwrap_or_else(|| DEFAULT_KEYRING.into())));
+            return Some((
+                uri.to_string(),
+                field("Signed-By:").unwrap_or_else(|| DEFAULT_KEYRING.into()),
+            ));
         }
     }
     text.lines().find_map(|l| {
@@ -175,18 +202,27 @@ pub fn extract(k: &Kernel, deb: &Path) -> anyhow::Result<Extracted> {
         std::fs::write(dir.join(".done"), "")?;
     }
     let release = release_of(&dir)?;
-    Ok(Extracted { vmlinuz: dir.join(format!("boot/vmlinuz-{release}")), modules: dir.join("lib/modules").join(&release), release })
+    Ok(Extracted {
+        vmlinuz: dir.join(format!("boot/vmlinuz-{release}")),
+        modules: dir.join("lib/modules").join(&release),
+        release,
+    })
 }
 
 fn release_of(dir: &Path) -> anyhow::Result<String> {
     let m = dir.join("lib/modules");
-    let first = std::fs::read_dir(&m).with_context(|| format!("reading {}", m.display()))?.flatten().next().context("no module tree")?;
+    let first = std::fs::read_dir(&m)
+        .with_context(|| format!("reading {}", m.display()))?
+        .flatten()
+        .next()
+        .context("no module tree")?;
     Ok(first.file_name().to_string_lossy().into_owned())
 }
 
 /// Module files to insmod, dependencies first, for `wanted`.
 pub fn load_order(modules_dir: &Path, wanted: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
-    let dep = std::fs::read_to_string(modules_dir.join("modules.dep")).context("modules.dep (depmod -b)")?;
+    let dep = std::fs::read_to_string(modules_dir.join("modules.dep"))
+        .context("modules.dep (depmod -b)")?;
     let builtin = std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
     let index = parse_deps(&dep);
     let mut order = Vec::new();
@@ -202,11 +238,17 @@ pub fn load_order(modules_dir: &Path, wanted: &[&str]) -> anyhow::Result<Vec<Pat
     Ok(order.into_iter().map(|rel| modules_dir.join(rel)).collect())
 }
 
-fn visit(index: &HashMap<String, (String, Vec<String>)>, name: &str, order: &mut Vec<String>, depth: usize) -> anyhow::Result<()> {
+fn visit(
+    index: &HashMap<String, (String, Vec<String>)>,
+    name: &str,
+    order: &mut Vec<String>,
+    depth: usize,
+) -> anyhow::Result<()> {
     if depth > 32 {
         bail!("module dependency loop at {name}");
     }
-    let (path, deps) = index.get(name).with_context(|| format!("module {name} missing from modules.dep"))?;
+    let (path, deps) =
+        index.get(name).with_context(|| format!("module {name} missing from modules.dep"))?;
     if order.contains(path) {
         return Ok(());
     }
@@ -228,7 +270,10 @@ fn parse_deps(text: &str) -> HashMap<String, (String, Vec<String>)> {
     text.lines()
         .filter_map(|l| {
             let (path, deps) = l.split_once(':')?;
-            Some((mod_name(path), (path.to_string(), deps.split_whitespace().map(str::to_string).collect())))
+            Some((
+                mod_name(path),
+                (path.to_string(), deps.split_whitespace().map(str::to_string).collect()),
+            ))
         })
         .collect()
 }
@@ -240,9 +285,15 @@ mod tests {
     #[test]
     fn security_source_from_deb822_and_one_line() {
         let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\nSigned-By: /k.gpg\n";
-        assert_eq!(parse_security_source(deb822), Some(("http://mirror.example/debian-security".into(), "/k.gpg".into())));
+        assert_eq!(
+            parse_security_source(deb822),
+            Some(("http://mirror.example/debian-security".into(), "/k.gpg".into()))
+        );
         let one = "deb http://mirror.example/debian bookworm main\ndeb [arch=amd64] http://mirror.example/sec bookworm-security main\n";
-        assert_eq!(parse_security_source(one), Some(("http://mirror.example/sec".into(), DEFAULT_KEYRING.into())));
+        assert_eq!(
+            parse_security_source(one),
+            Some(("http://mirror.example/sec".into(), DEFAULT_KEYRING.into()))
+        );
         assert_eq!(parse_security_source("deb http://mirror.example/debian bookworm main\n"), None);
     }
 

@@ -40,7 +40,11 @@ pub fn parse(kernel: &str, text: &str, problem: Option<String>) -> Column {
             (Some("done"), _) => done = true,
             (Some("result"), r) => {
                 let mut f = r.splitn(3, ' ');
-                let (test, word, detail) = (f.next().unwrap_or("?"), f.next().unwrap_or(""), f.next().unwrap_or("").to_string());
+                let (test, word, detail) = (
+                    f.next().unwrap_or("?"),
+                    f.next().unwrap_or(""),
+                    f.next().unwrap_or("").to_string(),
+                );
                 let cell = match word {
                     "pass" => Cell::Pass(detail),
                     "skip" => Cell::Skip(detail),
@@ -58,10 +62,15 @@ pub fn parse(kernel: &str, text: &str, problem: Option<String>) -> Column {
             _ => {}
         }
     }
-    let problem = problem.or_else(|| (!done).then(|| "no end marker on the console (crash or panic?)".to_string()));
+    let problem = problem
+        .or_else(|| (!done).then(|| "no end marker on the console (crash or panic?)".to_string()));
     if let Some(p) = problem {
-        let tail: Vec<&str> = text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
-        col.tests.insert(0, ("boot".to_string(), Cell::Fail(format!("{p}; console tail: {}", tail.join(" | ")))));
+        let tail: Vec<&str> =
+            text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        col.tests.insert(
+            0,
+            ("boot".to_string(), Cell::Fail(format!("{p}; console tail: {}", tail.join(" | ")))),
+        );
     }
     col
 }
@@ -123,7 +132,11 @@ pub fn render(cols: &[Column]) -> String {
     }
     out.push_str("\ndetails:\n");
     for c in cols {
-        out.push_str(&format!("  [{}] {}\n", c.kernel, if c.release.is_empty() { "?" } else { &c.release }));
+        out.push_str(&format!(
+            "  [{}] {}\n",
+            c.kernel,
+            if c.release.is_empty() { "?" } else { &c.release }
+        ));
         for (t, cell) in &c.tests {
             let (Cell::Pass(d) | Cell::Fail(d) | Cell::Skip(d)) = cell;
             out.push_str(&format!("    {t:<20} {:<4} {d}\n", word(cell)));
@@ -150,7 +163,9 @@ mod tests {
         assert!(c.failed());
         assert_eq!(c.insns["set_state"].0, "1200");
         let m = render(&[c]);
-        assert!(m.contains("ipv6") && m.contains("FAIL") && m.contains("1200") && m.contains("skip"));
+        assert!(
+            m.contains("ipv6") && m.contains("FAIL") && m.contains("1200") && m.contains("skip")
+        );
         let cut = parse("6.1", "EGRESS-KT result check pass ok\n", None);
         assert!(cut.failed());
         assert_eq!(cut.tests[0].0, "boot");

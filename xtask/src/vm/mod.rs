@@ -32,8 +32,18 @@ pub struct VmOptions {
 
 pub fn run(opts: &VmOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    let wanted: Vec<kernels::Kernel> = opts.kernels.iter().map(|k| kernels::find(k.trim())).collect::<anyhow::Result<_>>()?;
-    super::cargo(&["build", "--target", MUSL, "--package", "egress-agent", "--package", "egress-tests", "--bins"])?;
+    let wanted: Vec<kernels::Kernel> =
+        opts.kernels.iter().map(|k| kernels::find(k.trim())).collect::<anyhow::Result<_>>()?;
+    super::cargo(&[
+        "build",
+        "--target",
+        MUSL,
+        "--package",
+        "egress-agent",
+        "--package",
+        "egress-tests",
+        "--bins",
+    ])?;
     let bin_dir = super::root().join("target").join(MUSL).join("debug");
     let (agent, suite) = (bin_dir.join("egress-agent"), bin_dir.join("egress-kernel-suite"));
     let work = super::root().join("target/vm");
@@ -47,7 +57,12 @@ pub fn run(opts: &VmOptions) -> anyhow::Result<()> {
         let img = work.join(format!("initramfs-{}.cpio", k.name));
         base.pack(&mods, &img)?;
         println!("vm: {} ({}) packed with {} modules", k.name, x.release, mods.len());
-        jobs.push((k.name.to_string(), x.vmlinuz, img, work.join(format!("console-{}.log", k.name))));
+        jobs.push((
+            k.name.to_string(),
+            x.vmlinuz,
+            img,
+            work.join(format!("console-{}.log", k.name)),
+        ));
     }
     let mut cols = boot_all(jobs);
     if opts.host {
@@ -74,11 +89,22 @@ fn boot_all(jobs: Vec<Job>) -> Vec<matrix::Column> {
         .map(|_| {
             let (queue, results) = (queue.clone(), results.clone());
             std::thread::spawn(move || {
-                while let Some((i, (name, kernel, img, log))) = queue.lock().ok().and_then(|mut q| q.pop()) {
+                while let Some((i, (name, kernel, img, log))) =
+                    queue.lock().ok().and_then(|mut q| q.pop())
+                {
                     let col = match boot::boot(&kernel, &img, &log, VM_LIMIT) {
                         Ok(c) => {
-                            println!("vm: {name} finished in {:.0} s{}", c.seconds, if c.timed_out { " (TIMEOUT)" } else { "" });
-                            matrix::parse(&name, &c.text, c.timed_out.then(|| format!("timed out after {} s", VM_LIMIT.as_secs())))
+                            println!(
+                                "vm: {name} finished in {:.0} s{}",
+                                c.seconds,
+                                if c.timed_out { " (TIMEOUT)" } else { "" }
+                            );
+                            matrix::parse(
+                                &name,
+                                &c.text,
+                                c.timed_out
+                                    .then(|| format!("timed out after {} s", VM_LIMIT.as_secs())),
+                            )
                         }
                         Err(e) => matrix::parse(&name, "", Some(format!("{e:#}"))),
                     };

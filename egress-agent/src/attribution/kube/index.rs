@@ -48,7 +48,11 @@ impl Index {
     pub fn pod(&self, uid: &str) -> Option<Arc<PodMeta>> {
         let pods = read(&self.pods);
         // The systemd cgroup driver writes the UID with underscores.
-        if uid.contains('_') { pods.get(&uid.replace('_', "-"), Instant::now()) } else { pods.get(uid, Instant::now()) }
+        if uid.contains('_') {
+            pods.get(&uid.replace('_', "-"), Instant::now())
+        } else {
+            pods.get(uid, Instant::now())
+        }
     }
 
     /// Applies a pod update; returns the number of live pods.
@@ -126,7 +130,10 @@ impl Index {
 }
 
 /// The first candidate that `prefer`s, else the first.
-fn best<'a, E>(mut candidates: impl Iterator<Item = &'a E>, prefer: impl Fn(&E) -> bool) -> Option<&'a E> {
+fn best<'a, E>(
+    mut candidates: impl Iterator<Item = &'a E>,
+    prefer: impl Fn(&E) -> bool,
+) -> Option<&'a E> {
     let first = candidates.next()?;
     if prefer(first) {
         return Some(first);
@@ -182,7 +189,8 @@ impl PodStore {
     }
 
     fn replace(&mut self, all: Vec<(String, PodMeta)>, now: Instant) {
-        let mut fresh: HashMap<String, Arc<PodMeta>> = all.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let mut fresh: HashMap<String, Arc<PodMeta>> =
+            all.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         for (uid, old) in self.live.drain() {
             if !fresh.contains_key(&uid) {
                 // Deleted while we were not watching: retain like a DELETED event.

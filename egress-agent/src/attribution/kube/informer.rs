@@ -31,8 +31,8 @@ use kube_runtime::WatchStreamExt;
 use kube_runtime::watcher::{self, Event};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
-use super::objects::Watched;
 use super::index::{Index, Update};
+use super::objects::Watched;
 use super::raw::Raw;
 use super::{KubeError, KubeOptions, KubeTuning};
 use crate::sinks::register::{self as reg, MetricError};
@@ -69,15 +69,30 @@ struct ResourceMetrics {
 impl KubeMetrics {
     pub fn register(registry: &Registry) -> Result<Self, MetricError> {
         let labels = &["resource"];
-        let up = reg::gauge_vec(registry, "egress_kube_watch_up", "1 while the Kubernetes watch of a resource is healthy, 0 after an error", labels)?;
+        let up = reg::gauge_vec(
+            registry,
+            "egress_kube_watch_up",
+            "1 while the Kubernetes watch of a resource is healthy, 0 after an error",
+            labels,
+        )?;
         let malformed = reg::counter_vec(
             registry,
             "egress_kube_objects_malformed_total",
             "Kubernetes objects received that did not decode (skipped) or had addresses that did not parse (left out); a re-list counts them again",
             labels,
         )?;
-        let objects = reg::gauge_vec(registry, "egress_kube_objects", "Kubernetes objects in the metadata index (pods: live ones)", labels)?;
-        let errors = reg::counter_vec(registry, "egress_kube_watch_errors_total", "Failed Kubernetes list/watch attempts, each followed by a backoff", labels)?;
+        let objects = reg::gauge_vec(
+            registry,
+            "egress_kube_objects",
+            "Kubernetes objects in the metadata index (pods: live ones)",
+            labels,
+        )?;
+        let errors = reg::counter_vec(
+            registry,
+            "egress_kube_watch_errors_total",
+            "Failed Kubernetes list/watch attempts, each followed by a backoff",
+            labels,
+        )?;
         let metrics = KubeMetrics { up, malformed, objects, errors };
         for resource in RESOURCES {
             // Every series exists from the start, at 0.
@@ -115,8 +130,22 @@ pub(crate) fn spawn_all(
     let runtime = tokio::runtime::Handle::try_current().map_err(KubeError::NoRuntime)?;
     let mut tasks = Tasks(Vec::new());
     tasks.0.push(spawn::<Pod>(&runtime, &config, pods, tuning, index.clone(), &metrics)?);
-    tasks.0.push(spawn::<Service>(&runtime, &config, all.clone(), tuning, index.clone(), &metrics)?);
-    tasks.0.push(spawn::<EndpointSlice>(&runtime, &config, all.clone(), tuning, index.clone(), &metrics)?);
+    tasks.0.push(spawn::<Service>(
+        &runtime,
+        &config,
+        all.clone(),
+        tuning,
+        index.clone(),
+        &metrics,
+    )?);
+    tasks.0.push(spawn::<EndpointSlice>(
+        &runtime,
+        &config,
+        all.clone(),
+        tuning,
+        index.clone(),
+        &metrics,
+    )?);
     tasks.0.push(spawn::<Node>(&runtime, &config, all, tuning, index.clone(), &metrics)?);
     // Deleted pods are forgotten after the retention even without events.
     let every = (tuning.pod_retention / 4).max(Duration::from_millis(100));
@@ -183,11 +212,20 @@ async fn run<K: Watched>(
         };
         let mut malformed = |reason: &str, raw_meta: &ObjectMeta| {
             m.malformed.inc();
-            let (ns, name) = (raw_meta.namespace.as_deref().unwrap_or(""), raw_meta.name.as_deref().unwrap_or(""));
+            let (ns, name) = (
+                raw_meta.namespace.as_deref().unwrap_or(""),
+                raw_meta.name.as_deref().unwrap_or(""),
+            );
             if warned_malformed {
                 tracing::debug!(resource, ns, name, reason, "malformed kube object skipped");
             } else {
-                tracing::warn!(resource, ns, name, reason, "malformed kube object skipped (further ones at debug)");
+                tracing::warn!(
+                    resource,
+                    ns,
+                    name,
+                    reason,
+                    "malformed kube object skipped (further ones at debug)"
+                );
                 warned_malformed = true;
             }
         };
@@ -231,7 +269,10 @@ async fn run<K: Watched>(
 }
 
 /// The typed object's index entry, or `None` after reporting why not.
-fn decode<K: Watched>(raw: Raw<K>, malformed: &mut impl FnMut(&str, &ObjectMeta)) -> Option<(String, K::Entry)> {
+fn decode<K: Watched>(
+    raw: Raw<K>,
+    malformed: &mut impl FnMut(&str, &ObjectMeta),
+) -> Option<(String, K::Entry)> {
     let Some(key) = K::key(&raw.metadata) else {
         malformed("no identity (uid/name/namespace)", &raw.metadata);
         return None;
@@ -366,7 +407,11 @@ mod tests {
     fn kube_backoff_grows_until_progress_and_ignores_resets() {
         use kube_runtime::utils::Backoff as _;
         let progress = Arc::new(AtomicBool::new(false));
-        let mut b = InformerBackoff::new(Duration::from_millis(100), Duration::from_millis(500), progress.clone());
+        let mut b = InformerBackoff::new(
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            progress.clone(),
+        );
         // Each delay is the base delay plus up to 50 % jitter.
         let d1 = b.next().expect("infinite");
         b.reset(); // what kube-runtime does on the watcher's Init event
@@ -376,7 +421,10 @@ mod tests {
         assert!(d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(150), "{d1:?}");
         assert!(d2 >= Duration::from_millis(200) && d2 < Duration::from_millis(300), "{d2:?}");
         assert!(d3 >= Duration::from_millis(400) && d3 < Duration::from_millis(600), "{d3:?}");
-        assert!(d4 >= Duration::from_millis(500) && d4 < Duration::from_millis(750), "capped: {d4:?}");
+        assert!(
+            d4 >= Duration::from_millis(500) && d4 < Duration::from_millis(750),
+            "capped: {d4:?}"
+        );
         progress.store(true, Ordering::Relaxed);
         let d5 = b.next().expect("infinite");
         assert!(d5 < Duration::from_millis(150), "reset by progress: {d5:?}");

@@ -117,7 +117,10 @@ impl KubeIndex {
     /// kubeconfig and not in a cluster, an unreadable `--kubeconfig`) or the
     /// metrics cannot be registered. An unreachable or misbehaving API server
     /// is not an error: the index stays empty and the watches retry.
-    pub async fn start(opts: KubeOptions, registry: &prometheus::Registry) -> Result<KubeIndex, KubeError> {
+    pub async fn start(
+        opts: KubeOptions,
+        registry: &prometheus::Registry,
+    ) -> Result<KubeIndex, KubeError> {
         let config = client_config(&opts).await?;
         Self::start_with(config, &opts, KubeTuning::default(), registry)
     }
@@ -125,7 +128,10 @@ impl KubeIndex {
     /// For `check`: reach the API server and list what the agent watches
     /// (one object each, so RBAC is proven, not assumed).
     pub async fn check_access(opts: &KubeOptions) -> Result<String, KubeError> {
-        use k8s_openapi::api::{core::v1::{Node, Pod, Service}, discovery::v1::EndpointSlice};
+        use k8s_openapi::api::{
+            core::v1::{Node, Pod, Service},
+            discovery::v1::EndpointSlice,
+        };
         let config = client_config(opts).await?;
         let url = config.cluster_url.to_string();
         let req = |what| move |source| KubeError::Request { what, source };
@@ -134,12 +140,27 @@ impl KubeIndex {
         let work = async {
             let v = client.apiserver_version().await.map_err(req("GET /version"))?;
             kube::Api::<Pod>::all(client.clone()).list(&lp).await.map_err(req("list pods"))?;
-            kube::Api::<Service>::all(client.clone()).list(&lp).await.map_err(req("list services"))?;
-            kube::Api::<EndpointSlice>::all(client.clone()).list(&lp).await.map_err(req("list endpointslices"))?;
+            kube::Api::<Service>::all(client.clone())
+                .list(&lp)
+                .await
+                .map_err(req("list services"))?;
+            kube::Api::<EndpointSlice>::all(client.clone())
+                .list(&lp)
+                .await
+                .map_err(req("list endpointslices"))?;
             kube::Api::<Node>::all(client.clone()).list(&lp).await.map_err(req("list nodes"))?;
-            Ok::<_, KubeError>(format!("{} at {url}: pods, services, endpointslices, nodes listable{}", v.git_version, opts.node_name.as_deref().map_or_else(|| "; NODE_NAME unset (all pods would be watched)".to_string(), |n| format!("; node {n}"))))
+            Ok::<_, KubeError>(format!(
+                "{} at {url}: pods, services, endpointslices, nodes listable{}",
+                v.git_version,
+                opts.node_name.as_deref().map_or_else(
+                    || "; NODE_NAME unset (all pods would be watched)".to_string(),
+                    |n| format!("; node {n}")
+                )
+            ))
         };
-        tokio::time::timeout(Duration::from_secs(5), work).await.unwrap_or(Err(KubeError::Timeout { url }))
+        tokio::time::timeout(Duration::from_secs(5), work)
+            .await
+            .unwrap_or(Err(KubeError::Timeout { url }))
     }
 }
 
@@ -147,10 +168,14 @@ impl KubeIndex {
 async fn client_config(opts: &KubeOptions) -> Result<kube::Config, KubeError> {
     match &opts.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::ReadKubeconfig { path: path.clone(), source })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|source| KubeError::UseKubeconfig { path: path.clone(), source })
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|source| KubeError::ReadKubeconfig { path: path.clone(), source })?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|source| KubeError::UseKubeconfig { path: path.clone(), source })
         }
         None => kube::Config::infer().await.map_err(KubeError::NoConfig),
     }
@@ -236,7 +261,11 @@ impl PodMeta {
         if id.is_empty() {
             return None;
         }
-        self.containers.iter().chain(&self.previous_containers).find(|c| c.id == id).map(|c| c.name.as_str())
+        self.containers
+            .iter()
+            .chain(&self.previous_containers)
+            .find(|c| c.id == id)
+            .map(|c| c.name.as_str())
     }
 }
 
@@ -305,6 +334,14 @@ mod tests {
         assert_eq!(index.counts(), (0, 0, 0, 0));
         // Outside a tokio runtime start_with is an error, not a panic.
         let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
-        assert!(KubeIndex::start_with(config, &KubeOptions::default(), KubeTuning::default(), &prometheus::Registry::new()).is_err());
+        assert!(
+            KubeIndex::start_with(
+                config,
+                &KubeOptions::default(),
+                KubeTuning::default(),
+                &prometheus::Registry::new()
+            )
+            .is_err()
+        );
     }
 }

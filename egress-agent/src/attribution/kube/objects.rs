@@ -68,19 +68,28 @@ impl Watched for Pod {
 
     fn entry(self) -> Result<Decoded<PodMeta>, &'static str> {
         let uid = Self::key(&self.metadata).ok_or("pod without metadata.uid")?;
-        let namespace = self.metadata.namespace.clone().filter(|s| !s.is_empty()).ok_or("pod without namespace")?;
-        let name = self.metadata.name.clone().filter(|s| !s.is_empty()).ok_or("pod without name")?;
+        let namespace = self
+            .metadata
+            .namespace
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or("pod without namespace")?;
+        let name =
+            self.metadata.name.clone().filter(|s| !s.is_empty()).ok_or("pod without name")?;
         let workload = owners::workload(&self.metadata);
         let spec = self.spec.unwrap_or_default();
         let status = self.status.unwrap_or_default();
         let mut dropped = 0;
 
-        let statuses: Vec<&ContainerStatus> =
-            [&status.init_container_statuses, &status.container_statuses, &status.ephemeral_container_statuses]
-                .into_iter()
-                .flatten()
-                .flatten()
-                .collect();
+        let statuses: Vec<&ContainerStatus> = [
+            &status.init_container_statuses,
+            &status.container_statuses,
+            &status.ephemeral_container_statuses,
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
         let mut containers: Vec<ContainerMeta> = statuses
             .iter()
             .map(|s| ContainerMeta {
@@ -166,8 +175,13 @@ impl Watched for Service {
             // Headless Services have clusterIP "None"; ExternalName ones none.
             .filter(|s| !s.is_empty() && *s != "None");
         let ips = parse_ips(addrs, &mut dropped);
-        let ports =
-            spec.ports.iter().flatten().filter(|p| tcp(p.protocol.as_deref())).filter_map(|p| port(p.port)).collect();
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| tcp(p.protocol.as_deref()))
+            .filter_map(|p| port(p.port))
+            .collect();
         let entry = ServiceEntry {
             namespace: self.metadata.namespace.unwrap_or_default(),
             name: self.metadata.name.unwrap_or_default(),
@@ -199,10 +213,14 @@ impl Watched for EndpointSlice {
         // FQDN slices name hosts, not addresses: nothing to index.
         if matches!(self.address_type.as_str(), "IPv4" | "IPv6") {
             for endpoint in &self.endpoints {
-                let pod = endpoint.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| {
-                    let name = r.name.clone()?;
-                    Some((r.namespace.clone().unwrap_or_else(|| namespace.clone()), name))
-                });
+                let pod = endpoint
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| {
+                        let name = r.name.clone()?;
+                        Some((r.namespace.clone().unwrap_or_else(|| namespace.clone()), name))
+                    });
                 for ip in parse_ips(endpoint.addresses.iter().map(String::as_str), &mut dropped) {
                     endpoints.push(Backend { ip, pod: pod.clone() });
                 }

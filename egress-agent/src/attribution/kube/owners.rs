@@ -33,7 +33,11 @@ pub(crate) fn workload(meta: &ObjectMeta) -> Option<Workload> {
     Some(resolve(owner, meta.labels.as_ref().and_then(|l| l.get("pod-template-hash")), created))
 }
 
-fn resolve(owner: &OwnerReference, template_hash: Option<&String>, pod_created: Option<i64>) -> Workload {
+fn resolve(
+    owner: &OwnerReference,
+    template_hash: Option<&String>,
+    pod_created: Option<i64>,
+) -> Workload {
     let group = owner.api_version.split_once('/').map_or("", |(group, _)| group);
     let name = owner.name.clone();
     match (group, owner.kind.as_str()) {
@@ -59,7 +63,11 @@ fn deployment_of<'a>(replicaset: &'a str, hash: &str) -> Option<&'a str> {
 /// plausible schedule time for a pod created at `pod_created`.
 fn cronjob_of(job: &str, pod_created: Option<i64>) -> Option<&str> {
     let (prefix, suffix) = job.rsplit_once('-')?;
-    if prefix.is_empty() || suffix.is_empty() || suffix.len() > 12 || !suffix.bytes().all(|b| b.is_ascii_digit()) {
+    if prefix.is_empty()
+        || suffix.is_empty()
+        || suffix.len() > 12
+        || !suffix.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let scheduled = suffix.parse::<i64>().ok()?.checked_mul(60)?;
@@ -101,7 +109,10 @@ mod tests {
         let hash = "6f9c7b8d4".to_string();
         assert_eq!(resolve(&rs, Some(&hash), None), w("Deployment", "squid-proxy"));
         assert_eq!(resolve(&rs, None, None), w("ReplicaSet", "squid-proxy-6f9c7b8d4"));
-        assert_eq!(resolve(&rs, Some(&"other".to_string()), None), w("ReplicaSet", "squid-proxy-6f9c7b8d4"));
+        assert_eq!(
+            resolve(&rs, Some(&"other".to_string()), None),
+            w("ReplicaSet", "squid-proxy-6f9c7b8d4")
+        );
         let bare = owner("apps/v1", "ReplicaSet", "6f9c7b8d4");
         assert_eq!(resolve(&bare, Some(&hash), None), w("ReplicaSet", "6f9c7b8d4"));
     }
@@ -112,7 +123,10 @@ mod tests {
         let job = owner("batch/v1", "Job", "nightly-report-28620000");
         assert_eq!(resolve(&job, None, Some(JUNE_2024 + 30)), w("CronJob", "nightly-report"));
         // Scheduled after the pod was created: not a CronJob's.
-        assert_eq!(resolve(&job, None, Some(JUNE_2024 - 3600)), w("Job", "nightly-report-28620000"));
+        assert_eq!(
+            resolve(&job, None, Some(JUNE_2024 - 3600)),
+            w("Job", "nightly-report-28620000")
+        );
         // Date-like and small suffixes are plain Jobs.
         for name in ["backup-20240101", "migrate-3", "db-migrate", "-28620000"] {
             let job = owner("batch/v1", "Job", name);
@@ -122,9 +136,18 @@ mod tests {
 
     #[test]
     fn kube_owner_other_kinds_pass_through() {
-        assert_eq!(resolve(&owner("apps/v1", "DaemonSet", "node-agent"), None, None), w("DaemonSet", "node-agent"));
-        assert_eq!(resolve(&owner("apps/v1", "StatefulSet", "db"), None, None), w("StatefulSet", "db"));
-        assert_eq!(resolve(&owner("v1", "Node", "gke-node-1"), None, None), w("Node", "gke-node-1"));
+        assert_eq!(
+            resolve(&owner("apps/v1", "DaemonSet", "node-agent"), None, None),
+            w("DaemonSet", "node-agent")
+        );
+        assert_eq!(
+            resolve(&owner("apps/v1", "StatefulSet", "db"), None, None),
+            w("StatefulSet", "db")
+        );
+        assert_eq!(
+            resolve(&owner("v1", "Node", "gke-node-1"), None, None),
+            w("Node", "gke-node-1")
+        );
         // A custom resource that happens to be called ReplicaSet is not resolved.
         let hash = "abc12".to_string();
         assert_eq!(

@@ -54,9 +54,21 @@ impl NatMetrics {
                 "Conntrack messages received, any protocol: type new/destroy (events) or dump (initial and resync dumps).",
                 &["netns", "type"],
             )?,
-            decode_errors: reg::counter(r, "egress_conntrack_decode_errors_total", "Conntrack netlink messages that did not decode.")?,
-            entries: reg::gauge(r, "egress_conntrack_entries", "TCP conntrack entries held by the agent (live and recently destroyed).")?,
-            evicted: reg::counter(r, "egress_conntrack_evicted_total", "Entries evicted (oldest first) to keep the agent's table in bound.")?,
+            decode_errors: reg::counter(
+                r,
+                "egress_conntrack_decode_errors_total",
+                "Conntrack netlink messages that did not decode.",
+            )?,
+            entries: reg::gauge(
+                r,
+                "egress_conntrack_entries",
+                "TCP conntrack entries held by the agent (live and recently destroyed).",
+            )?,
+            evicted: reg::counter(
+                r,
+                "egress_conntrack_evicted_total",
+                "Entries evicted (oldest first) to keep the agent's table in bound.",
+            )?,
             lost: reg::counter_vec(
                 r,
                 "egress_conntrack_lost_total",

@@ -11,14 +11,15 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use super::FlowKey;
 use netlink_packet_core::{
-    NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
+    NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, Nla as _,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
     conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple},
 };
-use super::FlowKey;
 
 /// `NFNLGRP_CONNTRACK_NEW`: NEW events. (UPDATE, group 2, shares the NEW
 /// message type and is deliberately not subscribed.)
@@ -31,7 +32,6 @@ const IPCTNL_MSG_CT_GET_STATS_CPU: u8 = 4;
 const CTA_STATS_INSERT_FAILED: u16 = 9;
 const CTA_STATS_DROP: u16 = 10;
 const CTA_STATS_EARLY_DROP: u16 = 11;
-
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CtKind {
@@ -74,14 +74,30 @@ pub(crate) enum CtDecodeError {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Decoded {
     /// A TCP conntrack entry.
-    Flow { kind: CtKind, seq: u32, original: FlowKey, reply: FlowKey },
+    Flow {
+        kind: CtKind,
+        seq: u32,
+        original: FlowKey,
+        reply: FlowKey,
+    },
     /// A conntrack entry of another protocol (counted, not kept).
-    OtherProto { kind: CtKind, seq: u32 },
-    Stats { seq: u32, stats: CpuStats },
+    OtherProto {
+        kind: CtKind,
+        seq: u32,
+    },
+    Stats {
+        seq: u32,
+        stats: CpuStats,
+    },
     /// End of a dump.
-    Done { seq: u32 },
+    Done {
+        seq: u32,
+    },
     /// NLMSG_ERROR: `errno` 0 is an ACK.
-    Error { seq: u32, errno: i32 },
+    Error {
+        seq: u32,
+        errno: i32,
+    },
     /// Anything else (NOOP, other message types).
     Ignored,
 }
@@ -141,7 +157,8 @@ fn decode_conntrack(ct: ConntrackMessage, seq: u32, cpu: u16) -> Result<Decoded,
                 };
                 let mut v = vec![0u8; nla.value_len()];
                 nla.emit_value(&mut v);
-                let raw: [u8; 4] = v.as_slice().try_into().map_err(|_| CtDecodeError::StatsAttribute(v.len()))?;
+                let raw: [u8; 4] =
+                    v.as_slice().try_into().map_err(|_| CtDecodeError::StatsAttribute(v.len()))?;
                 *field = u32::from_be_bytes(raw);
             }
             return Ok(Decoded::Stats { seq, stats });
@@ -197,7 +214,9 @@ fn tuple(t: &[Tuple]) -> Result<Option<FlowKey>, CtDecodeError> {
     match proto {
         None => Err(CtDecodeError::NoProtocol),
         Some(Protocol::Tcp) => match (src, dst, sport, dport) {
-            (Some(s), Some(d), Some(sp), Some(dp)) => Ok(Some(FlowKey { src: addr(s, sp), dst: addr(d, dp) })),
+            (Some(s), Some(d), Some(sp), Some(dp)) => {
+                Ok(Some(FlowKey { src: addr(s, sp), dst: addr(d, dp) }))
+            }
             _ => Err(CtDecodeError::IncompleteTcp),
         },
         Some(_) => Ok(None),
@@ -229,22 +248,34 @@ pub(crate) fn table_dump_request(seq: u32) -> Vec<u8> {
 
 /// `IPCTNL_MSG_CT_GET_STATS_CPU` + `NLM_F_DUMP`: one reply per CPU.
 pub(crate) fn stats_dump_request(seq: u32) -> Vec<u8> {
-    let inner = ConntrackMessage::Other { message_type: IPCTNL_MSG_CT_GET_STATS_CPU, attributes: Vec::new() };
+    let inner = ConntrackMessage::Other {
+        message_type: IPCTNL_MSG_CT_GET_STATS_CPU,
+        attributes: Vec::new(),
+    };
     request(seq, DUMP, NetfilterProtoFamily::Unspec, inner)
 }
 
 /// `IPCTNL_MSG_CT_GET` of one TCP entry by its original tuple (zone 0).
 pub(crate) fn get_request(seq: u32, key: &FlowKey) -> Vec<u8> {
-    let family = if key.src.is_ipv4() { NetfilterProtoFamily::IPv4 } else { NetfilterProtoFamily::IPv6 };
+    let family =
+        if key.src.is_ipv4() { NetfilterProtoFamily::IPv4 } else { NetfilterProtoFamily::IPv6 };
     let tuple = vec![
-        Tuple::Ip(vec![IPTuple::SourceAddress(key.src.ip()), IPTuple::DestinationAddress(key.dst.ip())]),
+        Tuple::Ip(vec![
+            IPTuple::SourceAddress(key.src.ip()),
+            IPTuple::DestinationAddress(key.dst.ip()),
+        ]),
         Tuple::Proto(vec![
             ProtoTuple::Protocol(Protocol::Tcp),
             ProtoTuple::SourcePort(key.src.port()),
             ProtoTuple::DestinationPort(key.dst.port()),
         ]),
     ];
-    request(seq, NLM_F_REQUEST, family, ConntrackMessage::Get(vec![ConntrackAttribute::CtaTupleOrig(tuple)]))
+    request(
+        seq,
+        NLM_F_REQUEST,
+        family,
+        ConntrackMessage::Get(vec![ConntrackAttribute::CtaTupleOrig(tuple)]),
+    )
 }
 
 #[cfg(test)]
@@ -260,7 +291,10 @@ mod tests {
 
     fn tuple_attr(src: SocketAddr, dst: SocketAddr, proto: Protocol) -> Vec<Tuple> {
         vec![
-            Tuple::Ip(vec![IPTuple::SourceAddress(src.ip()), IPTuple::DestinationAddress(dst.ip())]),
+            Tuple::Ip(vec![
+                IPTuple::SourceAddress(src.ip()),
+                IPTuple::DestinationAddress(dst.ip()),
+            ]),
             Tuple::Proto(vec![
                 ProtoTuple::Protocol(proto),
                 ProtoTuple::SourcePort(src.port()),
@@ -273,7 +307,10 @@ mod tests {
     fn datagram(seq: u32, res_id: u16, inner: ConntrackMessage) -> Vec<u8> {
         let mut header = NetlinkHeader::default();
         header.sequence_number = seq;
-        let nf = NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, res_id), inner);
+        let nf = NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, res_id),
+            inner,
+        );
         let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(nf));
         msg.finalize();
         let mut buf = vec![0u8; msg.buffer_len()];
@@ -291,7 +328,11 @@ mod tests {
 
     #[test]
     fn decodes_new_and_destroy_tcp_tuples() {
-        let attrs = ct(("10.0.0.2:40000", "10.96.0.10:80"), ("10.1.0.5:8080", "10.2.0.1:40000"), Protocol::Tcp);
+        let attrs = ct(
+            ("10.0.0.2:40000", "10.96.0.10:80"),
+            ("10.1.0.5:8080", "10.2.0.1:40000"),
+            Protocol::Tcp,
+        );
         let mut buf = datagram(0, 0, ConntrackMessage::New(attrs.clone()));
         buf.extend(datagram(0, 0, ConntrackMessage::Delete(attrs)));
         let got = decode_all(&buf);
@@ -307,26 +348,49 @@ mod tests {
 
     #[test]
     fn ipv6_and_other_protocols() {
-        let v6 = ct(("[fd00::2]:1234", "[fd00::10]:443"), ("[fd00::5]:8443", "[fd00::2]:1234"), Protocol::Tcp);
-        let udp = ct(("10.0.0.2:5353", "10.96.0.10:53"), ("10.1.0.5:53", "10.0.0.2:5353"), Protocol::Udp);
+        let v6 = ct(
+            ("[fd00::2]:1234", "[fd00::10]:443"),
+            ("[fd00::5]:8443", "[fd00::2]:1234"),
+            Protocol::Tcp,
+        );
+        let udp =
+            ct(("10.0.0.2:5353", "10.96.0.10:53"), ("10.1.0.5:53", "10.0.0.2:5353"), Protocol::Udp);
         let mut buf = datagram(7, 0, ConntrackMessage::Get(v6));
         buf.extend(datagram(7, 0, ConntrackMessage::New(udp)));
         let got = decode_all(&buf);
-        assert!(matches!(&got[0], Ok(Decoded::Flow { kind: CtKind::New, seq: 7, original, .. }) if original.dst == sa("[fd00::10]:443")));
-        assert!(matches!(got[1], Ok(Decoded::OtherProto { kind: CtKind::New, seq: 7 })), "{:?}", got[1]);
+        assert!(
+            matches!(&got[0], Ok(Decoded::Flow { kind: CtKind::New, seq: 7, original, .. }) if original.dst == sa("[fd00::10]:443"))
+        );
+        assert!(
+            matches!(got[1], Ok(Decoded::OtherProto { kind: CtKind::New, seq: 7 })),
+            "{:?}",
+            got[1]
+        );
     }
 
     #[test]
     fn malformed_messages_are_errors_not_panics() {
         // TCP without ports.
         let bad = vec![
-            ConntrackAttribute::CtaTupleOrig(vec![Tuple::Proto(vec![ProtoTuple::Protocol(Protocol::Tcp)])]),
-            ConntrackAttribute::CtaTupleReply(vec![Tuple::Proto(vec![ProtoTuple::Protocol(Protocol::Tcp)])]),
+            ConntrackAttribute::CtaTupleOrig(vec![Tuple::Proto(vec![ProtoTuple::Protocol(
+                Protocol::Tcp,
+            )])]),
+            ConntrackAttribute::CtaTupleReply(vec![Tuple::Proto(vec![ProtoTuple::Protocol(
+                Protocol::Tcp,
+            )])]),
         ];
         let buf = datagram(0, 0, ConntrackMessage::New(bad));
         assert!(decode_all(&buf)[0].is_err());
         // Truncated attribute area: the header claims more than the datagram holds.
-        let good = datagram(0, 0, ConntrackMessage::New(ct(("10.0.0.2:1", "10.0.0.3:2"), ("10.0.0.3:2", "10.0.0.2:1"), Protocol::Tcp)));
+        let good = datagram(
+            0,
+            0,
+            ConntrackMessage::New(ct(
+                ("10.0.0.2:1", "10.0.0.3:2"),
+                ("10.0.0.3:2", "10.0.0.2:1"),
+                Protocol::Tcp,
+            )),
+        );
         let mut cut = good[..good.len() - 6].to_vec();
         let len = cut.len() as u32;
         cut[..4].copy_from_slice(&len.to_ne_bytes());
@@ -355,15 +419,30 @@ mod tests {
         let be = |k: u16, v: u32| DefaultNla::new(k, v.to_be_bytes().to_vec());
         let inner = ConntrackMessage::Other {
             message_type: IPCTNL_MSG_CT_GET_STATS_CPU,
-            attributes: vec![be(8, 100), be(CTA_STATS_INSERT_FAILED, 3), be(CTA_STATS_DROP, 2), be(CTA_STATS_EARLY_DROP, 1)],
+            attributes: vec![
+                be(8, 100),
+                be(CTA_STATS_INSERT_FAILED, 3),
+                be(CTA_STATS_DROP, 2),
+                be(CTA_STATS_EARLY_DROP, 1),
+            ],
         };
         let got = decode_all(&datagram(42, 1, inner));
         let got: Vec<Decoded> = got.into_iter().map(|d| d.expect("decoded")).collect();
-        assert_eq!(got, vec![Decoded::Stats { seq: 42, stats: CpuStats { cpu: 1, insert_failed: 3, drop: 2, early_drop: 1 } }]);
+        assert_eq!(
+            got,
+            vec![Decoded::Stats {
+                seq: 42,
+                stats: CpuStats { cpu: 1, insert_failed: 3, drop: 2, early_drop: 1 }
+            }]
+        );
 
         let req = table_dump_request(5);
         let nb = NetlinkBuffer::new_checked(&req[..]).expect("valid");
-        assert_eq!(nb.message_type(), (1 << 8) | 1, "NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET");
+        assert_eq!(
+            nb.message_type(),
+            (1 << 8) | 1,
+            "NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET"
+        );
         assert_eq!(nb.flags(), NLM_F_REQUEST | NLM_F_DUMP);
         assert_eq!(nb.sequence_number(), 5);
         let st = stats_dump_request(6);
@@ -374,7 +453,11 @@ mod tests {
         let nb = NetlinkBuffer::new_checked(&get[..]).expect("valid");
         assert_eq!((nb.message_type(), nb.flags()), ((1 << 8) | 1, NLM_F_REQUEST));
         match NetlinkMessage::<NetfilterMessage>::deserialize(&get).expect("round trip").payload {
-            NetlinkPayload::InnerMessage(NetfilterMessage { header, inner: NetfilterMessageInner::Conntrack(ConntrackMessage::Get(a)), .. }) => {
+            NetlinkPayload::InnerMessage(NetfilterMessage {
+                header,
+                inner: NetfilterMessageInner::Conntrack(ConntrackMessage::Get(a)),
+                ..
+            }) => {
                 assert_eq!(header.family, NetfilterProtoFamily::IPv4);
                 let ConntrackAttribute::CtaTupleOrig(t) = &a[0] else { panic!("{a:?}") };
                 assert_eq!(tuple(t).expect("tuple"), Some(key));

@@ -42,10 +42,13 @@ mod worker;
 
 use std::{
     fs::File,
-    os::unix::fs::MetadataExt as _,
     net::SocketAddr,
+    os::unix::fs::MetadataExt as _,
     path::PathBuf,
-    sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, atomic::AtomicBool, atomic::Ordering},
+    sync::{
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, atomic::AtomicBool,
+        atomic::Ordering,
+    },
     time::{Duration, Instant},
 };
 
@@ -70,7 +73,9 @@ pub enum NatError {
     Spawn(#[source] std::io::Error),
     #[error("conntrack")]
     Setup(#[source] SetupError),
-    #[error("conntrack: {label} not ready within {START_TIMEOUT:?} (subscription or initial dump stalled)")]
+    #[error(
+        "conntrack: {label} not ready within {START_TIMEOUT:?} (subscription or initial dump stalled)"
+    )]
     NotReady { label: String },
     #[error(transparent)]
     Metrics(#[from] MetricError),
@@ -90,7 +95,11 @@ pub struct NatOptions {
 
 impl Default for NatOptions {
     fn default() -> Self {
-        Self { netns: Vec::new(), max_entries: 65_536, destroyed_retention: Duration::from_secs(30) }
+        Self {
+            netns: Vec::new(),
+            max_entries: 65_536,
+            destroyed_retention: Duration::from_secs(30),
+        }
     }
 }
 
@@ -181,7 +190,8 @@ impl NatTable {
             targets.push((OWN_NETNS.to_string(), None));
         }
         for path in &opts.netns {
-            let file = File::open(path).map_err(|source| NatError::OpenNetns { path: path.clone(), source })?;
+            let file = File::open(path)
+                .map_err(|source| NatError::OpenNetns { path: path.clone(), source })?;
             targets.push((path.display().to_string(), Some(file)));
         }
         if targets.len() > usize::from(u16::MAX) {
@@ -190,11 +200,13 @@ impl NatTable {
         let labels = targets.iter().map(|(l, _)| l.clone()).collect();
         let netns_inodes = targets
             .iter()
-            .map(|(label, f)| match f {
-                Some(f) => f.metadata().map(|m| m.ino()),
-                None => std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()),
-            }
-            .map_err(|source| NatError::NetnsInode { label: label.clone(), source }))
+            .map(|(label, f)| {
+                match f {
+                    Some(f) => f.metadata().map(|m| m.ino()),
+                    None => std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()),
+                }
+                .map_err(|source| NatError::NetnsInode { label: label.clone(), source })
+            })
             .collect::<Result<_, _>>()?;
         let metrics = NatMetrics::register(registry)?;
         let shared = Arc::new(Shared {
@@ -207,7 +219,13 @@ impl NatTable {
         let mut waiting = Vec::new();
         for (idx, (label, netns)) in targets.into_iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let w = Worker { idx: idx as u16, label: label.clone(), netns, shared: shared.clone(), metrics: metrics.clone() };
+            let w = Worker {
+                idx: idx as u16,
+                label: label.clone(),
+                netns,
+                shared: shared.clone(),
+                metrics: metrics.clone(),
+            };
             std::thread::Builder::new()
                 .name(format!("conntrack-{idx}"))
                 .spawn(move || w.run(tx))
@@ -256,7 +274,8 @@ impl NatTable {
         };
         let (evicted, compared, len) = {
             let mut store = shared.write();
-            let evicted = store.upsert_kprobe(u16::try_from(ns).unwrap_or(u16::MAX), original, reply);
+            let evicted =
+                store.upsert_kprobe(u16::try_from(ns).unwrap_or(u16::MAX), original, reply);
             (evicted, store.take_comparisons(), store.len())
         };
         m.evicted.inc_by(evicted);
@@ -279,7 +298,10 @@ mod tests {
     #[test]
     fn disabled_knows_nothing() {
         let t = NatTable::disabled();
-        let k = FlowKey { src: "10.0.0.1:1".parse().expect("addr"), dst: "10.0.0.2:2".parse().expect("addr") };
+        let k = FlowKey {
+            src: "10.0.0.1:1".parse().expect("addr"),
+            dst: "10.0.0.2:2".parse().expect("addr"),
+        };
         assert!(!t.is_enabled());
         assert_eq!(t.lookup(&k), None);
     }
@@ -292,7 +314,10 @@ mod tests {
 
     #[test]
     fn start_fails_clearly_on_a_missing_namespace() {
-        let opts = NatOptions { netns: vec!["/run/netns/egress-nat-test-does-not-exist".into()], ..NatOptions::default() };
+        let opts = NatOptions {
+            netns: vec!["/run/netns/egress-nat-test-does-not-exist".into()],
+            ..NatOptions::default()
+        };
         let err = NatTable::start(opts, &prometheus::Registry::new()).err().expect("must fail");
         assert!(err.to_string().contains("egress-nat-test-does-not-exist"), "{err}");
     }

@@ -9,7 +9,9 @@ use std::{
 
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
 
-use super::ctnetlink::{CtDecodeError, Decoded, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, decode_all};
+use super::ctnetlink::{
+    CtDecodeError, Decoded, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, decode_all,
+};
 
 /// Receive buffer: far above one datagram (a dump batch is ≤ 32 KiB).
 const RECV_BUF: usize = 256 * 1024;
@@ -91,7 +93,10 @@ impl CtSocket {
         let flags = libc::MSG_TRUNC | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         let n = self.sock.recv(&mut self.buf, flags)?;
         if n > self.buf.capacity() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("netlink datagram of {n} bytes truncated")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("netlink datagram of {n} bytes truncated"),
+            ));
         }
         Ok(&self.buf[..self.buf.len().min(n)])
     }
@@ -110,11 +115,21 @@ impl CtSocket {
         self.send(request)?;
         loop {
             if Instant::now() > deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "conntrack dump did not finish in time"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "conntrack dump did not finish in time",
+                ));
             }
             let data = match self.recv(false) {
                 Ok(d) => d,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     each(Err(CtDecodeError::Datagram(e)));
                     continue;
@@ -125,7 +140,11 @@ impl CtSocket {
                 match d {
                     Ok(Decoded::Done { seq: s }) if s == seq => return Ok(()),
                     Ok(Decoded::Error { seq: s, errno }) if s == seq => {
-                        return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(errno)) };
+                        return if errno == 0 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::from_raw_os_error(errno))
+                        };
                     }
                     Ok(
                         Decoded::Flow { seq: s, .. }
@@ -144,21 +163,44 @@ impl CtSocket {
 impl CtSocket {
     /// Send a single-entry GET: `Ok(true)` the kernel has it, `Ok(false)`
     /// it does not (ENOENT).
-    pub(crate) fn exists(&mut self, request: &[u8], seq: u32, deadline: Instant) -> io::Result<bool> {
+    pub(crate) fn exists(
+        &mut self,
+        request: &[u8],
+        seq: u32,
+        deadline: Instant,
+    ) -> io::Result<bool> {
         self.send(request)?;
         loop {
             if Instant::now() > deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "conntrack GET not answered in time"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "conntrack GET not answered in time",
+                ));
             }
             let data = match self.recv(false) {
                 Ok(d) => d,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::InvalidData) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::Interrupted
+                            | io::ErrorKind::InvalidData
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             for d in decode_all(data) {
                 match d {
-                    Ok(Decoded::Flow { seq: s, .. } | Decoded::OtherProto { seq: s, .. }) if s == seq => return Ok(true),
-                    Ok(Decoded::Error { seq: s, errno }) if s == seq && errno == libc::ENOENT => return Ok(false),
+                    Ok(Decoded::Flow { seq: s, .. } | Decoded::OtherProto { seq: s, .. })
+                        if s == seq =>
+                    {
+                        return Ok(true);
+                    }
+                    Ok(Decoded::Error { seq: s, errno }) if s == seq && errno == libc::ENOENT => {
+                        return Ok(false);
+                    }
                     Ok(Decoded::Error { seq: s, errno }) if s == seq && errno != 0 => {
                         return Err(io::Error::from_raw_os_error(errno));
                     }
@@ -182,4 +224,3 @@ fn setsockopt_int(sock: &Socket, opt: libc::c_int, value: libc::c_int) -> io::Re
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
-

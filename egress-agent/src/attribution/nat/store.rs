@@ -92,7 +92,13 @@ impl Store {
     /// A conntrack entry exists (NEW event, or a dump when `from_dump`):
     /// insert or refresh it, live. Returns how many entries were evicted to
     /// stay in bound.
-    pub(crate) fn upsert(&mut self, ns: u16, original: FlowKey, reply: FlowKey, from_dump: bool) -> u64 {
+    pub(crate) fn upsert(
+        &mut self,
+        ns: u16,
+        original: FlowKey,
+        reply: FlowKey,
+        from_dump: bool,
+    ) -> u64 {
         let sk = SlotKey { key: original, ns };
         let seq = self.bump();
         let prev = self.map.get(&sk);
@@ -105,7 +111,10 @@ impl Store {
         {
             self.compare(&original, &reply, &k);
         }
-        self.map.insert(sk, Slot { reply, seq, destroyed_at: None, from_dump, kprobe, ctnetlink: true });
+        self.map.insert(
+            sk,
+            Slot { reply, seq, destroyed_at: None, from_dump, kprobe, ctnetlink: true },
+        );
         self.push(sk, seq)
     }
 
@@ -128,7 +137,17 @@ impl Store {
             return 0;
         }
         let seq = self.bump();
-        self.map.insert(sk, Slot { reply, seq, destroyed_at: None, from_dump: true, kprobe: Some(reply), ctnetlink: false });
+        self.map.insert(
+            sk,
+            Slot {
+                reply,
+                seq,
+                destroyed_at: None,
+                from_dump: true,
+                kprobe: Some(reply),
+                ctnetlink: false,
+            },
+        );
         self.push(sk, seq)
     }
 
@@ -160,7 +179,13 @@ impl Store {
     /// A DESTROY event: mark the entry destroyed at `now` (it stays for the
     /// retention period). An entry never seen alive (its NEW was lost or came
     /// before the agent) is inserted as destroyed. Returns evictions.
-    pub(crate) fn destroy(&mut self, ns: u16, original: FlowKey, reply: FlowKey, now: Instant) -> u64 {
+    pub(crate) fn destroy(
+        &mut self,
+        ns: u16,
+        original: FlowKey,
+        reply: FlowKey,
+        now: Instant,
+    ) -> u64 {
         let sk = SlotKey { key: original, ns };
         let mut evicted = 0;
         if !self.map.contains_key(&sk) {
@@ -251,8 +276,9 @@ impl Store {
         }
         if self.destroyed.len() > limit {
             let map = &self.map;
-            self.destroyed
-                .retain(|(sk, seq, t)| map.get(sk).is_some_and(|s| s.seq == *seq && s.destroyed_at == Some(*t)));
+            self.destroyed.retain(|(sk, seq, t)| {
+                map.get(sk).is_some_and(|s| s.seq == *seq && s.destroyed_at == Some(*t))
+            });
         }
     }
 
@@ -265,7 +291,8 @@ impl Store {
         for ns in 0..self.netns.len() {
             let ns = u16::try_from(ns).unwrap_or(u16::MAX);
             let Some(slot) = self.map.get(&SlotKey { key: *key, ns }) else { continue };
-            if slot.destroyed_at.is_some_and(|t| now.saturating_duration_since(t) >= self.retention) {
+            if slot.destroyed_at.is_some_and(|t| now.saturating_duration_since(t) >= self.retention)
+            {
                 continue;
             }
             let translated = slot.reply.src != key.dst || slot.reply.dst != key.src;
@@ -333,7 +360,12 @@ mod tests {
         let mut s = Store::new(vec!["self".into()], 3, Duration::from_secs(30));
         let k = |p: u16| key(&format!("10.0.0.2:{p}"), "10.96.0.10:80");
         let r = |p: u16| key("10.1.0.5:8080", &format!("10.2.0.1:{p}"));
-        assert_eq!(s.upsert(0, k(1), r(1), false) + s.upsert(0, k(2), r(2), false) + s.upsert(0, k(3), r(3), false), 0);
+        assert_eq!(
+            s.upsert(0, k(1), r(1), false)
+                + s.upsert(0, k(2), r(2), false)
+                + s.upsert(0, k(3), r(3), false),
+            0
+        );
         // Refresh 1: now 2 is the oldest.
         assert_eq!(s.upsert(0, k(1), r(1), false), 0);
         assert_eq!(s.upsert(0, k(4), r(4), false), 1);
@@ -400,7 +432,11 @@ mod tests {
     fn sweep_marks_what_a_resync_dump_did_not_refresh() {
         let t0 = Instant::now();
         let mut s = Store::new(vec!["a".into(), "b".into()], 10, Duration::from_secs(30));
-        let (k1, k2, k3) = (key("10.0.0.2:1", "10.96.0.1:80"), key("10.0.0.2:2", "10.96.0.1:80"), key("10.0.0.2:3", "10.96.0.1:80"));
+        let (k1, k2, k3) = (
+            key("10.0.0.2:1", "10.96.0.1:80"),
+            key("10.0.0.2:2", "10.96.0.1:80"),
+            key("10.0.0.2:3", "10.96.0.1:80"),
+        );
         let r = key("10.1.0.5:80", "10.2.0.1:9");
         s.upsert(0, k1, r, false);
         s.upsert(0, k2, r, false);
@@ -419,7 +455,11 @@ mod tests {
     fn dump_only_entries_are_listed_for_verification_until_an_event_vouches() {
         let t0 = Instant::now();
         let mut s = Store::new(vec!["a".into(), "b".into()], 10, Duration::from_secs(30));
-        let (k1, k2, k3) = (key("10.0.0.2:1", "10.96.0.1:80"), key("10.0.0.2:2", "10.96.0.1:80"), key("10.0.0.2:3", "10.96.0.1:80"));
+        let (k1, k2, k3) = (
+            key("10.0.0.2:1", "10.96.0.1:80"),
+            key("10.0.0.2:2", "10.96.0.1:80"),
+            key("10.0.0.2:3", "10.96.0.1:80"),
+        );
         let r = key("10.1.0.5:80", "10.2.0.1:9");
         s.upsert(0, k1, r, true);
         s.upsert(0, k2, r, true);
@@ -452,7 +492,10 @@ mod tests {
         let k2 = key("10.0.0.2:40001", "10.96.0.10:80");
         let other = key("10.1.0.6:8080", "10.2.0.1:40001");
         s.upsert_kprobe(0, k2, other);
-        assert_eq!(s.lookup(&k2, t0).expect("from the kprobe").dnat_to(), Some(sa("10.1.0.6:8080")));
+        assert_eq!(
+            s.lookup(&k2, t0).expect("from the kprobe").dnat_to(),
+            Some(sa("10.1.0.6:8080"))
+        );
         assert_eq!(s.dump_only_live(0), vec![k2], "verified until ctnetlink vouches");
         // ctnetlink then says another backend: disagree, ctnetlink's reply kept.
         s.upsert(0, k2, reply, false);

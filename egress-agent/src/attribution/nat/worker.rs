@@ -11,9 +11,12 @@ use std::{
 
 use super::{
     Shared,
-    ctnetlink::{CpuStats, CtDecodeError, CtKind, Decoded, get_request, stats_dump_request, table_dump_request},
-    socket::CtSocket,
     counters::NatMetrics,
+    ctnetlink::{
+        CpuStats, CtDecodeError, CtKind, Decoded, get_request, stats_dump_request,
+        table_dump_request,
+    },
+    socket::CtSocket,
 };
 
 /// How often per-CPU insert_failed/drop counters are read.
@@ -69,13 +72,17 @@ impl Worker {
         if let Some(f) = &self.netns {
             // SAFETY: setns on this thread only, with a valid namespace fd.
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(SetupError::new(format!("entering network namespace {}", self.label), io::Error::last_os_error()));
+                return Err(SetupError::new(
+                    format!("entering network namespace {}", self.label),
+                    io::Error::last_os_error(),
+                ));
             }
         }
         // Subscribe first, dump second: nothing created in between is missed.
-        let events = CtSocket::events().map_err(|e| SetupError::new(format!("ctnetlink event socket in {}", self.label), e))?;
-        let query =
-            CtSocket::query(QUERY_RECV_TIMEOUT).map_err(|e| SetupError::new(format!("ctnetlink socket in {}", self.label), e))?;
+        let events = CtSocket::events()
+            .map_err(|e| SetupError::new(format!("ctnetlink event socket in {}", self.label), e))?;
+        let query = CtSocket::query(QUERY_RECV_TIMEOUT)
+            .map_err(|e| SetupError::new(format!("ctnetlink socket in {}", self.label), e))?;
         let now = Instant::now();
         let mut st = State {
             events,
@@ -88,7 +95,9 @@ impl Worker {
             resync_at: None,
             last_resync: None,
         };
-        let n = self.dump_table(&mut st).map_err(|e| SetupError::new(format!("dumping the conntrack table of {}", self.label), e))?;
+        let n = self.dump_table(&mut st).map_err(|e| {
+            SetupError::new(format!("dumping the conntrack table of {}", self.label), e)
+        })?;
         tracing::info!(netns = %self.label, entries = n, "conntrack: initial dump");
         // Exported at 0 from the start: an alert's increase() cannot see the
         // first loss of a series that appears with it.
@@ -135,7 +144,9 @@ impl Worker {
                         let gone = self.shared.write().sweep(self.idx, before, Instant::now());
                         tracing::info!(netns = %self.label, entries = n, gone, "conntrack: resynced after lost events");
                     }
-                    Err(e) => tracing::warn!(netns = %self.label, error = %e, "conntrack: resync dump failed"),
+                    Err(e) => {
+                        tracing::warn!(netns = %self.label, error = %e, "conntrack: resync dump failed")
+                    }
                 }
             }
         }
@@ -146,7 +157,12 @@ impl Worker {
         for _ in 0..DRAIN_BATCH {
             let decoded = match st.events.recv(true) {
                 Ok(data) => super::ctnetlink::decode_all(data),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => return,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted =>
+                {
+                    return;
+                }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     // The kernel dropped events for this socket: count, and
                     // resync from a fresh dump (rate-limited).
@@ -228,14 +244,17 @@ impl Worker {
             return;
         }
         if keys.len() > VERIFY_MAX_GETS {
-            if st.resync_at.is_none() && st.last_resync.is_none_or(|t| t.elapsed() >= FULL_VERIFY_INTERVAL) {
+            if st.resync_at.is_none()
+                && st.last_resync.is_none_or(|t| t.elapsed() >= FULL_VERIFY_INTERVAL)
+            {
                 st.resync_at = Some(Instant::now());
             }
             return;
         }
         for key in keys {
             let seq = st.next_seq();
-            match st.query.exists(&get_request(seq, &key), seq, Instant::now() + QUERY_RECV_TIMEOUT) {
+            match st.query.exists(&get_request(seq, &key), seq, Instant::now() + QUERY_RECV_TIMEOUT)
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     self.shared.write().mark_gone(self.idx, key, Instant::now());
@@ -254,7 +273,9 @@ impl Worker {
         let mut total = 0;
         let deadline = Instant::now() + DUMP_TIMEOUT;
         // Apply in batches so a huge dump does not hold everything in memory.
-        let mut flush = |batch: &mut Vec<Result<Decoded, CtDecodeError>>| total += self.apply(std::mem::take(batch), true);
+        let mut flush = |batch: &mut Vec<Result<Decoded, CtDecodeError>>| {
+            total += self.apply(std::mem::take(batch), true)
+        };
         st.query.dump(&table_dump_request(seq), seq, deadline, |d| {
             batch.push(d);
             if batch.len() >= 1024 {
@@ -271,11 +292,16 @@ impl Worker {
         let seq = st.next_seq();
         let mut got: Vec<CpuStats> = Vec::new();
         let mut errors = 0;
-        st.query.dump(&stats_dump_request(seq), seq, Instant::now() + DUMP_TIMEOUT, |d| match d {
-            Ok(Decoded::Stats { stats, .. }) => got.push(stats),
-            Ok(_) => {}
-            Err(_) => errors += 1,
-        })?;
+        st.query.dump(
+            &stats_dump_request(seq),
+            seq,
+            Instant::now() + DUMP_TIMEOUT,
+            |d| match d {
+                Ok(Decoded::Stats { stats, .. }) => got.push(stats),
+                Ok(_) => {}
+                Err(_) => errors += 1,
+            },
+        )?;
         self.metrics.decode_errors.inc_by(errors);
         let (mut insert_failed, mut drop, mut early_drop) = (0u64, 0u64, 0u64);
         for s in got {
@@ -333,7 +359,9 @@ impl SetupError {
 
 fn hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => " (ctnetlink needs CAP_NET_ADMIN in that network namespace)",
+        Some(libc::EPERM | libc::EACCES) => {
+            " (ctnetlink needs CAP_NET_ADMIN in that network namespace)"
+        }
         Some(libc::EPROTONOSUPPORT | libc::ENOENT | libc::EOPNOTSUPP) => {
             " (ctnetlink unavailable: load nf_conntrack_netlink with `modprobe nf_conntrack_netlink`)"
         }

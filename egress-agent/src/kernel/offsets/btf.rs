@@ -129,7 +129,8 @@ impl Btf {
     }
 
     fn parse_on(b: &[u8], base: Option<&Btf>) -> Result<Self, BtfError> {
-        let magic = b.get(0..2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or(BtfError::Truncated(0))?;
+        let magic =
+            b.get(0..2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or(BtfError::Truncated(0))?;
         if magic != 0xeb9f {
             return Err(BtfError::BadMagic(magic));
         }
@@ -173,9 +174,17 @@ impl Btf {
                 KIND_STRUCT | KIND_UNION => {
                     for _ in 0..vlen {
                         let raw = u32_at(b, off + 8)?;
-                        let (bit_offset, bitfield) =
-                            if kind_flag { (raw & 0xff_ffff, raw >> 24 != 0) } else { (raw, false) };
-                        members.push(Member { name: u32_at(b, off)?, ty: u32_at(b, off + 4)?, bit_offset, bitfield });
+                        let (bit_offset, bitfield) = if kind_flag {
+                            (raw & 0xff_ffff, raw >> 24 != 0)
+                        } else {
+                            (raw, false)
+                        };
+                        members.push(Member {
+                            name: u32_at(b, off)?,
+                            ty: u32_at(b, off + 4)?,
+                            bit_offset,
+                            bitfield,
+                        });
                         off += 12;
                     }
                 }
@@ -188,8 +197,22 @@ impl Btf {
         // Every reference must land on a type of this blob or its base: a
         // split blob read with the wrong first id fails here.
         for (id, t) in types.iter().enumerate() {
-            let refs = matches!(t.kind, KIND_PTR | KIND_ARRAY | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG);
-            let bad = t.members.iter().map(|m| m.ty).chain(refs.then_some(t.ty)).find(|&r| r as usize >= types.len());
+            let refs = matches!(
+                t.kind,
+                KIND_PTR
+                    | KIND_ARRAY
+                    | KIND_TYPEDEF
+                    | KIND_VOLATILE
+                    | KIND_CONST
+                    | KIND_RESTRICT
+                    | KIND_TYPE_TAG
+            );
+            let bad = t
+                .members
+                .iter()
+                .map(|m| m.ty)
+                .chain(refs.then_some(t.ty))
+                .find(|&r| r as usize >= types.len());
             if let Some(r) = bad {
                 return Err(BtfError::Dangling(id as u32, r));
             }
@@ -225,7 +248,14 @@ impl Btf {
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.types.get(id as usize) {
-                Some(t) if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => id = t.ty,
+                Some(t)
+                    if matches!(
+                        t.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = t.ty
+                }
                 _ => break,
             }
         }
@@ -263,9 +293,15 @@ impl Btf {
     pub fn array_elem_size(&self, st: &str, path: &[&str]) -> Result<u32, BtfError> {
         let (_, id) = self.member(st, path)?;
         let name = || path.join(".");
-        let arr = self.types.get(id as usize).filter(|t| t.kind == KIND_ARRAY).ok_or_else(|| BtfError::NotArray(name()))?;
+        let arr = self
+            .types
+            .get(id as usize)
+            .filter(|t| t.kind == KIND_ARRAY)
+            .ok_or_else(|| BtfError::NotArray(name()))?;
         match self.types.get(self.resolve(arr.ty) as usize) {
-            Some(t) if matches!(t.kind, KIND_STRUCT | KIND_UNION | KIND_INT) && t.ty > 0 => Ok(t.ty),
+            Some(t) if matches!(t.kind, KIND_STRUCT | KIND_UNION | KIND_INT) && t.ty > 0 => {
+                Ok(t.ty)
+            }
             _ => Err(BtfError::NotArray(name())),
         }
     }
@@ -275,11 +311,15 @@ impl Btf {
         let mut id = *self.structs.get(st).ok_or_else(|| BtfError::NoStruct(st.to_string()))?;
         let mut bits = 0u32;
         for (i, &name) in path.iter().enumerate() {
-            let t = self.types.get(id as usize).ok_or_else(|| BtfError::NotComposite(name.to_string()))?;
+            let t = self
+                .types
+                .get(id as usize)
+                .ok_or_else(|| BtfError::NotComposite(name.to_string()))?;
             if !matches!(t.kind, KIND_STRUCT | KIND_UNION) {
                 return Err(BtfError::NotComposite(path[..i].join(".")));
             }
-            let (off, ty, bitfield) = self.find(id, name, 0).ok_or_else(|| BtfError::NoMember(name.to_string()))?;
+            let (off, ty, bitfield) =
+                self.find(id, name, 0).ok_or_else(|| BtfError::NoMember(name.to_string()))?;
             if bitfield || off % 8 != 0 {
                 return Err(BtfError::Unaligned(name.to_string()));
             }
@@ -342,7 +382,13 @@ mod tests {
             let mut b = Vec::new();
             b.extend_from_slice(&0xeb9fu16.to_le_bytes());
             b.extend_from_slice(&[1, 0]);
-            for v in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+            for v in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
                 b.extend_from_slice(&v.to_le_bytes());
             }
             b.extend_from_slice(&self.types);
@@ -400,19 +446,33 @@ mod tests {
         let strings_at = 24 + base.types.len();
         let base_blob = base.build();
         let vmlinux = Btf::parse(&base_blob).expect("base");
-        assert_eq!(vmlinux.member_offset("nf_conn", &["tuplehash"]), Err(BtfError::NoStruct("nf_conn".into())));
+        assert_eq!(
+            vmlinux.member_offset("nf_conn", &["tuplehash"]),
+            Err(BtfError::NoStruct("nf_conn".into()))
+        );
 
         let mut m = Builder::split(base_strings);
         // 3: the element struct; its members use the base's `int` (id 1).
-        m.composite(KIND_STRUCT, "nf_conntrack_tuple_hash", false, &[("hnnode", 1, 0), ("tuple", 1, 128)]);
+        m.composite(
+            KIND_STRUCT,
+            "nf_conntrack_tuple_hash",
+            false,
+            &[("hnnode", 1, 0), ("tuple", 1, 128)],
+        );
         // 4: array of two id-3 elements (index type int).
         m.raw(0, KIND_ARRAY, 0, false, 0);
         for v in [3u32, 1, 2] {
             m.types.extend_from_slice(&v.to_le_bytes());
         }
         // 5: a member named with a *base* string offset ("_nfct" lives in vmlinux's section).
-        let nfct = base_blob.windows(6).position(|w| w == b"_nfct\0").expect("base string") - strings_at;
-        m.composite(KIND_STRUCT, "nf_conn", false, &[("ct_general", 1, 0), ("tuplehash", 4, 64), ("", 2, 1024)]);
+        let nfct =
+            base_blob.windows(6).position(|w| w == b"_nfct\0").expect("base string") - strings_at;
+        m.composite(
+            KIND_STRUCT,
+            "nf_conn",
+            false,
+            &[("ct_general", 1, 0), ("tuplehash", 4, 64), ("", 2, 1024)],
+        );
         let module = m.build();
         let btf = Btf::parse_split(&module, &vmlinux).expect("split");
         assert_eq!(btf.member_offset("nf_conn", &["tuplehash"]), Ok(8));
@@ -422,7 +482,10 @@ mod tests {
         assert_eq!(btf.str_at(nfct as u32), "_nfct");
         assert_eq!(btf.member_offset("nf_conn", &["_nfct"]), Ok(128 + 16));
         assert_eq!(btf.member_offset("sk_buff", &["_nfct"]), Ok(16), "base types still resolve");
-        assert_eq!(btf.array_elem_size("nf_conn", &["ct_general"]), Err(BtfError::NotArray("ct_general".into())));
+        assert_eq!(
+            btf.array_elem_size("nf_conn", &["ct_general"]),
+            Err(BtfError::NotArray("ct_general".into()))
+        );
         // Parsed alone, the module's type ids dangle.
         assert!(matches!(Btf::parse(&module), Err(BtfError::Dangling(..))));
     }
@@ -440,7 +503,8 @@ mod tests {
             if entry.file_name() == "vmlinux" {
                 continue;
             }
-            let btf = vmlinux.with_module_file(&entry.path()).expect("module BTF parses as split BTF");
+            let btf =
+                vmlinux.with_module_file(&entry.path()).expect("module BTF parses as split BTF");
             assert!(btf.types.len() > vmlinux.types.len(), "{:?} adds types", entry.file_name());
             modules += 1;
         }

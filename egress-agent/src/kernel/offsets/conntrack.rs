@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use egress_common::{ConntrackOffsets, KOFF_UNKNOWN};
 
-use super::{Btf, btf::{BtfError, BtfFileError}};
+use super::{
+    Btf,
+    btf::{BtfError, BtfFileError},
+};
 
 /// Why the conntrack kprobe stays off: its `check` line.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +23,9 @@ pub enum ConntrackLayoutError {
     ModuleBtf { path: PathBuf, source: BtfFileError },
     #[error("no module BTF: {MODULE} is loaded but {} is absent (kernel without CONFIG_DEBUG_INFO_BTF_MODULES, e.g. before 5.11) and vmlinux BTF has no struct nf_conn", path.display())]
     NoModuleBtf { path: PathBuf },
-    #[error("{MODULE} is not loaded (no conntrack entries to watch) and vmlinux BTF has no struct nf_conn")]
+    #[error(
+        "{MODULE} is not loaded (no conntrack entries to watch) and vmlinux BTF has no struct nf_conn"
+    )]
     NotLoaded,
     #[error("{member}")]
     Member { member: String, source: BtfError },
@@ -34,14 +39,19 @@ pub const CONFIRM_FN: &str = "__nf_conntrack_confirm";
 /// Whether this kernel can take kprobes: the kprobe PMU (perf_event_open,
 /// what aya uses first) or tracefs `kprobe_events`.
 pub fn kprobes_available(tracefs_root: &Path) -> bool {
-    Path::new("/sys/bus/event_source/devices/kprobe").exists() || tracefs_root.join("kprobe_events").exists()
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || tracefs_root.join("kprobe_events").exists()
 }
 
 /// The BTF that describes `struct nf_conn` on this machine, and where it
 /// came from: vmlinux's, merged with the module's split BTF under `sys_btf`
 /// (`/sys/kernel/btf`) whenever that exists (a broken module blob is not
 /// fatal while vmlinux alone has the struct).
-pub fn conntrack_btf(vmlinux: &Btf, sys_btf: &Path, sys_module: &Path) -> Result<(Option<Btf>, String), ConntrackLayoutError> {
+pub fn conntrack_btf(
+    vmlinux: &Btf,
+    sys_btf: &Path,
+    sys_module: &Path,
+) -> Result<(Option<Btf>, String), ConntrackLayoutError> {
     let in_vmlinux = vmlinux.has_struct("nf_conn");
     let blob = sys_btf.join(MODULE);
     if blob.exists() {
@@ -49,16 +59,32 @@ pub fn conntrack_btf(vmlinux: &Btf, sys_btf: &Path, sys_module: &Path) -> Result
             Ok(btf) => {
                 let added = btf.type_count() - vmlinux.type_count();
                 let from = if in_vmlinux { "vmlinux BTF" } else { "module BTF" };
-                return Ok((Some(btf), format!("{from} (vmlinux + split {}: {added} module types)", blob.display())));
+                return Ok((
+                    Some(btf),
+                    format!("{from} (vmlinux + split {}: {added} module types)", blob.display()),
+                ));
             }
-            Err(e) if in_vmlinux => return Ok((None, format!("vmlinux BTF ({} unusable: {})", blob.display(), crate::errors::Chain(&e)))),
+            Err(e) if in_vmlinux => {
+                return Ok((
+                    None,
+                    format!(
+                        "vmlinux BTF ({} unusable: {})",
+                        blob.display(),
+                        crate::errors::Chain(&e)
+                    ),
+                ));
+            }
             Err(source) => return Err(ConntrackLayoutError::ModuleBtf { path: blob, source }),
         }
     }
     if in_vmlinux {
         return Ok((None, "vmlinux BTF".to_string()));
     }
-    Err(if sys_module.join(MODULE).exists() { ConntrackLayoutError::NoModuleBtf { path: blob } } else { ConntrackLayoutError::NotLoaded })
+    Err(if sys_module.join(MODULE).exists() {
+        ConntrackLayoutError::NoModuleBtf { path: blob }
+    } else {
+        ConntrackLayoutError::NotLoaded
+    })
 }
 
 /// Resolve every offset the probe reads; the first unknown one is the
@@ -72,7 +98,9 @@ pub fn conntrack_offsets(btf: &Btf) -> Result<ConntrackOffsets, ConntrackLayoutE
     let tuple = |path: &[&str]| get("nf_conntrack_tuple", path);
     let tuplehash = get("nf_conn", &["tuplehash"])?;
     let in_hash = get("nf_conntrack_tuple_hash", &["tuple"])?;
-    let tuple_hash_size = btf.array_elem_size("nf_conn", &["tuplehash"]).map_err(member("nf_conn", &["tuplehash"]))?;
+    let tuple_hash_size = btf
+        .array_elem_size("nf_conn", &["tuplehash"])
+        .map_err(member("nf_conn", &["tuplehash"]))?;
     Ok(ConntrackOffsets {
         skb_nfct: get("sk_buff", &["_nfct"])?,
         ct_tuple: tuplehash + in_hash,
@@ -101,7 +129,16 @@ impl Plan {
         let o = &self.offsets;
         format!(
             "struct nf_conn from {}: sk_buff._nfct@{} nf_conn.tuplehash[0].tuple@{} tuplehash stride {} (tuple: src.u3@{} src.u.all@{} src.l3num@{} dst.u3@{} dst.u.all@{} dst.protonum@{})",
-            self.source, o.skb_nfct, o.ct_tuple, o.tuple_hash_size, o.src_u3, o.src_port, o.src_l3num, o.dst_u3, o.dst_port, o.dst_protonum
+            self.source,
+            o.skb_nfct,
+            o.ct_tuple,
+            o.tuple_hash_size,
+            o.src_u3,
+            o.src_port,
+            o.src_l3num,
+            o.dst_u3,
+            o.dst_port,
+            o.dst_protonum
         )
     }
 }
@@ -112,7 +149,8 @@ pub fn plan(tracefs_root: &Path, vmlinux: Option<&Btf>) -> Result<Plan, Conntrac
         return Err(ConntrackLayoutError::NoKprobes);
     }
     let vmlinux = vmlinux.ok_or(ConntrackLayoutError::NoBtf)?;
-    let (merged, source) = conntrack_btf(vmlinux, Path::new("/sys/kernel/btf"), Path::new("/sys/module"))?;
+    let (merged, source) =
+        conntrack_btf(vmlinux, Path::new("/sys/kernel/btf"), Path::new("/sys/module"))?;
     Ok(Plan { offsets: conntrack_offsets(merged.as_ref().unwrap_or(vmlinux))?, source })
 }
 
@@ -130,17 +168,26 @@ mod tests {
             eprintln!("no /sys/kernel/btf/vmlinux on this host");
             return;
         };
-        let btf = match conntrack_btf(&vmlinux, Path::new("/sys/kernel/btf"), Path::new("/sys/module")) {
-            Ok((m, _)) => m,
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
-        };
+        let btf =
+            match conntrack_btf(&vmlinux, Path::new("/sys/kernel/btf"), Path::new("/sys/module")) {
+                Ok((m, _)) => m,
+                Err(why) => {
+                    eprintln!("skipped: {why}");
+                    return;
+                }
+            };
         let o = conntrack_offsets(btf.as_ref().unwrap_or(&vmlinux)).expect("offsets");
         assert!(o.tuple_hash_size >= 40 && o.tuple_hash_size < 128, "{o:?}");
-        assert!(o.src_u3 < o.src_port && o.src_port < o.src_l3num && o.src_l3num < o.dst_u3, "{o:?}");
-        assert!(o.dst_u3 < o.dst_port && o.dst_port < o.dst_protonum && o.dst_protonum < o.tuple_hash_size, "{o:?}");
+        assert!(
+            o.src_u3 < o.src_port && o.src_port < o.src_l3num && o.src_l3num < o.dst_u3,
+            "{o:?}"
+        );
+        assert!(
+            o.dst_u3 < o.dst_port
+                && o.dst_port < o.dst_protonum
+                && o.dst_protonum < o.tuple_hash_size,
+            "{o:?}"
+        );
         assert!(o.skb_nfct < 512 && o.ct_tuple < 512, "{o:?}");
         assert_ne!(o.ct_net, KOFF_UNKNOWN, "{o:?}");
     }
@@ -158,10 +205,16 @@ mod tests {
         }
         blob.push(0);
         let vmlinux = Btf::parse(&blob).expect("empty BTF");
-        let why = conntrack_btf(&vmlinux, &btf_dir, &mod_dir).map(|(_, s)| s).expect_err("no BTF").to_string();
+        let why = conntrack_btf(&vmlinux, &btf_dir, &mod_dir)
+            .map(|(_, s)| s)
+            .expect_err("no BTF")
+            .to_string();
         assert!(why.starts_with("no module BTF"), "{why}");
         std::fs::remove_dir_all(mod_dir.join(MODULE)).expect("rm");
-        let why = conntrack_btf(&vmlinux, &btf_dir, &mod_dir).map(|(_, s)| s).expect_err("not loaded").to_string();
+        let why = conntrack_btf(&vmlinux, &btf_dir, &mod_dir)
+            .map(|(_, s)| s)
+            .expect_err("not loaded")
+            .to_string();
         assert!(why.contains("not loaded"), "{why}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -9,7 +9,9 @@ use egress_common::{OFFSET_ABSENT, TpOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("tracefs is not mounted (tried /sys/kernel/tracing and /sys/kernel/debug/tracing); mount it with `mount -t tracefs nodev /sys/kernel/tracing`")]
+    #[error(
+        "tracefs is not mounted (tried /sys/kernel/tracing and /sys/kernel/debug/tracing); mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+    )]
     NotMounted,
     #[error("tracepoint {0} does not exist on this kernel")]
     Missing(String),
@@ -40,7 +42,15 @@ impl TraceFs {
         }
         let target = c"/sys/kernel/tracing";
         // SAFETY: plain mount(2) with static C strings.
-        let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+        let rc = unsafe {
+            libc::mount(
+                c"nodev".as_ptr(),
+                target.as_ptr(),
+                c"tracefs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
         if rc == 0 && Path::new("/sys/kernel/tracing/events").is_dir() {
             return Ok(Self { root: PathBuf::from("/sys/kernel/tracing") });
         }
@@ -126,7 +136,11 @@ impl TracepointFormat {
     /// Offsets of a TCP tracepoint carrying `skaddr` and the address tuple.
     /// `required` extra int fields (4 bytes; `protocol` is 2) and an optional
     /// `state` field name.
-    pub fn tcp_offsets(&self, required: &[&str], state: Option<&str>) -> Result<TpOffsets, FormatError> {
+    pub fn tcp_offsets(
+        &self,
+        required: &[&str],
+        state: Option<&str>,
+    ) -> Result<TpOffsets, FormatError> {
         let mut o = TpOffsets::ABSENT;
         o.skaddr = self.sized("skaddr", 8)?;
         self.tuple_into(&mut o)?;
@@ -194,7 +208,10 @@ print fmt: \"family=%s\"
         let f = TracepointFormat::parse(SET_STATE).expect("parse");
         let o = f.tcp_offsets(&["oldstate", "newstate", "protocol"], None).expect("offsets");
         assert_eq!((o.skaddr, o.oldstate, o.newstate, o.sport, o.dport), (8, 16, 20, 24, 26));
-        assert_eq!((o.family, o.protocol, o.saddr, o.daddr, o.saddr_v6, o.daddr_v6), (28, 30, 32, 36, 40, 56));
+        assert_eq!(
+            (o.family, o.protocol, o.saddr, o.daddr, o.saddr_v6, o.daddr_v6),
+            (28, 30, 32, 36, 40, 56)
+        );
         assert_eq!(o.state, OFFSET_ABSENT);
     }
 
@@ -207,37 +224,58 @@ print fmt: \"family=%s\"
                 if let Some(i) = l.find("offset:") {
                     let rest = &l[i + 7..];
                     let n: u16 = rest[..rest.find(';').expect(";")].parse().expect("n");
-                    if n >= 8 { return l.replacen(&format!("offset:{n};"), &format!("offset:{};", n + 8), 1) }
+                    if n >= 8 {
+                        return l.replacen(
+                            &format!("offset:{n};"),
+                            &format!("offset:{};", n + 8),
+                            1,
+                        );
+                    }
                 }
                 l.to_string()
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let o = TracepointFormat::parse(&shifted).expect("parse").tcp_offsets(&["oldstate"], None).expect("o");
+        let o = TracepointFormat::parse(&shifted)
+            .expect("parse")
+            .tcp_offsets(&["oldstate"], None)
+            .expect("o");
         assert_eq!((o.skaddr, o.oldstate, o.daddr_v6), (16, 24, 64));
     }
 
     #[test]
     fn family_optional_when_v6_addresses_tell_it() {
         // Linux 5.10's tcp:* records have no `family`.
-        let f = TracepointFormat::parse(&SET_STATE.replace("\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;\n", "")).expect("parse");
+        let f = TracepointFormat::parse(
+            &SET_STATE.replace("\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;\n", ""),
+        )
+        .expect("parse");
         let o = f.tcp_offsets(&[], None).expect("offsets without family");
         assert_eq!((o.family, o.saddr_v6), (OFFSET_ABSENT, 40));
-        let neither = SET_STATE.replace("\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;\n", "").replace("saddr_v6", "x6");
+        let neither = SET_STATE
+            .replace("\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;\n", "")
+            .replace("saddr_v6", "x6");
         assert!(TracepointFormat::parse(&neither).expect("parse").tcp_offsets(&[], None).is_err());
     }
 
     #[test]
     fn missing_and_wrong_size_fields_are_errors() {
-        let f = TracepointFormat::parse("\tfield:__u16 sport;\toffset:8;\tsize:2;\tsigned:0;\n").expect("parse");
+        let f = TracepointFormat::parse("\tfield:__u16 sport;\toffset:8;\tsize:2;\tsigned:0;\n")
+            .expect("parse");
         assert!(matches!(f.tcp_offsets(&[], None), Err(FormatError::NoField(n)) if n == "skaddr"));
-        let f = TracepointFormat::parse(&SET_STATE.replace("\tfield:__u16 family;\toffset:28;\tsize:2;", "\tfield:__u32 family;\toffset:28;\tsize:4;")).expect("parse");
+        let f = TracepointFormat::parse(&SET_STATE.replace(
+            "\tfield:__u16 family;\toffset:28;\tsize:2;",
+            "\tfield:__u32 family;\toffset:28;\tsize:4;",
+        ))
+        .expect("parse");
         assert!(matches!(f.tcp_offsets(&[], None), Err(FormatError::BadSize { .. })));
     }
 
     #[test]
     fn malformed_line_is_an_error() {
-        assert!(matches!(TracepointFormat::parse("\tfield:int x;\toffset:zz;\tsize:4;\n"), Err(FormatError::Malformed(_))));
+        assert!(matches!(
+            TracepointFormat::parse("\tfield:int x;\toffset:zz;\tsize:4;\n"),
+            Err(FormatError::Malformed(_))
+        ));
     }
-
 }

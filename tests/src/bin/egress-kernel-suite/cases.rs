@@ -10,12 +10,15 @@ use egress_tests::{Agent, AgentMode, agent::agent_bin};
 use serde_json::Value;
 
 use crate::{
-    MARK, Outcome, report,
+    MARK, Outcome,
     net::{self, Netem, Rule},
+    report,
 };
 
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// (major, minor) of the running kernel.
@@ -52,14 +55,22 @@ pub fn run_all() -> bool {
         }
     };
     // NAT at debug: the agent logs each kprobe/ctnetlink comparison.
-    let args = ["--kube", "false", "--conntrack", "true", "--log", "info,egress_agent::attribution::nat=debug"];
-    let mut agent = match Agent::start(AgentMode::Watch(args.iter().map(|a| a.to_string()).collect())) {
-        Ok(a) => a,
-        Err(e) => {
-            note("agent_watch", Outcome::Fail(format!("{e:#}")));
-            return true;
-        }
-    };
+    let args = [
+        "--kube",
+        "false",
+        "--conntrack",
+        "true",
+        "--log",
+        "info,egress_agent::attribution::nat=debug",
+    ];
+    let mut agent =
+        match Agent::start(AgentMode::Watch(args.iter().map(|a| a.to_string()).collect())) {
+            Ok(a) => a,
+            Err(e) => {
+                note("agent_watch", Outcome::Fail(format!("{e:#}")));
+                return true;
+            }
+        };
     note("connect_ok", outcome(connect_ok(&mut agent, "127.0.0.1:0")));
     note("connect_refused", outcome(connect_refused(&mut agent, "127.0.0.1:0")));
     note("connect_timeout", outcome(connect_timeout(&mut agent)));
@@ -73,14 +84,22 @@ pub fn run_all() -> bool {
             Err(e) => Outcome::Fail(format!("{e:#}")),
         },
     );
-    note("ipv6", outcome(connect_ok(&mut agent, "[::1]:0").and_then(|a| Ok(format!("{a}; {}", connect_refused(&mut agent, "[::1]:0")?)))));
+    note(
+        "ipv6",
+        outcome(
+            connect_ok(&mut agent, "[::1]:0")
+                .and_then(|a| Ok(format!("{a}; {}", connect_refused(&mut agent, "[::1]:0")?))),
+        ),
+    );
     note("nat_ctnetlink", outcome(nat_ctnetlink(&mut agent)));
     note("module_btf", module_btf(&programs, ct_offsets.as_deref()));
     note(
         "nat_kprobe",
         match kprobe_status(&programs) {
             Err(why) => Outcome::Skip(why),
-            Ok(()) => outcome(nat_kprobe(&mut agent).map(|d| format!("{d}; {}", ct_offsets.as_deref().unwrap_or("check gave no offsets line")))),
+            Ok(()) => outcome(nat_kprobe(&mut agent).map(|d| {
+                format!("{d}; {}", ct_offsets.as_deref().unwrap_or("check gave no offsets line"))
+            })),
         },
     );
     if let Err(e) = agent.stop() {
@@ -93,10 +112,24 @@ pub fn run_all() -> bool {
 /// programs load too; returns the program list and the conntrack kprobe's
 /// offsets line (where its layout resolved).
 fn check() -> anyhow::Result<(Vec<Value>, Option<String>)> {
-    let out = Command::new(agent_bin()).args(["check", "-o", "json", "--proxy-ports", "3128"]).output().context("running egress-agent check")?;
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("check output is not JSON ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
-    let bad: Vec<String> = v["checks"].as_array().into_iter().flatten().filter(|c| c["status"] == "fail").map(|c| format!("{}: {}", c["check"], c["detail"])).collect();
+    let out = Command::new(agent_bin())
+        .args(["check", "-o", "json", "--proxy-ports", "3128"])
+        .output()
+        .context("running egress-agent check")?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "check output is not JSON ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let bad: Vec<String> = v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| format!("{}: {}", c["check"], c["detail"]))
+        .collect();
     if v["ok"] != true || !bad.is_empty() {
         bail!("check says the agent cannot run: {}", bad.join("; "));
     }
@@ -106,15 +139,29 @@ fn check() -> anyhow::Result<(Vec<Value>, Option<String>)> {
         let err = p["error"].as_str().unwrap_or("?");
         let status = if p["attached"] == true {
             "loaded".to_string()
-        } else if p["standby"] == true && (p["verified_insns"].is_u64() || p["xlated_insns"].is_u64()) {
+        } else if p["standby"] == true
+            && (p["verified_insns"].is_u64() || p["xlated_insns"].is_u64())
+        {
             // Verified, not attached: another hook does its job here.
             format!("standby (loaded, not attached): {}", err.trim_start_matches("standby: "))
         } else {
             format!("skipped: {err}")
         };
-        println!("{MARK} insns {} {} {} {}", p["program"].as_str().unwrap_or("?"), n("verified_insns"), n("xlated_insns"), status.replace('\n', " "));
+        println!(
+            "{MARK} insns {} {} {} {}",
+            p["program"].as_str().unwrap_or("?"),
+            n("verified_insns"),
+            n("xlated_insns"),
+            status.replace('\n', " ")
+        );
     }
-    let ct = v["checks"].as_array().into_iter().flatten().find(|c| c["check"] == "conntrack kprobe offsets").and_then(|c| c["detail"].as_str()).map(str::to_string);
+    let ct = v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["check"] == "conntrack kprobe offsets")
+        .and_then(|c| c["detail"].as_str())
+        .map(str::to_string);
     Ok((programs, ct))
 }
 
@@ -131,19 +178,28 @@ fn judge_programs(programs: &[Value]) -> Vec<(&'static str, Outcome)> {
         let attached = p["attached"] == true;
         if name == "compat_canary" {
             canary = match (attached, ver >= (5, 11)) {
-                (true, true) => Outcome::Pass("loaded (kernel has bpf_get_current_task_btf)".into()),
-                (false, false) if !err.is_empty() => Outcome::Pass(format!("skipped by check: {}", tail(err))),
+                (true, true) => {
+                    Outcome::Pass("loaded (kernel has bpf_get_current_task_btf)".into())
+                }
+                (false, false) if !err.is_empty() => {
+                    Outcome::Pass(format!("skipped by check: {}", tail(err)))
+                }
                 (true, false) => Outcome::Fail("loaded on a kernel older than 5.11".into()),
                 (false, _) => Outcome::Fail(format!("not loaded on 5.11+: {err}")),
             };
         } else if attached {
             continue;
-        } else if p["standby"] == true && (p["verified_insns"].is_u64() || p["xlated_insns"].is_u64()) {
+        } else if p["standby"] == true
+            && (p["verified_insns"].is_u64() || p["xlated_insns"].is_u64())
+        {
             // Not needed here (another hook does its job) but loaded: verified.
             skipped.push(format!("{name} (standby, verified)"));
-        } else if name == "conntrack_confirm" && (err.contains("no kprobes") || (ver < (5, 11) && err.contains("no module BTF"))) {
+        } else if name == "conntrack_confirm"
+            && (err.contains("no kprobes") || (ver < (5, 11) && err.contains("no module BTF")))
+        {
             skipped.push(format!("{name} ({})", err.split(" (").next().unwrap_or(err)));
-        } else if name == "inet_sk_error_report" && ver < (5, 16) && err.contains("does not exist") {
+        } else if name == "inet_sk_error_report" && ver < (5, 16) && err.contains("does not exist")
+        {
             skipped.push(format!("{name} (hook absent before 5.16; sk_err fallback)"));
         } else {
             problems.push(format!("{name}: {err}"));
@@ -151,11 +207,23 @@ fn judge_programs(programs: &[Value]) -> Vec<(&'static str, Outcome)> {
     }
     let loaded = programs.iter().filter(|p| p["attached"] == true).count();
     let all = if problems.is_empty() {
-        Outcome::Pass(format!("{loaded}/{} loaded and attached{}", programs.len(), if skipped.is_empty() { String::new() } else { format!("; skipped: {}", skipped.join(", ")) }))
+        Outcome::Pass(format!(
+            "{loaded}/{} loaded and attached{}",
+            programs.len(),
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped: {}", skipped.join(", "))
+            }
+        ))
     } else {
         Outcome::Fail(problems.join("; "))
     };
-    vec![("check", Outcome::Pass(format!("ok on {}", kernel_release()))), ("programs_load", all), ("incompatible_skipped", canary)]
+    vec![
+        ("check", Outcome::Pass(format!("ok on {}", kernel_release()))),
+        ("programs_load", all),
+        ("incompatible_skipped", canary),
+    ]
 }
 
 /// The verifier's line naming the helper it refused, else the whole error.
@@ -168,20 +236,38 @@ fn field(v: &Value, k: &str) -> String {
 }
 
 /// Wait for the connect record to `dst` satisfying `pred`.
-fn record(agent: &mut Agent, dst: SocketAddr, within: Duration, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+fn record(
+    agent: &mut Agent,
+    dst: SocketAddr,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
     let d = dst.to_string();
     agent.wait_for(within, |v| v["phase"] == "connect" && v["dst"] == d.as_str() && pred(v))
 }
 
-fn expect(agent: &mut Agent, dst: SocketAddr, verdict: &str, reason: Option<&str>) -> anyhow::Result<String> {
-    let r = record(agent, dst, Duration::from_secs(15), |v| v["verdict"] == verdict && reason.is_none_or(|r| v["reason"] == r))?;
-    Ok(format!("{dst} {} {} {}ms", field(&r, "verdict"), field(&r, "reason"), field(&r, "latency_ms")))
+fn expect(
+    agent: &mut Agent,
+    dst: SocketAddr,
+    verdict: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<String> {
+    let r = record(agent, dst, Duration::from_secs(15), |v| {
+        v["verdict"] == verdict && reason.is_none_or(|r| v["reason"] == r)
+    })?;
+    Ok(format!(
+        "{dst} {} {} {}ms",
+        field(&r, "verdict"),
+        field(&r, "reason"),
+        field(&r, "latency_ms")
+    ))
 }
 
 fn connect_ok(agent: &mut Agent, bind: &str) -> anyhow::Result<String> {
     let l = TcpListener::bind(bind)?;
     let dst = l.local_addr()?;
-    let s = TcpStream::connect_timeout(&dst, Duration::from_secs(10)).with_context(|| format!("connect {dst}"))?;
+    let s = TcpStream::connect_timeout(&dst, Duration::from_secs(10))
+        .with_context(|| format!("connect {dst}"))?;
     let res = expect(agent, dst, "ok", None);
     drop(s);
     res
@@ -203,19 +289,34 @@ fn connect_timeout(agent: &mut Agent) -> anyhow::Result<String> {
         other => bail!("connect {}: expected a kernel timeout, got {other:?}", net::BLACKHOLE),
     }
     let took = start.elapsed();
-    expect(agent, net::BLACKHOLE, "failed", Some("timeout")).map(|d| format!("{d} (client gave up after {:.1}s)", took.as_secs_f64()))
+    expect(agent, net::BLACKHOLE, "failed", Some("timeout"))
+        .map(|d| format!("{d} (client gave up after {:.1}s)", took.as_secs_f64()))
 }
 
 /// ICMP host unreachable for a SYN: the errno reaches the agent through
 /// `sk_err` at close, or the error report where the kernel has it.
 fn icmp_unreachable(agent: &mut Agent) -> anyhow::Result<String> {
     let dst = net::UNREACHABLE;
-    let _rule = Rule::add("filter", &["OUTPUT", "-d", &dst.ip().to_string(), "-p", "tcp", "-j", "REJECT", "--reject-with", "icmp-host-unreachable"])?;
+    let _rule = Rule::add(
+        "filter",
+        &[
+            "OUTPUT",
+            "-d",
+            &dst.ip().to_string(),
+            "-p",
+            "tcp",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-host-unreachable",
+        ],
+    )?;
     let res = TcpStream::connect_timeout(&dst, Duration::from_secs(20));
     if res.is_ok() {
         bail!("connect {dst} succeeded through a REJECT rule");
     }
-    expect(agent, dst, "failed", Some("unreachable")).map(|d| format!("{d} (client: {})", res.err().map(|e| e.to_string()).unwrap_or_default()))
+    expect(agent, dst, "failed", Some("unreachable"))
+        .map(|d| format!("{d} (client: {})", res.err().map(|e| e.to_string()).unwrap_or_default()))
 }
 
 /// The first SYN to the listener is dropped (iptables statistic, every
@@ -225,7 +326,27 @@ fn syn_retransmit(agent: &mut Agent) -> anyhow::Result<String> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let dst = l.local_addr()?;
     let port = dst.port().to_string();
-    let rule = Rule::add("filter", &["OUTPUT", "-p", "tcp", "--syn", "--dport", &port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0", "-j", "DROP"])?;
+    let rule = Rule::add(
+        "filter",
+        &[
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            &port,
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            "2",
+            "--packet",
+            "0",
+            "-j",
+            "DROP",
+        ],
+    )?;
     let s = TcpStream::connect_timeout(&dst, Duration::from_secs(20));
     drop(rule);
     let _s = s.with_context(|| format!("connect {dst} with its first SYN dropped"))?;
@@ -258,7 +379,8 @@ fn netem_retransmit(agent: &mut Agent) -> anyhow::Result<Option<String>> {
     drop(s);
     drop(peer);
     let d = dst.to_string();
-    let r = agent.wait_for(Duration::from_secs(15), |v| v["phase"] == "close" && v["dst"] == d.as_str())?;
+    let r = agent
+        .wait_for(Duration::from_secs(15), |v| v["phase"] == "close" && v["dst"] == d.as_str())?;
     let retx = r["retransmits"].as_u64().unwrap_or(0);
     if retx == 0 || r["verdict"] != "degraded" {
         bail!("expected a degraded close with retransmits, got {r}");
@@ -275,16 +397,28 @@ fn module_btf(programs: &[Value], line: Option<&str>) -> Outcome {
     }
     let line = line.unwrap_or("check gave no conntrack offsets line");
     match line.find("(vmlinux + split") {
-        Some(i) if !line.contains(": 0 module types") => Outcome::Pass(line[i..].split(')').next().unwrap_or(line).trim_start_matches('(').to_string()),
-        _ if kernel_version() < (5, 11) => Outcome::Skip(format!("no module BTF before 5.11 (CONFIG_DEBUG_INFO_BTF_MODULES); {}", line.split(':').next().unwrap_or(line))),
+        Some(i) if !line.contains(": 0 module types") => Outcome::Pass(
+            line[i..].split(')').next().unwrap_or(line).trim_start_matches('(').to_string(),
+        ),
+        _ if kernel_version() < (5, 11) => Outcome::Skip(format!(
+            "no module BTF before 5.11 (CONFIG_DEBUG_INFO_BTF_MODULES); {}",
+            line.split(':').next().unwrap_or(line)
+        )),
         _ => Outcome::Fail(format!("expected nf_conntrack's split BTF on 5.11+: {line}")),
     }
 }
 
 /// Whether the conntrack kprobe attached (as `check` reports it), else why not.
 fn kprobe_status(programs: &[Value]) -> Result<(), String> {
-    let p = programs.iter().find(|p| p["program"] == "conntrack_confirm").ok_or("conntrack_confirm missing from check")?;
-    if p["attached"] == true { Ok(()) } else { Err(p["error"].as_str().unwrap_or("not attached").to_string()) }
+    let p = programs
+        .iter()
+        .find(|p| p["program"] == "conntrack_confirm")
+        .ok_or("conntrack_confirm missing from check")?;
+    if p["attached"] == true {
+        Ok(())
+    } else {
+        Err(p["error"].as_str().unwrap_or("not attached").to_string())
+    }
 }
 
 /// The optional conntrack kprobe next to ctnetlink: for a ClusterIP DNAT'ed
@@ -295,8 +429,24 @@ fn kprobe_status(programs: &[Value]) -> Result<(), String> {
 fn nat_kprobe(agent: &mut Agent) -> anyhow::Result<String> {
     let l = TcpListener::bind((net::LOCAL, 0))?;
     let backend = l.local_addr()?;
-    let _rule = Rule::add("nat", &["OUTPUT", "-d", &net::CLUSTER_IP.ip().to_string(), "-p", "tcp", "--dport", &net::CLUSTER_IP.port().to_string(), "-j", "DNAT", "--to-destination", &backend.to_string()])?;
-    let s = TcpStream::connect_timeout(&net::CLUSTER_IP, Duration::from_secs(10)).with_context(|| format!("connect {}", net::CLUSTER_IP))?;
+    let _rule = Rule::add(
+        "nat",
+        &[
+            "OUTPUT",
+            "-d",
+            &net::CLUSTER_IP.ip().to_string(),
+            "-p",
+            "tcp",
+            "--dport",
+            &net::CLUSTER_IP.port().to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &backend.to_string(),
+        ],
+    )?;
+    let s = TcpStream::connect_timeout(&net::CLUSTER_IP, Duration::from_secs(10))
+        .with_context(|| format!("connect {}", net::CLUSTER_IP))?;
     let client = s.local_addr()?;
     let original = format!("original={client}->{}", net::CLUSTER_IP);
     let reply = format!("{backend}->{client}");
@@ -306,21 +456,30 @@ fn nat_kprobe(agent: &mut Agent) -> anyhow::Result<String> {
         if let Some(bad) = text.lines().find(|l| l.contains("nat sources disagree")) {
             bail!("the kprobe and ctnetlink disagree: {bad}");
         }
-        if let Some(line) = text.lines().find(|l| l.contains("nat sources") && l.contains(&original)) {
+        if let Some(line) =
+            text.lines().find(|l| l.contains("nat sources") && l.contains(&original))
+        {
             break line.to_string();
         }
         if Instant::now() > deadline {
-            bail!("no comparison of {original} in the agent's log within 15 s (kprobe or ctnetlink mapping missing)");
+            bail!(
+                "no comparison of {original} in the agent's log within 15 s (kprobe or ctnetlink mapping missing)"
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let want = [format!("ctnetlink={reply}"), format!("kprobe={reply}"), "nat sources agree".to_string()];
+    let want =
+        [format!("ctnetlink={reply}"), format!("kprobe={reply}"), "nat sources agree".to_string()];
     if let Some(missing) = want.iter().find(|w| !line.contains(w.as_str())) {
         bail!("expected {missing} in: {line}");
     }
-    let agreed = plain(&agent.stderr_text()).lines().filter(|l| l.contains("nat sources agree")).count();
+    let agreed =
+        plain(&agent.stderr_text()).lines().filter(|l| l.contains("nat sources agree")).count();
     drop(s);
-    Ok(format!("{client}->{} reply {reply} from both sources ({agreed} entries compared, none disagreed)", net::CLUSTER_IP))
+    Ok(format!(
+        "{client}->{} reply {reply} from both sources ({agreed} entries compared, none disagreed)",
+        net::CLUSTER_IP
+    ))
 }
 
 /// Log text without ANSI colour sequences (`ESC [ … letter`).
@@ -346,9 +505,32 @@ fn plain(s: &str) -> String {
 fn nat_ctnetlink(agent: &mut Agent) -> anyhow::Result<String> {
     let l = TcpListener::bind((net::LOCAL, 0))?;
     let backend = l.local_addr()?;
-    let _rule = Rule::add("nat", &["OUTPUT", "-d", &net::CLUSTER_IP.ip().to_string(), "-p", "tcp", "--dport", &net::CLUSTER_IP.port().to_string(), "-j", "DNAT", "--to-destination", &backend.to_string()])?;
-    let _s = TcpStream::connect_timeout(&net::CLUSTER_IP, Duration::from_secs(10)).with_context(|| format!("connect {}", net::CLUSTER_IP))?;
+    let _rule = Rule::add(
+        "nat",
+        &[
+            "OUTPUT",
+            "-d",
+            &net::CLUSTER_IP.ip().to_string(),
+            "-p",
+            "tcp",
+            "--dport",
+            &net::CLUSTER_IP.port().to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &backend.to_string(),
+        ],
+    )?;
+    let _s = TcpStream::connect_timeout(&net::CLUSTER_IP, Duration::from_secs(10))
+        .with_context(|| format!("connect {}", net::CLUSTER_IP))?;
     let want = backend.to_string();
-    let r = record(agent, net::CLUSTER_IP, Duration::from_secs(15), |v| v["dst_actual"] == want.as_str())?;
-    Ok(format!("{} -> dst_actual {} ({})", net::CLUSTER_IP, field(&r, "dst_actual"), field(&r, "verdict")))
+    let r = record(agent, net::CLUSTER_IP, Duration::from_secs(15), |v| {
+        v["dst_actual"] == want.as_str()
+    })?;
+    Ok(format!(
+        "{} -> dst_actual {} ({})",
+        net::CLUSTER_IP,
+        field(&r, "dst_actual"),
+        field(&r, "verdict")
+    ))
 }

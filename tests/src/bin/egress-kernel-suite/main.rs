@@ -57,7 +57,8 @@ fn prepare(own_netns: bool) -> anyhow::Result<Option<File>> {
         bail!("needs root (loads eBPF programs, creates links)");
     }
     let lock = if own_netns {
-        let f = File::create("/tmp/egress-kernel.lock").context("opening /tmp/egress-kernel.lock")?;
+        let f =
+            File::create("/tmp/egress-kernel.lock").context("opening /tmp/egress-kernel.lock")?;
         // SAFETY: valid fd owned by `f`.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             bail!("flock /tmp/egress-kernel.lock: {}", std::io::Error::last_os_error());

@@ -12,11 +12,14 @@ pub const PEER: &str = "eo-kt1";
 /// Our address on the link.
 pub const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 /// No one answers here: SYNs vanish.
-pub const BLACKHOLE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 2), 80));
+pub const BLACKHOLE: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 2), 80));
 /// OUTPUT rejects this one with ICMP host unreachable.
-pub const UNREACHABLE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 3), 80));
+pub const UNREACHABLE: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 3), 80));
 /// A fake ClusterIP, DNAT'ed to a local listener.
-pub const CLUSTER_IP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80));
+pub const CLUSTER_IP: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80));
 
 pub fn setup() -> anyhow::Result<()> {
     sh(&mut cmd("ip", &["link", "set", "lo", "up"]))?;
