@@ -23,6 +23,7 @@ use crate::{
         dns_tracker::DnsTracker,
         enrich::{EnrichOptions, Enricher},
         flow_table::{FlowSettings, FlowTable},
+        processor,
     },
     prober::{self, ProbeMetrics},
     records::{Clock, Record},
@@ -220,6 +221,7 @@ impl Session {
         let mut kernel = kernel::load(&opts.load_options())?;
         release_freed_heap();
         let metrics = Arc::new(Metrics::new(opts.config.clone())?);
+        processor::zero_error_series(&metrics);
         for p in &kernel.programs {
             metrics
                 .program_attached

@@ -12,6 +12,7 @@ use egress_common::event_kind_name;
 
 use super::{
     dns_tracker::{DnsStats, DnsTracker},
+    dns_wire::WireError,
     enrich::Enricher,
     flow_table::{FlowTable, TableStats},
     stitch::Stitcher,
@@ -54,6 +55,14 @@ pub struct Processor<S> {
     dns_seen: DnsStats,
     /// Something went to the sink since the last [`Output::Idle`].
     sent: bool,
+}
+
+/// Export the DNS decode error series the processor counts at 0 from the
+/// start, so that alerts and `rate()` see them before the first error.
+pub fn zero_error_series(metrics: &Metrics) {
+    for e in WireError::ALL {
+        metrics.dns.decode_errors.with_label_values(&[e.label()]);
+    }
 }
 
 impl<S: FnMut(Output)> Processor<S> {
@@ -217,5 +226,21 @@ impl<S: FnMut(Output)> Processor<S> {
         self.metrics.dns.unmatched.inc_by(d.unmatched - self.dns_seen.unmatched);
         self.metrics.dns.evicted.inc_by(d.evicted - self.dns_seen.evicted);
         self.dns_seen = d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_decode_error_series_exist_from_the_start() {
+        let m = Metrics::new(None).expect("metrics");
+        zero_error_series(&m);
+        let text = m.render();
+        for e in WireError::ALL {
+            let series = format!("egress_dns_decode_errors_total{{reason=\"{}\"}} 0", e.label());
+            assert!(text.contains(&series), "missing {series}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! the local API) is made here, so a name clash or a bad definition is one
 //! typed error, never a panic.
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, core::Collector,
 };
 
@@ -50,11 +50,6 @@ pub fn gauge_vec(
     labels: &[&str],
 ) -> Result<IntGaugeVec, MetricError> {
     register(r, name, IntGaugeVec::new(Opts::new(name, help), labels))
-}
-
-/// A gauge of seconds or other fractions.
-pub fn float_gauge(r: &Registry, name: &str, help: &str) -> Result<Gauge, MetricError> {
-    register(r, name, Gauge::new(name, help))
 }
 
 pub fn float_gauge_vec(
