@@ -204,6 +204,24 @@ impl Agent {
         format!("{state}, {events}; last stderr: {last}")
     }
 
+    /// A /metrics scrape taken once the books balance: every event the
+    /// kernel produced was delivered or counted lost (the ring may still
+    /// hold a few right after traffic). Waits at most `within`, then returns
+    /// the last scrape whatever it says (the caller's assertions tell).
+    pub fn settled_metrics(&self, within: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.http_get("/metrics")?;
+            let produced = metric_sum(&text, "egress_events_produced_total", &[]);
+            let accounted = metric_sum(&text, "egress_events_delivered_total", &[])
+                + metric_sum(&text, "egress_events_lost_total", &[("stage", "ring")]);
+            if produced <= accounted || Instant::now() > deadline {
+                return Ok(text);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// GET /metrics (or another path) from a `run` agent.
     pub fn http_get(&self, path: &str) -> anyhow::Result<String> {
         let addr = self.metrics_addr.context("agent not started with run")?;

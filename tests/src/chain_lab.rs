@@ -157,6 +157,10 @@ impl Drop for TempDir {
     }
 }
 
+/// How long Squid #2 keeps a DNS answer, positive or negative; a DNS
+/// fault or its repair is in effect for it only after this long.
+pub const SQUID_DNS_TTL: Duration = Duration::from_secs(1);
+
 /// The running chain. Methods take `&self`: faults can be injected while
 /// clients run on other threads.
 pub struct ChainLab {
@@ -165,6 +169,8 @@ pub struct ChainLab {
     files: [SquidFiles; 2],
     services: [String; 2],
     faults: Mutex<Vec<IptRule>>,
+    /// A DNS fault changed what the resolver answers since the last restore.
+    dns_changed: Mutex<bool>,
     direct: Mutex<Option<IptRule>>,
     links: Vec<(LabLink, Veth)>,
     _origin: origin::Origin,
@@ -203,6 +209,7 @@ impl ChainLab {
             files,
             services,
             faults: Mutex::new(Vec::new()),
+            dns_changed: Mutex::new(false),
             direct: Mutex::new(None),
             links,
             _origin: origin,

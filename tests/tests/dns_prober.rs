@@ -194,7 +194,7 @@ fn dns_lookups_are_judged_and_named_at_their_hop() {
     );
     s.lab.restore().expect("restore");
 
-    let m = s.metrics();
+    let m = s.agent.settled_metrics(Duration::from_secs(5)).expect("metrics");
     assert!(
         metric_sum(&m, "egress_dns_responses_total", &[("rcode", "NOERROR"), ("hop", "gke-squid")])
             >= 1.0,

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, sync::atomic::Ordering};
 
 use anyhow::Context as _;
 
-use super::{ChainLab, DirectEgress, Hop, IptRule, LabLink, SEQ, SquidProc};
+use super::{ChainLab, DirectEgress, Hop, IptRule, LabLink, SEQ, SQUID_DNS_TTL, SquidProc};
 use crate::Netns;
 
 impl ChainLab {
@@ -192,16 +192,22 @@ impl ChainLab {
     }
 
     /// The resolver forgets `name` (its record is removed): lookups of it
-    /// get NXDOMAIN.
+    /// get NXDOMAIN. Returns once the resolver says so and Squid #2's own
+    /// DNS cache (`positive_dns_ttl`) cannot still hold the old answer.
     pub fn dns_remove(&self, name: &str) -> anyhow::Result<()> {
         let records: Vec<_> =
             self.cfg.dns_records().into_iter().filter(|(n, _)| n != name).collect();
-        self.resolver.set_records(&records)
+        self.resolver.set_records(&records)?;
+        self.resolver.wait_for(&self.ns.dns, name, false)?;
+        std::thread::sleep(SQUID_DNS_TTL);
+        *self.dns_changed.lock().expect("dns") = true;
+        Ok(())
     }
 
     /// The resolver stopped (SIGKILL by PID): lookups get no answer.
     pub fn resolver_down(&self) -> anyhow::Result<()> {
         self.resolver.stop();
+        *self.dns_changed.lock().expect("dns") = true;
         Ok(())
     }
 
@@ -226,6 +232,14 @@ impl ChainLab {
         self.set_direct_egress(self.cfg.direct_egress)?;
         self.resolver.set_records(&self.cfg.dns_records())?;
         self.resolver.start(&self.ns.dns)?;
+        // After a DNS fault: every name answers again, and Squid #2's
+        // negative cache (`negative_dns_ttl`) of the failed lookups is over.
+        if std::mem::take(&mut *self.dns_changed.lock().expect("dns")) {
+            for (name, _) in self.cfg.dns_records() {
+                self.resolver.wait_for(&self.ns.dns, &name, true)?;
+            }
+            std::thread::sleep(SQUID_DNS_TTL);
+        }
         self.start_hop(Hop::Two)?;
         self.restart_hop(Hop::One)
     }

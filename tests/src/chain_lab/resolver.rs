@@ -50,10 +50,50 @@ impl Resolver {
         if let Some(c) = self.child.lock().expect("resolver").as_ref() {
             // SAFETY: kill(2) on our own child's PID: SIGHUP rereads the hosts file.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGHUP) };
-            // dnsmasq handles the signal in its event loop: give it a moment.
-            std::thread::sleep(Duration::from_millis(200));
         }
         Ok(())
+    }
+
+    /// Ask the server (from inside its namespace `ns`) for `name`'s A record:
+    /// Some(true) it resolves, Some(false) NXDOMAIN (or another error rcode),
+    /// None no answer within 1 s.
+    pub fn resolves(&self, ns: &Netns, name: &str) -> anyhow::Result<Option<bool>> {
+        let server = std::net::SocketAddr::from((self.ip, 53));
+        let query = a_query(name, 0x4242)?;
+        ns.within("eo-dns-check", move || -> anyhow::Result<Option<bool>> {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.send_to(&query, server)?;
+            let mut buf = [0u8; 512];
+            match s.recv(&mut buf) {
+                Ok(n) if n >= 12 && buf[..2] == [0x42, 0x42] => {
+                    let rcode = buf[3] & 0x0f;
+                    let answers = u16::from_be_bytes([buf[6], buf[7]]);
+                    Ok(Some(rcode == 0 && answers > 0))
+                }
+                Ok(_) => Ok(Some(false)),
+                Err(_) => Ok(None),
+            }
+        })?
+    }
+
+    /// Wait (at most 5 s) until the server answers `name` as `resolves`:
+    /// a hosts-file change is in effect once dnsmasq says so, not after a
+    /// guessed delay.
+    pub fn wait_for(&self, ns: &Netns, name: &str, resolves: bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.resolves(ns, name)? == Some(resolves) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "resolver still answers {name} as {} after 5 s",
+                    if resolves { "unknown" } else { "known" }
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Start dnsmasq in `ns` if it is not running; returns once it listens.
@@ -154,4 +194,18 @@ impl Drop for NetnsResolvConf {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// A DNS query for `name`'s A record (RD set), id `id`.
+fn a_query(name: &str, id: u16) -> anyhow::Result<Vec<u8>> {
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        anyhow::ensure!(!label.is_empty() && label.len() < 64, "bad DNS name {name:?}");
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    Ok(q)
 }

@@ -102,8 +102,8 @@ pub(super) fn write_conf(cfg: &ChainLabConfig, hop: Hop, files: &SquidFiles) -> 
         Hop::Two => {
             let _ = writeln!(c, "dns_nameservers {}", cfg.dns_ip);
             // Faults are short: a removed name must not linger in Squid's caches.
-            let _ = writeln!(c, "negative_dns_ttl 1 seconds");
-            let _ = writeln!(c, "positive_dns_ttl 1 seconds");
+            let _ = writeln!(c, "negative_dns_ttl {} seconds", super::SQUID_DNS_TTL.as_secs());
+            let _ = writeln!(c, "positive_dns_ttl {} seconds", super::SQUID_DNS_TTL.as_secs());
             let _ = writeln!(c, "dns_timeout {timeout} seconds");
         }
     }
