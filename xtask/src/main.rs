@@ -1,5 +1,6 @@
 //! `cargo xtask …`: everything a fresh machine needs, in the project's own code.
 mod bench;
+mod image;
 mod setup;
 mod vm;
 
@@ -27,6 +28,16 @@ enum Task {
         /// Release profile.
         #[arg(long)]
         release: bool,
+    },
+    /// The container image `egress-observer/egress-agent:<version>` from
+    /// deploy/Containerfile: `FROM scratch` with the static (musl, release)
+    /// agent, built with podman (vfs storage; nothing is pulled). Skips the
+    /// build when the image already carries the hash of the same binary and
+    /// Containerfile; prints the image size.
+    Image {
+        /// Build even if the image is up to date.
+        #[arg(long)]
+        force: bool,
     },
     /// The whole test suite: unit tests, then the root/kernel integration
     /// tests (network namespaces, real traffic, the real agent binary), then
@@ -112,6 +123,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 args.push("--release");
             }
             cargo(&args)
+        }
+        Task::Image { force } => {
+            setup::ensure()?;
+            if !is_root() {
+                bail!("podman's storage here is root's (vfs): run as root");
+            }
+            image::build(force)
         }
         Task::Test => {
             setup::ensure()?;
