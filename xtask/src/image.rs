@@ -29,7 +29,7 @@ pub fn build(force: bool) -> anyhow::Result<()> {
     } else {
         println!("image: building {tag} from {} (inputs {})", containerfile.display(), &hash[..12]);
         let st = podman()
-            .args(["build", "--file"])
+            .args(["build", "--layers=false", "--file"])
             .arg(&containerfile)
             .args(["--tag", &tag, "--label", &format!("{INPUTS_LABEL}={hash}")])
             .arg(&context)
