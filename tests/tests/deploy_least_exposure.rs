@@ -27,12 +27,15 @@ fn validate(root: &Path) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
+/// (file under deploy/, text, replacement)
+type Edit = (&'static str, &'static str, &'static str);
+
 #[test]
 fn validate_fails_when_an_exposure_comes_back() {
     require_root!();
     let tmp = TempDir::new("least-exposure").expect("tmp");
     let ds = "kubernetes/base/daemonset.yaml";
-    let cases: Vec<(&str, Vec<(&str, &str, &str)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<Edit>, &str)> = vec![
         ("unchanged", vec![], ""),
         (
             "host /sys/fs/bpf mounted again",
