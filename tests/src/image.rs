@@ -301,24 +301,36 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A container started by a test, removed (by id) on drop, also when the
-/// test fails: `podman rm --force --time 2`.
+/// A container started by a test, removed by its id on drop, also when the
+/// test fails (`podman rm --force --time 2 <id>`). Pass [`Self::run_args`]
+/// to `podman run`: a unique name, and a cidfile podman writes the id to.
 pub struct ContainerGuard {
     pub name: String,
+    cidfile: PathBuf,
 }
 
 impl ContainerGuard {
-    /// A unique name for a test container.
     pub fn new(what: &str) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self { name: format!("egress-test-{what}-{}-{n}", std::process::id()) }
+        let name = format!("egress-test-{what}-{}-{n}", std::process::id());
+        let cidfile = std::env::temp_dir().join(format!("{name}.cid"));
+        let _ = std::fs::remove_file(&cidfile);
+        Self { name, cidfile }
+    }
+
+    /// `--name NAME --cidfile FILE`
+    pub fn run_args(&self) -> Vec<String> {
+        vec!["--name".into(), self.name.clone(), "--cidfile".into(), self.cidfile.display().to_string()]
     }
 }
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        let _ = podman().args(["rm", "--force", "--ignore", "--time", "2", &self.name]).output();
+        if let Ok(id) = std::fs::read_to_string(&self.cidfile) {
+            let _ = podman().args(["rm", "--force", "--ignore", "--time", "2", id.trim()]).output();
+        }
+        let _ = std::fs::remove_file(&self.cidfile);
     }
 }
 

@@ -56,7 +56,7 @@ fn volumes(tmp: &TempDir) -> Volumes {
 /// `podman run` of the image with `spec`'s flags, as `guard`, then `args`.
 fn run_cmd(spec: &RunSpec, guard: &ContainerGuard, args: &[String]) -> Command {
     let mut c = podman();
-    c.args(["run", "--rm", "--name", &guard.name]).args(ULIMITS).args(&spec.flags).arg(image()).args(args);
+    c.args(["run", "--rm"]).args(guard.run_args()).args(ULIMITS).args(&spec.flags).arg(image()).args(args);
     c
 }
 
