@@ -18,8 +18,13 @@ What it checks:
      against the Kubernetes OpenAPI schemas of the `kubernetes-validate`
      package, for each --k8s-version. ServiceMonitor / PodMonitor /
      PrometheusRule (CRDs) are checked structurally instead.
-  3. Policy: the DaemonSet keeps least privilege (capabilities, read-only
-     mounts, no hostPID ...), RBAC is read-only, names and selectors agree.
+  3. Policy: the DaemonSet keeps least privilege (exactly BPF, PERFMON and
+     NET_ADMIN, not privileged, host mounts recursively read-only and no
+     /sys/fs/bpf, no hostPID, the shipped Localhost seccomp profile, which
+     must deny mount/unshare/setns/ptrace/... and equal its generation by
+     deploy/seccomp/generate.py), RBAC is list/watch only, the Containerfile
+     is FROM scratch with the DaemonSet's entrypoint and user, names and
+     selectors agree.
   4. Agent config: both config.yaml files describe the same, well-formed chain.
   5. Rules: deploy/prometheus/rules.yml equals the PrometheusRule's
      spec.groups; `promtool check rules` and `promtool check config` pass;

@@ -106,13 +106,35 @@ DEFAULT_K8S_MIN = "1.33.0"  # lowest release k8s-openapi is built for (feature v
 # DaemonSet policy (least privilege).
 # Proven minimal by tests/tests/deploy_caps.rs (real agent, each one removed in turn).
 REQUIRED_CAPS = {"BPF", "PERFMON", "NET_ADMIN"}
+# Each read-only, and recursively so (tests/tests/image.rs shows why).
+# No bpffs: the agent pins nothing.
 HOST_MOUNTS = {  # host path -> (container path, read-only)
     "/sys/kernel/tracing": ("/sys/kernel/tracing", True),
     "/sys/kernel/btf": ("/sys/kernel/btf", True),
     "/sys/fs/cgroup": ("/sys/fs/cgroup", True),
-    "/sys/fs/bpf": ("/sys/fs/bpf", False),
 }
+RECURSIVE_READ_ONLY = {"IfPossible", "Enabled"}
 RBAC_RESOURCES = {("", "pods"), ("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")}
+# The agent's watchers list then watch (egress-agent/src/kube/watch.rs) and
+# `check` lists one object of each; nothing gets an object by name.
+RBAC_VERBS = {"list", "watch"}
+# The Localhost seccomp profile the DaemonSet names, shipped in deploy/seccomp/
+# (generate.py derives it). Installed as /var/lib/kubelet/seccomp/<name>.
+SECCOMP_PROFILE = "egress-agent.json"
+SECCOMP_DIR = DEPLOY / "seccomp"
+# Syscalls the profile must allow (the agent cannot load without them)...
+SECCOMP_REQUIRED = {"bpf", "perf_event_open"}
+# ...and may never allow: they need capabilities this container does not have
+# or reach what no namespace isolates (mounts, namespaces, other processes'
+# memory, modules, kexec, the keyring, file handles).
+SECCOMP_FORBIDDEN = {
+    "mount", "umount", "umount2", "fsopen", "fsmount", "fsconfig", "fspick", "move_mount", "open_tree",
+    "mount_setattr", "pivot_root", "unshare", "setns", "clone3", "ptrace", "process_vm_readv",
+    "process_vm_writev", "pidfd_getfd", "kcmp", "init_module", "finit_module", "delete_module",
+    "kexec_load", "kexec_file_load", "keyctl", "add_key", "request_key", "open_by_handle_at",
+    "name_to_handle_at", "reboot", "swapon", "swapoff", "syslog", "userfaultfd", "acct", "chroot",
+    "settimeofday", "clock_settime", "iopl", "ioperm",
+}
 UNIT_CAPS = {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"}
 
 

@@ -361,8 +361,7 @@ def check_policy(r: Report, rendered: dict[str, list[dict]]) -> None:
             f"capabilities: add exactly {sorted(REQUIRED_CAPS)}", str(caps.get("add")))
     r.check(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation: false")
     r.check(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem: true")
-    seccomp = (sc.get("seccompProfile") or (pod.get("securityContext") or {}).get("seccompProfile") or {})
-    r.check(seccomp.get("type") == "RuntimeDefault", "seccomp RuntimeDefault")
+    check_seccomp(r, pod, sc)
     r.check(not pod.get("hostPID") and not pod.get("hostIPC"), "no hostPID, no hostIPC")
     r.check(pod.get("hostNetwork") is True and pod.get("dnsPolicy") == "ClusterFirstWithHostNet",
             "hostNetwork (conntrack in the host netns) with dnsPolicy ClusterFirstWithHostNet")
@@ -374,8 +373,12 @@ def check_policy(r: Report, rendered: dict[str, list[dict]]) -> None:
         if "hostPath" in v:
             m = mounts.get(name)
             host[v["hostPath"]["path"]] = (m["mountPath"], bool(m.get("readOnly"))) if m else None
-    r.check(host == HOST_MOUNTS, "host mounts are exactly tracefs, BTF, cgroup (read-only) and bpffs",
+    r.check(host == HOST_MOUNTS, "host mounts are exactly tracefs, BTF, cgroup, read-only (no /sys/fs/bpf)",
             json.dumps(host))
+    not_rro = [m["mountPath"] for name, m in mounts.items()
+               if "hostPath" in vols.get(name, {}) and m.get("recursiveReadOnly") not in RECURSIVE_READ_ONLY]
+    r.check(not not_rro, f"host mounts are recursively read-only (recursiveReadOnly {' or '.join(sorted(RECURSIVE_READ_ONLY))})",
+            str(not_rro))
     unmounted = set(vols) - set(mounts)
     r.check(not unmounted, "every volume is mounted", str(sorted(unmounted)))
     # env, args, probes, ports
@@ -433,13 +436,20 @@ def check_policy(r: Report, rendered: dict[str, list[dict]]) -> None:
             for g in rule.get("apiGroups") or []:
                 for res_ in rule.get("resources") or []:
                     granted.add((g, res_))
-        r.check(verbs == {"get", "list", "watch"}, "ClusterRole verbs are get/list/watch only", str(sorted(verbs)))
+        r.check(verbs == RBAC_VERBS, f"ClusterRole verbs are {'/'.join(sorted(RBAC_VERBS))} only", str(sorted(verbs)))
+        extra = [rule for rule in roles[0].get("rules") or [] if rule.get("resourceNames") or rule.get("nonResourceURLs")]
+        r.check(not extra, "ClusterRole has no resourceNames / nonResourceURLs rules", str(extra))
         r.check(granted == RBAC_RESOURCES, "ClusterRole covers exactly pods, services, nodes, endpointslices",
                 str(sorted(granted)))
         binds = find(base, "ClusterRoleBinding")
         r.check(any(b["roleRef"]["name"] == roles[0]["metadata"]["name"]
                     and {"kind": "ServiceAccount", "name": sa, "namespace": ns} in b.get("subjects", [])
                     for b in binds), "ClusterRoleBinding binds the ClusterRole to the agent's ServiceAccount")
+    # no kustomization brings bpffs back (the agent pins nothing)
+    bpffs = [f"{name}: {v['name']}" for name, objs in rendered.items() for o in find(objs, "DaemonSet")
+             for v in o["spec"]["template"]["spec"].get("volumes") or []
+             if str((v.get("hostPath") or {}).get("path", "")).rstrip("/").startswith("/sys/fs/bpf")]
+    r.check(not bpffs, "no kustomization mounts the host's /sys/fs/bpf", str(bpffs))
     # privileged overlay
     priv = rendered.get("overlays/privileged")
     if priv:
@@ -495,14 +505,54 @@ def check_policy(r: Report, rendered: dict[str, list[dict]]) -> None:
         r.check(out.returncode == 0 and not msgs, f"systemd-analyze verify {rel(SYSTEMD_UNIT)}", " | ".join(msgs))
     else:
         r.note("systemd-analyze not found: unit syntax not verified")
-    # Containerfile copies every workspace member
+    # Containerfile: the scratch image `cargo xtask image` builds, consistent with the DaemonSet
+    text = CONTAINERFILE.read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    r.check(froms == ["scratch"], f"{rel(CONTAINERFILE)}: one stage, FROM scratch (nothing to pull)", str(froms))
+    entry = re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", text, re.M)
+    r.check(bool(entry) and json.loads(entry.group(1)) == (c.get("command") or [])[:1],
+            f"{rel(CONTAINERFILE)}: ENTRYPOINT is the DaemonSet's command", entry.group(1) if entry else "no ENTRYPOINT")
+    user = re.search(r"^USER\s+(\d+)", text, re.M)
+    r.check(bool(user) and int(user.group(1)) == sc.get("runAsUser", 0),
+            f"{rel(CONTAINERFILE)}: USER is the DaemonSet's runAsUser", user.group(0) if user else "no USER")
+
+
+def check_seccomp(r: Report, pod: dict, sc: dict) -> None:
+    """The DaemonSet runs under the shipped Localhost profile (pod and
+    container level), and that profile stays what tests/tests/image.rs ran."""
+    for where, prof in (("pod", (pod.get("securityContext") or {}).get("seccompProfile") or {}),
+                        ("container", sc.get("seccompProfile") or {})):
+        r.check(prof == {"type": "Localhost", "localhostProfile": SECCOMP_PROFILE},
+                f"{where} seccompProfile: Localhost {SECCOMP_PROFILE} (the shipped profile)", json.dumps(prof))
+    path = SECCOMP_DIR / SECCOMP_PROFILE
     try:
-        members = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["members"]
-        text = CONTAINERFILE.read_text()
-        missing = [m for m in members if not re.search(rf"^COPY\s+{re.escape(m)}/?\s", text, re.M)]
-        r.check(not missing, f"{rel(CONTAINERFILE)} copies every workspace member", str(missing))
-    except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
-        r.note(f"workspace members not read ({e})")
+        prof = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        r.fail(f"{rel(path)}: {e}")
+        return
+    rules = prof.get("syscalls") or []
+    r.check(prof.get("defaultAction") in ("SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS"),
+            f"{rel(path)}: default action denies", str(prof.get("defaultAction")))
+    r.check(bool(prof.get("architectures")) and "archMap" not in prof, f"{rel(path)}: plain OCI architectures list")
+    conditional = [x["names"] for x in rules if x.get("includes") or x.get("excludes")]
+    r.check(not conditional, f"{rel(path)}: no includes/excludes (containerd ignores them and would allow the rule)",
+            str(conditional)[:200])
+    allowed = {n for x in rules if x.get("action") == "SCMP_ACT_ALLOW" for n in x.get("names") or []}
+    unconditional = {n for x in rules if x.get("action") == "SCMP_ACT_ALLOW" and not x.get("args")
+                     for n in x.get("names") or []}
+    r.check(SECCOMP_REQUIRED <= unconditional, f"{rel(path)}: allows {', '.join(sorted(SECCOMP_REQUIRED))}",
+            str(sorted(SECCOMP_REQUIRED - unconditional)))
+    bad = sorted(allowed & SECCOMP_FORBIDDEN)
+    r.check(not bad, f"{rel(path)}: allows none of {len(SECCOMP_FORBIDDEN)} forbidden syscalls (mount, unshare, setns, ptrace, ...)",
+            str(bad))
+    clone = [x for x in rules if "clone" in (x.get("names") or []) and x.get("action") == "SCMP_ACT_ALLOW"]
+    r.check(bool(clone) and all(x.get("args") for x in clone), f"{rel(path)}: clone only without namespace flags")
+    gen = SECCOMP_DIR / "generate.py"
+    out = subprocess.run([sys.executable, str(gen), "--check"], capture_output=True, text=True)
+    if out.returncode == 2:
+        r.note(f"{rel(gen)} --check skipped: {out.stderr.strip()}")
+    else:
+        r.check(out.returncode == 0, f"{rel(path)} is what {rel(gen)} generates", (out.stdout + out.stderr).strip())
 
 
 def check_agent_flags(r: Report, agent_bin: str) -> None:

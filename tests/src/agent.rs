@@ -86,12 +86,19 @@ impl Agent {
                 Some(*metrics)
             }
         };
+        Self::start_command(c, metrics_addr)
+    }
+
+    /// An agent started by `c` as it is (e.g. `podman run … IMAGE run
+    /// --log-flows …`): its stdout lines are records, "programs attached" on
+    /// its stderr means ready, `metrics_addr` is where its /metrics is.
+    pub fn start_command(mut c: Command, metrics_addr: Option<SocketAddr>) -> anyhow::Result<Self> {
         let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
+            .with_context(|| format!("spawning {c:?}"))?;
         let (tx, lines) = channel();
         let stdout = child.stdout.take().context("stdout")?;
         std::thread::spawn(move || {

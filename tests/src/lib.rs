@@ -11,6 +11,7 @@ pub mod chain_lab;
 pub mod demo;
 pub mod fake_apiserver;
 pub mod faults;
+pub mod image;
 pub mod kernel_lock;
 pub mod lab;
 pub mod manifests;

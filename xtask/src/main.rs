@@ -1,5 +1,6 @@
 //! `cargo xtask …`: everything a fresh machine needs, in the project's own code.
 mod bench;
+mod image;
 mod lint;
 mod setup;
 mod vm;
@@ -28,6 +29,16 @@ enum Task {
         /// Release profile.
         #[arg(long)]
         release: bool,
+    },
+    /// The container image `egress-observer/egress-agent:<version>` from
+    /// deploy/Containerfile: `FROM scratch` with the static (musl, release)
+    /// agent, built with podman (vfs storage; nothing is pulled). Skips the
+    /// build when the image already carries the hash of the same binary and
+    /// Containerfile; prints the image size.
+    Image {
+        /// Build even if the image is up to date.
+        #[arg(long)]
+        force: bool,
     },
     /// Formatting and clippy, warnings denied: `cargo fmt --check`, clippy
     /// on the host crates, and clippy on the eBPF crate for its own target.
@@ -120,6 +131,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Lint => {
             setup::ensure()?;
             lint::run()
+        }
+        Task::Image { force } => {
+            setup::ensure()?;
+            if !is_root() {
+                bail!("podman's storage here is root's (vfs): run as root");
+            }
+            image::build(force)
         }
         Task::Test => {
             setup::ensure()?;

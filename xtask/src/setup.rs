@@ -44,6 +44,11 @@ pub const PACKAGES: &[&str] = &[
     "binutils",
     // the reference peer of `cargo xtask bench` (counts the same tracepoints).
     "bpftrace",
+    // `cargo xtask image` builds deploy/Containerfile and tests/tests/image.rs
+    // runs it. runc, not crun: crun refuses this kind of machine's hybrid
+    // cgroup mount (podman takes whichever runtime is installed first).
+    "podman",
+    "runc",
 ];
 
 /// Python packages `deploy/validate.py` uses.

@@ -34,17 +34,7 @@ pub fn run(opts: &VmOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let wanted: Vec<kernels::Kernel> =
         opts.kernels.iter().map(|k| kernels::find(k.trim())).collect::<anyhow::Result<_>>()?;
-    super::cargo(&[
-        "build",
-        "--target",
-        MUSL,
-        "--package",
-        "egress-agent",
-        "--package",
-        "egress-tests",
-        "--bins",
-    ])?;
-    let bin_dir = super::root().join("target").join(MUSL).join("debug");
+    let bin_dir = build_static(&["egress-agent", "egress-tests"], false)?;
     let (agent, suite) = (bin_dir.join("egress-agent"), bin_dir.join("egress-kernel-suite"));
     let work = super::root().join("target/vm");
     std::fs::create_dir_all(&work)?;
@@ -76,6 +66,22 @@ pub fn run(opts: &VmOptions) -> anyhow::Result<()> {
         bail!("kernel matrix failed on {} (consoles in {})", failed.join(", "), work.display());
     }
     Ok(())
+}
+
+/// Build the binaries of `packages` static, against musl (the kernel
+/// matrix's initramfs and the container image `FROM scratch` both need a
+/// binary without a dynamic loader); returns the directory they are in.
+pub fn build_static(packages: &[&str], release: bool) -> anyhow::Result<PathBuf> {
+    let mut args = vec!["build", "--target", MUSL];
+    for p in packages {
+        args.extend(["--package", p]);
+    }
+    args.push("--bins");
+    if release {
+        args.push("--release");
+    }
+    super::cargo(&args)?;
+    Ok(super::root().join("target").join(MUSL).join(if release { "release" } else { "debug" }))
 }
 
 type Job = (String, PathBuf, PathBuf, PathBuf);
