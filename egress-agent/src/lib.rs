@@ -28,4 +28,5 @@ pub mod record;
 pub mod remote;
 pub mod server;
 pub mod session;
+pub mod vantage;
 pub mod verdict;

@@ -8,6 +8,9 @@ pub enum Verdict {
     Ok,
     Failed,
     Degraded,
+    /// Not known from this vantage: e.g. the flow ended before the proxy's
+    /// answer was seen (no status line). Never a failure by itself.
+    Unknown,
 }
 
 impl Verdict {
@@ -16,6 +19,7 @@ impl Verdict {
             Self::Ok => "ok",
             Self::Failed => "failed",
             Self::Degraded => "degraded",
+            Self::Unknown => "unknown",
         }
     }
 }
