@@ -166,6 +166,7 @@ fn ansi(v: Verdict) -> &'static str {
         Verdict::Ok => "\x1b[32m",
         Verdict::Failed => "\x1b[1;31m",
         Verdict::Degraded => "\x1b[33m",
+        Verdict::Unknown => "\x1b[2m",
     }
 }
 

@@ -20,6 +20,7 @@ pub mod processor;
 pub mod proxy_http;
 pub mod ring;
 pub mod stitch;
+pub mod vantage;
 
 pub use self::{
     processor::{Output, Processor},

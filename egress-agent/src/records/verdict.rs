@@ -11,6 +11,9 @@ pub enum Verdict {
     Ok,
     Failed,
     Degraded,
+    /// Not known: the evidence that decides was never seen (a proxy's
+    /// answer that did not come, or not in full). Never counted as a failure.
+    Unknown,
 }
 
 impl Verdict {
@@ -19,6 +22,7 @@ impl Verdict {
             Self::Ok => "ok",
             Self::Failed => "failed",
             Self::Degraded => "degraded",
+            Self::Unknown => "unknown",
         }
     }
 }
