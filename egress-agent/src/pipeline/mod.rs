@@ -16,10 +16,12 @@ pub mod enrich;
 pub mod flow_table;
 pub mod judge;
 pub mod legs;
+pub mod policy;
 pub mod processor;
 pub mod proxy_http;
 pub mod ring;
 pub mod stitch;
+pub mod tls;
 pub mod vantage;
 
 pub use self::{
