@@ -39,6 +39,9 @@ EXISTING = {
     "egress_kernel_read_errors_total",
     "egress_program_attached",
     "egress_flows_tracked",
+    "egress_kernel_flows_tracked",
+    "egress_kernel_flows_counted_total",
+    "egress_kernel_aggregate_full_total",
     "egress_build_info",
 }
 

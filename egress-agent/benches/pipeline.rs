@@ -21,9 +21,8 @@ use egress_agent::{
     sinks::Metrics,
 };
 use egress_common::{
-    AF_INET, ConnectArgs, ConnectStart, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START,
-    EVENT_CONNECTED, EVENT_SYN_RETRANSMIT, EventHeader, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET,
-    FlowEnd, SynRetransmit, Tuple,
+    AF_INET, ConnectArgs, EVENT_FLOW, EventHeader, FLOW_FLAG_EMITTED, FLOW_FLAG_HAS_INTENDED,
+    FLOW_FLAG_RESET, FlowEvent, PHASE_CLOSED, PHASE_CONNECT_FAILED, PHASE_CONNECTED, Tuple,
 };
 
 /// Flows in flight at once (interleaved), as on a busy node.
@@ -54,82 +53,61 @@ fn tuple(i: u64) -> Tuple {
     t
 }
 
-/// One flow's records, in ring order: start, outcome, close. Mix: 90 % ok
-/// (one in ten of those degraded by retransmits), 5 % refused, 5 % timed out
-/// after SYN retransmits.
+/// One flow's events, in ring order: what the kernel sends for a flow when
+/// every flow is an event (verbose): the outcome, then the close. Mix: 90 %
+/// ok (one in ten of those degraded by retransmits), 5 % refused, 5 % timed
+/// out after SYN retransmits.
 fn flow(i: u64, cgroup_id: u64, ts: u64, out: &mut Vec<Vec<u8>>) -> (u64, u64) {
     let sk = 0xffff_8880_0000_0000 | (i << 8);
     let t = tuple(i);
     let mut intended =
         ConnectArgs { ts_ns: ts, family: AF_INET, port: t.dport, fd: 7, ..ConnectArgs::default() };
     intended.addr = t.daddr;
-    let start = ConnectStart {
-        hdr: EventHeader {
-            kind: EVENT_CONNECT_START,
-            size: size_of::<ConnectStart>() as u32,
-            ts_ns: ts,
-        },
-        skaddr: sk,
-        cgroup_id,
-        pid: 1000 + (i % 64) as u32,
-        tgid: 1000,
-        netns: 4_026_531_840,
-        flags: FLOW_FLAG_HAS_INTENDED,
-        comm: *b"storm\0\0\0\0\0\0\0\0\0\0\0",
-        tuple: t,
-        intended,
-    };
-    out.push(bytes_of(&start).to_vec());
-    let end = |kind, at: u64, f: &dyn Fn(&mut FlowEnd)| {
-        let mut e = FlowEnd {
-            hdr: EventHeader { kind, size: size_of::<FlowEnd>() as u32, ts_ns: at },
+    let ev = |phase, at: u64, f: &dyn Fn(&mut FlowEvent)| {
+        let mut e = FlowEvent {
+            hdr: EventHeader { kind: EVENT_FLOW, size: size_of::<FlowEvent>() as u32, ts_ns: at },
             skaddr: sk,
             start_ns: ts,
+            cgroup_id,
+            pid: 1000 + (i % 64) as u32,
+            tgid: 1000,
+            netns: 4_026_531_840,
+            phase,
+            comm: *b"storm\0\0\0\0\0\0\0\0\0\0\0",
+            flags: FLOW_FLAG_HAS_INTENDED,
+            bytes_received: u64::MAX,
+            bytes_acked: u64::MAX,
             tuple: t,
-            ..FlowEnd::default()
+            intended,
+            ..FlowEvent::default()
         };
         f(&mut e);
         bytes_of(&e).to_vec()
     };
-    let (mut events, mut records) = (1, 1);
     match i % 20 {
-        0 => out.push(end(EVENT_CONNECT_FAILED, ts + 90_000, &|e| {
+        0 => out.push(ev(PHASE_CONNECT_FAILED, ts + 90_000, &|e| {
             e.sk_err = libc::ECONNREFUSED;
-            e.flags = FLOW_FLAG_RESET;
+            e.flags |= FLOW_FLAG_RESET;
         })),
-        1 => {
-            for n in 1..=3u32 {
-                let r = SynRetransmit {
-                    hdr: EventHeader {
-                        kind: EVENT_SYN_RETRANSMIT,
-                        size: size_of::<SynRetransmit>() as u32,
-                        ts_ns: ts + u64::from(n),
-                    },
-                    skaddr: sk,
-                    start_ns: ts,
-                    syn_retransmits: n,
-                    _pad: 0,
-                };
-                out.push(bytes_of(&r).to_vec());
-                events += 1;
-            }
-            out.push(end(EVENT_CONNECT_FAILED, ts + 4_000, &|e| {
-                e.sk_err = libc::ETIMEDOUT;
-                e.syn_retransmits = 3;
-            }));
-        }
+        1 => out.push(ev(PHASE_CONNECT_FAILED, ts + 4_000, &|e| {
+            e.sk_err = libc::ETIMEDOUT;
+            e.syn_retransmits = 3;
+        })),
         k => {
             let est = ts + 120_000;
-            out.push(end(EVENT_CONNECTED, est, &|e| e.established_ns = est));
-            out.push(end(EVENT_CLOSED, est + 5_000_000, &|e| {
+            out.push(ev(PHASE_CONNECTED, est, &|e| {
                 e.established_ns = est;
+                e.flags |= FLOW_FLAG_EMITTED;
+            }));
+            out.push(ev(PHASE_CLOSED, est + 5_000_000, &|e| {
+                e.established_ns = est;
+                e.flags |= FLOW_FLAG_EMITTED;
                 e.retransmits = u32::from(k == 2) * 4;
             }));
-            events += 1;
-            records += 1;
+            return (2, 2);
         }
     }
-    (events + 1, records)
+    (1, 1)
 }
 
 /// `flows` flows, `WINDOW` of them in flight: every start is followed by the
@@ -186,7 +164,11 @@ fn main() {
     for rep in 0..reps {
         let metrics = Arc::new(Metrics::new(None).expect("metrics"));
         let table = FlowTable::new(
-            FlowSettings { degraded_retransmits: 1, max_flows: 131_072, proxy_ports: vec![3128] },
+            FlowSettings {
+                degraded_retransmits: 1,
+                max_flows: 131_072,
+                answer_wait_ns: 1_000_000_000,
+            },
             Clock::new(),
         );
         let opts = EnrichOptions {

@@ -5,8 +5,10 @@
 //! shutdown, with the prober alongside. Shared by `run` and `watch`.
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use egress_common::{DNS_PORT, MAP_EVENTS, MAP_STATS};
+use aya::maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key};
+use egress_common::{
+    DNS_PORT, MAP_CAPTURE, MAP_EVENTS, MAP_PRIVATE_NETS, MAP_STATS, PRIVATE_NETS_MAX,
+};
 use tokio::sync::watch;
 
 use crate::{
@@ -17,18 +19,26 @@ use crate::{
     },
     config::{Cidr, Config},
     errors::Chain,
-    kernel::{self, LoadError, LoadOptions, Loaded},
+    kernel::{
+        self, LoadError, LoadOptions, Loaded,
+        control::{Control, ControlError, ControlSettings},
+    },
     pipeline::{
-        Output, Pipeline, Processor,
+        Output, Pipeline, Processor, client_leg,
         dns_tracker::DnsTracker,
         enrich::{EnrichOptions, Enricher},
         flow_table::{FlowSettings, FlowTable},
         processor,
+        ring::Verbosity,
     },
     prober::{self, ProbeMetrics},
     records::{Clock, Record},
     sinks::{MetricError, Metrics},
 };
+
+/// How long an error answer from a proxy may wait for the rest of its body
+/// (where a proxy may name itself) or for the flow's end.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// On, off, or decided from the environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +64,16 @@ impl From<Switch> for Option<bool> {
 pub struct SessionOptions {
     pub ring_bytes: u32,
     pub max_flows: u32,
+    /// Owner × destination keys the kernel counts clean flows under, per map.
+    pub agg_keys: u32,
     pub degraded_retransmits: u32,
+    /// Every flow as an event, clean ones too (`--log-flows`, a standalone
+    /// watch); else clean flows are counted in the kernel unless a client
+    /// of the local API is watching.
+    pub verbose: bool,
+    /// DNS messages a cgroup may have captured per second, and in a burst.
+    pub dns_rate: u32,
+    pub dns_burst: u32,
     /// cgroup v2 mount (None: the one in /proc/self/mountinfo).
     pub cgroup_root: Option<PathBuf>,
     pub private_ranges: Vec<Cidr>,
@@ -90,6 +109,7 @@ impl SessionOptions {
         LoadOptions {
             ring_bytes: self.ring_bytes,
             max_flows: self.max_flows,
+            agg_keys: self.agg_keys,
             proxy_ports: self.all_proxy_ports(),
             cgroup_root: self.cgroup_root.clone().or_else(cgroup::find_root),
             dns_port: self.config.as_ref().map_or(DNS_PORT, |c| c.dns.port),
@@ -110,7 +130,7 @@ impl SessionOptions {
         FlowSettings {
             degraded_retransmits: self.degraded_retransmits,
             max_flows: self.max_flows as usize,
-            proxy_ports: self.all_proxy_ports(),
+            answer_wait_ns: ANSWER_WAIT.as_nanos() as u64,
         }
     }
 
@@ -141,6 +161,8 @@ pub enum SessionError {
     MapMissing(&'static str),
     #[error("{what}")]
     Map { what: &'static str, source: aya::maps::MapError },
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("--kube=true")]
     Kube(#[source] KubeError),
     #[error("{flag}")]
@@ -157,7 +179,10 @@ pub struct Session {
     /// Keeps the programs attached; dropped last.
     pub kernel: Loaded,
     pub metrics: Arc<Metrics>,
-    ring: Option<RingBuf<MapData>>,
+    rings: Option<(RingBuf<MapData>, RingBuf<MapData>, Control)>,
+    /// Clients of the local API streaming records: while any, every flow
+    /// is an event.
+    pub watchers: Arc<std::sync::atomic::AtomicUsize>,
     opts: SessionOptions,
     kube: KubeIndex,
     nat: NatTable,
@@ -245,12 +270,34 @@ impl Session {
             PerCpuArray::try_from(stats)
                 .map_err(|source| SessionError::Map { what: "STATS map", source })?,
         );
-        let ring = kernel.ebpf.take_map(MAP_EVENTS).ok_or(SessionError::MapMissing("EVENTS"))?;
-        let ring = RingBuf::try_from(ring)
-            .map_err(|source| SessionError::Map { what: "EVENTS ring buffer", source })?;
+        let ring = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            let map = ebpf.take_map(name).ok_or(SessionError::MapMissing(name))?;
+            RingBuf::try_from(map).map_err(|source| SessionError::Map { what: name, source })
+        };
+        let events = ring(&mut kernel.ebpf, MAP_EVENTS)?;
+        let capture = ring(&mut kernel.ebpf, MAP_CAPTURE)?;
+        write_private_nets(&mut kernel.ebpf, &opts)?;
+        let control = Control::new(
+            &mut kernel.ebpf,
+            ControlSettings {
+                verbose: opts.verbose,
+                degraded_retransmits: opts.degraded_retransmits,
+                dns_rate: opts.dns_rate,
+                dns_burst: opts.dns_burst,
+                public_events: opts.config.as_ref().is_some_and(|c| c.chain.bypass.is_some()),
+            },
+        )?;
         let kube = start_kube(&opts, &metrics.registry).await?;
         let nat = start_nat(&opts, &metrics.registry)?;
-        Ok(Self { kernel, metrics, ring: Some(ring), opts, kube, nat })
+        Ok(Self {
+            kernel,
+            metrics,
+            rings: Some((events, capture, control)),
+            watchers: Arc::default(),
+            opts,
+            kube,
+            nat,
+        })
     }
 
     pub fn attached_summary(&self) -> String {
@@ -268,7 +315,7 @@ impl Session {
         mut sink: impl FnMut(Output),
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
-        let ring = self.ring.take().ok_or(SessionError::Started)?;
+        let (events, capture, control) = self.rings.take().ok_or(SessionError::Started)?;
         let (probe_tx, probe_rx) = std::sync::mpsc::sync_channel(256);
         let mut prober = None;
         let mut probe_metrics = None;
@@ -291,11 +338,47 @@ impl Session {
         let table = FlowTable::new(self.opts.flow_settings(), Clock::new());
         let enricher =
             Enricher::new(&self.opts.enrich_options(), self.kube.clone(), self.nat.clone());
-        let processor = Processor::new(table, enricher, self.metrics.clone(), sink, dns);
-        Pipeline::new(ring, processor, self.opts.stall_reader)?.run(shutdown).await?;
+        let hops = self.opts.config.as_ref().map(|c| client_leg::identities(&c.chain));
+        let processor = Processor::new(table, enricher, self.metrics.clone(), sink, dns)
+            .with_hops(hops.unwrap_or_default());
+        let verbosity = Verbosity { always: self.opts.verbose, watchers: self.watchers.clone() };
+        Pipeline::new(events, capture, control, verbosity, processor, self.opts.stall_reader)?
+            .run(shutdown)
+            .await?;
         drop(prober);
         Ok(())
     }
+}
+
+/// The ranges the kernel calls private (flows to anywhere else are events
+/// while a chain is configured): loopback, link-local, RFC 1918, CGNAT,
+/// ULA, and `--private-ranges`.
+fn write_private_nets(ebpf: &mut aya::Ebpf, opts: &SessionOptions) -> Result<(), SessionError> {
+    let map = ebpf.map_mut(MAP_PRIVATE_NETS).ok_or(SessionError::MapMissing(MAP_PRIVATE_NETS))?;
+    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map)
+        .map_err(|source| SessionError::Map { what: MAP_PRIVATE_NETS, source })?;
+    let builtin = [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fe80::/10",
+        "fc00::/7",
+    ];
+    let ranges = builtin
+        .iter()
+        .filter_map(|s| s.parse::<Cidr>().ok())
+        .chain(opts.private_ranges.iter().copied())
+        .take(PRIVATE_NETS_MAX as usize);
+    for c in ranges {
+        let (bytes, len) = c.v6_key();
+        trie.insert(&Key::new(u32::from(len), bytes), 1, 0)
+            .map_err(|source| SessionError::Map { what: MAP_PRIVATE_NETS, source })?;
+    }
+    Ok(())
 }
 
 /// A shutdown channel that turns true on SIGINT or SIGTERM.

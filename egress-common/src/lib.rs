@@ -9,41 +9,61 @@
 //!   of bytes the kernel wrote.
 #![no_std]
 
-/// Ring buffer carrying every event to userspace.
+/// Ring buffer of flow events (outcomes of connections) and NAT mappings.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Ring buffer of captured bytes: proxy/TLS payloads and DNS messages. Kept
+/// apart from [`MAP_EVENTS`] so that a flood of captures (a tenant's DNS
+/// storm) can never take the room flow outcomes need.
+pub const MAP_CAPTURE: &str = "CAPTURE";
 /// Per-CPU `u64` counters, indexed by the `STAT_*` constants.
 pub const MAP_STATS: &str = "STATS";
-/// Sockets in flight: kernel socket address → [`FlowState`].
+/// Active opens in flight: kernel socket address → [`FlowState`] (LRU with
+/// per-CPU lists: a full table evicts the least recently used entry, and an
+/// active open that finds its state gone is counted).
 pub const MAP_FLOWS: &str = "FLOWS";
 /// `connect()` destinations per thread: pid_tgid → [`ConnectArgs`].
 pub const MAP_CONNECT_ARGS: &str = "CONNECT_ARGS";
-/// Established flows to proxy ports: [`TupleKey`] → socket address.
+/// Established flows to capture ports, [`TupleKey`] → socket address: the
+/// key the packet hooks can build from a packet.
 pub const MAP_PROXY_FLOWS: &str = "PROXY_FLOWS";
 /// Sockets being connected, by owner: (tgid << 32 | fd) → socket address.
 pub const MAP_SOCK_FDS: &str = "SOCK_FDS";
+/// Clean flows counted in the kernel: two maps, [`AggKey`] → [`AggValue`];
+/// the kernel adds to the one `Control::agg_sel` names, the agent drains
+/// the other (see `AggKey`).
+pub const MAP_AGG: [&str; 2] = ["AGG0", "AGG1"];
+/// Runtime control, one [`Control`] at index 0 (the agent writes it).
+pub const MAP_CONTROL: &str = "CONTROL";
+/// DNS capture budget per cgroup: cgroup id → [`TokenBucket`] (LRU).
+pub const MAP_DNS_BUCKETS: &str = "DNS_BUCKETS";
+/// Private and cluster address ranges (LPM trie over IPv6 addresses, IPv4
+/// as `::ffff:a.b.c.d`): with `CTRL_PUBLIC_EVENTS`, a flow to an address
+/// outside them is sent as an event (a bypass of the chain is a finding).
+pub const MAP_PRIVATE_NETS: &str = "PRIVATE_NETS";
+/// Entries of [`MAP_PRIVATE_NETS`] at most.
+pub const PRIVATE_NETS_MAX: u32 = 256;
 /// Name of the load-time configuration global ([`Config`]).
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
-/// Default ring size: 1 MiB holds ~8k flow events between two reader wake-ups.
+/// Default size of each ring: 1 MiB holds ~5k flow events between two
+/// reader wake-ups.
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
-/// Default capacity of the in-kernel socket table.
+/// Default capacity of the socket table.
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
+/// Default capacity of each aggregation map (a full map sends flows as
+/// events instead: nothing is lost).
+pub const DEFAULT_AGG_KEYS: u32 = 16_384;
 
 // ---------------------------------------------------------------------------
 // Event kinds (u32 on the wire).
 // ---------------------------------------------------------------------------
 
-/// CLOSE→SYN_SENT: an active open began; carries the owner (task context).
-pub const EVENT_CONNECT_START: u32 = 1;
-/// SYN_SENT→ESTABLISHED.
-pub const EVENT_CONNECTED: u32 = 2;
-/// SYN_SENT→CLOSE (or any non-established end of an active open).
-pub const EVENT_CONNECT_FAILED: u32 = 3;
-/// An established active open reached CLOSE.
-pub const EVENT_CLOSED: u32 = 4;
-/// A SYN was retransmitted: the connect is stalling.
-pub const EVENT_SYN_RETRANSMIT: u32 = 5;
-/// First payload bytes of a flow to a proxy port, in one direction.
+/// A flow reached a point worth a record: connected (when asked for, slow,
+/// or to a capture port), failed to connect, or closed (worse than it
+/// connected, or after a connected record). Self-contained: it carries the
+/// owner captured at the connect.
+pub const EVENT_FLOW: u32 = 1;
+/// Payload bytes of a flow to a capture port, with their stream offset.
 pub const EVENT_PAYLOAD: u32 = 6;
 /// A DNS message (UDP or TCP port `Config::dns_port`) of a local socket:
 /// queries out, responses in.
@@ -57,17 +77,20 @@ pub const EVENT_KINDS: u32 = 9;
 /// Human name of an event kind, for metric labels.
 pub const fn event_kind_name(kind: u32) -> &'static str {
     match kind {
-        EVENT_CONNECT_START => "connect_start",
-        EVENT_CONNECTED => "connected",
-        EVENT_CONNECT_FAILED => "connect_failed",
-        EVENT_CLOSED => "closed",
-        EVENT_SYN_RETRANSMIT => "syn_retransmit",
+        EVENT_FLOW => "flow",
         EVENT_PAYLOAD => "payload",
         EVENT_DNS => "dns",
         EVENT_NAT_MAPPING => "nat_mapping",
         _ => "unknown",
     }
 }
+
+/// `FlowEvent::phase`: SYN_SENT→ESTABLISHED.
+pub const PHASE_CONNECTED: u32 = 1;
+/// `FlowEvent::phase`: an active open that ended before ESTABLISHED.
+pub const PHASE_CONNECT_FAILED: u32 = 2;
+/// `FlowEvent::phase`: an established active open reached CLOSE.
+pub const PHASE_CLOSED: u32 = 3;
 
 // ---------------------------------------------------------------------------
 // Counters (per-CPU array `STATS`).
@@ -77,14 +100,28 @@ pub const fn event_kind_name(kind: u32) -> &'static str {
 pub const STAT_PRODUCED: u32 = 0;
 /// `STATS[STAT_RING_LOST + kind]`: ring reserve failures (ring full).
 pub const STAT_RING_LOST: u32 = EVENT_KINDS;
-/// Active opens not tracked because the socket table was full.
+/// Active opens not tracked because the socket table refused the entry.
 pub const STAT_FLOW_MAP_FULL: u32 = 2 * EVENT_KINDS;
 /// Tracepoint field reads that failed (the event is dropped and counted).
 pub const STAT_READ_ERRORS: u32 = 2 * EVENT_KINDS + 1;
 /// Retransmits seen on tracked sockets (all states).
 pub const STAT_RETRANSMITS: u32 = 2 * EVENT_KINDS + 2;
+/// Active opens tracked (socket state created).
+pub const STAT_FLOW_STARTS: u32 = 2 * EVENT_KINDS + 3;
+/// Tracked active opens that ended (socket state released).
+pub const STAT_FLOW_ENDS: u32 = 2 * EVENT_KINDS + 4;
+/// Transitions of an active open (SYN_SENT→…) whose state was gone: the
+/// LRU table evicted it under pressure (e.g. sockets stuck connecting).
+pub const STAT_FLOW_EVICTED: u32 = 2 * EVENT_KINDS + 5;
+/// Clean connects and closes counted in the aggregation maps.
+pub const STAT_AGG_CONNECTS: u32 = 2 * EVENT_KINDS + 6;
+pub const STAT_AGG_CLOSES: u32 = 2 * EVENT_KINDS + 7;
+/// Clean flows sent as events because the aggregation map was full.
+pub const STAT_AGG_FULL: u32 = 2 * EVENT_KINDS + 8;
+/// DNS messages not captured: their cgroup spent its budget.
+pub const STAT_DNS_RATE_LIMITED: u32 = 2 * EVENT_KINDS + 9;
 /// Size of the `STATS` array.
-pub const STAT_SLOTS: u32 = 2 * EVENT_KINDS + 4;
+pub const STAT_SLOTS: u32 = 2 * EVENT_KINDS + 12;
 
 // ---------------------------------------------------------------------------
 // Flags.
@@ -94,17 +131,39 @@ pub const STAT_SLOTS: u32 = 2 * EVENT_KINDS + 4;
 pub const FLOW_FLAG_RESET: u32 = 1;
 /// The `connect()` sockaddr was captured for this flow.
 pub const FLOW_FLAG_HAS_INTENDED: u32 = 2;
-/// The first outgoing payload of a proxy flow was captured.
-pub const FLOW_FLAG_REQ_SEEN: u32 = 4;
-/// The first incoming payload of a proxy flow was captured.
-pub const FLOW_FLAG_RESP_SEEN: u32 = 8;
+/// The flow's connect went out as an event: its close goes out too (the
+/// agent holds the flow).
+pub const FLOW_FLAG_EMITTED: u32 = 4;
+/// The flow goes to a capture port (a proxy): its payloads are read.
+pub const FLOW_FLAG_CAPTURE: u32 = 8;
+/// Payload capture of one direction reached its bound.
+pub const FLOW_FLAG_TX_DONE: u32 = 16;
+pub const FLOW_FLAG_RX_DONE: u32 = 32;
+/// The answer's status line is 2xx (the receive bound is the short one).
+pub const FLOW_FLAG_RX_OK: u32 = 64;
+
+/// `Control::flags`: send every flow as events, clean ones too (a client
+/// is watching live, or `--log-flows`).
+pub const CTRL_VERBOSE: u32 = 1;
+/// `Control::flags`: send flows to public addresses (outside
+/// `PRIVATE_NETS`) as events: a proxy chain is configured and egress that
+/// skips it is reported one by one.
+pub const CTRL_PUBLIC_EVENTS: u32 = 2;
 
 /// Direction of a captured payload.
 pub const DIR_EGRESS: u32 = 1;
 pub const DIR_INGRESS: u32 = 2;
-/// Bytes of payload captured per direction: enough for a request line with
-/// a long host name and for a status line.
-pub const PAYLOAD_BYTES: usize = 384;
+/// Payload bytes per [`PayloadEvent`].
+pub const PAYLOAD_BYTES: usize = 512;
+/// Stream bytes captured per flow: sent (the CONNECT request and the first
+/// bytes inside the tunnel, where a TLS ClientHello names its server), and
+/// received (the proxy's answer: its header block when it is 2xx; header
+/// and body when it is an error, whose maker may be named only in the body).
+pub const CAPTURE_TX_BYTES: u32 = 1024;
+pub const CAPTURE_RX_OK_BYTES: u32 = 1024;
+pub const CAPTURE_RX_ERR_BYTES: u32 = 4096;
+/// Events one packet may give (a 4 KiB answer in one segment).
+pub const CAPTURE_CHUNKS_PER_PACKET: u32 = 8;
 /// Proxy ports the kernel watches payloads on (0 = unused slot).
 pub const MAX_PROXY_PORTS: usize = 8;
 
@@ -119,6 +178,37 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 
+/// Upper bounds of the connect latency buckets, in ns: the agent's
+/// `egress_connect_duration_seconds` histogram has exactly these, and the
+/// kernel counts clean connects into them. The SYN retransmit schedule puts
+/// failed and slow connects on plateaus (1 s apart while
+/// `tcp_syn_linear_timeouts` applies, doubling otherwise: 1, 3, 7, 15, 31,
+/// 63, 127 s): each bound sits just under a plateau so every retry count has
+/// its bucket. The last bucket is +Inf.
+pub const LATENCY_BOUNDS_NS: [u64; 20] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    950_000_000,
+    1_950_000_000,
+    2_950_000_000,
+    3_950_000_000,
+    6_950_000_000,
+    14_950_000_000,
+    30_950_000_000,
+    62_950_000_000,
+    126_950_000_000,
+    135_000_000_000,
+];
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
+
 /// TCP states as in the kernel's `enum tcp_state` (stable UAPI numbering).
 pub mod tcp_state {
     pub const ESTABLISHED: u32 = 1;
@@ -132,6 +222,7 @@ pub mod tcp_state {
     pub const LAST_ACK: u32 = 9;
     pub const LISTEN: u32 = 10;
     pub const CLOSING: u32 = 11;
+    pub const NEW_SYN_RECV: u32 = 12;
 }
 
 // ---------------------------------------------------------------------------
@@ -156,7 +247,7 @@ const _: () = assert!(size_of::<EventHeader>() == 16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuple {
     pub family: u16,
-    /// Host byte order (the tracepoints already convert).
+    /// Host byte order.
     pub sport: u16,
     /// Host byte order.
     pub dport: u16,
@@ -180,51 +271,56 @@ pub struct ConnectArgs {
 }
 const _: () = assert!(size_of::<ConnectArgs>() == 32);
 
-/// Per-socket state kept in the kernel between an active open and its close.
+/// Per-socket state kept in the kernel between an active open and its
+/// close (socket storage, or the hash-mode table). The owner is captured at
+/// CLOSE→SYN_SENT, the only transition that runs in the connecting task.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
-    /// `ts_ns` of the CONNECT_START event: with the socket address this is the flow id.
+    /// With the socket address, the flow id.
     pub start_ns: u64,
     pub established_ns: u64,
+    pub cgroup_id: u64,
+    pub pid_tgid: u64,
+    pub comm: [u8; 16],
+    pub netns: u32,
     pub retransmits: u32,
     pub syn_retransmits: u32,
     pub flags: u32,
     /// Error seen when the kernel reported one (`sk_err`, else `sk_err_soft`).
     pub reported_err: i32,
+    /// Stream position of the first byte sent / received (`snd_una` and
+    /// `rcv_nxt` at ESTABLISHED), for the offsets of captured payloads.
+    pub tx_base: u32,
+    pub rx_base: u32,
+    /// The destination, read once at ESTABLISHED (the aggregation key).
+    pub family: u16,
+    /// Host byte order.
+    pub dport: u16,
+    pub daddr: [u8; 16],
+    pub intended: ConnectArgs,
 }
-const _: () = assert!(size_of::<FlowState>() == 32);
+const _: () = assert!(size_of::<FlowState>() == 128);
 
-/// EVENT_CONNECT_START.
+/// EVENT_FLOW.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnectStart {
+pub struct FlowEvent {
     pub hdr: EventHeader,
+    /// Kernel socket address: with `start_ns`, the flow id.
     pub skaddr: u64,
+    pub start_ns: u64,
+    /// 0 if the flow never connected.
+    pub established_ns: u64,
     pub cgroup_id: u64,
-    /// Thread id (kernel pid).
+    /// Thread id (kernel pid) and process id (kernel tgid) of the connecting task.
     pub pid: u32,
-    /// Process id (kernel tgid).
     pub tgid: u32,
     /// Inode of the socket's network namespace (0 if unresolved).
     pub netns: u32,
-    pub flags: u32,
+    /// `PHASE_*`.
+    pub phase: u32,
     pub comm: [u8; 16],
-    pub tuple: Tuple,
-    /// What `connect()` was asked for (valid with FLOW_FLAG_HAS_INTENDED).
-    pub intended: ConnectArgs,
-}
-const _: () = assert!(size_of::<ConnectStart>() == 136);
-
-/// EVENT_CONNECTED, EVENT_CONNECT_FAILED and EVENT_CLOSED.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowEnd {
-    pub hdr: EventHeader,
-    pub skaddr: u64,
-    /// Flow id half: the CONNECT_START timestamp.
-    pub start_ns: u64,
-    pub established_ns: u64,
     pub oldstate: u32,
     pub newstate: u32,
     /// `sk->sk_err` read at the transition (0 if none or unresolved).
@@ -241,9 +337,15 @@ pub struct FlowEnd {
     pub retransmits: u32,
     pub syn_retransmits: u32,
     pub flags: u32,
+    /// `tcp_sock::bytes_received` / `bytes_acked` at the transition
+    /// (`u64::MAX` when this kernel's layout is unknown).
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
     pub tuple: Tuple,
+    /// What `connect()` was asked for (valid with FLOW_FLAG_HAS_INTENDED).
+    pub intended: ConnectArgs,
 }
-const _: () = assert!(size_of::<FlowEnd>() == 112);
+const _: () = assert!(size_of::<FlowEvent>() == 200);
 
 /// Key of a TCP connection as seen from the local socket.
 #[repr(C)]
@@ -260,7 +362,9 @@ pub struct TupleKey {
 }
 const _: () = assert!(size_of::<TupleKey>() == 40);
 
-/// EVENT_PAYLOAD.
+/// EVENT_PAYLOAD: `len` bytes of one direction of a flow, starting at
+/// stream offset `offset` (0 = the first byte sent, or received, after the
+/// handshake). Chunks may repeat (retransmits) or come out of order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PayloadEvent {
@@ -271,9 +375,11 @@ pub struct PayloadEvent {
     pub direction: u32,
     /// Valid bytes in `data`.
     pub len: u32,
+    pub offset: u32,
+    pub _pad: u32,
     pub data: [u8; PAYLOAD_BYTES],
 }
-const _: () = assert!(size_of::<PayloadEvent>() == 40 + PAYLOAD_BYTES);
+const _: () = assert!(size_of::<PayloadEvent>() == 48 + PAYLOAD_BYTES);
 
 impl Default for PayloadEvent {
     fn default() -> Self {
@@ -283,6 +389,8 @@ impl Default for PayloadEvent {
             start_ns: 0,
             direction: 0,
             len: 0,
+            offset: 0,
+            _pad: 0,
             data: [0; PAYLOAD_BYTES],
         }
     }
@@ -329,18 +437,6 @@ impl Default for DnsEvent {
     }
 }
 
-/// EVENT_SYN_RETRANSMIT.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SynRetransmit {
-    pub hdr: EventHeader,
-    pub skaddr: u64,
-    pub start_ns: u64,
-    pub syn_retransmits: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(size_of::<SynRetransmit>() == 40);
-
 /// EVENT_NAT_MAPPING: a conntrack entry at confirmation. Tuples as conntrack
 /// keeps them (ports in host byte order here): `original` as the client sent
 /// it, `reply` as the answer comes back (src = who answers after DNAT,
@@ -356,6 +452,69 @@ pub struct NatMapping {
     pub reply: Tuple,
 }
 const _: () = assert!(size_of::<NatMapping>() == 104);
+
+// ---------------------------------------------------------------------------
+// Aggregation of clean flows and runtime control.
+// ---------------------------------------------------------------------------
+
+/// Who connected where: the key clean flows are counted under. The agent
+/// resolves the cgroup to a pod or unit and the address to a destination
+/// class and hop, as it does for a record.
+///
+/// Two maps (`MAP_AGG`): the kernel adds to `AGG[sel]`; the agent flips
+/// `Control::agg_sel`, waits for programs still on the old map to finish,
+/// then reads and clears it. No count is lost between a read and a delete.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub family: u16,
+    /// Host byte order.
+    pub dport: u16,
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(size_of::<AggKey>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggValue {
+    /// Connects that reached ESTABLISHED cleanly (no SYN retransmit over
+    /// the degraded threshold).
+    pub connects: u64,
+    /// Established flows that closed cleanly.
+    pub closes: u64,
+    /// Sum and distribution of the connects' SYN_SENT→ESTABLISHED time.
+    pub latency_sum_ns: u64,
+    pub latency_buckets: [u64; LATENCY_BUCKETS],
+}
+const _: () = assert!(size_of::<AggValue>() == 24 + 8 * LATENCY_BUCKETS);
+
+/// `CONTROL[0]`: what the agent asks of the kernel programs at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// `CTRL_*` flags.
+    pub flags: u32,
+    /// Index (0 or 1) of the aggregation map the kernel adds to.
+    pub agg_sel: u32,
+    /// SYN retransmits at or above which a connect is degraded (0 = never),
+    /// and retransmits at or above which a close is: such flows are events.
+    pub degraded_retransmits: u32,
+    /// DNS messages a cgroup may have captured per second, and in a burst.
+    pub dns_rate: u32,
+    pub dns_burst: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Control>() == 24);
+
+/// A cgroup's DNS capture budget (token bucket, tokens scaled by 1e9).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
 
 // ---------------------------------------------------------------------------
 // Load-time configuration (one global, written by the agent before load).
@@ -432,6 +591,8 @@ impl SyscallTpOffsets {
 }
 
 /// Kernel struct offsets resolved from BTF (u32::MAX = unknown: feature off).
+/// `struct sock` begins with its `struct sock_common`, so the `skc_*`
+/// offsets apply to a `struct sock *` as they are.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -443,6 +604,25 @@ pub struct KernelOffsets {
     pub net_ns_inum: u32,
     /// `struct sock::sk_err_soft`.
     pub sock_sk_err_soft: u32,
+    /// `struct sock_common::skc_family` (u16), `skc_dport` (be16),
+    /// `skc_num` (u16, host order), `skc_daddr`, `skc_rcv_saddr` (be32),
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr` (16 bytes): a socket's tuple,
+    /// read where the hook has the socket and no record (BTF tracepoints).
+    pub skc_family: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct sock::sk_protocol` (u16 since Linux 5.6).
+    pub sk_protocol: u32,
+    /// `struct tcp_sock::bytes_received`, `bytes_acked` (u64),
+    /// `snd_una`, `rcv_nxt` (u32).
+    pub tcp_bytes_received: u32,
+    pub tcp_bytes_acked: u32,
+    pub tcp_snd_una: u32,
+    pub tcp_rcv_nxt: u32,
 }
 
 pub const KOFF_UNKNOWN: u32 = u32::MAX;
@@ -453,6 +633,18 @@ impl KernelOffsets {
         sock_skc_net: KOFF_UNKNOWN,
         net_ns_inum: KOFF_UNKNOWN,
         sock_sk_err_soft: KOFF_UNKNOWN,
+        skc_family: KOFF_UNKNOWN,
+        skc_dport: KOFF_UNKNOWN,
+        skc_num: KOFF_UNKNOWN,
+        skc_daddr: KOFF_UNKNOWN,
+        skc_rcv_saddr: KOFF_UNKNOWN,
+        skc_v6_daddr: KOFF_UNKNOWN,
+        skc_v6_rcv_saddr: KOFF_UNKNOWN,
+        sk_protocol: KOFF_UNKNOWN,
+        tcp_bytes_received: KOFF_UNKNOWN,
+        tcp_bytes_acked: KOFF_UNKNOWN,
+        tcp_snd_una: KOFF_UNKNOWN,
+        tcp_rcv_nxt: KOFF_UNKNOWN,
     };
 }
 
@@ -510,13 +702,15 @@ pub struct Config {
     pub proxy_ports: [u16; MAX_PROXY_PORTS],
     /// UDP/TCP port whose messages are captured as DNS (0 = off).
     pub dns_port: u16,
-    pub _pad: u16,
+    /// 1 when `sys_enter_connect` is attached: look up what `connect()`
+    /// was asked for (else the lookup is skipped: the table is empty).
+    pub connect_intent: u16,
     /// Unread ring bytes at which a submit wakes the reader; below, events
     /// are submitted without a wake-up and the reader collects them on its
     /// poll tick (batched reads instead of one wake-up per event).
     pub wakeup_bytes: u32,
 }
-const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 16 + 40 + 16 + 8);
+const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 64 + 40 + 16 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -529,7 +723,7 @@ impl Config {
         proxy_ports: [0; MAX_PROXY_PORTS],
         dns_port: 0,
         wakeup_bytes: 0,
-        _pad: 0,
+        connect_intent: 0,
     };
 }
 
@@ -542,4 +736,12 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     // SAFETY: as for Config (size asserted above).
     unsafe impl aya::Pod for super::ConnectArgs {}
+    // SAFETY: as for Config (size asserted above).
+    unsafe impl aya::Pod for super::AggKey {}
+    // SAFETY: as for Config (size asserted above).
+    unsafe impl aya::Pod for super::AggValue {}
+    // SAFETY: as for Config (size asserted above).
+    unsafe impl aya::Pod for super::Control {}
+    // SAFETY: as for Config (size asserted above).
+    unsafe impl aya::Pod for super::TupleKey {}
 }

@@ -13,7 +13,12 @@ use egress_common::{
     Tuple,
 };
 
-use crate::{config, emit::emit, maps::count, read::kread};
+use crate::{
+    config,
+    emit::emit,
+    maps::{EVENTS, count},
+    sock::kread,
+};
 
 /// `_nfct` keeps `enum ip_conntrack_info` in its low 3 bits.
 const NFCT_PTRMASK: u64 = !7;
@@ -48,7 +53,7 @@ fn try_confirm(ctx: &ProbeContext) -> Result<(), i64> {
         .and_then(|net| kread::<u32>(net, config!(kernel.net_ns_inum)))
         .unwrap_or(0);
     let reply = original + o.tuple_hash_size as u64;
-    emit(EVENT_NAT_MAPPING, |ev: &mut NatMapping| {
+    emit(&EVENTS, EVENT_NAT_MAPPING, |ev: &mut NatMapping| {
         ev.hdr = EventHeader {
             kind: EVENT_NAT_MAPPING,
             size: size_of::<NatMapping>() as u32,

@@ -3,23 +3,27 @@
 //! The error is stored in the socket's flow state and leaves the kernel with
 //! the flow's end event.
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use egress_common::FlowState;
 
-use crate::{config, maps::FLOWS, read::kread};
+use crate::{flow::state, sock};
+
+#[inline(always)]
+fn record(sk: u64, st: *mut FlowState) {
+    let err = match sock::errors(sk) {
+        (0, soft) => soft,
+        (e, _) => e,
+    };
+    if err != 0 {
+        // SAFETY: valid state pointer.
+        unsafe { (*st).reported_err = err };
+    }
+}
 
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let Some(state) = FLOWS.get_ptr_mut(sk) else {
-        return 0;
-    };
-    let k = config!(kernel);
-    let err = match kread::<i32>(sk, k.sock_sk_err) {
-        Some(e) if e != 0 => e,
-        _ => kread::<i32>(sk, k.sock_sk_err_soft).unwrap_or(0),
-    };
-    if err != 0 {
-        // SAFETY: valid map value pointer.
-        unsafe { (*state).reported_err = err };
+    if let Some(st) = state(sk) {
+        record(sk, st);
     }
     0
 }

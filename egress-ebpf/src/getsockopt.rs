@@ -14,42 +14,52 @@ use aya_ebpf::{
     programs::{SockoptContext, TracePointContext},
 };
 
+use core::ffi::c_void;
+
 use crate::{
     config,
-    maps::{FLOWS, SO_ERROR_CALLS, SOCK_FDS},
-    read::field,
+    flow::state,
+    maps::{SO_ERROR_CALLS, SOCK_FDS},
+    tp::field,
 };
 
 const SOL_SOCKET: u64 = 1;
 const SO_ERROR: u64 = 4;
 
-/// Runs after the kernel answered: the answer is in the context's buffer.
-/// Always returns 1 (the call proceeds unchanged).
-#[cgroup_sockopt(getsockopt)]
-pub fn so_error(ctx: SockoptContext) -> i32 {
+/// The `SO_ERROR` value the kernel just answered a getsockopt call with,
+/// and the socket it is about (None: another option, or a failed call).
+#[inline(always)]
+fn so_error_answer(ctx: &SockoptContext) -> Option<(*mut c_void, i32)> {
     // SAFETY: the context pointer is the kernel's bpf_sockopt.
     let so = unsafe { &*ctx.sockopt };
     if so.level as u64 != SOL_SOCKET || so.optname as u64 != SO_ERROR || so.retval != 0 {
-        return 1;
+        return None;
     }
     // SAFETY: union members of the context, read as the kernel defines them.
     let (sk, val, end) = unsafe {
         (
-            so.__bindgen_anon_1.sk as u64,
+            so.__bindgen_anon_1.sk,
             so.__bindgen_anon_2.optval as usize,
             so.__bindgen_anon_3.optval_end as usize,
         )
     };
     if val + 4 > end {
-        return 1;
+        return None;
     }
     // SAFETY: the four bytes are inside [optval, optval_end), checked above.
     let err = unsafe { *(val as *const i32) };
-    if err != 0
-        && let Some(state) = FLOWS.get_ptr_mut(sk)
+    (err != 0).then_some((sk.cast(), err))
+}
+
+/// Runs after the kernel answered: the answer is in the context's buffer.
+/// Always returns 1 (the call proceeds unchanged).
+#[cgroup_sockopt(getsockopt)]
+pub fn so_error(ctx: SockoptContext) -> i32 {
+    if let Some((sk, err)) = so_error_answer(&ctx)
+        && let Some(st) = state(sk as u64)
     {
-        // SAFETY: valid map value pointer.
-        unsafe { (*state).reported_err = err };
+        // SAFETY: valid state pointer.
+        unsafe { (*st).reported_err = err };
     }
     1
 }
@@ -73,7 +83,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: valid map value pointer.
     let sk = unsafe { *sk };
-    if FLOWS.get_ptr(sk).is_none() {
+    if state(sk).is_none() {
         return Ok(());
     }
     let optval = field::<u64>(ctx, config!(syscalls.getsockopt_optval))?;
@@ -96,10 +106,10 @@ pub fn sys_exit_getsockopt(ctx: TracePointContext) -> u32 {
     // SAFETY: user memory read through the helper.
     let err: i32 = unsafe { bpf_probe_read_user(optval as *const i32) }.unwrap_or(0);
     if err != 0
-        && let Some(state) = FLOWS.get_ptr_mut(sk)
+        && let Some(st) = state(sk)
     {
-        // SAFETY: valid map value pointer.
-        unsafe { (*state).reported_err = err };
+        // SAFETY: valid state pointer.
+        unsafe { (*st).reported_err = err };
     }
     0
 }

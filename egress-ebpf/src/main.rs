@@ -6,19 +6,21 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
-mod addr;
 mod compat_canary;
 mod connect;
 mod conntrack;
 mod dns;
 mod emit;
 mod error_report;
+mod flow;
 mod getsockopt;
 mod maps;
+mod net;
 mod payload;
-mod read;
 mod retransmit;
 mod set_state;
+mod sock;
+mod tp;
 
 use egress_common::Config;
 
@@ -29,8 +31,6 @@ static CONFIG: Config = Config::DEFAULT;
 /// Read one field of [`CONFIG`] without letting the compiler fold the default.
 macro_rules! config {
     ($($field:ident).+) => {
-        // SAFETY: a read of a plain-integer field of a static that lives for
-        // the whole program; volatile only so the load-time value is read.
         unsafe { core::ptr::read_volatile(&raw const crate::CONFIG.$($field).+) }
     };
 }

@@ -2,26 +2,42 @@
 //! them at load time (`--ring-bytes`, `--max-flows`).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use egress_common::{
-    ConnectArgs, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, FlowState, STAT_SLOTS, TupleKey,
+    AF_INET, AggKey, AggValue, ConnectArgs, Control, DEFAULT_AGG_KEYS, DEFAULT_MAX_FLOWS,
+    DEFAULT_RING_BYTES, FlowState, PRIVATE_NETS_MAX, STAT_SLOTS, TokenBucket, TupleKey,
 };
 
+/// Flow outcomes and NAT mappings.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Captured bytes: payloads of capture-port flows and DNS messages. Apart
+/// from EVENTS, so that captures can never take the room outcomes need.
+#[map]
+pub static CAPTURE: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
-/// Not an LRU: evicting a live flow would lose it silently. A full table is
-/// counted (STAT_FLOW_MAP_FULL) instead.
+/// Active opens: socket address → state. LRU: sockets stuck connecting to a
+/// blackhole cannot lock new connections out; an eviction is counted when
+/// its socket's next transition finds no state (STAT_FLOW_EVICTED). Not
+/// socket storage: its allocation per socket (kzalloc, memcg charge, RCU
+/// free) cost ~4 % of all CPU on a loopback connect storm here, a
+/// preallocated table a fraction of it.
 #[map]
-pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static FLOWS: LruHashMap<u64, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
-/// Established flows to proxy ports, by tuple: the key packets carry.
+/// Per-CPU LRU lists: no lock shared by all CPUs on the connect path.
+const BPF_F_NO_COMMON_LRU: u32 = 2;
+
+/// Established flows to capture ports, by tuple (the key packets carry).
 #[map]
-pub static PROXY_FLOWS: HashMap<TupleKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static PROXY_FLOWS: LruHashMap<TupleKey, u64> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Stale entries (threads that died between connect() and SYN_SENT) are
 /// harmless and may be evicted: LRU.
@@ -29,8 +45,8 @@ pub static PROXY_FLOWS: HashMap<TupleKey, u64> = HashMap::with_max_entries(DEFAU
 pub static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> = LruHashMap::with_max_entries(16_384, 0);
 
 /// (tgid << 32 | fd) → socket address of an active open, so that
-/// `getsockopt(SO_ERROR)` can be tied to its socket. LRU: entries of sockets
-/// long closed may be evicted; a stale hit finds no flow and does nothing.
+/// `getsockopt(SO_ERROR)` seen by the syscall tracepoints can be tied to its
+/// socket. LRU: a stale hit finds no flow and does nothing.
 #[map]
 pub static SOCK_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
@@ -38,15 +54,59 @@ pub static SOCK_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384,
 #[map]
 pub static SO_ERROR_CALLS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4_096, 0);
 
-/// Add one to a per-CPU counter. Atomic (BPF `XADD`, no fetch: every kernel
-/// since 4.x has it) because a softirq program may interrupt a task-context
-/// one on the same CPU and both may bump the same slot.
+/// Clean flows counted by (owner cgroup, destination): see `AggKey`.
+#[map]
+pub static AGG0: HashMap<AggKey, AggValue> = HashMap::with_max_entries(DEFAULT_AGG_KEYS, 0);
+#[map]
+pub static AGG1: HashMap<AggKey, AggValue> = HashMap::with_max_entries(DEFAULT_AGG_KEYS, 0);
+
+/// Runtime control written by the agent (one entry).
+#[map]
+pub static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
+
+/// DNS capture budget per cgroup (LRU: idle cgroups age out).
+#[map]
+pub static DNS_BUCKETS: LruHashMap<u64, TokenBucket> = LruHashMap::with_max_entries(4_096, 0);
+
+/// Private and cluster ranges (IPv4 v4-mapped): see `MAP_PRIVATE_NETS`.
+#[map]
+pub static PRIVATE_NETS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PRIVATE_NETS_MAX, 0);
+
+/// Whether `addr` (of `family`) lies in a private or cluster range.
+#[inline(always)]
+pub fn is_private(family: u16, addr: &[u8; 16]) -> bool {
+    let mut a = *addr;
+    if family == AF_INET {
+        a = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]];
+    }
+    PRIVATE_NETS.get(Key::new(128, a)).is_some()
+}
+
+/// Add `v` to a u64 shared with other CPUs or with an interrupting program.
+/// BPF `XADD` without fetch: every kernel since 4.x has it.
+#[inline(always)]
+pub fn xadd(p: *mut u64, v: u64) {
+    // SAFETY: the caller passes an 8-byte aligned u64 inside a map value.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v);
+    }
+}
+
+/// Add one to a per-CPU counter. Atomic because a softirq program may
+/// interrupt a task-context one on the same CPU and both may bump the slot.
 #[inline(always)]
 pub fn count(slot: u32) {
     if let Some(p) = STATS.get_ptr_mut(slot) {
-        // SAFETY: `p` is a valid, 8-byte aligned u64 in this CPU's slot.
-        unsafe {
-            core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) 1u64);
-        }
+        xadd(p, 1);
+    }
+}
+
+/// The runtime control (all zero until the agent writes it: not verbose,
+/// aggregation map 0, no degraded threshold, no DNS budget).
+#[inline(always)]
+pub fn control() -> Control {
+    match CONTROL.get(0) {
+        Some(c) => *c,
+        None => Control::default(),
     }
 }

@@ -1,8 +1,13 @@
-//! `cgroup_skb` egress/ingress on the cgroup v2 root: the first payload
-//! bytes of flows to proxy ports, once per direction (the CONNECT request
-//! line out, the proxy's status line in). Fail-open: every packet passes,
-//! whatever happens here. DNS messages (UDP and TCP) are captured here too
-//! (see `dns.rs`): only one program per direction may sit on the root.
+//! `cgroup_skb` egress/ingress on the cgroup v2 root: the payload bytes of
+//! flows to capture ports (proxy hops), with their stream offsets, so the
+//! agent can reassemble the CONNECT request and the proxy's whole answer
+//! (its status line, headers and — for an error — the start of its body)
+//! however the proxy cut it into segments. DNS messages are captured here
+//! too (`dns.rs`): only one program per direction may sit on the root.
+//! Fail-open: every packet passes, whatever happens here.
+//!
+//! Cost: most packets belong to neither a capture port nor DNS, and leave
+//! after two context loads (the socket's ports), before any parsing.
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
@@ -10,36 +15,27 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use egress_common::{
-    AF_INET, AF_INET6, DIR_EGRESS, DIR_INGRESS, EVENT_PAYLOAD, EventHeader, FLOW_FLAG_REQ_SEEN,
-    FLOW_FLAG_RESP_SEEN, MAX_PROXY_PORTS, PAYLOAD_BYTES, PayloadEvent, TupleKey,
+    AF_INET, AF_INET6, CAPTURE_CHUNKS_PER_PACKET, CAPTURE_RX_ERR_BYTES, CAPTURE_RX_OK_BYTES,
+    CAPTURE_TX_BYTES, DIR_EGRESS, EVENT_PAYLOAD, EventHeader, FLOW_FLAG_CAPTURE, FLOW_FLAG_RX_DONE,
+    FLOW_FLAG_RX_OK, FLOW_FLAG_TX_DONE, FlowState, PAYLOAD_BYTES, PayloadEvent, TupleKey,
 };
 
 use crate::{
     config, dns,
-    emit::emit,
-    maps::{FLOWS, PROXY_FLOWS},
+    emit::emit_unzeroed,
+    flow::state,
+    maps::{CAPTURE, PROXY_FLOWS},
+    net::is_capture_port,
 };
 
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-
-#[inline(always)]
-pub fn is_proxy_port(port: u16) -> bool {
-    if port == 0 {
-        return false;
-    }
-    let ports: [u16; MAX_PROXY_PORTS] = config!(proxy_ports);
-    let mut i = 0;
-    while i < MAX_PROXY_PORTS {
-        if ports[i] == port {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
+/// Past the capture bound by this much, a direction is done for good (a
+/// little later than the bound itself: a segment missing below the bound
+/// may still arrive after later ones).
+const DONE_SLACK: u32 = 65_536;
 
 #[cgroup_skb]
 pub fn payload_egress(ctx: SkBuffContext) -> i32 {
@@ -49,13 +45,30 @@ pub fn payload_egress(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb]
 pub fn payload_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = capture(&ctx, DIR_INGRESS);
+    let _ = capture(&ctx, egress_common::DIR_INGRESS);
     1
 }
 
+/// The state of the packet's flow, through the tuple index.
+#[inline(always)]
+fn flow_of(key: &TupleKey) -> Option<(u64, *mut FlowState)> {
+    // SAFETY: valid map value pointer.
+    let sk = unsafe { *PROXY_FLOWS.get_ptr(key)? };
+    Some((sk, state(sk)?))
+}
+
+#[inline(always)]
 fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     // SAFETY: the context pointer is the kernel's __sk_buff.
     let skb = unsafe { &*(ctx.skb.skb as *const __sk_buff) };
+    // Fast exit: a connected socket's remote port (network order, high half)
+    // says whether this packet can matter. Unconnected sockets (remote port
+    // 0: a UDP resolver that does not connect()) are parsed.
+    let rport = u16::from_be((skb.remote_port >> 16) as u16);
+    let dns_port: u16 = config!(dns_port);
+    if rport != 0 && !is_capture_port(rport) && (dns_port == 0 || rport != dns_port) {
+        return Ok(());
+    }
     // The be16 ethertype sits in the low half of the u32 field.
     let proto = u32::from(u16::from_be(skb.protocol as u16));
     let mut key = TupleKey::default();
@@ -75,11 +88,11 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     let sport = u16::from_be(ctx.load::<u16>(l4)?);
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
     let (lport, rport) = if dir == DIR_EGRESS { (sport, dport) } else { (dport, sport) };
-    let dns = dns::is_dns(dir, sport, dport);
-    if ipproto == IPPROTO_UDP && !dns {
+    let is_dns = dns::is_dns(dir, sport, dport);
+    if ipproto == IPPROTO_UDP && !is_dns {
         return Ok(());
     }
-    if !dns && !is_proxy_port(rport) {
+    if !is_dns && !is_capture_port(rport) {
         return Ok(());
     }
     key.lport = lport;
@@ -102,66 +115,92 @@ fn capture(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> {
     }
     let doff: u8 = ctx.load(l4 + 12)?;
     let payload = l4 + ((doff >> 4) as usize) * 4;
-    if dns {
+    if is_dns {
         dns::capture(ctx, dir, u32::from(IPPROTO_TCP), &key, payload, len);
         return Ok(());
     }
     if len <= payload {
         return Ok(()); // no payload: SYN, ACK, FIN
     }
-    let Some(skaddr) = PROXY_FLOWS.get_ptr(key) else {
+    let Some((skaddr, st)) = flow_of(&key) else {
         return Ok(());
     };
-    // SAFETY: valid map value pointers.
-    let skaddr = unsafe { *skaddr };
-    let Some(state) = FLOWS.get_ptr_mut(skaddr) else {
-        return Ok(());
+    // SAFETY: valid state pointer (its fields are plain integers).
+    let st = unsafe { &mut *st };
+    let (done_flag, base, limit) = if dir == DIR_EGRESS {
+        (FLOW_FLAG_TX_DONE, st.tx_base, CAPTURE_TX_BYTES)
+    } else {
+        let limit = if st.flags & FLOW_FLAG_RX_OK != 0 {
+            CAPTURE_RX_OK_BYTES
+        } else {
+            CAPTURE_RX_ERR_BYTES
+        };
+        (FLOW_FLAG_RX_DONE, st.rx_base, limit)
     };
-    let flag = if dir == DIR_EGRESS { FLOW_FLAG_REQ_SEEN } else { FLOW_FLAG_RESP_SEEN };
-    // SAFETY: valid map value pointer; the flags are this program's alone.
-    let st = unsafe { &mut *state };
-    if st.flags & flag != 0 {
+    if st.flags & FLOW_FLAG_CAPTURE == 0 || st.flags & done_flag != 0 {
         return Ok(());
     }
-    st.flags |= flag;
-    let start_ns = st.start_ns;
+    let seq = u32::from_be(ctx.load::<u32>(l4 + 4)?);
+    let offset = seq.wrapping_sub(base);
+    if offset >= limit {
+        if offset >= limit + DONE_SLACK && offset < u32::MAX / 2 {
+            st.flags |= done_flag;
+        }
+        return Ok(());
+    }
     let avail = len - payload;
-    let n = if avail > PAYLOAD_BYTES { PAYLOAD_BYTES } else { avail };
+    let start_ns = st.start_ns;
     let skb_ptr = ctx.skb.skb;
-    emit(EVENT_PAYLOAD, |ev: &mut PayloadEvent| {
-        ev.hdr = EventHeader {
-            kind: EVENT_PAYLOAD,
-            size: size_of::<PayloadEvent>() as u32,
-            // SAFETY: a helper without arguments.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        };
-        ev.skaddr = skaddr;
-        ev.start_ns = start_ns;
-        ev.direction = dir;
-        // The verifier must see 1 ≤ n ≤ PAYLOAD_BYTES on the very register
-        // passed to the helper. Checking n itself compiles to a range check
-        // on a copy (n - 1), whose bounds verifiers before ~6.8 do not carry
-        // back to n (rejected on 5.10 and 6.1): so check m = n - 1, opaque to
-        // the compiler, with one unsigned compare and pass m + 1.
-        let m = core::hint::black_box(n.wrapping_sub(1));
-        if m >= PAYLOAD_BYTES {
-            return Err(-1);
+    let mut i = 0u32;
+    while i < CAPTURE_CHUNKS_PER_PACKET {
+        let at = i as usize * PAYLOAD_BYTES;
+        let chunk_off = offset + at as u32;
+        if at >= avail || chunk_off >= limit {
+            break;
         }
-        let n = m + 1;
-        // SAFETY: n is in 1..=PAYLOAD_BYTES and the destination holds PAYLOAD_BYTES.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                skb_ptr.cast(),
-                payload as u32,
-                ev.data.as_mut_ptr().cast(),
-                n as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(rc);
+        let n = if avail - at > PAYLOAD_BYTES { PAYLOAD_BYTES } else { avail - at };
+        let from = (payload + at) as u32;
+        let mut ok_status = false;
+        emit_unzeroed(&CAPTURE, EVENT_PAYLOAD, |ev: &mut PayloadEvent| {
+            // SAFETY: helper without preconditions.
+            ev.hdr = EventHeader {
+                kind: EVENT_PAYLOAD,
+                size: size_of::<PayloadEvent>() as u32,
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+            };
+            ev.skaddr = skaddr;
+            ev.start_ns = start_ns;
+            ev.direction = dir;
+            ev.offset = chunk_off;
+            ev._pad = 0;
+            ev.len = 0;
+            // The verifier must see 1 ≤ n ≤ PAYLOAD_BYTES on the very
+            // register passed to the helper. Checking n itself compiles to
+            // a range check on a copy (n - 1), whose bounds verifiers before
+            // ~6.8 do not carry back to n (rejected on 5.10 and 6.1): so
+            // check m = n - 1, opaque to the compiler, with one unsigned
+            // compare and pass m + 1.
+            let m = core::hint::black_box(n.wrapping_sub(1));
+            if m >= PAYLOAD_BYTES {
+                return Err(-1);
+            }
+            let n = m + 1;
+            // SAFETY: n is in 1..=PAYLOAD_BYTES and the destination holds PAYLOAD_BYTES.
+            let rc = unsafe {
+                bpf_skb_load_bytes(skb_ptr.cast(), from, ev.data.as_mut_ptr().cast(), n as u32)
+            };
+            if rc != 0 {
+                return Err(rc);
+            }
+            ev.len = n as u32;
+            // "HTTP/1.1 2xx": a tunnel that opened needs only its header block.
+            ok_status = chunk_off == 0 && n > 9 && ev.data[9] == b'2';
+            Ok(())
+        });
+        if ok_status && dir != DIR_EGRESS {
+            st.flags |= FLOW_FLAG_RX_OK;
         }
-        ev.len = n as u32;
-        Ok(())
-    });
+        i += 1;
+    }
     Ok(())
 }

@@ -1,66 +1,67 @@
-//! `tcp:tcp_retransmit_skb` and `tcp:tcp_receive_reset`: softirq context,
-//! attributed by socket address to flows opened in `set_state`.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use egress_common::{
-    EVENT_SYN_RETRANSMIT, EventHeader, FLOW_FLAG_RESET, STAT_RETRANSMITS, SynRetransmit, TpOffsets,
-    tcp_state,
-};
+//! Retransmits and received resets: softirq context, attributed by socket
+//! to flows opened in `set_state`. BTF tracepoints (the socket as an
+//! argument, no record built) where the kernel has BTF, classic ones else.
+use core::ffi::c_void;
 
-use crate::{
-    config,
-    emit::emit,
-    maps::{FLOWS, count},
-    read::field,
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
+use egress_common::{FLOW_FLAG_RESET, FlowState, STAT_RETRANSMITS, TpOffsets};
+
+use crate::{config, flow::state, maps::count, tp::field};
+
+/// One retransmit of a tracked socket; before ESTABLISHED it is a SYN's.
+#[inline(always)]
+fn retransmitted(st: *mut FlowState) {
+    count(STAT_RETRANSMITS);
+    // SAFETY: valid state pointer; per-socket events are serialised by the socket lock.
+    unsafe {
+        (*st).retransmits += 1;
+        if (*st).established_ns == 0 {
+            (*st).syn_retransmits += 1;
+        }
+    }
+}
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let _ = try_retransmit(&ctx);
+    let o: TpOffsets = config!(retransmit);
+    if let Ok(skaddr) = field::<u64>(&ctx, o.skaddr)
+        && let Some(st) = state(skaddr)
+    {
+        retransmitted(st);
+    }
     0
 }
 
-fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
-    let o: TpOffsets = config!(retransmit);
-    let skaddr = field::<u64>(ctx, o.skaddr)?;
-    let Some(state) = FLOWS.get_ptr_mut(skaddr) else {
-        return Ok(());
-    };
-    count(STAT_RETRANSMITS);
-    let st = field::<i32>(ctx, o.state)? as u32;
-    // SAFETY: valid map value pointer; per-socket events are serialised by the socket lock.
-    unsafe { (*state).retransmits += 1 };
-    if st == tcp_state::SYN_SENT {
-        // SAFETY: as above.
-        let n = unsafe {
-            (*state).syn_retransmits += 1;
-            (*state).syn_retransmits
-        };
-        // SAFETY: as above.
-        let start_ns = unsafe { (*state).start_ns };
-        emit(EVENT_SYN_RETRANSMIT, |ev: &mut SynRetransmit| {
-            ev.hdr = EventHeader {
-                kind: EVENT_SYN_RETRANSMIT,
-                size: size_of::<SynRetransmit>() as u32,
-                // SAFETY: a helper without arguments.
-                ts_ns: unsafe { bpf_ktime_get_ns() },
-            };
-            ev.skaddr = skaddr;
-            ev.start_ns = start_ns;
-            ev.syn_retransmits = n;
-            Ok(())
-        });
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    if let Some(st) = state(sk as u64) {
+        retransmitted(st);
     }
-    Ok(())
+    0
 }
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let o: TpOffsets = config!(receive_reset);
     if let Ok(skaddr) = field::<u64>(&ctx, o.skaddr)
-        && let Some(state) = FLOWS.get_ptr_mut(skaddr)
+        && let Some(st) = state(skaddr)
     {
-        // SAFETY: valid map value pointer.
-        unsafe { (*state).flags |= FLOW_FLAG_RESET };
+        // SAFETY: valid state pointer.
+        unsafe { (*st).flags |= FLOW_FLAG_RESET };
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    if let Some(st) = state(sk as u64) {
+        // SAFETY: valid state pointer.
+        unsafe { (*st).flags |= FLOW_FLAG_RESET };
     }
     0
 }

@@ -26,6 +26,11 @@ pub struct Row {
     pub fault: &'static str,
     pub expected: String,
     pub got: String,
+    /// What the client's node alone can say (`"vantage":"client"` on the
+    /// client leg's record), and what it should: the same as the full view
+    /// wherever the evidence reaches the client.
+    pub client_expected: String,
+    pub client_got: String,
     /// Seconds from the end of the client's request to the chain (or DNS)
     /// record; for the probe row, from the outage to its detection.
     pub lag_s: f64,
@@ -61,13 +66,15 @@ const LAB_DNS_TIMEOUT: &str = "1s";
 /// them and by what their processes are (the cgroups the Squids run in).
 pub fn agent_config(cfg: &ChainLabConfig, hop1_cgroup: &TestCgroup, hop2: &TestCgroup) -> String {
     format!(
-        "version: 1\nchain:\n  name: lab\n  hops:\n    - name: gke-squid\n      match:\n        addresses: [\"{}:{}\", \"{}:{}\"]\n        names: [\"{}\"]\n        cgroup: \"{}\"\n    - name: gce-proxy\n      match:\n        address: \"{}:{}\"\n        host_unit: \"{}\"\ndestinations:\n  allow: [\"{}:{}\"]\ndns:\n  timeout: {LAB_DNS_TIMEOUT}\n  names: [\"{}\", \"{}\"]\n",
+        "version: 1\nchain:\n  name: lab\n  hops:\n    - name: gke-squid\n      via_names: [\"{}\"]\n      match:\n        addresses: [\"{}:{}\", \"{}:{}\"]\n        names: [\"{}\"]\n        cgroup: \"{}\"\n    - name: gce-proxy\n      via_names: [\"{}\"]\n      match:\n        address: \"{}:{}\"\n        host_unit: \"{}\"\ndestinations:\n  allow: [\"{}:{}\"]\ndns:\n  timeout: {LAB_DNS_TIMEOUT}\n  names: [\"{}\", \"{}\"]\n",
+        cfg.hop1_hostname,
         cfg.cluster_ip,
         cfg.proxy_port,
         cfg.proxy_pod_ip,
         cfg.proxy_port,
         cfg.proxy_name,
         hop1_cgroup.path().file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+        cfg.hop2_hostname,
         cfg.gce_ip,
         cfg.proxy_port,
         hop2.unit,
@@ -312,11 +319,23 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
                 rec.as_ref().map(Value::to_string).unwrap_or_else(|e| format!("{e:#}"))
             );
         }
+        // The client's node alone: the client leg's own record (its
+        // vantage), or for a lookup that failed before any flow, the lookup.
+        let client_got = match source {
+            Source::Dns => got.clone(),
+            Source::Chain => client_view(&agent.records, pid),
+        };
+        // A lossy link past the first proxy does not reach the client: the
+        // tunnel opened, and that is all its node can say.
+        let client_expected =
+            if fault.starts_with("lossy hop") { "ok".to_string() } else { expected.clone() };
         rows.push(Row {
             fault,
-            ok: got == expected && lag <= LAG_LIMIT_S,
+            ok: got == expected && client_got == client_expected && lag <= LAG_LIMIT_S,
             expected,
             got,
+            client_expected,
+            client_got,
             lag_s: lag,
             lag_limit_s: LAG_LIMIT_S,
         });
@@ -347,6 +366,32 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
     let _ = std::fs::remove_dir_all(&dir);
     drop(lab);
     Ok(rows)
+}
+
+/// The client-vantage verdict of the client's request, from its client leg's
+/// connect record (`vantage` `client`) or, for a bypass, its direct flow.
+fn client_view(records: &[Value], pid: u64) -> String {
+    let mine = |v: &&Value| {
+        v["record"] == "flow" && v["pid"].as_u64() == Some(pid) && v["phase"] == "connect"
+    };
+    let leg = |v: &&Value, p: &str| v["leg"].as_str().is_some_and(|l| l.starts_with(p));
+    let Some(v) = records.iter().filter(mine).find(|v| leg(v, "client->") || leg(v, "direct"))
+    else {
+        return "(no client leg)".to_string();
+    };
+    if v["leg"] == "direct" {
+        return format!(
+            "{} at direct: {}",
+            v["verdict"].as_str().unwrap_or("?"),
+            v["reason"].as_str().unwrap_or("-")
+        );
+    }
+    match (v["verdict"].as_str(), v["failed_hop"].as_str(), v["reason"].as_str()) {
+        (Some("ok"), _, _) => "ok".to_string(),
+        (Some(verdict), Some(h), Some(r)) => format!("{verdict} at {h}: {r}"),
+        (Some(verdict), None, r) => format!("{verdict}: {} (no hop named)", r.unwrap_or("-")),
+        _ => "?".to_string(),
+    }
 }
 
 /// What to print instead of a verdict when the row's record never came:
@@ -435,9 +480,12 @@ fn probe_row(
         );
     }
     let limit = 2.0 * interval.as_secs_f64();
+    // The probe runs on this node: its own client leg is the same view.
     Ok(Row {
         fault,
         ok: got == expected && lag <= limit,
+        client_expected: expected.clone(),
+        client_got: got.clone(),
         expected,
         got,
         lag_s: lag,
@@ -445,17 +493,26 @@ fn probe_row(
     })
 }
 
+/// The table: the full view (every leg this agent saw: the chain record),
+/// the client's node alone (the client leg's vantage), the lag, and MATCH
+/// when both are as expected in time.
 pub fn print(rows: &[Row]) {
     println!(
-        "{:<36} {:<38} {:<38} {:>6} {:>6}  MATCH",
-        "FAULT INJECTED", "EXPECTED", "AGENT SAID", "LAG", "BOUND"
+        "{:<36} {:<38} {:<38} {:<38} {:>6} {:>6}  MATCH",
+        "FAULT INJECTED", "EXPECTED", "AGENT SAID (ALL LEGS)", "CLIENT NODE ALONE", "LAG", "BOUND"
     );
     for r in rows {
+        let client = if r.client_got == r.client_expected || r.client_expected == r.expected {
+            r.client_got.clone()
+        } else {
+            format!("{} (cannot see past hop 1)", r.client_got)
+        };
         println!(
-            "{:<36} {:<38} {:<38} {:>5.1}s {:>5.1}s  {}",
+            "{:<36} {:<38} {:<38} {:<38} {:>5.1}s {:>5.1}s  {}",
             r.fault,
             r.expected,
             r.got,
+            client,
             r.lag_s,
             r.lag_limit_s,
             if r.ok { "yes" } else { "NO" }

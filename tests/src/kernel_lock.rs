@@ -33,16 +33,20 @@ pub struct KernelLock(());
 impl KernelLock {
     /// Block until the lock is this process's (or share the hold it has).
     pub fn take() -> anyhow::Result<Self> {
+        Self::take_at(KERNEL_LOCK)
+    }
+
+    fn take_at(path: &str) -> anyhow::Result<Self> {
         let mut h = hold();
         if h.0 == 0 {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(KERNEL_LOCK)
-                .context(KERNEL_LOCK)?;
+                .open(path)
+                .with_context(|| path.to_string())?;
             // SAFETY: valid fd; blocks until the lock is ours.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!("flock {KERNEL_LOCK}: {}", std::io::Error::last_os_error());
+                bail!("flock {path}: {}", std::io::Error::last_os_error());
             }
             h.1 = Some(f);
         }
@@ -68,11 +72,15 @@ mod tests {
 
     #[test]
     fn reentrant_in_one_process() {
-        let a = KernelLock::take().expect("first");
-        let b = KernelLock::take().expect("second does not deadlock");
+        // A lock file of its own: the machine's may be held by a kernel test.
+        let path = std::env::temp_dir().join(format!("eo-lock-test-{}", std::process::id()));
+        let path = path.to_string_lossy().into_owned();
+        let a = KernelLock::take_at(&path).expect("first");
+        let b = KernelLock::take_at(&path).expect("second does not deadlock");
         drop(a);
         assert_eq!(hold().0, 1);
         drop(b);
         assert!(hold().1.is_none(), "released with the last guard");
+        let _ = std::fs::remove_file(&path);
     }
 }

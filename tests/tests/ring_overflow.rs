@@ -63,8 +63,8 @@ fn produced_equals_delivered_plus_lost() {
     };
     eprintln!("produced {produced} delivered {delivered} lost {lost}");
     assert!(
-        produced >= 1800.0,
-        "600 connections make ≥ 1800 events (start, connected, closed): {produced}"
+        produced >= 1200.0,
+        "600 connections make ≥ 1200 events with every flow an event (--log-flows): connected and closed: {produced}"
     );
     assert!(lost > 0.0, "a 4 KiB ring with a stalled reader must overflow\n{text}");
     assert!(delivered > 0.0);

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
-use egress_common::{DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES};
+use egress_common::{DEFAULT_AGG_KEYS, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES};
 
 use super::{
     filter,
@@ -32,12 +32,26 @@ pub struct ApiArgs {
 /// Kernel-side options shared by `run` and `watch`.
 #[derive(Debug, Clone, Args)]
 pub struct SessionArgs {
-    /// Ring buffer size in bytes (a power of two, at least the page size).
+    /// Size in bytes of each ring buffer, the flow events' and the captures'
+    /// (a power of two, at least the page size).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
-    /// Capacity of the in-kernel and in-agent socket tables.
+    /// Capacity of the in-kernel socket table (active opens in flight) and
+    /// of the agent's table of proxy flows waiting for their answer.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: u32,
+    /// Owner × destination pairs the kernel counts clean flows under between
+    /// two reads (once a second); beyond, clean flows are sent as events.
+    #[arg(long, default_value_t = DEFAULT_AGG_KEYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub agg_keys: u32,
+    /// DNS messages a cgroup (a pod, a unit) may have captured per second;
+    /// beyond its burst, the rest of its messages are counted, not captured
+    /// (`egress_events_lost_total{stage="dns_budget"}`). 0: no budget.
+    #[arg(long, default_value_t = 200)]
+    pub dns_rate: u32,
+    /// The budget's burst (messages).
+    #[arg(long, default_value_t = 400)]
+    pub dns_burst: u32,
     /// Retransmits at or above which a flow is `degraded` (0 disables).
     #[arg(long, default_value_t = 1)]
     pub degraded_retransmits: u32,
@@ -101,12 +115,17 @@ impl SessionArgs {
         self.config.as_deref().map(|p| Config::load(p).map(Arc::new)).transpose()
     }
 
-    /// The session these flags ask for, with the configuration loaded.
-    pub fn options(&self, config: Option<Arc<Config>>) -> SessionOptions {
+    /// The session these flags ask for, with the configuration loaded;
+    /// `verbose`: every flow as an event (a log or a live view of all flows).
+    pub fn options(&self, config: Option<Arc<Config>>, verbose: bool) -> SessionOptions {
         SessionOptions {
             ring_bytes: self.ring_bytes,
             max_flows: self.max_flows,
+            agg_keys: self.agg_keys,
             degraded_retransmits: self.degraded_retransmits,
+            verbose,
+            dns_rate: self.dns_rate,
+            dns_burst: self.dns_burst,
             cgroup_root: self.cgroup_root.clone(),
             private_ranges: self.private_ranges.clone(),
             proxy_ports: self.proxy_ports.clone(),

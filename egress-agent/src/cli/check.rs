@@ -152,7 +152,7 @@ pub async fn report(args: &CheckArgs) -> Report {
             None
         }
     };
-    let opts = args.session.options(config);
+    let opts = args.session.options(config, false);
     match kernel::load(&opts.load_options()) {
         Ok(p) => {
             checks.push(item("load", Status::Ok, "object loaded; ring buffer created"));

@@ -10,7 +10,9 @@ use clap::Args;
 
 use crate::{
     config::{AddrError, Cidr, parse_duration},
-    records::{ChainRecord, DnsRecord, FlowRecord, Reason, Record, Verdict, parse_rfc3339},
+    records::{
+        AggregateRecord, ChainRecord, DnsRecord, FlowRecord, Reason, Record, Verdict, parse_rfc3339,
+    },
 };
 
 #[derive(Debug, Clone, Default, Args)]
@@ -212,7 +214,26 @@ impl FlowFilter {
             Record::Flow(f) => self.matches(f),
             Record::Chain(c) => self.matches_chain(c),
             Record::Dns(d) => self.matches_dns(d),
+            Record::Aggregate(a) => self.matches_aggregate(a),
         }
+    }
+
+    /// A counted row, as the flows it counts would match (no pid, comm or
+    /// target: the kernel counts by owner cgroup and destination).
+    pub fn matches_aggregate(&self, a: &AggregateRecord) -> bool {
+        let ips = [a.dst.map(|d| d.ip())];
+        self.verdict.is_none_or(|v| v == a.verdict)
+            && self.reason.is_none_or(|x| Some(x) == a.reason)
+            && self.who(
+                a.namespace.as_deref(),
+                a.pod.as_deref(),
+                a.pod_uid.as_deref(),
+                a.workload.as_deref(),
+            )
+            && self.hop.as_deref().is_none_or(|h| a.hop.as_deref() == Some(h))
+            && self.dst.as_ref().is_none_or(|d| d.matches(&ips, None, a.dst_name.as_deref()))
+            && self.port.is_none_or(|p| a.dst.is_some_and(|d| d.port() == p))
+            && self.recent(&a.time, SystemTime::now())
     }
 
     pub fn matches_chain(&self, c: &ChainRecord) -> bool {

@@ -3,7 +3,8 @@
 use std::io::{IsTerminal as _, Write as _};
 
 use super::table::{
-    CHAIN_COLS, Col, DNS_COLS, FLOW_COLS, Table, chain_cells, dns_cells, flow_cells, terminal_width,
+    CHAIN_COLS, Col, DNS_COLS, FLOW_COLS, Table, aggregate_cells, chain_cells, dns_cells,
+    flow_cells, terminal_width,
 };
 use crate::records::{Record, Verdict};
 
@@ -60,7 +61,7 @@ impl Kind {
     /// The kind of records `r` is.
     pub fn of(r: &Record) -> Self {
         match r {
-            Record::Flow(_) => Self::Flows,
+            Record::Flow(_) | Record::Aggregate(_) => Self::Flows,
             Record::Chain(_) => Self::Chains,
             Record::Dns(_) => Self::Dns,
         }
@@ -134,6 +135,7 @@ impl Printer {
         };
         let l = match r {
             Record::Flow(f) => t.render(&flow_cells(f), Some(f.verdict)),
+            Record::Aggregate(a) => t.render(&aggregate_cells(a), Some(a.verdict)),
             Record::Chain(c) => t.render(&chain_cells(c), Some(c.verdict)),
             // A lookup is ok or failed; nothing else is coloured.
             Record::Dns(d) => {

@@ -43,7 +43,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let config = args.session.load_config()?;
-    let mut session = Session::start(args.session.options(config)).await?;
+    let mut session = Session::start(args.session.options(config, args.log_flows)).await?;
     let shutdown = shutdown_on_signals()?;
     let server = tokio::spawn(http::serve(listener, session.metrics.clone(), shutdown.clone()));
     let api = if args.no_api {

@@ -4,7 +4,7 @@
 //! layout, so rows never wrap and always line up with the header.
 use std::net::SocketAddr;
 
-use crate::records::{ChainRecord, DnsRecord, FlowRecord, Verdict};
+use crate::records::{AggregateRecord, ChainRecord, DnsRecord, FlowRecord, Verdict};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Col {
@@ -198,6 +198,31 @@ pub fn flow_cells(r: &FlowRecord) -> Vec<String> {
         r.retransmits.to_string(),
         opt(r.chain_id.as_deref()),
         opt(r.reason.map(|x| x.as_str())),
+    ]
+}
+
+/// Cells of a counted row (clean flows of one owner to one destination,
+/// counted in the kernel) in the flow table's columns: no pid or comm (the
+/// kernel counts by cgroup), the verdict with its count (`ok ×123`).
+pub fn aggregate_cells(a: &AggregateRecord) -> Vec<String> {
+    vec![
+        a.time.get(11..23).unwrap_or(&a.time).to_string(),
+        opt(a.namespace.as_deref()),
+        who(a.pod.as_deref(), a.unit.as_deref(), a.pod_uid.as_deref()),
+        "-".to_string(),
+        "-".to_string(),
+        "-".to_string(),
+        a.dst_name.clone().unwrap_or_else(|| addr(a.dst)),
+        addr(a.dst),
+        "-".to_string(),
+        opt(a.hop.as_deref()),
+        "-".to_string(),
+        "-".to_string(),
+        format!("{} ×{}", a.verdict.as_str(), a.count.max(a.closes)),
+        latency(a.latency_ms),
+        "0".to_string(),
+        "-".to_string(),
+        opt(a.reason.map(|x| x.as_str())),
     ]
 }
 

@@ -75,7 +75,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
         }
     }
     let config = args.session.load_config()?;
-    let mut session = Session::start(args.session.options(config)).await?;
+    let mut session = Session::start(args.session.options(config, true)).await?;
     eprintln!(
         "egress-agent watch: standalone mode, probes loaded by this process; {}",
         session.attached_summary()

@@ -58,11 +58,20 @@ pub struct HopConfig {
     pub protocol: Option<String>,
     #[serde(rename = "match", default)]
     pub matcher: HopMatch,
+    /// The names this proxy writes in the answers it makes and relays
+    /// (`Via`, `X-Cache … from`, `Proxy-Status`, error pages): Squid's
+    /// `visible_hostname`, tinyproxy's `ViaProxyName`, Envoy's `proxy_name`.
+    /// They tell which hop made an answer the client got.
+    #[serde(default)]
+    pub via_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HopMatch {
+    /// Same as the hop's `via_names` (accepted here too).
+    #[serde(default)]
+    pub via_names: Vec<String>,
     /// Where clients reach it: a Service (resolved with the Kubernetes index).
     #[serde(default)]
     pub service: Option<ServiceRef>,

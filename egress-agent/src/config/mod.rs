@@ -122,6 +122,8 @@ pub struct Hop {
     service_port: Option<u16>,
     /// DNS names clients resolve to reach it.
     pub names: Vec<String>,
+    /// Names this proxy writes in its answers (`Via`, `X-Cache`, …).
+    pub via_names: Vec<String>,
     pub host_unit: Option<String>,
     pub comm: Option<String>,
     /// A substring of its processes' cgroup path.
@@ -238,6 +240,7 @@ impl Config {
                 service,
                 service_port: m.service.as_ref().map(|s| s.port),
                 names: m.names.clone(),
+                via_names: h.via_names.iter().chain(&m.via_names).cloned().collect(),
                 host_unit: m.host_unit.clone(),
                 comm: m.comm.clone(),
                 cgroup: m.cgroup.clone(),

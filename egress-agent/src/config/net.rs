@@ -48,6 +48,15 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
+    /// The range as an IPv6 prefix, IPv4 v4-mapped (`::ffff:a.b.c.d/96+len`):
+    /// the key of the kernel's private-range trie.
+    pub fn v6_key(&self) -> ([u8; 16], u8) {
+        match self.addr {
+            IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), 96 + self.len),
+            IpAddr::V6(a) => (a.octets(), self.len),
+        }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {

@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt, KProbe, ProgramError,
-        RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt, KProbe,
+        ProgramError, RawTracePoint, TracePoint,
     },
 };
 
@@ -127,5 +127,20 @@ pub fn attach(ebpf: &mut Ebpf, p: &Program, cgroup_root: Option<&Path>) -> Resul
         }
         Hook::LoadOnly => {}
     }
+    Ok(())
+}
+
+/// Load and attach the BTF tracepoint program `object_name` to `tracepoint`
+/// (its arguments typed by the kernel's BTF).
+pub fn attach_btf(
+    ebpf: &mut Ebpf,
+    object_name: &'static str,
+    tracepoint: &str,
+    btf: &Btf,
+) -> Result<(), AttachError> {
+    let prog = ebpf.program_mut(object_name).ok_or(AttachError::Missing(object_name))?;
+    let prog = <&mut BtfTracePoint>::try_from(prog).map_err(AttachError::WrongType)?;
+    prog.load(tracepoint, btf).map_err(|e| load_error(&e))?;
+    prog.attach().map_err(|e| AttachError::Tracepoint(summary(&e)))?;
     Ok(())
 }

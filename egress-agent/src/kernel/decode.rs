@@ -4,9 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egress_common::{
-    AF_INET, AF_INET6, ConnectArgs, ConnectStart, DnsEvent, EVENT_CLOSED, EVENT_CONNECT_FAILED,
-    EVENT_CONNECT_START, EVENT_CONNECTED, EVENT_DNS, EVENT_NAT_MAPPING, EVENT_PAYLOAD,
-    EVENT_SYN_RETRANSMIT, EventHeader, FlowEnd, NatMapping, PayloadEvent, SynRetransmit, Tuple,
+    AF_INET, AF_INET6, ConnectArgs, DnsEvent, EVENT_DNS, EVENT_FLOW, EVENT_NAT_MAPPING,
+    EVENT_PAYLOAD, EventHeader, FlowEvent, NatMapping, PHASE_CLOSED, PHASE_CONNECT_FAILED,
+    PHASE_CONNECTED, PayloadEvent, Tuple,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +17,8 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("kind {kind}: header says {declared} bytes, expected {expected}, ring item has {len}")]
     BadSize { kind: u32, declared: u32, expected: usize, len: usize },
+    #[error("flow event with unknown phase {0}")]
+    BadPhase(u32),
 }
 
 impl DecodeError {
@@ -26,6 +28,7 @@ impl DecodeError {
             Self::Short(_) => "short",
             Self::UnknownKind(_) => "unknown_kind",
             Self::BadSize { .. } => "bad_size",
+            Self::BadPhase(_) => "bad_phase",
         }
     }
 }
@@ -33,11 +36,8 @@ impl DecodeError {
 /// One decoded kernel event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    ConnectStart(ConnectStart),
-    Connected(FlowEnd),
-    ConnectFailed(FlowEnd),
-    Closed(FlowEnd),
-    SynRetransmit(SynRetransmit),
+    /// A flow at a point worth a record (its phase says which).
+    Flow(Box<FlowEvent>),
     Payload(Box<PayloadEvent>),
     Dns(Box<DnsEvent>),
     /// From the optional conntrack kprobe.
@@ -47,11 +47,7 @@ pub enum Event {
 impl Event {
     pub fn kind(&self) -> u32 {
         match self {
-            Self::ConnectStart(_) => EVENT_CONNECT_START,
-            Self::Connected(_) => EVENT_CONNECTED,
-            Self::ConnectFailed(_) => EVENT_CONNECT_FAILED,
-            Self::Closed(_) => EVENT_CLOSED,
-            Self::SynRetransmit(_) => EVENT_SYN_RETRANSMIT,
+            Self::Flow(_) => EVENT_FLOW,
             Self::Payload(_) => EVENT_PAYLOAD,
             Self::Dns(_) => EVENT_DNS,
             Self::NatMapping(_) => EVENT_NAT_MAPPING,
@@ -82,14 +78,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     // SAFETY: length checked; the header is plain integers.
     let hdr: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     Ok(match hdr.kind {
-        EVENT_CONNECT_START => Event::ConnectStart(read(bytes, &hdr)?),
-        EVENT_CONNECTED => Event::Connected(read(bytes, &hdr)?),
-        EVENT_CONNECT_FAILED => Event::ConnectFailed(read(bytes, &hdr)?),
-        EVENT_CLOSED => Event::Closed(read(bytes, &hdr)?),
-        EVENT_SYN_RETRANSMIT => Event::SynRetransmit(read(bytes, &hdr)?),
+        EVENT_FLOW => {
+            let f: FlowEvent = read(bytes, &hdr)?;
+            if !matches!(f.phase, PHASE_CONNECTED | PHASE_CONNECT_FAILED | PHASE_CLOSED) {
+                return Err(DecodeError::BadPhase(f.phase));
+            }
+            Event::Flow(Box::new(f))
+        }
         EVENT_PAYLOAD => {
             let p: PayloadEvent = read(bytes, &hdr)?;
-            if p.len as usize > p.data.len() {
+            if p.len as usize > p.data.len() || p.len == 0 {
                 return Err(DecodeError::BadSize {
                     kind: hdr.kind,
                     declared: p.len,
@@ -157,40 +155,26 @@ pub(crate) fn bytes_of<T>(v: &T) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn start() -> ConnectStart {
+    fn flow(phase: u32) -> FlowEvent {
         let mut t = Tuple { family: AF_INET, dport: 443, ..Tuple::default() };
         t.daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        ConnectStart {
-            hdr: EventHeader {
-                kind: EVENT_CONNECT_START,
-                size: size_of::<ConnectStart>() as u32,
-                ts_ns: 7,
-            },
+        FlowEvent {
+            hdr: EventHeader { kind: EVENT_FLOW, size: size_of::<FlowEvent>() as u32, ts_ns: 7 },
             skaddr: 0xffff_0000_1234,
             pid: 42,
+            phase,
             tuple: t,
-            ..ConnectStart::default()
+            ..FlowEvent::default()
         }
     }
 
     #[test]
     fn decodes_each_kind() {
-        let s = start();
-        assert_eq!(decode(&bytes_of(&s)), Ok(Event::ConnectStart(s)));
-        for kind in [EVENT_CONNECTED, EVENT_CONNECT_FAILED, EVENT_CLOSED] {
-            let e = FlowEnd {
-                hdr: EventHeader { kind, size: size_of::<FlowEnd>() as u32, ts_ns: 1 },
-                sk_err: 111,
-                ..FlowEnd::default()
-            };
-            assert_eq!(decode(&bytes_of(&e)).map(|e| e.kind()), Ok(kind));
+        for phase in [PHASE_CONNECTED, PHASE_CONNECT_FAILED, PHASE_CLOSED] {
+            let f = flow(phase);
+            assert_eq!(decode(&bytes_of(&f)), Ok(Event::Flow(Box::new(f))));
         }
-        let r = SynRetransmit {
-            hdr: EventHeader { kind: EVENT_SYN_RETRANSMIT, size: 40, ts_ns: 1 },
-            syn_retransmits: 2,
-            ..Default::default()
-        };
-        assert_eq!(decode(&bytes_of(&r)), Ok(Event::SynRetransmit(r)));
+        assert_eq!(decode(&bytes_of(&flow(9))), Err(DecodeError::BadPhase(9)));
         let mut p = PayloadEvent {
             hdr: EventHeader {
                 kind: EVENT_PAYLOAD,
@@ -198,6 +182,7 @@ mod tests {
                 ts_ns: 1,
             },
             len: 3,
+            offset: 512,
             ..Default::default()
         };
         assert_eq!(decode(&bytes_of(&p)), Ok(Event::Payload(Box::new(p))));
@@ -206,6 +191,8 @@ mod tests {
             matches!(decode(&bytes_of(&p)), Err(DecodeError::BadSize { .. })),
             "payload length beyond its buffer"
         );
+        p.len = 0;
+        assert!(matches!(decode(&bytes_of(&p)), Err(DecodeError::BadSize { .. })), "empty chunk");
         let mut d = DnsEvent {
             hdr: EventHeader { kind: EVENT_DNS, size: size_of::<DnsEvent>() as u32, ts_ns: 1 },
             caplen: 30,
@@ -236,32 +223,31 @@ mod tests {
 
     #[test]
     fn truncated_records_are_rejected() {
-        let b = bytes_of(&start());
+        let b = bytes_of(&flow(PHASE_CLOSED));
         assert_eq!(decode(&b[..8]), Err(DecodeError::Short(8)));
         assert!(matches!(decode(&b[..100]), Err(DecodeError::BadSize { len: 100, .. })));
     }
 
     #[test]
     fn lying_header_is_rejected() {
-        let mut s = start();
-        s.hdr.size = 16;
-        assert!(matches!(decode(&bytes_of(&s)), Err(DecodeError::BadSize { declared: 16, .. })));
+        let mut f = flow(PHASE_CLOSED);
+        f.hdr.size = 16;
+        assert!(matches!(decode(&bytes_of(&f)), Err(DecodeError::BadSize { declared: 16, .. })));
         // A header claiming a larger kind than the bytes hold.
-        let mut e = FlowEnd {
-            hdr: EventHeader { kind: EVENT_CONNECT_START, size: 136, ts_ns: 0 },
-            ..FlowEnd::default()
+        let n = NatMapping {
+            hdr: EventHeader { kind: EVENT_FLOW, size: size_of::<FlowEvent>() as u32, ts_ns: 0 },
+            ..NatMapping::default()
         };
-        e.hdr.kind = EVENT_CONNECT_START;
-        assert!(matches!(decode(&bytes_of(&e)), Err(DecodeError::BadSize { len: 112, .. })));
+        assert!(matches!(decode(&bytes_of(&n)), Err(DecodeError::BadSize { len: 104, .. })));
     }
 
     #[test]
     fn unknown_kind_is_rejected() {
-        let mut s = start();
-        s.hdr.kind = 99;
-        assert_eq!(decode(&bytes_of(&s)), Err(DecodeError::UnknownKind(99)));
-        s.hdr.kind = 0;
-        assert_eq!(decode(&bytes_of(&s)), Err(DecodeError::UnknownKind(0)));
+        let mut f = flow(PHASE_CLOSED);
+        f.hdr.kind = 99;
+        assert_eq!(decode(&bytes_of(&f)), Err(DecodeError::UnknownKind(99)));
+        f.hdr.kind = 0;
+        assert_eq!(decode(&bytes_of(&f)), Err(DecodeError::UnknownKind(0)));
     }
 
     #[test]

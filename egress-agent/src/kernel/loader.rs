@@ -4,7 +4,8 @@
 //! keep on standby what is not needed here, and say why the rest is skipped.
 use aya::{Ebpf, EbpfLoader};
 use egress_common::{
-    Config, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS,
+    Config, GLOBAL_CONFIG, KOFF_UNKNOWN, KernelOffsets, MAP_AGG, MAP_CAPTURE, MAP_EVENTS,
+    MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS,
 };
 use serde::Serialize;
 
@@ -36,8 +37,11 @@ pub enum LoadError {
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
+    /// Bytes of each ring (flow events; captures).
     pub ring_bytes: u32,
     pub max_flows: u32,
+    /// Keys of each aggregation map of clean flows.
+    pub agg_keys: u32,
     /// Proxy ports whose first payload bytes are read (empty: payload hooks off).
     pub proxy_ports: Vec<u16>,
     /// cgroup v2 mount the cgroup hooks attach to (None: none found).
@@ -73,6 +77,10 @@ pub struct ProgramStatus {
     /// Length of the program after verification, in instructions
     /// (`xlated_prog_len` / 8, every kernel; None when not loaded).
     pub xlated_insns: Option<u32>,
+    /// Why the preferred BTF tracepoint did not load here (the classic
+    /// tracepoint stands in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// The loaded object and what became of each program.
@@ -235,14 +243,33 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
     resolved.config.proxy_ports[..ports.len()].copy_from_slice(&ports);
     resolved.config.dns_port = opts.dns_port;
+    // Whether sys_enter_connect will run decides whether the connect path
+    // looks up what connect() was asked for.
+    let intent_disabled = opts.disabled.iter().any(|d| d == "sys_enter_connect");
+    let intent = match opts.connect_intent {
+        Some(on) => on,
+        None => socket_lb_programs() > 0,
+    };
+    resolved.config.connect_intent = u16::from(intent && !intent_disabled);
+    // BTF tracepoints where the kernel describes itself and the socket
+    // fields they read resolved.
+    let btf_tp = match (&btf, aya::Btf::from_sys_fs()) {
+        (Some(_), Ok(b)) if socket_fields_known(&resolved.config.kernel) => Ok(b),
+        (None, _) => Err("no kernel BTF".to_string()),
+        (Some(_), Err(e)) => Err(format!("kernel BTF: {e}")),
+        (Some(_), Ok(_)) => Err("socket fields missing from BTF".to_string()),
+    };
     // The reader is woken once an eighth of the ring is unread; below that
     // it collects events on its poll tick (pipeline::ring::POLL).
     resolved.config.wakeup_bytes = opts.ring_bytes / 8;
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &resolved.config, true)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
+        .map_max_entries(MAP_CAPTURE, opts.ring_bytes)
         .map_max_entries(MAP_FLOWS, opts.max_flows)
         .map_max_entries(MAP_PROXY_FLOWS, opts.max_flows)
+        .map_max_entries(MAP_AGG[0], opts.agg_keys)
+        .map_max_entries(MAP_AGG[1], opts.agg_keys)
         .load(EBPF_OBJECT)?;
 
     let mut host = Host {
@@ -255,6 +282,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     let mut programs = Vec::with_capacity(PROGRAMS.len());
     for p in PROGRAMS {
+        let mut loaded_as = None;
+        let mut fallback = None;
         let disabled = opts.disabled.iter().any(|d| d == p.name);
         let standby = if disabled { None } else { host.standby(p) };
         let error = if disabled {
@@ -267,6 +296,25 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             })
         } else if let Some(why) = host.missing(p) {
             Some(why)
+        } else if let Some(object) = p.btf {
+            // The BTF tracepoint first; the classic one where it cannot load.
+            let tried = match &btf_tp {
+                Ok(b) => attach::attach_btf(&mut ebpf, object, tracepoint_name(p), b)
+                    .map_err(|e| e.to_string()),
+                Err(why) => Err(why.clone()),
+            };
+            match tried {
+                Ok(()) => {
+                    loaded_as = Some(object);
+                    None
+                }
+                Err(why) => {
+                    fallback = Some(why);
+                    attach::attach(&mut ebpf, p, opts.cgroup_root.as_deref())
+                        .err()
+                        .map(|e| e.to_string())
+                }
+            }
         } else {
             attach::attach(&mut ebpf, p, opts.cgroup_root.as_deref()).err().map(|e| e.to_string())
         };
@@ -282,7 +330,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             host.so_error_attached = error.is_none();
         }
         let (verified_insns, xlated_insns) =
-            match ebpf.program(p.name).and_then(|prog| prog.info().ok()) {
+            match ebpf.program(loaded_as.unwrap_or(p.name)).and_then(|prog| prog.info().ok()) {
                 Some(info) => (
                     info.verified_instruction_count(),
                     info.size_translated().map(|bytes| bytes / 8),
@@ -291,7 +339,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             };
         programs.push(ProgramStatus {
             program: p.name.to_string(),
-            hook: p.hook.describe(),
+            hook: match loaded_as {
+                Some(_) => format!("tp_btf/{}", tracepoint_name(p)),
+                None => p.hook.describe(),
+            },
             required: p.need == Need::Required,
             attached: error.is_none(),
             error,
@@ -299,9 +350,26 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             standby: standby.is_some(),
             verified_insns,
             xlated_insns,
+            fallback,
         });
     }
     Ok(Loaded { ebpf, programs, kernel_problems: resolved.kernel_problems })
+}
+
+/// The tracepoint a program hooks (its BTF variant hooks the same one).
+fn tracepoint_name(p: &Program) -> &'static str {
+    match p.hook {
+        Hook::Tracepoint { name, .. } | Hook::RawTracepoint { name, .. } => name,
+        _ => p.name,
+    }
+}
+
+/// The socket fields the BTF tracepoints read from a `struct sock` (the
+/// classic tracepoints read them from their records).
+fn socket_fields_known(k: &KernelOffsets) -> bool {
+    [k.skc_family, k.skc_num, k.skc_dport, k.skc_daddr, k.skc_rcv_saddr, k.sk_protocol]
+        .iter()
+        .all(|&o| o != KOFF_UNKNOWN)
 }
 
 /// cgroup sock_addr programs loaded on this host (connect hooks of

@@ -3,6 +3,7 @@
 //! ([`offsets`]); loading and attaching them for this kernel ([`loader`],
 //! [`attach`]); and decoding what they put in the ring ([`decode`]).
 pub mod attach;
+pub mod control;
 pub mod decode;
 pub mod loader;
 pub mod offsets;

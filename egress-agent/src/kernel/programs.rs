@@ -110,6 +110,11 @@ pub struct Program {
     pub requires: Requires,
     /// Tracefs tracepoints: where its record's fields are.
     pub layout: Option<Layout>,
+    /// The same program as a BTF tracepoint (`tp_btf`), the object's program
+    /// of that name: preferred where the kernel has BTF (the arguments come
+    /// as they are, no record is built per event); the classic tracepoint
+    /// stands in where it cannot load.
+    pub btf: Option<&'static str>,
 }
 
 const GETSOCKOPT_ROLE: &str = "errno of fast ICMP errors consumed by SO_ERROR";
@@ -125,6 +130,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::CgroupRoot,
         layout: None,
+        btf: None,
     },
     Program {
         name: "inet_sock_set_state",
@@ -136,6 +142,7 @@ pub const PROGRAMS: &[Program] = &[
         layout: Some(|f, c| {
             f.tcp_offsets(&["oldstate", "newstate", "protocol"], None).map(|o| c.set_state = o)
         }),
+        btf: Some("inet_sock_set_state_btf"),
     },
     Program {
         name: "tcp_retransmit_skb",
@@ -145,6 +152,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::Tracepoint,
         layout: Some(|f, c| f.tcp_offsets(&[], Some("state")).map(|o| c.retransmit = o)),
+        btf: Some("tcp_retransmit_skb_btf"),
     },
     Program {
         name: "tcp_receive_reset",
@@ -154,6 +162,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::Tracepoint,
         layout: Some(|f, c| f.tcp_offsets(&[], None).map(|o| c.receive_reset = o)),
+        btf: Some("tcp_receive_reset_btf"),
     },
     Program {
         name: "inet_sk_error_report",
@@ -163,6 +172,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::Tracepoint,
         layout: None,
+        btf: None,
     },
     Program {
         name: "sys_enter_connect",
@@ -176,6 +186,7 @@ pub const PROGRAMS: &[Program] = &[
             c.syscalls.connect_fd = f.sized("fd", 8)?;
             Ok(())
         }),
+        btf: None,
     },
     Program {
         name: "sys_enter_getsockopt",
@@ -191,6 +202,7 @@ pub const PROGRAMS: &[Program] = &[
             c.syscalls.getsockopt_optval = f.sized("optval", 8)?;
             Ok(())
         }),
+        btf: None,
     },
     Program {
         name: "sys_exit_getsockopt",
@@ -200,6 +212,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::WhileSoErrorAttached,
         requires: Requires::Tracepoint,
         layout: Some(|f, c| f.sized("ret", 8).map(|o| c.syscalls.getsockopt_ret = o)),
+        btf: None,
     },
     Program {
         name: "payload_egress",
@@ -209,6 +222,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::Payload,
         layout: None,
+        btf: None,
     },
     Program {
         name: "payload_ingress",
@@ -218,6 +232,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::Payload,
         layout: None,
+        btf: None,
     },
     Program {
         name: "conntrack_confirm",
@@ -227,6 +242,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::ConntrackBtf,
         layout: None,
+        btf: None,
     },
     Program {
         name: "compat_canary",
@@ -236,6 +252,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::Verifier,
         layout: None,
+        btf: None,
     },
 ];
 

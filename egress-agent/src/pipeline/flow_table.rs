@@ -1,62 +1,107 @@
-//! The flow stage: a socket table that joins the kernel events of one active
-//! open into flow records, with their verdicts. Owned by the pipeline task
+//! The flow stage: kernel flow events become flow records with their
+//! verdicts. Each event is self-contained (the kernel kept the owner with
+//! the socket), so only flows to capture ports (proxies) are held here:
+//! their record waits for the proxy's answer, reassembled from the captured
+//! chunks of both directions by stream offset. Owned by the pipeline task
 //! alone: no locks.
 use std::collections::{HashMap, VecDeque};
 
 use egress_common::{
-    ConnectStart, DIR_EGRESS, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEnd, PayloadEvent,
+    DIR_EGRESS, FLOW_FLAG_CAPTURE, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEvent,
+    PHASE_CLOSED, PHASE_CONNECT_FAILED, PHASE_CONNECTED, PayloadEvent,
 };
 
 use super::{
     judge::{self, Facts},
-    proxy_http::{self, ProxyRequest},
+    proxy_http,
+    vantage::{self, ProxyAnswer, Reassembly},
 };
 use crate::{
     kernel::decode::{self, Event},
-    records::{Clock, FlowRecord, Phase, Reason, Verdict, rfc3339},
+    records::{Clock, FlowRecord, Phase, Verdict, rfc3339},
 };
+
+/// Bytes of a proxy flow's request side kept (the CONNECT request and the
+/// first bytes sent inside the tunnel) and of its answer side (a 2xx needs
+/// its header block; an error also the start of its body, where a proxy
+/// may name itself): as much as the kernel captures.
+const TX_BYTES: usize = egress_common::CAPTURE_TX_BYTES as usize;
+const RX_BYTES: usize = egress_common::CAPTURE_RX_ERR_BYTES as usize;
+/// Chunks that arrive before their flow's connected event (the capture
+/// ring is read apart from the flow ring) wait this long, this many at most.
+const EARLY_WAIT_NS: u64 = 2_000_000_000;
+const EARLY_MAX: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct FlowSettings {
     /// Retransmits at or above which a flow is `degraded` (0 = never).
     pub degraded_retransmits: u32,
-    /// Flows held in userspace at most; beyond, the oldest is evicted and counted.
+    /// Proxy flows held at most; beyond, the oldest goes out as it is.
     pub max_flows: usize,
-    /// Remote ports of proxies: a flow to one is reported when the proxy
-    /// answers (status line), not at connect.
-    pub proxy_ports: Vec<u16>,
+    /// How long an error answer may wait for the rest of its body (or the
+    /// close) once its header block is complete.
+    pub answer_wait_ns: u64,
 }
 
 /// What the table noticed that is not a record (counted by the caller).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TableStats {
-    /// Events for a socket whose start was never seen (its start was lost).
+    /// Captured chunks whose flow never showed up (or was gone).
     pub orphans: u64,
-    /// Flows evicted because the table was full.
+    /// Proxy flows sent on early because the table was full.
     pub evicted: u64,
 }
 
-#[derive(Debug, Clone)]
-/// One open flow. Kept small: the table holds one per open connection
-/// (100k open sockets must fit in tens of MiB), so what only proxy flows
-/// carry is boxed.
-struct Flow {
-    start: ConnectStart,
-    connect_verdict: Option<Verdict>,
-    request: Option<Box<ProxyRequest>>,
-    /// A proxy flow's connect record, waiting for the proxy's answer.
-    held: Option<Box<FlowRecord>>,
+/// What a proxy's answer and the client's socket say, for the client-vantage
+/// judgement once the flow's leg is known (after enrichment).
+#[derive(Debug, Clone, Default)]
+pub struct AnswerEvidence {
+    pub answer: Option<ProxyAnswer>,
+    /// Body bytes captured after the header block (a bounded prefix).
+    pub body: Vec<u8>,
+    /// Body bytes the socket received in all, when the flow has closed.
+    pub body_bytes_total: Option<u64>,
+    pub closed: bool,
+    /// From the connect to the answer's first byte.
+    pub answer_ms: Option<f64>,
+    pub retransmits: u32,
 }
+
+/// A flow's record with what decides its client-vantage verdict (proxy
+/// flows only).
+pub type Out = (FlowRecord, Option<Box<AnswerEvidence>>);
+
+/// A flow to a proxy, waiting for (or past) its answer.
+struct Held {
+    record: Box<FlowRecord>,
+    /// Sent on: the answer came (or the flow ended).
+    released: bool,
+    connect_verdict: Verdict,
+    established_ns: u64,
+    tx: Reassembly,
+    rx: Reassembly,
+    first_rx_ns: Option<u64>,
+    /// When an error answer's header block was complete.
+    header_done_ns: Option<u64>,
+    closed: bool,
+    body_bytes_total: Option<u64>,
+}
+
+type FlowId = (u64, u64);
 
 pub struct FlowTable {
     settings: FlowSettings,
     clock: Clock,
-    /// Boxed: the hash table holds 16-byte slots, so when it doubles it
-    /// copies pointers, not entries (with entries inline, a doubling at 57k
-    /// flows briefly held both tables: +11 MiB of peak RSS with 100k flows).
-    flows: HashMap<u64, Box<Flow>>,
-    /// Insertion order for eviction: (skaddr, start_ns).
-    order: VecDeque<(u64, u64)>,
+    /// Boxed: the map holds small slots, so a doubling copies pointers.
+    held: HashMap<FlowId, Box<Held>>,
+    order: VecDeque<FlowId>,
+    early: HashMap<FlowId, Vec<(u64, Box<PayloadEvent>)>>,
+    early_order: VecDeque<(u64, FlowId)>,
+    early_count: usize,
+    /// Closes of proxy flows still waiting for their answer, applied once
+    /// the capture ring has been read too: the answer's chunks were
+    /// committed there before the close was committed to the flow ring.
+    deferred: Vec<FlowEvent>,
     pub stats: TableStats,
 }
 
@@ -65,193 +110,252 @@ impl FlowTable {
         Self {
             settings,
             clock,
-            flows: HashMap::new(),
+            held: HashMap::new(),
             order: VecDeque::new(),
+            early: HashMap::new(),
+            early_order: VecDeque::new(),
+            early_count: 0,
+            deferred: Vec::new(),
             stats: TableStats::default(),
         }
     }
 
+    /// Proxy flows held (their answer or their close is to come).
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.held.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.held.is_empty()
     }
 
-    /// Feed one event; a record is returned when a flow reached an outcome.
-    pub fn on_event(&mut self, ev: &Event) -> Option<FlowRecord> {
+    /// Whether something waits on time (an answer's body, early chunks).
+    pub fn waiting(&self) -> bool {
+        !self.early_order.is_empty() || self.held.values().any(|h| h.header_done_ns.is_some())
+    }
+
+    /// Feed one event; records that reached their outcome go to `out`.
+    pub fn on_event(&mut self, ev: &Event, out: &mut Vec<Out>) {
         match ev {
-            Event::ConnectStart(s) => {
-                self.insert(*s);
-                None
-            }
-            Event::SynRetransmit(_) => None, // counted in the kernel; the totals come with the outcome
-            Event::Connected(e) => {
-                let threshold = self.settings.degraded_retransmits;
-                let flow =
-                    self.flows.get_mut(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns);
-                let (owner, found) = match flow {
-                    Some(f) => (f.start, true),
-                    None => (orphan_start(e), false),
-                };
-                let (v, reason) = judge::connected(&facts(e, 0), threshold);
-                let rec = self.record(&owner, e, Phase::Connect, v, reason, 0);
-                if !found {
-                    self.stats.orphans += 1;
-                    return Some(rec);
+            Event::Flow(e) => self.on_flow(e, out),
+            Event::Payload(p) => self.on_payload(p, out),
+            // The DNS tracker and the NAT table take these.
+            Event::Dns(_) | Event::NatMapping(_) => {}
+        }
+    }
+
+    fn on_flow(&mut self, e: &FlowEvent, out: &mut Vec<Out>) {
+        let thr = self.settings.degraded_retransmits;
+        let id = (e.skaddr, e.start_ns);
+        match e.phase {
+            PHASE_CONNECTED => {
+                let (v, reason) = judge::connected(&facts(e, 0), thr);
+                let rec = self.record(e, Phase::Connect, v, reason, 0);
+                if e.flags & FLOW_FLAG_CAPTURE == 0 {
+                    out.push((rec, None));
+                    return;
                 }
-                let is_proxy = self.settings.proxy_ports.contains(&e.tuple.dport);
-                let f = self.flows.get_mut(&e.skaddr)?;
-                f.connect_verdict = Some(v);
-                if is_proxy {
-                    f.held = Some(Box::new(rec));
-                    return None;
-                }
-                Some(rec)
+                self.hold(id, e, rec, v, out);
             }
-            Event::Payload(p) => self.on_payload(p),
-            Event::Dns(_) => None, // the pipeline's DNS tracker takes these
-            Event::NatMapping(_) => None, // the pipeline gives these to the NAT table
-            Event::ConnectFailed(e) => {
-                let owner = self.take(e);
+            PHASE_CONNECT_FAILED => {
                 // sk_err first; the reported error survives getsockopt(SO_ERROR).
                 let errno = [e.sk_err, e.reported_err, e.sk_err_soft]
                     .into_iter()
                     .find(|&x| x != 0)
                     .unwrap_or(0);
-                Some(self.failure(&owner, e, errno))
+                let reason = judge::connect_failure(&facts(e, errno));
+                out.push((
+                    self.record(e, Phase::Connect, Verdict::Failed, Some(reason), errno),
+                    None,
+                ));
             }
-            Event::Closed(e) => {
-                let flow =
-                    self.flows.get_mut(&e.skaddr).filter(|f| f.start.hdr.ts_ns == e.start_ns);
-                let connect_verdict = flow.as_ref().and_then(|f| f.connect_verdict);
-                if let Some(mut held) = flow.and_then(|f| f.held.take()) {
-                    // A proxy flow closed before its proxy answered: that is
-                    // its record, with the close's evidence.
-                    self.take(e);
-                    let (v, reason) =
-                        judge::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
-                    let (v, reason) = if v == Verdict::Ok && held.target.is_some() {
-                        (Verdict::Failed, Some(Reason::Other))
-                    } else {
-                        (v, reason)
-                    };
-                    held.verdict = v;
-                    held.reason = reason;
-                    held.retransmits = e.retransmits;
-                    held.duration_ms = Some(ms(e.hdr.ts_ns.saturating_sub(e.established_ns)));
-                    return Some(*held);
+            PHASE_CLOSED => {
+                if self.held.get(&id).is_some_and(|h| !h.released) {
+                    self.deferred.push(*e);
+                    return;
                 }
-                let owner = self.take(e);
-                let (v, reason) =
-                    judge::closed(&facts(e, e.sk_err), self.settings.degraded_retransmits);
+                self.close(e, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Apply the closes that waited for the capture ring to be read.
+    pub fn flush(&mut self, out: &mut Vec<Out>) {
+        for e in std::mem::take(&mut self.deferred) {
+            self.close(&e, out);
+        }
+    }
+
+    fn close(&mut self, e: &FlowEvent, out: &mut Vec<Out>) {
+        let thr = self.settings.degraded_retransmits;
+        let id = (e.skaddr, e.start_ns);
+        {
+            {
+                let (v, reason) = judge::closed(&facts(e, e.sk_err), thr);
+                let connect_verdict = match self.held.remove(&id) {
+                    Some(mut h) => {
+                        if !h.released {
+                            // Ended before (all of) its answer came: the
+                            // answer's record with what the close says.
+                            out.push(release(&self.clock, &mut h, Some((e, v, reason))));
+                        }
+                        h.connect_verdict
+                    }
+                    None => judge::connected(&facts(e, 0), thr).0,
+                };
+                let mut rec = self.record(e, Phase::Close, v, reason, e.sk_err);
                 // One shown record per flow unless it got worse after the connect.
-                let mut rec = self.record(&owner, e, Phase::Close, v, reason, e.sk_err);
-                rec.quiet = Some(v) == connect_verdict || v == Verdict::Ok;
-                Some(rec)
+                rec.quiet = v == connect_verdict || v == Verdict::Ok;
+                out.push((rec, None));
             }
         }
     }
 
-    /// First payload of a proxy flow: the request line out, the status in.
-    fn on_payload(&mut self, p: &PayloadEvent) -> Option<FlowRecord> {
-        let f = self.flows.get_mut(&p.skaddr).filter(|f| f.start.hdr.ts_ns == p.start_ns)?;
-        let bytes = &p.data[..(p.len as usize).min(p.data.len())];
-        if p.direction == DIR_EGRESS {
-            f.request = proxy_http::parse_request(bytes).map(Box::new);
-            if let Some(h) = f.held.as_mut() {
-                h.target = f.request.as_ref().map(|r| r.target.clone());
-            }
-            return None;
-        }
-        let resp = proxy_http::parse_response(bytes)?;
-        let mut rec = *f.held.take()?;
-        let (v, reason) = judge::proxy_status(resp.status);
-        // A tunnel that connected slowly stays degraded even when it opened.
-        if !(v == Verdict::Ok && rec.verdict == Verdict::Degraded) {
-            rec.verdict = v;
-            rec.reason = reason;
-        }
-        f.connect_verdict = Some(rec.verdict);
-        rec.target = f.request.as_ref().map(|r| r.target.clone());
-        rec.proxy_status = Some(resp.status);
-        rec.proxy_error = resp.error;
-        rec.proxy_via = resp.via;
-        rec.time = rfc3339(self.clock.wall(p.hdr.ts_ns));
-        rec.record_mono_ns = p.hdr.ts_ns;
-        Some(rec)
-    }
-
-    fn failure(&self, owner: &ConnectStart, e: &FlowEnd, errno: i32) -> FlowRecord {
-        let reason = judge::connect_failure(&facts(e, errno));
-        self.record(owner, e, Phase::Connect, Verdict::Failed, Some(reason), errno)
-    }
-
-    fn insert(&mut self, s: ConnectStart) {
-        if self.flows.len() >= self.settings.max_flows {
-            while let Some((sk, ts)) = self.order.pop_front() {
-                if self.flows.get(&sk).is_some_and(|f| f.start.hdr.ts_ns == ts) {
-                    self.flows.remove(&sk);
+    fn hold(&mut self, id: FlowId, e: &FlowEvent, rec: FlowRecord, v: Verdict, out: &mut Vec<Out>) {
+        if self.held.len() >= self.settings.max_flows.max(1) {
+            while let Some(old) = self.order.pop_front() {
+                if let Some(mut h) = self.held.remove(&old) {
                     self.stats.evicted += 1;
+                    if !h.released {
+                        out.push(release(&self.clock, &mut h, None));
+                    }
                     break;
                 }
             }
         }
-        if self
-            .flows
-            .insert(
-                s.skaddr,
-                Box::new(Flow { start: s, connect_verdict: None, request: None, held: None }),
-            )
-            .is_some()
-        {
-            // The previous socket at this address ended without us seeing it.
-            self.stats.orphans += 1;
-        }
-        self.order.push_back((s.skaddr, s.hdr.ts_ns));
+        self.held.insert(
+            id,
+            Box::new(Held {
+                record: Box::new(rec),
+                released: false,
+                connect_verdict: v,
+                established_ns: e.established_ns,
+                tx: Reassembly::new(TX_BYTES),
+                rx: Reassembly::new(RX_BYTES),
+                first_rx_ns: None,
+                header_done_ns: None,
+                closed: false,
+                body_bytes_total: None,
+            }),
+        );
+        self.order.push_back(id);
         if self.order.len() > 2 * self.settings.max_flows.max(1024) {
-            let flows = &self.flows;
-            self.order.retain(|(sk, ts)| flows.get(sk).is_some_and(|f| f.start.hdr.ts_ns == *ts));
+            let held = &self.held;
+            self.order.retain(|id| held.contains_key(id));
+        }
+        if let Some(chunks) = self.early.remove(&id) {
+            self.early_count = self.early_count.saturating_sub(chunks.len());
+            for (_, p) in chunks {
+                self.on_payload(&p, out);
+            }
         }
     }
 
-    /// Remove and return the owner of the flow `e` ends (or a stand-in if unseen).
-    fn take(&mut self, e: &FlowEnd) -> ConnectStart {
-        match self.flows.get(&e.skaddr) {
-            Some(f) if f.start.hdr.ts_ns == e.start_ns => {
-                self.flows.remove(&e.skaddr).map(|f| f.start).unwrap_or_default()
+    /// A captured chunk of a proxy flow: the request side gives the CONNECT
+    /// target, the answer side the proxy's status and evidence.
+    fn on_payload(&mut self, p: &PayloadEvent, out: &mut Vec<Out>) {
+        let id = (p.skaddr, p.start_ns);
+        let Some(h) = self.held.get_mut(&id) else {
+            self.stash(id, p);
+            return;
+        };
+        let bytes = &p.data[..(p.len as usize).min(p.data.len())];
+        if p.direction == DIR_EGRESS {
+            h.tx.push(p.offset, bytes);
+            if h.record.target.is_none() {
+                h.record.target = proxy_http::parse_request(h.tx.contiguous()).map(|r| r.target);
             }
-            _ => {
-                self.stats.orphans += 1;
-                orphan_start(e)
+            return;
+        }
+        h.rx.push(p.offset, bytes);
+        if p.offset == 0 || h.first_rx_ns.is_none() {
+            h.first_rx_ns = Some(h.first_rx_ns.map_or(p.hdr.ts_ns, |t| t.min(p.hdr.ts_ns)));
+        }
+        if h.released || !h.rx.header_complete() {
+            return;
+        }
+        let Some(answer) = vantage::parse_answer(h.rx.contiguous()) else { return };
+        // A tunnel that opened needs nothing more; an error answer waits for
+        // its body (a proxy may name itself there) or the flow's end.
+        let body_complete = answer.content_length.is_some_and(|n| h.rx.body().len() as u64 >= n);
+        if answer.status < 300 || body_complete || h.rx.is_full() {
+            out.push(release(&self.clock, h, None));
+        } else if h.header_done_ns.is_none() {
+            h.header_done_ns = Some(p.hdr.ts_ns);
+        }
+    }
+
+    fn stash(&mut self, id: FlowId, p: &PayloadEvent) {
+        if self.early_count >= EARLY_MAX {
+            self.stats.orphans += 1;
+            return;
+        }
+        self.early_count += 1;
+        self.early.entry(id).or_default().push((p.hdr.ts_ns, Box::new(*p)));
+        self.early_order.push_back((p.hdr.ts_ns, id));
+    }
+
+    /// Time passes: error answers whose wait is over go out; early chunks
+    /// whose flow never came are dropped and counted.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Out>) {
+        let wait = self.settings.answer_wait_ns;
+        for h in self.held.values_mut() {
+            if !h.released && h.header_done_ns.is_some_and(|t| now_ns.saturating_sub(t) >= wait) {
+                out.push(release(&self.clock, h, None));
             }
         }
+        while let Some(&(ts, id)) = self.early_order.front() {
+            if now_ns.saturating_sub(ts) < EARLY_WAIT_NS {
+                break;
+            }
+            self.early_order.pop_front();
+            if let Some(chunks) = self.early.get_mut(&id) {
+                let before = chunks.len();
+                chunks.retain(|(t, _)| now_ns.saturating_sub(*t) < EARLY_WAIT_NS);
+                let gone = before - chunks.len();
+                self.stats.orphans += gone as u64;
+                self.early_count = self.early_count.saturating_sub(gone);
+                if chunks.is_empty() {
+                    self.early.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Shutdown: every held flow goes out as it stands.
+    pub fn finish(&mut self, out: &mut Vec<Out>) {
+        self.flush(out);
+        for (_, mut h) in std::mem::take(&mut self.held) {
+            if !h.released {
+                out.push(release(&self.clock, &mut h, None));
+            }
+        }
+        self.order.clear();
     }
 
     fn record(
         &self,
-        s: &ConnectStart,
-        e: &FlowEnd,
+        e: &FlowEvent,
         phase: Phase,
         verdict: Verdict,
-        reason: Option<Reason>,
+        reason: Option<crate::records::Reason>,
         errno: i32,
     ) -> FlowRecord {
         let start = e.start_ns;
         let connect_end = if e.established_ns != 0 { e.established_ns } else { e.hdr.ts_ns };
         let actual = decode::dst(&e.tuple);
-        let intended = (s.flags & FLOW_FLAG_HAS_INTENDED != 0)
-            .then(|| decode::intended(&s.intended))
+        let intended = (e.flags & FLOW_FLAG_HAS_INTENDED != 0)
+            .then(|| decode::intended(&e.intended))
             .flatten();
         FlowRecord {
             time: rfc3339(self.clock.wall(e.hdr.ts_ns)),
             phase,
-            pid: s.tgid,
-            tid: s.pid,
-            comm: decode::comm(&s.comm),
-            cgroup_id: s.cgroup_id,
-            netns: s.netns,
+            pid: e.tgid,
+            tid: e.pid,
+            comm: decode::comm(&e.comm),
+            cgroup_id: e.cgroup_id,
+            netns: e.netns,
             src: decode::src(&e.tuple),
             dst: intended.or(actual),
             dst_actual: actual,
@@ -271,7 +375,91 @@ impl FlowTable {
     }
 }
 
-fn facts(e: &FlowEnd, errno: i32) -> Facts {
+/// The held record with its answer (or without one), and the evidence.
+/// `close`: the flow's end, when it ended before its answer was in.
+fn release(
+    clock: &Clock,
+    h: &mut Held,
+    close: Option<(&FlowEvent, Verdict, Option<crate::records::Reason>)>,
+) -> Out {
+    let mut rec = std::mem::take(&mut *h.record);
+    let answer = h.rx.header_complete().then(|| vantage::parse_answer(h.rx.contiguous())).flatten();
+    match &answer {
+        Some(a) => {
+            let (v, reason) = judge::proxy_status(a.status);
+            // A tunnel that connected slowly stays degraded even when it opened.
+            if !(v == Verdict::Ok && rec.verdict == Verdict::Degraded) {
+                rec.verdict = v;
+                rec.reason = reason;
+            }
+            rec.proxy_status = Some(a.status);
+            rec.proxy_error = a.squid_error.as_ref().map(|e| match e.errno {
+                Some(n) => format!("{} {n}", e.code),
+                None => e.code.clone(),
+            });
+            rec.proxy_via = a
+                .cache_from
+                .first()
+                .cloned()
+                .or_else(|| a.via.first().map(|v| v.host().to_string()));
+            if let Some(t) = h.first_rx_ns {
+                rec.time = rfc3339(clock.wall(t));
+                rec.record_mono_ns = t;
+            }
+        }
+        // No answer seen (or not all of its status line): the tunnel's
+        // outcome is not known, which is not a failure, unless its end
+        // was one (a reset, a timeout).
+        None => match close {
+            Some((e, v, reason)) if v == Verdict::Failed => {
+                rec.verdict = v;
+                rec.reason = reason;
+                rec.errno = e.sk_err;
+                rec.record_mono_ns = e.hdr.ts_ns;
+            }
+            _ => {
+                rec.verdict = Verdict::Unknown;
+                rec.reason = None;
+            }
+        },
+    }
+    if let Some((e, _, _)) = close {
+        h.closed = true;
+        h.body_bytes_total = body_total(e, h);
+        rec.retransmits = e.retransmits;
+    }
+    h.released = true;
+    let answer_ms = h
+        .first_rx_ns
+        .filter(|_| h.established_ns != 0)
+        .map(|t| ms(t.saturating_sub(h.established_ns)));
+    h.header_done_ns = None;
+    h.connect_verdict = rec.verdict;
+    let ev = AnswerEvidence {
+        body: h.rx.body().to_vec(),
+        answer,
+        body_bytes_total: h.body_bytes_total,
+        closed: h.closed,
+        answer_ms,
+        retransmits: rec.retransmits,
+    };
+    // The flow stays held until its close, without its buffers.
+    h.tx = Reassembly::new(0);
+    h.rx = Reassembly::new(0);
+    (rec, Some(Box::new(ev)))
+}
+
+/// Body bytes received in all: what the socket received past the answer's
+/// header block (known at the close, where the kernel reads the counter).
+fn body_total(e: &FlowEvent, h: &Held) -> Option<u64> {
+    if e.bytes_received == u64::MAX {
+        return None;
+    }
+    let header = h.rx.header_len()? as u64;
+    Some(e.bytes_received.saturating_sub(header))
+}
+
+fn facts(e: &FlowEvent, errno: i32) -> Facts {
     Facts {
         errno,
         reset_seen: e.flags & FLOW_FLAG_RESET != 0,
@@ -280,246 +468,10 @@ fn facts(e: &FlowEnd, errno: i32) -> Facts {
     }
 }
 
-/// Owner unknown (its start event was lost and counted): keep the tuple.
-fn orphan_start(e: &FlowEnd) -> ConnectStart {
-    ConnectStart {
-        skaddr: e.skaddr,
-        tuple: e.tuple,
-        comm: *b"?\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
-        ..ConnectStart::default()
-    }
-}
-
 fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e4).round() / 100.0
 }
 
 #[cfg(test)]
-mod tests {
-    use egress_common::{
-        AF_INET, EVENT_CLOSED, EVENT_CONNECT_FAILED, EVENT_CONNECT_START, EVENT_CONNECTED,
-        EventHeader, Tuple,
-    };
-
-    use super::*;
-
-    fn table(max: usize) -> FlowTable {
-        FlowTable::new(
-            FlowSettings { degraded_retransmits: 3, max_flows: max, proxy_ports: vec![3128] },
-            Clock::new(),
-        )
-    }
-
-    fn tuple() -> Tuple {
-        let mut t = Tuple { family: AF_INET, sport: 40000, dport: 443, ..Tuple::default() };
-        t.daddr[..4].copy_from_slice(&[192, 0, 2, 7]);
-        t
-    }
-
-    fn start(sk: u64, ts: u64) -> Event {
-        Event::ConnectStart(ConnectStart {
-            hdr: EventHeader { kind: EVENT_CONNECT_START, size: 136, ts_ns: ts },
-            skaddr: sk,
-            tgid: 77,
-            pid: 78,
-            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-            tuple: tuple(),
-            ..ConnectStart::default()
-        })
-    }
-
-    fn end(kind: u32, sk: u64, start: u64, ts: u64, f: impl FnOnce(&mut FlowEnd)) -> FlowEnd {
-        let mut e = FlowEnd {
-            hdr: EventHeader { kind, size: 112, ts_ns: ts },
-            skaddr: sk,
-            start_ns: start,
-            tuple: tuple(),
-            ..FlowEnd::default()
-        };
-        if kind == EVENT_CLOSED {
-            e.established_ns = start + 1_000_000;
-        }
-        f(&mut e);
-        e
-    }
-
-    #[test]
-    fn ok_connect_then_quiet_close_is_one_record() {
-        let mut t = table(16);
-        assert!(t.on_event(&start(1, 100)).is_none());
-        let r = t
-            .on_event(&Event::Connected(end(EVENT_CONNECTED, 1, 100, 2_000_100, |e| {
-                e.established_ns = 2_000_100
-            })))
-            .expect("record");
-        assert_eq!(
-            (r.verdict, r.pid, r.comm.as_str(), r.latency_ms),
-            (Verdict::Ok, 77, "curl", 2.0)
-        );
-        assert_eq!(r.dst, Some("192.0.2.7:443".parse().expect("addr")));
-        let close = t
-            .on_event(&Event::Closed(end(EVENT_CLOSED, 1, 100, 9_000_000, |_| {})))
-            .expect("close");
-        assert!(close.quiet && close.phase == Phase::Close && close.duration_ms.is_some());
-        assert!(t.is_empty());
-        assert_eq!(t.stats, TableStats::default());
-    }
-
-    #[test]
-    fn refused_and_degraded_close() {
-        let mut t = table(16);
-        t.on_event(&start(1, 100));
-        let r = t
-            .on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 1, 100, 500, |e| {
-                e.sk_err = libc::ECONNREFUSED;
-                e.flags = FLOW_FLAG_RESET;
-            })))
-            .expect("r");
-        assert_eq!(
-            (r.verdict, r.reason, r.errno),
-            (Verdict::Failed, Some(Reason::Refused), libc::ECONNREFUSED)
-        );
-        t.on_event(&start(2, 200));
-        t.on_event(&Event::Connected(end(EVENT_CONNECTED, 2, 200, 300, |e| {
-            e.established_ns = 300
-        })));
-        let r = t
-            .on_event(&Event::Closed(end(EVENT_CLOSED, 2, 200, 900, |e| e.retransmits = 5)))
-            .expect("degraded");
-        assert_eq!(
-            (r.phase, r.verdict, r.reason, r.retransmits),
-            (Phase::Close, Verdict::Degraded, Some(Reason::Retransmits), 5)
-        );
-    }
-
-    #[test]
-    fn reported_error_used_when_sk_err_was_consumed() {
-        let mut t = table(16);
-        t.on_event(&start(1, 100));
-        let r = t
-            .on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 1, 100, 500, |e| {
-                e.reported_err = libc::EHOSTUNREACH
-            })))
-            .expect("r");
-        assert_eq!((r.reason, r.errno), (Some(Reason::Unreachable), libc::EHOSTUNREACH));
-        t.on_event(&start(2, 600));
-        let r = t
-            .on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 2, 600, 900, |e| {
-                e.sk_err_soft = libc::ENETUNREACH
-            })))
-            .expect("r");
-        assert_eq!(r.reason, Some(Reason::Unreachable));
-    }
-
-    #[test]
-    fn lost_start_gives_orphan_record_and_count() {
-        let mut t = table(16);
-        let r = t
-            .on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 9, 100, 500, |e| {
-                e.sk_err = libc::ETIMEDOUT
-            })))
-            .expect("r");
-        assert_eq!((r.comm.as_str(), r.reason), ("?", Some(Reason::Timeout)));
-        assert_eq!(t.stats.orphans, 1);
-        // A reused socket address with a different start is not the same flow.
-        t.on_event(&start(3, 100));
-        t.on_event(&Event::ConnectFailed(end(EVENT_CONNECT_FAILED, 3, 999, 1000, |e| {
-            e.sk_err = libc::ECONNREFUSED
-        })));
-        assert_eq!(t.stats.orphans, 2);
-        assert_eq!(t.len(), 1);
-    }
-
-    fn payload(sk: u64, start: u64, dir: u32, text: &[u8]) -> Event {
-        let mut p = PayloadEvent {
-            hdr: EventHeader { kind: 6, size: 424, ts_ns: start + 50 },
-            skaddr: sk,
-            start_ns: start,
-            direction: dir,
-            len: text.len() as u32,
-            ..PayloadEvent::default()
-        };
-        p.data[..text.len()].copy_from_slice(text);
-        Event::Payload(Box::new(p))
-    }
-
-    fn proxy_start(sk: u64, ts: u64) -> Event {
-        let Event::ConnectStart(mut s) = start(sk, ts) else { unreachable!() };
-        s.tuple.dport = 3128;
-        Event::ConnectStart(s)
-    }
-
-    fn proxy_end(kind: u32, sk: u64, start: u64, ts: u64) -> FlowEnd {
-        end(kind, sk, start, ts, |e| {
-            e.tuple.dport = 3128;
-            e.established_ns = start + 10;
-        })
-    }
-
-    #[test]
-    fn proxy_flow_reported_when_the_proxy_answers() {
-        use egress_common::DIR_INGRESS;
-        let mut t = table(16);
-        t.on_event(&proxy_start(1, 100));
-        assert!(
-            t.on_event(&Event::Connected(proxy_end(EVENT_CONNECTED, 1, 100, 110))).is_none(),
-            "held until the status line"
-        );
-        assert!(
-            t.on_event(&payload(
-                1,
-                100,
-                DIR_EGRESS,
-                b"CONNECT login.example.test:443 HTTP/1.1\r\n"
-            ))
-            .is_none()
-        );
-        let r = t
-            .on_event(&payload(
-                1,
-                100,
-                DIR_INGRESS,
-                b"HTTP/1.1 403 Forbidden\r\nX-Squid-Error: ERR_ACCESS_DENIED 0\r\n",
-            ))
-            .expect("record");
-        assert_eq!(
-            (r.verdict, r.reason, r.proxy_status),
-            (Verdict::Failed, Some(Reason::ProxyDenied), Some(403))
-        );
-        assert_eq!(r.target.as_deref(), Some("login.example.test:443"));
-        assert_eq!(r.proxy_error.as_deref(), Some("ERR_ACCESS_DENIED 0"));
-        // The close repeats the verdict: quiet.
-        let c = t.on_event(&Event::Closed(proxy_end(EVENT_CLOSED, 1, 100, 900))).expect("close");
-        assert!(c.quiet || c.verdict == Verdict::Failed);
-    }
-
-    #[test]
-    fn proxy_flow_closed_without_answer() {
-        let mut t = table(16);
-        t.on_event(&proxy_start(2, 100));
-        t.on_event(&Event::Connected(proxy_end(EVENT_CONNECTED, 2, 100, 110)));
-        t.on_event(&payload(2, 100, DIR_EGRESS, b"CONNECT a.test:443 HTTP/1.1\r\n"));
-        let r = t.on_event(&Event::Closed(proxy_end(EVENT_CLOSED, 2, 100, 900))).expect("record");
-        assert_eq!(
-            (r.verdict, r.target.as_deref(), r.proxy_status),
-            (Verdict::Failed, Some("a.test:443"), None)
-        );
-    }
-
-    #[test]
-    fn flow_entry_stays_small() {
-        // 100k open flows: entry + key + hash table overhead must stay well
-        // under the 64 MiB agent budget, even while the table doubles.
-        assert!(size_of::<Flow>() <= 168, "Flow is {} bytes", size_of::<Flow>());
-    }
-
-    #[test]
-    fn table_is_bounded_and_evictions_counted() {
-        let mut t = table(2);
-        for i in 0..5 {
-            t.on_event(&start(i, i * 10));
-        }
-        assert_eq!(t.len(), 2);
-        assert_eq!(t.stats.evicted, 3);
-    }
-}
+#[path = "flow_table_tests.rs"]
+mod tests;

@@ -111,6 +111,8 @@ pub fn judge(legs: &[LegSummary]) -> (Verdict, Option<String>, Option<Reason>) {
         }
         _ => match legs.iter().find(|l| l.verdict == Verdict::Degraded) {
             Some(l) => (Verdict::Degraded, Some(l.hop.clone()), l.reason),
+            // The client's proxy answer was never seen: not known.
+            None if client.verdict == Verdict::Unknown => (Verdict::Unknown, None, None),
             None => (Verdict::Ok, None, None),
         },
     }

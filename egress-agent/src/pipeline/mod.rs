@@ -10,6 +10,8 @@
 //! record through the stages and hands what comes out to the sink. The
 //! verdict rules are [`judge`]'s; [`proxy_http`] reads the CONNECT and status
 //! lines of proxy flows, [`dns_tracker`] and [`dns_wire`] the DNS messages.
+pub mod aggregate;
+pub mod client_leg;
 pub mod dns_tracker;
 pub mod dns_wire;
 pub mod enrich;

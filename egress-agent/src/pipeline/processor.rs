@@ -8,14 +8,16 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use egress_common::event_kind_name;
+use egress_common::{AggKey, AggValue, event_kind_name};
 
 use super::{
+    aggregate, client_leg,
     dns_tracker::{DnsStats, DnsTracker},
     dns_wire::WireError,
     enrich::Enricher,
-    flow_table::{FlowTable, TableStats},
+    flow_table::{AnswerEvidence, FlowTable, Out, TableStats},
     stitch::Stitcher,
+    vantage::HopIdentity,
 };
 use crate::{
     kernel::decode::{Event, decode},
@@ -48,8 +50,13 @@ pub struct Processor<S> {
     sink: S,
     seen: TableStats,
     stitcher: Stitcher,
-    /// Records waiting for their conntrack entry, oldest first.
-    held: VecDeque<(Instant, FlowRecord)>,
+    /// Records waiting for their conntrack entry, oldest first (with what
+    /// decides a client leg's verdict).
+    held: VecDeque<(Instant, FlowRecord, Option<Box<AnswerEvidence>>)>,
+    /// The chain's hops and the names they write in answers.
+    hops: Vec<HopIdentity>,
+    /// Records the flow table gave for the event at hand.
+    scratch: Vec<Out>,
     /// DNS queries waiting for their response.
     dns: DnsTracker,
     dns_seen: DnsStats,
@@ -81,10 +88,18 @@ impl<S: FnMut(Output)> Processor<S> {
             seen: TableStats::default(),
             stitcher: Stitcher::default(),
             held: VecDeque::new(),
+            hops: Vec::new(),
+            scratch: Vec::new(),
             dns,
             dns_seen: Default::default(),
             sent: false,
         }
+    }
+
+    /// The chain as the client-vantage judgement knows it.
+    pub fn with_hops(mut self, hops: Vec<HopIdentity>) -> Self {
+        self.hops = hops;
+        self
     }
 
     /// Consume every item currently in the ring. Returns how many items.
@@ -118,8 +133,17 @@ impl<S: FnMut(Output)> Processor<S> {
                     if !self.enricher.observe_nat_mapping(m) {
                         self.metrics.decode_errors.with_label_values(&["bad_address"]).inc();
                     }
-                } else if let Some(rec) = self.table.on_event(&ev) {
-                    self.enrich_and_send(rec);
+                } else {
+                    let mut out = std::mem::take(&mut self.scratch);
+                    self.table.on_event(&ev, &mut out);
+                    #[expect(
+                        clippy::iter_with_drain,
+                        reason = "keeps the scratch vector's allocation"
+                    )]
+                    for (rec, evidence) in out.drain(..) {
+                        self.enrich_and_send(rec, evidence);
+                    }
+                    self.scratch = out;
                 }
             }
             Err(e) => {
@@ -129,10 +153,27 @@ impl<S: FnMut(Output)> Processor<S> {
         }
     }
 
+    /// Both rings read: what waited on the captures goes on.
+    pub(super) fn flush(&mut self) {
+        let mut out = std::mem::take(&mut self.scratch);
+        self.table.flush(&mut out);
+        #[expect(clippy::iter_with_drain, reason = "keeps the scratch vector's allocation")]
+        for (rec, evidence) in out.drain(..) {
+            self.enrich_and_send(rec, evidence);
+        }
+        self.scratch = out;
+    }
+
     /// Send everything still held and bring the metrics up to date.
     pub fn finish(&mut self) {
+        let mut out = Vec::new();
+        self.table.finish(&mut out);
+        for (rec, evidence) in out {
+            self.enrich_and_send(rec, evidence);
+        }
         self.release(true);
         self.expire_dns();
+        self.emit_chains(None);
         self.account();
         self.idle();
     }
@@ -144,15 +185,54 @@ impl<S: FnMut(Output)> Processor<S> {
         }
     }
 
-    /// Something waits for time to pass: records held for NAT, open DNS queries.
+    /// Something waits for time to pass: records held for NAT, open DNS
+    /// queries, proxy answers waiting for their body.
     pub(super) fn waiting(&self) -> bool {
-        !self.held.is_empty() || self.dns.has_pending()
+        !self.held.is_empty()
+            || self.dns.has_pending()
+            || self.table.waiting()
+            || self.stitcher.waiting()
+    }
+
+    /// Chains whose client leg settled (`None`: all of them), to the sinks.
+    fn emit_chains(&mut self, now: Option<u64>) {
+        for c in self.stitcher.tick(now) {
+            self.chain(c);
+        }
+    }
+
+    fn chain(&mut self, c: crate::records::ChainRecord) {
+        // Counted once, when first judged; a revision only corrects the record.
+        if c.revision == 0 {
+            self.metrics.observe_chain(&c);
+        }
+        self.sent = true;
+        (self.sink)(Output::Record(Record::Chain(c)));
     }
 
     /// Time passed: release what waited long enough.
     pub(super) fn tick(&mut self) {
+        let mut out = std::mem::take(&mut self.scratch);
+        self.table.tick(mono_now_ns(), &mut out);
+        #[expect(clippy::iter_with_drain, reason = "keeps the scratch vector's allocation")]
+        for (rec, evidence) in out.drain(..) {
+            self.enrich_and_send(rec, evidence);
+        }
+        self.scratch = out;
         self.release(false);
         self.expire_dns();
+        self.emit_chains(Some(mono_now_ns()));
+    }
+
+    /// Clean flows the kernel counted over the last `interval_ms`: one
+    /// counted row per owner and destination, and their metrics.
+    pub fn on_aggregates(&mut self, items: &mut Vec<(AggKey, AggValue)>, interval_ms: u64) {
+        for (k, v) in items.drain(..) {
+            let rec = aggregate::record(&k, &v, interval_ms, &mut self.enricher);
+            self.metrics.observe_aggregate(&rec, &v);
+            self.sent = true;
+            (self.sink)(Output::Record(Record::Aggregate(rec)));
+        }
     }
 
     /// Queries whose wait is over become failed lookups.
@@ -171,41 +251,41 @@ impl<S: FnMut(Output)> Processor<S> {
         (self.sink)(Output::Record(Record::Dns(r)));
     }
 
-    fn enrich_and_send(&mut self, mut rec: FlowRecord) {
+    fn enrich_and_send(&mut self, mut rec: FlowRecord, evidence: Option<Box<AnswerEvidence>>) {
         self.enricher.enrich(&mut rec);
         if self.enricher.nat_pending(&rec) {
             if self.held.len() >= NAT_HELD_MAX
-                && let Some((_, old)) = self.held.pop_front()
+                && let Some((_, old, ev)) = self.held.pop_front()
             {
-                self.send(old);
+                self.send(old, ev);
             }
-            self.held.push_back((Instant::now() + NAT_WAIT, rec));
+            self.held.push_back((Instant::now() + NAT_WAIT, rec, evidence));
             return;
         }
-        self.send(rec);
+        self.send(rec, evidence);
     }
 
     /// Send held records whose NAT entry arrived or whose wait is over, in order.
     fn release(&mut self, all: bool) {
         let now = Instant::now();
-        while let Some((deadline, mut rec)) = self.held.pop_front() {
+        while let Some((deadline, mut rec, ev)) = self.held.pop_front() {
             if self.enricher.nat(&mut rec) || all || deadline <= now {
-                self.send(rec);
+                self.send(rec, ev);
             } else {
-                self.held.push_front((deadline, rec));
+                self.held.push_front((deadline, rec, ev));
                 break;
             }
         }
     }
 
-    fn send(&mut self, mut rec: FlowRecord) {
+    fn send(&mut self, mut rec: FlowRecord, evidence: Option<Box<AnswerEvidence>>) {
+        client_leg::judge(&mut rec, evidence.as_deref(), &self.hops);
         let chain = self.stitcher.on_record(&mut rec);
         self.metrics.observe(&rec);
         self.sent = true;
         (self.sink)(Output::Record(Record::Flow(rec)));
         if let Some(c) = chain {
-            self.metrics.observe_chain(&c);
-            (self.sink)(Output::Record(Record::Chain(c)));
+            self.chain(c);
         }
     }
 
@@ -217,7 +297,7 @@ impl<S: FnMut(Output)> Processor<S> {
         if evicted > 0 {
             self.metrics
                 .events_lost
-                .with_label_values(&["flow_table", "connect_start"])
+                .with_label_values(&["flow_table", event_kind_name(egress_common::EVENT_FLOW)])
                 .inc_by(evicted);
         }
         self.seen = s;

@@ -1,11 +1,15 @@
 //! Stitching: the legs of one request through the proxy chain, joined into a
 //! chain record whose verdict names the hop that broke.
 //!
-//! Causality makes this simple: a proxy answers its client only after its
-//! own upstream connection resolved, so when the client leg's record arrives
-//! (at the first hop's answer), the upstream legs' records are already here.
-//! They are joined by CONNECT target and by time (an upstream leg starts
-//! inside its downstream leg's life), never by thread ids.
+//! Legs are joined by CONNECT target and by time (an upstream leg starts
+//! inside its downstream leg's life), never by thread ids, and never by the
+//! order their records arrive in: a record may wait for its conntrack entry
+//! (up to `NAT_WAIT`) or for its proxy's answer, so a client leg can overtake
+//! its own upstream legs. A client leg's chain is judged once it has
+//! settled ([`SETTLE_NS`] after its record); an upstream leg that comes
+//! later still, but within [`AMEND_NS`], amends the chain it belongs to: the
+//! chain record goes out again with the same `chain_id` and a higher
+//! `revision`.
 use std::collections::VecDeque;
 
 use super::judge::judge;
@@ -17,6 +21,72 @@ use crate::{
 /// How long upstream legs wait to be claimed by a client leg.
 const KEEP_NS: u64 = 120_000_000_000;
 const KEEP_MAX: usize = 8192;
+/// How long a client leg waits for legs that trail it before its chain is
+/// judged: longer than a record's wait for its conntrack entry.
+pub const SETTLE_NS: u64 = 300_000_000;
+/// How long a judged chain may still be amended by a late upstream leg.
+pub const AMEND_NS: u64 = 5_000_000_000;
+/// Chains waiting to settle, or open to amendment, at most.
+const OPEN_MAX: usize = 4096;
+
+/// Where a chain's walk stands: the hop it reached, that leg's life, and
+/// what the next leg must match.
+#[derive(Debug, Clone)]
+struct Walk {
+    from: String,
+    lo: u64,
+    hi: u64,
+    port: Option<u16>,
+    target: Option<String>,
+}
+
+impl Walk {
+    fn of(r: &FlowRecord) -> Self {
+        Self {
+            from: r.hop.clone().unwrap_or_default(),
+            lo: r.start_mono_ns,
+            hi: r.record_mono_ns,
+            port: target_port(r.target.as_deref()),
+            target: r.target.clone(),
+        }
+    }
+
+    /// Whether `u` is the next leg of this walk.
+    fn next(&self, u: &FlowRecord) -> bool {
+        u.leg.as_deref().is_some_and(|l| l.starts_with(&format!("{}->", self.from)))
+            && u.start_mono_ns >= self.lo
+            && u.start_mono_ns <= self.hi
+            && match (&u.target, &self.target) {
+                (Some(a), Some(b)) => a == b,
+                // A connect to the next proxy that failed never sent its
+                // CONNECT line: time and hop are all there is.
+                (None, _) if u.hop.as_deref() != Some(INTERNET) => true,
+                // An origin connect has no CONNECT line: match its port.
+                (None, _) => self.port.is_none_or(|p| u.dst.is_some_and(|d| d.port() == p)),
+                _ => false,
+            }
+    }
+
+    /// Step onto `u`; false when the walk is done (it reached the internet).
+    fn step(&mut self, u: &FlowRecord) -> bool {
+        self.from = u.hop.clone().unwrap_or_default();
+        (self.lo, self.hi) = (u.start_mono_ns, u.record_mono_ns);
+        self.port = self.port.or_else(|| target_port(u.target.as_deref()));
+        self.from != INTERNET
+    }
+}
+
+fn target_port(t: Option<&str>) -> Option<u16> {
+    t.and_then(|t| t.rsplit_once(':')).and_then(|(_, p)| p.parse::<u16>().ok())
+}
+
+/// A judged chain still open to late legs.
+struct Open {
+    chain: ChainRecord,
+    client: FlowRecord,
+    walk: Option<Walk>,
+    until: u64,
+}
 
 fn summary(r: &FlowRecord) -> LegSummary {
     LegSummary {
@@ -41,6 +111,10 @@ type DnsFailure = (String, String, u64);
 pub struct Stitcher {
     /// Upstream legs (`A->B`, `A->internet`), oldest first.
     upstream: VecDeque<FlowRecord>,
+    /// Client legs waiting to settle: (when, the client leg), in order.
+    pending: VecDeque<(u64, FlowRecord)>,
+    /// Judged chains a late leg may still amend, oldest first.
+    open: VecDeque<Open>,
     /// Recent failed lookups by hops, oldest first.
     dns_failures: VecDeque<DnsFailure>,
     seq: u64,
@@ -76,98 +150,165 @@ impl Stitcher {
         self.dns_failures.iter().any(|(h, n, ts)| h == hop && *n == host && *ts >= lo && *ts <= hi)
     }
 
-    /// Feed a shown record; a chain record comes out for client legs and bypasses.
+    /// Feed a shown record. A bypass is a chain of one at once; a client
+    /// leg gets its chain id now and its chain once it settled
+    /// ([`Self::tick`]); an upstream leg waits to be claimed, or amends a
+    /// judged chain it belongs to (that chain comes out again).
     pub fn on_record(&mut self, r: &mut FlowRecord) -> Option<ChainRecord> {
         let leg = r.leg.clone()?;
         if r.quiet {
             return None;
         }
         if leg == DIRECT {
+            let id = self.next_id(r);
             return Some(self.finish(
                 r,
+                id,
                 vec![summary(r)],
                 Verdict::Failed,
                 Some(DIRECT.into()),
                 Some(Reason::Bypass),
             ));
         }
-        if !leg.starts_with("client->") {
-            while self
-                .upstream
-                .front()
-                .is_some_and(|o| r.record_mono_ns.saturating_sub(o.record_mono_ns) > KEEP_NS)
-                || self.upstream.len() >= KEEP_MAX
-            {
-                self.upstream.pop_front();
+        if leg.starts_with("client->") {
+            r.chain_id = Some(self.next_id(r));
+            if self.pending.len() >= OPEN_MAX {
+                // Judged early rather than held without bound.
+                if let Some((_, c)) = self.pending.pop_front() {
+                    let chain = self.judge_chain(c);
+                    return Some(chain);
+                }
             }
-            self.upstream.push_back(r.clone());
+            self.pending.push_back((r.record_mono_ns.saturating_add(SETTLE_NS), r.clone()));
             return None;
         }
-        // Walk the chain from the client leg: each next leg starts from the
-        // hop this one went to, inside this leg's life, for the same target.
-        let mut legs = vec![summary(r)];
-        let mut from = r.hop.clone().unwrap_or_default();
-        let (mut lo, mut hi) = (r.start_mono_ns, r.record_mono_ns);
-        let mut port = r
-            .target
-            .as_deref()
-            .and_then(|t| t.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse::<u16>().ok());
-        while let Some(i) = self.upstream.iter().position(|u| {
-            u.leg.as_deref().is_some_and(|l| l.starts_with(&format!("{from}->")))
-                && u.start_mono_ns >= lo
-                && u.start_mono_ns <= hi
-                && match (&u.target, &r.target) {
-                    (Some(a), Some(b)) => a == b,
-                    // A connect to the next proxy that failed never sent its
-                    // CONNECT line: time and hop are all there is.
-                    (None, _) if u.hop.as_deref() != Some(INTERNET) => true,
-                    // An origin connect has no CONNECT line: match its port.
-                    (None, _) => port.is_none_or(|p| u.dst.is_some_and(|d| d.port() == p)),
-                    _ => false,
-                }
-        }) {
+        if let Some(chain) = self.amend(r) {
+            return Some(chain);
+        }
+        while self
+            .upstream
+            .front()
+            .is_some_and(|o| r.record_mono_ns.saturating_sub(o.record_mono_ns) > KEEP_NS)
+            || self.upstream.len() >= KEEP_MAX
+        {
+            self.upstream.pop_front();
+        }
+        self.upstream.push_back(r.clone());
+        None
+    }
+
+    /// Whether a client leg waits to settle.
+    pub fn waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Time passed (`now`, CLOCK_MONOTONIC ns; `None`: everything is due):
+    /// chains of settled client legs, judged.
+    pub fn tick(&mut self, now: Option<u64>) -> Vec<ChainRecord> {
+        let mut out = Vec::new();
+        while self.pending.front().is_some_and(|(due, _)| now.is_none_or(|n| *due <= n)) {
+            let Some((_, client)) = self.pending.pop_front() else { break };
+            out.push(self.judge_chain(client));
+        }
+        if let Some(n) = now {
+            while self.open.front().is_some_and(|o| o.until <= n) {
+                self.open.pop_front();
+            }
+        }
+        out
+    }
+
+    /// Walk the chain from a client leg over the upstream legs here, judge
+    /// it, and keep it open to late legs.
+    fn judge_chain(&mut self, client: FlowRecord) -> ChainRecord {
+        let mut legs = vec![summary(&client)];
+        let mut walk = Some(Walk::of(&client));
+        self.extend(&mut walk, &mut legs);
+        let chain = self.judged(&client, legs);
+        while self.open.len() >= OPEN_MAX {
+            self.open.pop_front();
+        }
+        self.open.push_back(Open {
+            chain: chain.clone(),
+            until: client.record_mono_ns.saturating_add(AMEND_NS),
+            client,
+            walk,
+        });
+        chain
+    }
+
+    /// Take every upstream leg that continues `walk`, in chain order.
+    fn extend(&mut self, walk: &mut Option<Walk>, legs: &mut Vec<LegSummary>) {
+        while let Some(w) = walk.as_mut() {
+            let Some(i) = self.upstream.iter().position(|u| w.next(u)) else { break };
             let Some(u) = self.upstream.remove(i) else { break };
             legs.push(summary(&u));
-            from = u.hop.clone().unwrap_or_default();
-            (lo, hi) = (u.start_mono_ns, u.record_mono_ns);
-            if from == INTERNET {
-                break;
+            if !w.step(&u) {
+                *walk = None;
             }
-            port = port.or_else(|| {
-                u.target
-                    .as_deref()
-                    .and_then(|t| t.rsplit_once(':'))
-                    .and_then(|(_, p)| p.parse().ok())
-            });
         }
+    }
+
+    /// A late upstream leg that continues a judged chain: the chain again,
+    /// amended (same id, next revision).
+    fn amend(&mut self, r: &FlowRecord) -> Option<ChainRecord> {
+        let i = self.open.iter().position(|o| o.walk.as_ref().is_some_and(|w| w.next(r)))?;
+        let mut o = self.open.remove(i)?;
+        let mut legs = std::mem::take(&mut o.chain.legs);
+        legs.push(summary(r));
+        if let Some(w) = o.walk.as_mut()
+            && !w.step(r)
+        {
+            o.walk = None;
+        }
+        self.extend(&mut o.walk, &mut legs);
+        let mut chain = self.judged(&o.client, legs);
+        chain.chain_id = o.chain.chain_id.clone();
+        chain.revision = o.chain.revision + 1;
+        o.chain = chain.clone();
+        self.open.push_back(o);
+        Some(chain)
+    }
+
+    /// The chain of `client` over `legs`, with its verdict.
+    fn judged(&self, client: &FlowRecord, legs: Vec<LegSummary>) -> ChainRecord {
         let (verdict, hop, mut reason) = judge(&legs);
         // Squid answers a failed lookup with 500 or 503 (ERR_DNS_FAIL), no upstream leg.
-        let answered_5xx = r.proxy_status.is_some_and(|s| s >= 500)
+        let answered_5xx = client.proxy_status.is_some_and(|s| s >= 500)
             && matches!(reason, Some(Reason::ProxyUpstreamError | Reason::Other));
         if answered_5xx
             && hop.as_deref().is_some_and(|h| {
-                self.dns_explains(h, r.target.as_deref(), r.start_mono_ns, r.record_mono_ns)
+                self.dns_explains(
+                    h,
+                    client.target.as_deref(),
+                    client.start_mono_ns,
+                    client.record_mono_ns,
+                )
             })
         {
             reason = Some(Reason::DnsFailed);
         }
-        let c = self.finish(r, legs, verdict, hop, reason);
-        r.chain_id = Some(c.chain_id.clone());
-        Some(c)
+        let id = client.chain_id.clone().unwrap_or_default();
+        self.finish(client, id, legs, verdict, hop, reason)
+    }
+
+    fn next_id(&mut self, r: &FlowRecord) -> String {
+        self.seq += 1;
+        format!("{:x}-{}", r.start_mono_ns, self.seq)
     }
 
     fn finish(
-        &mut self,
+        &self,
         r: &FlowRecord,
+        chain_id: String,
         legs: Vec<LegSummary>,
         verdict: Verdict,
         failed_hop: Option<String>,
         reason: Option<Reason>,
     ) -> ChainRecord {
-        self.seq += 1;
         ChainRecord {
-            chain_id: format!("{:x}-{}", r.start_mono_ns, self.seq),
+            chain_id,
+            revision: 0,
             time: if r.time.is_empty() {
                 rfc3339(std::time::SystemTime::now())
             } else {
@@ -221,6 +362,12 @@ mod tests {
         }
     }
 
+    /// Feed `r`; the chain it completes once everything settled.
+    fn chain(s: &mut Stitcher, mut r: FlowRecord) -> Option<ChainRecord> {
+        assert!(s.on_record(&mut r).is_none(), "a client leg's chain waits to settle");
+        s.tick(None).pop()
+    }
+
     #[test]
     fn stitches_by_target_and_time() {
         use Verdict::{Failed, Ok};
@@ -231,15 +378,15 @@ mod tests {
         assert!(s.on_record(&mut rec(O, "internet", 120, 130, None, None, Failed)).is_none());
         assert!(s.on_record(&mut rec(H, "gce-proxy", 110, 140, t, Some(503), Failed)).is_none());
         let mut client = rec(C, "gke-squid", 100, 150, t, Some(503), Failed);
-        let c = s.on_record(&mut client).expect("chain");
+        assert!(s.on_record(&mut client).is_none());
+        let c = s.tick(None).pop().expect("chain");
         assert_eq!(c.legs.len(), 3, "{c:?}");
         assert_eq!(c.failed_hop.as_deref(), Some("internet"));
-        assert_eq!(client.chain_id.as_deref(), Some(c.chain_id.as_str()));
+        assert_eq!(client.chain_id.as_deref(), Some(c.chain_id.as_str()), "id given at once");
         assert_eq!(s.upstream.len(), 1, "the unrelated leg stays");
         // The next proxy refused the connect: no CONNECT line on that leg.
         assert!(s.on_record(&mut rec(H, "gce-proxy", 210, 211, None, None, Failed)).is_none());
-        let c =
-            s.on_record(&mut rec(C, "gke-squid", 200, 260, t, Some(503), Failed)).expect("chain");
+        let c = chain(&mut s, rec(C, "gke-squid", 200, 260, t, Some(503), Failed)).expect("chain");
         assert_eq!((c.legs.len(), c.failed_hop.as_deref()), (2, Some("gce-proxy")));
         // hop 2 answers 503 because it could not resolve the target: dns_failed.
         let dns = DnsRecord {
@@ -251,19 +398,52 @@ mod tests {
         };
         s.on_dns(&dns);
         assert!(s.on_record(&mut rec(H, "gce-proxy", 302, 310, t, Some(500), Failed)).is_none());
-        let c =
-            s.on_record(&mut rec(C, "gke-squid", 300, 320, t, Some(500), Failed)).expect("chain");
+        let c = chain(&mut s, rec(C, "gke-squid", 300, 320, t, Some(500), Failed)).expect("chain");
         assert_eq!(
             (c.failed_hop.as_deref(), c.reason),
             (Some("gce-proxy"), Some(Reason::DnsFailed))
         );
         // The same 503 without a failed lookup stays an upstream error.
         assert!(s.on_record(&mut rec(H, "gce-proxy", 402, 410, t, Some(503), Failed)).is_none());
-        let c =
-            s.on_record(&mut rec(C, "gke-squid", 400, 420, t, Some(503), Failed)).expect("chain");
+        let c = chain(&mut s, rec(C, "gke-squid", 400, 420, t, Some(503), Failed)).expect("chain");
         assert_eq!(c.reason, Some(Reason::ProxyUpstreamError));
-        // A bypass is a chain of one.
+        // A bypass is a chain of one, at once.
         let c = s.on_record(&mut rec(DIRECT, DIRECT, 1, 2, None, None, Failed)).expect("chain");
         assert_eq!((c.failed_hop.as_deref(), c.reason), (Some("direct"), Some(Reason::Bypass)));
+    }
+
+    #[test]
+    fn legs_are_joined_whatever_order_they_arrive_in() {
+        use Verdict::Failed;
+        let t = Some("login.example.test:443");
+        let mut s = Stitcher::default();
+        // The client leg first (its upstream legs waited for conntrack).
+        let mut client = rec(C, "gke-squid", 100, 150, t, Some(503), Failed);
+        assert!(s.on_record(&mut client).is_none());
+        assert!(s.tick(Some(150 + SETTLE_NS - 1)).is_empty(), "still settling");
+        assert!(s.on_record(&mut rec(O, "internet", 120, 130, None, None, Failed)).is_none());
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 110, 140, t, Some(503), Failed)).is_none());
+        let c = s.tick(Some(150 + SETTLE_NS)).pop().expect("chain");
+        assert_eq!((c.legs.len(), c.failed_hop.as_deref(), c.revision), (3, Some("internet"), 0));
+        // Later than the settling: the judged chain is amended.
+        let mut client = rec(C, "gke-squid", 200, 260, t, Some(503), Failed);
+        assert!(s.on_record(&mut client).is_none());
+        let first = s.tick(Some(260 + SETTLE_NS)).pop().expect("chain");
+        assert_eq!((first.legs.len(), first.failed_hop.as_deref()), (1, Some("gke-squid")));
+        let amended = s
+            .on_record(&mut rec(H, "gce-proxy", 210, 211, None, None, Failed))
+            .expect("amended chain");
+        assert_eq!(
+            (amended.chain_id.as_str(), amended.revision, amended.legs.len()),
+            (first.chain_id.as_str(), 1, 2)
+        );
+        assert_eq!(amended.failed_hop.as_deref(), Some("gce-proxy"));
+        // The origin leg of that hop amends it again, to the end of the chain.
+        let again =
+            s.on_record(&mut rec(O, "internet", 210, 211, None, None, Failed)).expect("amended");
+        assert_eq!((again.revision, again.legs.len()), (2, 3));
+        // Past the amending window a leg is just kept.
+        assert!(s.tick(Some(260 + AMEND_NS)).is_empty());
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 220, 230, None, None, Failed)).is_none());
     }
 }

@@ -26,6 +26,10 @@ pub struct LegSummary {
 #[serde(default)]
 pub struct ChainRecord {
     pub chain_id: String,
+    /// 0 when first judged; each later revision amends the chain (a leg came
+    /// late) and replaces the earlier ones of the same `chain_id`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub revision: u32,
     pub time: String,
     pub target: Option<String>,
     pub namespace: Option<String>,
@@ -47,4 +51,8 @@ pub struct ChainRecord {
     /// Made by the agent's own prober.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub synthetic: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

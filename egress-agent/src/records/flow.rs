@@ -83,6 +83,19 @@ pub struct FlowRecord {
     pub flow_id: String,
     /// Chain this flow is the client leg of (set when the chain is stitched).
     pub chain_id: Option<String>,
+    /// `client` on a client leg: `verdict`, `reason` and `failed_hop` are
+    /// judged from what the client's own node sees (its socket and the
+    /// proxy's answer), so they hold where no other leg is visible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vantage: Option<String>,
+    /// The hop that broke, as this vantage sees it (`internet` past the last
+    /// hop); none when it cannot tell which.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_hop: Option<String>,
+    /// What decided the vantage's verdict, quoted (e.g. `X-Squid-Error:
+    /// ERR_CONNECT_FAIL 110 from gce-proxy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
     /// Made by the agent's own prober (its process opened the flow).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub synthetic: bool,

@@ -4,7 +4,8 @@
 //!
 //! On the wire (the JSON log, the local API, `-o json`) every record is one
 //! JSON object with stable snake_case fields and a `record` tag: `flow`,
-//! `chain` or `dns` ([`Record`]).
+//! `chain`, `dns` or `aggregate` ([`Record`]).
+mod aggregate;
 mod chain;
 mod dns;
 mod flow;
@@ -14,6 +15,7 @@ mod verdict;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    aggregate::AggregateRecord,
     chain::{ChainRecord, LegSummary},
     dns::{DnsRecord, TIMEOUT as DNS_TIMEOUT},
     flow::{DstClass, FlowRecord, Phase},
@@ -34,6 +36,8 @@ pub enum Record {
     Chain(ChainRecord),
     /// A DNS lookup (query and response, or its timeout).
     Dns(DnsRecord),
+    /// Clean flows of one owner to one destination, counted.
+    Aggregate(AggregateRecord),
 }
 
 impl Record {
@@ -43,6 +47,7 @@ impl Record {
             Self::Flow(r) => &r.time,
             Self::Chain(c) => &c.time,
             Self::Dns(d) => &d.time,
+            Self::Aggregate(a) => &a.time,
         }
     }
 

@@ -6,28 +6,34 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, PerCpuArray};
 use egress_common::{
-    EVENT_KINDS, STAT_FLOW_MAP_FULL, STAT_PRODUCED, STAT_READ_ERRORS, STAT_RETRANSMITS,
-    STAT_RING_LOST, STAT_SLOTS, event_kind_name,
+    AggValue, EVENT_FLOW, EVENT_KINDS, LATENCY_BOUNDS_NS, STAT_AGG_CLOSES, STAT_AGG_CONNECTS,
+    STAT_AGG_FULL, STAT_DNS_RATE_LIMITED, STAT_FLOW_ENDS, STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL,
+    STAT_FLOW_STARTS, STAT_PRODUCED, STAT_READ_ERRORS, STAT_RETRANSMITS, STAT_RING_LOST,
+    STAT_SLOTS, event_kind_name,
 };
 use prometheus::{
-    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
-    TextEncoder,
+    Encoder, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
 
-use super::register::{self as reg, MetricError};
+use super::{
+    histogram::BucketHistogramVec,
+    register::{self as reg, MetricError},
+};
 use crate::{
     config::Config,
-    records::{ChainRecord, DNS_TIMEOUT, DnsRecord, FlowRecord, Phase, Verdict},
+    records::{AggregateRecord, ChainRecord, DNS_TIMEOUT, DnsRecord, FlowRecord, Phase, Verdict},
 };
 
-/// Connect latency buckets (seconds). The SYN retransmit schedule puts failed
-/// and slow connects on plateaus: 1 s apart while `tcp_syn_linear_timeouts`
-/// applies (newer kernels), doubling otherwise (1, 3, 7, 15, 31, 63, 127 s).
-/// Each bound sits just under a plateau so every retry count has its bucket.
-pub const CONNECT_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.95, 1.95, 2.95, 3.95, 6.95,
-    14.95, 30.95, 62.95, 126.95, 135.0,
-];
+/// Connect latency buckets (seconds): the kernel's own
+/// ([`LATENCY_BOUNDS_NS`], where it counts clean connects), so counted and
+/// reported connects land in the same buckets. The SYN retransmit schedule
+/// puts failed and slow connects on plateaus: 1 s apart while
+/// `tcp_syn_linear_timeouts` applies (newer kernels), doubling otherwise
+/// (1, 3, 7, 15, 31, 63, 127 s). Each bound sits just under a plateau so
+/// every retry count has its bucket.
+pub fn connect_buckets() -> Vec<f64> {
+    LATENCY_BOUNDS_NS.iter().map(|&ns| ns as f64 / 1e9).collect()
+}
 
 /// Lookup latency buckets (seconds): cache hits, a LAN resolver, a
 /// recursive resolution, retries at glibc's 1 s / 5 s.
@@ -42,7 +48,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub connections: IntCounterVec,
     pub closes: IntCounterVec,
-    pub connect_duration: HistogramVec,
+    pub connect_duration: BucketHistogramVec,
     pub retransmits: IntCounter,
     pub events_produced: IntCounterVec,
     pub events_delivered: IntCounterVec,
@@ -53,6 +59,9 @@ pub struct Metrics {
     pub program_attached: IntGaugeVec,
     pub program_standby: IntGaugeVec,
     pub flows_tracked: IntGauge,
+    pub kernel_flows_tracked: IntGauge,
+    pub kernel_flows_counted: IntCounterVec,
+    pub kernel_aggregate_full: IntCounter,
     pub proxy_tunnels: IntCounterVec,
     pub hop_failures: IntCounterVec,
     pub dns: DnsMetrics,
@@ -142,11 +151,11 @@ impl Metrics {
                 "How established egress connections ended (ok, degraded by retransmits, failed by reset or timeout).",
                 FLOW_LABELS,
             )?,
-            connect_duration: reg::histogram_vec(
+            connect_duration: reg::bucket_histogram_vec(
                 &r,
                 "egress_connect_duration_seconds",
                 "Time from SYN_SENT to ESTABLISHED or to the failure.",
-                CONNECT_BUCKETS,
+                &connect_buckets(),
                 &["result"],
             )?,
             retransmits: reg::counter(
@@ -203,7 +212,23 @@ impl Metrics {
             flows_tracked: reg::gauge(
                 &r,
                 "egress_flows_tracked",
-                "Active opens held in the agent's flow table.",
+                "Flows to proxies held in the agent's flow table (until their answer and their close).",
+            )?,
+            kernel_flows_tracked: reg::gauge(
+                &r,
+                "egress_kernel_flows_tracked",
+                "Active opens the kernel programs hold state for (the fill of the kernel's socket table, `--max-flows`).",
+            )?,
+            kernel_flows_counted: reg::counter_vec(
+                &r,
+                "egress_kernel_flows_counted_total",
+                "Clean connects and closes the kernel counted instead of sending an event each (they reach the metrics and the counted rows).",
+                &["phase"],
+            )?,
+            kernel_aggregate_full: reg::counter(
+                &r,
+                "egress_kernel_aggregate_full_total",
+                "Clean flows sent as events because the kernel's count table was full (not a loss).",
             )?,
             proxy_tunnels: reg::counter_vec(
                 &r,
@@ -238,10 +263,19 @@ impl Metrics {
             self.events_delivered.with_label_values(&[k]);
             self.events_lost.with_label_values(&["ring", k]);
         }
-        self.events_lost.with_label_values(&["kernel_flow_table", "connect_start"]);
-        self.events_lost.with_label_values(&["flow_table", "connect_start"]);
-        for reason in ["short", "unknown_kind", "bad_size"] {
+        let flow = event_kind_name(EVENT_FLOW);
+        for stage in ["kernel_flow_table", "kernel_flow_evicted", "flow_table"] {
+            self.events_lost.with_label_values(&[stage, flow]);
+        }
+        self.events_lost.with_label_values(&["dns_budget", "dns"]);
+        for reason in ["short", "unknown_kind", "bad_size", "bad_phase"] {
             self.decode_errors.with_label_values(&[reason]);
+        }
+        for phase in ["connect", "close"] {
+            self.kernel_flows_counted.with_label_values(&[phase]);
+        }
+        for v in [Verdict::Ok, Verdict::Failed, Verdict::Degraded] {
+            self.connect_duration.touch(&[v.as_str()]);
         }
     }
 
@@ -256,9 +290,11 @@ impl Metrics {
     pub fn refresh_kernel(&self) {
         let Ok(mut guard) = self.kernel.lock() else { return };
         let Some(k) = guard.as_mut() else { return };
+        let mut totals = vec![0u64; STAT_SLOTS as usize];
         for slot in 0..STAT_SLOTS {
             let Ok(values) = k.map.get(&slot, 0) else { continue };
             let total: u64 = values.iter().sum();
+            totals[slot as usize] = total;
             let delta = total.saturating_sub(k.last[slot as usize]);
             k.last[slot as usize] = total;
             if delta == 0 {
@@ -275,12 +311,51 @@ impl Metrics {
                     .inc_by(delta),
                 STAT_FLOW_MAP_FULL => self
                     .events_lost
-                    .with_label_values(&["kernel_flow_table", "connect_start"])
+                    .with_label_values(&["kernel_flow_table", event_kind_name(EVENT_FLOW)])
                     .inc_by(delta),
+                STAT_FLOW_EVICTED => self
+                    .events_lost
+                    .with_label_values(&["kernel_flow_evicted", event_kind_name(EVENT_FLOW)])
+                    .inc_by(delta),
+                STAT_DNS_RATE_LIMITED => {
+                    self.events_lost.with_label_values(&["dns_budget", "dns"]).inc_by(delta)
+                }
+                STAT_AGG_CONNECTS => {
+                    self.kernel_flows_counted.with_label_values(&["connect"]).inc_by(delta)
+                }
+                STAT_AGG_CLOSES => {
+                    self.kernel_flows_counted.with_label_values(&["close"]).inc_by(delta)
+                }
+                STAT_AGG_FULL => self.kernel_aggregate_full.inc_by(delta),
                 STAT_READ_ERRORS => self.kernel_read_errors.inc_by(delta),
                 STAT_RETRANSMITS => self.retransmits.inc_by(delta),
                 _ => {}
             }
+        }
+        let tracked = totals[STAT_FLOW_STARTS as usize]
+            .saturating_sub(totals[STAT_FLOW_ENDS as usize])
+            .saturating_sub(totals[STAT_FLOW_EVICTED as usize]);
+        self.kernel_flows_tracked.set(i64::try_from(tracked).unwrap_or(i64::MAX));
+    }
+
+    /// Clean flows the kernel counted under one owner and destination.
+    pub fn observe_aggregate(&self, a: &AggregateRecord, v: &AggValue) {
+        let namespace = a.namespace.as_deref().unwrap_or("");
+        let workload = a.workload.as_deref().or(a.unit.as_deref()).unwrap_or("");
+        let class = a.dst_class.map_or("", |c| c.as_str());
+        let hop = a.hop.as_deref().unwrap_or("");
+        let reason = a.reason.map_or("", |r| r.as_str());
+        let labels = [a.verdict.as_str(), reason, namespace, workload, class, hop];
+        if v.connects > 0 {
+            self.connections.with_label_values(&labels).inc_by(v.connects);
+            self.connect_duration.add(
+                &[a.verdict.as_str()],
+                &v.latency_buckets,
+                v.latency_sum_ns as f64 / 1e9,
+            );
+        }
+        if v.closes > 0 {
+            self.closes.with_label_values(&labels).inc_by(v.closes);
         }
     }
 
@@ -300,9 +375,7 @@ impl Metrics {
         match r.phase {
             Phase::Connect => {
                 self.connections.with_label_values(&labels).inc();
-                self.connect_duration
-                    .with_label_values(&[r.verdict.as_str()])
-                    .observe(r.latency_ms / 1000.0);
+                self.connect_duration.observe(&[r.verdict.as_str()], r.latency_ms / 1000.0);
             }
             Phase::Close => self.closes.with_label_values(&labels).inc(),
         }
@@ -363,7 +436,8 @@ mod tests {
     fn buckets_separate_syn_plateaus() {
         // 0, 1, 2, 3 (linear) and 1, 3, 7, 15 s (exponential) retry plateaus
         // must land in distinct buckets (with a little scheduling slack).
-        let bucket = |s: f64| CONNECT_BUCKETS.iter().position(|&b| s <= b);
+        let buckets = connect_buckets();
+        let bucket = |s: f64| buckets.iter().position(|&b| s <= b);
         let plateaus = [0.01, 1.02, 2.03, 3.03, 4.05, 7.05, 15.1, 31.1, 63.2, 127.3];
         let idx: Vec<_> = plateaus.iter().map(|&s| bucket(s)).collect();
         for w in idx.windows(2) {

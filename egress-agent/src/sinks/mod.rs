@@ -2,6 +2,7 @@
 //! register a metric) served over HTTP, and the JSON flow log. The local
 //! API, the other sink of `run`, lives in [`crate::api`] with its wire format.
 pub mod flow_log;
+pub mod histogram;
 pub mod http;
 pub mod metrics;
 pub mod register;

@@ -88,6 +88,17 @@ pub fn histogram_vec(
     )
 }
 
+/// A histogram family that also takes counts bucketed elsewhere (the kernel).
+pub fn bucket_histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> Result<super::histogram::BucketHistogramVec, MetricError> {
+    register(r, name, super::histogram::BucketHistogramVec::new(name, help, buckets, labels))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,9 @@
-//! Reading what the programs need: fields of tracepoint records and kernel
-//! memory at offsets resolved by the agent for *this* kernel (tracefs and
-//! BTF). A read that fails is counted, never a fault.
-use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TracePointContext};
+//! Reading tracefs tracepoint records at the offsets the agent found in
+//! their `format` files (hash mode: classic tracepoints).
+use aya_ebpf::programs::TracePointContext;
 use egress_common::{AF_INET, AF_INET6, OFFSET_ABSENT, STAT_READ_ERRORS, TpOffsets, Tuple};
 
-use crate::{addr::is_v4_mapped, maps::count};
+use crate::{maps::count, net::is_v4_mapped};
 
 /// Read a field of the tracepoint record at a load-time offset.
 #[inline(always)]
@@ -47,14 +46,4 @@ pub fn tuple(ctx: &TracePointContext, o: &TpOffsets, t: &mut Tuple) -> Result<()
 fn family_from_v6(ctx: &TracePointContext, o: &TpOffsets) -> Result<u16, i64> {
     let a: [u8; 16] = field(ctx, o.saddr_v6)?;
     Ok(if is_v4_mapped(&a) { AF_INET } else { AF_INET6 })
-}
-
-/// Read a kernel value at `base + off`, where `off` came from BTF.
-#[inline(always)]
-pub fn kread<T>(base: u64, off: u32) -> Option<T> {
-    if off == egress_common::KOFF_UNKNOWN {
-        return None;
-    }
-    // SAFETY: probe read: a bad address returns an error.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }

@@ -1,0 +1,65 @@
+//! The client-vantage stage: a client leg's record (`client->HOP`) gets the
+//! verdict its own node can give — from the client's socket and the proxy's
+//! answer only ([`super::vantage`]) — whatever else this agent happens to
+//! see, so it holds on a node that sees nothing but the client leg.
+use super::{
+    flow_table::AnswerEvidence,
+    vantage::{ClientFacts, ConnectOutcome, HopIdentity, VANTAGE, judge_client},
+};
+use crate::{
+    config::ChainSettings,
+    records::{FlowRecord, Phase, Verdict},
+};
+
+/// The chain as the vantage judgement knows it: hop names and the names
+/// each proxy writes in its answers.
+pub fn identities(chain: &ChainSettings) -> Vec<HopIdentity> {
+    chain
+        .hops
+        .iter()
+        .map(|h| HopIdentity { name: h.name.clone(), via_names: h.via_names.clone() })
+        .collect()
+}
+
+/// Judge `rec` from the client's vantage if it is a client leg's connect
+/// record (its leg and hop already known).
+pub fn judge(rec: &mut FlowRecord, ev: Option<&AnswerEvidence>, chain: &[HopIdentity]) {
+    if rec.phase != Phase::Connect || !rec.leg.as_deref().is_some_and(|l| l.starts_with("client->"))
+    {
+        return;
+    }
+    let Some(client_hop) = rec.hop.as_deref().and_then(|h| chain.iter().position(|c| c.name == h))
+    else {
+        return;
+    };
+    let peer = rec.dst.map(|d| d.to_string());
+    let connect = if rec.verdict == Verdict::Failed && ev.is_none() {
+        ConnectOutcome::Failed { errno: rec.errno, reason: rec.reason }
+    } else {
+        ConnectOutcome::Established
+    };
+    let facts = ClientFacts {
+        client_hop,
+        peer: peer.as_deref(),
+        connect,
+        answer: ev.and_then(|e| e.answer.as_ref()),
+        body: ev.map_or(&[][..], |e| e.body.as_slice()),
+        body_bytes_total: ev.and_then(|e| e.body_bytes_total),
+        closed: ev.map(|e| e.closed),
+        answer_ms: ev.and_then(|e| e.answer_ms),
+        retransmits: rec.retransmits,
+    };
+    let v = judge_client(chain, &facts);
+    rec.vantage = Some(VANTAGE.to_string());
+    // The client's own degradation (its SYN retransmits to the proxy) stands
+    // when the answer itself was fine.
+    if !(v.verdict == Verdict::Ok && rec.verdict == Verdict::Degraded) {
+        rec.verdict = v.verdict;
+        rec.reason = v.reason;
+    }
+    rec.failed_hop = match rec.verdict {
+        Verdict::Degraded => rec.hop.clone(),
+        _ => v.failed_hop,
+    };
+    rec.evidence = Some(v.evidence);
+}

@@ -1,0 +1,226 @@
+//! Unit tests of the flow table (a file of their own: the table is long).
+use egress_common::{
+    AF_INET, DIR_INGRESS, EVENT_FLOW, EVENT_PAYLOAD, EventHeader, FLOW_FLAG_EMITTED, Tuple,
+};
+
+use super::*;
+use crate::records::Reason;
+
+const MS: u64 = 1_000_000;
+
+fn table() -> FlowTable {
+    FlowTable::new(
+        FlowSettings { degraded_retransmits: 3, max_flows: 16, answer_wait_ns: 1000 * MS },
+        Clock::new(),
+    )
+}
+
+fn tuple(dport: u16) -> Tuple {
+    let mut t = Tuple { family: AF_INET, sport: 40000, dport, ..Tuple::default() };
+    t.daddr[..4].copy_from_slice(&[192, 0, 2, 7]);
+    t
+}
+
+fn flow(phase: u32, sk: u64, ts: u64, f: impl FnOnce(&mut FlowEvent)) -> Event {
+    let mut e = FlowEvent {
+        hdr: EventHeader { kind: EVENT_FLOW, size: size_of::<FlowEvent>() as u32, ts_ns: ts },
+        skaddr: sk,
+        start_ns: 100,
+        tgid: 77,
+        pid: 78,
+        comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        phase,
+        tuple: tuple(443),
+        bytes_received: u64::MAX,
+        ..FlowEvent::default()
+    };
+    if phase != PHASE_CONNECT_FAILED {
+        e.established_ns = 2 * MS;
+    }
+    f(&mut e);
+    Event::Flow(Box::new(e))
+}
+
+fn proxy_connected(sk: u64) -> Event {
+    flow(PHASE_CONNECTED, sk, 2 * MS, |e| {
+        e.flags = FLOW_FLAG_CAPTURE | FLOW_FLAG_EMITTED;
+        e.tuple = tuple(3128);
+    })
+}
+
+fn chunk(sk: u64, dir: u32, offset: u32, ts: u64, text: &[u8]) -> Event {
+    let mut p = PayloadEvent {
+        hdr: EventHeader { kind: EVENT_PAYLOAD, size: size_of::<PayloadEvent>() as u32, ts_ns: ts },
+        skaddr: sk,
+        start_ns: 100,
+        direction: dir,
+        offset,
+        len: text.len() as u32,
+        ..PayloadEvent::default()
+    };
+    p.data[..text.len()].copy_from_slice(text);
+    Event::Payload(Box::new(p))
+}
+
+/// One event, then the flush the pipeline does once both rings are read.
+fn feed(t: &mut FlowTable, ev: &Event) -> Vec<Out> {
+    let mut out = Vec::new();
+    t.on_event(ev, &mut out);
+    t.flush(&mut out);
+    out
+}
+
+#[test]
+fn a_close_waits_for_the_captures_read_after_it() {
+    let mut t = table();
+    feed(&mut t, &proxy_connected(30));
+    // The close comes out of the flow ring before the answer out of the
+    // capture ring: it waits for the flush.
+    let mut out = Vec::new();
+    t.on_event(&flow(PHASE_CLOSED, 30, 9 * MS, |e| e.tuple = tuple(3128)), &mut out);
+    assert!(out.is_empty());
+    t.on_event(&chunk(30, DIR_INGRESS, 0, 5 * MS, b"HTTP/1.1 403 Forbidden\r\n\r\n"), &mut out);
+    t.flush(&mut out);
+    assert_eq!(out[0].0.proxy_status, Some(403), "the answer, not an unknown");
+}
+
+#[test]
+fn a_connect_is_one_record_and_its_clean_close_is_quiet() {
+    let mut t = table();
+    let out = feed(&mut t, &flow(PHASE_CONNECTED, 1, 2 * MS, |_| {}));
+    let [(r, None)] = out.as_slice() else { panic!("{}", out.len()) };
+    assert_eq!((r.verdict, r.pid, r.comm.as_str(), r.latency_ms), (Verdict::Ok, 77, "curl", 2.0));
+    assert_eq!(r.dst, Some("192.0.2.7:443".parse().expect("addr")));
+    let out = feed(&mut t, &flow(PHASE_CLOSED, 1, 9 * MS, |_| {}));
+    assert!(out.len() == 1 && out[0].0.quiet && out[0].0.phase == Phase::Close);
+    assert!(t.is_empty(), "only proxy flows are held");
+}
+
+#[test]
+fn failures_come_whole_from_one_event() {
+    let mut t = table();
+    let out = feed(
+        &mut t,
+        &flow(PHASE_CONNECT_FAILED, 1, 5 * MS, |e| {
+            e.sk_err = libc::ECONNREFUSED;
+            e.flags = FLOW_FLAG_RESET;
+        }),
+    );
+    assert_eq!(
+        (out[0].0.verdict, out[0].0.reason, out[0].0.errno),
+        (Verdict::Failed, Some(Reason::Refused), libc::ECONNREFUSED)
+    );
+    // An ICMP error consumed by getsockopt(SO_ERROR): the reported errno.
+    let out = feed(
+        &mut t,
+        &flow(PHASE_CONNECT_FAILED, 2, 5 * MS, |e| e.reported_err = libc::EHOSTUNREACH),
+    );
+    assert_eq!(out[0].0.reason, Some(Reason::Unreachable));
+    // A close that got worse than its (clean, counted) connect: shown.
+    let out = feed(&mut t, &flow(PHASE_CLOSED, 3, 9 * MS, |e| e.retransmits = 5));
+    assert_eq!((out[0].0.verdict, out[0].0.quiet), (Verdict::Degraded, false));
+}
+
+#[test]
+fn a_proxy_flow_waits_for_its_answer_reassembled() {
+    let mut t = table();
+    assert!(feed(&mut t, &proxy_connected(7)).is_empty(), "held for the answer");
+    let req = b"CONNECT login.example.test:443 HTTP/1.1\r\nHost: login.example.test:443\r\n\r\n";
+    assert!(feed(&mut t, &chunk(7, DIR_EGRESS, 0, 3 * MS, req)).is_empty());
+    // The status line split inside its code: neither half is a verdict.
+    assert!(feed(&mut t, &chunk(7, DIR_INGRESS, 0, 4 * MS, b"HTTP/1.1 2")).is_empty());
+    let out =
+        feed(&mut t, &chunk(7, DIR_INGRESS, 10, 5 * MS, b"00 Connection established\r\n\r\n"));
+    let [(r, Some(ev))] = out.as_slice() else { panic!("{}", out.len()) };
+    assert_eq!(
+        (r.verdict, r.proxy_status, r.target.as_deref()),
+        (Verdict::Ok, Some(200), Some("login.example.test:443"))
+    );
+    assert_eq!(ev.answer.as_ref().map(|a| a.status), Some(200));
+    assert_eq!(ev.answer_ms, Some(2.0), "from ESTABLISHED (2 ms) to the first answer byte (4 ms)");
+    // The tunnel's clean close repeats nothing.
+    let out = feed(&mut t, &flow(PHASE_CLOSED, 7, 60 * MS, |e| e.tuple = tuple(3128)));
+    assert!(out[0].0.quiet);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn an_error_answer_waits_for_its_body_or_its_close() {
+    let mut t = table();
+    feed(&mut t, &proxy_connected(8));
+    let head = b"HTTP/1.1 503 Service Unavailable\r\nServer: squid/5.7\r\nX-Squid-Error: ERR_CONNECT_FAIL 111\r\nContent-Length: 3000\r\n\r\n";
+    assert!(feed(&mut t, &chunk(8, DIR_INGRESS, 0, 4 * MS, head)).is_empty(), "body to come");
+    assert!(t.waiting());
+    // The proxy closes with no body at all (a relayed header block): the
+    // close says so, and the answer goes out with it.
+    let out = feed(
+        &mut t,
+        &flow(PHASE_CLOSED, 8, 9 * MS, |e| {
+            e.tuple = tuple(3128);
+            e.bytes_received = head.len() as u64;
+        }),
+    );
+    let (r, ev) = &out[0];
+    assert_eq!(
+        (r.verdict, r.reason, r.proxy_status),
+        (Verdict::Failed, Some(Reason::ProxyUpstreamError), Some(503))
+    );
+    assert_eq!(r.proxy_error.as_deref(), Some("ERR_CONNECT_FAIL 111"));
+    let ev = ev.as_ref().expect("evidence");
+    assert_eq!((ev.closed, ev.body_bytes_total), (true, Some(0)));
+    assert_eq!(out.len(), 2, "and the close record");
+    // Without a close, the answer goes after its wait.
+    feed(&mut t, &proxy_connected(9));
+    feed(&mut t, &chunk(9, DIR_INGRESS, 0, 4 * MS, head));
+    let mut out = Vec::new();
+    t.tick(4 * MS + 500 * MS, &mut out);
+    assert!(out.is_empty());
+    t.tick(4 * MS + 1000 * MS, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.as_ref().map(|e| e.closed), Some(false));
+}
+
+#[test]
+fn an_unseen_answer_is_unknown_not_failed() {
+    let mut t = table();
+    feed(&mut t, &proxy_connected(10));
+    let out = feed(&mut t, &flow(PHASE_CLOSED, 10, 9 * MS, |e| e.tuple = tuple(3128)));
+    assert_eq!((out[0].0.verdict, out[0].0.reason), (Verdict::Unknown, None));
+    // A reset before any answer is a failure of its own.
+    feed(&mut t, &proxy_connected(11));
+    let out = feed(
+        &mut t,
+        &flow(PHASE_CLOSED, 11, 9 * MS, |e| {
+            e.tuple = tuple(3128);
+            e.flags = FLOW_FLAG_RESET;
+        }),
+    );
+    assert_eq!((out[0].0.verdict, out[0].0.reason), (Verdict::Failed, Some(Reason::Reset)));
+}
+
+#[test]
+fn captures_before_their_flow_wait_for_it() {
+    let mut t = table();
+    let ok = b"HTTP/1.1 200 Connection established\r\n\r\n";
+    assert!(feed(&mut t, &chunk(12, DIR_INGRESS, 0, 3 * MS, ok)).is_empty());
+    let out = feed(&mut t, &proxy_connected(12));
+    assert_eq!(out.first().map(|(r, _)| r.proxy_status), Some(Some(200)));
+    // One whose flow never comes is dropped after its wait, and counted.
+    feed(&mut t, &chunk(13, DIR_INGRESS, 0, 3 * MS, ok));
+    let mut out = Vec::new();
+    t.tick(3 * MS + 3_000 * MS, &mut out);
+    assert_eq!(t.stats.orphans, 1);
+}
+
+#[test]
+fn a_full_table_sends_the_oldest_on_and_counts_it() {
+    let mut t = FlowTable::new(
+        FlowSettings { degraded_retransmits: 3, max_flows: 2, answer_wait_ns: 1000 * MS },
+        Clock::new(),
+    );
+    feed(&mut t, &proxy_connected(20));
+    feed(&mut t, &proxy_connected(21));
+    let out = feed(&mut t, &proxy_connected(22));
+    assert_eq!((out.len(), t.stats.evicted, t.len()), (1, 1, 2));
+    assert_eq!(out[0].0.verdict, Verdict::Unknown);
+}

@@ -1,0 +1,227 @@
+//! The life of an active TCP open, for every hook that reports it (classic
+//! and BTF tracepoints): owner at CLOSE→SYN_SENT, outcome at ESTABLISHED or
+//! CLOSE, and the choice of what leaves the kernel. A flow worth a record (failed, degraded, reset, to a
+//! capture port, or every flow while the agent asks for all) goes out as one
+//! self-contained `FlowEvent`; a clean one is only counted in the
+//! aggregation map under (owner cgroup, destination).
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+};
+use egress_common::{
+    AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_VERBOSE, Control, EVENT_FLOW, EventHeader,
+    FLOW_FLAG_CAPTURE, FLOW_FLAG_EMITTED, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEvent,
+    FlowState, LATENCY_BOUNDS_NS, LATENCY_BUCKETS, PHASE_CLOSED, PHASE_CONNECT_FAILED,
+    PHASE_CONNECTED, STAT_AGG_CLOSES, STAT_AGG_CONNECTS, STAT_AGG_FULL, STAT_FLOW_ENDS,
+    STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL, STAT_FLOW_STARTS, Tuple, tcp_state,
+};
+
+use crate::{
+    config,
+    emit::emit,
+    maps::{
+        AGG0, AGG1, CONNECT_ARGS, EVENTS, FLOWS, PROXY_FLOWS, SOCK_FDS, control, count, is_private,
+        xadd,
+    },
+    net::{is_capture_port, tuple_key},
+    sock,
+};
+
+/// A `connect()` sockaddr older than this is not trusted for the flow (the
+/// SYN_SENT transition runs inside the same syscall, microseconds later).
+const CONNECT_ARGS_MAX_AGE_NS: u64 = 50_000_000;
+
+/// What a hook knows about the transition besides the socket: how to read
+/// the socket's tuple (from a tracepoint record, or from the socket).
+pub trait Tuples {
+    fn tuple(&self, t: &mut Tuple) -> Result<(), i64>;
+}
+
+/// The state of the active open at `sk`, if it is tracked.
+#[inline(always)]
+pub fn state(sk: u64) -> Option<*mut FlowState> {
+    FLOWS.get_ptr_mut(sk)
+}
+
+/// CLOSE→SYN_SENT, in the connecting task: keep the owner in a new state.
+#[inline(always)]
+pub fn on_connect(sk: u64, now: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut st = FlowState {
+        start_ns: now,
+        // SAFETY: helper without preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid_tgid,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        ..FlowState::default()
+    };
+    if config!(connect_intent) != 0
+        && let Some(args) = CONNECT_ARGS.get_ptr(pid_tgid)
+    {
+        // SAFETY: valid map value pointer.
+        let args = unsafe { &*args };
+        if now.wrapping_sub(args.ts_ns) < CONNECT_ARGS_MAX_AGE_NS {
+            st.intended = *args;
+            st.flags |= FLOW_FLAG_HAS_INTENDED;
+            let key = (pid_tgid & 0xffff_ffff_0000_0000) | args.fd as u64;
+            let _ = SOCK_FDS.insert(key, sk, 0);
+        }
+        let _ = CONNECT_ARGS.remove(pid_tgid);
+    }
+    if FLOWS.insert(sk, st, 0).is_err() {
+        count(STAT_FLOW_MAP_FULL);
+        return;
+    }
+    count(STAT_FLOW_STARTS);
+}
+
+/// Any later transition of a socket (softirq or task context).
+#[inline(always)]
+pub fn on_transition(sk: u64, old: u32, new: u32, now: u64, tuples: &impl Tuples) {
+    let Some(st) = state(sk) else {
+        // An active open whose state is gone: only the hash-mode LRU evicts.
+        if old == tcp_state::SYN_SENT {
+            count(STAT_FLOW_EVICTED);
+        }
+        return;
+    };
+    // SAFETY: valid state pointer; a socket's transitions are serialised by its lock.
+    let st = unsafe { &mut *st };
+    let skaddr = sk;
+    if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
+        st.established_ns = now;
+        let ctl = control();
+        let mut t = Tuple::default();
+        let have_tuple = tuples.tuple(&mut t).is_ok();
+        let mut wanted = ctl.flags & CTRL_VERBOSE != 0 || degraded(&ctl, st.syn_retransmits);
+        if have_tuple {
+            (st.family, st.dport, st.daddr) = (t.family, t.dport, t.daddr);
+            // With a chain, egress to a public address is reported flow by
+            // flow (whether it bypassed the chain is the agent's to say).
+            if ctl.flags & CTRL_PUBLIC_EVENTS != 0 && !is_private(t.family, &t.daddr) {
+                wanted = true;
+            }
+        }
+        if have_tuple && is_capture_port(t.dport) {
+            st.flags |= FLOW_FLAG_CAPTURE;
+            (st.tx_base, st.rx_base) = sock::stream_bases(skaddr);
+            let key = tuple_key(t.family, t.sport, t.dport, &t.saddr, &t.daddr);
+            let _ = PROXY_FLOWS.insert(key, skaddr, 0);
+            wanted = true;
+        }
+        if !wanted && !(have_tuple && aggregate(st, true, now - st.start_ns, &ctl)) {
+            wanted = true;
+        }
+        if wanted {
+            st.flags |= FLOW_FLAG_EMITTED;
+            emit_flow(skaddr, st, PHASE_CONNECTED, old, new, now, have_tuple.then_some(&t));
+        }
+    } else if new == tcp_state::CLOSE {
+        let ctl = control();
+        let clean = st.established_ns != 0
+            && st.flags & (FLOW_FLAG_EMITTED | FLOW_FLAG_RESET | FLOW_FLAG_CAPTURE) == 0
+            && ctl.flags & CTRL_VERBOSE == 0
+            && !degraded(&ctl, st.retransmits)
+            && sock::errors(skaddr).0 == 0;
+        // A clean close is counted from what the state already holds; only a
+        // record needs the tuple read again.
+        if !(clean && aggregate(st, false, 0, &ctl)) {
+            let mut t = Tuple::default();
+            let have_tuple = tuples.tuple(&mut t).is_ok();
+            let phase = if st.established_ns == 0 { PHASE_CONNECT_FAILED } else { PHASE_CLOSED };
+            emit_flow(skaddr, st, phase, old, new, now, have_tuple.then_some(&t));
+            if st.flags & FLOW_FLAG_CAPTURE != 0 && have_tuple {
+                let _ =
+                    PROXY_FLOWS.remove(tuple_key(t.family, t.sport, t.dport, &t.saddr, &t.daddr));
+            }
+        }
+        let _ = FLOWS.remove(sk);
+        count(STAT_FLOW_ENDS);
+    }
+}
+
+#[inline(always)]
+fn degraded(ctl: &Control, retransmits: u32) -> bool {
+    ctl.degraded_retransmits > 0 && retransmits >= ctl.degraded_retransmits
+}
+
+/// Count a clean connect (or close) under its key. False when the map is
+/// full: the caller sends the flow as an event instead (nothing is lost).
+#[inline(always)]
+fn aggregate(st: &FlowState, connect: bool, latency_ns: u64, ctl: &Control) -> bool {
+    let key = AggKey {
+        cgroup_id: st.cgroup_id,
+        netns: st.netns,
+        family: st.family,
+        dport: st.dport,
+        daddr: st.daddr,
+    };
+    let map = if ctl.agg_sel == 0 { &AGG0 } else { &AGG1 };
+    let mut v = map.get_ptr_mut(&key);
+    if v.is_none() {
+        // BPF_NOEXIST: another CPU may have added it meanwhile; look again.
+        let _ = map.insert(&key, &AggValue::default(), 1);
+        v = map.get_ptr_mut(&key);
+    }
+    let Some(v) = v else {
+        count(STAT_AGG_FULL);
+        return false;
+    };
+    if connect {
+        count(STAT_AGG_CONNECTS);
+        // SAFETY: valid map value pointer; fields are 8-byte aligned u64s.
+        unsafe {
+            xadd(&raw mut (*v).connects, 1);
+            xadd(&raw mut (*v).latency_sum_ns, latency_ns);
+            let mut b = 0;
+            while b < LATENCY_BUCKETS - 1 && latency_ns >= LATENCY_BOUNDS_NS[b] {
+                b += 1;
+            }
+            xadd((&raw mut (*v).latency_buckets).cast::<u64>().add(b), 1);
+        }
+    } else {
+        count(STAT_AGG_CLOSES);
+        // SAFETY: as above.
+        unsafe { xadd(&raw mut (*v).closes, 1) };
+    }
+    true
+}
+
+/// Send the flow as one self-contained record.
+#[inline(always)]
+fn emit_flow(
+    skaddr: u64,
+    st: &FlowState,
+    phase: u32,
+    old: u32,
+    new: u32,
+    now: u64,
+    t: Option<&Tuple>,
+) {
+    emit(&EVENTS, EVENT_FLOW, |ev: &mut FlowEvent| {
+        ev.hdr = EventHeader { kind: EVENT_FLOW, size: size_of::<FlowEvent>() as u32, ts_ns: now };
+        ev.skaddr = skaddr;
+        ev.start_ns = st.start_ns;
+        ev.established_ns = st.established_ns;
+        ev.cgroup_id = st.cgroup_id;
+        ev.pid = st.pid_tgid as u32;
+        ev.tgid = (st.pid_tgid >> 32) as u32;
+        ev.netns = sock::netns(skaddr);
+        ev.phase = phase;
+        ev.comm = st.comm;
+        ev.oldstate = old;
+        ev.newstate = new;
+        (ev.sk_err, ev.sk_err_soft) = sock::errors(skaddr);
+        ev.reported_err = st.reported_err;
+        ev.retransmits = st.retransmits;
+        ev.syn_retransmits = st.syn_retransmits;
+        ev.flags = st.flags;
+        (ev.bytes_received, ev.bytes_acked) = sock::byte_counts(skaddr);
+        ev.intended = st.intended;
+        match t {
+            Some(t) => ev.tuple = *t,
+            // Without its tuple a record cannot be placed: count it as a read error.
+            None => return Err(-2),
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,74 @@
+//! Reading a kernel `struct sock` at offsets the agent resolved from BTF.
+//! Every read goes through `bpf_probe_read_kernel`: a bad address or an
+//! unknown offset is a failed read, never a fault.
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use egress_common::{AF_INET, AF_INET6, KOFF_UNKNOWN, Tuple};
+
+use crate::config;
+
+/// Read a kernel value at `base + off`, where `off` came from BTF.
+#[inline(always)]
+pub fn kread<T>(base: u64, off: u32) -> Option<T> {
+    if off == KOFF_UNKNOWN {
+        return None;
+    }
+    // SAFETY: probe read: a bad address returns an error.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+}
+
+/// The socket's tuple (local = source), as the tracepoints report it.
+#[inline(always)]
+pub fn tuple(sk: u64, t: &mut Tuple) -> Result<(), i64> {
+    let k = config!(kernel);
+    t.family = kread::<u16>(sk, k.skc_family).ok_or(-2i64)?;
+    t.sport = kread::<u16>(sk, k.skc_num).ok_or(-2i64)?;
+    t.dport = u16::from_be(kread::<u16>(sk, k.skc_dport).ok_or(-2i64)?);
+    if t.family == AF_INET {
+        let s: [u8; 4] = kread(sk, k.skc_rcv_saddr).ok_or(-2i64)?;
+        let d: [u8; 4] = kread(sk, k.skc_daddr).ok_or(-2i64)?;
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
+    } else if t.family == AF_INET6 {
+        t.saddr = kread(sk, k.skc_v6_rcv_saddr).ok_or(-2i64)?;
+        t.daddr = kread(sk, k.skc_v6_daddr).ok_or(-2i64)?;
+    }
+    Ok(())
+}
+
+/// Inode of the socket's network namespace (0 if unknown).
+#[inline(always)]
+pub fn netns(sk: u64) -> u32 {
+    let k = config!(kernel);
+    match kread::<u64>(sk, k.sock_skc_net) {
+        Some(net) => kread::<u32>(net, k.net_ns_inum).unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// `sk_err`, `sk_err_soft`.
+#[inline(always)]
+pub fn errors(sk: u64) -> (i32, i32) {
+    let k = config!(kernel);
+    (
+        kread::<i32>(sk, k.sock_sk_err).unwrap_or(0),
+        kread::<i32>(sk, k.sock_sk_err_soft).unwrap_or(0),
+    )
+}
+
+/// `bytes_received`, `bytes_acked` of a TCP socket (u64::MAX if unknown).
+#[inline(always)]
+pub fn byte_counts(sk: u64) -> (u64, u64) {
+    let k = config!(kernel);
+    (
+        kread::<u64>(sk, k.tcp_bytes_received).unwrap_or(u64::MAX),
+        kread::<u64>(sk, k.tcp_bytes_acked).unwrap_or(u64::MAX),
+    )
+}
+
+/// The first stream position sent and received: `snd_una` and `rcv_nxt`
+/// read at ESTABLISHED, when both sit just past the handshake.
+#[inline(always)]
+pub fn stream_bases(sk: u64) -> (u32, u32) {
+    let k = config!(kernel);
+    (kread::<u32>(sk, k.tcp_snd_una).unwrap_or(0), kread::<u32>(sk, k.tcp_rcv_nxt).unwrap_or(0))
+}
