@@ -77,6 +77,12 @@ pub struct Attempt {
     pub reason: Option<Reason>,
     pub proxy_status: Option<u16>,
     pub hops: Vec<Step>,
+    /// Whose view the verdict is: `full` (every leg this agent saw, a
+    /// chain) or `client` (the client's node alone).
+    pub vantage: &'static str,
+    /// The client's node alone, on a chain: its client leg's own verdict and
+    /// evidence (`"vantage":"client"`).
+    pub client_view: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +124,8 @@ fn from_chain(c: &ChainRecord) -> Attempt {
         failed_hop: c.failed_hop.clone(),
         reason: c.reason,
         proxy_status: c.proxy_status,
+        vantage: "full",
+        client_view: None,
         hops: c
             .legs
             .iter()
@@ -150,6 +158,8 @@ fn from_flow(r: &FlowRecord) -> Attempt {
         failed_hop: r.hop.clone().filter(|_| r.verdict != Verdict::Ok),
         reason: r.reason,
         proxy_status: r.proxy_status,
+        vantage: if r.vantage.is_some() { "client" } else { "full" },
+        client_view: r.evidence.clone(),
         hops: vec![Step {
             hop,
             leg: r.leg.clone(),
@@ -187,6 +197,9 @@ fn from_dns(d: &DnsRecord) -> Option<Attempt> {
         failed_hop: d.hop.clone(),
         reason: d.reason,
         proxy_status: None,
+        // The client's own lookup: what its node alone saw.
+        vantage: "client",
+        client_view: None,
         hops: vec![Step {
             hop: d.hop.clone().unwrap_or_else(|| "dns".into()),
             leg: Some(format!("dns {} {}", d.qtype, d.rcode)),
@@ -252,11 +265,35 @@ pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Att
         .filter_map(|r| if let Record::Chain(c) = r { Some(c) } else { None })
         .flat_map(|c| c.legs.iter().map(|l| l.flow_id.as_str()))
         .collect();
+    // A chain amended by a late leg: its last revision stands.
+    let mut latest: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for r in records {
+        if let Record::Chain(c) = r {
+            let e = latest.entry(c.chain_id.as_str()).or_insert(c.revision);
+            *e = (*e).max(c.revision);
+        }
+    }
+    // The client leg of each chain: what the client's node alone says.
+    let client_of: std::collections::HashMap<&str, &FlowRecord> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) if f.vantage.is_some() => Some((f.chain_id.as_deref()?, f)),
+            _ => None,
+        })
+        .collect();
     let recent = |t: &str| parse_rfc3339(t).is_some_and(|t| t >= since);
     let mut out: Vec<Attempt> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Chain(c) if recent(&c.time) && want.chain(c) => Some(from_chain(c)),
+            Record::Chain(c)
+                if recent(&c.time)
+                    && want.chain(c)
+                    && latest.get(c.chain_id.as_str()) == Some(&c.revision) =>
+            {
+                let mut a = from_chain(c);
+                a.client_view = client_of.get(c.chain_id.as_str()).map(|f| client_line(f));
+                Some(a)
+            }
             Record::Flow(f)
                 if recent(&f.time)
                     && !in_chains.contains(f.flow_id.as_str())
@@ -276,6 +313,19 @@ pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Att
         .collect();
     out.sort_by(|a, b| a.time.cmp(&b.time));
     out
+}
+
+/// `failed at gce-proxy: proxy_denied — 403 Forbidden made by gce-proxy (…)`.
+fn client_line(f: &FlowRecord) -> String {
+    let verdict = match (&f.failed_hop, f.reason) {
+        (Some(h), Some(r)) => format!("{} at {h}: {}", f.verdict.as_str(), r.as_str()),
+        (None, Some(r)) => format!("{}: {}", f.verdict.as_str(), r.as_str()),
+        _ => f.verdict.as_str().to_string(),
+    };
+    match &f.evidence {
+        Some(e) => format!("{verdict} — {e}"),
+        None => verdict,
+    }
 }
 
 fn hhmmss(t: &str) -> &str {
@@ -410,6 +460,9 @@ pub fn render(e: &Explanation) -> String {
                 latency(h.latency_ms),
                 h.retransmits,
             ));
+        }
+        if let Some(c) = &a.client_view {
+            o.push_str(&format!("  client node alone: {c}\n"));
         }
     }
     o.push_str(&format!("\nConclusion: {}\n", e.conclusion));
