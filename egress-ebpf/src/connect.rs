@@ -22,16 +22,20 @@ fn try_connect(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: user memory read through the helper; failures are errors.
     let family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16) }?;
     let mut args = ConnectArgs { family, fd: fd as u32, ..ConnectArgs::default() };
+    // SAFETY: as above.
     let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }?;
     args.port = u16::from_be(port);
     if family == AF_INET {
+        // SAFETY: as above.
         let a: [u8; 4] = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]) }?;
         args.addr[..4].copy_from_slice(&a);
     } else if family == AF_INET6 {
+        // SAFETY: as above.
         args.addr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }?;
     } else {
         return Ok(());
     }
+    // SAFETY: helper without preconditions.
     args.ts_ns = unsafe { bpf_ktime_get_ns() };
     let _ = CONNECT_ARGS.insert(bpf_get_current_pid_tgid(), args, 0);
     Ok(())

@@ -7,7 +7,6 @@
 //! everyone else's lookups still go out. Fail-open: the caller passes every
 //! packet whatever happens here.
 use aya_ebpf::{
-    bindings::__sk_buff,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     programs::SkBuffContext,
 };
@@ -72,8 +71,9 @@ pub fn capture(
         return; // no payload: a TCP handshake or ACK
     }
     let skb_ptr = ctx.skb.skb;
-    // SAFETY: helpers on the program's own context pointer.
-    let cgroup = unsafe { bpf_skb_cgroup_id(skb_ptr as *mut __sk_buff) };
+    // SAFETY: helper on the program's own context pointer.
+    let cgroup = unsafe { bpf_skb_cgroup_id(skb_ptr) };
+    // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if !within_budget(cgroup, now) {
         count(STAT_DNS_RATE_LIMITED);

@@ -156,11 +156,11 @@ fn aggregate(st: &FlowState, connect: bool, latency_ns: u64, ctl: &Control) -> b
         daddr: st.daddr,
     };
     let map = if ctl.agg_sel == 0 { &AGG0 } else { &AGG1 };
-    let mut v = map.get_ptr_mut(&key);
+    let mut v = map.get_ptr_mut(key);
     if v.is_none() {
         // BPF_NOEXIST: another CPU may have added it meanwhile; look again.
-        let _ = map.insert(&key, &AggValue::default(), 1);
-        v = map.get_ptr_mut(&key);
+        let _ = map.insert(key, AggValue::default(), 1);
+        v = map.get_ptr_mut(key);
     }
     let Some(v) = v else {
         count(STAT_AGG_FULL);

@@ -31,6 +31,8 @@ static CONFIG: Config = Config::DEFAULT;
 /// Read one field of [`CONFIG`] without letting the compiler fold the default.
 macro_rules! config {
     ($($field:ident).+) => {
+        // SAFETY: a read of a plain-integer field of a static that lives for
+        // the whole program; volatile only so the load-time value is read.
         unsafe { core::ptr::read_volatile(&raw const crate::CONFIG.$($field).+) }
     };
 }

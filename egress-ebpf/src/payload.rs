@@ -169,10 +169,10 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
         let from = (payload + at) as u32;
         let mut ok_status = false;
         emit_unzeroed(&CAPTURE, EVENT_PAYLOAD, |ev: &mut PayloadEvent| {
-            // SAFETY: helper without preconditions.
             ev.hdr = EventHeader {
                 kind: EVENT_PAYLOAD,
                 size: size_of::<PayloadEvent>() as u32,
+                // SAFETY: helper without preconditions.
                 ts_ns: unsafe { bpf_ktime_get_ns() },
             };
             ev.skaddr = skaddr;
