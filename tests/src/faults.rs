@@ -314,9 +314,10 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
         };
         if verbose {
             eprintln!(
-                "{fault}: client exit {:?}; chain {}",
+                "{fault}: client exit {:?}; chain {}; client leg evidence: {}",
                 out.exit_code(),
-                rec.as_ref().map(Value::to_string).unwrap_or_else(|e| format!("{e:#}"))
+                rec.as_ref().map(Value::to_string).unwrap_or_else(|e| format!("{e:#}")),
+                client_evidence(&agent.records, pid)
             );
         }
         // The client's node alone: the client leg's own record (its
@@ -370,6 +371,21 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
 
 /// The client-vantage verdict of the client's request, from its client leg's
 /// connect record (`vantage` `client`) or, for a bypass, its direct flow.
+/// What decided the client leg's own verdict (its `evidence`).
+fn client_evidence(records: &[Value], pid: u64) -> String {
+    records
+        .iter()
+        .find(|v| {
+            v["record"] == "flow"
+                && v["pid"].as_u64() == Some(pid)
+                && v["phase"] == "connect"
+                && v["vantage"] == "client"
+        })
+        .and_then(|v| v["evidence"].as_str())
+        .unwrap_or("-")
+        .to_string()
+}
+
 fn client_view(records: &[Value], pid: u64) -> String {
     let mine = |v: &&Value| {
         v["record"] == "flow" && v["pid"].as_u64() == Some(pid) && v["phase"] == "connect"

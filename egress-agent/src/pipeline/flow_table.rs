@@ -451,12 +451,32 @@ fn release(
 
 /// Body bytes received in all: what the socket received past the answer's
 /// header block (known at the close, where the kernel reads the counter).
+///
+/// `tcp_sock.bytes_received` advances with `rcv_nxt`, and the peer's FIN
+/// takes one sequence number: a header block relayed alone and then closed
+/// reads as one body byte unless the FIN is taken off. The peer's FIN was
+/// received when the socket closes from LAST_ACK (after CLOSE_WAIT) or
+/// CLOSING, or from FIN_WAIT2 into TIME_WAIT (a FIN_WAIT2 timeout, rare,
+/// is the one case counted one byte short).
 fn body_total(e: &FlowEvent, h: &Held) -> Option<u64> {
     if e.bytes_received == u64::MAX {
         return None;
     }
     let header = h.rx.header_len()? as u64;
-    Some(e.bytes_received.saturating_sub(header))
+    let fin = u64::from(peer_fin_seen(e.oldstate, e.flags));
+    Some(e.bytes_received.saturating_sub(fin).saturating_sub(header))
+}
+
+/// Linux `TCP_*` states of `include/net/tcp_states.h` (uapi-stable).
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
+
+/// The peer's FIN is counted in `bytes_received` at a close from `old`.
+fn peer_fin_seen(old: u32, flags: u32) -> bool {
+    flags & FLOW_FLAG_RESET == 0
+        && matches!(old, TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
 }
 
 fn facts(e: &FlowEvent, errno: i32) -> Facts {
