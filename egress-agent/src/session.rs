@@ -241,12 +241,41 @@ fn release_freed_heap() {
     }
 }
 
+/// Adopt the sockets open before this start (after every hook attached:
+/// nothing falls between the two).
+fn adopt(kernel: &mut Loaded, metrics: &Metrics) {
+    for kind in ["egress", "accepted", "owner_unknown"] {
+        metrics.adopted_sockets.with_label_values(&[kind]).reset();
+    }
+    if !kernel.programs.iter().any(|p| p.program == "adopt_sockets" && p.attached) {
+        tracing::info!(
+            "sockets open before this start are not adopted: adopt_sockets not loaded (`check` says why)"
+        );
+        return;
+    }
+    match kernel::adopt::run(&mut kernel.ebpf) {
+        Ok(a) => {
+            metrics.adopted_sockets.with_label_values(&["egress"]).inc_by(a.egress);
+            metrics.adopted_sockets.with_label_values(&["accepted"]).inc_by(a.accepted);
+            metrics.adopted_sockets.with_label_values(&["owner_unknown"]).inc_by(a.owner_unknown);
+            tracing::info!(
+                egress = a.egress,
+                accepted = a.accepted,
+                owner_unknown = a.owner_unknown,
+                "adopted the TCP sockets open before this start"
+            );
+        }
+        Err(e) => tracing::warn!("sockets open before this start are not adopted: {}", Chain(&e)),
+    }
+}
+
 impl Session {
     pub async fn start(opts: SessionOptions) -> Result<Self, SessionError> {
         let mut kernel = kernel::load(&opts.load_options())?;
         release_freed_heap();
         let metrics = Arc::new(Metrics::new(opts.config.clone())?);
         processor::zero_error_series(&metrics);
+        adopt(&mut kernel, &metrics);
         for p in &kernel.programs {
             metrics
                 .program_attached

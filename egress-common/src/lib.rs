@@ -139,8 +139,16 @@ pub const FLOW_FLAG_CAPTURE: u32 = 8;
 /// Payload capture of one direction reached its bound.
 pub const FLOW_FLAG_TX_DONE: u32 = 16;
 pub const FLOW_FLAG_RX_DONE: u32 = 32;
-/// The answer's status line is 2xx (the receive bound is the short one).
+/// The answer's status line is 2xx (the answer's bound is the short one).
+/// The answer is received on an active open, sent on an accepted one.
 pub const FLOW_FLAG_RX_OK: u32 = 64;
+/// An accepted connection on a capture port: this machine runs the hop, and
+/// the flow is the hop's view of one client (the request comes in, the
+/// answer goes out).
+pub const FLOW_FLAG_ACCEPTED: u32 = 128;
+/// The flow existed before the agent started and was adopted from the
+/// socket table: its owner task and connect time are unknown.
+pub const FLOW_FLAG_ADOPTED: u32 = 256;
 
 /// `Control::flags`: send every flow as events, clean ones too (a client
 /// is watching live, or `--log-flows`).
@@ -346,6 +354,29 @@ pub struct FlowEvent {
     pub intended: ConnectArgs,
 }
 const _: () = assert!(size_of::<FlowEvent>() == 200);
+
+/// One socket adopted at start by the walk of open files
+/// (`adopt_sockets`): what it writes to the iterator's output for each, so
+/// the agent can count and report them. The flow itself is in `MAP_FLOWS`
+/// from then on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdoptedSocket {
+    pub skaddr: u64,
+    pub cgroup_id: u64,
+    pub pid_tgid: u64,
+    pub netns: u32,
+    /// `FLOW_FLAG_*` (ADOPTED, and ACCEPTED for a hop's connection).
+    pub flags: u32,
+    pub comm: [u8; 16],
+    pub tuple: Tuple,
+}
+const _: () = assert!(size_of::<AdoptedSocket>() == 88);
+
+/// `ADOPT_PASS[0]`: the walk's first pass notes listening sockets, the
+/// second adopts (an accepted connection is told by its port's listener).
+pub const ADOPT_PASS_LISTENERS: u32 = 0;
+pub const ADOPT_PASS_ADOPT: u32 = 1;
 
 /// Key of a TCP connection as seen from the local socket.
 #[repr(C)]
@@ -623,6 +654,29 @@ pub struct KernelOffsets {
     pub tcp_bytes_acked: u32,
     pub tcp_snd_una: u32,
     pub tcp_rcv_nxt: u32,
+    /// The socket's cgroup v2 id: `struct sock::sk_cgrp_data` +
+    /// `sock_cgroup_data::cgroup` (Linux 5.15+) or `::val` (before: a
+    /// pointer unless its low bit tags cgroup v1 data), then `cgroup::kn`
+    /// and `kernfs_node::id`. For sockets met outside their owner's task:
+    /// accepted connections and sockets adopted at start.
+    pub sk_cgroup: u32,
+    /// `struct sock_common::skc_state` (u8): the socket iterator's filter.
+    pub skc_state: u32,
+    /// 1 when `sk_cgroup` is the pre-5.15 tagged `val`.
+    pub sk_cgroup_tagged: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// For the walk of open files at start (`adopt_sockets`):
+    /// `file::f_inode`, `inode::i_mode` (u16), `file::private_data` (a
+    /// socket file's `struct socket *`), `socket::sk`, and the task's
+    /// `task_struct::pid`, `tgid`, `comm`.
+    pub file_f_inode: u32,
+    pub inode_i_mode: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
 }
 
 pub const KOFF_UNKNOWN: u32 = u32::MAX;
@@ -645,6 +699,18 @@ impl KernelOffsets {
         tcp_bytes_acked: KOFF_UNKNOWN,
         tcp_snd_una: KOFF_UNKNOWN,
         tcp_rcv_nxt: KOFF_UNKNOWN,
+        sk_cgroup: KOFF_UNKNOWN,
+        skc_state: KOFF_UNKNOWN,
+        sk_cgroup_tagged: 0,
+        cgroup_kn: KOFF_UNKNOWN,
+        kernfs_node_id: KOFF_UNKNOWN,
+        file_f_inode: KOFF_UNKNOWN,
+        inode_i_mode: KOFF_UNKNOWN,
+        file_private_data: KOFF_UNKNOWN,
+        socket_sk: KOFF_UNKNOWN,
+        task_pid: KOFF_UNKNOWN,
+        task_tgid: KOFF_UNKNOWN,
+        task_comm: KOFF_UNKNOWN,
     };
 }
 
@@ -710,7 +776,7 @@ pub struct Config {
     /// poll tick (batched reads instead of one wake-up per event).
     pub wakeup_bytes: u32,
 }
-const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 64 + 40 + 16 + 8);
+const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 112 + 40 + 16 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {

@@ -8,19 +8,20 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
 };
 use egress_common::{
-    AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_VERBOSE, Control, EVENT_FLOW, EventHeader,
-    FLOW_FLAG_CAPTURE, FLOW_FLAG_EMITTED, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEvent,
-    FlowState, LATENCY_BOUNDS_NS, LATENCY_BUCKETS, PHASE_CLOSED, PHASE_CONNECT_FAILED,
-    PHASE_CONNECTED, STAT_AGG_CLOSES, STAT_AGG_CONNECTS, STAT_AGG_FULL, STAT_FLOW_ENDS,
-    STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL, STAT_FLOW_STARTS, Tuple, tcp_state,
+    AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_VERBOSE, ConnectArgs, Control, EVENT_FLOW,
+    EventHeader, FLOW_FLAG_ACCEPTED, FLOW_FLAG_CAPTURE, FLOW_FLAG_EMITTED, FLOW_FLAG_HAS_INTENDED,
+    FLOW_FLAG_RESET, FlowEvent, FlowState, LATENCY_BOUNDS_NS, LATENCY_BUCKETS, PHASE_CLOSED,
+    PHASE_CONNECT_FAILED, PHASE_CONNECTED, STAT_AGG_CLOSES, STAT_AGG_CONNECTS, STAT_AGG_FULL,
+    STAT_FLOW_ENDS, STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL, STAT_FLOW_STARTS, STAT_READ_ERRORS,
+    Tuple, tcp_state,
 };
 
 use crate::{
     config,
     emit::emit,
     maps::{
-        AGG0, AGG1, CONNECT_ARGS, EVENTS, FLOWS, PROXY_FLOWS, SOCK_FDS, control, count, is_private,
-        xadd,
+        AGG0, AGG1, CONNECT_ARGS, EVENTS, FLOWS, PROXY_FLOWS, SCRATCH_FLOW, SCRATCH_TUPLE,
+        SOCK_FDS, control, count, is_private, xadd,
     },
     net::{is_capture_port, tuple_key},
     sock,
@@ -72,6 +73,45 @@ pub fn on_connect(sk: u64, now: u64) {
         return;
     }
     count(STAT_FLOW_STARTS);
+}
+
+/// SYN_RECV→ESTABLISHED of a connection accepted on a capture port: this
+/// machine runs the hop, and the connection is its view of one client. The
+/// owner is the listener's cgroup (the socket's own); no task is current.
+/// Both directions are captured (the request comes in, the answer goes
+/// out) and the flow always goes out as events. Its state and tuple are
+/// built in per-CPU scratch space: the hook's stack is nearly spent.
+#[inline(always)]
+pub fn on_accepted(sk: u64, now: u64, tuples: &impl Tuples) {
+    let (Some(t), Some(st)) = (SCRATCH_TUPLE.get_ptr_mut(0), SCRATCH_FLOW.get_ptr_mut(0)) else {
+        return;
+    };
+    // SAFETY: valid per-CPU map values; a program is not preempted on its CPU.
+    let (t, st) = unsafe { (&mut *t, &mut *st) };
+    if tuples.tuple(t).is_err() {
+        count(STAT_READ_ERRORS);
+        return;
+    }
+    (st.tx_base, st.rx_base) = sock::stream_bases(sk);
+    st.start_ns = now;
+    st.established_ns = now;
+    st.cgroup_id = sock::cgroup_id(sk);
+    st.pid_tgid = 0;
+    st.comm = [0; 16];
+    st.netns = 0;
+    st.retransmits = 0;
+    st.syn_retransmits = 0;
+    st.reported_err = 0;
+    st.flags = FLOW_FLAG_ACCEPTED | FLOW_FLAG_CAPTURE | FLOW_FLAG_EMITTED;
+    (st.family, st.dport, st.daddr) = (t.family, t.dport, t.daddr);
+    st.intended = ConnectArgs::default();
+    if FLOWS.insert(sk, &*st, 0).is_err() {
+        count(STAT_FLOW_MAP_FULL);
+        return;
+    }
+    count(STAT_FLOW_STARTS);
+    let _ = PROXY_FLOWS.insert(tuple_key(t.family, t.sport, t.dport, &t.saddr, &t.daddr), sk, 0);
+    emit_flow(sk, st, PHASE_CONNECTED, tcp_state::SYN_RECV, tcp_state::ESTABLISHED, now, Some(t));
 }
 
 /// Any later transition of a socket (softirq or task context).

@@ -6,6 +6,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod adopt;
 mod compat_canary;
 mod connect;
 mod conntrack;

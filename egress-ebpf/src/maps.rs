@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use egress_common::{
     AF_INET, AggKey, AggValue, ConnectArgs, Control, DEFAULT_AGG_KEYS, DEFAULT_MAX_FLOWS,
-    DEFAULT_RING_BYTES, FlowState, PRIVATE_NETS_MAX, STAT_SLOTS, TokenBucket, TupleKey,
+    DEFAULT_RING_BYTES, FlowState, PRIVATE_NETS_MAX, STAT_SLOTS, TokenBucket, Tuple, TupleKey,
 };
 
 /// Flow outcomes and NAT mappings.
@@ -59,6 +59,13 @@ pub static SO_ERROR_CALLS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entr
 pub static AGG0: HashMap<AggKey, AggValue> = HashMap::with_max_entries(DEFAULT_AGG_KEYS, 0);
 #[map]
 pub static AGG1: HashMap<AggKey, AggValue> = HashMap::with_max_entries(DEFAULT_AGG_KEYS, 0);
+
+/// Per-CPU room for the state and tuple of a connection accepted on a
+/// capture port: the set_state hook's own paths leave too little stack.
+#[map]
+pub static SCRATCH_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SCRATCH_TUPLE: PerCpuArray<Tuple> = PerCpuArray::with_max_entries(1, 0);
 
 /// Runtime control written by the agent (one entry).
 #[map]

@@ -16,8 +16,9 @@ use aya_ebpf::{
 };
 use egress_common::{
     AF_INET, AF_INET6, CAPTURE_CHUNKS_PER_PACKET, CAPTURE_RX_ERR_BYTES, CAPTURE_RX_OK_BYTES,
-    CAPTURE_TX_BYTES, DIR_EGRESS, EVENT_PAYLOAD, EventHeader, FLOW_FLAG_CAPTURE, FLOW_FLAG_RX_DONE,
-    FLOW_FLAG_RX_OK, FLOW_FLAG_TX_DONE, FlowState, PAYLOAD_BYTES, PayloadEvent, TupleKey,
+    CAPTURE_TX_BYTES, DIR_EGRESS, DIR_INGRESS, EVENT_PAYLOAD, EventHeader, FLOW_FLAG_ACCEPTED,
+    FLOW_FLAG_CAPTURE, FLOW_FLAG_RX_DONE, FLOW_FLAG_RX_OK, FLOW_FLAG_TX_DONE, FlowState,
+    PAYLOAD_BYTES, PayloadEvent, TupleKey,
 };
 
 use crate::{
@@ -52,7 +53,7 @@ pub fn payload_egress(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb]
 pub fn payload_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = capture::<RX_CHUNKS>(&ctx, egress_common::DIR_INGRESS);
+    let _ = capture::<RX_CHUNKS>(&ctx, DIR_INGRESS);
     1
 }
 
@@ -71,9 +72,14 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
     // Fast exit: a connected socket's remote port (network order, high half)
     // says whether this packet can matter. Unconnected sockets (remote port
     // 0: a UDP resolver that does not connect()) are parsed.
+    // A hop's accepted connections have the capture port locally.
     let rport = u16::from_be((skb.remote_port >> 16) as u16);
     let dns_port: u16 = config!(dns_port);
-    if rport != 0 && !is_capture_port(rport) && (dns_port == 0 || rport != dns_port) {
+    if rport != 0
+        && !is_capture_port(rport)
+        && (dns_port == 0 || rport != dns_port)
+        && !is_capture_port(skb.local_port as u16)
+    {
         return Ok(());
     }
     // The be16 ethertype sits in the low half of the u32 field.
@@ -99,7 +105,7 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
     if ipproto == IPPROTO_UDP && !is_dns {
         return Ok(());
     }
-    if !is_dns && !is_capture_port(rport) {
+    if !is_dns && !is_capture_port(rport) && !is_capture_port(lport) {
         return Ok(());
     }
     key.lport = lport;
@@ -134,15 +140,19 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
     };
     // SAFETY: valid state pointer (its fields are plain integers).
     let st = unsafe { &mut *st };
-    let (done_flag, base, limit) = if dir == DIR_EGRESS {
-        (FLOW_FLAG_TX_DONE, st.tx_base, CAPTURE_TX_BYTES)
+    // The answer comes in on an active open, goes out on an accepted one.
+    let answer_dir = if st.flags & FLOW_FLAG_ACCEPTED != 0 { DIR_EGRESS } else { DIR_INGRESS };
+    let (done_flag, base) = if dir == DIR_EGRESS {
+        (FLOW_FLAG_TX_DONE, st.tx_base)
     } else {
-        let limit = if st.flags & FLOW_FLAG_RX_OK != 0 {
-            CAPTURE_RX_OK_BYTES
-        } else {
-            CAPTURE_RX_ERR_BYTES
-        };
-        (FLOW_FLAG_RX_DONE, st.rx_base, limit)
+        (FLOW_FLAG_RX_DONE, st.rx_base)
+    };
+    let limit = if dir != answer_dir {
+        CAPTURE_TX_BYTES
+    } else if st.flags & FLOW_FLAG_RX_OK != 0 {
+        CAPTURE_RX_OK_BYTES
+    } else {
+        CAPTURE_RX_ERR_BYTES
     };
     if st.flags & FLOW_FLAG_CAPTURE == 0 || st.flags & done_flag != 0 {
         return Ok(());
@@ -204,7 +214,7 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
             ok_status = chunk_off == 0 && n > 9 && ev.data[9] == b'2';
             Ok(())
         });
-        if ok_status && dir != DIR_EGRESS {
+        if ok_status && dir == answer_dir {
             st.flags |= FLOW_FLAG_RX_OK;
         }
         i += 1;

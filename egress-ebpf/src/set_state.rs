@@ -10,7 +10,9 @@
 //! owner (pid, comm, cgroup) is the current task. Every later transition may
 //! run in softirq context and is attributed by socket only. Only three
 //! transitions matter: the connect, its outcome, and the close; every other
-//! one (the passive side, FIN states) leaves in the first instructions.
+//! one (FIN states) leaves in the first instructions. The passive side
+//! matters only where this machine runs a hop: a connection accepted on a
+//! capture port is the hop's view of one client (SYN_RECV→ESTABLISHED).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -22,7 +24,8 @@ use egress_common::{IPPROTO_TCP, TpOffsets, Tuple, tcp_state};
 
 use crate::{
     config,
-    flow::{Tuples, on_connect, on_transition},
+    flow::{Tuples, on_accepted, on_connect, on_transition},
+    net::is_capture_port,
     sock,
     tp::{self, field},
 };
@@ -33,7 +36,8 @@ use crate::{
 fn matters(old: u32, new: u32) -> bool {
     new == tcp_state::CLOSE
         || (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT)
-        || (old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED)
+        || (new == tcp_state::ESTABLISHED
+            && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV))
 }
 
 struct Record<'a> {
@@ -76,6 +80,10 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
     let now = unsafe { bpf_ktime_get_ns() };
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
         on_connect(skaddr, now);
+    } else if old == tcp_state::SYN_RECV {
+        if is_capture_port(field::<u16>(ctx, o.sport)?) {
+            on_accepted(skaddr, now, &Record { ctx, o: &o });
+        }
     } else {
         on_transition(skaddr, old, new, now, &Record { ctx, o: &o });
     }
@@ -99,6 +107,10 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
             return 0;
         }
         on_connect(skaddr, now);
+    } else if old == tcp_state::SYN_RECV {
+        if sock::kread::<u16>(skaddr, config!(kernel.skc_num)).is_some_and(is_capture_port) {
+            on_accepted(skaddr, now, &Socket(skaddr));
+        }
     } else {
         // Sockets that never took the connect path have no state: the
         // lookup is the whole cost of the passive side's close.

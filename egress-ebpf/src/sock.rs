@@ -19,18 +19,17 @@ pub fn kread<T>(base: u64, off: u32) -> Option<T> {
 /// The socket's tuple (local = source), as the tracepoints report it.
 #[inline(always)]
 pub fn tuple(sk: u64, t: &mut Tuple) -> Result<(), i64> {
-    let k = config!(kernel);
-    t.family = kread::<u16>(sk, k.skc_family).ok_or(-2i64)?;
-    t.sport = kread::<u16>(sk, k.skc_num).ok_or(-2i64)?;
-    t.dport = u16::from_be(kread::<u16>(sk, k.skc_dport).ok_or(-2i64)?);
+    t.family = kread::<u16>(sk, config!(kernel.skc_family)).ok_or(-2i64)?;
+    t.sport = kread::<u16>(sk, config!(kernel.skc_num)).ok_or(-2i64)?;
+    t.dport = u16::from_be(kread::<u16>(sk, config!(kernel.skc_dport)).ok_or(-2i64)?);
     if t.family == AF_INET {
-        let s: [u8; 4] = kread(sk, k.skc_rcv_saddr).ok_or(-2i64)?;
-        let d: [u8; 4] = kread(sk, k.skc_daddr).ok_or(-2i64)?;
+        let s: [u8; 4] = kread(sk, config!(kernel.skc_rcv_saddr)).ok_or(-2i64)?;
+        let d: [u8; 4] = kread(sk, config!(kernel.skc_daddr)).ok_or(-2i64)?;
         t.saddr[..4].copy_from_slice(&s);
         t.daddr[..4].copy_from_slice(&d);
     } else if t.family == AF_INET6 {
-        t.saddr = kread(sk, k.skc_v6_rcv_saddr).ok_or(-2i64)?;
-        t.daddr = kread(sk, k.skc_v6_daddr).ok_or(-2i64)?;
+        t.saddr = kread(sk, config!(kernel.skc_v6_rcv_saddr)).ok_or(-2i64)?;
+        t.daddr = kread(sk, config!(kernel.skc_v6_daddr)).ok_or(-2i64)?;
     }
     Ok(())
 }
@@ -38,9 +37,8 @@ pub fn tuple(sk: u64, t: &mut Tuple) -> Result<(), i64> {
 /// Inode of the socket's network namespace (0 if unknown).
 #[inline(always)]
 pub fn netns(sk: u64) -> u32 {
-    let k = config!(kernel);
-    match kread::<u64>(sk, k.sock_skc_net) {
-        Some(net) => kread::<u32>(net, k.net_ns_inum).unwrap_or(0),
+    match kread::<u64>(sk, config!(kernel.sock_skc_net)) {
+        Some(net) => kread::<u32>(net, config!(kernel.net_ns_inum)).unwrap_or(0),
         None => 0,
     }
 }
@@ -48,20 +46,18 @@ pub fn netns(sk: u64) -> u32 {
 /// `sk_err`, `sk_err_soft`.
 #[inline(always)]
 pub fn errors(sk: u64) -> (i32, i32) {
-    let k = config!(kernel);
     (
-        kread::<i32>(sk, k.sock_sk_err).unwrap_or(0),
-        kread::<i32>(sk, k.sock_sk_err_soft).unwrap_or(0),
+        kread::<i32>(sk, config!(kernel.sock_sk_err)).unwrap_or(0),
+        kread::<i32>(sk, config!(kernel.sock_sk_err_soft)).unwrap_or(0),
     )
 }
 
 /// `bytes_received`, `bytes_acked` of a TCP socket (u64::MAX if unknown).
 #[inline(always)]
 pub fn byte_counts(sk: u64) -> (u64, u64) {
-    let k = config!(kernel);
     (
-        kread::<u64>(sk, k.tcp_bytes_received).unwrap_or(u64::MAX),
-        kread::<u64>(sk, k.tcp_bytes_acked).unwrap_or(u64::MAX),
+        kread::<u64>(sk, config!(kernel.tcp_bytes_received)).unwrap_or(u64::MAX),
+        kread::<u64>(sk, config!(kernel.tcp_bytes_acked)).unwrap_or(u64::MAX),
     )
 }
 
@@ -69,6 +65,38 @@ pub fn byte_counts(sk: u64) -> (u64, u64) {
 /// read at ESTABLISHED, when both sit just past the handshake.
 #[inline(always)]
 pub fn stream_bases(sk: u64) -> (u32, u32) {
-    let k = config!(kernel);
-    (kread::<u32>(sk, k.tcp_snd_una).unwrap_or(0), kread::<u32>(sk, k.tcp_rcv_nxt).unwrap_or(0))
+    (
+        kread::<u32>(sk, config!(kernel.tcp_snd_una)).unwrap_or(0),
+        kread::<u32>(sk, config!(kernel.tcp_rcv_nxt)).unwrap_or(0),
+    )
+}
+
+/// The socket's cgroup v2 id (0 if unknown): for sockets met outside their
+/// owner's task (accepted connections in softirq, sockets adopted at
+/// start). A socket takes its cgroup from the task that created it (an
+/// accepted one from its listener).
+#[inline(always)]
+pub fn cgroup_id(sk: u64) -> u64 {
+    let Some(mut cgrp) = kread::<u64>(sk, config!(kernel.sk_cgroup)) else {
+        return 0;
+    };
+    // Before Linux 5.15 the field is a tagged word: bit 0 set means it holds
+    // cgroup v1 net_prio/net_cls data and the cgroup is not known.
+    if config!(kernel.sk_cgroup_tagged) != 0 && cgrp & 1 != 0 {
+        return 0;
+    }
+    if cgrp == 0 {
+        return 0;
+    }
+    let Some(kn) = kread::<u64>(cgrp, config!(kernel.cgroup_kn)) else {
+        return 0;
+    };
+    cgrp = kread::<u64>(kn, config!(kernel.kernfs_node_id)).unwrap_or(0);
+    cgrp
+}
+
+/// The socket's TCP state (`TCP_*`), if readable.
+#[inline(always)]
+pub fn state(sk: u64) -> Option<u8> {
+    kread::<u8>(sk, config!(kernel.skc_state))
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 use aya::{
     Btf, Ebpf,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt, KProbe,
-        ProgramError, RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockopt, Iter,
+        KProbe, ProgramError, RawTracePoint, TracePoint,
     },
 };
 
@@ -63,6 +63,8 @@ pub fn load(ebpf: &mut Ebpf, p: &Program) -> Result<(), AttachError> {
         Hook::Kprobe { .. } => {
             <&mut KProbe>::try_from(prog).map_err(AttachError::WrongType)?.load()
         }
+        // Typed by BTF: `load_iter`.
+        Hook::Iter { .. } => return Err(AttachError::Load("an iterator needs BTF".into())),
         Hook::Tracepoint { .. } | Hook::LoadOnly => {
             <&mut TracePoint>::try_from(prog).map_err(AttachError::WrongType)?.load()
         }
@@ -125,9 +127,21 @@ pub fn attach(ebpf: &mut Ebpf, p: &Program, cgroup_root: Option<&Path>) -> Resul
                 }
             }
         }
-        Hook::LoadOnly => {}
+        Hook::LoadOnly | Hook::Iter { .. } => {}
     }
     Ok(())
+}
+
+/// Load (verify) the iterator program `name` over `target` objects.
+pub fn load_iter(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    target: &str,
+    btf: &Btf,
+) -> Result<(), AttachError> {
+    let prog = ebpf.program_mut(name).ok_or(AttachError::Missing(name))?;
+    let prog = <&mut Iter>::try_from(prog).map_err(AttachError::WrongType)?;
+    prog.load(target, btf).map_err(|e| load_error(&e))
 }
 
 /// Load and attach the BTF tracepoint program `object_name` to `tracepoint`

@@ -201,6 +201,8 @@ impl Host<'_> {
                 Some("off: no proxy ports configured (--proxy-ports or chain hops) and DNS observation off".to_string())
             }
             Requires::ConntrackBtf => self.conntrack.as_ref().err().map(|e| Chain(e).to_string()),
+            Requires::IterBtf => (!adoption_fields_known(&self.resolved.config.kernel))
+                .then(|| "struct offsets the walk reads are missing from BTF".to_string()),
             Requires::CgroupRoot | Requires::Payload | Requires::Verifier => None,
         }
     }
@@ -296,6 +298,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             })
         } else if let Some(why) = host.missing(p) {
             Some(why)
+        } else if let Hook::Iter { target } = p.hook {
+            match &btf_tp {
+                Ok(b) => {
+                    attach::load_iter(&mut ebpf, p.name, target, b).err().map(|e| e.to_string())
+                }
+                Err(why) => Some(why.clone()),
+            }
         } else if let Some(object) = p.btf {
             // The BTF tracepoint first; the classic one where it cannot load.
             let tried = match &btf_tp {
@@ -354,6 +363,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         });
     }
     Ok(Loaded { ebpf, programs, kernel_problems: resolved.kernel_problems })
+}
+
+/// Whether every offset the socket walk reads resolved.
+fn adoption_fields_known(k: &KernelOffsets) -> bool {
+    socket_fields_known(k)
+        && [
+            k.skc_state,
+            k.sk_protocol,
+            k.file_f_inode,
+            k.inode_i_mode,
+            k.file_private_data,
+            k.socket_sk,
+        ]
+        .iter()
+        .all(|&o| o != KOFF_UNKNOWN)
 }
 
 /// The tracepoint a program hooks (its BTF variant hooks the same one).

@@ -2,6 +2,7 @@
 //! ([`programs`]); where this kernel keeps the fields they read
 //! ([`offsets`]); loading and attaching them for this kernel ([`loader`],
 //! [`attach`]); and decoding what they put in the ring ([`decode`]).
+pub mod adopt;
 pub mod attach;
 pub mod control;
 pub mod decode;

@@ -29,6 +29,11 @@ pub enum Hook {
     Kprobe {
         function: &'static str,
     },
+    /// A BPF iterator (`iter/<target>`): verified at load, run by the agent
+    /// when it needs the walk (once, at start).
+    Iter {
+        target: &'static str,
+    },
     /// Loaded (verified), never attached.
     LoadOnly,
 }
@@ -49,6 +54,7 @@ impl Hook {
             Self::CgroupSkb(Direction::Egress) => "cgroup_skb/egress".to_string(),
             Self::CgroupSkb(Direction::Ingress) => "cgroup_skb/ingress".to_string(),
             Self::Kprobe { function } => format!("kprobe/{function}"),
+            Self::Iter { target } => format!("iter/{target}"),
             Self::LoadOnly => "none (load only)".to_string(),
         }
     }
@@ -93,6 +99,9 @@ pub enum Requires {
     ConntrackBtf,
     /// Nothing but the verifier (the canary needs a 5.11+ helper).
     Verifier,
+    /// Kernel BTF (an iterator is typed by it) and the struct offsets the
+    /// walk reads.
+    IterBtf,
 }
 
 /// Reads the record layout a tracepoint program needs into `CONFIG`.
@@ -231,6 +240,16 @@ pub const PROGRAMS: &[Program] = &[
         role: PAYLOAD_ROLE,
         standby: Standby::Never,
         requires: Requires::Payload,
+        layout: None,
+        btf: None,
+    },
+    Program {
+        name: "adopt_sockets",
+        hook: Hook::Iter { target: "task_file" },
+        need: Need::Optional,
+        role: "sockets open before the agent started, adopted at start: their retransmits, resets and close are seen (without it a restart is blind to them)",
+        standby: Standby::Never,
+        requires: Requires::IterBtf,
         layout: None,
         btf: None,
     },

@@ -3,7 +3,7 @@
 //! answer only ([`super::vantage`]) — whatever else this agent happens to
 //! see, so it holds on a node that sees nothing but the client leg.
 use super::{
-    flow_table::AnswerEvidence,
+    flow_table::{AnswerEvidence, HOP_VANTAGE},
     vantage::{ClientFacts, ConnectOutcome, HopIdentity, VANTAGE, judge_client},
 };
 use crate::{
@@ -23,8 +23,14 @@ pub fn identities(chain: &ChainSettings) -> Vec<HopIdentity> {
 
 /// Judge `rec` from the client's vantage if it is a client leg's connect
 /// record (its leg and hop already known).
+///
+/// A hop's accepted connection (`vantage` already `hop`) is judged the same
+/// way from the answer the hop sent its client: the chain from that hop on,
+/// as the hop's own machine sees it.
 pub fn judge(rec: &mut FlowRecord, ev: Option<&AnswerEvidence>, chain: &[HopIdentity]) {
-    if rec.phase != Phase::Connect || !rec.leg.as_deref().is_some_and(|l| l.starts_with("client->"))
+    let accepted = rec.vantage.as_deref() == Some(HOP_VANTAGE);
+    if rec.phase != Phase::Connect
+        || !(accepted || rec.leg.as_deref().is_some_and(|l| l.starts_with("client->")))
     {
         return;
     }
@@ -33,7 +39,7 @@ pub fn judge(rec: &mut FlowRecord, ev: Option<&AnswerEvidence>, chain: &[HopIden
         return;
     };
     let peer = rec.dst.map(|d| d.to_string());
-    let connect = if rec.verdict == Verdict::Failed && ev.is_none() {
+    let connect = if rec.verdict == Verdict::Failed && ev.is_none() && !accepted {
         ConnectOutcome::Failed { errno: rec.errno, reason: rec.reason }
     } else {
         ConnectOutcome::Established
@@ -50,7 +56,7 @@ pub fn judge(rec: &mut FlowRecord, ev: Option<&AnswerEvidence>, chain: &[HopIden
         retransmits: rec.retransmits,
     };
     let v = judge_client(chain, &facts);
-    rec.vantage = Some(VANTAGE.to_string());
+    rec.vantage = Some(if accepted { HOP_VANTAGE } else { VANTAGE }.to_string());
     // The client's own degradation (its SYN retransmits to the proxy) stands
     // when the answer itself was fine.
     if !(v.verdict == Verdict::Ok && rec.verdict == Verdict::Degraded) {

@@ -4,7 +4,7 @@
 //! that never blocks.
 use std::{path::PathBuf, sync::Arc};
 
-use super::legs;
+use super::{flow_table::HOP_VANTAGE, legs};
 use crate::{
     attribution::{
         self,
@@ -158,7 +158,19 @@ impl Enricher {
         {
             r.dst_class = Some(remote::classify(dst.ip(), &self.private));
         }
-        if let Some(leg) = self.config.as_ref().and_then(|c| legs::classify(&c.chain, r)) {
+        let accepted = r.vantage.as_deref() == Some(HOP_VANTAGE);
+        let leg = self.config.as_ref().and_then(|c| {
+            if accepted {
+                legs::classify_accepted(&c.chain, r)
+            } else {
+                legs::classify(&c.chain, r)
+            }
+        });
+        if accepted && leg.is_none() {
+            // Another service on a hop's port: not a hop, not egress.
+            r.quiet = true;
+        }
+        if let Some(leg) = leg {
             if leg.hop == DIRECT {
                 // Egress that left the chain: a finding whatever the transport said.
                 r.verdict = Verdict::Failed;

@@ -7,8 +7,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use egress_common::{
-    DIR_EGRESS, FLOW_FLAG_CAPTURE, FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEvent,
-    PHASE_CLOSED, PHASE_CONNECT_FAILED, PHASE_CONNECTED, PayloadEvent,
+    DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_ACCEPTED, FLOW_FLAG_ADOPTED, FLOW_FLAG_CAPTURE,
+    FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEvent, PHASE_CLOSED, PHASE_CONNECT_FAILED,
+    PHASE_CONNECTED, PayloadEvent,
 };
 
 use super::{
@@ -71,9 +72,15 @@ pub struct AnswerEvidence {
 /// flows only).
 pub type Out = (FlowRecord, Option<Box<AnswerEvidence>>);
 
-/// A flow to a proxy, waiting for (or past) its answer.
+/// `vantage` of a hop's accepted connection: the hop's own view of one client.
+pub const HOP_VANTAGE: &str = "hop";
+
+/// A flow to a proxy (or a hop's accepted connection), waiting for (or past)
+/// its answer. `tx` holds the request side, `rx` the answer side.
 struct Held {
     record: Box<FlowRecord>,
+    /// A hop's accepted connection: the request comes in, the answer goes out.
+    accepted: bool,
     /// Sent on: the answer came (or the flow ended).
     released: bool,
     connect_verdict: Verdict,
@@ -231,6 +238,7 @@ impl FlowTable {
                 released: false,
                 connect_verdict: v,
                 established_ns: e.established_ns,
+                accepted: e.flags & FLOW_FLAG_ACCEPTED != 0,
                 tx: Reassembly::new(TX_BYTES),
                 rx: Reassembly::new(RX_BYTES),
                 first_rx_ns: None,
@@ -261,7 +269,8 @@ impl FlowTable {
             return;
         };
         let bytes = &p.data[..(p.len as usize).min(p.data.len())];
-        if p.direction == DIR_EGRESS {
+        let request = if h.accepted { DIR_INGRESS } else { DIR_EGRESS };
+        if p.direction == request {
             h.tx.push(p.offset, bytes);
             if h.record.target.is_none() {
                 h.record.target = proxy_http::parse_request(h.tx.contiguous()).map(|r| r.target);
@@ -344,7 +353,14 @@ impl FlowTable {
     ) -> FlowRecord {
         let start = e.start_ns;
         let connect_end = if e.established_ns != 0 { e.established_ns } else { e.hdr.ts_ns };
-        let actual = decode::dst(&e.tuple);
+        let accepted = e.flags & FLOW_FLAG_ACCEPTED != 0;
+        // A hop's accepted connection is the client's leg seen from the hop:
+        // the peer is the source, the hop's own address the destination.
+        let (src, actual) = if accepted {
+            (decode::dst(&e.tuple), decode::src(&e.tuple))
+        } else {
+            (decode::src(&e.tuple), decode::dst(&e.tuple))
+        };
         let intended = (e.flags & FLOW_FLAG_HAS_INTENDED != 0)
             .then(|| decode::intended(&e.intended))
             .flatten();
@@ -356,7 +372,7 @@ impl FlowTable {
             comm: decode::comm(&e.comm),
             cgroup_id: e.cgroup_id,
             netns: e.netns,
-            src: decode::src(&e.tuple),
+            src,
             dst: intended.or(actual),
             dst_actual: actual,
             verdict,
@@ -370,6 +386,11 @@ impl FlowTable {
             flow_id: format!("{:x}-{:x}", e.skaddr, e.start_ns),
             start_mono_ns: e.start_ns,
             record_mono_ns: e.hdr.ts_ns,
+            vantage: accepted.then(|| HOP_VANTAGE.to_string()),
+            // The hop's own socket names its real peer and address: no
+            // conntrack entry to wait for.
+            nat_checked: accepted.then_some(false),
+            adopted: e.flags & FLOW_FLAG_ADOPTED != 0,
             ..FlowRecord::default()
         }
     }
@@ -457,14 +478,21 @@ fn release(
 /// reads as one body byte unless the FIN is taken off. The peer's FIN was
 /// received when the socket closes from LAST_ACK (after CLOSE_WAIT) or
 /// CLOSING, or from FIN_WAIT2 into TIME_WAIT (a FIN_WAIT2 timeout, rare,
-/// is the one case counted one byte short).
+/// is the one case counted one byte short). A hop's accepted connection
+/// sends the answer: its own FIN, once acknowledged, is in `bytes_acked`.
 fn body_total(e: &FlowEvent, h: &Held) -> Option<u64> {
-    if e.bytes_received == u64::MAX {
+    // A hop sends its answer: what its client acknowledged.
+    let total = if h.accepted { e.bytes_acked } else { e.bytes_received };
+    if total == u64::MAX {
         return None;
     }
     let header = h.rx.header_len()? as u64;
-    let fin = u64::from(peer_fin_seen(e.oldstate, e.flags));
-    Some(e.bytes_received.saturating_sub(fin).saturating_sub(header))
+    let fin = if h.accepted {
+        own_fin_acked(e.oldstate, e.flags)
+    } else {
+        peer_fin_seen(e.oldstate, e.flags)
+    };
+    Some(total.saturating_sub(u64::from(fin)).saturating_sub(header))
 }
 
 /// Linux `TCP_*` states of `include/net/tcp_states.h` (uapi-stable).
@@ -477,6 +505,12 @@ const TCP_CLOSING: u32 = 11;
 fn peer_fin_seen(old: u32, flags: u32) -> bool {
     flags & FLOW_FLAG_RESET == 0
         && matches!(old, TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
+}
+
+/// Our own FIN, acknowledged, is counted in `bytes_acked` (`snd_una`) at a
+/// close from `old`.
+fn own_fin_acked(old: u32, flags: u32) -> bool {
+    flags & FLOW_FLAG_RESET == 0 && matches!(old, TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING)
 }
 
 fn facts(e: &FlowEvent, errno: i32) -> Facts {

@@ -227,3 +227,31 @@ fn a_full_table_sends_the_oldest_on_and_counts_it() {
     assert_eq!((out.len(), t.stats.evicted, t.len()), (1, 1, 2));
     assert_eq!(out[0].0.verdict, Verdict::Unknown);
 }
+
+#[test]
+fn a_hops_accepted_connection_reads_the_request_in_and_the_answer_out() {
+    use egress_common::{DIR_EGRESS, FLOW_FLAG_ACCEPTED};
+    let mut t = table();
+    // The hop's socket: local = the hop (sport 3128), remote = its client.
+    let accepted = flow(PHASE_CONNECTED, 40, 2 * MS, |e| {
+        e.flags = FLOW_FLAG_ACCEPTED | FLOW_FLAG_CAPTURE | FLOW_FLAG_EMITTED;
+        e.tuple = Tuple { family: AF_INET, sport: 3128, dport: 51000, ..Tuple::default() };
+        e.tuple.saddr[..4].copy_from_slice(&[10, 9, 0, 2]);
+        e.tuple.daddr[..4].copy_from_slice(&[10, 8, 0, 7]);
+        (e.tgid, e.pid, e.comm) = (0, 0, [0; 16]);
+    });
+    assert!(feed(&mut t, &accepted).is_empty(), "held for its answer");
+    let req = b"CONNECT login.example.test:443 HTTP/1.1\r\nHost: login.example.test:443\r\n\r\n";
+    assert!(feed(&mut t, &chunk(40, DIR_INGRESS, 0, 3 * MS, req)).is_empty());
+    let out = feed(
+        &mut t,
+        &chunk(40, DIR_EGRESS, 0, 4 * MS, b"HTTP/1.1 200 Connection established\r\n\r\n"),
+    );
+    let rec = &out[0].0;
+    assert_eq!(rec.vantage.as_deref(), Some(HOP_VANTAGE));
+    assert_eq!(rec.target.as_deref(), Some("login.example.test:443"));
+    assert_eq!(rec.proxy_status, Some(200));
+    assert_eq!(rec.src, Some("10.8.0.7:51000".parse().expect("addr")), "the peer is the source");
+    assert_eq!(rec.dst_actual, Some("10.9.0.2:3128".parse().expect("addr")));
+    assert_eq!(rec.nat_checked, Some(false), "no conntrack wait for the hop's own socket");
+}

@@ -73,6 +73,17 @@ pub fn dns_hop(chain: &ChainSettings, asked_by: Option<&str>, name: &str) -> Opt
     })
 }
 
+/// The leg a hop's accepted connection is, seen from the hop: the hop is
+/// the owner (the listener's process). Its client is named by the chain's
+/// order: the previous hop, or `client` for the first (a peer's own
+/// identity is not known on the hop's machine).
+pub fn classify_accepted(chain: &ChainSettings, r: &FlowRecord) -> Option<Leg> {
+    let hops = &chain.hops;
+    let t = hops.iter().position(|h| is_owner_of(h, r))?;
+    let from = if t == 0 { "client".to_string() } else { hops[t - 1].name.clone() };
+    Some(Leg { hop: hops[t].name.clone(), leg: format!("{from}->{}", hops[t].name), depth: t })
+}
+
 /// The leg `r` is, if it is one.
 pub fn classify(chain: &ChainSettings, r: &FlowRecord) -> Option<Leg> {
     let hops = &chain.hops;

@@ -10,9 +10,19 @@
 //! later still, but within [`AMEND_NS`], amends the chain it belongs to: the
 //! chain record goes out again with the same `chain_id` and a higher
 //! `revision`.
-use std::collections::VecDeque;
+//!
+//! A hop's accepted connection (`vantage: hop`) roots a chain of its own,
+//! from that hop on (`"vantage":"hop"`), unless this agent also saw the
+//! other end of that link: a local leg whose `(src, dst_actual)` (or its
+//! SNAT source) is the accepted connection's `(peer, local)` — an exact
+//! join key, not a time window. Then the chain rooted at the client's leg
+//! already holds that link, and the accepted connection adds nothing.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
 
-use super::judge::judge;
+use super::{flow_table::HOP_VANTAGE, judge::judge};
 use crate::{
     config::{DIRECT, INTERNET},
     records::{ChainRecord, DnsRecord, FlowRecord, LegSummary, Reason, Verdict, rfc3339},
@@ -117,6 +127,12 @@ pub struct Stitcher {
     open: VecDeque<Open>,
     /// Recent failed lookups by hops, oldest first.
     dns_failures: VecDeque<DnsFailure>,
+    /// A hop's accepted connections waiting to settle: (when, the record).
+    accepted: VecDeque<(u64, FlowRecord)>,
+    /// Links whose client end this agent saw: (source, destination) →
+    /// when, and their order for expiry.
+    links: HashMap<(SocketAddr, SocketAddr), u64>,
+    link_order: VecDeque<(u64, (SocketAddr, SocketAddr))>,
     seq: u64,
 }
 
@@ -156,7 +172,19 @@ impl Stitcher {
     /// judged chain it belongs to (that chain comes out again).
     pub fn on_record(&mut self, r: &mut FlowRecord) -> Option<ChainRecord> {
         let leg = r.leg.clone()?;
+        let accepted = r.vantage.as_deref() == Some(HOP_VANTAGE);
+        if !accepted {
+            self.note_link(r);
+        }
         if r.quiet {
+            return None;
+        }
+        if accepted {
+            r.chain_id = Some(self.next_id(r));
+            while self.accepted.len() >= OPEN_MAX {
+                self.accepted.pop_front();
+            }
+            self.accepted.push_back((r.record_mono_ns.saturating_add(SETTLE_NS), r.clone()));
             return None;
         }
         if leg == DIRECT {
@@ -197,9 +225,35 @@ impl Stitcher {
         None
     }
 
-    /// Whether a client leg waits to settle.
+    /// Remember the link a local leg's client end is on (with its SNAT
+    /// source too: the far end sees that one).
+    fn note_link(&mut self, r: &FlowRecord) {
+        let (Some(dst), now) = (r.dst_actual.or(r.dst), r.record_mono_ns) else { return };
+        for src in [r.src, r.snat].into_iter().flatten() {
+            if self.links.insert((src, dst), now).is_none() {
+                self.link_order.push_back((now, (src, dst)));
+            }
+        }
+        while self.link_order.front().is_some_and(|(t, _)| now.saturating_sub(*t) > KEEP_NS)
+            || self.link_order.len() > KEEP_MAX
+        {
+            if let Some((t, k)) = self.link_order.pop_front()
+                && self.links.get(&k) == Some(&t)
+            {
+                self.links.remove(&k);
+            }
+        }
+    }
+
+    /// Whether this agent saw the client end of `r`'s link.
+    fn seen_locally(&self, r: &FlowRecord) -> bool {
+        let (Some(peer), Some(local)) = (r.src, r.dst_actual.or(r.dst)) else { return false };
+        self.links.contains_key(&(peer, local))
+    }
+
+    /// Whether a client leg or an accepted connection waits to settle.
     pub fn waiting(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || !self.accepted.is_empty()
     }
 
     /// Time passed (`now`, CLOCK_MONOTONIC ns; `None`: everything is due):
@@ -209,6 +263,12 @@ impl Stitcher {
         while self.pending.front().is_some_and(|(due, _)| now.is_none_or(|n| *due <= n)) {
             let Some((_, client)) = self.pending.pop_front() else { break };
             out.push(self.judge_chain(client));
+        }
+        while self.accepted.front().is_some_and(|(due, _)| now.is_none_or(|n| *due <= n)) {
+            let Some((_, a)) = self.accepted.pop_front() else { break };
+            if !self.seen_locally(&a) {
+                out.push(self.judge_chain(a));
+            }
         }
         if let Some(n) = now {
             while self.open.front().is_some_and(|o| o.until <= n) {
@@ -306,6 +366,10 @@ impl Stitcher {
         failed_hop: Option<String>,
         reason: Option<Reason>,
     ) -> ChainRecord {
+        // A hop's chain: the requester is its peer (`src`); the owner
+        // fields would name the hop itself.
+        let hop_root = r.vantage.as_deref() == Some(HOP_VANTAGE);
+        let own = |v: &Option<String>| if hop_root { None } else { v.clone() };
         ChainRecord {
             chain_id,
             revision: 0,
@@ -315,12 +379,12 @@ impl Stitcher {
                 r.time.clone()
             },
             target: r.target.clone(),
-            namespace: r.namespace.clone(),
-            pod: r.pod.clone(),
-            workload: r.workload.clone(),
-            unit: r.unit.clone(),
-            comm: r.comm.clone(),
-            pid: r.pid,
+            namespace: own(&r.namespace),
+            pod: own(&r.pod),
+            workload: own(&r.workload),
+            unit: own(&r.unit),
+            comm: if hop_root { String::new() } else { r.comm.clone() },
+            pid: if hop_root { 0 } else { r.pid },
             proxy_status: r.proxy_status,
             legs,
             verdict,
@@ -328,6 +392,7 @@ impl Stitcher {
             reason,
             src: r.src,
             synthetic: r.synthetic,
+            vantage: hop_root.then(|| HOP_VANTAGE.to_string()),
         }
     }
 }
@@ -445,5 +510,58 @@ mod tests {
         // Past the amending window a leg is just kept.
         assert!(s.tick(Some(260 + AMEND_NS)).is_empty());
         assert!(s.on_record(&mut rec(H, "gce-proxy", 220, 230, None, None, Failed)).is_none());
+    }
+
+    #[test]
+    fn an_accepted_connection_roots_a_hop_chain_unless_its_client_end_is_local() {
+        use Verdict::{Failed, Ok};
+        let t = Some("login.example.test:443");
+        let peer: SocketAddr = "10.8.0.7:40000".parse().expect("addr");
+        let local: SocketAddr = "10.9.0.2:3128".parse().expect("addr");
+        let accepted = |start, end| FlowRecord {
+            vantage: Some(HOP_VANTAGE.into()),
+            src: Some(peer),
+            dst: Some(local),
+            dst_actual: Some(local),
+            pod: Some("squid-0".into()),
+            ..rec(C, "gke-squid", start, end, t, Some(503), Failed)
+        };
+        // The client is on another machine: the hop's chain, from its leg on.
+        let mut s = Stitcher::default();
+        assert!(s.on_record(&mut rec(H, "gce-proxy", 110, 140, t, Some(503), Failed)).is_none());
+        assert!(s.on_record(&mut rec(O, "internet", 120, 130, None, None, Failed)).is_none());
+        let mut a = accepted(100, 150);
+        assert!(s.on_record(&mut a).is_none());
+        let c = s.tick(Some(150 + SETTLE_NS)).pop().expect("hop chain");
+        assert_eq!(c.vantage.as_deref(), Some(HOP_VANTAGE));
+        assert_eq!((c.legs.len(), c.failed_hop.as_deref()), (3, Some("internet")), "{c:?}");
+        assert_eq!((c.src, c.pod.as_deref()), (Some(peer), None), "the requester is the peer");
+        assert_eq!(a.chain_id.as_deref(), Some(c.chain_id.as_str()));
+        // The client end seen here too (its leg's source and real
+        // destination are the accepted connection's peer and local
+        // address): one chain, rooted at the client's leg.
+        let mut s = Stitcher::default();
+        let mut client = FlowRecord {
+            src: Some(peer),
+            dst: Some("10.96.0.10:3128".parse().expect("addr")),
+            dst_actual: Some(local),
+            ..rec(C, "gke-squid", 99, 151, t, Some(200), Ok)
+        };
+        assert!(s.on_record(&mut accepted(100, 150)).is_none());
+        assert!(s.on_record(&mut client).is_none());
+        let chains = s.tick(None);
+        assert_eq!(chains.len(), 1, "{chains:?}");
+        assert_eq!(chains[0].vantage, None);
+        // Through SNAT, the far end saw the SNAT source.
+        let mut s = Stitcher::default();
+        let mut client = FlowRecord {
+            src: Some("192.168.1.5:1234".parse().expect("addr")),
+            snat: Some(peer),
+            dst_actual: Some(local),
+            ..rec(C, "gke-squid", 99, 151, t, Some(200), Ok)
+        };
+        assert!(s.on_record(&mut client).is_none());
+        assert!(s.on_record(&mut accepted(100, 150)).is_none());
+        assert_eq!(s.tick(None).len(), 1);
     }
 }

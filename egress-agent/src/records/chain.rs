@@ -51,6 +51,12 @@ pub struct ChainRecord {
     /// Made by the agent's own prober.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub synthetic: bool,
+    /// `hop`: the chain from a hop on, judged on the hop's own machine from
+    /// a client connection it accepted (its client's leg is on another
+    /// machine: `src` is that client as the hop saw it). Absent: the chain
+    /// from a client leg this agent saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vantage: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

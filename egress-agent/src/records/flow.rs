@@ -85,7 +85,9 @@ pub struct FlowRecord {
     pub chain_id: Option<String>,
     /// `client` on a client leg: `verdict`, `reason` and `failed_hop` are
     /// judged from what the client's own node sees (its socket and the
-    /// proxy's answer), so they hold where no other leg is visible.
+    /// proxy's answer), so they hold where no other leg is visible. `hop` on
+    /// a hop's accepted connection (`src` is then its client, `dst` the
+    /// hop's own address): the same judgement from the answer the hop sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vantage: Option<String>,
     /// The hop that broke, as this vantage sees it (`internet` past the last
@@ -99,6 +101,11 @@ pub struct FlowRecord {
     /// Made by the agent's own prober (its process opened the flow).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub synthetic: bool,
+    /// The socket was open before the agent started and was adopted from
+    /// the kernel's socket table: its connect is not known (no latency,
+    /// owner task as found holding it), its close is.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
     /// CLOCK_MONOTONIC ns of the flow's start and of this record (for stitching).
     #[serde(skip)]
     pub start_mono_ns: u64,

@@ -62,8 +62,11 @@ pub struct Metrics {
     pub kernel_flows_tracked: IntGauge,
     pub kernel_flows_counted: IntCounterVec,
     pub kernel_aggregate_full: IntCounter,
+    pub adopted_sockets: IntCounterVec,
     pub proxy_tunnels: IntCounterVec,
     pub hop_failures: IntCounterVec,
+    pub hop_vantage_failures: IntCounterVec,
+    pub hop_accepted: IntCounterVec,
     pub dns: DnsMetrics,
     kernel: Mutex<Option<KernelStats>>,
     /// Bounds the `target` and DNS `name` labels (allow-lists).
@@ -219,6 +222,12 @@ impl Metrics {
                 "egress_kernel_flows_tracked",
                 "Active opens the kernel programs hold state for (the fill of the kernel's socket table, `--max-flows`).",
             )?,
+            adopted_sockets: reg::counter_vec(
+                &r,
+                "egress_adopted_sockets_total",
+                "TCP sockets open before the agent started and adopted at start, by kind: `egress` (active opens), `accepted` (a hop's connections on a capture port); `owner_unknown` counts those of either whose cgroup could not be read.",
+                &["kind"],
+            )?,
             kernel_flows_counted: reg::counter_vec(
                 &r,
                 "egress_kernel_flows_counted_total",
@@ -241,6 +250,18 @@ impl Metrics {
                 "egress_hop_failures_total",
                 "Requests through the proxy chain that failed, by the hop that broke (`internet` for the origin side, `direct` for a bypass).",
                 &["hop", "reason"],
+            )?,
+            hop_vantage_failures: reg::counter_vec(
+                &r,
+                "egress_hop_vantage_failures_total",
+                "Requests that failed from a hop on, as the hop's own agent judged them from a client connection it accepted whose client end it did not see (the client's node counts the same request in egress_hop_failures_total: never sum the two).",
+                &["hop", "reason"],
+            )?,
+            hop_accepted: reg::counter_vec(
+                &r,
+                "egress_hop_accepted_total",
+                "Client connections a hop on this machine accepted on a capture port, by the verdict of the answer it sent (hop vantage). Not egress of this node's workloads: not in egress_connections_total.",
+                &["hop", "verdict", "reason"],
             )?,
             dns: DnsMetrics::new(&r)?,
             registry: r,
@@ -361,6 +382,14 @@ impl Metrics {
 
     pub fn observe(&self, r: &FlowRecord) {
         let reason = r.reason.map_or("", |x| x.as_str());
+        if r.vantage.as_deref() == Some(crate::pipeline::flow_table::HOP_VANTAGE) {
+            if r.phase == Phase::Connect
+                && let Some(hop) = &r.hop
+            {
+                self.hop_accepted.with_label_values(&[hop, r.verdict.as_str(), reason]).inc();
+            }
+            return;
+        }
         let namespace = r.namespace.as_deref().unwrap_or("");
         let workload = r.workload.as_deref().or(r.unit.as_deref()).unwrap_or("");
         let class = r.dst_class.map_or("", |c| c.as_str());
@@ -388,9 +417,9 @@ impl Metrics {
             && !c.synthetic
             && let Some(hop) = &c.failed_hop
         {
-            self.hop_failures
-                .with_label_values(&[hop.as_str(), c.reason.map_or("", |r| r.as_str())])
-                .inc();
+            let counter =
+                if c.vantage.is_some() { &self.hop_vantage_failures } else { &self.hop_failures };
+            counter.with_label_values(&[hop.as_str(), c.reason.map_or("", |r| r.as_str())]).inc();
         }
     }
 

@@ -38,6 +38,30 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         tcp_bytes_acked: get("tcp_sock", &["bytes_acked"]),
         tcp_snd_una: get("tcp_sock", &["snd_una"]),
         tcp_rcv_nxt: get("tcp_sock", &["rcv_nxt"]),
+        skc_state: get("sock_common", &["skc_state"]),
+        sk_cgroup: KOFF_UNKNOWN,
+        sk_cgroup_tagged: 0,
+        cgroup_kn: get("cgroup", &["kn"]),
+        kernfs_node_id: get("kernfs_node", &["id"]),
+        file_f_inode: get("file", &["f_inode"]),
+        inode_i_mode: get("inode", &["i_mode"]),
+        file_private_data: get("file", &["private_data"]),
+        socket_sk: get("socket", &["sk"]),
+        task_pid: get("task_struct", &["pid"]),
+        task_tgid: get("task_struct", &["tgid"]),
+        task_comm: get("task_struct", &["comm"]),
     };
+    // The socket's cgroup: a pointer since Linux 5.15, a tagged word before.
+    let (sk_cgroup, tagged) = match btf.member_offset("sock", &["sk_cgrp_data", "cgroup"]) {
+        Ok(o) => (o, 0),
+        Err(_) => match btf.member_offset("sock", &["sk_cgrp_data", "val"]) {
+            Ok(o) => (o, 1),
+            Err(e) => {
+                problems.push(format!("sock.sk_cgrp_data.cgroup (or .val): {e}"));
+                (KOFF_UNKNOWN, 0)
+            }
+        },
+    };
+    let k = KernelOffsets { sk_cgroup, sk_cgroup_tagged: tagged, ..k };
     (k, problems)
 }
