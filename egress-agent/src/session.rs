@@ -371,8 +371,9 @@ impl Session {
         let processor = Processor::new(table, enricher, self.metrics.clone(), sink, dns)
             .with_hops(hops.unwrap_or_default());
         let verbosity = Verbosity { always: self.opts.verbose, watchers: self.watchers.clone() };
+        let kernel = &mut self.kernel;
         Pipeline::new(events, capture, control, verbosity, processor, self.opts.stall_reader)?
-            .run(shutdown)
+            .run(shutdown, || kernel.stop())
             .await?;
         drop(prober);
         Ok(())

@@ -235,6 +235,33 @@ impl Agent {
         http_get(addr, path)
     }
 
+    /// SIGTERM, wait up to `within`, then collect every record the agent
+    /// wrote on its way out. Returns the exit status success and how long
+    /// the stop took.
+    pub fn terminate(&mut self, within: Duration) -> anyhow::Result<(bool, Duration)> {
+        let t0 = Instant::now();
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let ok = loop {
+            if let Some(st) = self.child.try_wait()? {
+                break st.success();
+            }
+            if t0.elapsed() > within {
+                let _ = self.child.kill();
+                bail!("agent did not stop within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = t0.elapsed();
+        // stdout is closed: the reader thread ends once it has passed on all.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                self.records.push(v);
+            }
+        }
+        Ok((ok, took))
+    }
+
     /// SIGTERM and wait; returns the exit status success.
     pub fn stop(mut self) -> anyhow::Result<bool> {
         // SAFETY: signalling our own child by pid.

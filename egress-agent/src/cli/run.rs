@@ -8,6 +8,7 @@ use clap::Args;
 use super::args::SessionArgs;
 use crate::{
     api::{self, server::ApiOptions, wire::Status},
+    config::parse_duration,
     pipeline::Output,
     records::{Record, rfc3339},
     session::{Session, shutdown_on_signals},
@@ -33,6 +34,12 @@ pub struct RunArgs {
     /// Do not serve the local API.
     #[arg(long)]
     pub no_api: bool,
+    /// Longest a stop may take after SIGTERM/SIGINT: the programs are
+    /// detached, the rings drained, open flows and lookups sent as `unknown`
+    /// records; past this the agent exits with status 1 whatever is left.
+    /// Keep it under the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "EGRESS_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s", value_name = "DURATION")]
+    pub shutdown_grace: std::time::Duration,
     #[command(flatten)]
     pub session: SessionArgs,
 }
@@ -45,6 +52,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.session.load_config()?;
     let mut session = Session::start(args.session.options(config, args.log_flows)).await?;
     let shutdown = shutdown_on_signals()?;
+    watchdog(shutdown.clone(), args.shutdown_grace);
     let server = tokio::spawn(http::serve(listener, session.metrics.clone(), shutdown.clone()));
     let api = if args.no_api {
         None
@@ -91,4 +99,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// Once the stop begins, a thread of its own (not the runtime, which may be
+/// the thing stuck) ends the process when the grace is over.
+fn watchdog(mut shutdown: tokio::sync::watch::Receiver<bool>, grace: std::time::Duration) {
+    tokio::spawn(async move {
+        if shutdown.wait_for(|v| *v).await.is_err() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            tracing::error!(
+                "stop took longer than --shutdown-grace {:?}; exiting with what is left unsent",
+                started.elapsed()
+            );
+            std::process::exit(1);
+        });
+    });
 }

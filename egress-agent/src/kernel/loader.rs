@@ -90,6 +90,34 @@ pub struct Loaded {
     pub kernel_problems: Vec<String>,
 }
 
+impl Loaded {
+    /// Detach and unload every program, so nothing more is written to the
+    /// rings: what they hold then is finite and the last drain is bounded
+    /// even under a flood. Returns how many programs were unloaded.
+    pub fn stop(&mut self) -> usize {
+        use aya::programs::{Program as P, ProgramError};
+        let mut n = 0;
+        for (name, p) in self.ebpf.programs_mut() {
+            let r = match p {
+                P::TracePoint(p) => p.unload(),
+                P::BtfTracePoint(p) => p.unload(),
+                P::KProbe(p) => p.unload(),
+                P::CgroupSkb(p) => p.unload(),
+                P::CgroupSockAddr(p) => p.unload(),
+                P::SchedClassifier(p) => p.unload(),
+                P::Iter(p) => p.unload(),
+                _ => continue,
+            };
+            match r {
+                Ok(()) => n += 1,
+                Err(ProgramError::NotLoaded) => {}
+                Err(e) => tracing::warn!(program = name, "unloading at shutdown: {e}"),
+            }
+        }
+        n
+    }
+}
+
 /// Effective capability set of this process.
 pub fn effective_caps() -> u64 {
     std::fs::read_to_string("/proc/self/status")

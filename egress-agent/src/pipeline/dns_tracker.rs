@@ -17,8 +17,11 @@ use super::{
 };
 use crate::{
     kernel::decode,
-    records::{Clock, DNS_TIMEOUT, DnsRecord, rfc3339},
+    records::{Clock, DNS_TIMEOUT, DnsRecord, Verdict, rfc3339},
 };
+
+/// The rcode of a lookup still unanswered when the agent stopped.
+pub const DNS_PENDING: &str = "pending";
 
 #[derive(Debug, Clone)]
 struct Pending {
@@ -128,6 +131,26 @@ impl DnsTracker {
         out
     }
 
+    /// Lookups waiting for their answer.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// At shutdown: every lookup still unanswered, as a record with verdict
+    /// `unknown` (the agent stopped watching; the lookup may yet succeed).
+    pub fn finish(&mut self, now_ns: u64) -> Vec<DnsRecord> {
+        let mut out = Vec::new();
+        while let Some((key, ts)) = self.order.pop_front() {
+            if let Some(p) = self.pending.get(&key).filter(|p| p.ts == ts).cloned() {
+                self.pending.remove(&key);
+                let mut r = self.record(&p, now_ns.max(ts), DNS_PENDING);
+                (r.verdict, r.reason) = (Verdict::Unknown, None);
+                out.push(r);
+            }
+        }
+        out
+    }
+
     fn evict_oldest(&mut self) {
         while let Some((key, ts)) = self.order.pop_front() {
             if self.pending.get(&key).is_some_and(|p| p.ts == ts) {
@@ -222,6 +245,15 @@ mod tests {
             (DNS_TIMEOUT, Verdict::Failed, 1000.0)
         );
         assert!(!t.has_pending());
+        // At shutdown a lookup still open is a record, verdict unknown.
+        t.on_event(&ev(DIR_EGRESS, 30_000, &wire::query(8, "c.test", 1, 0x0100))).expect("q");
+        let x = t.finish(50_000);
+        assert_eq!(x.len(), 1);
+        assert_eq!(
+            (&*x[0].rcode, x[0].verdict, x[0].reason),
+            (DNS_PENDING, Verdict::Unknown, None)
+        );
+        assert!(!t.has_pending() && t.finish(60_000).is_empty());
         // A response nobody asked for is counted.
         t.on_event(&ev(DIR_INGRESS, 5, &wire::query(99, "b.test", 1, 0x8180))).expect("p");
         assert_eq!(t.stats.unmatched, 1);

@@ -333,14 +333,21 @@ impl FlowTable {
     }
 
     /// Shutdown: every held flow goes out as it stands.
-    pub fn finish(&mut self, out: &mut Vec<Out>) {
+    ///
+    /// Returns how many flows were open and already reported (their close
+    /// will not be; the next agent adopts them at its start).
+    pub fn finish(&mut self, out: &mut Vec<Out>) -> usize {
         self.flush(out);
+        let mut open = 0;
         for (_, mut h) in std::mem::take(&mut self.held) {
-            if !h.released {
+            if h.released {
+                open += 1;
+            } else {
                 out.push(release(&self.clock, &mut h, None));
             }
         }
         self.order.clear();
+        open
     }
 
     fn record(

@@ -167,12 +167,22 @@ impl<S: FnMut(Output)> Processor<S> {
     /// Send everything still held and bring the metrics up to date.
     pub fn finish(&mut self) {
         let mut out = Vec::new();
-        self.table.finish(&mut out);
+        let open = self.table.finish(&mut out);
+        let (unsettled, lookups) = (out.len(), self.dns.pending_len());
+        tracing::info!(
+            open,
+            unsettled,
+            lookups,
+            "stopping: flows still waiting and lookups unanswered go out as unknown; open flows' closes are left to the next agent (adoption)"
+        );
         for (rec, evidence) in out {
             self.enrich_and_send(rec, evidence);
         }
         self.release(true);
         self.expire_dns();
+        for r in self.dns.finish(mono_now_ns()) {
+            self.send_dns(r);
+        }
         self.emit_chains(None);
         self.account();
         self.idle();

@@ -113,8 +113,14 @@ impl<S: FnMut(Output)> Pipeline<S> {
         }
     }
 
-    /// Run until `shutdown` turns true, then drain what the rings still hold.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    /// Run until `shutdown` turns true, then `stop` the kernel's side (no
+    /// program writes to the rings any more) and drain what they still hold:
+    /// a bounded amount, so the last drain ends even under a flood.
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        stop: impl FnOnce() -> usize,
+    ) -> std::io::Result<()> {
         if let Some(d) = self.stall.take() {
             tokio::select! {
                 _ = tokio::time::sleep(d) => {}
@@ -150,7 +156,9 @@ impl<S: FnMut(Output)> Pipeline<S> {
             }
             self.proc.idle();
         }
-        self.drain_all();
+        let stopped = stop();
+        let drained = self.drain_all();
+        tracing::info!(programs = stopped, events = drained, "programs detached; rings drained");
         // Both count maps: the one left behind, and the current one (no
         // program will add to it once the rings are drained for good).
         self.aggregate(&mut pending, &mut since, &mut buf);

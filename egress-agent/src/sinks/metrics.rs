@@ -429,7 +429,7 @@ impl Metrics {
     pub fn observe_dns(&self, d: &DnsRecord) {
         let hop = d.hop.as_deref().unwrap_or("");
         self.dns.responses.with_label_values(&[&*d.rcode, hop]).inc();
-        if d.rcode != DNS_TIMEOUT {
+        if d.rcode != DNS_TIMEOUT && d.verdict != Verdict::Unknown {
             self.dns.duration.observe(d.latency_ms / 1000.0);
         }
         if let Some(c) = &self.config

@@ -1,0 +1,115 @@
+//! SIGTERM under a flood: the agent detaches its programs first, so the last
+//! drain is bounded; it exits within `--shutdown-grace`, and what was still
+//! open goes out as records with verdict `unknown` (here an unanswered DNS
+//! lookup) instead of vanishing.
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use egress_tests::{Agent, AgentMode, agent::free_port, require_root};
+
+/// A DNS query (RD set) for `name`, type `qtype`, class IN.
+fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    m
+}
+
+#[test]
+fn sigterm_under_a_flood_stops_within_the_grace_and_flushes() {
+    require_root!();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().expect("port")));
+    let grace = Duration::from_secs(5);
+    let mut agent = Agent::start(AgentMode::Run {
+        metrics,
+        extra: vec!["--shutdown-grace".into(), "5s".into(), "--ring-bytes".into(), "65536".into()],
+    })
+    .expect("agent");
+
+    // A resolver that never answers, on an address of its own.
+    let resolver = UdpSocket::bind("127.0.0.93:53").expect("bind a silent resolver");
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client socket");
+
+    // The flood: loopback connects as fast as two threads go, bounded in
+    // count and time.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicU64::new(0));
+    let acceptor = {
+        let stop = stop.clone();
+        // Blocking accepts; the last connect below wakes it to see `stop`.
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if l.accept().is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, made) = (stop.clone(), made.clone());
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed)
+                    && made.load(Ordering::Relaxed) < 200_000
+                    && t0.elapsed() < Duration::from_secs(30)
+                {
+                    if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The lookup still open when the stop comes.
+    client
+        .send_to(&dns_query(0x5d5d, "never-answered.shutdown.test", 1), "127.0.0.93:53")
+        .expect("send query");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = made.load(Ordering::Relaxed);
+    let (ok, took) = agent.terminate(grace + Duration::from_secs(3)).expect("stop");
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.join().expect("flooder");
+    }
+    drop(TcpStream::connect(addr));
+    acceptor.join().expect("acceptor");
+    drop(resolver);
+    let after = made.load(Ordering::Relaxed);
+    eprintln!("flood: {before} connects before SIGTERM, {after} in all; stop took {took:?}");
+    assert!(before > 1_000, "a flood up to the stop, or the test proves nothing");
+    assert!(ok, "clean exit within the grace; stderr:\n{}", agent.stderr_text());
+    assert!(took < grace, "stop took {took:?}, over the {grace:?} grace");
+    assert!(
+        agent.stderr_text().contains("programs detached"),
+        "the programs go first; stderr:\n{}",
+        agent.stderr_text()
+    );
+    let lookup = agent
+        .records
+        .iter()
+        .find(|v| v["record"] == "dns" && v["name"] == "never-answered.shutdown.test")
+        .unwrap_or_else(|| {
+            panic!("no record of the open lookup; stderr:\n{}", agent.stderr_text())
+        });
+    assert_eq!(
+        (lookup["rcode"].as_str(), lookup["verdict"].as_str()),
+        (Some("pending"), Some("unknown"))
+    );
+}
