@@ -1,31 +1,114 @@
 //! `egress-agent run`: the daemon. The pipeline's records go to the sinks:
-//! metrics (served over HTTP), the local API, the JSON flow log.
-use std::net::SocketAddr;
+//! metrics (served over HTTP), the local API, and the export of records off
+//! the node (stdout lines, native or ECS, and OTLP logs).
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{ArgAction, Args, ValueEnum};
 
 use super::args::SessionArgs;
 use crate::{
     api::{self, server::ApiOptions, wire::Status},
+    config::parse_duration,
     pipeline::Output,
     records::{Record, rfc3339},
     session::{Session, shutdown_on_signals},
-    sinks::{flow_log::FlowLog, http},
+    sinks::{
+        export::{
+            self, ExportOptions, Format,
+            ecs::Observer,
+            otlp::OtlpOptions,
+            select::{OkPolicy, Selection},
+        },
+        http,
+    },
 };
+
+/// Which records leave the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogRecords {
+    None,
+    /// Every failed, degraded or unknown flow and chain (bypasses included)
+    /// and every failed DNS lookup, once per request; ok records per --log-ok.
+    Audit,
+    /// Every record.
+    All,
+}
+
+/// The line format on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// The records' own JSON (`"record":"flow"`, `chain`, `dns`).
+    Json,
+    /// Elastic Common Schema 9.4, with Cloud Logging's `severity` and `time`.
+    Ecs,
+}
+
+/// What happens to ok records under `--log-records audit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogOk {
+    Off,
+    /// One in --log-ok-sample, marked `sampled: N`.
+    Sample,
+    /// Counted per namespace, workload (or unit), destination class and hop;
+    /// one `"record":"aggregate"` row per key every --log-ok-interval.
+    Aggregate,
+}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
-    /// Also print every flow record and chain record (`"record":"chain"`) as
-    /// a JSON line on stdout.
-    #[arg(long)]
+    /// Records written as JSON lines on stdout (and sent to --otlp-endpoint):
+    /// none; audit = every failure, degradation, bypass and failed DNS lookup
+    /// (one line per request: a chain record carries its legs; failed lookups
+    /// of one asker for one name within 1 s are one line with a `count`),
+    /// ok records per --log-ok; all = every record.
+    #[arg(long, value_enum, env = "EGRESS_LOG_RECORDS", default_value_t = LogRecords::None)]
+    pub log_records: LogRecords,
+    /// Every record as a JSON line on stdout: the same as --log-records all.
+    #[arg(long, conflicts_with = "log_records")]
     pub log_flows: bool,
+    /// Line format on stdout: json = the records' own JSON; ecs = Elastic
+    /// Common Schema 9.4 (`@timestamp`, `event.*`, `source.*`,
+    /// `destination.*`, `process.*`, `orchestrator.*`, `egress.*`) with
+    /// Cloud Logging's `severity` and `time`.
+    #[arg(long, value_enum, env = "EGRESS_LOG_FORMAT", default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Ok records under --log-records audit: off; sample = one in
+    /// --log-ok-sample; aggregate = a count per namespace, workload, destination
+    /// class and hop every --log-ok-interval. Failures are never sampled.
+    #[arg(long, value_enum, default_value_t = LogOk::Off)]
+    pub log_ok: LogOk,
+    /// N of --log-ok sample: one ok record in N is written.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_ok_sample: u32,
+    /// Interval of --log-ok aggregate (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    pub log_ok_interval: Duration,
+    /// Write the exported records on stdout (false: only to --otlp-endpoint).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub log_stdout: bool,
+    /// OpenTelemetry Collector OTLP/HTTP endpoint, e.g.
+    /// http://otel-collector:4318 (`/v1/logs` is added unless the URL has a
+    /// path): the records --log-records selects, as OTLP logs (protobuf, ECS
+    /// fields as attributes), batched, retried with backoff; dropped and
+    /// counted while it is down. Extra headers: OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(long, env = "EGRESS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// CA certificates (PEM) trusted for an https:// endpoint, besides the system's.
+    #[arg(long, env = "EGRESS_OTLP_CA")]
+    pub otlp_ca: Option<PathBuf>,
+    /// Time one batch may take to reach the collector, retries included.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub otlp_timeout: Duration,
+    /// Records waiting for the collector at most; past it they are dropped, counted.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub otlp_queue: u64,
     /// Local API socket for `watch`, `flows` and `explain` (root-only).
     #[arg(long, env = "EGRESS_API_SOCKET", default_value = api::DEFAULT_SOCKET)]
-    pub api_socket: std::path::PathBuf,
+    pub api_socket: PathBuf,
     /// Records kept in memory for `flows` and `explain` (0 keeps none;
     /// `watch` still streams).
     #[arg(long, default_value_t = api::DEFAULT_HISTORY)]
@@ -37,11 +120,68 @@ pub struct RunArgs {
     pub session: SessionArgs,
 }
 
+/// A positive duration (`--log-ok-interval`, `--otlp-timeout`).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s) {
+        Ok(d) if d >= Duration::from_millis(100) => Ok(d),
+        Ok(_) => Err(format!("`{s}` is too short (at least 100ms)")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// This node's name for the exported records: --node-name, else the hostname.
+fn node_name(args: &RunArgs) -> String {
+    args.session.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    })
+}
+
+impl RunArgs {
+    /// The export these flags ask for, as plain data.
+    pub fn export_options(&self) -> anyhow::Result<ExportOptions> {
+        let selection = match (self.log_flows, self.log_records) {
+            (true, _) | (_, LogRecords::All) => Selection::All,
+            (_, LogRecords::Audit) => Selection::Audit,
+            (_, LogRecords::None) => Selection::None,
+        };
+        if self.otlp_endpoint.is_some() && selection == Selection::None {
+            anyhow::bail!("--otlp-endpoint needs --log-records audit or all (what to send)");
+        }
+        let otlp = self.otlp_endpoint.as_ref().map(|e| OtlpOptions {
+            endpoint: e.clone(),
+            ca: self.otlp_ca.clone(),
+            timeout: self.otlp_timeout,
+            queue: self.otlp_queue as usize,
+        });
+        Ok(ExportOptions {
+            selection,
+            ok: match self.log_ok {
+                LogOk::Off => OkPolicy::Off,
+                LogOk::Sample => OkPolicy::Sample(self.log_ok_sample),
+                LogOk::Aggregate => OkPolicy::Aggregate(self.log_ok_interval),
+            },
+            format: match self.log_format {
+                LogFormat::Json => Format::Json,
+                LogFormat::Ecs => Format::Ecs,
+            },
+            stdout: self.log_stdout,
+            otlp,
+            observer: Observer {
+                hostname: node_name(self),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+        })
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Bind first: a port in use is a clear error before anything is loaded.
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    let export_opts = args.export_options()?;
     let config = args.session.load_config()?;
     let mut session = Session::start(args.session.options(config)).await?;
     let shutdown = shutdown_on_signals()?;
@@ -61,7 +201,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(api::server::start(opts, &session.metrics.registry, shutdown.clone())?)
     };
     tracing::info!(addr = %args.metrics_addr, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
-    let log = args.log_flows.then(FlowLog::stdout);
+    let (mut export, exporting) = if export_opts.enabled() {
+        let (h, x) =
+            export::start(&export_opts, &session.metrics.registry, Box::new(std::io::stdout()))
+                .context("starting the record export")?;
+        (Some(h), Some(x))
+    } else {
+        (None, None)
+    };
     let mut api = api;
     session
         .pipeline(
@@ -70,11 +217,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     if let Some(api) = &mut api {
                         api.flush();
                     }
+                    if let Some(e) = &mut export {
+                        e.flush();
+                    }
                 }
                 Output::Record(Record::Flow(r)) if r.quiet => {}
                 Output::Record(rec) => {
-                    if let Some(log) = &log {
-                        log.write(&rec);
+                    if let Some(e) = &mut export {
+                        e.offer(&rec);
                     }
                     if let Some(api) = &mut api {
                         api.publish(rec);
@@ -85,7 +235,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .await?;
     tracing::info!("ring drained; stopping");
-    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+    if let Some(x) = exporting {
+        x.finish(Duration::from_secs(5)).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => tracing::warn!("metrics server: {e}"),
         Err(_) => tracing::warn!("metrics server did not stop within 5 s"),
         _ => {}
