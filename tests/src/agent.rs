@@ -163,9 +163,20 @@ impl Agent {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
+        self.wait_for_after(0, timeout, pred)
+    }
+
+    /// [`Agent::wait_for`] among the records from index `from` on (those
+    /// that came after a point the caller noted with `records.len()`).
+    pub fn wait_for_after(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(v) = self.records.iter().find(|v| pred(v)) {
+            if let Some(v) = self.records.iter().skip(from).find(|v| pred(v)) {
                 return Ok(v.clone());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -237,6 +248,22 @@ impl Agent {
 
     /// SIGTERM and wait; returns the exit status success.
     pub fn stop(mut self) -> anyhow::Result<bool> {
+        self.terminate()
+    }
+
+    /// Like [`Agent::stop`], then every line the agent wrote up to its exit
+    /// (what it drains on SIGTERM included) is in `records`.
+    pub fn stop_keeping_records(&mut self) -> anyhow::Result<bool> {
+        let ok = self.terminate()?;
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                self.records.push(v);
+            }
+        }
+        Ok(ok)
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<bool> {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);

@@ -63,18 +63,19 @@ pub struct RunArgs {
     /// Records written as JSON lines on stdout (and sent to --otlp-endpoint):
     /// none; audit = every failure, degradation, bypass and failed DNS lookup
     /// (one line per request: a chain record carries its legs; failed lookups
-    /// of one asker for one name within 1 s are one line with a `count`),
+    /// of one asker for one name within 0.3 s are one line with a `count`),
     /// ok records per --log-ok; all = every record.
     #[arg(long, value_enum, env = "EGRESS_LOG_RECORDS", default_value_t = LogRecords::None)]
     pub log_records: LogRecords,
-    /// Every record as a JSON line on stdout: the same as --log-records all.
-    #[arg(long, conflicts_with = "log_records")]
+    /// Every record as a JSON line on stdout: --log-records all, whatever
+    /// --log-records says.
+    #[arg(long)]
     pub log_flows: bool,
     /// Line format on stdout: json = the records' own JSON; ecs = Elastic
     /// Common Schema 9.4 (`@timestamp`, `event.*`, `source.*`,
     /// `destination.*`, `process.*`, `orchestrator.*`, `egress.*`) with
-    /// Cloud Logging's `severity` and `time`.
-    #[arg(long, value_enum, env = "EGRESS_LOG_FORMAT", default_value_t = LogFormat::Json)]
+    /// Cloud Logging's `severity` and `time`. The last one given counts.
+    #[arg(long, value_enum, env = "EGRESS_LOG_FORMAT", default_value_t = LogFormat::Json, overrides_with = "log_format")]
     pub log_format: LogFormat,
     /// Ok records under --log-records audit: off; sample = one in
     /// --log-ok-sample; aggregate = a count per namespace, workload, destination
@@ -244,4 +245,68 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn export(args: &[&str]) -> anyhow::Result<ExportOptions> {
+        let cli = Cli::try_parse_from([&["egress-agent", "run"], args].concat())?;
+        let Command::Run(run) = cli.command else { panic!("run") };
+        run.export_options()
+    }
+
+    #[test]
+    fn export_flags_become_plain_options() {
+        let o = export(&[]).expect("defaults");
+        assert!(!o.enabled(), "nothing is exported unless asked");
+        let o = export(&["--log-records", "audit", "--log-format", "ecs"]).expect("deployed");
+        assert_eq!(
+            (o.selection, o.format, o.ok, o.stdout),
+            (Selection::Audit, Format::Ecs, OkPolicy::Off, true)
+        );
+        // The image test adds these to the DaemonSet's: the last format wins, --log-flows is all.
+        let o = export(&[
+            "--log-records",
+            "audit",
+            "--log-format",
+            "ecs",
+            "--log-flows",
+            "--log-format",
+            "json",
+        ])
+        .expect("override");
+        assert_eq!((o.selection, o.format), (Selection::All, Format::Json));
+        let o =
+            export(&["--log-records", "audit", "--log-ok", "aggregate", "--log-ok-interval", "5m"])
+                .expect("agg");
+        assert_eq!(o.ok, OkPolicy::Aggregate(Duration::from_secs(300)));
+        let o = export(&["--log-records", "audit", "--log-ok", "sample", "--log-ok-sample", "10"])
+            .expect("sample");
+        assert_eq!(o.ok, OkPolicy::Sample(10));
+        let o = export(&[
+            "--log-records",
+            "all",
+            "--otlp-endpoint",
+            "https://c:4318",
+            "--log-stdout",
+            "false",
+        ])
+        .expect("otlp");
+        let otlp = o.otlp.expect("otlp options");
+        assert_eq!(
+            (otlp.endpoint.as_str(), otlp.timeout, otlp.queue, o.stdout),
+            ("https://c:4318", Duration::from_secs(10), 8192, false)
+        );
+        assert!(
+            export(&["--otlp-endpoint", "http://c:4318"]).is_err(),
+            "OTLP without records to send"
+        );
+        assert!(export(&["--log-ok-interval", "10ms"]).is_err());
+        assert!(export(&["--log-ok-sample", "0"]).is_err());
+    }
 }

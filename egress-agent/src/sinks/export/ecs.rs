@@ -269,7 +269,7 @@ fn message(kind: &str, n: &Map<String, Value>) -> String {
             format!("{verdict}{at}{reason}{status}: {} -> {}", who(n), to.as_deref().unwrap_or("?"))
         }
         "dns" => format!(
-            "dns {} {} ({}) asked by {}",
+            "{verdict}{reason}: {} {} ({}) asked by {}",
             s(n, "rcode").unwrap_or("?"),
             s(n, "name").unwrap_or("?"),
             s(n, "qtype").unwrap_or("?"),

@@ -18,8 +18,10 @@ use crate::records::{ChainRecord, DnsRecord, Record, rfc3339};
 /// the chain comes within milliseconds on a node that sees the whole chain;
 /// the margin covers a proxy retrying other addresses before it answers.
 pub const LEG_HOLD: Duration = Duration::from_secs(15);
-/// Failed lookups of one asker for one name within this window are one line.
-pub const DNS_MERGE: Duration = Duration::from_secs(1);
+/// Failed lookups of one asker for one name within this window are one line:
+/// a resolver asks A and AAAA at once, their answers (or timeouts) come
+/// within milliseconds; a retry after a timeout is a line of its own.
+pub const DNS_MERGE: Duration = Duration::from_millis(300);
 /// At most this many legs and lookups are held; past it the oldest goes out.
 pub const HOLD_MAX: usize = 4096;
 
@@ -271,7 +273,7 @@ mod tests {
         h.dns(t0, d("A", 7), &mut out);
         h.dns(t0, d("AAAA", 7), &mut out);
         h.dns(t0, d("A", 8), &mut out);
-        h.due(t0 + Duration::from_millis(500), false, &mut out);
+        h.due(t0 + Duration::from_millis(100), false, &mut out);
         assert!(out.is_empty());
         h.due(t0 + DNS_MERGE, false, &mut out);
         assert_eq!(out.len(), 2);

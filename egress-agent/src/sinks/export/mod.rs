@@ -46,8 +46,9 @@ use crate::records::Record;
 const QUEUE: usize = 1024;
 /// A batch is handed on at this size even before the ring batch ends.
 const BATCH_MAX: usize = 1024;
-/// How often the router looks at what it holds.
-const TICK: Duration = Duration::from_millis(250);
+/// How often the router looks at what it holds (a held lookup goes out at
+/// most this late past its merge window).
+const TICK: Duration = Duration::from_millis(100);
 
 /// The line format on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -163,8 +164,17 @@ impl Exporting {
         {
             tracing::warn!("export: OTLP queue not sent within {grace:?}");
         }
+        // A blocked stdout keeps its writer in write(): the agent stops
+        // anyway (the thread ends with the process), it does not hang.
         if let Some(t) = self.stdout {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            while !t.is_finished() && tokio::time::Instant::now() < by {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !t.is_finished() {
+                tracing::warn!(
+                    "export: stdout still blocked after {grace:?}; its queued lines are lost"
+                );
+            }
         }
     }
 }

@@ -8,7 +8,7 @@
 //! - an upstream leg (`A->B`, `A->internet`) is held until a chain record
 //!   claims it (on a node that sees the whole chain), else written alone
 //!   (a proxy VM sees only its own upstream legs) — see [`super::hold`];
-//! - failed lookups of one asker for one name within a second are one line
+//! - failed lookups of one asker for one name within 0.3 s are one line
 //!   with a `count` (A and AAAA, resolver retries).
 //!
 //! `ok` records follow [`OkPolicy`]: off, one in N (the line says
