@@ -424,7 +424,9 @@ fn volume_run(extra: &[&str], secs: u64) -> (usize, usize, usize, usize, usize) 
         .collect();
     let all_bytes = agent.records.iter().map(size).sum();
     let refused = mine.iter().filter(|l| l["egress"]["reason"] == "refused").count();
-    for l in mine.iter().filter(|l| l["egress"]["reason"] != "refused") {
+    for l in
+        mine.iter().filter(|l| l["egress"]["reason"] != "refused" && l["egress"]["verdict"] != "ok")
+    {
         eprintln!("  also: {}", l["message"]);
     }
     (mine.len(), mine.iter().map(|l| size(l)).sum(), agent.records.len(), all_bytes, refused)
