@@ -388,6 +388,7 @@ def check_policy(r: Report, rendered: dict[str, list[dict]]) -> None:
     args = c.get("args") or []
     r.check(args[:1] == ["run"] and "--metrics-addr" in args and args[args.index("--metrics-addr") + 1] == "0.0.0.0:9464",
             "runs `egress-agent run --metrics-addr 0.0.0.0:9464`", str(args))
+    check_export_args(r, "DaemonSet", args)
     ports = {p["name"]: p for p in c.get("ports") or []}
     r.check(ports.get("metrics", {}).get("containerPort") == 9464, "container port metrics = 9464")
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
@@ -490,8 +491,11 @@ def check_policy(r: Report, rendered: dict[str, list[dict]]) -> None:
     for key in ("CapabilityBoundingSet", "AmbientCapabilities"):
         got = set(" ".join(kv_lines.get(key, [])).split())
         r.check(got == UNIT_CAPS, f"{rel(SYSTEMD_UNIT)}: {key} = {' '.join(sorted(UNIT_CAPS))}", str(sorted(got)))
+    env_args = re.search(r"^EGRESS_AGENT_ARGS=(.*)$", GCE_ENV.read_text(), re.M)
+    check_export_args(r, rel(GCE_ENV), (env_args.group(1) if env_args else "").split())
     for key, want in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
-                      ("PrivateTmp", "yes"), ("RuntimeDirectory", "egress-agent"), ("Restart", "on-failure")):
+                      ("PrivateTmp", "yes"), ("RuntimeDirectory", "egress-agent"), ("Restart", "on-failure"),
+                      ("StandardOutput", "journal"), ("SyslogIdentifier", "egress-agent")):
         r.check(kv_lines.get(key) == [want], f"{rel(SYSTEMD_UNIT)}: {key}={want}", str(kv_lines.get(key)))
     if shutil.which("systemd-analyze"):
         # verify needs the ExecStart binary to exist: check a copy pointing at /bin/true.
@@ -515,6 +519,26 @@ def check_policy(r: Report, rendered: dict[str, list[dict]]) -> None:
     user = re.search(r"^USER\s+(\d+)", text, re.M)
     r.check(bool(user) and int(user.group(1)) == sc.get("runAsUser", 0),
             f"{rel(CONTAINERFILE)}: USER is the DaemonSet's runAsUser", user.group(0) if user else "no USER")
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value of `--flag V` or `--flag=V` (the last one given), else None."""
+    value = None
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def check_export_args(r: Report, where: str, args: list[str]) -> None:
+    """The egress audit trail is on: failures as ECS lines on stdout (issue 22)."""
+    r.check(flag_value(args, "--log-records") == "audit" and "--log-flows" not in args,
+            f"{where}: --log-records audit (the audit trail on stdout, ok flows not per flow)", str(args))
+    r.check(flag_value(args, "--log-format") == "ecs", f"{where}: --log-format ecs (Elastic Common Schema lines)",
+            str(args))
+    r.check(flag_value(args, "--log-stdout") in (None, "true"), f"{where}: records written on stdout", str(args))
 
 
 def check_seccomp(r: Report, pod: dict, sc: dict) -> None:

@@ -163,9 +163,20 @@ impl Agent {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
+        self.wait_for_after(0, timeout, pred)
+    }
+
+    /// [`Agent::wait_for`] among the records from index `from` on (those
+    /// that came after a point the caller noted with `records.len()`).
+    pub fn wait_for_after(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(v) = self.records.iter().find(|v| pred(v)) {
+            if let Some(v) = self.records.iter().skip(from).find(|v| pred(v)) {
                 return Ok(v.clone());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -264,19 +275,13 @@ impl Agent {
 
     /// SIGTERM and wait; returns the exit status success.
     pub fn stop(mut self) -> anyhow::Result<bool> {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st.success());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("agent did not stop within 15 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.terminate(Duration::from_secs(15)).map(|(ok, _)| ok)
+    }
+
+    /// Like [`Agent::stop`], then every line the agent wrote up to its exit
+    /// (what it drains on SIGTERM included) is in `records`.
+    pub fn stop_keeping_records(&mut self) -> anyhow::Result<bool> {
+        self.terminate(Duration::from_secs(15)).map(|(ok, _)| ok)
     }
 }
 

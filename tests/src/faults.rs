@@ -20,6 +20,59 @@ use crate::{
     chain_lab::{ChainLab, ChainLabConfig, DirectEgress, Hop, LabLink, wait_output},
 };
 
+/// How the agent writes its records on stdout during the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    /// `--log-flows`: every record in its own JSON.
+    Native,
+    /// As deployed: `--log-records audit --log-format ecs` (no ok records).
+    /// Rows are judged on the ECS lines, read back through [`native_view`].
+    Ecs,
+}
+
+impl Log {
+    /// The agent's flags for this mode.
+    pub fn agent_mode(self, metrics: SocketAddr, extra: Vec<String>) -> AgentMode {
+        match self {
+            Self::Native => AgentMode::Run { metrics, extra },
+            Self::Ecs => {
+                let mut e = vec![
+                    "--log-records".into(),
+                    "audit".into(),
+                    "--log-format".into(),
+                    "ecs".into(),
+                    "--api-socket".into(),
+                    crate::agent::api_socket_for(&metrics).display().to_string(),
+                ];
+                e.extend(extra);
+                AgentMode::Daemon { metrics, extra: e }
+            }
+        }
+    }
+}
+
+/// An ECS line as the native fields the table reads (`record`, `pid`,
+/// `target`, `verdict`, `failed_hop`, `reason`, `hop`, `leg`, `name`,
+/// `cgroup`, `synthetic`); a native record as it is.
+pub fn native_view(v: &Value) -> Value {
+    let Some(e) = v.get("egress").filter(|_| v.get("ecs").is_some()) else { return v.clone() };
+    let mut n = serde_json::Map::new();
+    for k in
+        ["record", "target", "verdict", "failed_hop", "reason", "hop", "leg", "cgroup", "synthetic"]
+    {
+        if let Some(x) = e.get(k) {
+            n.insert(k.into(), x.clone());
+        }
+    }
+    if let Some(pid) = v.get("process").and_then(|p| p.get("pid")) {
+        n.insert("pid".into(), pid.clone());
+    }
+    if let Some(name) = v.get("dns").and_then(|d| d.get("question")).and_then(|q| q.get("name")) {
+        n.insert("name".into(), name.clone());
+    }
+    Value::Object(n)
+}
+
 /// One row of the table.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -37,6 +90,18 @@ pub struct Row {
     /// The bound `lag_s` must keep.
     pub lag_limit_s: f64,
     pub ok: bool,
+    /// The client's pid and cgroup, and the agent's stdout lines from the
+    /// row's start to the next row's (later lines of this row's request
+    /// are in [`Run::lines`]).
+    pub client_pid: u64,
+    pub client_cgroup: String,
+    pub lines: Vec<Value>,
+}
+
+/// A run of the table: its rows, and every line the table's agent wrote.
+pub struct Run {
+    pub rows: Vec<Row>,
+    pub lines: Vec<Value>,
 }
 
 enum Request {
@@ -106,7 +171,18 @@ pub fn agent_config_with_probe(
 }
 
 /// Run the fault table on a fresh lab. Ok(rows); every row's `ok` says match.
-pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
+pub fn run(cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
+    Ok(run_logging(cfg, verbose, Log::Native, Duration::ZERO)?.rows)
+}
+
+/// [`run`] with the agent writing `log`; after the last row the agent keeps
+/// running `settle` longer (for lines it holds), then its lines are returned.
+pub fn run_logging(
+    mut cfg: ChainLabConfig,
+    verbose: bool,
+    log: Log,
+    settle: Duration,
+) -> anyhow::Result<Run> {
     let _kernel = crate::kernel_lock::KernelLock::take()?;
     let hop1_cg = TestCgroup::new(Layout::Systemd { qos: Some("burstable") }, 901)?;
     let hop2_cg = TestCgroup::new(Layout::Unit, 902)?;
@@ -122,10 +198,8 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
     let conf = dir.join("agent.yaml");
     std::fs::write(&conf, agent_config(&cfg, &hop1_cg, &hop2_cg))?;
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut agent = Agent::start(AgentMode::Run {
-        metrics,
-        extra: vec!["--config".into(), conf.display().to_string()],
-    })?;
+    let mut agent =
+        Agent::start(log.agent_mode(metrics, vec!["--config".into(), conf.display().to_string()]))?;
 
     let healthy = cfg.healthy.name.clone();
     type Setup = Box<dyn Fn(&ChainLab) -> anyhow::Result<()>>;
@@ -256,6 +330,8 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
             Request::Direct(ip) => lab.curl_direct_args(*ip, "/"),
         };
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        agent.poll();
+        let first_line = agent.records.len();
         let gated = lab.spawn_client_gated(&refs)?;
         client_cg.enter(gated.pid())?;
         let mut child = gated.release()?;
@@ -269,23 +345,37 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
             Request::Direct(_) => None,
         };
         let client_cgroup = client_cg.path().to_string_lossy().into_owned();
-        let rec = agent.wait_for(Duration::from_secs(10), |v| match source {
-            // No target when the first connect failed before any CONNECT line.
-            Source::Chain => {
-                v["record"] == "chain"
-                    && v["pid"].as_u64() == Some(pid)
-                    && (v["target"].is_null()
-                        || want_target.as_deref().is_none_or(|t| v["target"].as_str() == Some(t)))
-            }
-            // DNS records carry the asking socket's cgroup, not a pid.
-            Source::Dns => {
-                v["record"] == "dns"
-                    && v["verdict"] == "failed"
-                    && v["name"].as_str() == Some(cfg.proxy_name.as_str())
-                    && v["cgroup"].as_str().is_some_and(|c| client_cgroup.ends_with(c))
+        // As deployed (ECS, audit), a healthy request writes nothing: none
+        // of the client's lines within the bound is its `ok`.
+        let silent_ok = log == Log::Ecs && expect.is_none();
+        let waited =
+            if silent_ok { Duration::from_secs_f64(LAG_LIMIT_S) } else { Duration::from_secs(10) };
+        // Only what came after the request started: two rows fail the same
+        // lookup from the same cgroup (the proxy's name), and the second
+        // must not be judged on the first one's record.
+        let rec = agent.wait_for_after(first_line, waited, |v| {
+            let v = &native_view(v);
+            match source {
+                // No target when the first connect failed before any CONNECT line.
+                Source::Chain => {
+                    v["record"] == "chain"
+                        && v["pid"].as_u64() == Some(pid)
+                        && (v["target"].is_null()
+                            || want_target
+                                .as_deref()
+                                .is_none_or(|t| v["target"].as_str() == Some(t)))
+                }
+                // DNS records carry the asking socket's cgroup, not a pid.
+                Source::Dns => {
+                    v["record"] == "dns"
+                        && v["verdict"] == "failed"
+                        && v["name"].as_str() == Some(cfg.proxy_name.as_str())
+                        && v["cgroup"].as_str().is_some_and(|c| client_cgroup.ends_with(c))
+                }
             }
         });
-        let lag = done.elapsed().as_secs_f64();
+        let rec = rec.map(|v| native_view(&v));
+        let lag = if silent_ok { 0.0 } else { done.elapsed().as_secs_f64() };
         let expected = expect.map_or_else(
             || "ok".to_string(),
             |(h, r)| {
@@ -306,6 +396,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
                     (verdict, _, _) => verdict.unwrap_or("?").to_string(),
                 }
             }
+            Err(_) if silent_ok => "ok".to_string(),
             Err(_) => format!(
                 "{}; {}",
                 no_record(&agent.records, source, pid, out.exit_code()),
@@ -320,6 +411,7 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
                 client_evidence(&agent.records, pid)
             );
         }
+        agent.poll();
         // The client's node alone: the client leg's own record (its
         // vantage), or for a lookup that failed before any flow, the lookup.
         let client_got = match source {
@@ -339,9 +431,15 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
             client_got,
             lag_s: lag,
             lag_limit_s: LAG_LIMIT_S,
+            client_pid: pid,
+            client_cgroup,
+            lines: agent.records[first_line..].to_vec(),
         });
     }
     lab.restore()?;
+    std::thread::sleep(settle);
+    agent.poll();
+    let lines = std::mem::take(&mut agent.records);
     agent.stop()?;
     // No application traffic: a fresh agent that probes, and a hop-2 outage.
     lab.hop_up(Hop::One)?;
@@ -357,20 +455,16 @@ pub fn run(mut cfg: ChainLabConfig, verbose: bool) -> anyhow::Result<Vec<Row>> {
         ),
     )?;
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut agent = Agent::start(AgentMode::Run {
-        metrics,
-        extra: vec!["--config".into(), conf.display().to_string()],
-    })?;
+    let mut agent =
+        Agent::start(log.agent_mode(metrics, vec!["--config".into(), conf.display().to_string()]))?;
     rows.push(probe_row(&lab, &mut agent, &lab.target(&cfg.healthy.name), interval, verbose)?);
     lab.restore()?;
     agent.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     drop(lab);
-    Ok(rows)
+    Ok(Run { rows, lines })
 }
 
-/// The client-vantage verdict of the client's request, from its client leg's
-/// connect record (`vantage` `client`) or, for a bypass, its direct flow.
 /// What decided the client leg's own verdict (its `evidence`).
 fn client_evidence(records: &[Value], pid: u64) -> String {
     records
@@ -386,6 +480,8 @@ fn client_evidence(records: &[Value], pid: u64) -> String {
         .to_string()
 }
 
+/// The client-vantage verdict of the client's request, from its client leg's
+/// connect record (`vantage` `client`) or, for a bypass, its direct flow.
 fn client_view(records: &[Value], pid: u64) -> String {
     let mine = |v: &&Value| {
         v["record"] == "flow" && v["pid"].as_u64() == Some(pid) && v["phase"] == "connect"
@@ -419,6 +515,7 @@ fn no_record(records: &[Value], source: Source, pid: u64, client_exit: Option<i3
     }
     let legs: Vec<String> = records
         .iter()
+        .map(native_view)
         .filter(|v| v["record"] == "flow" && v["pid"].as_u64() == Some(pid))
         .map(|v| {
             format!(
@@ -491,6 +588,7 @@ fn probe_row(
             agent
                 .records
                 .iter()
+                .map(native_view)
                 .filter(|v| v["synthetic"] == true && v["record"] == "chain")
                 .count()
         );
@@ -506,6 +604,9 @@ fn probe_row(
         got,
         lag_s: lag,
         lag_limit_s: limit,
+        client_pid: 0,
+        client_cgroup: String::new(),
+        lines: Vec::new(),
     })
 }
 

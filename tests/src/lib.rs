@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cgroups;
 pub mod chain_lab;
 pub mod demo;
+pub mod ecs;
 pub mod fake_apiserver;
 pub mod faults;
 pub mod image;

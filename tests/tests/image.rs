@@ -137,7 +137,9 @@ fn image_passes_check_and_gives_every_verdict_with_the_daemonsets_privileges() {
         .position(|a| a == "--metrics-addr")
         .expect("the DaemonSet passes --metrics-addr");
     args[at + 1] = metrics.to_string();
-    args.push("--log-flows".into());
+    // Every record, in the records' own JSON (the DaemonSet exports the audit
+    // trail in ECS; the test reads the native records).
+    args.extend(["--log-flows".into(), "--log-format".into(), "json".into()]);
     // The deployed config reports egress to public addresses outside the
     // chain as `bypass`; the lab's benchmarking range (198.19.0.0/15) counts
     // as public by default. Declared private, its flows get their connect

