@@ -298,6 +298,7 @@ pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Att
                 if recent(&f.time)
                     && !in_chains.contains(f.flow_id.as_str())
                     && f.chain_id.is_none()
+                    && !from_a_hop(f)
                     && want.flow(f) =>
             {
                 Some(from_flow(f))
@@ -313,6 +314,13 @@ pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Att
         .collect();
     out.sort_by(|a, b| a.time.cmp(&b.time));
     out
+}
+
+/// A leg a hop's own process opened (`gke-squid->gce-proxy`): part of some
+/// request's chain, which speaks for it (it may still be settling), never
+/// an attempt of its own.
+fn from_a_hop(f: &FlowRecord) -> bool {
+    f.leg.as_deref().is_some_and(|l| l.split_once("->").is_some_and(|(from, _)| from != "client"))
 }
 
 /// `failed at gce-proxy: proxy_denied — 403 Forbidden made by gce-proxy (…)`.
@@ -575,7 +583,14 @@ mod tests {
                 Some(403),
             )
         };
-        let recs = vec![ok(), denied("42:01"), denied("42:05"), denied("43:00")];
+        // A hop's upstream leg whose chain is still settling: no attempt.
+        let upstream = Record::Flow(FlowRecord {
+            time: "2026-11-21T10:43:01.000Z".into(),
+            leg: Some("gke-squid->gce-proxy".into()),
+            target: Some("login.example.test:443".into()),
+            ..FlowRecord::default()
+        });
+        let recs = vec![ok(), denied("42:01"), denied("42:05"), denied("43:00"), upstream];
         let since = parse_rfc3339("2026-11-21T09:00:00.000Z").expect("t");
         let want = Wanted::parse("login.example.test:443").expect("want");
         let a = attempts(&recs, &want, since);
