@@ -15,11 +15,11 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_seq_write},
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use egress_common::{
     ADOPT_PASS_LISTENERS, AF_INET, AF_INET6, AdoptedSocket, FLOW_FLAG_ACCEPTED, FLOW_FLAG_ADOPTED,
-    FLOW_FLAG_EMITTED, FlowState, IPPROTO_TCP, STAT_FLOW_MAP_FULL, Tuple, tcp_state,
+    FLOW_FLAG_EMITTED, FlowState, IPPROTO_TCP, STAT_FLOW_MAP_FULL, tcp_state,
 };
 
 use crate::{
@@ -36,6 +36,14 @@ static LISTENERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384, 0);
 
 #[map]
 static ADOPT_PASS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU room for the record written out and the flow state stored: on
+/// 5.10 and 6.1 the walk's frames together may not pass 512 bytes of stack.
+/// Its own, not the hooks' scratch: a hook may run on this CPU mid-walk.
+#[map]
+static ADOPT_OUT: PerCpuArray<AdoptedSocket> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static ADOPT_STATE: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
 const BPF_NOEXIST: u64 = 1;
 const S_IFMT: u16 = 0o170_000;
@@ -95,25 +103,25 @@ fn adopt(ctx: *mut c_void) -> Option<()> {
         }
         flags |= FLOW_FLAG_ACCEPTED;
     }
-    let mut t = Tuple::default();
-    sock::tuple(sk, &mut t).ok()?;
+    let out = ADOPT_OUT.get_ptr_mut(0)?;
+    // SAFETY: a valid per-CPU map value, this walk's alone on this CPU.
+    let out = unsafe { &mut *out };
+    out.tuple = Default::default();
+    sock::tuple(sk, &mut out.tuple).ok()?;
     let pid = kread::<u32>(task, config!(kernel.task_pid)).unwrap_or(0);
     let tgid = kread::<u32>(task, config!(kernel.task_tgid)).unwrap_or(0);
-    let out = AdoptedSocket {
-        skaddr: sk,
-        cgroup_id: sock::cgroup_id(sk),
-        pid_tgid: u64::from(tgid) << 32 | u64::from(pid),
-        netns,
-        flags,
-        comm: kread::<[u8; 16]>(task, config!(kernel.task_comm)).unwrap_or_default(),
-        tuple: t,
-    };
-    store(sk, &out)?;
+    out.skaddr = sk;
+    out.cgroup_id = sock::cgroup_id(sk);
+    out.pid_tgid = u64::from(tgid) << 32 | u64::from(pid);
+    out.netns = netns;
+    out.flags = flags;
+    out.comm = kread::<[u8; 16]>(task, config!(kernel.task_comm)).unwrap_or_default();
+    store(sk, out)?;
     // SAFETY: meta->seq is the first member of struct bpf_iter_meta.
     let seq = unsafe { *(meta as *const u64) };
-    // SAFETY: seq is the iterator's seq_file; out is on this stack.
+    // SAFETY: seq is the iterator's seq_file; out is a map value.
     unsafe {
-        bpf_seq_write(seq as *mut _, (&raw const out).cast(), size_of::<AdoptedSocket>() as u32)
+        bpf_seq_write(seq as *mut _, (&raw const *out).cast(), size_of::<AdoptedSocket>() as u32)
     };
     Some(())
 }
@@ -123,23 +131,22 @@ fn adopt(ctx: *mut c_void) -> Option<()> {
 fn store(sk: u64, a: &AdoptedSocket) -> Option<()> {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (tx_base, rx_base) = sock::stream_bases(sk);
-    let fs = FlowState {
-        start_ns: now,
-        established_ns: now,
-        cgroup_id: a.cgroup_id,
-        pid_tgid: a.pid_tgid,
-        comm: a.comm,
-        netns: a.netns,
-        flags: a.flags,
-        tx_base,
-        rx_base,
-        family: a.tuple.family,
-        dport: a.tuple.dport,
-        daddr: a.tuple.daddr,
-        ..FlowState::default()
-    };
-    if FLOWS.insert(sk, fs, BPF_NOEXIST).is_err() {
+    let fs = ADOPT_STATE.get_ptr_mut(0)?;
+    // SAFETY: a valid per-CPU map value, this walk's alone on this CPU.
+    let fs = unsafe { &mut *fs };
+    *fs = FlowState::default();
+    (fs.tx_base, fs.rx_base) = sock::stream_bases(sk);
+    fs.start_ns = now;
+    fs.established_ns = now;
+    fs.cgroup_id = a.cgroup_id;
+    fs.pid_tgid = a.pid_tgid;
+    fs.comm = a.comm;
+    fs.netns = a.netns;
+    fs.flags = a.flags;
+    fs.family = a.tuple.family;
+    fs.dport = a.tuple.dport;
+    fs.daddr = a.tuple.daddr;
+    if FLOWS.insert(sk, &*fs, BPF_NOEXIST).is_err() {
         if state(sk).is_none() {
             count(STAT_FLOW_MAP_FULL);
         }
