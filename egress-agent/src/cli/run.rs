@@ -7,7 +7,12 @@ use clap::Args;
 
 use super::args::SessionArgs;
 use crate::{
-    api::{self, server::ApiOptions, wire::Status},
+    api::{
+        self,
+        server::{ApiLimits, ApiOptions},
+        wire::Status,
+    },
+    config::parse_duration,
     pipeline::Output,
     records::{Record, rfc3339},
     session::{Session, shutdown_on_signals},
@@ -30,11 +35,28 @@ pub struct RunArgs {
     /// `watch` still streams).
     #[arg(long, default_value_t = api::DEFAULT_HISTORY)]
     pub api_history: usize,
+    /// Clients of the local API at once; more are told so and closed
+    /// (counted in egress_api_clients_dropped_total{reason="too_many_clients"}).
+    #[arg(long, default_value_t = api::server::DEFAULT_MAX_CLIENTS, value_parser = clap::value_parser!(u16).range(1..))]
+    pub api_max_clients: u16,
+    /// An API client that does not take a write within this time is
+    /// dropped, its undelivered records counted (egress_api_records_dropped_total{reason="slow_client"}).
+    #[arg(long, default_value = "5s", value_parser = parse_write_timeout, value_name = "DURATION")]
+    pub api_write_timeout: std::time::Duration,
     /// Do not serve the local API.
     #[arg(long)]
     pub no_api: bool,
     #[command(flatten)]
     pub session: SessionArgs,
+}
+
+/// `--api-write-timeout`: a duration of at least 10 ms and at most an hour.
+fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(10) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("`{s}`: between 10ms and 1h"));
+    }
+    Ok(d)
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -57,7 +79,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             history: 0,
             history_capacity: args.api_history,
         };
-        let opts = ApiOptions { path: args.api_socket.clone(), history: args.api_history, status };
+        let limits = ApiLimits {
+            max_clients: usize::from(args.api_max_clients),
+            write_timeout: args.api_write_timeout,
+            ..ApiLimits::default()
+        };
+        let opts =
+            ApiOptions { path: args.api_socket.clone(), history: args.api_history, status, limits };
         Some(api::server::start(opts, &session.metrics.registry, shutdown.clone())?)
     };
     tracing::info!(addr = %args.metrics_addr, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
