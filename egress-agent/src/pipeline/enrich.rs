@@ -98,7 +98,7 @@ impl Enricher {
             r.container =
                 r.container_id.as_deref().and_then(|c| pod.container_name(c)).map(str::to_string);
             r.workload = pod.workload.as_ref().map(|w| format!("{}/{}", w.kind, w.name));
-            r.pod_labels = Some(pod.labels.clone());
+            r.pod_labels = Some(Arc::clone(&pod.labels));
         }
     }
 

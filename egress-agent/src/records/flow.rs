@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::verdict::{Reason, Verdict};
 
+/// A pod's labels, shared (not copied) by the records of the pod.
+pub type PodLabels = std::sync::Arc<std::collections::BTreeMap<String, String>>;
+
 /// When in a flow's life the record was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,9 +47,10 @@ pub struct FlowRecord {
     pub workload: Option<String>,
     /// systemd unit of a host process.
     pub unit: Option<String>,
-    /// Labels of the pod (for hop matching; not shown).
+    /// Labels of the pod (for hop matching; not shown), shared with the
+    /// pod's metadata: a pod's labels cost its records one pointer.
     #[serde(skip)]
-    pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
+    pub pod_labels: Option<PodLabels>,
     pub src: Option<SocketAddr>,
     /// The destination the application asked for (its connect() sockaddr).
     pub dst: Option<SocketAddr>,
