@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::verdict::{Reason, Verdict};
 
+/// The owner of a pod whose metadata is not available (no Kubernetes
+/// source, the watch down, the pod not listed yet): `workload` of its
+/// records, and the `workload` label of its metrics. Real workloads are
+/// `Kind/name`, so it cannot be mistaken for one.
+pub const UNKNOWN_WORKLOAD: &str = "unknown";
+
 /// A pod's labels, shared (not copied) by the records of the pod.
 pub type PodLabels = std::sync::Arc<std::collections::BTreeMap<String, String>>;
 
@@ -43,7 +49,9 @@ pub struct FlowRecord {
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub container: Option<String>,
-    /// Owning workload as `Kind/name` (Deployment resolved through its ReplicaSet).
+    /// Owning workload as `Kind/name` (Deployment resolved through its
+    /// ReplicaSet); none for a bare pod (no owner); [`UNKNOWN_WORKLOAD`] for
+    /// a pod whose metadata is not available.
     pub workload: Option<String>,
     /// systemd unit of a host process.
     pub unit: Option<String>,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     chain::{ChainRecord, LegSummary},
     dns::{DnsRecord, TIMEOUT as DNS_TIMEOUT},
-    flow::{DstClass, FlowRecord, Phase, PodLabels},
+    flow::{DstClass, FlowRecord, Phase, PodLabels, UNKNOWN_WORKLOAD},
     time::{Clock, mono_now_ns, parse_rfc3339, rfc3339},
     verdict::{Reason, Verdict},
 };
