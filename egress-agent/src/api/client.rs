@@ -91,6 +91,9 @@ pub async fn connect(path: &Path) -> Result<UnixStream, ConnectError> {
 pub struct RecordStream {
     reader: BufReader<UnixStream>,
     line: Vec<u8>,
+    /// The request could not be written (the agent closed first): the
+    /// error, unless the agent's answer says why.
+    unsent: Option<std::io::Error>,
     /// Bytes read so far on this connection.
     pub bytes: usize,
     /// Lines of record kinds this client does not know (a newer agent).
@@ -105,7 +108,10 @@ impl RecordStream {
         let n = (&mut self.reader).take(cap).read_until(b'\n', &mut self.line).await?;
         self.bytes += n;
         if n == 0 {
-            return Ok(None);
+            return match self.unsent.take() {
+                Some(e) if self.bytes == 0 => Err(e.into()),
+                _ => Ok(None),
+            };
         }
         if self.line.last() != Some(&b'\n') && self.line.len() > MAX_LINE_BYTES {
             return Err(ClientError::LineTooLong { limit: MAX_LINE_BYTES });
@@ -132,17 +138,28 @@ impl RecordStream {
     }
 }
 
-async fn send(path: &Path, req: &Request) -> Result<UnixStream, ClientError> {
+/// Connect and send `req`. An agent that refuses a client (too many) says
+/// why and closes before reading: the write then fails, the answer is
+/// still there to read, so that error waits for the answer (`unsent`).
+async fn send(
+    path: &Path,
+    req: &Request,
+) -> Result<(UnixStream, Option<std::io::Error>), ClientError> {
     let mut s = connect(path).await?;
     let line = serde_json::to_string(req).map_err(ClientError::Encode)?;
-    s.write_all(format!("{line}\n").as_bytes()).await?;
-    Ok(s)
+    match s.write_all(format!("{line}\n").as_bytes()).await {
+        Ok(()) => Ok((s, None)),
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+            Ok((s, Some(e)))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Send `req` and return the answer's lines.
 pub async fn open(path: &Path, req: &Request) -> Result<RecordStream, ClientError> {
-    let s = send(path, req).await?;
-    Ok(RecordStream { reader: BufReader::new(s), line: Vec::new(), bytes: 0, skipped: 0 })
+    let (s, unsent) = send(path, req).await?;
+    Ok(RecordStream { reader: BufReader::new(s), line: Vec::new(), unsent, bytes: 0, skipped: 0 })
 }
 
 pub async fn status(path: &Path) -> Result<Status, ClientError> {

@@ -112,6 +112,19 @@ fn private_dir(parent: &Path, name: &str) -> Result<PathBuf, SocketError> {
     })
 }
 
+/// Before anything is loaded: refuse a path that is there and is not a
+/// socket (the same check [`bind`] makes, without touching anything).
+pub fn preflight(path: &Path) -> Result<(), SocketError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            Err(SocketError::NotASocket { path: path.to_path_buf(), what: kind_of(m.file_type()) })
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SocketError::Inspect { path: path.to_path_buf(), source }),
+    }
+}
+
 /// Bind the API socket at `path` (see the module documentation).
 pub fn bind(path: &Path) -> Result<(UnixListener, SocketId), SocketError> {
     let parent =
@@ -188,6 +201,8 @@ mod tests {
         let d = scratch("refuse");
         let file = d.join("precious.txt");
         std::fs::write(&file, "keep me").expect("file");
+        assert!(matches!(preflight(&file), Err(SocketError::NotASocket { .. })));
+        assert!(preflight(&d.join("absent.sock")).is_ok());
         let err = bind(&file).expect_err("a regular file");
         assert!(err.to_string().contains("a regular file"), "{err}");
         assert_eq!(std::fs::read_to_string(&file).expect("still there"), "keep me");

@@ -64,6 +64,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    if !args.no_api {
+        api::socket::preflight(&args.api_socket)?;
+    }
     let config = args.session.load_config()?;
     let mut session = Session::start(args.session.options(config)).await?;
     let shutdown = shutdown_on_signals()?;
