@@ -132,6 +132,11 @@ def dashboard_exprs(dash: dict) -> list[tuple[str, str]]:
     return out
 
 
+# Series the rule file records (`record:`): known names for the alerts and
+# the dashboard, computed by Prometheus, never in a scrape.
+RECORDED: set[str] = set()
+
+
 def check_rules(r: Report, allow_missing: bool) -> list[tuple[str, str]]:
     r.section("5. alert rules")
     exprs: list[tuple[str, str]] = []
@@ -154,6 +159,8 @@ def check_rules(r: Report, allow_missing: bool) -> list[tuple[str, str]]:
         for rule in g.get("rules") or []:
             name = rule.get("alert") or rule.get("record")
             alerts.append(name)
+            if "record" in rule:
+                RECORDED.add(name)
             exprs.append((f"rule {name}", rule.get("expr", "")))
             planned = uses_planned(rule.get("expr", ""))
             if g["name"] == PLANNED_GROUP:
@@ -260,6 +267,8 @@ def check_metric_names(r: Report, exprs: list[tuple[str, str]], metrics_file: Pa
         where = ", ".join(sorted(set(used[name]))[:3]) + (" ..." if len(set(used[name])) > 3 else "")
         if name in SYNTHETIC:
             r.ok(f"{name}: made by Prometheus ({where})")
+        elif name in RECORDED:
+            r.ok(f"{name}: recorded by a rule of {rel(RULES_FILE)} ({where})")
         elif name in PLANNED:
             if scrape is not None and name in scrape:
                 r.fail(f"{name}: listed as planned but the agent exports it now: move it to EXISTING in "

@@ -55,6 +55,9 @@ CHAIN_SOURCE = "hop="
 CONDITIONAL = {
     "egress_proxy_tunnels_total": CHAIN_SOURCE,   # {hop, status, target}
     "egress_hop_failures_total": CHAIN_SOURCE,    # {hop, reason}
+    "egress_hop_connects_total": CHAIN_SOURCE,    # {hop, from, result, reason}
+    "egress_hop_request_failures_total": CHAIN_SOURCE,  # {hop, reason, namespace, workload}
+    "egress_hop_lookup_failures_total": "egress_hop_lookup_failures_total",  # {hop, namespace, workload}: after a client's failed lookup of a hop name
     "egress_kube_watch_up": "egress_kube_",
     "egress_kube_objects": "egress_kube_",
     "egress_kube_objects_malformed_total": "egress_kube_",

@@ -5,13 +5,19 @@
 //! healthy traffic fires none); `prom::Recording::promtool_test` turns it into
 //! a `promtool test rules` file.
 //!
-//! Phases, in order (each [`PHASE_SAMPLES`] scrapes; the lab is restored
-//! between them): healthy; hop 1 down; hop 2 down; hop 1 ACL deny; hop 2 ACL
-//! deny; origin refuses; NAT blackholed (the Cloud NAT exhaustion signature:
-//! SYNs to public addresses unanswered); proxy bypass (direct, dropped);
-//! lossy client link (every 7th TCP packet lost); agent losing events (the agent is
-//! SIGSTOPped while a loopback burst overflows its 64 KiB ring, then
-//! SIGCONTed, every scrape); agent down (SIGTERM, scrapes refused).
+//! The clients are [`TENANTS`] workloads (systemd units, each its own
+//! cgroup), two client loops each. Phases, in order (each [`PHASE_SAMPLES`]
+//! scrapes; the lab is restored between them): healthy; hop 1 down; hop 2
+//! down; hop 2 down with one client workload only (hop-side evidence: hop 1's
+//! own upstream legs); hop 1 ACL deny; hop 2 ACL deny; one tenant's
+//! forbidden targets (the others healthy); one tenant's broken resolver
+//! (its lookups of the proxy's name go to a dead server); origin refuses;
+//! one tenant's dead origin; NAT blackholed (the Cloud NAT exhaustion
+//! signature: SYNs to public addresses unanswered); proxy bypass (direct,
+//! dropped); lossy client link (every 5th TCP packet lost); agent losing
+//! events (the agent is SIGSTOPped while a burst of 8000 loopback connects
+//! overflows its 1 MiB ring, then SIGCONTed, every scrape); agent down
+//! (SIGTERM, scrapes refused). The one-tenant phases must fire nothing.
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
@@ -38,8 +44,10 @@ pub const SCRAPE_EVERY: Duration = Duration::from_secs(2);
 /// Scrapes per phase: longer than the longest rule window (10m) plus a `for`
 /// once mapped to one minute per scrape.
 pub const PHASE_SAMPLES: usize = 13;
-/// Client loops running requests concurrently.
-const WORKERS: usize = 5;
+/// Client workloads (units), each its own cgroup.
+pub const TENANTS: usize = 3;
+/// Client loops running requests concurrently (tenant = loop % TENANTS).
+const WORKERS: usize = 6;
 /// Pause of each client loop between requests.
 const PACE: Duration = Duration::from_millis(400);
 /// `job` and `instance` the recording is labelled with (as Prometheus would
@@ -53,9 +61,14 @@ pub const INSTANCE: &str = "lab-node:9464";
 pub struct Rig {
     pub lab: ChainLab,
     pub cfg: ChainLabConfig,
+    /// The client workloads' cgroups (`client_cg` is the first).
     pub client_cg: TestCgroup,
+    pub other_tenants: [TestCgroup; TENANTS - 1],
     _hops: [TestCgroup; 2],
     pub conf: PathBuf,
+    /// A resolv.conf naming a server that does not answer (one tenant's
+    /// broken resolver).
+    pub bad_resolv_conf: PathBuf,
     dir: PathBuf,
 }
 
@@ -65,6 +78,8 @@ impl Rig {
         let hop1 = TestCgroup::new(Layout::Systemd { qos: Some("burstable") }, seed)?;
         let hop2 = TestCgroup::new(Layout::Unit, seed + 1)?;
         let client_cg = TestCgroup::new(Layout::Unit, seed + 2)?;
+        let other_tenants =
+            [TestCgroup::new(Layout::Unit, seed + 3)?, TestCgroup::new(Layout::Unit, seed + 4)?];
         let cfg = ChainLabConfig {
             hop1_cgroup: Some(hop1.path().to_path_buf()),
             hop2_cgroup: Some(hop2.path().to_path_buf()),
@@ -79,7 +94,28 @@ impl Rig {
         std::fs::create_dir_all(&dir)?;
         let conf = dir.join("agent.yaml");
         std::fs::write(&conf, agent_config(&cfg, &hop1, &hop2))?;
-        Ok(Self { lab, cfg, client_cg, _hops: [hop1, hop2], conf, dir })
+        // The node's address on the resolver link: nothing listens on port 53
+        // there, so lookups fail at once (ICMP port unreachable).
+        let bad_resolv_conf = dir.join("bad-resolv.conf");
+        std::fs::write(
+            &bad_resolv_conf,
+            format!("nameserver {}\noptions timeout:1 attempts:1\n", cfg.dns_gw),
+        )?;
+        Ok(Self {
+            lab,
+            cfg,
+            client_cg,
+            other_tenants,
+            _hops: [hop1, hop2],
+            conf,
+            bad_resolv_conf,
+            dir,
+        })
+    }
+
+    /// The client workloads' cgroups, tenant 0 first.
+    pub fn tenants(&self) -> [&TestCgroup; TENANTS] {
+        [&self.client_cg, &self.other_tenants[0], &self.other_tenants[1]]
     }
 
     /// Agent arguments for this lab (no Kubernetes source).
@@ -99,6 +135,12 @@ impl Drop for Rig {
 pub enum Request {
     Chain(String),
     Direct(std::net::Ipv4Addr),
+    /// Through the chain with the proxy given by name, resolved with this
+    /// resolv.conf (bind-mounted over the client's own).
+    ChainResolvedWith {
+        host: String,
+        resolv_conf: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,9 +156,20 @@ type Fault = Box<dyn Fn(&ChainLab) -> anyhow::Result<()>>;
 struct PhaseSpec {
     name: &'static str,
     fault: Fault,
-    request: Option<Request>,
+    /// What each tenant requests (none: idle).
+    requests: [Option<Request>; TENANTS],
     special: Special,
     expect: Vec<Expected>,
+}
+
+/// Every tenant requests `r`.
+fn all(r: &Request) -> [Option<Request>; TENANTS] {
+    std::array::from_fn(|_| Some(r.clone()))
+}
+
+/// Tenant 0 requests `one`, the others `rest`.
+fn one(one: &Request, rest: Option<&Request>) -> [Option<Request>; TENANTS] {
+    std::array::from_fn(|i| if i == 0 { Some(one.clone()) } else { rest.cloned() })
 }
 
 fn exp(alert: &str, pairs: &[(&str, &str)]) -> Expected {
@@ -134,7 +187,13 @@ pub fn rule_metric_filter(rules_text: &str) -> impl Fn(&str) -> bool + '_ {
     }
 }
 
-/// A burst of `n` loopback connects (the agent sees every namespace).
+/// Connects of the losing phase's burst: about 3 ring records each, over
+/// three times what the default ring holds.
+const BURST: usize = 8000;
+
+/// A burst of `n` loopback connects (the agent sees every namespace), each
+/// closed with a reset (SO_LINGER 0): no TIME_WAIT, so 13 bursts do not use up
+/// the ephemeral ports.
 fn loopback_burst(n: usize) -> anyhow::Result<()> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
@@ -146,7 +205,19 @@ fn loopback_burst(n: usize) -> anyhow::Result<()> {
         }
     });
     for _ in 0..n {
-        drop(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?);
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt on the fd `s` owns, with a valid `linger` of its size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                std::ptr::from_ref(&linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        drop(s);
     }
     acceptor.join().map_err(|_| anyhow::anyhow!("acceptor panicked"))?;
     Ok(())
@@ -171,6 +242,22 @@ pub fn client_loop(
         let args = match &req {
             Request::Chain(host) => lab.curl_via_chain_args(host, "/"),
             Request::Direct(ip) => lab.curl_direct_args(*ip, "/"),
+            Request::ChainResolvedWith { host, resolv_conf } => {
+                // Its own mount namespace: only this client's resolver changes.
+                let mut a: Vec<String> = [
+                    "unshare",
+                    "-m",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                a.push(resolv_conf.display().to_string());
+                a.extend(lab.curl_via_name_args(host, "/"));
+                a
+            }
         };
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = || -> anyhow::Result<()> {
@@ -209,64 +296,101 @@ fn signal(pid: u32, sig: i32) {
 /// metric names to keep.
 pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
     let rig = Rig::new(961)?;
-    let (lab, cfg, client_cg) = (&rig.lab, &rig.cfg, &rig.client_cg);
+    let (lab, cfg, tenants) = (&rig.lab, &rig.cfg, rig.tenants());
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    // 64 KiB ring: small enough that the burst of the losing-events phase overflows it.
-    let mut extra = rig.agent_args();
-    extra.extend(["--ring-bytes".to_string(), "65536".to_string()]);
+    // The default ring (1 MiB): a burst of another process on this shared
+    // host (the agent sees every connect) does not overflow it, the losing
+    // phase's burst of BURST connects with the agent stopped does.
+    let extra = rig.agent_args();
     let mut agent = Some(Agent::start(AgentMode::Run { metrics, extra })?);
     let agent_pid = agent.as_ref().map_or(0, Agent::pid);
-    let unit = client_cg.unit.clone();
+    let units: Vec<String> = tenants.iter().map(|t| t.unit.clone()).collect();
 
     let healthy = Request::Chain(cfg.healthy.name.clone());
+    let h = &healthy;
     let none = |_: &ChainLab| Ok(());
+    let denied1 = Request::Chain(cfg.denied_at_hop1.clone());
+    let denied2 = Request::Chain(cfg.denied_at_hop2.clone());
+    let refused = Request::Chain(cfg.refused.name.clone());
+    let bad_resolver = Request::ChainResolvedWith {
+        host: cfg.healthy.name.clone(),
+        resolv_conf: rig.bad_resolv_conf.clone(),
+    };
     let phases: Vec<PhaseSpec> = vec![
         PhaseSpec {
             name: "healthy",
             fault: Box::new(none),
-            request: Some(healthy.clone()),
+            requests: all(h),
             special: Special::None,
             expect: vec![],
         },
         PhaseSpec {
             name: "hop1 down (Squid pod stopped)",
             fault: Box::new(|l| l.hop1_down()),
-            request: Some(healthy.clone()),
+            requests: all(h),
             special: Special::None,
             expect: vec![exp("EgressHopDown", &[("hop", "gke-squid")])],
         },
         PhaseSpec {
             name: "hop2 down (VM Squid stopped)",
             fault: Box::new(|l| l.hop2_down()),
-            request: Some(healthy.clone()),
+            requests: all(h),
+            special: Special::None,
+            expect: vec![exp("EgressHopDown", &[("hop", "gce-proxy")])],
+        },
+        PhaseSpec {
+            name: "hop2 down, one client workload",
+            fault: Box::new(|l| l.hop2_down()),
+            requests: one(h, None),
             special: Special::None,
             expect: vec![exp("EgressHopDown", &[("hop", "gce-proxy")])],
         },
         PhaseSpec {
             name: "hop1 ACL deny (403)",
             fault: Box::new(none),
-            request: Some(Request::Chain(cfg.denied_at_hop1.clone())),
+            requests: all(&denied1),
             special: Special::None,
             expect: vec![exp("EgressProxyDenialsRising", &[("hop", "gke-squid")])],
         },
         PhaseSpec {
             name: "hop2 ACL deny (403)",
             fault: Box::new(none),
-            request: Some(Request::Chain(cfg.denied_at_hop2.clone())),
+            requests: all(&denied2),
             special: Special::None,
             expect: vec![exp("EgressProxyDenialsRising", &[("hop", "gce-proxy")])],
         },
         PhaseSpec {
+            name: "one tenant's forbidden targets (403)",
+            fault: Box::new(none),
+            requests: one(&denied1, Some(h)),
+            special: Special::None,
+            expect: vec![],
+        },
+        PhaseSpec {
+            name: "one tenant's broken resolver",
+            fault: Box::new(none),
+            requests: one(&bad_resolver, Some(h)),
+            special: Special::None,
+            expect: vec![],
+        },
+        PhaseSpec {
             name: "origin refuses",
             fault: Box::new(none),
-            request: Some(Request::Chain(cfg.refused.name.clone())),
+            requests: all(&refused),
             special: Special::None,
             expect: vec![exp("EgressHopDown", &[("hop", "internet")])],
         },
         PhaseSpec {
+            name: "one tenant's dead origin",
+            fault: Box::new(none),
+            requests: one(&refused, Some(h)),
+            special: Special::None,
+            expect: vec![],
+        },
+        PhaseSpec {
             name: "NAT blackholed (SYNs unanswered)",
             fault: Box::new(|l| l.nat_blackhole()),
-            request: Some(healthy.clone()),
+            requests: all(h),
             special: Special::None,
             expect: vec![
                 exp("EgressHopDown", &[("hop", "internet")]),
@@ -276,21 +400,21 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
         PhaseSpec {
             name: "proxy bypass (direct, dropped)",
             fault: Box::new(|l| l.set_direct_egress(DirectEgress::Drop)),
-            request: Some(Request::Direct(cfg.healthy.ip)),
+            requests: all(&Request::Direct(cfg.healthy.ip)),
             special: Special::None,
-            expect: vec![exp("EgressProxyBypass", &[("workload", &unit)])],
+            expect: units.iter().map(|u| exp("EgressProxyBypass", &[("workload", u)])).collect(),
         },
         PhaseSpec {
-            name: "lossy client link (every 7th packet lost)",
-            fault: Box::new(|l| l.lossy_link(LabLink::AppNode, 1.0 / 7.0)),
-            request: Some(healthy.clone()),
+            name: "lossy client link (every 5th packet lost)",
+            fault: Box::new(|l| l.lossy_link(LabLink::AppNode, 1.0 / 5.0)),
+            requests: all(h),
             special: Special::None,
             expect: vec![exp("EgressRetransmitsHigh", &[("instance", INSTANCE)])],
         },
         PhaseSpec {
             name: "agent losing events (ring full)",
             fault: Box::new(none),
-            request: Some(healthy.clone()),
+            requests: all(h),
             special: Special::LoseEvents,
             expect: vec![exp(
                 "EgressAgentLosingEvents",
@@ -300,25 +424,34 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
         PhaseSpec {
             name: "agent down",
             fault: Box::new(none),
-            request: Some(healthy),
+            requests: all(h),
             special: Special::AgentDown,
             expect: vec![exp("EgressAgentDown", &[("instance", INSTANCE), ("job", JOB)])],
         },
     ];
 
-    let current: Arc<Mutex<Option<Request>>> = Arc::new(Mutex::new(None));
+    // What each tenant's loops request now.
+    let current: [Arc<Mutex<Option<Request>>>; TENANTS] =
+        std::array::from_fn(|_| Arc::new(Mutex::new(None)));
     let stop = Arc::new(AtomicBool::new(false));
     let keep = rule_metric_filter(rules_text);
     let mut rec = Recording::new(JOB, INSTANCE);
     let t0 = Instant::now();
     let result = std::thread::scope(|s| -> anyhow::Result<()> {
-        for _ in 0..WORKERS {
-            let (current, stop) = (current.clone(), stop.clone());
-            s.spawn(move || client_loop(lab, client_cg, cfg, &current, &stop));
+        for w in 0..WORKERS {
+            let (current, stop) = (current[w % TENANTS].clone(), stop.clone());
+            let cg = tenants[w % TENANTS];
+            s.spawn(move || client_loop(lab, cg, cfg, &current, &stop));
         }
+        let set = |requests: &[Option<Request>; TENANTS]| -> anyhow::Result<()> {
+            for (c, r) in current.iter().zip(requests) {
+                *c.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = r.clone();
+            }
+            Ok(())
+        };
         let mut run = || -> anyhow::Result<()> {
             for p in &phases {
-                *current.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = None;
+                set(&std::array::from_fn(|_| None))?;
                 // Squid #1 restarts at every restore; on a loaded machine its
                 // start can outlast the lab's 10 s wait: one more try.
                 if let Err(e) = lab.restore() {
@@ -336,14 +469,14 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
                     }
                     a.stop()?;
                 }
-                *current.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = p.request.clone();
+                set(&p.requests)?;
                 let start = rec.samples.len();
                 let mut next = Instant::now();
                 for _ in 0..PHASE_SAMPLES {
                     next += SCRAPE_EVERY;
                     if p.special == Special::LoseEvents {
                         signal(agent_pid, libc::SIGSTOP);
-                        let burst = loopback_burst(600);
+                        let burst = loopback_burst(BURST);
                         signal(agent_pid, libc::SIGCONT);
                         burst?;
                         next = next.max(Instant::now() + Duration::from_millis(500));

@@ -5,6 +5,7 @@
 //! Everything created here is removed on drop, also when a test fails.
 pub mod agent;
 pub mod alert_lab;
+pub mod alert_scenarios;
 pub mod bench;
 pub mod cgroups;
 pub mod chain_lab;

@@ -1,7 +1,9 @@
 //! `cargo xtask lint`: formatting and clippy, warnings denied. The host
 //! crates on the stable toolchain; the eBPF crate on its own target (nightly,
 //! `bpf{el,eb}-unknown-none`, `-Z build-std=core`), the way aya-build builds
-//! it for `egress-agent/build.rs`. `cargo xtask test` runs it first.
+//! it for `egress-agent/build.rs`. The fuzz crate (`egress-agent/fuzz`, its
+//! own workspace) is formatted and linted too, into `target/fuzz-lint` with
+//! `AYA_BUILD_SKIP=1`. `cargo xtask test` runs it first.
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -20,7 +22,31 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    fuzz_crate()?;
     ebpf()
+}
+
+/// fmt and clippy of the fuzz targets (a separate workspace, stable is
+/// enough to check them; the kernel programs are not built).
+fn fuzz_crate() -> anyhow::Result<()> {
+    let manifest = root().join("egress-agent/fuzz/Cargo.toml");
+    let manifest = manifest.to_string_lossy();
+    cargo(&["fmt", "--manifest-path", &manifest, "--check"])?;
+    let target_dir = root().join("target/fuzz-lint");
+    let target_dir = target_dir.to_string_lossy();
+    println!("+ AYA_BUILD_SKIP=1 cargo clippy --manifest-path {manifest} …");
+    let st = Command::new(env!("CARGO"))
+        .args(["clippy", "--manifest-path", &manifest, "--target-dir", &target_dir])
+        .args(["--bins", "--", "-D", "warnings"])
+        .env("AYA_BUILD_SKIP", "1")
+        .current_dir(root())
+        .env("PATH", setup::tool_path())
+        .status()
+        .context("running cargo clippy on the fuzz crate")?;
+    if !st.success() {
+        bail!("clippy of the fuzz crate failed ({st})");
+    }
+    Ok(())
 }
 
 /// Clippy for the kernel programs, with the flags aya-build gives them

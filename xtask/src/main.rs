@@ -1,5 +1,6 @@
 //! `cargo xtask …`: everything a fresh machine needs, in the project's own code.
 mod bench;
+mod fuzz;
 mod image;
 mod lint;
 mod setup;
@@ -43,10 +44,33 @@ enum Task {
     /// Formatting and clippy, warnings denied: `cargo fmt --check`, clippy
     /// on the host crates, and clippy on the eBPF crate for its own target.
     Lint,
-    /// The whole test suite: lint, unit tests, then the root/kernel
-    /// integration tests (network namespaces, real traffic, the real agent
-    /// binary), then the kernel matrix (`vm`).
+    /// The whole test suite: lint, unit tests, a short fuzz smoke of every
+    /// target (`fuzz`, a few seconds each), then the root/kernel integration
+    /// tests (network namespaces, real traffic, the real agent binary), then
+    /// the kernel matrix (`vm`).
     Test,
+    /// Fuzz the agent's decoders of untrusted input with cargo-fuzz
+    /// (libFuzzer, nightly, AddressSanitizer): ring records (alone and as
+    /// streams through the processor), proxy answers
+    /// and their reassembly, DNS wire, ctnetlink, the config file, API
+    /// requests, TLS ClientHello. Seeds in egress-agent/fuzz/corpus/ are read,
+    /// new inputs kept in target/fuzz/corpus/, crashes in
+    /// target/fuzz/artifacts/ (the run fails). Prints executions per target.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Run this input once through --target (reproduce a crash).
+        #[arg(long, requires = "target")]
+        replay: Option<PathBuf>,
+        /// After fuzzing, fold the inputs that add coverage into the
+        /// committed seeds (libFuzzer -merge=1), to be committed.
+        #[arg(long, conflicts_with = "replay")]
+        merge: bool,
+    },
     /// The local lab demo: namespaces, the agent, every connect outcome,
     /// the watch table and a /metrics excerpt; cleans up after itself.
     Lab {
@@ -156,6 +180,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "--package",
                 "xtask",
             ])?;
+            fuzz::run(&fuzz::FuzzOptions {
+                seconds: fuzz::SMOKE_SECONDS,
+                target: None,
+                replay: None,
+                merge: false,
+            })?;
             cargo(&["build", "--package", "egress-agent"])?;
             // One test at a time: every root test runs an agent, whose
             // cgroup_skb programs sit on the cgroup root in Single mode (a
@@ -168,6 +198,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             println!("xtask test: all suites passed");
             Ok(())
+        }
+        Task::Fuzz { seconds, target, replay, merge } => {
+            setup::ensure()?;
+            fuzz::run(&fuzz::FuzzOptions { seconds, target, replay, merge })
         }
         Task::Vm { kernels, no_host } => {
             setup::ensure()?;

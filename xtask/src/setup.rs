@@ -1,5 +1,7 @@
 //! Toolchain bootstrap: idempotent, says what it does, and names what is
-//! missing when it cannot install it.
+//! missing when it cannot install it. The only place that installs things
+//! (Debian packages, Python packages, rustup components, bpf-linker,
+//! cargo-fuzz, kubectl).
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -65,6 +67,8 @@ pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13";
+/// cargo-fuzz (libFuzzer driver) for `cargo xtask fuzz` and the fuzz smoke of `test`.
+const CARGO_FUZZ_VERSION: &str = "0.13";
 
 /// PATH with cargo's bin dir and LLVM 22 first (bpf-linker's build needs
 /// LLVM 22's llvm-config before any older one).
@@ -97,10 +101,11 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_nightly()?;
     ensure_lint_tools()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     ensure_kubectl()?;
     ensure_musl_target()?;
     println!(
-        "setup: toolchain ready (Debian packages, Python packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION})"
+        "setup: toolchain ready (Debian packages, Python packages, nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, cargo-fuzz {CARGO_FUZZ_VERSION})"
     );
     Ok(())
 }
@@ -266,6 +271,26 @@ fn ensure_musl_target() -> anyhow::Result<()> {
     }
     run(Command::new("rustup").args(["target", "add", target]))
         .context("adding the musl target for the kernel matrix")
+}
+
+/// cargo-fuzz from crates.io (it drives libFuzzer on the nightly toolchain).
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let ok = Command::new("cargo-fuzz")
+        .arg("--version")
+        .env("PATH", tool_path())
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains(&format!(" {CARGO_FUZZ_VERSION}."))
+        });
+    if ok {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} from crates.io");
+    run(Command::new(env!("CARGO"))
+        .args(["install", "cargo-fuzz", "--locked", "--version", &format!("^{CARGO_FUZZ_VERSION}")])
+        .env("PATH", tool_path()))
+    .context("installing cargo-fuzz")
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {

@@ -1,9 +1,12 @@
 //! The daemon's local API: a unix socket (root-only) that serves the recent
 //! records (a bounded history) and a live stream of new ones. The agent's
 //! side ([`server`]) is a sink of `run`; the client side ([`client`]) is what
-//! `watch`, `flows` and `explain` read; both speak [`wire`].
+//! `watch`, `flows` and `explain` read; both speak [`wire`]. The socket file
+//! is created and removed by [`socket`] (never replacing anything but a
+//! stale socket).
 pub mod client;
 pub mod server;
+pub mod socket;
 pub mod wire;
 
 /// Where `run` listens and the clients look by default.

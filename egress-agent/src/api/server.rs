@@ -7,22 +7,33 @@
 //! broadcasts them; one task per client serializes and writes. A queue that
 //! is full or a client that reads too slowly loses records, and every one is
 //! counted in `egress_api_records_dropped_total{reason}`.
+//!
+//! Clients are bounded ([`ApiLimits`]): at most `max_clients` at once (more
+//! are told so and closed), a request line of at most
+//! [`MAX_REQUEST_BYTES`](super::wire::MAX_REQUEST_BYTES) read within
+//! `request_timeout`, and every write done within `write_timeout` or the
+//! client is dropped (its undelivered records counted `slow_client`). Each
+//! client the API turns away or cuts off is counted in
+//! `egress_api_clients_dropped_total{reason}`. The socket file: [`super::socket`].
 use std::{
     collections::VecDeque,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    future::Future,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, BufWriter},
-    net::{UnixListener, UnixStream},
-    sync::{broadcast, mpsc, watch},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, BufWriter},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+    sync::{Semaphore, broadcast, mpsc, watch},
 };
 
-use super::wire::{Control, Request, Status};
+use super::{
+    socket::{self, SocketError, SocketId},
+    wire::{Control, MAX_REQUEST_BYTES, Request, RequestError, Status, parse_request},
+};
 use crate::{
     records::Record,
     sinks::register::{self as reg, MetricError},
@@ -34,24 +45,47 @@ const QUEUE: usize = 1024;
 const BATCH_MAX: usize = 1024;
 const BROADCAST: usize = 16_384;
 
+/// Reasons of `egress_api_clients_dropped_total`.
+pub const CLIENT_DROP_REASONS: [&str; 5] =
+    ["too_many_clients", "request_too_long", "bad_request", "request_timeout", "write_timeout"];
+
 /// A record in the history and the live stream (shared, never copied).
 /// Kept unserialized: a node nobody is looking at pays no JSON per record.
 type Kept = Arc<Record>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot create {}", path.display())]
-    CreateDir { path: PathBuf, source: std::io::Error },
-    #[error("another agent already serves {} (stop it, or pass --api-socket)", path.display())]
-    InUse { path: PathBuf },
-    #[error("cannot remove stale socket {}", path.display())]
-    Stale { path: PathBuf, source: std::io::Error },
-    #[error("cannot listen on --api-socket {}", path.display())]
-    Listen { path: PathBuf, source: std::io::Error },
-    #[error("cannot restrict {} to root", path.display())]
-    Permissions { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     #[error(transparent)]
     Metrics(#[from] MetricError),
+}
+
+/// How much one client may take from the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Clients connected at once; more are told so and closed.
+    pub max_clients: usize,
+    /// Time a client has to send its request line.
+    pub request_timeout: Duration,
+    /// Time any one write to a client may take; a client that does not
+    /// read for that long is dropped.
+    pub write_timeout: Duration,
+}
+
+/// Default of `run --api-max-clients`.
+pub const DEFAULT_MAX_CLIENTS: u16 = 32;
+/// Default of `run --api-write-timeout`.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_clients: DEFAULT_MAX_CLIENTS as usize,
+            request_timeout: Duration::from_secs(5),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+        }
+    }
 }
 
 struct Shared {
@@ -93,6 +127,7 @@ pub struct ApiOptions {
     pub path: PathBuf,
     pub history: usize,
     pub status: Status,
+    pub limits: ApiLimits,
 }
 
 /// Bind the socket (root-only), start the tasks; they end with `shutdown`
@@ -110,10 +145,19 @@ pub fn start(
     )?;
     let clients =
         reg::gauge(registry, "egress_api_clients", "Clients connected to the local API socket")?;
+    let clients_dropped = reg::counter_vec(
+        registry,
+        "egress_api_clients_dropped_total",
+        "Clients the local API turned away or cut off: too_many_clients, request_too_long, bad_request, request_timeout, write_timeout (did not read for --api-write-timeout)",
+        &["reason"],
+    )?;
     for r in ["queue_full", "slow_client"] {
         dropped.with_label_values(&[r]);
     }
-    let listener = bind(&opts.path)?;
+    for r in CLIENT_DROP_REASONS {
+        clients_dropped.with_label_values(&[r]);
+    }
+    let (listener, id) = socket::bind(&opts.path)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let shared = Arc::new(Mutex::new(Shared {
         history: VecDeque::new(),
@@ -121,34 +165,17 @@ pub fn start(
         live: broadcast::channel(BROADCAST).0,
     }));
     tokio::spawn(ingest(rx, shared.clone()));
-    let ctx = Arc::new(Conn { shared, status: opts.status, dropped: dropped.clone(), clients });
-    tokio::spawn(accept(listener, opts.path, ctx, shutdown));
+    let ctx = Arc::new(Conn {
+        shared,
+        status: opts.status,
+        dropped: dropped.clone(),
+        clients,
+        clients_dropped,
+        limits: opts.limits,
+        slots: Arc::new(Semaphore::new(opts.limits.max_clients)),
+    });
+    tokio::spawn(accept(listener, (opts.path, id), ctx, shutdown));
     Ok(ApiHandle { queue: tx, batch: Vec::with_capacity(64), dropped })
-}
-
-/// Create the directory (0700) and the socket (0600); a stale socket is
-/// replaced, a live one (another agent) is an error.
-fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let only_root = |p: &Path, mode| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(|source| ServerError::Permissions { path: p.to_path_buf(), source })
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| ServerError::CreateDir { path: dir.to_path_buf(), source })?;
-        only_root(dir, 0o700)?;
-    }
-    if path.exists() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(ServerError::InUse { path: path.to_path_buf() }),
-            Err(_) => std::fs::remove_file(path)
-                .map_err(|source| ServerError::Stale { path: path.to_path_buf(), source })?,
-        }
-    }
-    let l = UnixListener::bind(path)
-        .map_err(|source| ServerError::Listen { path: path.to_path_buf(), source })?;
-    only_root(path, 0o600)?;
-    Ok(l)
 }
 
 async fn ingest(mut rx: mpsc::Receiver<Vec<Kept>>, shared: Arc<Mutex<Shared>>) {
@@ -174,11 +201,21 @@ struct Conn {
     status: Status,
     dropped: IntCounterVec,
     clients: IntGauge,
+    clients_dropped: IntCounterVec,
+    limits: ApiLimits,
+    /// One permit per connected client.
+    slots: Arc<Semaphore>,
+}
+
+impl Conn {
+    fn drop_client(&self, reason: &str) {
+        self.clients_dropped.with_label_values(&[reason]).inc();
+    }
 }
 
 async fn accept(
     listener: UnixListener,
-    path: PathBuf,
+    (path, id): (PathBuf, SocketId),
     ctx: Arc<Conn>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -186,6 +223,16 @@ async fn accept(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
+                    let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+                        // Told without waiting on the client, then closed.
+                        let msg = format!(
+                            "{{\"error\":\"too many clients (at most {}); try again later\"}}\n",
+                            ctx.limits.max_clients
+                        );
+                        let _ = stream.try_write(msg.as_bytes());
+                        ctx.drop_client("too_many_clients");
+                        continue;
+                    };
                     let ctx = ctx.clone();
                     let sd = shutdown.clone();
                     tokio::spawn(async move {
@@ -194,6 +241,7 @@ async fn accept(
                             tracing::debug!("api client: {e}");
                         }
                         ctx.clients.dec();
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -204,30 +252,108 @@ async fn accept(
             _ = shutdown.changed() => break,
         }
     }
-    let _ = std::fs::remove_file(&path);
+    socket::remove(&path, id);
+}
+
+/// Why a client's connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("client did not read for {0:?}: dropped")]
+    WriteTimeout(Duration),
+}
+
+/// One write (or flush) to the client, within the write timeout.
+async fn timed(
+    limit: Duration,
+    f: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), ServeError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ServeError::WriteTimeout(limit)),
+    }
+}
+
+async fn write_line(
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    limit: Duration,
+    line: &str,
+) -> Result<(), ServeError> {
+    timed(limit, async {
+        wr.write_all(line.as_bytes()).await?;
+        wr.write_all(b"\n").await
+    })
+    .await
+}
+
+/// The request line: at most [`MAX_REQUEST_BYTES`], within the request
+/// timeout. `Ok(None)`: the client left (or was refused, counted) without one.
+async fn read_request(
+    rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    ctx: &Conn,
+) -> Result<Option<Request>, ServeError> {
+    let mut line = Vec::with_capacity(64);
+    let cap = (MAX_REQUEST_BYTES + 1) as u64;
+    let read = tokio::time::timeout(
+        ctx.limits.request_timeout,
+        (&mut *rd).take(cap).read_until(b'\n', &mut line),
+    )
+    .await;
+    match read {
+        Err(_) => {
+            ctx.drop_client("request_timeout");
+            return Ok(None);
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok(_)) => {}
+    }
+    let err = match parse_request(&line) {
+        Ok(r) => return Ok(Some(r)),
+        Err(e) => e,
+    };
+    let reason = match err {
+        RequestError::TooLong => "request_too_long",
+        RequestError::Malformed(_) => "bad_request",
+    };
+    ctx.drop_client(reason);
+    let msg = serde_json::json!({"error": err.to_string(), "expected": [r#"{"op":"status"}"#, r#"{"op":"snapshot"}"#, r#"{"op":"follow","history":false}"#]});
+    write_line(wr, ctx.limits.write_timeout, &msg.to_string()).await?;
+    timed(ctx.limits.write_timeout, wr.flush()).await?;
+    Ok(None)
 }
 
 async fn serve(
     stream: UnixStream,
     ctx: &Conn,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let mut wr = BufWriter::new(wr);
-    let mut line = String::new();
-    match tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return Ok(()),
+    let Some(req) = read_request(&mut rd, &mut wr, ctx).await? else { return Ok(()) };
+    let mut undelivered = 0u64;
+    let r = answer(req, &mut rd, &mut wr, ctx, shutdown, &mut undelivered).await;
+    if let Err(ServeError::WriteTimeout(_)) = &r {
+        ctx.drop_client("write_timeout");
+        ctx.dropped.with_label_values(&["slow_client"]).inc_by(undelivered);
     }
-    let req: Request = match serde_json::from_str(line.trim()) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = serde_json::json!({"error": format!("bad request: {e}"), "expected": [r#"{"op":"status"}"#, r#"{"op":"snapshot"}"#, r#"{"op":"follow","history":false}"#]});
-            wr.write_all(format!("{msg}\n").as_bytes()).await?;
-            return wr.flush().await;
-        }
-    };
+    r
+}
+
+/// Answer `req`. On a write timeout, `undelivered` is the number of records
+/// this client was due and did not get.
+async fn answer(
+    req: Request,
+    rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    ctx: &Conn,
+    mut shutdown: watch::Receiver<bool>,
+    undelivered: &mut u64,
+) -> Result<(), ServeError> {
+    let limit = ctx.limits.write_timeout;
     let mut status = ctx.status.clone();
     let (history, mut live) = {
         let s = ctx.shared.lock().map_err(|_| std::io::Error::other("api state poisoned"))?;
@@ -245,37 +371,39 @@ async fn serve(
     };
     if req == Request::Status {
         let l = serde_json::to_string(&status).map_err(std::io::Error::other)?;
-        wr.write_all(format!("{l}\n").as_bytes()).await?;
-        return wr.flush().await;
+        write_line(wr, limit, &l).await?;
+        return timed(limit, wr.flush()).await;
     }
-    for item in &history {
-        wr.write_all(item.json_line().as_bytes()).await?;
-        wr.write_all(b"\n").await?;
+    for (i, item) in history.iter().enumerate() {
+        *undelivered = (history.len() - i) as u64;
+        write_line(wr, limit, &item.json_line()).await?;
     }
-    wr.flush().await?;
+    *undelivered = 0;
+    timed(limit, wr.flush()).await?;
     let Some(live) = live.as_mut() else { return Ok(()) };
-    wr.write_all(format!("{}\n", Control::HistoryEnd.line()).as_bytes()).await?;
-    wr.flush().await?;
+    write_line(wr, limit, &Control::HistoryEnd.line()).await?;
+    timed(limit, wr.flush()).await?;
     let mut probe = [0u8; 1];
     loop {
         tokio::select! {
             r = live.recv() => match r {
                 Ok(item) => {
-                    wr.write_all(item.json_line().as_bytes()).await?;
-                    wr.write_all(b"\n").await?;
+                    *undelivered = 1 + live.len() as u64;
+                    write_line(wr, limit, &item.json_line()).await?;
                     // Batch what is already queued, then flush once.
-                    if live.is_empty() { wr.flush().await?; }
+                    if live.is_empty() { timed(limit, wr.flush()).await?; }
+                    *undelivered = 0;
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     ctx.dropped.with_label_values(&["slow_client"]).inc_by(n);
-                    wr.write_all(format!("{}\n", Control::Lost { count: n }.line()).as_bytes()).await?;
-                    wr.flush().await?;
+                    write_line(wr, limit, &Control::Lost { count: n }.line()).await?;
+                    timed(limit, wr.flush()).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             // The client hung up (EOF) or sent something: either way, done.
-            r = tokio::io::AsyncReadExt::read(&mut rd, &mut probe) => { let _ = r; return Ok(()); }
-            _ = shutdown.changed() => return wr.flush().await,
+            r = rd.read(&mut probe) => { let _ = r; return Ok(()); }
+            _ = shutdown.changed() => return timed(limit, wr.flush()).await,
         }
     }
 }
@@ -299,27 +427,30 @@ mod tests {
         }
     }
 
+    fn opts(path: &std::path::Path) -> ApiOptions {
+        ApiOptions {
+            path: path.to_path_buf(),
+            history: 3,
+            status: status(),
+            limits: ApiLimits::default(),
+        }
+    }
+
     #[tokio::test]
     async fn snapshot_is_bounded_and_follow_streams_in_order() {
         let dir = std::env::temp_dir().join(format!("eo-api-{}", std::process::id()));
         let path = dir.join("api.sock");
         let reg = prometheus::Registry::new();
         let (tx, rx) = watch::channel(false);
-        let mut api =
-            start(ApiOptions { path: path.clone(), history: 3, status: status() }, &reg, rx)
-                .expect("start");
-        let mode = std::fs::metadata(&path).expect("socket").permissions().mode() & 0o777;
+        let mut api = start(opts(&path), &reg, rx).expect("start");
+        let mode = {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(&path).expect("socket").permissions().mode() & 0o777
+        };
         assert_eq!(mode, 0o600);
         // A second agent on the same socket is refused.
         let (_t2, rx2) = watch::channel(false);
-        assert!(
-            start(
-                ApiOptions { path: path.clone(), history: 3, status: status() },
-                &prometheus::Registry::new(),
-                rx2
-            )
-            .is_err()
-        );
+        assert!(start(opts(&path), &prometheus::Registry::new(), rx2).is_err());
         let flow = |pid| Record::Flow(FlowRecord { pid, ..Default::default() });
         for i in 0..5 {
             api.publish(flow(i));
@@ -375,6 +506,161 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!path.exists(), "socket removed at shutdown");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A counter of `reg` by name and `reason` label (0 when absent).
+    fn counted(reg: &prometheus::Registry, name: &str, reason: &str) -> u64 {
+        reg.gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().any(|l| l.name() == "reason" && l.value() == reason))
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    async fn read_all(s: &mut UnixStream) -> String {
+        let mut out = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+        out
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("eo-api-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[tokio::test]
+    async fn clients_capped_requests_bounded_every_refusal_counted() {
+        let dir = scratch("limits");
+        let path = dir.join("api.sock");
+        let reg = prometheus::Registry::new();
+        let (tx, rx) = watch::channel(false);
+        let limits = ApiLimits {
+            max_clients: 2,
+            request_timeout: Duration::from_millis(300),
+            write_timeout: Duration::from_millis(300),
+        };
+        let _api = start(ApiOptions { limits, ..opts(&path) }, &reg, rx).expect("start");
+        let dropped = |r| counted(&reg, "egress_api_clients_dropped_total", r);
+
+        // Two followers hold both slots; a third client is told and closed.
+        let mut a = client::open(&path, &Request::Follow { history: false }).await.expect("a");
+        let b = client::open(&path, &Request::Follow { history: false }).await.expect("b");
+        assert!(matches!(a.next().await, Ok(Some(Message::Control(Control::HistoryEnd)))));
+        let err = client::status(&path).await.expect_err("third client refused");
+        assert!(err.to_string().contains("too many clients"), "{err}");
+        assert_eq!(dropped("too_many_clients"), 1);
+        // A slot freed is a slot usable again.
+        drop(b);
+        let mut ok = false;
+        for _ in 0..100 {
+            if client::status(&path).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "slot not released after a client left");
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // A request line past the cap: refused after MAX_REQUEST_BYTES, not buffered.
+        let p = path.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::os::unix::net::UnixStream::connect(&p).expect("connect");
+            let mut w = s.try_clone().expect("clone");
+            // 8 MiB without a newline: the agent stops reading long before.
+            let writer = std::thread::spawn(move || {
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..128 {
+                    if w.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The answer, then EOF (or ECONNRESET: the agent closed with our
+            // unread bytes still queued).
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            let _ = writer.join();
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .await
+        .expect("join");
+        assert!(answer.contains("longer than"), "{answer:?}");
+        assert_eq!(dropped("request_too_long"), 1);
+
+        // A malformed request, and one never sent.
+        let mut s = UnixStream::connect(&path).await.expect("connect");
+        s.write_all(b"{\"op\":\"rm -rf\"}\n").await.expect("write");
+        assert!(read_all(&mut s).await.contains("bad request"));
+        let mut idle = UnixStream::connect(&path).await.expect("connect");
+        let t0 = std::time::Instant::now();
+        assert_eq!(read_all(&mut idle).await, "", "closed without an answer");
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        assert_eq!((dropped("bad_request"), dropped("request_timeout")), (1, 1));
+        tx.send(true).expect("shutdown");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_dropped_and_counted() {
+        let dir = scratch("slow");
+        let path = dir.join("api.sock");
+        let reg = prometheus::Registry::new();
+        let (tx, rx) = watch::channel(false);
+        let limits =
+            ApiLimits { write_timeout: Duration::from_millis(200), ..ApiLimits::default() };
+        let n = 20_000;
+        let mut api =
+            start(ApiOptions { history: n, limits, ..opts(&path) }, &reg, rx).expect("start");
+        for i in 0..n {
+            api.publish(Record::Flow(FlowRecord {
+                pid: i as u32,
+                comm: "x".repeat(15),
+                flow_id: format!("{i:064}"),
+                ..Default::default()
+            }));
+        }
+        api.flush();
+        for _ in 0..200 {
+            if client::status(&path).await.map(|s| s.history).unwrap_or(0) == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Ask for the snapshot (several MB) and never read it.
+        let mut s = UnixStream::connect(&path).await.expect("connect");
+        s.write_all(b"{\"op\":\"snapshot\"}\n").await.expect("request");
+        let mut gone = false;
+        for _ in 0..300 {
+            if counted(&reg, "egress_api_clients_dropped_total", "write_timeout") == 1 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "a client that does not read was not dropped");
+        let lost = counted(&reg, "egress_api_records_dropped_total", "slow_client");
+        assert!(lost > 0 && lost < n as u64, "undelivered records counted: {lost}");
+        // Whatever reached the socket before the drop, then EOF: the client
+        // got a prefix of the history, and the records it did not get are the ones counted.
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        let lines = got.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+        assert!(lines + lost <= n as u64 + 1, "{lines} read + {lost} counted > {n}");
+        tx.send(true).expect("shutdown");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

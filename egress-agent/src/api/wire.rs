@@ -7,6 +7,9 @@
 //!   read too slowly, also counted in `egress_api_records_dropped_total`;
 //!   `history_end` after the history of a follow), or one [`Status`] object
 //!   for `status`.
+//!
+//! A request line is at most [`MAX_REQUEST_BYTES`] (the three requests are
+//! under 40 bytes); [`parse_request`] is the one way the agent reads it.
 use serde::{Deserialize, Serialize};
 
 use crate::records::Record;
@@ -20,6 +23,27 @@ pub enum Request {
     Snapshot,
     /// Optionally the history, then new records as they come, until either side closes.
     Follow { history: bool },
+}
+
+/// Longest request line the agent reads, newline included; a longer one is
+/// refused (`request_too_long`) without being buffered further.
+pub const MAX_REQUEST_BYTES: usize = 1024;
+
+/// Why a request line was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request longer than {MAX_REQUEST_BYTES} bytes")]
+    TooLong,
+    #[error("bad request: {0}")]
+    Malformed(serde_json::Error),
+}
+
+/// One request line as the client sent it (with or without its newline).
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLong);
+    }
+    serde_json::from_slice(line.trim_ascii()).map_err(RequestError::Malformed)
 }
 
 /// The answer to `status`.
@@ -94,5 +118,19 @@ mod tests {
             serde_json::to_string(&Request::Follow { history: true }).expect("json"),
             r#"{"op":"follow","history":true}"#
         );
+    }
+
+    #[test]
+    fn requests_are_bounded_and_strict() {
+        assert_eq!(parse_request(b"{\"op\":\"status\"}\n").ok(), Some(Request::Status));
+        assert_eq!(parse_request(b" {\"op\":\"snapshot\"} \r\n").ok(), Some(Request::Snapshot));
+        let mut long = br#"{"op":"status","pad":""#.to_vec();
+        long.resize(MAX_REQUEST_BYTES + 1, b'x');
+        assert!(matches!(parse_request(&long), Err(RequestError::TooLong)));
+        for bad in
+            [&b""[..], b"\xff\xfe", b"{\"op\":\"follow\"}", b"{\"op\":\"rm\"}", b"[]", b"null"]
+        {
+            assert!(matches!(parse_request(bad), Err(RequestError::Malformed(_))), "{bad:?}");
+        }
     }
 }

@@ -12,12 +12,11 @@ use serde::Serialize;
 
 use super::{
     args::{ApiArgs, EXIT_NO_DATA},
-    filter::split_target,
-    table::{addr, fit, latency},
+    filter::{parse_last, parse_since, split_target},
+    table::{addr, fit, latency, printable},
 };
 use crate::{
     api::{client, wire::Message},
-    config::parse_duration,
     records::{
         ChainRecord, DnsRecord, FlowRecord, Reason, Record, Verdict, parse_rfc3339, rfc3339,
     },
@@ -29,11 +28,11 @@ pub struct ExplainArgs {
     /// address; with `:PORT` only that port.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
-    /// How far back to look.
-    #[arg(long, value_parser = parse_duration, default_value = "1h", value_name = "DURATION")]
+    /// How far back to look (at most 3650d).
+    #[arg(long, value_parser = parse_since, default_value = "1h", value_name = "DURATION")]
     pub since: Duration,
     /// How many of the most recent attempts to print hop by hop.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = parse_last)]
     pub last: usize,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = ExplainFormat::Table)]
@@ -511,7 +510,13 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<u8> {
     let e = explain(&args.target, since, &found, args.last.max(1));
     match args.output {
         ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&e)?),
-        ExplainFormat::Table => print!("{}", render(&e)),
+        // Names, targets and hops come from the traffic: control characters
+        // are escaped (the JSON above is exact).
+        ExplainFormat::Table => {
+            for line in render(&e).lines() {
+                println!("{}", printable(line));
+            }
+        }
     }
     Ok(0)
 }

@@ -46,12 +46,41 @@ pub struct FlowFilter {
     /// Only flows to this destination port (or CONNECT target port).
     #[arg(long)]
     pub port: Option<u16>,
-    /// Only records newer than this (e.g. 30s, 5m, 1h30m).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// Only records newer than this (e.g. 30s, 5m, 1h30m; at most 3650d).
+    #[arg(long, value_parser = parse_since, value_name = "DURATION")]
     pub since: Option<Duration>,
-    /// Only the last N matching records of the history.
-    #[arg(long, value_name = "N")]
+    /// Only the last N matching records of the history (at most 10000000).
+    #[arg(long, value_name = "N", value_parser = parse_last)]
     pub last: Option<usize>,
+}
+
+/// Longest `--since`: ten years (the history is in the agent's memory; a
+/// longer look-back is a typo, and past the Unix epoch it means nothing).
+pub const MAX_SINCE: Duration = Duration::from_secs(3650 * 86_400);
+/// Largest `--last`: more records than any agent keeps.
+pub const MAX_LAST: usize = 10_000_000;
+
+/// `--since`: the duration grammar, at most [`MAX_SINCE`]. clap turns an
+/// error into exit code 2 with the message.
+pub fn parse_since(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d > MAX_SINCE {
+        return Err(format!(
+            "`{s}` is longer than 3650d: the agent keeps its history in memory; omit --since to see all of it"
+        ));
+    }
+    Ok(d)
+}
+
+/// `--last`: a count up to [`MAX_LAST`].
+pub fn parse_last(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n <= MAX_LAST as u64 => Ok(n as usize),
+        Ok(_) | Err(_) if s.trim().bytes().all(|b| b.is_ascii_digit()) && !s.trim().is_empty() => {
+            Err(format!("`{s}` is more than {MAX_LAST}: no agent keeps that many records"))
+        }
+        _ => Err(format!("`{s}` is not a count (0 to {MAX_LAST})")),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,7 +157,11 @@ impl FlowFilter {
     fn recent(&self, time: &str, now: SystemTime) -> bool {
         match self.since {
             None => true,
-            Some(d) => parse_rfc3339(time).is_some_and(|t| t + d >= now),
+            // No overflow whatever the duration: a bound past the clock's
+            // range keeps the record.
+            Some(d) => {
+                parse_rfc3339(time).is_some_and(|t| t.checked_add(d).is_none_or(|e| e >= now))
+            }
         }
     }
 
@@ -329,6 +362,27 @@ mod tests {
         assert!(!f(FlowFilter { port: Some(80), ..Default::default() }));
         assert!(f(FlowFilter { since: Some(Duration::from_secs(60)), ..Default::default() }));
         assert!(!f(FlowFilter { since: Some(Duration::from_secs(10)), ..Default::default() }));
+    }
+
+    #[test]
+    fn absurd_since_and_last_are_usage_errors() {
+        assert_eq!(parse_since("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_since("3650d"), Ok(MAX_SINCE));
+        for bad in ["18446744073709551615", "3651d", "99999999999999d", "1e9", "-1s", ""] {
+            assert!(parse_since(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_since("3651d").expect_err("too long").contains("omit --since"));
+        assert_eq!(parse_last("20"), Ok(20));
+        assert_eq!(parse_last("0"), Ok(0));
+        for bad in ["18446744073709551615", "99999999999999999999999", "10000001", "-1", "x", ""] {
+            assert!(parse_last(bad).is_err(), "{bad:?} accepted");
+        }
+        // The bound itself never overflows, whatever the record's time.
+        let f = FlowFilter { since: Some(MAX_SINCE), ..Default::default() };
+        let far = FlowRecord { time: "9999-12-31T23:59:59.999Z".into(), ..FlowRecord::default() };
+        assert!(f.matches_at(&far, SystemTime::now()));
+        let f = FlowFilter { since: Some(Duration::MAX), ..Default::default() };
+        assert!(f.matches_at(&rec(), SystemTime::now()));
     }
 
     #[test]

@@ -8,7 +8,11 @@ use clap::{ArgAction, Args, ValueEnum};
 
 use super::args::SessionArgs;
 use crate::{
-    api::{self, server::ApiOptions, wire::Status},
+    api::{
+        self,
+        server::{ApiLimits, ApiOptions},
+        wire::Status,
+    },
     config::parse_duration,
     pipeline::Output,
     records::{Record, rfc3339},
@@ -114,6 +118,14 @@ pub struct RunArgs {
     /// `watch` still streams).
     #[arg(long, default_value_t = api::DEFAULT_HISTORY)]
     pub api_history: usize,
+    /// Clients of the local API at once; more are told so and closed
+    /// (counted in egress_api_clients_dropped_total{reason="too_many_clients"}).
+    #[arg(long, default_value_t = api::server::DEFAULT_MAX_CLIENTS, value_parser = clap::value_parser!(u16).range(1..))]
+    pub api_max_clients: u16,
+    /// An API client that does not take a write within this time is
+    /// dropped, its undelivered records counted (egress_api_records_dropped_total{reason="slow_client"}).
+    #[arg(long, default_value = "5s", value_parser = parse_write_timeout, value_name = "DURATION")]
+    pub api_write_timeout: Duration,
     /// Do not serve the local API.
     #[arg(long)]
     pub no_api: bool,
@@ -183,12 +195,24 @@ impl RunArgs {
     }
 }
 
+/// `--api-write-timeout`: a duration of at least 10 ms and at most an hour.
+fn parse_write_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err(format!("`{s}`: between 10ms and 1h"));
+    }
+    Ok(d)
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Bind first: a port in use is a clear error before anything is loaded.
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let export_opts = args.export_options()?;
+    if !args.no_api {
+        api::socket::preflight(&args.api_socket)?;
+    }
     let config = args.session.load_config()?;
     let mut session =
         Session::start(args.session.options(config, export_opts.selection == Selection::All))
@@ -207,7 +231,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             history: 0,
             history_capacity: args.api_history,
         };
-        let opts = ApiOptions { path: args.api_socket.clone(), history: args.api_history, status };
+        let limits = ApiLimits {
+            max_clients: usize::from(args.api_max_clients),
+            write_timeout: args.api_write_timeout,
+            ..ApiLimits::default()
+        };
+        let opts =
+            ApiOptions { path: args.api_socket.clone(), history: args.api_history, status, limits };
         Some(api::server::start(opts, &session.metrics.registry, shutdown.clone())?)
     };
     tracing::info!(addr = %args.metrics_addr, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());

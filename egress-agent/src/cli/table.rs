@@ -2,7 +2,12 @@
 //! the most important columns are kept when the terminal is narrow, and the
 //! spare width goes to the columns that benefit. Every row is cut to the
 //! layout, so rows never wrap and always line up with the header.
-use std::net::SocketAddr;
+//!
+//! Cells carry what the traffic said (process names, CONNECT targets, proxy
+//! headers, pod names): every cell is passed through [`printable`] first, so
+//! no control character (an ANSI escape, a carriage return, a newline) or
+//! bidirectional override reaches the terminal. JSON output is not touched.
+use std::{borrow::Cow, net::SocketAddr};
 
 use crate::records::{AggregateRecord, ChainRecord, DnsRecord, FlowRecord, Verdict};
 
@@ -149,7 +154,9 @@ impl Table {
                 out.push(' ');
             }
             let is_last = Some(i) == last;
-            let text = if is_last && self.last_cut.is_none() { cell.clone() } else { fit(cell, w) };
+            let cell = printable(cell);
+            let text =
+                if is_last && self.last_cut.is_none() { cell.into_owned() } else { fit(&cell, w) };
             let pad = if is_last { 0 } else { w.saturating_sub(text.chars().count()) };
             match (self.color, verdict, Some(i) == self.verdict_col) {
                 (true, Some(v), true) => out.push_str(&format!("{}{text}\x1b[0m", ansi(v))),
@@ -159,6 +166,31 @@ impl Table {
         }
         out
     }
+}
+
+/// Characters that must not reach a terminal as they are: C0 and C1
+/// controls, DEL, and the bidirectional formatting characters (which reorder
+/// what is displayed after them).
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every unsafe character escaped: `\x1b` for ASCII controls,
+/// `\u{202e}` for the others. Borrowed when there is none (the usual case).
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn ansi(v: Verdict) -> &'static str {
@@ -317,6 +349,49 @@ pub fn latency(ms: f64) -> String {
 mod tests {
     use super::*;
     use crate::records::{LegSummary, Reason};
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert!(matches!(printable("curl"), Cow::Borrowed("curl")));
+        assert_eq!(printable("a\x1b[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(printable("x\ry\nz\u{7f}\u{9b}"), "x\\x0dy\\x0az\\x7f\\u{9b}");
+        assert_eq!(printable("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
+        assert_eq!(printable("zürich ✓"), "zürich ✓");
+        // Every text cell of every record kind, in table and wide output.
+        let evil = "\x1b]0;pwned\x07\x1b[31m";
+        let f = FlowRecord {
+            comm: evil.into(),
+            pod: Some(format!("p{evil}")),
+            namespace: Some(format!("n{evil}")),
+            target: Some(format!("{evil}.test:443")),
+            hop: Some(format!("h{evil}")),
+            dst_name: Some(format!("d{evil}")),
+            chain_id: Some(format!("c{evil}")),
+            ..rec()
+        };
+        let c = ChainRecord {
+            comm: evil.into(),
+            target: Some(evil.into()),
+            failed_hop: Some(evil.into()),
+            legs: vec![LegSummary { hop: evil.into(), ..LegSummary::default() }],
+            ..ChainRecord::default()
+        };
+        let d = DnsRecord { name: evil.into(), pod: Some(evil.into()), ..DnsRecord::default() };
+        for wide in [false, true] {
+            for (cols, cells) in [
+                (&FLOW_COLS[..], flow_cells(&f)),
+                (&CHAIN_COLS[..], chain_cells(&c)),
+                (&DNS_COLS[..], dns_cells(&d)),
+            ] {
+                let row = Table::new(cols, 400, wide, false).render(&cells, None);
+                assert!(!row.chars().any(unsafe_char), "{row:?}");
+                assert!(row.contains("\\x1b]0;pwned\\x07"), "{row:?}");
+            }
+        }
+        // Colour is the table's own escape, and the only one.
+        let row = Table::new(&FLOW_COLS, 400, false, true).render(&flow_cells(&f), Some(f.verdict));
+        assert_eq!(row.matches('\x1b').count(), 2, "{row:?}");
+    }
 
     #[test]
     fn fit_marks_cuts() {

@@ -108,8 +108,10 @@ pub async fn follow(
 ) -> anyhow::Result<u8> {
     let f = &filter.flows;
     printer.header();
-    let mut backlog: Vec<Record> = Vec::new();
-    let mut live = !history;
+    // The history's last `--last` records wait for `history_end` (at most
+    // that many are held); without `--last` they are printed as they come.
+    let mut backlog: std::collections::VecDeque<Record> = std::collections::VecDeque::new();
+    let mut live = !history || f.last.is_none();
     loop {
         let next = tokio::select! {
             r = stream.next() => r?,
@@ -121,8 +123,7 @@ pub async fn follow(
         };
         match rec {
             Message::Control(Control::HistoryEnd) => {
-                let keep = f.last.map_or(0, |n| backlog.len().saturating_sub(n));
-                for r in std::mem::take(&mut backlog).into_iter().skip(keep) {
+                for r in std::mem::take(&mut backlog) {
                     printer.record(&r);
                 }
                 live = true;
@@ -133,7 +134,10 @@ pub async fn follow(
             Message::Record(r) if !f.matches_record(&r) => {}
             Message::Record(r) if !live => {
                 if filter.shows(&r) {
-                    backlog.push(r);
+                    backlog.push_back(r);
+                    if backlog.len() > f.last.unwrap_or(0) {
+                        backlog.pop_front();
+                    }
                 }
             }
             Message::Record(r) => printer.record(&r),

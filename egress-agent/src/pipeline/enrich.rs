@@ -15,7 +15,7 @@ use crate::{
     },
     config::{Cidr, Config, DIRECT},
     kernel::decode,
-    records::{DnsRecord, DstClass, FlowRecord, Phase, Reason, Verdict},
+    records::{DnsRecord, DstClass, FlowRecord, Phase, Reason, UNKNOWN_WORKLOAD, Verdict},
 };
 
 #[derive(Debug, Clone)]
@@ -90,16 +90,22 @@ impl Enricher {
         true
     }
 
-    /// Pod metadata of the record's pod UID (from the cgroup path).
+    /// Pod metadata of the record's pod UID (from the cgroup path). A pod
+    /// whose metadata is not available (no Kubernetes source, the watch down
+    /// since before the pod started, a pod not listed yet) is owned by
+    /// [`UNKNOWN_WORKLOAD`]: never mistaken for a host process.
     fn pod(&self, r: &mut FlowRecord) {
-        if let Some(pod) = r.pod_uid.as_deref().and_then(|u| self.kube.pod_arc(u)) {
-            r.namespace = Some(pod.namespace.clone());
-            r.pod = Some(pod.name.clone());
-            r.container =
-                r.container_id.as_deref().and_then(|c| pod.container_name(c)).map(str::to_string);
-            r.workload = pod.workload.as_ref().map(|w| format!("{}/{}", w.kind, w.name));
-            r.pod_labels = Some(pod.labels.clone());
-        }
+        let Some(uid) = r.pod_uid.as_deref() else { return };
+        let Some(pod) = self.kube.pod_arc(uid) else {
+            r.workload = Some(UNKNOWN_WORKLOAD.to_string());
+            return;
+        };
+        r.namespace = Some(pod.namespace.clone());
+        r.pod = Some(pod.name.clone());
+        r.container =
+            r.container_id.as_deref().and_then(|c| pod.container_name(c)).map(str::to_string);
+        r.workload = pod.workload.as_ref().map(|w| format!("{}/{}", w.kind, w.name));
+        r.pod_labels = Some(Arc::clone(&pod.labels));
     }
 
     /// Who asked (cgroup → pod or unit) and which hop the lookup is about.
@@ -180,5 +186,79 @@ impl Enricher {
             r.hop = Some(leg.hop);
             r.leg = Some(leg.leg);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::attribution::kube::{PodMeta, Workload};
+
+    const OWNED: &str = "00000000-0000-4000-8000-0000000000a1";
+    const BARE: &str = "00000000-0000-4000-8000-0000000000b2";
+    const UNSEEN: &str = "00000000-0000-4000-8000-0000000000c3";
+
+    fn pod(uid: &str, name: &str, workload: Option<Workload>) -> PodMeta {
+        PodMeta {
+            uid: uid.into(),
+            namespace: "tenant-a".into(),
+            name: name.into(),
+            labels: Arc::new(BTreeMap::from([("app".to_string(), "x".to_string())])),
+            containers: vec![],
+            workload,
+            node: None,
+            ip: vec![],
+            host_network: false,
+            phase: None,
+            previous_containers: vec![],
+        }
+    }
+
+    fn enricher() -> Enricher {
+        let kube = KubeIndex::from_pods([
+            pod(OWNED, "web-1", Some(Workload { kind: "Deployment".into(), name: "web".into() })),
+            pod(BARE, "debug", None),
+        ]);
+        let opts = EnrichOptions {
+            cgroup_root: Some(std::env::temp_dir()),
+            private_ranges: vec![],
+            config: None,
+        };
+        Enricher::new(&opts, kube, NatTable::disabled())
+    }
+
+    fn owner_of(e: &mut Enricher, uid: Option<&str>) -> FlowRecord {
+        let mut r = FlowRecord {
+            pod_uid: uid.map(str::to_string),
+            dst: Some("203.0.113.7:443".parse().expect("addr")),
+            ..FlowRecord::default()
+        };
+        e.enrich(&mut r);
+        r
+    }
+
+    #[test]
+    fn pods_without_metadata_are_unknown_never_hosts() {
+        let mut e = enricher();
+        let r = owner_of(&mut e, Some(OWNED));
+        assert_eq!(
+            (r.namespace.as_deref(), r.pod.as_deref(), r.workload.as_deref()),
+            (Some("tenant-a"), Some("web-1"), Some("Deployment/web"))
+        );
+        assert!(r.pod_labels.as_ref().is_some_and(|l| l.contains_key("app")));
+        // A bare pod: metadata known, no owner.
+        let r = owner_of(&mut e, Some(BARE));
+        assert_eq!((r.pod.as_deref(), r.workload.as_deref()), (Some("debug"), None));
+        // A pod cgroup the index does not know (watch down, --kube false, not listed yet).
+        let r = owner_of(&mut e, Some(UNSEEN));
+        assert_eq!(
+            (r.namespace.as_deref(), r.pod.as_deref(), r.workload.as_deref()),
+            (None, None, Some(UNKNOWN_WORKLOAD))
+        );
+        assert!(r.pod_labels.is_none());
+        // A host process (no pod UID in its cgroup) stays unowned.
+        assert_eq!(owner_of(&mut e, None).workload, None);
     }
 }

@@ -1,11 +1,14 @@
 //! The DNS record: one lookup of a local process (its query and response, or
 //! its timeout) with the asker and the hop it concerns. Field names are
 //! stable and snake_case.
-use std::{borrow::Cow, collections::BTreeMap, net::SocketAddr};
+use std::{borrow::Cow, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::verdict::{Reason, Verdict};
+use super::{
+    flow::PodLabels,
+    verdict::{Reason, Verdict},
+};
 
 /// One lookup: a query and its response, or its timeout.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -22,7 +25,7 @@ pub struct DnsRecord {
     pub workload: Option<String>,
     pub unit: Option<String>,
     #[serde(skip)]
-    pub pod_labels: Option<BTreeMap<String, String>>,
+    pub pod_labels: Option<PodLabels>,
     pub name: String,
     pub qtype: Cow<'static, str>,
     /// `NOERROR`, `NXDOMAIN`, `SERVFAIL`, `REFUSED`, … or `timeout`.

@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use super::verdict::{Reason, Verdict};
 
+/// The owner of a pod whose metadata is not available (no Kubernetes
+/// source, the watch down, the pod not listed yet): `workload` of its
+/// records, and the `workload` label of its metrics. Real workloads are
+/// `Kind/name`, so it cannot be mistaken for one.
+pub const UNKNOWN_WORKLOAD: &str = "unknown";
+
+/// A pod's labels, shared (not copied) by the records of the pod.
+pub type PodLabels = std::sync::Arc<std::collections::BTreeMap<String, String>>;
+
 /// When in a flow's life the record was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,13 +49,16 @@ pub struct FlowRecord {
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub container: Option<String>,
-    /// Owning workload as `Kind/name` (Deployment resolved through its ReplicaSet).
+    /// Owning workload as `Kind/name` (Deployment resolved through its
+    /// ReplicaSet); none for a bare pod (no owner); [`UNKNOWN_WORKLOAD`] for
+    /// a pod whose metadata is not available.
     pub workload: Option<String>,
     /// systemd unit of a host process.
     pub unit: Option<String>,
-    /// Labels of the pod (for hop matching; not shown).
+    /// Labels of the pod (for hop matching; not shown), shared with the
+    /// pod's metadata: a pod's labels cost its records one pointer.
     #[serde(skip)]
-    pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
+    pub pod_labels: Option<PodLabels>,
     pub src: Option<SocketAddr>,
     /// The destination the application asked for (its connect() sockaddr).
     pub dst: Option<SocketAddr>,

@@ -18,7 +18,7 @@ pub use self::{
     aggregate::AggregateRecord,
     chain::{ChainRecord, LegSummary},
     dns::{DnsRecord, TIMEOUT as DNS_TIMEOUT},
-    flow::{DstClass, FlowRecord, Phase},
+    flow::{DstClass, FlowRecord, Phase, PodLabels, UNKNOWN_WORKLOAD},
     time::{Clock, mono_now_ns, parse_rfc3339, rfc3339},
     verdict::{Reason, Verdict},
 };

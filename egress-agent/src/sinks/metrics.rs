@@ -2,6 +2,16 @@
 //! that every component registers its families on ([`super::register`]).
 //! Bounded labels only; kernel counters are read from the per-CPU `STATS`
 //! map at scrape time.
+//!
+//! Hop health is kept apart from what one client can cause (README,
+//! "Hop health"): `egress_hop_connects_total{from}` separates connects made
+//! by the chain itself (a hop's own upstream legs, the agent's probe) from
+//! clients' connects; `egress_hop_request_failures_total` and
+//! `egress_hop_lookup_failures_total` carry the client workload, so rules
+//! can ask how many distinct workloads see a hop fail. The `workload` label
+//! is never empty for a pod: `Kind/name`, `Pod` for a bare pod, `unknown`
+//! when its metadata is unavailable; a host process's systemd unit; "" only
+//! for a process that is neither.
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, PerCpuArray};
@@ -20,9 +30,36 @@ use super::{
     register::{self as reg, MetricError},
 };
 use crate::{
-    config::Config,
+    config::{Config, DIRECT},
     records::{AggregateRecord, ChainRecord, DNS_TIMEOUT, DnsRecord, FlowRecord, Phase, Verdict},
 };
+
+/// `workload` label of a bare pod (no owner): the pod's name is in the
+/// records, not in the label (bare pods' names are unbounded).
+pub const BARE_POD: &str = "Pod";
+
+/// The `workload` label of an owner: its workload (`Kind/name`, or
+/// `unknown` for a pod without metadata), a bare pod's [`BARE_POD`], a host
+/// process's systemd unit, else "".
+pub fn owner_label<'a>(
+    workload: Option<&'a str>,
+    unit: Option<&'a str>,
+    pod: Option<&str>,
+) -> &'a str {
+    workload.or(unit).or_else(|| pod.map(|_| BARE_POD)).unwrap_or("")
+}
+
+/// `from` label of a connect to a hop: the hop whose process made it
+/// (`A` of the leg `A->B`), `probe` for the agent's own prober, `client`.
+fn connect_source(r: &FlowRecord) -> &str {
+    if r.synthetic {
+        return "probe";
+    }
+    match r.leg.as_deref().and_then(|l| l.split_once("->")) {
+        Some((from, _)) if from != "client" => from,
+        _ => "client",
+    }
+}
 
 /// Connect latency buckets (seconds): the kernel's own
 /// ([`LATENCY_BOUNDS_NS`], where it counts clean connects), so counted and
@@ -67,6 +104,9 @@ pub struct Metrics {
     pub hop_failures: IntCounterVec,
     pub hop_vantage_failures: IntCounterVec,
     pub hop_accepted: IntCounterVec,
+    pub hop_connects: IntCounterVec,
+    pub hop_request_failures: IntCounterVec,
+    pub hop_lookup_failures: IntCounterVec,
     pub dns: DnsMetrics,
     kernel: Mutex<Option<KernelStats>>,
     /// Bounds the `target` and DNS `name` labels (allow-lists).
@@ -248,7 +288,7 @@ impl Metrics {
             hop_failures: reg::counter_vec(
                 &r,
                 "egress_hop_failures_total",
-                "Requests through the proxy chain that failed, by the hop that broke (`internet` for the origin side, `direct` for a bypass).",
+                "Requests through the proxy chain that failed, by the hop that broke (`internet` for the origin side, `direct` for a bypass), and clients' failed lookups of a hop's name (dns_failed). What requests experienced, policy denials and one client's own failures included: not a hop-health signal (see egress_hop_connects_total).",
                 &["hop", "reason"],
             )?,
             hop_vantage_failures: reg::counter_vec(
@@ -262,6 +302,24 @@ impl Metrics {
                 "egress_hop_accepted_total",
                 "Client connections a hop on this machine accepted on a capture port, by the verdict of the answer it sent (hop vantage). Not egress of this node's workloads: not in egress_connections_total.",
                 &["hop", "verdict", "reason"],
+            )?,
+            hop_connects: reg::counter_vec(
+                &r,
+                "egress_hop_connects_total",
+                "Connect outcomes of flows to a hop, by who connected: `from` the hop whose process made it (its upstream leg), `probe` (the agent's prober) or `client`. Hop-side evidence is from!=\"client\".",
+                &["hop", "from", "result", "reason"],
+            )?,
+            hop_request_failures: reg::counter_vec(
+                &r,
+                "egress_hop_request_failures_total",
+                "Client requests through the chain that failed, by the hop that broke, the reason and the client (namespace, workload).",
+                &["hop", "reason", "namespace", "workload"],
+            )?,
+            hop_lookup_failures: reg::counter_vec(
+                &r,
+                "egress_hop_lookup_failures_total",
+                "Clients' failed DNS lookups of a hop's name (NXDOMAIN, SERVFAIL, REFUSED, timeout), by hop and client (namespace, workload).",
+                &["hop", "namespace", "workload"],
             )?,
             dns: DnsMetrics::new(&r)?,
             registry: r,
@@ -391,7 +449,7 @@ impl Metrics {
             return;
         }
         let namespace = r.namespace.as_deref().unwrap_or("");
-        let workload = r.workload.as_deref().or(r.unit.as_deref()).unwrap_or("");
+        let workload = owner_label(r.workload.as_deref(), r.unit.as_deref(), r.pod.as_deref());
         let class = r.dst_class.map_or("", |c| c.as_str());
         let hop = r.hop.as_deref().unwrap_or("");
         let labels = [r.verdict.as_str(), reason, namespace, workload, class, hop];
@@ -404,6 +462,12 @@ impl Metrics {
         match r.phase {
             Phase::Connect => {
                 self.connections.with_label_values(&labels).inc();
+                if !hop.is_empty() && hop != DIRECT {
+                    let from = connect_source(r);
+                    self.hop_connects
+                        .with_label_values(&[hop, from, r.verdict.as_str(), reason])
+                        .inc();
+                }
                 self.connect_duration.observe(&[r.verdict.as_str()], r.latency_ms / 1000.0);
             }
             Phase::Close => self.closes.with_label_values(&labels).inc(),
@@ -417,9 +481,23 @@ impl Metrics {
             && !c.synthetic
             && let Some(hop) = &c.failed_hop
         {
-            let counter =
-                if c.vantage.is_some() { &self.hop_vantage_failures } else { &self.hop_failures };
-            counter.with_label_values(&[hop.as_str(), c.reason.map_or("", |r| r.as_str())]).inc();
+            let reason = c.reason.map_or("", |r| r.as_str());
+            if c.vantage.is_some() {
+                // The hop's own view of a client it did not see: no client
+                // owner, and never added to the client-vantage series.
+                self.hop_vantage_failures.with_label_values(&[hop.as_str(), reason]).inc();
+                return;
+            }
+            self.hop_failures.with_label_values(&[hop.as_str(), reason]).inc();
+            let workload = owner_label(c.workload.as_deref(), c.unit.as_deref(), c.pod.as_deref());
+            self.hop_request_failures
+                .with_label_values(&[
+                    hop.as_str(),
+                    c.reason.map_or("other", |r| r.as_str()),
+                    c.namespace.as_deref().unwrap_or(""),
+                    workload,
+                ])
+                .inc();
         }
     }
 
@@ -441,6 +519,10 @@ impl Metrics {
             (d.verdict, &d.hop, d.reason, &d.asked_by)
         {
             self.hop_failures.with_label_values(&[h.as_str(), r.as_str()]).inc();
+            let workload = owner_label(d.workload.as_deref(), d.unit.as_deref(), d.pod.as_deref());
+            self.hop_lookup_failures
+                .with_label_values(&[h.as_str(), d.namespace.as_deref().unwrap_or(""), workload])
+                .inc();
         }
     }
 
@@ -501,5 +583,88 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn hop_evidence_keeps_who_apart() {
+        let m = Metrics::new(None).expect("metrics");
+        let flow = |leg: &str, hop: &str, reason, synthetic| FlowRecord {
+            verdict: Verdict::Failed,
+            reason: Some(reason),
+            leg: Some(leg.into()),
+            hop: Some(hop.into()),
+            synthetic,
+            ..FlowRecord::default()
+        };
+        m.observe(&flow("client->gke-squid", "gke-squid", Reason::Refused, false));
+        m.observe(&flow("client->gke-squid", "gke-squid", Reason::Timeout, true));
+        m.observe(&flow("gke-squid->gce-proxy", "gce-proxy", Reason::Refused, false));
+        m.observe(&flow("gce-proxy->internet", "internet", Reason::Timeout, false));
+        m.observe(&flow("direct", "direct", Reason::Bypass, false));
+        // Owners: a bare pod, a pod without metadata, a host unit.
+        let bare = FlowRecord {
+            namespace: Some("team-a".into()),
+            pod: Some("debug".into()),
+            ..flow("direct", "direct", Reason::Bypass, false)
+        };
+        m.observe(&bare);
+        let unknown = FlowRecord {
+            pod_uid: Some("u".into()),
+            workload: Some(crate::records::UNKNOWN_WORKLOAD.into()),
+            ..flow("direct", "direct", Reason::Bypass, false)
+        };
+        m.observe(&unknown);
+        let chain = |hop: &str, reason, workload: &str| ChainRecord {
+            verdict: Verdict::Failed,
+            failed_hop: Some(hop.into()),
+            reason: Some(reason),
+            namespace: Some("team-a".into()),
+            workload: Some(workload.into()),
+            ..ChainRecord::default()
+        };
+        m.observe_chain(&chain("gke-squid", Reason::ProxyDenied, "Deployment/a"));
+        m.observe_chain(&chain("internet", Reason::Refused, "Deployment/b"));
+        m.observe_chain(&ChainRecord {
+            synthetic: true,
+            ..chain("internet", Reason::Refused, "x")
+        });
+        m.observe_dns(&DnsRecord {
+            name: "squid.test".into(),
+            rcode: "SERVFAIL".into(),
+            verdict: Verdict::Failed,
+            reason: Some(Reason::DnsFailed),
+            hop: Some("gke-squid".into()),
+            namespace: Some("team-b".into()),
+            pod: Some("p".into()),
+            ..DnsRecord::default()
+        });
+        // A hop's own lookup is the request's (chain) failure, not a client's.
+        m.observe_dns(&DnsRecord {
+            name: "origin.test".into(),
+            rcode: "NXDOMAIN".into(),
+            verdict: Verdict::Failed,
+            reason: Some(Reason::DnsFailed),
+            hop: Some("gce-proxy".into()),
+            asked_by: Some("gce-proxy".into()),
+            ..DnsRecord::default()
+        });
+        let text = m.render();
+        for needle in [
+            r#"egress_hop_connects_total{from="client",hop="gke-squid",reason="refused",result="failed"} 1"#,
+            r#"egress_hop_connects_total{from="probe",hop="gke-squid",reason="timeout",result="failed"} 1"#,
+            r#"egress_hop_connects_total{from="gke-squid",hop="gce-proxy",reason="refused",result="failed"} 1"#,
+            r#"egress_hop_connects_total{from="gce-proxy",hop="internet",reason="timeout",result="failed"} 1"#,
+            r#"egress_connections_total{dst_class="",hop="direct",namespace="team-a",reason="bypass",result="failed",workload="Pod"} 1"#,
+            r#"egress_connections_total{dst_class="",hop="direct",namespace="",reason="bypass",result="failed",workload="unknown"} 1"#,
+            r#"egress_hop_request_failures_total{hop="gke-squid",namespace="team-a",reason="proxy_denied",workload="Deployment/a"} 1"#,
+            r#"egress_hop_request_failures_total{hop="internet",namespace="team-a",reason="refused",workload="Deployment/b"} 1"#,
+            r#"egress_hop_lookup_failures_total{hop="gke-squid",namespace="team-b",workload="Pod"} 1"#,
+            r#"egress_hop_failures_total{hop="gke-squid",reason="dns_failed"} 1"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(!text.contains(r#"egress_hop_connects_total{from="client",hop="direct""#));
+        assert!(!text.contains(r#"workload="x""#), "probe chains are the prober's");
+        assert!(!text.contains(r#"egress_hop_lookup_failures_total{hop="gce-proxy""#));
     }
 }

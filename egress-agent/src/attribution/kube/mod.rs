@@ -201,6 +201,15 @@ impl KubeIndex {
         KubeIndex { index: Arc::new(Index::new(Duration::ZERO)), tasks: None }
     }
 
+    /// A fixed index of these pods, nothing watched (tests, benchmarks, fuzzing).
+    pub fn from_pods(pods: impl IntoIterator<Item = PodMeta>) -> KubeIndex {
+        let index = Index::new(Duration::ZERO);
+        index.update_pods(index::Update::Replace(
+            pods.into_iter().map(|p| (p.uid.clone(), p)).collect(),
+        ));
+        KubeIndex { index: Arc::new(index), tasks: None }
+    }
+
     /// The pod with this UID (as found in the cgroup path; dashes or the
     /// systemd driver's underscores), live or deleted less than the retention ago.
     pub fn pod(&self, uid: &str) -> Option<PodMeta> {
@@ -235,7 +244,8 @@ pub struct PodMeta {
     pub uid: String,
     pub namespace: String,
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    /// Shared with every record of the pod (never copied per record).
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Current containers (init, regular, ephemeral). `id` is empty until the
     /// runtime has started the container.
     pub containers: Vec<ContainerMeta>,

@@ -129,7 +129,7 @@ impl Watched for Pod {
             uid,
             namespace,
             name,
-            labels: self.metadata.labels.unwrap_or_default(),
+            labels: std::sync::Arc::new(self.metadata.labels.unwrap_or_default()),
             containers,
             workload,
             node: spec.node_name,

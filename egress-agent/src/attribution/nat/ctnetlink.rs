@@ -29,6 +29,9 @@ pub(crate) const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 
 // Glue: include/uapi/linux/netfilter/nfnetlink_conntrack.h
 const IPCTNL_MSG_CT_GET_STATS_CPU: u8 = 4;
+// include/uapi/linux/netfilter/nfnetlink.h, include/uapi/linux/netlink.h
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const NLMSG_MIN_TYPE: u16 = 0x10;
 const CTA_STATS_INSERT_FAILED: u16 = 9;
 const CTA_STATS_DROP: u16 = 10;
 const CTA_STATS_EARLY_DROP: u16 = 11;
@@ -125,11 +128,22 @@ pub(crate) fn decode_all(buf: &[u8]) -> Vec<Result<Decoded, CtDecodeError>> {
 }
 
 fn decode_one(msg: &[u8]) -> Result<Decoded, CtDecodeError> {
+    // Only conntrack messages (and netlink's own: NOOP, ERROR, DONE) are
+    // parsed. Another nfnetlink subsystem's message is not ours, and the
+    // crate's parsers of some (nftables sets) panic on a short attribute
+    // (netlink-packet-core 0.9 NlaBuffer::value_length; found by fuzzing).
+    let kind = msg.get(4..6).map_or(0, |t| u16::from_le_bytes([t[0], t[1]]));
+    if kind >= NLMSG_MIN_TYPE && kind >> 8 != NFNL_SUBSYS_CTNETLINK {
+        return Ok(Decoded::Ignored);
+    }
     let m = NetlinkMessage::<NetfilterMessage>::deserialize(msg).map_err(CtDecodeError::Message)?;
     let seq = m.header.sequence_number;
     match m.payload {
         NetlinkPayload::Done(_) => Ok(Decoded::Done { seq }),
-        NetlinkPayload::Error(e) => Ok(Decoded::Error { seq, errno: -e.raw_code() }),
+        // The kernel sends -errno; any i32 may arrive (i32::MIN has no negation).
+        NetlinkPayload::Error(e) => {
+            Ok(Decoded::Error { seq, errno: e.raw_code().saturating_neg() })
+        }
         NetlinkPayload::InnerMessage(nf) => {
             let cpu = nf.header.res_id;
             match nf.inner {
@@ -468,5 +482,40 @@ mod tests {
         if let NetlinkPayload::InnerMessage(nf) = &m.payload {
             assert_eq!(nf.message_type(), (1 << 8) | 4);
         }
+    }
+
+    /// Fuzzing found (egress-agent/fuzz, target ctnetlink): an nftables
+    /// "new set" message with a 2-byte attribute made the netfilter crate
+    /// panic (subtract with overflow, then a slice out of range). Messages of
+    /// other nfnetlink subsystems are ignored, not parsed.
+    #[test]
+    fn foreign_subsystems_are_ignored_not_parsed() {
+        let crash: &[u8] = &[
+            0x7c, 0x00, 0x00, 0x00, 0x0b, 0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xd4,
+            0x00, 0x01, 0x00, 0x7a, 0x00, 0x00, 0x09, 0x00, 0x00, 0x2d, 0x00, 0x00, 0x00, 0x33,
+            0x00, 0x93, 0x80, 0x00, 0x10, 0x00, 0x02, 0x04, 0x9c, 0x40, 0x00, 0x00, 0x06, 0x00,
+            0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0x15, 0x00, 0x11, 0x00, 0x00, 0x00, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x07, 0x9f, 0x03, 0x90, 0x00, 0x00,
+            0x33, 0x00, 0x02, 0x00, 0xff, 0x00, 0x09, 0x00, 0x09, 0x0c, 0x3f, 0x08, 0x00, 0x09,
+            0x00, 0x94, 0x40, 0x00, 0x3f, 0x08, 0x00, 0x7b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x06,
+            0x00, 0x00, 0x01, 0x21, 0x09, 0x00, 0x3f, 0x08, 0x00, 0x7b, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x06, 0x00, 0x00, 0x00, 0x09, 0x6c, 0x01, 0x21, 0x80, 0x00, 0x10, 0x02, 0x05,
+            0x14, 0x00, 0x01, 0x0a, 0x00, 0x07, 0x9c,
+        ];
+        let out = decode_all(crash);
+        assert!(matches!(out.as_slice(), [Ok(Decoded::Ignored)]), "{out:?}");
+    }
+
+    /// Fuzzing found: an NLMSG_ERROR whose code is i32::MIN overflowed the
+    /// negation to errno (a panic with overflow checks, garbage without).
+    #[test]
+    fn any_error_code_decodes() {
+        let crash: &[u8] = &[
+            0x24, 0x00, 0x00, 0x00, 0x02, 0x00, 0x29, 0x00, 0x08, 0x3e, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x01,
+            0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let out = decode_all(crash);
+        assert!(matches!(out.as_slice(), [Ok(Decoded::Error { errno: i32::MAX, .. })]), "{out:?}");
     }
 }

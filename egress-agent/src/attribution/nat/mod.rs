@@ -53,6 +53,15 @@ use std::{
 };
 
 pub use self::worker::SetupError;
+
+/// Decode one ctnetlink datagram as the conntrack worker does: (messages
+/// decoded, messages refused). For the fuzz target (`egress-agent/fuzz`) and
+/// tests; never panics, whatever the bytes.
+pub fn decode_datagram(buf: &[u8]) -> (usize, usize) {
+    let all = ctnetlink::decode_all(buf);
+    let bad = all.iter().filter(|r| r.is_err()).count();
+    (all.len() - bad, bad)
+}
 use self::{counters::NatMetrics, store::Store, worker::Worker};
 use crate::sinks::MetricError;
 
