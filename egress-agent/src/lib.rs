@@ -12,13 +12,17 @@
 //! - [`pipeline`]: the ring reader and the processor that takes every record
 //!   through the stages, on one task;
 //! - [`attribution`]: who and where (cgroups, Kubernetes, NAT, address classes);
-//! - [`sinks`]: metrics over HTTP and the JSON flow log; [`api`]: the local API;
+//! - [`sinks`]: metrics over HTTP and the JSON flow log; [`api`]: the local
+//!   API and the peer API;
+//! - [`assembly`]: one request's legs joined across agents by exact keys
+//!   (`explain --assemble`);
 //! - [`records`]: what the stages produce (a leaf); [`config`]: the
 //!   configuration file, validated (a leaf);
 //! - [`prober`]: active CONNECT probes through the chain;
 //! - [`session`]: the composition root; [`cli`]: the command line, the
 //!   binary's edge.
 pub mod api;
+pub mod assembly;
 pub mod attribution;
 pub mod cli;
 pub mod config;

@@ -477,6 +477,16 @@ fn kubectl_plugin_finds_the_agent_of_the_node() {
         out.contains("egress-agent-a1b2c -c agent -- egress-agent explain login.example.test:443"),
         "{out}"
     );
+    // Assembled across agents, run on the agent of the client pod's node.
+    let (code, out, err) =
+        run(&["explain", "login.example.test:443", "--assemble", "--pod", "payments/api-7d9f"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(
+            "egress-agent-d3e4f -c agent -- egress-agent explain login.example.test:443 --assemble"
+        ),
+        "{out}"
+    );
     let (code, _, err) = run(&["flows"]);
     assert_eq!(code, Some(2), "several agents: the user must choose");
     assert!(err.contains("--node node-a") && err.contains("--node node-b"), "{err}");

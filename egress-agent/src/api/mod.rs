@@ -3,8 +3,10 @@
 //! side ([`server`]) is a sink of `run`; the client side ([`client`]) is what
 //! `watch`, `flows` and `explain` read; both speak [`wire`]. The socket file
 //! is created and removed by [`socket`] (never replacing anything but a
-//! stale socket).
+//! stale socket). [`peer`] is the one remote door: other agents' questions
+//! about one link, over mutual TLS, answered from the same history.
 pub mod client;
+pub mod peer;
 pub mod server;
 pub mod socket;
 pub mod wire;

@@ -94,11 +94,31 @@ struct Shared {
     live: broadcast::Sender<Kept>,
 }
 
+/// The records held now, oldest first (see [`History::with`]).
+pub type HistoryIter<'a> =
+    std::iter::Map<std::collections::vec_deque::Iter<'a, Kept>, fn(&'a Kept) -> &'a Record>;
+
+/// Read access to the history: the peer API (`api::peer`) answers from it.
+#[derive(Clone)]
+pub struct History(Arc<Mutex<Shared>>);
+
+impl History {
+    /// Run `f` over the records held now, under the history's lock (keep
+    /// `f` short: the pipeline's batches wait meanwhile). None if a panic
+    /// poisoned the lock.
+    pub fn with<R>(&self, f: impl FnOnce(HistoryIter<'_>) -> R) -> Option<R> {
+        let s = self.0.lock().ok()?;
+        let deref: fn(&Kept) -> &Record = |k| k;
+        Some(f(s.history.iter().map(deref)))
+    }
+}
+
 /// What the pipeline holds to publish records.
 pub struct ApiHandle {
     queue: mpsc::Sender<Vec<Kept>>,
     batch: Vec<Kept>,
     dropped: IntCounterVec,
+    history: History,
 }
 
 impl ApiHandle {
@@ -108,6 +128,11 @@ impl ApiHandle {
         if self.batch.len() >= BATCH_MAX {
             self.flush();
         }
+    }
+
+    /// The history, for the peer API.
+    pub fn history(&self) -> History {
+        self.history.clone()
     }
 
     /// Hand the batch to the history task; a full queue loses it, counted.
@@ -165,6 +190,7 @@ pub fn start(
         live: broadcast::channel(BROADCAST).0,
     }));
     tokio::spawn(ingest(rx, shared.clone()));
+    let history = History(shared.clone());
     let ctx = Arc::new(Conn {
         shared,
         status: opts.status,
@@ -175,7 +201,7 @@ pub fn start(
         slots: Arc::new(Semaphore::new(opts.limits.max_clients)),
     });
     tokio::spawn(accept(listener, (opts.path, id), ctx, shutdown));
-    Ok(ApiHandle { queue: tx, batch: Vec::with_capacity(64), dropped })
+    Ok(ApiHandle { queue: tx, batch: Vec::with_capacity(64), dropped, history })
 }
 
 async fn ingest(mut rx: mpsc::Receiver<Vec<Kept>>, shared: Arc<Mutex<Shared>>) {

@@ -12,11 +12,14 @@ use serde::Serialize;
 
 use super::{
     args::{ApiArgs, EXIT_NO_DATA},
+    assemble,
     filter::{parse_last, parse_since, split_target},
+    peer_args::AssembleArgs,
     table::{addr, fit, latency, printable},
 };
 use crate::{
     api::{client, wire::Message},
+    assembly::walk::Walked,
     records::{
         ChainRecord, DnsRecord, FlowRecord, Reason, Record, Verdict, parse_rfc3339, rfc3339,
     },
@@ -39,6 +42,8 @@ pub struct ExplainArgs {
     pub output: ExplainFormat,
     #[command(flatten)]
     pub api: ApiArgs,
+    #[command(flatten)]
+    pub peers: AssembleArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,11 +82,19 @@ pub struct Attempt {
     pub proxy_status: Option<u16>,
     pub hops: Vec<Step>,
     /// Whose view the verdict is: `full` (every leg this agent saw, a
-    /// chain) or `client` (the client's node alone).
+    /// chain), `client` (the client's node alone) or `assembled` (every
+    /// vantage joined across agents, `--assemble`).
     pub vantage: &'static str,
     /// The client's node alone, on a chain: its client leg's own verdict and
     /// evidence (`"vantage":"client"`).
     pub client_view: Option<String>,
+    /// The client leg's flow id (where an assembly starts).
+    #[serde(skip)]
+    pub flow_id: Option<String>,
+    /// With `--assemble`: the chain across agents, leg by leg with the
+    /// vantage that recorded each, and where the walk stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assembled: Option<Walked>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +138,8 @@ fn from_chain(c: &ChainRecord) -> Attempt {
         proxy_status: c.proxy_status,
         vantage: "full",
         client_view: None,
+        flow_id: c.legs.first().map(|l| l.flow_id.clone()),
+        assembled: None,
         hops: c
             .legs
             .iter()
@@ -159,6 +174,8 @@ fn from_flow(r: &FlowRecord) -> Attempt {
         proxy_status: r.proxy_status,
         vantage: if r.vantage.is_some() { "client" } else { "full" },
         client_view: r.evidence.clone(),
+        flow_id: Some(r.flow_id.clone()),
+        assembled: None,
         hops: vec![Step {
             hop,
             leg: r.leg.clone(),
@@ -199,6 +216,8 @@ fn from_dns(d: &DnsRecord) -> Option<Attempt> {
         // The client's own lookup: what its node alone saw.
         vantage: "client",
         client_view: None,
+        flow_id: None,
+        assembled: None,
         hops: vec![Step {
             hop: d.hop.clone().unwrap_or_else(|| "dns".into()),
             leg: Some(format!("dns {} {}", d.qtype, d.rcode)),
@@ -445,6 +464,10 @@ pub fn render(e: &Explanation) -> String {
             a.pid,
             a.target.as_deref().unwrap_or("-")
         ));
+        if let Some(w) = &a.assembled {
+            o.push_str(&assemble::render(w));
+            continue;
+        }
         o.push_str(&format!(
             "  {:<14} {:<28} {:<9} {:<21} {:<6} {:<9} {:<4} {}\n",
             "HOP", "LEG", "VERDICT", "REASON", "STATUS", "LATENCY", "RETX", "DST -> ACTUAL (SNAT)"
@@ -497,7 +520,10 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<u8> {
         })
         .collect();
     let since = SystemTime::now().checked_sub(args.since).unwrap_or(SystemTime::UNIX_EPOCH);
-    let found = attempts(&records, &want, since);
+    let mut found = attempts(&records, &want, since);
+    if args.peers.assemble && !found.is_empty() {
+        found = assemble::assemble(&records, found, &args.peers).await?;
+    }
     if found.is_empty() {
         eprintln!(
             "no recent flows to {} in the last {} (the agent holds {} records; widen --since, or check the name: targets are matched by CONNECT host, Service name or address)",
@@ -522,126 +548,5 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::records::LegSummary;
-
-    fn chain(
-        t: &str,
-        legs: Vec<LegSummary>,
-        verdict: Verdict,
-        hop: Option<&str>,
-        reason: Option<Reason>,
-        status: Option<u16>,
-    ) -> Record {
-        Record::Chain(ChainRecord {
-            time: format!("2026-11-21T10:{t}.000Z"),
-            chain_id: t.into(),
-            target: Some("login.example.test:443".into()),
-            namespace: Some("app".into()),
-            pod: Some("web-1".into()),
-            comm: "curl".into(),
-            legs,
-            verdict,
-            failed_hop: hop.map(str::to_string),
-            reason,
-            proxy_status: status,
-            ..ChainRecord::default()
-        })
-    }
-    fn leg(hop: &str, verdict: Verdict, status: Option<u16>) -> LegSummary {
-        LegSummary {
-            hop: hop.into(),
-            leg: format!("x->{hop}"),
-            verdict,
-            proxy_status: status,
-            latency_ms: 2.0,
-            ..LegSummary::default()
-        }
-    }
-
-    #[test]
-    fn concludes_failing_with_since_and_counts() {
-        let ok = || {
-            chain(
-                "40:00",
-                vec![
-                    leg("gke-squid", Verdict::Ok, Some(200)),
-                    leg("gce-proxy", Verdict::Ok, Some(200)),
-                ],
-                Verdict::Ok,
-                None,
-                None,
-                None,
-            )
-        };
-        let denied = |t: &str| {
-            chain(
-                t,
-                vec![
-                    leg("gke-squid", Verdict::Failed, Some(403)),
-                    leg("gce-proxy", Verdict::Failed, Some(403)),
-                ],
-                Verdict::Failed,
-                Some("gce-proxy"),
-                Some(Reason::ProxyDenied),
-                Some(403),
-            )
-        };
-        // A hop's upstream leg whose chain is still settling: no attempt.
-        let upstream = Record::Flow(FlowRecord {
-            time: "2026-11-21T10:43:01.000Z".into(),
-            leg: Some("gke-squid->gce-proxy".into()),
-            target: Some("login.example.test:443".into()),
-            ..FlowRecord::default()
-        });
-        let recs = vec![ok(), denied("42:01"), denied("42:05"), denied("43:00"), upstream];
-        let since = parse_rfc3339("2026-11-21T09:00:00.000Z").expect("t");
-        let want = Wanted::parse("login.example.test:443").expect("want");
-        let a = attempts(&recs, &want, since);
-        assert_eq!(a.len(), 4);
-        let e = explain("login.example.test:443", since, &a, 2);
-        assert_eq!(
-            e.conclusion,
-            "failing at hop gce-proxy: 403 proxy_denied since 10:42:01, 3 of 4 attempts"
-        );
-        assert_eq!((e.state, e.recent.len()), ("failing", 2));
-        assert!(render(&e).contains("Conclusion: failing at hop gce-proxy"));
-        // Another port, another name: nothing.
-        assert!(
-            attempts(&recs, &Wanted::parse("login.example.test:80").expect("w"), since).is_empty()
-        );
-        assert!(attempts(&recs, &Wanted::parse("other.test").expect("w"), since).is_empty());
-        // Healthy after the failures.
-        let mut recs = recs;
-        recs.push(chain(
-            "44:00",
-            vec![leg("gke-squid", Verdict::Ok, Some(200))],
-            Verdict::Ok,
-            None,
-            None,
-            None,
-        ));
-        let e = explain("t", since, &attempts(&recs, &want, since), 5);
-        assert_eq!(e.state, "healthy");
-        assert!(
-            e.conclusion.starts_with("healthy: last attempt ok via gke-squid; 2 of 5 attempts ok"),
-            "{}",
-            e.conclusion
-        );
-        assert!(
-            e.conclusion.contains("last problem at 10:43:00: proxy_denied at hop gce-proxy"),
-            "{}",
-            e.conclusion
-        );
-        assert!(Wanted::parse("host:notaport").is_err());
-        assert_eq!(
-            (
-                human(Duration::from_secs(5400)),
-                human(Duration::from_secs(45)),
-                human(Duration::from_millis(300))
-            ),
-            ("1h30m".into(), "45s".into(), "300ms".into())
-        );
-    }
-}
+#[path = "explain_tests.rs"]
+mod tests;

@@ -4,10 +4,12 @@
 //! [`SessionOptions`](crate::session::SessionOptions) from their flags
 //! ([`args`]); errors are `anyhow` from here up.
 pub mod args;
+pub mod assemble;
 pub mod check;
 pub mod explain;
 pub mod filter;
 pub mod flows;
+pub mod peer_args;
 pub mod print;
 pub mod run;
 pub mod table;
@@ -69,6 +71,7 @@ pub enum Command {
     /// Examples:
     ///   egress-agent explain login.microsoftonline.com:443
     ///   egress-agent explain 203.0.113.10 --since 1h -o json
+    ///   egress-agent explain login.microsoftonline.com:443 --assemble   # every hop's own agent joined
     Explain(explain::ExplainArgs),
     /// Report what this kernel supports and whether every program attaches.
     ///

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{ArgAction, Args, ValueEnum};
 
-use super::args::SessionArgs;
+use super::{args::SessionArgs, peer_args::PeerServeArgs};
 use crate::{
     api::{
         self,
@@ -136,6 +136,8 @@ pub struct RunArgs {
     #[arg(long, env = "EGRESS_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "20s", value_name = "DURATION")]
     pub shutdown_grace: Duration,
     #[command(flatten)]
+    pub peer: PeerServeArgs,
+    #[command(flatten)]
     pub session: SessionArgs,
 }
 
@@ -148,7 +150,8 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// This node's name for the exported records: --node-name, else the hostname.
+/// This node's name in exported records and in answers to peers: --node-name,
+/// else the hostname.
 fn node_name(args: &RunArgs) -> String {
     args.session.node_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -213,6 +216,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.no_api {
         api::socket::preflight(&args.api_socket)?;
     }
+    // The peer API likewise: its files and its port before anything is loaded.
+    let peer = match args.peer.peer_addr {
+        Some(addr) => {
+            if args.no_api {
+                anyhow::bail!("--peer-addr answers from the local API's history: drop --no-api");
+            }
+            let tls = api::peer::tls::server_config(&args.peer.tls.files("--peer-addr")?)?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --peer-addr {addr}"))?;
+            Some((l, tls))
+        }
+        None => None,
+    };
     let config = args.session.load_config()?;
     let mut session =
         Session::start(args.session.options(config, export_opts.selection == Selection::All))
@@ -240,7 +257,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ApiOptions { path: args.api_socket.clone(), history: args.api_history, status, limits };
         Some(api::server::start(opts, &session.metrics.registry, shutdown.clone())?)
     };
-    tracing::info!(addr = %args.metrics_addr, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
+    if let (Some((listener, tls)), Some(api)) = (peer, &api) {
+        api::peer::start(
+            listener,
+            tls,
+            api.history(),
+            node_name(&args),
+            &session.metrics.registry,
+            shutdown.clone(),
+        )?;
+        if args.api_history == 0 {
+            tracing::warn!("--peer-addr with --api-history 0: peers will find no records");
+        }
+    }
+    tracing::info!(addr = %args.metrics_addr, peer = %args.peer.peer_addr.map_or_else(|| "off".into(), |a| a.to_string()), api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
     let (mut export, exporting) = if export_opts.enabled() {
         let (h, x) =
             export::start(&export_opts, &session.metrics.registry, Box::new(std::io::stdout()))

@@ -64,6 +64,12 @@ pub struct HopConfig {
     /// They tell which hop made an answer the client got.
     #[serde(default)]
     pub via_names: Vec<String>,
+    /// Where the agents on this hop's machines serve the peer API
+    /// (`host:port`), for a hop outside Kubernetes (the VM): `explain
+    /// --assemble` asks them. A hop with a `service` is found through the
+    /// Service's endpoints instead.
+    #[serde(default)]
+    pub agents: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

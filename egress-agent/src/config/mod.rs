@@ -60,6 +60,8 @@ pub enum SettingsError {
     Labels,
     #[error("hop name `{0}` is empty, reserved or repeated")]
     HopName(String),
+    #[error("hop {hop}: agents: `{agent}` is not host:port")]
+    HopAgent { hop: String, agent: String },
     #[error("hop {hop}: address {address}")]
     HopAddress { hop: String, address: String, source: AddrError },
     #[error(
@@ -124,6 +126,9 @@ pub struct Hop {
     pub names: Vec<String>,
     /// Names this proxy writes in its answers (`Via`, `X-Cache`, …).
     pub via_names: Vec<String>,
+    /// `host:port` of the peer API of the agents on this hop's machines
+    /// (a hop outside Kubernetes); `explain --assemble` asks them.
+    pub agents: Vec<String>,
     pub host_unit: Option<String>,
     pub comm: Option<String>,
     /// A substring of its processes' cgroup path.
@@ -234,6 +239,14 @@ impl Config {
             if addrs.is_empty() && service.is_none() {
                 return Err(SettingsError::HopUnreachable(h.name.clone()));
             }
+            for a in &h.agents {
+                let ok = a.rsplit_once(':').is_some_and(|(host, p)| {
+                    !host.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)
+                });
+                if !ok || a.contains(char::is_whitespace) {
+                    return Err(SettingsError::HopAgent { hop: h.name.clone(), agent: a.clone() });
+                }
+            }
             hops.push(Hop {
                 name: h.name.clone(),
                 addrs,
@@ -241,6 +254,7 @@ impl Config {
                 service_port: m.service.as_ref().map(|s| s.port),
                 names: m.names.clone(),
                 via_names: h.via_names.iter().chain(&m.via_names).cloned().collect(),
+                agents: h.agents.clone(),
                 host_unit: m.host_unit.clone(),
                 comm: m.comm.clone(),
                 cgroup: m.cgroup.clone(),
@@ -387,6 +401,9 @@ mod tests {
         );
         assert!(bad("version: 1\nchain:\n  hops:\n    - {name: a, match: {address: '10.0.0.1:1'}}\n    - {name: a, match: {address: '10.0.0.2:1'}}\n").contains("repeated"));
         assert!(Config::from_yaml("version: 1\nchian: {}\n").is_err(), "unknown keys are refused");
+        assert!(bad("version: 1\nchain:\n  hops:\n    - {name: a, agents: ['10.0.0.1'], match: {address: '10.0.0.1:1'}}\n").contains("host:port"));
+        let c = Config::from_yaml("version: 1\nchain:\n  hops:\n    - {name: a, agents: ['10.0.0.1:9465', 'vm.internal:9465'], match: {address: '10.0.0.1:1'}}\n").expect("agents");
+        assert_eq!(c.chain.hops[0].agents, ["10.0.0.1:9465", "vm.internal:9465"]);
     }
 
     #[test]

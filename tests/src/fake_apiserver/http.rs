@@ -72,18 +72,23 @@ fn target(path: &str) -> Option<Target> {
 struct Selector {
     namespace: Option<String>,
     node: Option<String>,
+    name: Option<String>,
     labels: Vec<(String, String)>,
 }
 
 impl Selector {
     fn new(t: &Target, params: &BTreeMap<String, String>) -> Self {
+        let field = |key: &str| {
+            params
+                .get("fieldSelector")
+                .and_then(|f| f.split(',').find_map(|t| t.strip_prefix(key)).map(str::to_string))
+        };
         Self {
             namespace: t.namespace.clone(),
-            // Only `spec.nodeName=<node>` (the one the agent uses) is understood.
-            node: params
-                .get("fieldSelector")
-                .and_then(|f| f.strip_prefix("spec.nodeName="))
-                .map(str::to_string),
+            // The field selectors the agent uses: `spec.nodeName=<node>` (its
+            // pod watch) and `metadata.name=<name>` (explain --assemble).
+            node: field("spec.nodeName="),
+            name: field("metadata.name="),
             // Equality terms only (`k=v,k2=v2`), as kubectl -l sends them.
             labels: params
                 .get("labelSelector")
@@ -100,6 +105,7 @@ impl Selector {
     fn selects(&self, o: &Value) -> bool {
         self.namespace.as_deref().is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
             && self.node.as_deref().is_none_or(|n| o["spec"]["nodeName"].as_str() == Some(n))
+            && self.name.as_deref().is_none_or(|n| o["metadata"]["name"].as_str() == Some(n))
             && self.labels.iter().all(|(k, v)| o["metadata"]["labels"][k].as_str() == Some(v))
     }
 }

@@ -9,8 +9,9 @@
 //! - `GET <collection>` (cluster-wide or `…/namespaces/<ns>/…`) → a
 //!   `<Kind>List` with `metadata.resourceVersion`, items without
 //!   `apiVersion`/`kind` as the apiserver sends them; `GET <collection>/<name>`
-//!   → the object; `fieldSelector=spec.nodeName=<node>` and equality
-//!   `labelSelector`s are honoured;
+//!   → the object; `fieldSelector=spec.nodeName=<node>` and
+//!   `fieldSelector=metadata.name=<name>` and equality `labelSelector`s are
+//!   honoured;
 //! - `GET <collection>?watch=true&resourceVersion=N` → a chunked stream of
 //!   newline-delimited `WatchEvent`s: the events after `N`, a `BOOKMARK` when
 //!   asked for, then live events as the test makes changes, until the

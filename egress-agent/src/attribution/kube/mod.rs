@@ -165,7 +165,7 @@ impl KubeIndex {
 }
 
 /// The client configuration: `--kubeconfig`, else in-cluster / ~/.kube/config.
-async fn client_config(opts: &KubeOptions) -> Result<kube::Config, KubeError> {
+pub(crate) async fn client_config(opts: &KubeOptions) -> Result<kube::Config, KubeError> {
     match &opts.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
