@@ -50,35 +50,48 @@ fn pseudo_hex(seed: u64, len: usize) -> String {
         .collect()
 }
 
+/// The directories of a cgroup of `layout` (relative to the cgroup2 root),
+/// its pod UID, container id and unit name.
+fn layout_path(layout: Layout, seed: u64) -> (Vec<String>, String, String, String) {
+    let h = pseudo_hex(seed ^ u64::from(std::process::id()), 32);
+    let pod_uid =
+        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+    let container_id = pseudo_hex(seed.wrapping_add(7) ^ u64::from(std::process::id()), 64);
+    let unit = format!("eo-test-{}-{seed}.service", std::process::id());
+    let u = pod_uid.replace('-', "_");
+    let rel: Vec<String> = match layout {
+        Layout::Systemd { qos: Some(q) } => vec![
+            "kubepods.slice".into(),
+            format!("kubepods-{q}.slice"),
+            format!("kubepods-{q}-pod{u}.slice"),
+            format!("cri-containerd-{container_id}.scope"),
+        ],
+        Layout::Systemd { qos: None } => vec![
+            "kubepods.slice".into(),
+            format!("kubepods-pod{u}.slice"),
+            format!("cri-containerd-{container_id}.scope"),
+        ],
+        Layout::Cgroupfs { qos: Some(q) } => {
+            vec!["kubepods".into(), q.into(), format!("pod{pod_uid}"), container_id.clone()]
+        }
+        Layout::Cgroupfs { qos: None } => {
+            vec!["kubepods".into(), format!("pod{pod_uid}"), container_id.clone()]
+        }
+        Layout::Unit => vec!["system.slice".into(), unit.clone()],
+    };
+    (rel, pod_uid, container_id, unit)
+}
+
 impl TestCgroup {
+    /// The path a cgroup of `layout` has, relative to the cgroup2 root (for
+    /// another machine's tree).
+    pub fn relative(layout: Layout, seed: u64) -> Vec<String> {
+        layout_path(layout, seed).0
+    }
+
     pub fn new(layout: Layout, seed: u64) -> anyhow::Result<Self> {
         let root = v2_root()?;
-        let h = pseudo_hex(seed ^ u64::from(std::process::id()), 32);
-        let pod_uid =
-            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
-        let container_id = pseudo_hex(seed.wrapping_add(7) ^ u64::from(std::process::id()), 64);
-        let unit = format!("eo-test-{}-{seed}.service", std::process::id());
-        let u = pod_uid.replace('-', "_");
-        let rel: Vec<String> = match layout {
-            Layout::Systemd { qos: Some(q) } => vec![
-                "kubepods.slice".into(),
-                format!("kubepods-{q}.slice"),
-                format!("kubepods-{q}-pod{u}.slice"),
-                format!("cri-containerd-{container_id}.scope"),
-            ],
-            Layout::Systemd { qos: None } => vec![
-                "kubepods.slice".into(),
-                format!("kubepods-pod{u}.slice"),
-                format!("cri-containerd-{container_id}.scope"),
-            ],
-            Layout::Cgroupfs { qos: Some(q) } => {
-                vec!["kubepods".into(), q.into(), format!("pod{pod_uid}"), container_id.clone()]
-            }
-            Layout::Cgroupfs { qos: None } => {
-                vec!["kubepods".into(), format!("pod{pod_uid}"), container_id.clone()]
-            }
-            Layout::Unit => vec!["system.slice".into(), unit.clone()],
-        };
+        let (rel, pod_uid, container_id, unit) = layout_path(layout, seed);
         let mut created = Vec::new();
         let mut path = root;
         for seg in rel {

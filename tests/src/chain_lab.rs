@@ -37,9 +37,9 @@
 mod client;
 mod config;
 mod faults;
-mod origin;
-mod resolver;
-mod squid;
+pub(crate) mod origin;
+pub(crate) mod resolver;
+pub(crate) mod squid;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -202,7 +202,7 @@ impl ChainLab {
         let resolver = resolver::Resolver::new(&tmp.0, cfg.dns_ip, cfg.dns_local_domains())?;
         resolver.set_records(&cfg.dns_records())?;
         resolver.start(&ns.dns).context("resolver")?;
-        let resolv_conf = resolver::NetnsResolvConf::new(&ns.app, cfg.dns_ip)?;
+        let resolv_conf = resolver::NetnsResolvConf::new(&ns.app.name, cfg.dns_ip)?;
         let lab = Self {
             cfg,
             squids: Mutex::new([None, None]),
@@ -240,12 +240,12 @@ impl ChainLab {
 
     /// `http://<ClusterIP>:<port>`, what pods put in HTTPS_PROXY.
     pub fn proxy_url(&self) -> String {
-        format!("http://{}:{}", self.cfg.cluster_ip, self.cfg.proxy_port)
+        self.cfg.proxy_url()
     }
 
     /// `http://<proxy name>:<port>`: HTTPS_PROXY as pods really have it (resolved by the lab's DNS).
     pub fn proxy_name_url(&self) -> String {
-        format!("http://{}:{}", self.cfg.proxy_name, self.cfg.proxy_port)
+        self.cfg.proxy_name_url()
     }
 
     /// The Service address clients connect to.
@@ -386,47 +386,18 @@ impl ChainLab {
     /// curl arguments for `CONNECT host:origin_port` through the ClusterIP,
     /// then `GET path` inside the tunnel (plain HTTP: the origin speaks it).
     pub fn curl_via_chain_args(&self, host: &str, path: &str) -> Vec<String> {
-        let mut a = self.curl_common();
-        a.extend(["--proxytunnel".into(), "--proxy".into(), self.proxy_url()]);
-        a.push(format!("http://{host}:{}{path}", self.cfg.origin_port));
-        a
+        self.cfg.curl_via_chain_args(host, path)
     }
 
     /// As [`Self::curl_via_chain_args`], with the proxy given by name (the
     /// client resolves it first, as a pod does).
     pub fn curl_via_name_args(&self, host: &str, path: &str) -> Vec<String> {
-        let mut a = self.curl_via_chain_args(host, path);
-        let i = a.iter().position(|x| *x == self.proxy_url()).expect("proxy argument");
-        a[i] = self.proxy_name_url();
-        a
+        self.cfg.curl_via_name_args(host, path)
     }
 
     /// curl arguments for a direct (bypass) request to an internet address.
     pub fn curl_direct_args(&self, ip: Ipv4Addr, path: &str) -> Vec<String> {
-        let mut a = self.curl_common();
-        a.extend(["--noproxy".into(), "*".into()]);
-        a.push(format!("http://{ip}:{}{path}", self.cfg.origin_port));
-        a
-    }
-
-    fn curl_common(&self) -> Vec<String> {
-        let t = self.cfg.client_timeout.as_secs().max(1).to_string();
-        [
-            "curl",
-            "-sS",
-            "-v",
-            "--connect-timeout",
-            &t,
-            "--max-time",
-            &t,
-            "-o",
-            "-",
-            "-w",
-            &client::curl_write_out(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        self.cfg.curl_direct_args(ip, path)
     }
 
     /// Run curl through the chain to `host` and parse what it saw.

@@ -482,7 +482,7 @@ fn client_evidence(records: &[Value], pid: u64) -> String {
 
 /// The client-vantage verdict of the client's request, from its client leg's
 /// connect record (`vantage` `client`) or, for a bypass, its direct flow.
-fn client_view(records: &[Value], pid: u64) -> String {
+pub(crate) fn client_view(records: &[Value], pid: u64) -> String {
     let mine = |v: &&Value| {
         v["record"] == "flow" && v["pid"].as_u64() == Some(pid) && v["phase"] == "connect"
     };

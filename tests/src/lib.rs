@@ -17,9 +17,11 @@ pub mod image;
 pub mod kernel_lock;
 pub mod lab;
 pub mod manifests;
+pub mod multinode;
 pub mod netns;
 pub mod prom;
 pub mod prom_server;
+pub mod qemu;
 pub mod traffic;
 
 pub use agent::{Agent, AgentMode};

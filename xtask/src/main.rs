@@ -47,7 +47,8 @@ enum Task {
     /// The whole test suite: lint, unit tests, a short fuzz smoke of every
     /// target (`fuzz`, a few seconds each), then the root/kernel integration
     /// tests (network namespaces, real traffic, the real agent binary), then
-    /// the kernel matrix (`vm`).
+    /// the kernel matrix (`vm`), then the multi-machine lab's fault table
+    /// (`lab --multinode --faults`).
     Test,
     /// Fuzz the agent's decoders of untrusted input with cargo-fuzz
     /// (libFuzzer, nightly, AddressSanitizer): ring records (alone and as
@@ -85,6 +86,19 @@ enum Task {
         /// row, how many runs matched (fails unless every run matched).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         repeat: u32,
+        /// With --faults: instead of the single-host labs, the multi-machine
+        /// lab: node A (app pod, ClusterIP DNAT), node B (hop-1 Squid pod)
+        /// and the GCE VM (hop-2 Squid) on separate kernels (the host and
+        /// TCG VMs of the kernel matrix), each with its own agent; NAT,
+        /// origins, DNS and the Kubernetes API in host namespaces. Prints
+        /// per fault what each agent said alone, what `explain --assemble`
+        /// on node A said, and what was expected.
+        #[arg(long, requires = "faults")]
+        multinode: bool,
+        /// Where the machines run, `node-a=K,node-b=K,gce=K`, K = `host` or
+        /// a kernel of the matrix; exactly one on the host.
+        #[arg(long, default_value = "node-a=host,node-b=6.12,gce=6.1", requires = "multinode")]
+        machines: String,
     },
     /// The kernel matrix: boot pinned Debian kernels (5.10, 6.1, 6.12) under
     /// QEMU/TCG with a busybox initramfs running the kernel-facing suite,
@@ -134,6 +148,36 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
         bail!("cargo {} failed ({st})", args.join(" "));
     }
     Ok(())
+}
+
+/// The multi-machine lab's table once: the VM images its placement needs,
+/// a fresh lab, the table printed with its wall time.
+fn multinode(
+    cfg: &egress_tests::multinode::MultiNodeConfig,
+) -> anyhow::Result<Vec<egress_tests::multinode::Row>> {
+    let t = std::time::Instant::now();
+    let images: Vec<egress_tests::multinode::VmImage> = vm::lab::images(&cfg.vm_kernels())?
+        .into_iter()
+        .map(|i| egress_tests::multinode::VmImage {
+            kernel: i.kernel,
+            vmlinuz: i.vmlinuz,
+            initramfs: i.initramfs,
+        })
+        .collect();
+    println!();
+    println!(
+        "== multi-machine lab: node A ({}) -> node B ({}, hop-1 Squid pod) -> GCE VM ({}, hop-2 Squid) -> NAT -> origins; one agent per machine",
+        cfg.node_a, cfg.node_b, cfg.gce
+    );
+    let rows = egress_tests::multinode::run(cfg.clone(), &images, false)?;
+    egress_tests::multinode::print(&rows);
+    println!(
+        "multinode: {} of {} rows matched; wall time {:.0} s (images included)",
+        rows.iter().filter(|r| r.ok).count(),
+        rows.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(rows)
 }
 
 fn is_root() -> bool {
@@ -196,6 +240,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 kernels: vm::kernels::KERNELS.iter().map(|k| k.name.to_string()).collect(),
                 host: true,
             })?;
+            // SAFETY: single-threaded at this point.
+            unsafe {
+                std::env::set_var("EGRESS_AGENT_BIN", root().join("target/debug/egress-agent"))
+            };
+            let t = std::time::Instant::now();
+            let rows = multinode(&egress_tests::multinode::MultiNodeConfig::default())?;
+            println!("multinode lab: {:.0} s", t.elapsed().as_secs_f64());
+            if rows.iter().any(|r| !r.ok) {
+                bail!("the multi-machine lab's table did not match");
+            }
             println!("xtask test: all suites passed");
             Ok(())
         }
@@ -220,7 +274,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::BenchHoldWorker { n, addrs } => {
             egress_tests::bench::storm::hold_worker(&addrs, n, Duration::from_secs(300))
         }
-        Task::Lab { duration, faults, repeat } => {
+        Task::Lab { duration, faults, repeat, multinode: true, machines } => {
+            setup::ensure()?;
+            if !is_root() {
+                bail!("the lab creates network namespaces, taps and VMs: run as root");
+            }
+            cargo(&["build", "--package", "egress-agent"])?;
+            // SAFETY: single-threaded at this point.
+            unsafe {
+                std::env::set_var("EGRESS_AGENT_BIN", root().join("target/debug/egress-agent"))
+            };
+            let _ = (duration, faults);
+            let mut cfg = egress_tests::multinode::MultiNodeConfig::default();
+            cfg.place(&machines)?;
+            let mut matched = vec![0u32; 0];
+            let mut names = Vec::new();
+            for i in 1..=repeat {
+                if repeat > 1 {
+                    println!("\n######## run {i} of {repeat}");
+                }
+                let rows = multinode(&cfg)?;
+                matched.resize(rows.len(), 0);
+                names = rows.iter().map(|r| r.fault).collect();
+                for (m, r) in matched.iter_mut().zip(&rows) {
+                    *m += u32::from(r.ok);
+                }
+            }
+            if repeat > 1 {
+                println!("\n== stability: runs matched per row, of {repeat}");
+                for (n, m) in names.iter().zip(&matched) {
+                    println!("{n:<38} {m:>4}/{repeat}");
+                }
+            }
+            if matched.iter().any(|m| *m != repeat) {
+                bail!("some rows of the multi-machine table did not match");
+            }
+            Ok(())
+        }
+        Task::Lab { duration, faults, repeat, .. } => {
             setup::ensure()?;
             if !is_root() {
                 bail!("the lab creates network namespaces and loads eBPF programs: run as root");

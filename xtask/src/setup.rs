@@ -48,6 +48,8 @@ pub const PACKAGES: &[&str] = &[
     "binutils",
     // the reference peer of `cargo xtask bench` (counts the same tracepoints).
     "bpftrace",
+    // the multi-machine lab's peer API certificates (deploy/tls/make-peer-certs.sh).
+    "openssl",
     // `cargo xtask image` builds deploy/Containerfile and tests/tests/image.rs
     // runs it. runc, not crun: crun refuses this kind of machine's hybrid
     // cgroup mount (podman takes whichever runtime is installed first).

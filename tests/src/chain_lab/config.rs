@@ -76,7 +76,7 @@ impl Hop {
         }
     }
 
-    pub(super) fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             Hop::One => 0,
             Hop::Two => 1,
@@ -243,6 +243,64 @@ impl Default for ChainLabConfig {
 }
 
 impl ChainLabConfig {
+    /// `http://<ClusterIP>:<port>`, what pods put in HTTPS_PROXY.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}:{}", self.cluster_ip, self.proxy_port)
+    }
+
+    /// `http://<proxy name>:<port>`: HTTPS_PROXY as pods really have it.
+    pub fn proxy_name_url(&self) -> String {
+        format!("http://{}:{}", self.proxy_name, self.proxy_port)
+    }
+
+    /// curl arguments for `CONNECT host:origin_port` through the ClusterIP,
+    /// then `GET path` inside the tunnel (plain HTTP: the origin speaks it).
+    pub fn curl_via_chain_args(&self, host: &str, path: &str) -> Vec<String> {
+        let mut a = self.curl_common();
+        a.extend(["--proxytunnel".into(), "--proxy".into(), self.proxy_url()]);
+        a.push(format!("http://{host}:{}{path}", self.origin_port));
+        a
+    }
+
+    /// As [`Self::curl_via_chain_args`], with the proxy given by name (the
+    /// client resolves it first, as a pod does).
+    pub fn curl_via_name_args(&self, host: &str, path: &str) -> Vec<String> {
+        let mut a = self.curl_via_chain_args(host, path);
+        let url = self.proxy_url();
+        if let Some(x) = a.iter_mut().find(|x| **x == url) {
+            *x = self.proxy_name_url();
+        }
+        a
+    }
+
+    /// curl arguments for a direct (bypass) request to an internet address.
+    pub fn curl_direct_args(&self, ip: Ipv4Addr, path: &str) -> Vec<String> {
+        let mut a = self.curl_common();
+        a.extend(["--noproxy".into(), "*".into()]);
+        a.push(format!("http://{ip}:{}{path}", self.origin_port));
+        a
+    }
+
+    fn curl_common(&self) -> Vec<String> {
+        let t = self.client_timeout.as_secs().max(1).to_string();
+        [
+            "curl",
+            "-sS",
+            "-v",
+            "--connect-timeout",
+            &t,
+            "--max-time",
+            &t,
+            "-o",
+            "-",
+            "-w",
+            &super::client::curl_write_out(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     pub fn squid_hostname(&self, hop: Hop) -> &str {
         match hop {
             Hop::One => &self.hop1_hostname,

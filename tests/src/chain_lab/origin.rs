@@ -22,7 +22,7 @@ use crate::Netns;
 /// Largest `/bytes/N` body served.
 const MAX_BULK: usize = 64 << 20;
 
-pub(super) struct Origin {
+pub(crate) struct Origin {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<anyhow::Result<anyhow::Result<()>>>>,
 }

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 
 use crate::Netns;
 
-pub(super) struct Resolver {
+pub(crate) struct Resolver {
     hosts: PathBuf,
     pid_file: PathBuf,
     log: PathBuf,
@@ -174,11 +174,12 @@ impl Drop for Resolver {
 /// `/etc/netns/<ns>/resolv.conf`: `ip netns exec` bind-mounts it over
 /// /etc/resolv.conf, so the namespace's processes ask the lab's resolver.
 /// Removed on drop.
-pub(super) struct NetnsResolvConf(PathBuf);
+pub(crate) struct NetnsResolvConf(PathBuf);
 
 impl NetnsResolvConf {
-    pub fn new(ns: &Netns, server: Ipv4Addr) -> anyhow::Result<Self> {
-        let dir = PathBuf::from("/etc/netns").join(&ns.name);
+    /// For the namespace named `ns`.
+    pub fn new(ns: &str, server: Ipv4Addr) -> anyhow::Result<Self> {
+        let dir = PathBuf::from("/etc/netns").join(ns);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let me = Self(dir);
         // One try of 1 s: a lookup that gets no answer fails fast and visibly.

@@ -18,7 +18,7 @@ use crate::Netns;
 
 /// Squid's files for one hop, under the lab's temporary directory.
 #[derive(Debug, Clone)]
-pub(super) struct SquidFiles {
+pub(crate) struct SquidFiles {
     pub dir: PathBuf,
     pub conf: PathBuf,
     pub access_log: PathBuf,
@@ -33,14 +33,24 @@ impl SquidFiles {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // Squid starts as root and drops to `proxy`, which must write its logs here.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))?;
-        Ok(Self {
+        Ok(Self::at(dir))
+    }
+
+    /// The files under `dir`, on whichever machine (nothing is created).
+    pub fn at(dir: PathBuf) -> Self {
+        Self {
             conf: dir.join("squid.conf"),
             access_log: dir.join("access.log"),
             cache_log: dir.join("cache.log"),
             pid_file: dir.join("squid.pid"),
             stdio_log: dir.join("squid.out"),
             dir,
-        })
+        }
+    }
+
+    /// The (empty) hosts file Squid reads instead of /etc/hosts.
+    pub fn hosts(&self) -> PathBuf {
+        self.dir.join("hosts")
     }
 }
 
@@ -57,7 +67,14 @@ fn write_world_readable(path: &Path, text: &str) -> anyhow::Result<()> {
 /// source range and its own domain list; it resolves origin names with the
 /// lab's resolver (`dns_nameservers`), as the VM's Squid does.
 pub(super) fn write_conf(cfg: &ChainLabConfig, hop: Hop, files: &SquidFiles) -> anyhow::Result<()> {
-    let hosts = files.dir.join("hosts");
+    write_world_readable(&files.conf, &conf_text(cfg, hop, files))?;
+    // Names come from DNS only (an empty hosts file, not the host's /etc/hosts).
+    write_world_readable(&files.hosts(), "")
+}
+
+/// squid.conf of `hop` (see [`write_conf`]), its files at `files`.
+pub(crate) fn conf_text(cfg: &ChainLabConfig, hop: Hop, files: &SquidFiles) -> String {
+    let hosts = files.hosts();
     let timeout = cfg.connect_timeout.as_secs().max(1);
     let mut c = String::new();
     let _ = writeln!(c, "# egress-observer chain lab: {} ({})", hop.label(), hop.role());
@@ -118,9 +135,7 @@ pub(super) fn write_conf(cfg: &ChainLabConfig, hop: Hop, files: &SquidFiles) -> 
     let _ = writeln!(c, "access_log stdio:{} squid", files.access_log.display());
     let _ = writeln!(c, "coredump_dir {}", files.dir.display());
     let _ = writeln!(c, "logfile_rotate 0");
-    write_world_readable(&files.conf, &c)?;
-    // Names come from DNS only (an empty hosts file, not the host's /etc/hosts).
-    write_world_readable(&hosts, "")
+    c
 }
 
 /// One running Squid (`squid -N` inside a namespace); killed by PID on drop.

@@ -59,7 +59,23 @@ pub struct FakeApiServer {
 impl FakeApiServer {
     /// An empty server; objects come with [`Self::apply`].
     pub fn start() -> FakeApiServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::serve(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+    }
+
+    /// A server holding `objects` on a listener the caller bound (e.g. in
+    /// a lab's network namespace, where other machines reach it).
+    pub fn with_listener(
+        listener: TcpListener,
+        objects: impl IntoIterator<Item = Value>,
+    ) -> FakeApiServer {
+        let server = Self::serve(listener);
+        for o in objects {
+            server.apply(o);
+        }
+        server
+    }
+
+    fn serve(listener: TcpListener) -> FakeApiServer {
         let addr = listener.local_addr().expect("local addr");
         listener.set_nonblocking(true).expect("nonblocking");
         let state = State {

@@ -3,7 +3,7 @@
 //! console is the result channel.
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -24,27 +24,8 @@ pub fn boot(
 ) -> anyhow::Result<Console> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
-        .args([
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-nic",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        // no_timer_check: under TCG on a busy host the guest's IO-APIC timer
-        // check can miss its ticks and panic 5.10 at boot ("IO-APIC + timer
-        // doesn't work!"); the check proves nothing about a virtual timer.
-        .args(["-append", "console=ttyS0 panic=-1 oops=panic quiet loglevel=3 no_timer_check"])
+    let mut child = egress_tests::qemu::Spec::new(vmlinuz, initramfs)
+        .command()
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)

@@ -121,6 +121,22 @@ impl Cpio {
 /// Shared contents (everything but the modules), built once.
 pub struct Base {
     files: Vec<(String, u32, Vec<u8>)>,
+    links: Vec<(String, String)>,
+}
+
+/// What an initramfs holds besides busybox, the host tools of [`HOST_TOOLS`]
+/// and the modules.
+pub struct Contents {
+    pub init: String,
+    /// (path in the image, static binary on the host): stripped.
+    pub bins: Vec<(String, PathBuf)>,
+    /// More host programs, copied with the libraries `ldd` names.
+    pub tools: Vec<String>,
+    /// Host directories copied whole (files, symlinks; `.so` files with
+    /// their libraries).
+    pub trees: Vec<String>,
+    /// Literal files: (path, mode, content).
+    pub files: Vec<(String, u32, Vec<u8>)>,
 }
 
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
@@ -160,32 +176,43 @@ fn stripped(bin: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 impl Base {
+    /// The kernel matrix's: the suite runs at boot.
     pub fn new(agent: &Path, suite: &Path) -> anyhow::Result<Self> {
+        Self::build(Contents {
+            init: INIT.to_string(),
+            bins: vec![
+                ("/bin/egress-agent".into(), agent.to_path_buf()),
+                ("/bin/egress-kernel-suite".into(), suite.to_path_buf()),
+            ],
+            tools: Vec::new(),
+            trees: Vec::new(),
+            files: Vec::new(),
+        })
+    }
+
+    pub fn build(c: Contents) -> anyhow::Result<Self> {
         let mut files = vec![
-            ("/init".to_string(), 0o755, INIT.as_bytes().to_vec()),
+            ("/init".to_string(), 0o755, c.init.into_bytes()),
             (BUSYBOX.to_string(), 0o755, read(Path::new(BUSYBOX))?),
-            ("/bin/egress-agent".to_string(), 0o755, stripped(agent)?),
-            ("/bin/egress-kernel-suite".to_string(), 0o755, stripped(suite)?),
         ];
+        for (dest, bin) in &c.bins {
+            files.push((dest.clone(), 0o755, stripped(bin)?));
+        }
+        let mut links = Vec::new();
         let mut libs = BTreeSet::new();
-        for tool in HOST_TOOLS {
+        for tool in HOST_TOOLS.iter().copied().chain(c.tools.iter().map(String::as_str)) {
             files.push((tool.to_string(), 0o755, read(Path::new(tool))?));
             libs.extend(ldd(tool)?);
         }
-        for e in std::fs::read_dir(XTABLES_DIR)
-            .with_context(|| format!("reading {XTABLES_DIR}"))?
-            .flatten()
-        {
-            let p = e.path();
-            let ps = p.to_string_lossy().into_owned();
-            libs.extend(ldd(&ps)?);
-            files.push((ps, 0o644, read(&p)?));
+        for tree in std::iter::once(XTABLES_DIR).chain(c.trees.iter().map(String::as_str)) {
+            copy_tree(Path::new(tree), &mut files, &mut links, &mut libs)?;
         }
         for lib in libs {
             let real = std::fs::canonicalize(&lib).with_context(|| format!("resolving {lib}"))?;
             files.push((lib, 0o755, read(&real)?));
         }
-        Ok(Self { files })
+        files.extend(c.files);
+        Ok(Self { files, links })
     }
 
     /// Write the initramfs for one kernel's module list.
@@ -196,6 +223,9 @@ impl Base {
         }
         for (path, mode, data) in &self.files {
             c.file(path, *mode, data);
+        }
+        for (path, target) in &self.links {
+            c.symlink(path, target);
         }
         c.symlink("/usr/sbin/iptables", "xtables-legacy-multi");
         let mut order = String::new();
@@ -211,6 +241,31 @@ impl Base {
         f.write_all(&c.finish())?;
         Ok(())
     }
+}
+
+/// Every file (with the libraries of `.so` files) and symlink under `dir`.
+fn copy_tree(
+    dir: &Path,
+    files: &mut Vec<(String, u32, Vec<u8>)>,
+    links: &mut Vec<(String, String)>,
+    libs: &mut BTreeSet<String>,
+) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        let ps = p.to_string_lossy().into_owned();
+        let meta = std::fs::symlink_metadata(&p)?;
+        if meta.file_type().is_symlink() {
+            links.push((ps, std::fs::read_link(&p)?.to_string_lossy().into_owned()));
+        } else if meta.is_dir() {
+            copy_tree(&p, files, links, libs)?;
+        } else {
+            if ps.ends_with(".so") {
+                libs.extend(ldd(&ps)?);
+            }
+            files.push((ps, 0o644, read(&p)?));
+        }
+    }
+    Ok(())
 }
 
 /// Module bytes, decompressed (busybox insmod takes plain ELF).

@@ -6,6 +6,7 @@
 mod boot;
 mod initramfs;
 pub mod kernels;
+pub mod lab;
 mod matrix;
 
 use std::{

@@ -1,0 +1,525 @@
+//! The multi-machine fault table: every fault of the single-host table
+//! (tests/src/faults.rs) across the machines. Per fault: what each agent
+//! said alone (its own records of this request: node A's client leg or
+//! failed lookup; on a hop's machine the hop vantage's accepted connection
+//! whose `(peer, local)` is exactly the link the request crossed), what
+//! `egress-agent explain --assemble` on node A said, and what each was
+//! expected to say ([`FaultModel`]).
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use super::{
+    Expect, FaultModel, MultiNodeConfig, Vantage, VmImage,
+    lab::{GCE, Lab, NODE_A, NODE_B},
+};
+use crate::{chain_lab::Hop, faults::client_view};
+
+/// One fault across the machines.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub fault: &'static str,
+    /// Node A, node B, the GCE VM: (expected, said).
+    pub alone: [(Expect, String); 3],
+    /// The assembled view (explain --assemble on node A): (expected, said).
+    pub assembled: (String, String),
+    /// Why a column said what it said, when it is not what was expected.
+    pub notes: Vec<String>,
+    pub seconds: f64,
+    pub ok: bool,
+}
+
+/// A record absent where one was looked for.
+const NO_RECORD: &str = "(no record)";
+
+pub(super) fn matches(e: &Expect, said: &str) -> bool {
+    match e {
+        Expect::Says(s) => s == said,
+        Expect::Nothing => said == NO_RECORD,
+    }
+}
+
+#[derive(Clone)]
+enum Request {
+    Chain(String),
+    ViaName(String),
+    Direct(std::net::Ipv4Addr),
+}
+
+type Setup = Box<dyn Fn(&Lab) -> anyhow::Result<()>>;
+
+struct Case {
+    fault: &'static str,
+    setup: Setup,
+    request: Request,
+    model: FaultModel,
+    /// The row's verdict is the client's failed lookup of the proxy's name.
+    dns: bool,
+}
+
+fn cases(cfg: &MultiNodeConfig) -> Vec<Case> {
+    use Vantage::*;
+    let c = &cfg.chain;
+    let healthy = c.healthy.name.clone();
+    let none = || -> Setup { Box::new(|_| Ok(())) };
+    let case = |fault, setup, request, model, dns| Case { fault, setup, request, model, dns };
+    let proxy_name = c.proxy_name.clone();
+    let h2 = healthy.clone();
+    vec![
+        case(
+            "healthy request",
+            none(),
+            Request::Chain(healthy.clone()),
+            FaultModel::new("ok", Hop2),
+            false,
+        ),
+        case(
+            "healthy, proxy by name (DNS)",
+            none(),
+            Request::ViaName(healthy.clone()),
+            FaultModel::new("ok", Hop2),
+            false,
+        ),
+        case(
+            "hop1 down (Squid pod stopped)",
+            Box::new(|l| l.hop_down(Hop::One)),
+            Request::Chain(healthy.clone()),
+            FaultModel::new("failed at gke-squid: refused", Client),
+            false,
+        ),
+        case(
+            "hop1 blackholed",
+            Box::new(|l| l.hop1_blackhole()),
+            Request::Chain(healthy.clone()),
+            FaultModel::new("failed at gke-squid: timeout", Client),
+            false,
+        ),
+        case(
+            "hop1 ACL deny (403)",
+            none(),
+            Request::Chain(c.denied_at_hop1.clone()),
+            FaultModel::new("failed at gke-squid: proxy_denied", Hop1),
+            false,
+        ),
+        case(
+            "hop2 down (VM Squid stopped)",
+            Box::new(|l| l.hop_down(Hop::Two)),
+            Request::Chain(healthy.clone()),
+            FaultModel::new("failed at gce-proxy: refused", Hop1),
+            false,
+        ),
+        case(
+            "hop2 blackholed",
+            Box::new(|l| l.hop2_blackhole()),
+            Request::Chain(healthy.clone()),
+            FaultModel::new("failed at gce-proxy: timeout", Hop1),
+            false,
+        ),
+        case(
+            "hop2 ACL deny (403)",
+            none(),
+            Request::Chain(c.denied_at_hop2.clone()),
+            FaultModel::new("failed at gce-proxy: proxy_denied", Hop2),
+            false,
+        ),
+        case(
+            "origin refuses",
+            none(),
+            Request::Chain(c.refused.name.clone()),
+            FaultModel::new("failed at internet: refused", Hop2),
+            false,
+        ),
+        case(
+            "origin blackholed",
+            none(),
+            Request::Chain(c.blackhole.name.clone()),
+            FaultModel::new("failed at internet: timeout", Hop2),
+            false,
+        ),
+        case(
+            "NAT blackholed",
+            Box::new(|l| l.nat_blackhole()),
+            Request::Chain(healthy.clone()),
+            FaultModel::new("failed at internet: timeout", Hop2),
+            false,
+        ),
+        case(
+            "lossy hop (hop1->hop2 loses a SYN)",
+            Box::new(|l| l.lossy_syn_hop1_to_hop2()),
+            Request::Chain(healthy.clone()),
+            FaultModel::degraded("degraded at gce-proxy: retransmits", Hop2, Hop1),
+            false,
+        ),
+        case(
+            "proxy bypass (direct)",
+            Box::new(|l| l.direct_egress_dropped()),
+            Request::Direct(c.healthy.ip),
+            FaultModel::new("failed at direct: bypass", Client),
+            false,
+        ),
+        case(
+            "proxy name does not resolve",
+            Box::new(move |l| l.dns_remove(&proxy_name)),
+            Request::ViaName(healthy.clone()),
+            FaultModel::new("failed at gke-squid: dns_failed", Client),
+            true,
+        ),
+        case(
+            "origin name NXDOMAIN at hop2",
+            Box::new(move |l| l.dns_remove(&h2)),
+            Request::Chain(healthy.clone()),
+            FaultModel::new("failed at gce-proxy: dns_failed", Hop2),
+            false,
+        ),
+        case(
+            "resolver down",
+            Box::new(|l| l.resolver_down()),
+            Request::ViaName(healthy),
+            FaultModel::new("failed at gke-squid: dns_failed", Client),
+            true,
+        ),
+    ]
+}
+
+/// `failed at H: R` (or `ok`, `degraded at H: R`) of a record's verdict.
+fn verdict_of(v: &Value, hop_key: &str) -> String {
+    match (v["verdict"].as_str(), v[hop_key].as_str(), v["reason"].as_str()) {
+        (Some("ok"), _, _) => "ok".into(),
+        (Some(verdict), Some(h), Some(r)) => format!("{verdict} at {h}: {r}"),
+        (Some(verdict), None, Some(r)) => format!("{verdict}: {r} (no hop named)"),
+        (verdict, _, _) => verdict.unwrap_or("?").into(),
+    }
+}
+
+/// A link as its accepting end knows it, from a connect record.
+pub(super) fn connect_link(v: &Value) -> Option<(String, String)> {
+    let peer = v["snat"].as_str().or(v["src"].as_str())?;
+    let local = v["dst_actual"].as_str().or(v["dst"].as_str())?;
+    Some((peer.to_string(), local.to_string()))
+}
+
+/// The hop-vantage record of the accepted connection `link` (its latest).
+fn accepted<'a>(records: &'a [Value], link: &(String, String)) -> Option<&'a Value> {
+    records.iter().rev().find(|v| {
+        v["record"] == "flow"
+            && v["vantage"] == "hop"
+            && v["peer"].as_str() == Some(&link.0)
+            && v["local"].as_str() == Some(&link.1)
+    })
+}
+
+/// Run the table on a fresh lab; Ok(rows) with every row's match.
+pub fn run(cfg: MultiNodeConfig, images: &[VmImage], verbose: bool) -> anyhow::Result<Vec<Row>> {
+    let _kernel = crate::kernel_lock::KernelLock::take()?;
+    let started = Instant::now();
+    let mut lab = Lab::new(cfg.clone(), images).context("multi-machine lab")?;
+    lab.start_agents(false)?;
+    println!(
+        "multinode: {} ({}), {} ({}), {} ({}) up with their agents in {:.0} s",
+        NODE_A,
+        lab.machines[0].describe(),
+        NODE_B,
+        lab.machines[1].describe(),
+        GCE,
+        lab.machines[2].describe(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut rows = Vec::new();
+    for case in cases(&cfg) {
+        let r = run_case(&mut lab, &case, verbose)
+            .with_context(|| format!("fault {:?}", case.fault))?;
+        if verbose {
+            eprintln!("multinode: {} → {}", r.fault, if r.ok { "match" } else { "MISMATCH" });
+        }
+        rows.push(r);
+    }
+    lab.restore()?;
+    lab.stop_agents()?;
+    lab.start_agents(true)?;
+    rows.push(super::probe::probe_row(&mut lab)?);
+    lab.restore()?;
+    drop(lab);
+    Ok(rows)
+}
+
+/// Counts of each agent's records when a row began (only later ones count).
+fn marks(lab: &Lab) -> [usize; 3] {
+    [0, 1, 2].map(|i| lab.agents[i].records.len())
+}
+
+fn run_case(lab: &mut Lab, case: &Case, verbose: bool) -> anyhow::Result<Row> {
+    let c = lab.cfg.chain.clone();
+    lab.restore()?;
+    (case.setup)(lab)?;
+    lab.poll()?;
+    let mark = marks(lab);
+    let t0 = Instant::now();
+    let (args, target) = match &case.request {
+        Request::Chain(h) => (c.curl_via_chain_args(h, "/"), format!("{h}:{}", c.origin_port)),
+        Request::ViaName(h) => (c.curl_via_name_args(h, "/"), format!("{h}:{}", c.origin_port)),
+        Request::Direct(ip) => (c.curl_direct_args(*ip, "/"), format!("{ip}:{}", c.origin_port)),
+    };
+    let (pid, code) = lab.client(&args, c.client_timeout + Duration::from_secs(5))?;
+    let mut notes = Vec::new();
+    // Node A: the client leg (or the failed lookup) and, for a chain, its
+    // chain record: by then the client leg has settled.
+    let client_cg = lab.client_cgroup.clone();
+    let dns_name = c.proxy_name.clone();
+    let found = wait(lab, 0, Duration::from_secs(10), |v| {
+        if case.dns {
+            v["record"] == "dns"
+                && v["verdict"] == "failed"
+                && v["name"].as_str() == Some(dns_name.as_str())
+                && v["cgroup"].as_str().is_some_and(|g| client_cg.ends_with(g))
+        } else {
+            v["record"] == "chain" && v["pid"].as_u64() == Some(u64::from(pid))
+        }
+    })?;
+    let a_recs = &lab.agents[0].records[mark[0]..];
+    let a_said = match (&found, case.dns) {
+        (Some(v), true) => verdict_of(v, "hop"),
+        (_, false) => client_view(a_recs, u64::from(pid)),
+        (None, true) => NO_RECORD.into(),
+    };
+    let client_leg = a_recs.iter().find(|v| {
+        v["record"] == "flow"
+            && v["pid"].as_u64() == Some(u64::from(pid))
+            && v["phase"] == "connect"
+            && v["leg"].as_str().is_some_and(|l| l.starts_with("client->"))
+    });
+    // Node B: its accepted connection of the client's link.
+    let link_a = client_leg.and_then(connect_link);
+    let b_said = hop_view(
+        lab,
+        1,
+        mark[1],
+        link_a.iter().cloned().collect(),
+        case.model.expect(Vantage::Hop1),
+        &mut notes,
+    )?;
+    // The GCE VM: its accepted connection of one of node B's upstream legs
+    // of this row (a link is unique: its source port).
+    let b_up: Vec<(String, String)> = lab.agents[1].records[mark[1]..]
+        .iter()
+        .filter(|v| {
+            v["record"] == "flow" && v["leg"].as_str().is_some_and(|l| l.starts_with("gke-squid->"))
+        })
+        .filter_map(connect_link)
+        .collect();
+    let g_said = hop_view(lab, 2, mark[2], b_up, case.model.expect(Vantage::Hop2), &mut notes)?;
+    // The product path: explain --assemble on node A.
+    let explain_target = if case.dns { c.proxy_name.clone() } else { target };
+    let dns = case.dns;
+    let mine = move |t: &Value| {
+        if dns { t["comm"] == "dns" } else { t["pid"].as_u64() == Some(u64::from(pid)) }
+    };
+    let (asm, asm_note) = assembled(lab, &explain_target, t0.elapsed(), &mine)?;
+    notes.extend(asm_note);
+    let alone = [
+        (case.model.expect(Vantage::Client), a_said),
+        (case.model.expect(Vantage::Hop1), b_said),
+        (case.model.expect(Vantage::Hop2), g_said),
+    ];
+    let ok = alone.iter().all(|(e, s)| matches(e, s)) && asm == case.model.full;
+    if !ok || verbose {
+        notes.push(format!("client pid {pid} on {NODE_A}, curl exit {code:?}"));
+    }
+    Ok(Row {
+        fault: case.fault,
+        alone,
+        assembled: (case.model.full.clone(), asm),
+        notes,
+        seconds: t0.elapsed().as_secs_f64(),
+        ok,
+    })
+}
+
+/// Poll agent `i` until a record after the current point matches `pred`
+/// (bounded); the record, or None.
+fn wait(
+    lab: &mut Lab,
+    i: usize,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Option<Value>> {
+    let deadline = Instant::now() + within;
+    loop {
+        lab.poll()?;
+        if let Some(v) = lab.agents[i].records.iter().rev().find(|v| pred(v)) {
+            return Ok(Some(v.clone()));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What the hop machine `i` said alone about the request: its hop-vantage
+/// record of one of `links`. Waits for it only where the request reached
+/// the machine (elsewhere there is nothing to wait for).
+pub(super) fn hop_view(
+    lab: &mut Lab,
+    i: usize,
+    mark: usize,
+    links: Vec<(String, String)>,
+    expect: Expect,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<String> {
+    let within =
+        if matches!(expect, Expect::Nothing) { Duration::ZERO } else { Duration::from_secs(8) };
+    let ls = links.clone();
+    let found = wait(lab, i, within, move |v| {
+        ls.iter().any(|l| accepted(std::slice::from_ref(v), l).is_some())
+    })?;
+    let name = lab.machines[i].name.clone();
+    let said = match &found {
+        Some(v) => verdict_of(v, "failed_hop"),
+        None => NO_RECORD.to_string(),
+    };
+    if !matches(&expect, &said) {
+        let own: Vec<String> = lab.agents[i].records[mark..]
+            .iter()
+            .filter(|v| v["record"] == "flow" && v["synthetic"] != true)
+            .map(|v| {
+                format!(
+                    "{} {}{}",
+                    v["leg"].as_str().unwrap_or("no leg"),
+                    v["verdict"].as_str().unwrap_or("?"),
+                    v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        let keys: Vec<String> = links.iter().map(|(p, l)| format!("{p} -> {l}")).collect();
+        notes.push(format!(
+            "{name}: no hop-vantage record of {}; its own flow records this row: {}",
+            if keys.is_empty() { "any link (none known)".into() } else { keys.join(" or ") },
+            if own.is_empty() { "none".into() } else { own.join(", ") }
+        ));
+    }
+    Ok(said)
+}
+
+/// `egress-agent explain TARGET --assemble -o json` on node A; the
+/// assembled verdict of this request's attempt, and a note when it could
+/// not be had.
+pub(super) fn assembled(
+    lab: &Lab,
+    target: &str,
+    since: Duration,
+    mine: &dyn Fn(&Value) -> bool,
+) -> anyhow::Result<(String, Option<String>)> {
+    let a = lab.a();
+    std::thread::sleep(Duration::from_millis(500));
+    let bin = if a.is_vm() {
+        "/bin/egress-agent".to_string()
+    } else {
+        crate::agent::agent_bin().display().to_string()
+    };
+    let window = format!("{}s", since.as_secs() + 3);
+    let mut args: Vec<String> = [
+        bin.as_str(),
+        "explain",
+        target,
+        "--assemble",
+        "-o",
+        "json",
+        "--since",
+        &window,
+        "--last",
+        "50",
+        "--api-socket",
+        &lab.agents[0].api_socket,
+        "--config",
+        &lab.configs[0],
+        "--kubeconfig",
+        &lab.kubeconfig_on_a,
+        "--peer-port",
+        &lab.cfg.peer_port.to_string(),
+        "--peer-timeout",
+        "20s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(lab.certs[0].args());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = a.exec(None, &refs, Duration::from_secs(120))?;
+    if o.code != Some(0) {
+        return Ok((
+            format!("(explain exit {:?})", o.code),
+            Some(format!("explain --assemble: {}", o.stderr.trim())),
+        ));
+    }
+    let v: Value =
+        serde_json::from_str(&o.stdout).with_context(|| format!("explain output: {}", o.stdout))?;
+    let attempts = v["recent"].as_array().cloned().unwrap_or_default();
+    let Some(t) = attempts.iter().rev().find(|t| mine(t)) else {
+        return Ok((
+            "(no attempt)".into(),
+            Some(format!("explain --assemble listed no attempt of this request: {}", o.stdout)),
+        ));
+    };
+    let w = &t["assembled"];
+    let said = verdict_of(w, "failed_hop");
+    let notes: Vec<&str> = w["notes"]
+        .as_array()
+        .map(|n| n.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let decided = w["decided_by"].as_str().unwrap_or("-");
+    Ok((
+        said,
+        Some(format!(
+            "assembled: decided by {decided}{}",
+            if notes.is_empty() { String::new() } else { format!("; {}", notes.join("; ")) }
+        )),
+    ))
+}
+
+/// The table: per fault, an `expected` line and a `said` line.
+pub fn print(rows: &[Row]) {
+    let w = 34;
+    println!(
+        "{:<36} {:<8} {:<w$} {:<w$} {:<w$} {:<w$} MATCH",
+        "FAULT",
+        "",
+        "NODE A ALONE (client)",
+        "NODE B ALONE (hop 1)",
+        "GCE VM ALONE (hop 2)",
+        "ASSEMBLED (explain --assemble)"
+    );
+    for r in rows {
+        let cut = |s: &str| {
+            if s.chars().count() > w {
+                format!("{}…", s.chars().take(w - 1).collect::<String>())
+            } else {
+                s.to_string()
+            }
+        };
+        println!(
+            "{:<36} {:<8} {:<w$} {:<w$} {:<w$} {:<w$}",
+            r.fault,
+            "expected",
+            cut(&r.alone[0].0.to_string()),
+            cut(&r.alone[1].0.to_string()),
+            cut(&r.alone[2].0.to_string()),
+            cut(&r.assembled.0)
+        );
+        println!(
+            "{:<36} {:<8} {:<w$} {:<w$} {:<w$} {:<w$} {}",
+            format!("  ({:.1} s)", r.seconds),
+            "said",
+            cut(&r.alone[0].1),
+            cut(&r.alone[1].1),
+            cut(&r.alone[2].1),
+            cut(&r.assembled.1),
+            if r.ok { "yes" } else { "NO" }
+        );
+        if !r.ok {
+            for n in &r.notes {
+                println!("{:<45} {n}", "");
+            }
+        }
+    }
+}
