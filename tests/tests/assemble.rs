@@ -89,11 +89,12 @@ fn hop(
 ) -> Vec<Record> {
     let inbound = FlowRecord {
         flow_id: format!("{hop}-in"),
-        leg: Some(format!("->{hop}")),
+        leg: Some(format!("{}->{hop}", if hop == "gke-squid" { "client" } else { "gke-squid" })),
         hop: Some(hop.into()),
         vantage: Some("hop".into()),
-        peer: Some(a(link.0)),
-        local: Some(a(link.1)),
+        src: Some(a(link.0)),
+        dst: Some(a(link.1)),
+        dst_actual: Some(a(link.1)),
         chain_id: Some(format!("{hop}-c")),
         verdict: v.0,
         reason: v.1,

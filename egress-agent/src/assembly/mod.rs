@@ -8,7 +8,9 @@
 //! end knows it as `(snat or src, dst_actual)`: its socket's source, after
 //! any SNAT its own machine did, and the destination after any DNAT (both
 //! from conntrack on that machine). The accepting end, the hop vantage,
-//! knows it as `(peer, local)`. Where no SNAT lies between the two machines
+//! knows it as `(peer, local)`: a hop-vantage record's `src` (its client)
+//! and `dst_actual` (the hop's own address the connection reached, after
+//! any DNAT on the hop's machine). Where no SNAT lies between the two machines
 //! (pod to pod, pod to a VM of the same VPC), the two pairs are equal:
 //! that is a [`Link`]. Across an SNAT that neither machine sees (a NAT in
 //! the network), the pairs differ and the join stops there, saying so.
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::records::FlowRecord;
 
 /// The value of a flow record's `vantage` field on an accepted connection.
-pub const HOP_VANTAGE: &str = "hop";
+pub use crate::pipeline::flow_table::HOP_VANTAGE;
 
 /// A link's address pair as its accepting end sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -55,9 +57,14 @@ impl Link {
         Self::new(peer, local)
     }
 
-    /// The link of an accepted connection (a hop-vantage record).
+    /// The link of an accepted connection: a hop-vantage record, whose
+    /// `src` is the peer (the client end, as the hop's kernel sees it) and
+    /// `dst_actual` the hop's own address. None on any other record.
     pub fn of_accepted(f: &FlowRecord) -> Option<Self> {
-        Self::new(f.peer?, f.local?)
+        if f.vantage.as_deref() != Some(HOP_VANTAGE) {
+            return None;
+        }
+        Self::new(f.src?, f.dst_actual.or(f.dst)?)
     }
 
     fn new(peer: SocketAddr, local: SocketAddr) -> Option<Self> {
@@ -65,9 +72,15 @@ impl Link {
         (known(peer) && known(local)).then_some(Self { peer, local })
     }
 
-    /// Whether `f` is either end of this link.
+    /// Whether `f` is either end of this link (the accepting end when `f`
+    /// is a hop-vantage record, the connecting end otherwise).
     pub fn ends_in(&self, f: &FlowRecord) -> bool {
-        Self::of_accepted(f).as_ref() == Some(self) || Self::of_connect(f).as_ref() == Some(self)
+        let end = if f.vantage.as_deref() == Some(HOP_VANTAGE) {
+            Self::of_accepted(f)
+        } else {
+            Self::of_connect(f)
+        };
+        end.as_ref() == Some(self)
     }
 
     /// `peer=…&local=…` for the peer API's query string.
@@ -129,16 +142,34 @@ mod tests {
             dst_actual: Some(a("10.0.2.10:3128")),
             ..FlowRecord::default()
         };
-        // Hop 1's accepted connection on its own machine.
+        // Hop 1's accepted connection on its own machine, as the hop
+        // vantage records it: `src` the peer, `dst`/`dst_actual` the hop's
+        // own address, no conntrack wait.
         let hop = FlowRecord {
             vantage: Some(HOP_VANTAGE.into()),
-            peer: Some(a("10.0.1.10:43512")),
-            local: Some(a("10.0.2.10:3128")),
+            src: Some(a("10.0.1.10:43512")),
+            dst: Some(a("10.0.2.10:3128")),
+            dst_actual: Some(a("10.0.2.10:3128")),
+            nat_checked: Some(false),
+            leg: Some("client->gke-squid".into()),
+            hop: Some("gke-squid".into()),
             ..FlowRecord::default()
         };
         let l = Link::of_connect(&client).expect("client link");
         assert_eq!(Some(l), Link::of_accepted(&hop));
         assert!(l.ends_in(&hop) && l.ends_in(&client));
+        // A connect record is never an accepted end, whatever its addresses.
+        assert_eq!(Link::of_accepted(&client), None);
+        // The hop's own upstream connect (not hop vantage) is the next link,
+        // keyed by its connecting end.
+        let up = FlowRecord {
+            src: Some(a("10.0.2.10:50002")),
+            dst: Some(a("10.128.2.100:3128")),
+            leg: Some("gke-squid->gce-proxy".into()),
+            ..FlowRecord::default()
+        };
+        assert!(!l.ends_in(&up));
+        assert_eq!(Link::of_connect(&up).map(|u| u.local), Some(a("10.128.2.100:3128")));
         // SNAT on the connecting machine: the far end sees the SNAT address.
         let natted = FlowRecord { snat: Some(a("10.128.0.11:61000")), ..client.clone() };
         assert_eq!(Link::of_connect(&natted).map(|l| l.peer), Some(a("10.128.0.11:61000")));

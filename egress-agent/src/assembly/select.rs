@@ -1,6 +1,7 @@
 //! What an agent answers about one link: the records of its history that
-//! end in the link (either end: an accepted connection whose `(peer, local)`
-//! it is, or a connect whose `(snat or src, dst_actual)` it is), the chains
+//! end in the link (either end: an accepted connection, a hop-vantage
+//! record whose `(src, dst_actual)` it is, or a connect whose `(snat or src,
+//! dst_actual)` it is), the chains
 //! those records belong to (latest revision), and the flow records of those
 //! chains' legs, so the asker can follow the chain to the next link.
 //! Nothing else: a peer cannot list an agent's history through it.
@@ -117,8 +118,9 @@ mod tests {
             flow_id: id.into(),
             vantage: Some(HOP_VANTAGE.into()),
             hop: Some("gke-squid".into()),
-            peer: Some(a(peer)),
-            local: Some(a("10.0.2.10:3128")),
+            src: Some(a(peer)),
+            dst: Some(a("10.0.2.10:3128")),
+            dst_actual: Some(a("10.0.2.10:3128")),
             chain_id: Some(chain.into()),
             ..FlowRecord::default()
         })

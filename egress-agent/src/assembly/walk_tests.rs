@@ -1,6 +1,8 @@
 //! The walk on records shaped as each machine's agent writes them: the
 //! client node's client leg, and on each hop's machine the hop vantage's
-//! accepted connection (`peer`/`local`), its chain and its upstream legs.
+//! accepted connection (`src` its peer, `dst_actual` the hop's own address,
+//! leg `client->gke-squid` or `gke-squid->gce-proxy` as `legs::classify_accepted`
+//! names it), its chain and its upstream legs.
 use std::{collections::HashMap, net::SocketAddr};
 
 use super::*;
@@ -57,11 +59,14 @@ fn hop_records(
     let Side { hop, next, peer, local, up_src, up_dst } = side;
     let inbound = FlowRecord {
         flow_id: format!("{hop}-in"),
-        leg: Some(format!("->{hop}")),
+        // As the hop's agent names it: the previous hop of the chain, or
+        // `client` before the first.
+        leg: Some(format!("{}->{hop}", if hop == "gke-squid" { "client" } else { "gke-squid" })),
         hop: Some(hop.into()),
         vantage: Some(HOP_VANTAGE.into()),
-        peer: Some(a(peer)),
-        local: Some(a(local)),
+        src: Some(a(peer)),
+        dst: Some(a(local)),
+        dst_actual: Some(a(local)),
         chain_id: Some(format!("{hop}-c")),
         verdict: v.0,
         reason: v.1,
@@ -167,9 +172,9 @@ async fn origin_refused_is_decided_by_the_vm_hop() {
         legs,
         [
             ("client->gke-squid", "client", "node-a"),
-            ("->gke-squid", "hop", "node-b"),
+            ("client->gke-squid", "hop", "node-b"),
             ("gke-squid->gce-proxy", "hop", "node-b"),
-            ("->gce-proxy", "hop", "gce-vm"),
+            ("gke-squid->gce-proxy", "hop", "gce-vm"),
             ("gce-proxy->internet", "hop", "gce-vm"),
         ]
     );

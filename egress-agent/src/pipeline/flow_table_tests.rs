@@ -255,3 +255,58 @@ fn a_hops_accepted_connection_reads_the_request_in_and_the_answer_out() {
     assert_eq!(rec.dst_actual, Some("10.9.0.2:3128".parse().expect("addr")));
     assert_eq!(rec.nat_checked, Some(false), "no conntrack wait for the hop's own socket");
 }
+
+#[test]
+fn a_hops_accepted_record_is_the_far_end_of_its_clients_link() {
+    use egress_common::{DIR_EGRESS, FLOW_FLAG_ACCEPTED};
+
+    use crate::{
+        assembly::{Link, select::select},
+        records::Record,
+    };
+    let mut t = table();
+    // Hop 1's machine: its socket local = the pod 10.9.0.2:3128, remote =
+    // the client pod on another node.
+    let accepted = flow(PHASE_CONNECTED, 41, 2 * MS, |e| {
+        e.flags = FLOW_FLAG_ACCEPTED | FLOW_FLAG_CAPTURE | FLOW_FLAG_EMITTED;
+        e.tuple = Tuple { family: AF_INET, sport: 3128, dport: 51000, ..Tuple::default() };
+        e.tuple.saddr[..4].copy_from_slice(&[10, 9, 0, 2]);
+        e.tuple.daddr[..4].copy_from_slice(&[10, 8, 0, 7]);
+        (e.tgid, e.pid, e.comm) = (0, 0, [0; 16]);
+    });
+    assert!(feed(&mut t, &accepted).is_empty());
+    let req = b"CONNECT login.example.test:443 HTTP/1.1\r\n\r\n";
+    assert!(feed(&mut t, &chunk(41, DIR_INGRESS, 0, 3 * MS, req)).is_empty());
+    let out = feed(
+        &mut t,
+        &chunk(41, DIR_EGRESS, 0, 4 * MS, b"HTTP/1.1 200 Connection established\r\n\r\n"),
+    );
+    let hop = out[0].0.clone();
+    // The client's node: the connect to the ClusterIP, DNAT'ed to the pod.
+    let a = |s: &str| s.parse().expect("addr");
+    let client = FlowRecord {
+        flow_id: "client-1".into(),
+        src: Some(a("10.8.0.7:51000")),
+        dst: Some(a("10.96.0.10:3128")),
+        dst_actual: Some(a("10.9.0.2:3128")),
+        vantage: Some("client".into()),
+        ..FlowRecord::default()
+    };
+    let link = Link::of_connect(&client).expect("client link");
+    assert_eq!(Link::of_accepted(&hop), Some(link), "the exact join key");
+    assert_eq!(Link::of_accepted(&client), None, "a connect is no accepted end");
+    // What the hop's agent answers a peer asking about that link.
+    let other = FlowRecord { flow_id: "other".into(), ..hop.clone() };
+    let other = FlowRecord { src: Some(a("10.8.0.7:51001")), ..other };
+    let history = [Record::Flow(other), Record::Flow(hop.clone())];
+    let (got, cut) = select(history.iter(), &link, 64);
+    assert!(!cut);
+    let ids: Vec<&str> = got
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(f.flow_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, [hop.flow_id.as_str()]);
+}

@@ -70,19 +70,6 @@ pub struct FlowRecord {
     pub dst_actual: Option<SocketAddr>,
     /// The source address NAT put on the connection, when it did.
     pub snat: Option<SocketAddr>,
-    /// On an accepted connection (`"vantage":"hop"`, the hop vantage): its
-    /// remote end as this machine's kernel sees it, i.e. the connecting
-    /// client or downstream hop after any NAT on the way in. With `local`,
-    /// the link's address pair on the accepting end: it equals the
-    /// connecting end's `(snat or src, dst_actual)` where no SNAT lies
-    /// between the two machines (the exact join key of assembly across
-    /// agents; see `assembly`). Filled by the hop vantage.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<SocketAddr>,
-    /// On an accepted connection: its local end, the hop's listen address
-    /// the connection reached (after any DNAT on this machine).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub local: Option<SocketAddr>,
     pub verdict: Verdict,
     pub reason: Option<Reason>,
     /// errno of the failure (sk_err), 0 if none.

@@ -2,8 +2,9 @@
 //! (tests/src/faults.rs) across the machines. Per fault: what each agent
 //! said alone (its own records of this request: node A's client leg or
 //! failed lookup; on a hop's machine the hop vantage's accepted connection
-//! whose `(peer, local)` is exactly the link the request crossed), what
-//! `egress-agent explain --assemble` on node A said, and what each was
+//! whose `(src, dst_actual)` — its peer and its own address — is exactly the
+//! link the request crossed), what `egress-agent explain --assemble` on
+//! node A said, and what each was
 //! expected to say ([`FaultModel`]).
 use std::time::{Duration, Instant};
 
@@ -204,8 +205,8 @@ fn accepted<'a>(records: &'a [Value], link: &(String, String)) -> Option<&'a Val
     records.iter().rev().find(|v| {
         v["record"] == "flow"
             && v["vantage"] == "hop"
-            && v["peer"].as_str() == Some(&link.0)
-            && v["local"].as_str() == Some(&link.1)
+            && v["src"].as_str() == Some(&link.0)
+            && v["dst_actual"].as_str().or(v["dst"].as_str()) == Some(&link.1)
     })
 }
 

@@ -50,8 +50,9 @@ async fn answers_a_link_to_an_agent_and_nobody_else() {
     api.publish(Record::Flow(FlowRecord {
         flow_id: "in-1".into(),
         vantage: Some(HOP_VANTAGE.into()),
-        peer: Some(link.peer),
-        local: Some(link.local),
+        src: Some(link.peer),
+        dst: Some(link.local),
+        dst_actual: Some(link.local),
         ..FlowRecord::default()
     }));
     api.publish(Record::Flow(FlowRecord { flow_id: "other".into(), ..FlowRecord::default() }));
