@@ -488,8 +488,12 @@ fn release(
 /// is the one case counted one byte short). A hop's accepted connection
 /// sends the answer: its own FIN, once acknowledged, is in `bytes_acked`.
 fn body_total(e: &FlowEvent, h: &Held) -> Option<u64> {
-    // A hop sends its answer: what its client acknowledged.
-    let total = if h.accepted { e.bytes_acked } else { e.bytes_received };
+    // A hop sends its answer: what its client acknowledged. `bytes_acked`
+    // counts sequence space (`ack - snd_una`): the SYN-ACK of the passive
+    // open always, and the hop's FIN once acknowledged. A relayed header
+    // block (Squid's answer to a parent's error) would read as 1-2 body
+    // bytes and hide the relay.
+    let (total, control) = if h.accepted { (e.bytes_acked, 1) } else { (e.bytes_received, 0) };
     if total == u64::MAX {
         return None;
     }
@@ -499,7 +503,7 @@ fn body_total(e: &FlowEvent, h: &Held) -> Option<u64> {
     } else {
         peer_fin_seen(e.oldstate, e.flags)
     };
-    Some(total.saturating_sub(u64::from(fin)).saturating_sub(header))
+    Some(total.saturating_sub(control + u64::from(fin)).saturating_sub(header))
 }
 
 /// Linux `TCP_*` states of `include/net/tcp_states.h` (uapi-stable).

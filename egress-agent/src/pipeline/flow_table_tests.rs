@@ -310,3 +310,33 @@ fn a_hops_accepted_record_is_the_far_end_of_its_clients_link() {
         .collect();
     assert_eq!(ids, [hop.flow_id.as_str()]);
 }
+
+#[test]
+fn a_hop_relaying_a_header_block_is_seen_so_despite_syn_and_fin_in_bytes_acked() {
+    use egress_common::{DIR_EGRESS, FLOW_FLAG_ACCEPTED};
+    let mut t = table();
+    let hop_socket = |e: &mut FlowEvent| {
+        e.flags = FLOW_FLAG_ACCEPTED | FLOW_FLAG_CAPTURE | FLOW_FLAG_EMITTED;
+        e.tuple = Tuple { family: AF_INET, sport: 3128, dport: 51002, ..Tuple::default() };
+        e.tuple.saddr[..4].copy_from_slice(&[10, 9, 0, 2]);
+        e.tuple.daddr[..4].copy_from_slice(&[10, 8, 0, 7]);
+        (e.tgid, e.pid, e.comm) = (0, 0, [0; 16]);
+    };
+    feed(&mut t, &flow(PHASE_CONNECTED, 42, 2 * MS, hop_socket));
+    let req = b"CONNECT refused.example.test:443 HTTP/1.1\r\n\r\n";
+    feed(&mut t, &chunk(42, DIR_INGRESS, 0, 3 * MS, req));
+    // Squid 5.7 relays its parent's 503 header block without the body.
+    let head = b"HTTP/1.1 503 Service Unavailable\r\nServer: squid/5.7\r\nX-Squid-Error: ERR_CONNECT_FAIL 111\r\nContent-Length: 3084\r\n\r\n";
+    assert!(feed(&mut t, &chunk(42, DIR_EGRESS, 0, 4 * MS, head)).is_empty(), "body to come");
+    // At the close the client has acknowledged the SYN-ACK, the header
+    // block and the hop's FIN.
+    let out = feed(
+        &mut t,
+        &flow(PHASE_CLOSED, 42, 9 * MS, |e| {
+            hop_socket(e);
+            e.bytes_acked = head.len() as u64 + 2;
+        }),
+    );
+    let ev = out[0].1.as_ref().expect("evidence");
+    assert_eq!((ev.closed, ev.body_bytes_total), (true, Some(0)), "no body: a relay");
+}
