@@ -124,14 +124,16 @@ pub async fn walk(client: &FlowRecord, agent: &str, fetch: &impl Fetch) -> Walke
     let mut prev: FlowRecord = client.clone();
     for position in 1..=MAX_HOPS {
         let Some(h) = prev.hop.clone().filter(|h| h != INTERNET && h != DIRECT) else { break };
-        let Some(l) = Link::of_connect(&prev) else {
-            notes.push(format!("the leg to {h} has no address pair to join on"));
-            break;
-        };
+        // First: a refused or timed-out connect has no far end (and often
+        // no bound source either), whatever its addresses say.
         if never_opened(&prev) {
             notes.push(format!("the connection to {h} never opened: nothing to ask its agent"));
             break;
         }
+        let Some(l) = Link::of_connect(&prev) else {
+            notes.push(format!("the leg to {h} has no address pair to join on"));
+            break;
+        };
         let answers = fetch.fetch(&h, &l).await;
         let mut found = None;
         for a in &answers {
