@@ -99,6 +99,11 @@ enum Task {
         /// a kernel of the matrix; exactly one on the host.
         #[arg(long, default_value = "node-a=host,node-b=6.12,gce=6.1", requires = "multinode")]
         machines: String,
+        /// With --multinode: only the rows whose fault contains one of
+        /// these (comma-separated, case-insensitive), e.g.
+        /// `--rows "healthy request,hop2 down,origin refuses"`; default all.
+        #[arg(long, value_delimiter = ',', requires = "multinode")]
+        rows: Vec<String>,
     },
     /// The kernel matrix: boot pinned Debian kernels (5.10, 6.1, 6.12) under
     /// QEMU/TCG with a busybox initramfs running the kernel-facing suite,
@@ -274,7 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::BenchHoldWorker { n, addrs } => {
             egress_tests::bench::storm::hold_worker(&addrs, n, Duration::from_secs(300))
         }
-        Task::Lab { duration, faults, repeat, multinode: true, machines } => {
+        Task::Lab { duration, faults, repeat, multinode: true, machines, rows } => {
             setup::ensure()?;
             if !is_root() {
                 bail!("the lab creates network namespaces, taps and VMs: run as root");
@@ -287,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = (duration, faults);
             let mut cfg = egress_tests::multinode::MultiNodeConfig::default();
             cfg.place(&machines)?;
+            cfg.rows = rows;
             let mut matched = vec![0u32; 0];
             let mut names = Vec::new();
             for i in 1..=repeat {

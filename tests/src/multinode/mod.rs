@@ -78,6 +78,9 @@ pub struct MultiNodeConfig {
     pub chain: ChainLabConfig,
     /// The agent probe's interval in the last row.
     pub probe_interval: Duration,
+    /// Only the rows whose fault contains one of these (case-insensitive);
+    /// empty: every row. TCG on a shared host is slow: a few rows fit.
+    pub rows: Vec<String>,
 }
 
 impl Default for MultiNodeConfig {
@@ -107,6 +110,7 @@ impl Default for MultiNodeConfig {
             peer_port: 9465,
             chain,
             probe_interval: Duration::from_secs(2),
+            rows: Vec::new(),
         }
     }
 }
@@ -140,6 +144,12 @@ impl MultiNodeConfig {
         Ok(())
     }
 
+    /// Whether the row `fault` runs.
+    pub fn runs(&self, fault: &str) -> bool {
+        let f = fault.to_lowercase();
+        self.rows.is_empty() || self.rows.iter().any(|r| f.contains(&r.to_lowercase()))
+    }
+
     /// The VM kernels the placement needs.
     pub fn vm_kernels(&self) -> Vec<String> {
         [&self.node_a, &self.node_b, &self.gce]
@@ -166,5 +176,8 @@ mod tests {
         assert!(MultiNodeConfig::default().place("node-a=6.1,node-b=6.1,gce=6.12").is_err());
         assert!(MultiNodeConfig::default().place("node-b=host").is_err(), "two on the host");
         assert!(MultiNodeConfig::default().place("node-c=6.1").is_err());
+        c.rows = vec!["healthy request".into(), "HOP2 DOWN".into()];
+        assert!(c.runs("hop2 down (VM Squid stopped)") && c.runs("healthy request"));
+        assert!(!c.runs("origin refuses") && MultiNodeConfig::default().runs("origin refuses"));
     }
 }

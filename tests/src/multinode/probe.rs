@@ -18,8 +18,11 @@ fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line[start..].split('"').next()
 }
 
+/// The row's fault.
+pub const PROBE_ROW: &str = "no app traffic: hop2 down, probe";
+
 pub fn probe_row(lab: &mut Lab) -> anyhow::Result<Row> {
-    let fault = "no app traffic: hop2 down, probe";
+    let fault = PROBE_ROW;
     let model = FaultModel::new("failed at gce-proxy: refused", Vantage::Hop1);
     let c = lab.cfg.chain.clone();
     let interval = lab.cfg.probe_interval;
