@@ -217,8 +217,13 @@ pub fn run(cfg: MultiNodeConfig, images: &[VmImage], verbose: bool) -> anyhow::R
     // The host's kernel is shared with other checkouts' tests: held from the
     // first agent on, not while the VMs boot (minutes under TCG) and their
     // namespaces are wired (no traffic yet).
+    let wired = started.elapsed();
     let _kernel = crate::kernel_lock::KernelLock::take()?;
-    println!("multinode: lab wired in {:.0} s; kernel lock taken", started.elapsed().as_secs_f64());
+    println!(
+        "multinode: lab wired in {:.0} s; kernel lock taken after {:.0} s more",
+        wired.as_secs_f64(),
+        (started.elapsed() - wired).as_secs_f64()
+    );
     lab.start_agents(false)?;
     println!(
         "multinode: {} ({}), {} ({}), {} ({}) up with their agents in {:.0} s",
