@@ -120,7 +120,15 @@ fn hop(
             ..LegSummary::default()
         })
         .collect();
-    let chain = ChainRecord { chain_id: format!("{hop}-c"), legs, ..ChainRecord::default() };
+    let chain = ChainRecord {
+        chain_id: format!("{hop}-c"),
+        legs,
+        verdict: inbound.verdict,
+        failed_hop: inbound.failed_hop.clone(),
+        reason: inbound.reason,
+        vantage: Some("hop".into()),
+        ..ChainRecord::default()
+    };
     vec![Record::Flow(inbound), Record::Flow(upstream), Record::Chain(chain)]
 }
 

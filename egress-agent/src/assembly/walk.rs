@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     config::{DIRECT, INTERNET},
-    records::{FlowRecord, Record, Verdict},
+    records::{ChainRecord, FlowRecord, Record, Verdict},
 };
 
 /// Hops followed at most (a loop in a misconfigured chain ends here).
@@ -160,15 +160,23 @@ pub async fn walk(client: &FlowRecord, agent: &str, fetch: &impl Fetch) -> Walke
         if ans.truncated {
             notes.push(format!("{h}: the answer of {} was cut at its size limit", ans.node));
         }
+        // The hop's say: the chain its own agent stitched from that
+        // accepted connection and its upstream legs (a lost SYN upstream
+        // degrades it though the answer was fine); the accepted connection's
+        // own judgement (from the answer alone) until that chain is out.
+        let (verdict, failed_hop, reason) = match hop_chain(&ans.records, acc) {
+            Some(c) => (c.verdict, c.failed_hop.clone(), c.reason),
+            None => (acc.verdict, acc.failed_hop.clone(), acc.reason),
+        };
         views.push(View {
             vantage: HOP_VANTAGE.into(),
             agent: ans.node.clone(),
             position,
             hop: Some(h.clone()),
             link: Some(l),
-            verdict: acc.verdict,
-            failed_hop: acc.failed_hop.clone(),
-            reason: acc.reason,
+            verdict,
+            failed_hop,
+            reason,
             proxy_status: acc.proxy_status,
             evidence: acc.evidence.clone(),
         });
@@ -214,10 +222,9 @@ fn accepted<'a>(records: &'a [Record], link: &Link) -> Option<&'a FlowRecord> {
     })
 }
 
-/// The hop's own upstream legs of the chain `acc` belongs to, in the
-/// chain's order (its latest revision).
-fn upstream<'a>(records: &'a [Record], acc: &FlowRecord, hop: &str) -> Vec<&'a FlowRecord> {
-    let chain = records
+/// The chain `acc` belongs to (its latest revision).
+fn hop_chain<'a>(records: &'a [Record], acc: &FlowRecord) -> Option<&'a ChainRecord> {
+    records
         .iter()
         .filter_map(|r| match r {
             Record::Chain(c)
@@ -228,8 +235,13 @@ fn upstream<'a>(records: &'a [Record], acc: &FlowRecord, hop: &str) -> Vec<&'a F
             }
             _ => None,
         })
-        .max_by_key(|c| c.revision);
-    let Some(chain) = chain else { return Vec::new() };
+        .max_by_key(|c| c.revision)
+}
+
+/// The hop's own upstream legs of the chain `acc` belongs to, in the
+/// chain's order (its latest revision).
+fn upstream<'a>(records: &'a [Record], acc: &FlowRecord, hop: &str) -> Vec<&'a FlowRecord> {
+    let Some(chain) = hop_chain(records, acc) else { return Vec::new() };
     let from = format!("{hop}->");
     chain
         .legs
