@@ -95,7 +95,7 @@ pub fn probe_row(lab: &mut Lab) -> anyhow::Result<Row> {
     Ok(Row {
         fault,
         alone,
-        assembled: (model.full.clone(), asm),
+        assembled: (model.full, asm),
         notes,
         seconds: t0.elapsed().as_secs_f64(),
         ok,

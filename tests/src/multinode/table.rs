@@ -195,8 +195,8 @@ fn verdict_of(v: &Value, hop_key: &str) -> String {
 
 /// A link as its accepting end knows it, from a connect record.
 pub(super) fn connect_link(v: &Value) -> Option<(String, String)> {
-    let peer = v["snat"].as_str().or(v["src"].as_str())?;
-    let local = v["dst_actual"].as_str().or(v["dst"].as_str())?;
+    let peer = v["snat"].as_str().or_else(|| v["src"].as_str())?;
+    let local = v["dst_actual"].as_str().or_else(|| v["dst"].as_str())?;
     Some((peer.to_string(), local.to_string()))
 }
 
@@ -206,7 +206,7 @@ fn accepted<'a>(records: &'a [Value], link: &(String, String)) -> Option<&'a Val
         v["record"] == "flow"
             && v["vantage"] == "hop"
             && v["src"].as_str() == Some(&link.0)
-            && v["dst_actual"].as_str().or(v["dst"].as_str()) == Some(&link.1)
+            && v["dst_actual"].as_str().or_else(|| v["dst"].as_str()) == Some(&link.1)
     })
 }
 
@@ -278,7 +278,7 @@ fn run_case(lab: &mut Lab, case: &Case, verbose: bool) -> anyhow::Result<Row> {
     // chain record: by then the client leg has settled.
     let client_cg = lab.client_cgroup.clone();
     let dns_name = c.proxy_name.clone();
-    let found = wait(lab, 0, Duration::from_secs(10), |v| {
+    let found = wait(lab, 0, mark[0], Duration::from_secs(10), |v| {
         if case.dns {
             v["record"] == "dns"
                 && v["verdict"] == "failed"
@@ -315,16 +315,31 @@ fn run_case(lab: &mut Lab, case: &Case, verbose: bool) -> anyhow::Result<Row> {
     )?;
     // The GCE VM: its accepted connection of one of node B's upstream legs
     // of this row (a link is unique: its source port).
-    let b_up: Vec<(String, String)> = lab.agents[1].records[mark[1]..]
+    // Those carrying this request's CONNECT, when any does: Squid also
+    // opens bare connections to its parent (a peer probe at its start).
+    let ups: Vec<&Value> = lab.agents[1].records[mark[1]..]
         .iter()
         .filter(|v| {
             v["record"] == "flow" && v["leg"].as_str().is_some_and(|l| l.starts_with("gke-squid->"))
         })
+        .collect();
+    let carrying: Vec<&Value> =
+        ups.iter().copied().filter(|v| v["target"].as_str() == Some(target.as_str())).collect();
+    let b_up: Vec<(String, String)> = if carrying.is_empty() { ups } else { carrying }
+        .into_iter()
         .filter_map(connect_link)
         .collect();
     let g_said = hop_view(lab, 2, mark[2], b_up, case.model.expect(Vantage::Hop2), &mut notes)?;
     // The product path: explain --assemble on node A.
-    let explain_target = if case.dns { c.proxy_name.clone() } else { target };
+    // A client that never reached the proxy sent no CONNECT: on-call asks
+    // about the proxy's address then.
+    let explain_target = if case.dns {
+        c.proxy_name
+    } else if client_leg.as_ref().is_some_and(|v| v["target"].is_null()) {
+        format!("{}:{}", c.cluster_ip, c.proxy_port)
+    } else {
+        target
+    };
     let dns = case.dns;
     let mine = move |t: &Value| {
         if dns { t["comm"] == "dns" } else { t["pid"].as_u64() == Some(u64::from(pid)) }
@@ -356,18 +371,21 @@ fn run_case(lab: &mut Lab, case: &Case, verbose: bool) -> anyhow::Result<Row> {
     })
 }
 
-/// Poll agent `i` until a record after the current point matches `pred`
-/// (bounded); the record, or None.
+/// Poll agent `i` until one of its records from index `from` on (this
+/// row's) matches `pred` (bounded); the record, or None. An earlier row's
+/// record never answers for this one (the same failed lookup, say).
 fn wait(
     lab: &mut Lab,
     i: usize,
+    from: usize,
     within: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Option<Value>> {
     let deadline = Instant::now() + within;
     loop {
         lab.poll()?;
-        if let Some(v) = lab.agents[i].records.iter().rev().find(|v| pred(v)) {
+        let recs = &lab.agents[i].records;
+        if let Some(v) = recs[from.min(recs.len())..].iter().rev().find(|v| pred(v)) {
             return Ok(Some(v.clone()));
         }
         if Instant::now() > deadline {
@@ -391,13 +409,27 @@ pub(super) fn hop_view(
     let within =
         if matches!(expect, Expect::Nothing) { Duration::ZERO } else { Duration::from_secs(8) };
     let ls = links.clone();
-    let found = wait(lab, i, within, move |v| {
+    let found = wait(lab, i, mark, within, move |v| {
         ls.iter().any(|l| accepted(std::slice::from_ref(v), l).is_some())
     })?;
     let name = lab.machines[i].name.clone();
-    let said = match &found {
-        Some(v) => verdict_of(v, "failed_hop"),
-        None => NO_RECORD.to_string(),
+    // The hop's say is the chain its agent stitched from that accepted
+    // connection and its own upstream legs (out once they settle).
+    let chain = match &found {
+        Some(acc) if !matches!(expect, Expect::Nothing) => {
+            let id = acc["flow_id"].clone();
+            wait(lab, i, mark, Duration::from_secs(3), move |v| {
+                v["record"] == "chain"
+                    && v["vantage"] == "hop"
+                    && v["legs"].as_array().is_some_and(|ls| ls.iter().any(|l| l["flow_id"] == id))
+            })?
+        }
+        _ => None,
+    };
+    let said = match (&chain, &found) {
+        (Some(c), _) => verdict_of(c, "failed_hop"),
+        (None, Some(v)) => verdict_of(v, "failed_hop"),
+        (None, None) => NO_RECORD.to_string(),
     };
     if !matches(&expect, &said)
         && let Some(v) = &found
