@@ -160,13 +160,15 @@ pub async fn walk(client: &FlowRecord, agent: &str, fetch: &impl Fetch) -> Walke
         if ans.truncated {
             notes.push(format!("{h}: the answer of {} was cut at its size limit", ans.node));
         }
-        // The hop's say: the chain its own agent stitched from that
-        // accepted connection and its upstream legs (a lost SYN upstream
-        // degrades it though the answer was fine); the accepted connection's
-        // own judgement (from the answer alone) until that chain is out.
+        // The hop's say: its accepted connection's judgement (the answer it
+        // sent, with its evidence), unless that is `ok` and the chain its
+        // agent stitched from it and its own upstream legs is degraded (a
+        // SYN it lost upstream: the answer was still fine).
         let (verdict, failed_hop, reason) = match hop_chain(&ans.records, acc) {
-            Some(c) => (c.verdict, c.failed_hop.clone(), c.reason),
-            None => (acc.verdict, acc.failed_hop.clone(), acc.reason),
+            Some(c) if acc.verdict == Verdict::Ok && c.verdict == Verdict::Degraded => {
+                (c.verdict, c.failed_hop.clone(), c.reason)
+            }
+            _ => (acc.verdict, acc.failed_hop.clone(), acc.reason),
         };
         views.push(View {
             vantage: HOP_VANTAGE.into(),

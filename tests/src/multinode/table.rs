@@ -413,10 +413,11 @@ pub(super) fn hop_view(
         ls.iter().any(|l| accepted(std::slice::from_ref(v), l).is_some())
     })?;
     let name = lab.machines[i].name.clone();
-    // The hop's say is the chain its agent stitched from that accepted
-    // connection and its own upstream legs (out once they settle).
+    // The hop's say is its accepted connection's judgement, unless that is
+    // `ok` and the chain its agent stitched from it and its own upstream
+    // legs is degraded (as `explain --assemble` takes it).
     let chain = match &found {
-        Some(acc) if !matches!(expect, Expect::Nothing) => {
+        Some(acc) if acc["verdict"] == "ok" && !matches!(expect, Expect::Nothing) => {
             let id = acc["flow_id"].clone();
             wait(lab, i, mark, Duration::from_secs(3), move |v| {
                 v["record"] == "chain"
@@ -427,9 +428,9 @@ pub(super) fn hop_view(
         _ => None,
     };
     let said = match (&chain, &found) {
-        (Some(c), _) => verdict_of(c, "failed_hop"),
-        (None, Some(v)) => verdict_of(v, "failed_hop"),
-        (None, None) => NO_RECORD.to_string(),
+        (Some(c), _) if c["verdict"] == "degraded" => verdict_of(c, "failed_hop"),
+        (_, Some(v)) => verdict_of(v, "failed_hop"),
+        (_, None) => NO_RECORD.to_string(),
     };
     if !matches(&expect, &said)
         && let Some(v) = &found
