@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     config::{DIRECT, INTERNET},
-    records::{ChainRecord, FlowRecord, Record, Verdict},
+    records::{FlowRecord, Record, Verdict},
 };
 
 /// Hops followed at most (a loop in a misconfigured chain ends here).
@@ -160,25 +160,15 @@ pub async fn walk(client: &FlowRecord, agent: &str, fetch: &impl Fetch) -> Walke
         if ans.truncated {
             notes.push(format!("{h}: the answer of {} was cut at its size limit", ans.node));
         }
-        // The hop's say: its accepted connection's judgement (the answer it
-        // sent, with its evidence), unless that is `ok` and the chain its
-        // agent stitched from it and its own upstream legs is degraded (a
-        // SYN it lost upstream: the answer was still fine).
-        let (verdict, failed_hop, reason) = match hop_chain(&ans.records, acc) {
-            Some(c) if acc.verdict == Verdict::Ok && c.verdict == Verdict::Degraded => {
-                (c.verdict, c.failed_hop.clone(), c.reason)
-            }
-            _ => (acc.verdict, acc.failed_hop.clone(), acc.reason),
-        };
         views.push(View {
             vantage: HOP_VANTAGE.into(),
             agent: ans.node.clone(),
             position,
             hop: Some(h.clone()),
             link: Some(l),
-            verdict,
-            failed_hop,
-            reason,
+            verdict: acc.verdict,
+            failed_hop: acc.failed_hop.clone(),
+            reason: acc.reason,
             proxy_status: acc.proxy_status,
             evidence: acc.evidence.clone(),
         });
@@ -224,9 +214,10 @@ fn accepted<'a>(records: &'a [Record], link: &Link) -> Option<&'a FlowRecord> {
     })
 }
 
-/// The chain `acc` belongs to (its latest revision).
-fn hop_chain<'a>(records: &'a [Record], acc: &FlowRecord) -> Option<&'a ChainRecord> {
-    records
+/// The hop's own upstream legs of the chain `acc` belongs to, in the
+/// chain's order (its latest revision).
+fn upstream<'a>(records: &'a [Record], acc: &FlowRecord, hop: &str) -> Vec<&'a FlowRecord> {
+    let chain = records
         .iter()
         .filter_map(|r| match r {
             Record::Chain(c)
@@ -237,13 +228,8 @@ fn hop_chain<'a>(records: &'a [Record], acc: &FlowRecord) -> Option<&'a ChainRec
             }
             _ => None,
         })
-        .max_by_key(|c| c.revision)
-}
-
-/// The hop's own upstream legs of the chain `acc` belongs to, in the
-/// chain's order (its latest revision).
-fn upstream<'a>(records: &'a [Record], acc: &FlowRecord, hop: &str) -> Vec<&'a FlowRecord> {
-    let Some(chain) = hop_chain(records, acc) else { return Vec::new() };
+        .max_by_key(|c| c.revision);
+    let Some(chain) = chain else { return Vec::new() };
     let from = format!("{hop}->");
     chain
         .legs
