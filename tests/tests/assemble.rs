@@ -52,7 +52,12 @@ async fn agent(
 ) -> (SocketAddr, ApiHandle) {
     let sock = std::env::temp_dir().join(format!("eo-asm-{}-{node}.sock", std::process::id()));
     let mut api = start_api(
-        ApiOptions { path: sock, history: 100, status: status() },
+        ApiOptions {
+            path: sock,
+            history: 100,
+            status: status(),
+            limits: egress_agent::api::server::ApiLimits::default(),
+        },
         &prometheus::Registry::new(),
         shutdown.clone(),
     )

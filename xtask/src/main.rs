@@ -252,7 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let t = std::time::Instant::now();
             let rows = multinode(&egress_tests::multinode::MultiNodeConfig::default())?;
             println!("multinode lab: {:.0} s", t.elapsed().as_secs_f64());
-            if rows.iter().any(|r| !r.ok) {
+            if rows.iter().any(|r| !r.passes()) {
                 bail!("the multi-machine lab's table did not match");
             }
             println!("xtask test: all suites passed");
@@ -303,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 matched.resize(rows.len(), 0);
                 names = rows.iter().map(|r| r.fault).collect();
                 for (m, r) in matched.iter_mut().zip(&rows) {
-                    *m += u32::from(r.ok);
+                    *m += u32::from(r.passes());
                 }
             }
             if repeat > 1 {

@@ -329,11 +329,13 @@ fn a_hop_relaying_a_header_block_is_seen_so_despite_syn_and_fin_in_bytes_acked()
     let head = b"HTTP/1.1 503 Service Unavailable\r\nServer: squid/5.7\r\nX-Squid-Error: ERR_CONNECT_FAIL 111\r\nContent-Length: 3084\r\n\r\n";
     assert!(feed(&mut t, &chunk(42, DIR_EGRESS, 0, 4 * MS, head)).is_empty(), "body to come");
     // At the close the client has acknowledged the SYN-ACK, the header
-    // block and the hop's FIN.
+    // block and the hop's FIN (the hop closed first: FIN_WAIT2, then the
+    // client's FIN).
     let out = feed(
         &mut t,
         &flow(PHASE_CLOSED, 42, 9 * MS, |e| {
             hop_socket(e);
+            e.oldstate = 5;
             e.bytes_acked = head.len() as u64 + 2;
         }),
     );

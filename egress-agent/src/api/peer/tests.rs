@@ -41,7 +41,12 @@ async fn answers_a_link_to_an_agent_and_nobody_else() {
     let reg = prometheus::Registry::new();
     let (stop, shutdown) = watch::channel(false);
     let mut api = start_api(
-        ApiOptions { path: dir.join("api.sock"), history: 100, status: status() },
+        ApiOptions {
+            path: dir.join("api.sock"),
+            history: 100,
+            status: status(),
+            limits: crate::api::server::ApiLimits::default(),
+        },
         &reg,
         shutdown.clone(),
     )
