@@ -31,6 +31,9 @@ use crate::{
 /// How long upstream legs wait to be claimed by a client leg.
 const KEEP_NS: u64 = 120_000_000_000;
 const KEEP_MAX: usize = 8192;
+/// The destination of a link known by its client end alone.
+const ANY_END: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 /// How long a client leg waits for legs that trail it before its chain is
 /// judged: longer than a record's wait for its conntrack entry.
 pub const SETTLE_NS: u64 = 300_000_000;
@@ -227,11 +230,19 @@ impl Stitcher {
 
     /// Remember the link a local leg's client end is on (with its SNAT
     /// source too: the far end sees that one).
+    ///
+    /// The client end alone is kept too (its destination [`ANY_END`]): where
+    /// a DNAT on this machine is not known (conntrack off, or its entry not
+    /// yet read) the leg's `dst_actual` is the Service address while the hop
+    /// saw the pod's; the client's own source address and port still name
+    /// that one socket on this machine exactly.
     fn note_link(&mut self, r: &FlowRecord) {
         let (Some(dst), now) = (r.dst_actual.or(r.dst), r.record_mono_ns) else { return };
-        for src in [r.src, r.snat].into_iter().flatten() {
-            if self.links.insert((src, dst), now).is_none() {
-                self.link_order.push_back((now, (src, dst)));
+        for src in [r.src, r.snat].into_iter().flatten().filter(|s| s.port() != 0) {
+            for key in [(src, dst), (src, ANY_END)] {
+                if self.links.insert(key, now).is_none() {
+                    self.link_order.push_back((now, key));
+                }
             }
         }
         while self.link_order.front().is_some_and(|(t, _)| now.saturating_sub(*t) > KEEP_NS)
@@ -248,7 +259,7 @@ impl Stitcher {
     /// Whether this agent saw the client end of `r`'s link.
     fn seen_locally(&self, r: &FlowRecord) -> bool {
         let (Some(peer), Some(local)) = (r.src, r.dst_actual.or(r.dst)) else { return false };
-        self.links.contains_key(&(peer, local))
+        self.links.contains_key(&(peer, local)) || self.links.contains_key(&(peer, ANY_END))
     }
 
     /// Whether a client leg or an accepted connection waits to settle.
@@ -563,5 +574,18 @@ mod tests {
         assert!(s.on_record(&mut client).is_none());
         assert!(s.on_record(&mut accepted(100, 150)).is_none());
         assert_eq!(s.tick(None).len(), 1);
+        // The DNAT not known here (conntrack off): the client's own socket,
+        // its source address and port, is still the accepted peer.
+        let mut s = Stitcher::default();
+        let service: SocketAddr = "10.96.0.10:3128".parse().expect("addr");
+        let mut client = FlowRecord {
+            src: Some(peer),
+            dst: Some(service),
+            dst_actual: Some(service),
+            ..rec(C, "gke-squid", 99, 151, t, Some(200), Ok)
+        };
+        assert!(s.on_record(&mut client).is_none());
+        assert!(s.on_record(&mut accepted(100, 150)).is_none());
+        assert_eq!(s.tick(None).len(), 1, "one chain: the client's");
     }
 }
