@@ -40,6 +40,9 @@ EXISTING = {
     "egress_program_attached",
     "egress_flows_tracked",
     "egress_build_info",
+    "egress_http_rejected_total",
+    "egress_http_connections",
+    "egress_http_tls_reloads_total",
 }
 
 # Exported only while their source runs: the Kubernetes watch (--kube, in a

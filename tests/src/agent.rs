@@ -44,6 +44,10 @@ pub struct Agent {
     pub records: Vec<Value>,
     pub stderr: Arc<Mutex<Vec<String>>>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Set when the agent serves its metrics port over TLS with client
+    /// certificates of these (`--metrics-tls-*`): scrapes then present the
+    /// client certificate.
+    pub scrape_tls: Option<crate::scrape::Certs>,
 }
 
 impl Agent {
@@ -122,8 +126,14 @@ impl Agent {
                 }
             }
         });
-        let mut agent =
-            Self { child, lines, records: Vec::new(), stderr: stderr_lines, metrics_addr };
+        let mut agent = Self {
+            child,
+            lines,
+            records: Vec::new(),
+            stderr: stderr_lines,
+            metrics_addr,
+            scrape_tls: None,
+        };
         // Verifying the programs takes tens of seconds on old kernels under
         // TCG (the VM matrix raises the limit with EGRESS_AGENT_READY_SECS).
         let ready = Duration::from_secs(
@@ -232,7 +242,10 @@ impl Agent {
     /// GET /metrics (or another path) from a `run` agent.
     pub fn http_get(&self, path: &str) -> anyhow::Result<String> {
         let addr = self.metrics_addr.context("agent not started with run")?;
-        http_get(addr, path)
+        match &self.scrape_tls {
+            Some(certs) => crate::scrape::get_with_cert(certs, addr, path),
+            None => http_get(addr, path),
+        }
     }
 
     /// SIGTERM and wait; returns the exit status success.

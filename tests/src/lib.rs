@@ -18,6 +18,7 @@ pub mod manifests;
 pub mod netns;
 pub mod prom;
 pub mod prom_server;
+pub mod scrape;
 pub mod traffic;
 
 pub use agent::{Agent, AgentMode};

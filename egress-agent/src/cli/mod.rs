@@ -8,6 +8,7 @@ pub mod check;
 pub mod explain;
 pub mod filter;
 pub mod flows;
+pub mod metrics_args;
 pub mod print;
 pub mod run;
 pub mod table;

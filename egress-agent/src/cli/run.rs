@@ -1,11 +1,8 @@
 //! `egress-agent run`: the daemon. The pipeline's records go to the sinks:
 //! metrics (served over HTTP), the local API, the JSON flow log.
-use std::net::SocketAddr;
-
-use anyhow::Context as _;
 use clap::Args;
 
-use super::args::SessionArgs;
+use super::{args::SessionArgs, metrics_args::MetricsArgs};
 use crate::{
     api::{self, server::ApiOptions, wire::Status},
     pipeline::Output,
@@ -16,9 +13,8 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Where to serve /metrics, /healthz and /readyz.
-    #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
-    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Also print every flow record and chain record (`"record":"chain"`) as
     /// a JSON line on stdout.
     #[arg(long)]
@@ -38,14 +34,17 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Bind first: a port in use is a clear error before anything is loaded.
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    // Files and the port first: a bad file or a port in use is a clear
+    // error before anything is loaded; while a previous agent still holds
+    // the port (a restart, a rolling update), wait for it (--metrics-bind-wait).
     let config = args.session.load_config()?;
-    let mut session = Session::start(args.session.options(config)).await?;
+    let files = args.metrics.load()?;
     let shutdown = shutdown_on_signals()?;
-    let server = tokio::spawn(http::serve(listener, session.metrics.clone(), shutdown.clone()));
+    let listener = args.metrics.bind(shutdown.clone()).await?;
+    let mut session = Session::start(args.session.options(config)).await?;
+    let http_server = args.metrics.server(files, session.metrics.clone())?;
+    let served = http_server.describe();
+    let server = tokio::spawn(http::serve(listener, http_server, shutdown.clone()));
     let api = if args.no_api {
         None
     } else {
@@ -60,7 +59,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let opts = ApiOptions { path: args.api_socket.clone(), history: args.api_history, status };
         Some(api::server::start(opts, &session.metrics.registry, shutdown.clone())?)
     };
-    tracing::info!(addr = %args.metrics_addr, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
+    tracing::info!(addr = %args.metrics.metrics_addr, metrics = %served, api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
     let log = args.log_flows.then(FlowLog::stdout);
     let mut api = api;
     session
