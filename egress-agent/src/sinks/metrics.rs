@@ -14,7 +14,10 @@ use prometheus::{
     TextEncoder,
 };
 
-use super::register::{self as reg, MetricError};
+use super::{
+    register::{self as reg, MetricError},
+    unit_label::UnitLabels,
+};
 use crate::{
     config::Config,
     records::{ChainRecord, DNS_TIMEOUT, DnsRecord, FlowRecord, Phase, Verdict},
@@ -57,6 +60,8 @@ pub struct Metrics {
     pub hop_failures: IntCounterVec,
     pub dns: DnsMetrics,
     kernel: Mutex<Option<KernelStats>>,
+    /// Host processes' units as `workload` values, bounded (transient units).
+    units: UnitLabels,
     /// Bounds the `target` and DNS `name` labels (allow-lists).
     config: Option<Arc<Config>>,
 }
@@ -220,6 +225,7 @@ impl Metrics {
             dns: DnsMetrics::new(&r)?,
             registry: r,
             kernel: Mutex::new(None),
+            units: UnitLabels::default(),
             config,
         };
         m.zero_known_series();
@@ -287,7 +293,8 @@ impl Metrics {
     pub fn observe(&self, r: &FlowRecord) {
         let reason = r.reason.map_or("", |x| x.as_str());
         let namespace = r.namespace.as_deref().unwrap_or("");
-        let workload = r.workload.as_deref().or(r.unit.as_deref()).unwrap_or("");
+        let unit = r.unit.as_deref().filter(|_| r.workload.is_none()).map(|u| self.units.label(u));
+        let workload = r.workload.as_deref().or(unit.as_deref()).unwrap_or("");
         let class = r.dst_class.map_or("", |c| c.as_str());
         let hop = r.hop.as_deref().unwrap_or("");
         let labels = [r.verdict.as_str(), reason, namespace, workload, class, hop];

@@ -5,5 +5,6 @@ pub mod flow_log;
 pub mod http;
 pub mod metrics;
 pub mod register;
+pub mod unit_label;
 
 pub use self::{metrics::Metrics, register::MetricError};
