@@ -19,6 +19,7 @@ pub mod netns;
 pub mod prom;
 pub mod prom_server;
 pub mod scrape;
+pub mod soak;
 pub mod traffic;
 
 pub use agent::{Agent, AgentMode};
