@@ -81,7 +81,7 @@ enum Task {
     /// the pipeline's events/s per core. Prints the table and appends a row
     /// to BENCHMARKS.md. Root; holds /tmp/egress-kernel.lock per trial.
     Bench(bench::BenchArgs),
-    /// The soak (not part of `test`, which runs its 2-minute form): the
+    /// The soak (not part of `test`, which runs its 100-second form): the
     /// release agent as deployed under a few hundred connections a second
     /// through the chain lab, pod churn on the fake API server, transient
     /// units, API clients, conntrack flushes and restarts; logs RSS, fds,
@@ -170,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&["build", "--package", "egress-agent"])?;
             // One test at a time: every root test runs an agent, which sees
             // the whole host's traffic (two labs at once would see each
-            // other's). The soak's 2-minute form (tests/soak.rs) is one of them.
+            // other's). The soak's 100-second form (tests/soak.rs) is one of them.
             cargo(&["test", "--package", "egress-tests", "--", "--test-threads=1"])?;
             vm::run(&vm::VmOptions {
                 kernels: vm::kernels::KERNELS.iter().map(|k| k.name.to_string()).collect(),

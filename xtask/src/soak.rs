@@ -17,7 +17,7 @@ use crate::{
 #[derive(Debug, clap::Args)]
 pub struct SoakArgs {
     /// How long the load runs, e.g. `12m`, `90s`, `1h30m` (a bare number
-    /// is minutes); the drain (up to 2 min, 1 min below 5 min) comes after.
+    /// is minutes); the drain (up to 2 min, 45 s below 5 min) comes after.
     #[arg(long, value_parser = parse_duration, conflicts_with = "minutes")]
     duration: Option<Duration>,
     /// The same in minutes.
