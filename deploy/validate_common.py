@@ -43,6 +43,9 @@ EXISTING = {
     "egress_kernel_flows_counted_total",
     "egress_kernel_aggregate_full_total",
     "egress_build_info",
+    "egress_http_rejected_total",
+    "egress_http_connections",
+    "egress_http_tls_reloads_total",
 }
 
 # Exported only while their source runs: the Kubernetes watch (--kube, in a

@@ -41,9 +41,15 @@ pub enum AgentMode {
 pub struct Agent {
     child: Child,
     lines: Receiver<String>,
+    /// One message when "programs attached" shows on stderr.
+    ready: Receiver<()>,
     pub records: Vec<Value>,
     pub stderr: Arc<Mutex<Vec<String>>>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Set when the agent serves its metrics port over TLS with client
+    /// certificates of these (`--metrics-tls-*`): scrapes then present the
+    /// client certificate.
+    pub scrape_tls: Option<crate::scrape::Certs>,
 }
 
 impl Agent {
@@ -55,6 +61,22 @@ impl Agent {
     /// Like [`Agent::start`], the agent run through `wrapper` (a program and
     /// its arguments that exec the agent, e.g. `setpriv … --` or `nsenter …`).
     pub fn start_wrapped(wrapper: &[String], mode: AgentMode) -> anyhow::Result<Self> {
+        let (c, metrics_addr) = Self::command(wrapper, mode)?;
+        Self::start_command(c, metrics_addr)
+    }
+
+    /// The agent started but not waited for (it may wait for its port, say):
+    /// [`Agent::wait_ready`] when it should be.
+    pub fn spawn(mode: AgentMode) -> anyhow::Result<Self> {
+        let (c, metrics_addr) = Self::command(&[], mode)?;
+        Self::spawn_command(c, metrics_addr)
+    }
+
+    /// The command line of `mode`, through `wrapper`, and its metrics address.
+    fn command(
+        wrapper: &[String],
+        mode: AgentMode,
+    ) -> anyhow::Result<(Command, Option<SocketAddr>)> {
         let bin = agent_bin();
         if !bin.exists() {
             bail!("{} not built: run `cargo xtask build` or set EGRESS_AGENT_BIN", bin.display());
@@ -86,13 +108,31 @@ impl Agent {
                 Some(*metrics)
             }
         };
-        Self::start_command(c, metrics_addr)
+        Ok((c, metrics_addr))
     }
 
     /// An agent started by `c` as it is (e.g. `podman run … IMAGE run
     /// --log-flows …`): its stdout lines are records, "programs attached" on
     /// its stderr means ready, `metrics_addr` is where its /metrics is.
-    pub fn start_command(mut c: Command, metrics_addr: Option<SocketAddr>) -> anyhow::Result<Self> {
+    pub fn start_command(c: Command, metrics_addr: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let mut agent = Self::spawn_command(c, metrics_addr)?;
+        // Verifying the programs takes tens of seconds on old kernels under
+        // TCG (the VM matrix raises the limit with EGRESS_AGENT_READY_SECS).
+        let ready = Duration::from_secs(
+            std::env::var("EGRESS_AGENT_READY_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(30),
+        );
+        if let Err(e) = agent.wait_ready(ready) {
+            let _ = agent.child.kill();
+            return Err(e);
+        }
+        Ok(agent)
+    }
+
+    /// Spawn `c` with its output collected; not waited for.
+    pub fn spawn_command(mut c: Command, metrics_addr: Option<SocketAddr>) -> anyhow::Result<Self> {
         let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -122,21 +162,28 @@ impl Agent {
                 }
             }
         });
-        let mut agent =
-            Self { child, lines, records: Vec::new(), stderr: stderr_lines, metrics_addr };
-        // Verifying the programs takes tens of seconds on old kernels under
-        // TCG (the VM matrix raises the limit with EGRESS_AGENT_READY_SECS).
-        let ready = Duration::from_secs(
-            std::env::var("EGRESS_AGENT_READY_SECS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(30),
-        );
-        if ready_rx.recv_timeout(ready).is_err() {
-            let _ = agent.child.kill();
-            bail!("agent not ready within {ready:?}; stderr:\n{}", agent.stderr_text());
+        Ok(Self {
+            child,
+            lines,
+            ready: ready_rx,
+            records: Vec::new(),
+            stderr: stderr_lines,
+            metrics_addr,
+            scrape_tls: None,
+        })
+    }
+
+    /// Wait until its programs are attached ("programs attached" on stderr).
+    pub fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        if self.ready.recv_timeout(within).is_err() {
+            bail!("agent not ready within {within:?}; stderr:\n{}", self.stderr_text());
         }
-        Ok(agent)
+        Ok(())
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// PID of the agent process (of the wrapper, which execs the agent in place).
@@ -243,7 +290,10 @@ impl Agent {
     /// GET /metrics (or another path) from a `run` agent.
     pub fn http_get(&self, path: &str) -> anyhow::Result<String> {
         let addr = self.metrics_addr.context("agent not started with run")?;
-        http_get(addr, path)
+        match &self.scrape_tls {
+            Some(certs) => crate::scrape::get_with_cert(certs, addr, path),
+            None => http_get(addr, path),
+        }
     }
 
     /// SIGTERM, wait up to `within`, then collect every record the agent

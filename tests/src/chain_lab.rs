@@ -54,7 +54,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 pub use client::{ClientOutput, CurlResult, GatedClient, wait_output};
-pub use config::{ChainLabConfig, Cidr, DirectEgress, Hop, LabLink, OriginName};
+pub use config::{ChainLabConfig, Cidr, DirectEgress, Hop, LabLink, OriginName, SquidIdle};
 use squid::{SquidFiles, SquidProc};
 
 use crate::{Netns, Veth, cmd, sh};
@@ -479,6 +479,10 @@ fn build_network(
     let retries = cfg.syn_retries.to_string();
     for n in ns.all() {
         n.sysctl("net.ipv4.tcp_syn_retries", &retries)?;
+        if let Some((retries, fin)) = cfg.orphan_linger {
+            n.sysctl("net.ipv4.tcp_orphan_retries", &retries.to_string())?;
+            n.sysctl("net.ipv4.tcp_fin_timeout", &fin.to_string())?;
+        }
     }
     for n in [&ns.node, &ns.nat] {
         n.sysctl("net.ipv4.ip_forward", "1")?;

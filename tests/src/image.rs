@@ -62,8 +62,12 @@ pub struct Volumes {
     /// Directory standing in for each `emptyDir` volume (by volume name):
     /// a host directory, so the test can reach what the agent puts there.
     pub empty_dirs: Vec<(String, PathBuf)>,
+    /// Directory standing in for each `secret` volume (by volume name).
+    pub secrets: Vec<(String, PathBuf)>,
     /// `spec.nodeName` for `fieldRef` environment variables.
     pub node_name: String,
+    /// `status.hostIP` for `fieldRef` environment variables.
+    pub host_ip: String,
 }
 
 /// The container's run options, taken from a DaemonSet.
@@ -280,8 +284,14 @@ pub fn run_spec(ds: &Value, vols: &Volumes) -> anyhow::Result<RunSpec> {
                 .find(|(n, _)| n == name)
                 .map(|(_, p)| p.clone())
                 .with_context(|| format!("no directory given for emptyDir volume {name}"))?
+        } else if v.get("secret").is_some() {
+            vols.secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| p.clone())
+                .with_context(|| format!("no directory given for secret volume {name}"))?
         } else {
-            bail!("volume {name}: only hostPath, configMap and emptyDir are translated");
+            bail!("volume {name}: only hostPath, configMap, secret and emptyDir are translated");
         };
         push(&["--volume", &format!("{}:{target}:{}", source.display(), opts.join(","))]);
         match m["recursiveReadOnly"].as_str() {
@@ -314,7 +324,10 @@ pub fn run_spec(ds: &Value, vols: &Volumes) -> anyhow::Result<RunSpec> {
         let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
             (Value::String(v), _) => v.clone(),
             (_, Value::String(p)) if p == "spec.nodeName" => vols.node_name.clone(),
-            _ => bail!("env {name}: only literal values and fieldRef spec.nodeName are translated"),
+            (_, Value::String(p)) if p == "status.hostIP" => vols.host_ip.clone(),
+            _ => bail!(
+                "env {name}: only literal values and fieldRef spec.nodeName / status.hostIP are translated"
+            ),
         };
         push(&["--env", &format!("{name}={value}")]);
     }
@@ -439,7 +452,9 @@ mod tests {
         Volumes {
             config_maps: vec![("config".into(), "/tmp/c".into())],
             empty_dirs: vec![("run".into(), "/tmp/r".into())],
+            secrets: vec![("metrics-tls".into(), "/tmp/s".into())],
             node_name: "n1".into(),
+            host_ip: "192.0.2.7".into(),
         }
     }
 
@@ -451,6 +466,8 @@ mod tests {
         assert!(f.contains("--network host"), "{f}");
         assert!(f.contains("--volume /sys/kernel/tracing:/sys/kernel/tracing:ro,rprivate"), "{f}");
         assert!(f.contains("--env NODE_NAME=n1"), "{f}");
+        assert!(f.contains("--env HOST_IP=192.0.2.7"), "{f}");
+        assert!(f.contains("--volume /tmp/s:/etc/egress-agent-tls:ro,rprivate"), "{f}");
         assert!(spec.args.first().is_some_and(|a| a == "run"), "{:?}", spec.args);
     }
 

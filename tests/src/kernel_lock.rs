@@ -1,9 +1,9 @@
 //! One kernel user at a time across processes: every root test, the lab
 //! demo, each benchmark trial and the kernel suite's host column hold
-//! `/tmp/egress-kernel.lock` (flock) while they run. An agent's cgroup_skb
-//! programs sit on the cgroup root in `Single` mode (a second agent replaces
-//! the first's), and every agent sees the whole host's traffic, so two
-//! checkouts testing at once would see each other's flows.
+//! `/tmp/egress-kernel.lock` (flock) while they run. Every agent sees the
+//! whole host's traffic (its cgroup_skb programs sit on the cgroup root,
+//! beside any other agent's: tests/tests/upgrade.rs), so two checkouts
+//! testing at once would see each other's flows.
 //!
 //! Re-entrant inside one process: a holder that takes it again (a test that
 //! runs a benchmark trial) shares the hold instead of deadlocking on its own

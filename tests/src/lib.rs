@@ -22,6 +22,8 @@ pub mod netns;
 pub mod prom;
 pub mod prom_server;
 pub mod qemu;
+pub mod scrape;
+pub mod soak;
 pub mod traffic;
 
 pub use agent::{Agent, AgentMode};

@@ -2,7 +2,10 @@
 //! on a copy of deploy/, each regression below (a host /sys/fs/bpf mount,
 //! a privileged base, an unused RBAC verb, a seccomp profile other than the
 //! shipped one, an extra capability, a host mount read-only only at its top,
-//! a profile that allows mount()) makes it fail, naming the check.
+//! the metrics port on every address or without client certificates, a
+//! probe on plain HTTP, a surging rollout, a monitor or the VM's scrape job
+//! without TLS or without Prometheus' certificate, the VM's agent on every
+//! address, a profile that allows mount()) makes it fail, naming the check.
 use std::{path::Path, process::Command};
 
 use egress_tests::{image::TempDir, manifests::deploy_dir, require_root};
@@ -100,6 +103,62 @@ fn validate_fails_when_an_exposure_comes_back() {
                 "              mountPath: /sys/fs/cgroup\n              readOnly: true\n",
             )],
             "recursively read-only",
+        ),
+        (
+            "metrics served on every address",
+            vec![(ds, "            - $(HOST_IP):9464\n", "            - 0.0.0.0:9464\n")],
+            "bound to the node's IP only",
+        ),
+        (
+            "metrics without client certificates",
+            vec![(
+                ds,
+                "            - --metrics-client-ca\n            - /etc/egress-agent-tls/ca.crt\n",
+                "",
+            )],
+            "/metrics authenticated",
+        ),
+        (
+            "a probe on plain HTTP",
+            vec![(ds, "              scheme: HTTPS\n", "              scheme: HTTP\n")],
+            "HTTPS on an unauthenticated path",
+        ),
+        (
+            "a surging rollout",
+            vec![(ds, "      maxSurge: 0\n", "      maxSurge: 1\n")],
+            "maxSurge 0",
+        ),
+        (
+            "ServiceMonitor over http",
+            vec![(
+                "kubernetes/monitoring/servicemonitor.yaml",
+                "      scheme: https\n",
+                "      scheme: http\n",
+            )],
+            "scheme https",
+        ),
+        (
+            "PodMonitor without Prometheus' certificate",
+            vec![(
+                "kubernetes/monitoring/podmonitor/podmonitor.yaml",
+                "        cert:\n          secret:\n            name: egress-agent-metrics-scrape\n            key: tls.crt\n",
+                "",
+            )],
+            "presents what the agent asks for",
+        ),
+        (
+            "the VM's agent on every address",
+            vec![(
+                "gce/egress-agent.env",
+                "EGRESS_METRICS_ADDR=10.128.2.100:9464",
+                "EGRESS_METRICS_ADDR=0.0.0.0:9464",
+            )],
+            "bound to the VM's address",
+        ),
+        (
+            "the VM scraped over http",
+            vec![("prometheus/prometheus.yml", "    scheme: https\n", "    scheme: http\n")],
+            "scrapes https",
         ),
         // One more name at the head of the first (allow) rule.
         (

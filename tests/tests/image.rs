@@ -28,6 +28,7 @@ use egress_tests::{
     lab::{ConnectLab, LabAddrs},
     manifests::deploy_dir,
     require_root,
+    scrape::{Certs, Credential, curl, fetch},
 };
 use serde_json::Value;
 
@@ -47,8 +48,9 @@ fn image() -> &'static str {
     })
 }
 
-/// What the node supplies: the ConfigMap (base/config.yaml) and the `run`
-/// emptyDir, as host directories under `tmp`.
+/// What the node supplies: the ConfigMap (base/config.yaml), the metrics
+/// TLS Secret (deploy/tls/make-certs.sh) and the `run` emptyDir, as host
+/// directories under `tmp`; the node's IP is loopback.
 fn volumes(tmp: &TempDir) -> Volumes {
     let config = tmp.path().join("config");
     let run = tmp.path().join("run");
@@ -59,10 +61,14 @@ fn volumes(tmp: &TempDir) -> Volumes {
     let node_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "node".into());
+    let tls = tmp.path().join("metrics-tls");
+    Certs::make(&tls, &[]).expect("make-certs.sh");
     Volumes {
         config_maps: vec![("config".into(), config)],
         empty_dirs: vec![("run".into(), run)],
+        secrets: vec![("metrics-tls".into(), tls)],
         node_name,
+        host_ip: "127.0.0.1".into(),
     }
 }
 
@@ -149,6 +155,8 @@ fn image_passes_check_and_gives_every_verdict_with_the_daemonsets_privileges() {
     let guard = ContainerGuard::new("run");
     let mut agent = Agent::start_command(run_cmd(&spec, &guard, &args), Some(metrics))
         .expect("the agent in the image starts");
+    // The DaemonSet's TLS and client CA are in force: scrape as Prometheus.
+    agent.scrape_tls = Some(Certs { dir: tmp.path().join("metrics-tls") });
 
     let lab = ConnectLab::new(LabAddrs {
         client4: "198.19.31.10".parse().expect("ip"),
@@ -182,6 +190,12 @@ fn image_passes_check_and_gives_every_verdict_with_the_daemonsets_privileges() {
         eprintln!("{:<38} {} {}", s.name, rec["verdict"], rec["reason"]);
     }
     let scrape = agent.http_get("/metrics").expect("scrape");
+    // Without Prometheus' client certificate: /metrics refused, probes answered.
+    let certs = agent.scrape_tls.clone().expect("certs");
+    for (path, want) in [("/metrics", 401), ("/healthz", 200), ("/readyz", 200)] {
+        let (code, body) = fetch(curl(&[], &certs, metrics, path, Credential::None)).expect(path);
+        assert_eq!(code, want, "{path} without a client certificate: {body}");
+    }
     let attached = attachable_program_lines(&scrape);
     assert!(
         attached.iter().all(|l| l.ends_with(" 1")),

@@ -47,7 +47,7 @@ pub struct BenchArgs {
     alt_agent_bin: Option<PathBuf>,
 }
 
-fn sh(program: &str, args: &[&str]) -> String {
+pub(crate) fn sh(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -55,7 +55,7 @@ fn sh(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -4,6 +4,7 @@ mod fuzz;
 mod image;
 mod lint;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -123,6 +124,16 @@ enum Task {
     /// the pipeline's events/s per core. Prints the table and appends a row
     /// to BENCHMARKS.md. Root; holds /tmp/egress-kernel.lock per trial.
     Bench(bench::BenchArgs),
+    /// The soak (not part of `test`, which runs its 100-second form): the
+    /// release agent as deployed under a few hundred connections a second
+    /// through the chain lab, pod churn on the fake API server, transient
+    /// units, API clients, conntrack flushes and restarts; logs RSS, fds,
+    /// tracked flows, open sockets, conntrack entries, series and lost
+    /// events; then stops the load and waits for the tracked flows to drain;
+    /// fails on an RSS slope over 1 MiB / 10 min after warm-up, on fds or
+    /// series that keep growing, or on flows that do not drain. Root; holds
+    /// /tmp/egress-kernel.lock for its whole run.
+    Soak(soak::SoakArgs),
     /// Internal to `bench`: hold N connections to the given addresses
     /// until stdin closes (at most 5 minutes).
     #[command(hide = true)]
@@ -236,10 +247,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 merge: false,
             })?;
             cargo(&["build", "--package", "egress-agent"])?;
-            // One test at a time: every root test runs an agent, whose
-            // cgroup_skb programs sit on the cgroup root in Single mode (a
-            // second agent replaces the first's) and which sees the whole
-            // host's traffic (two labs at once would see each other's).
+            // One test at a time: every root test runs an agent, which sees
+            // the whole host's traffic (two labs at once would see each
+            // other's). The soak's 100-second form (tests/soak.rs) is one of them.
             cargo(&["test", "--package", "egress-tests", "--", "--test-threads=1"])?;
             vm::run(&vm::VmOptions {
                 kernels: vm::kernels::KERNELS.iter().map(|k| k.name.to_string()).collect(),
@@ -275,6 +285,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("the benchmark loads eBPF programs and bpftrace: run as root");
             }
             bench::run(args)
+        }
+        Task::Soak(args) => {
+            setup::ensure()?;
+            if !is_root() {
+                bail!("the soak creates network namespaces and loads eBPF programs: run as root");
+            }
+            soak::run(args)
         }
         Task::BenchHoldWorker { n, addrs } => {
             egress_tests::bench::storm::hold_worker(&addrs, n, Duration::from_secs(300))

@@ -9,6 +9,7 @@ pub mod check;
 pub mod explain;
 pub mod filter;
 pub mod flows;
+pub mod metrics_args;
 pub mod peer_args;
 pub mod print;
 pub mod run;

@@ -1,12 +1,12 @@
 //! `egress-agent run`: the daemon. The pipeline's records go to the sinks:
 //! metrics (served over HTTP), the local API, and the export of records off
 //! the node (stdout lines, native or ECS, and OTLP logs).
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args, ValueEnum};
 
-use super::{args::SessionArgs, peer_args::PeerServeArgs};
+use super::{args::SessionArgs, metrics_args::MetricsArgs, peer_args::PeerServeArgs};
 use crate::{
     api::{
         self,
@@ -61,9 +61,8 @@ pub enum LogOk {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Where to serve /metrics, /healthz and /readyz.
-    #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
-    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Records written as JSON lines on stdout (and sent to --otlp-endpoint):
     /// none; audit = every failure, degradation, bypass and failed DNS lookup
     /// (one line per request: a chain record carries its legs; failed lookups
@@ -208,10 +207,12 @@ fn parse_write_timeout(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Bind first: a port in use is a clear error before anything is loaded.
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    // Files and the ports first: a bad file or a port in use is a clear
+    // error before anything is loaded; while a previous agent still holds
+    // the metrics port (a restart, a rolling update), wait for it
+    // (--metrics-bind-wait).
+    let config = args.session.load_config()?;
+    let files = args.metrics.load()?;
     let export_opts = args.export_options()?;
     if !args.no_api {
         api::socket::preflight(&args.api_socket)?;
@@ -230,13 +231,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let config = args.session.load_config()?;
+    let shutdown = shutdown_on_signals()?;
+    watchdog(shutdown.clone(), args.shutdown_grace);
+    let listener = args.metrics.bind(shutdown.clone()).await?;
     let mut session =
         Session::start(args.session.options(config, export_opts.selection == Selection::All))
             .await?;
-    let shutdown = shutdown_on_signals()?;
-    watchdog(shutdown.clone(), args.shutdown_grace);
-    let server = tokio::spawn(http::serve(listener, session.metrics.clone(), shutdown.clone()));
+    let http_server = args.metrics.server(files, session.metrics.clone())?;
+    let served = http_server.describe();
+    let server = tokio::spawn(http::serve(listener, http_server, shutdown.clone()));
     let api = if args.no_api {
         None
     } else {
@@ -270,7 +273,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!("--peer-addr with --api-history 0: peers will find no records");
         }
     }
-    tracing::info!(addr = %args.metrics_addr, peer = %args.peer.peer_addr.map_or_else(|| "off".into(), |a| a.to_string()), api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
+    tracing::info!(addr = %args.metrics.metrics_addr, metrics = %served, peer = %args.peer.peer_addr.map_or_else(|| "off".into(), |a| a.to_string()), api = %if api.is_some() { args.api_socket.display().to_string() } else { "off".into() }, "egress-agent running; {}", session.attached_summary());
     let (mut export, exporting) = if export_opts.enabled() {
         let (h, x) =
             export::start(&export_opts, &session.metrics.registry, Box::new(std::io::stdout()))

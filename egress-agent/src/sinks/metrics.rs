@@ -28,6 +28,7 @@ use prometheus::{
 use super::{
     histogram::BucketHistogramVec,
     register::{self as reg, MetricError},
+    unit_label::UnitLabels,
 };
 use crate::{
     config::{Config, DIRECT},
@@ -109,6 +110,8 @@ pub struct Metrics {
     pub hop_lookup_failures: IntCounterVec,
     pub dns: DnsMetrics,
     kernel: Mutex<Option<KernelStats>>,
+    /// Host processes' units as `workload` values, bounded (transient units).
+    units: UnitLabels,
     /// Bounds the `target` and DNS `name` labels (allow-lists).
     config: Option<Arc<Config>>,
 }
@@ -324,6 +327,7 @@ impl Metrics {
             dns: DnsMetrics::new(&r)?,
             registry: r,
             kernel: Mutex::new(None),
+            units: UnitLabels::default(),
             config,
         };
         m.zero_known_series();
@@ -449,7 +453,8 @@ impl Metrics {
             return;
         }
         let namespace = r.namespace.as_deref().unwrap_or("");
-        let workload = owner_label(r.workload.as_deref(), r.unit.as_deref(), r.pod.as_deref());
+        let unit = r.unit.as_deref().filter(|_| r.workload.is_none()).map(|u| self.units.label(u));
+        let workload = owner_label(r.workload.as_deref(), unit.as_deref(), r.pod.as_deref());
         let class = r.dst_class.map_or("", |c| c.as_str());
         let hop = r.hop.as_deref().unwrap_or("");
         let labels = [r.verdict.as_str(), reason, namespace, workload, class, hop];
@@ -489,7 +494,9 @@ impl Metrics {
                 return;
             }
             self.hop_failures.with_label_values(&[hop.as_str(), reason]).inc();
-            let workload = owner_label(c.workload.as_deref(), c.unit.as_deref(), c.pod.as_deref());
+            let unit =
+                c.unit.as_deref().filter(|_| c.workload.is_none()).map(|u| self.units.label(u));
+            let workload = owner_label(c.workload.as_deref(), unit.as_deref(), c.pod.as_deref());
             self.hop_request_failures
                 .with_label_values(&[
                     hop.as_str(),
@@ -519,7 +526,9 @@ impl Metrics {
             (d.verdict, &d.hop, d.reason, &d.asked_by)
         {
             self.hop_failures.with_label_values(&[h.as_str(), r.as_str()]).inc();
-            let workload = owner_label(d.workload.as_deref(), d.unit.as_deref(), d.pod.as_deref());
+            let unit =
+                d.unit.as_deref().filter(|_| d.workload.is_none()).map(|u| self.units.label(u));
+            let workload = owner_label(d.workload.as_deref(), unit.as_deref(), d.pod.as_deref());
             self.hop_lookup_failures
                 .with_label_values(&[h.as_str(), d.namespace.as_deref().unwrap_or(""), workload])
                 .inc();

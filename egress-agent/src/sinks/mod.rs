@@ -7,5 +7,6 @@ pub mod histogram;
 pub mod http;
 pub mod metrics;
 pub mod register;
+pub mod unit_label;
 
 pub use self::{metrics::Metrics, register::MetricError};

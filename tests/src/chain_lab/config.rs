@@ -116,6 +116,13 @@ impl LabLink {
     ];
 }
 
+/// See [`ChainLabConfig::squid_idle`].
+#[derive(Debug, Clone, Copy)]
+pub struct SquidIdle {
+    pub pconn: Duration,
+    pub read: Duration,
+}
+
 /// Everything the chain lab is built from.
 ///
 /// The app and proxy-pod subnets must lie inside `pod_range` (the GCE side
@@ -180,6 +187,16 @@ pub struct ChainLabConfig {
     /// (Squid counts any non-2xx CONNECT answer from the parent, 403 included)
     /// before it marks the parent DEAD and answers 500 without connecting.
     pub peer_connect_fail_limit: u32,
+    /// Squid's idle timeouts (`pconn_timeout`, `client_idle_pconn_timeout`)
+    /// and its `read_timeout` (which also ends an idle tunnel), for labs that
+    /// need every connection closed soon after the load stops (the soak's
+    /// drain). `None`: Squid's defaults (1 min, 2 min, 15 min).
+    pub squid_idle: Option<SquidIdle>,
+    /// `net.ipv4.tcp_orphan_retries` and `tcp_fin_timeout` (s) in every lab
+    /// namespace: how long a closed socket whose peer went silent (its NAT
+    /// mapping flushed) lingers in FIN-WAIT. `None`: the kernel's (8 FIN
+    /// retransmits, ≈100 s; 60 s).
+    pub orphan_linger: Option<(u8, u32)>,
     /// cgroup v2 directories Squid #1 / #2 join before running (kubelet-shaped pod cgroups).
     pub hop1_cgroup: Option<PathBuf>,
     pub hop2_cgroup: Option<PathBuf>,
@@ -231,6 +248,8 @@ impl Default for ChainLabConfig {
             connect_timeout: Duration::from_secs(5),
             syn_retries: 1,
             peer_connect_fail_limit: 10,
+            squid_idle: None,
+            orphan_linger: None,
             hop1_cgroup: None,
             hop2_cgroup: None,
             client_timeout: Duration::from_secs(20),

@@ -127,6 +127,11 @@ pub(crate) fn conf_text(cfg: &ChainLabConfig, hop: Hop, files: &SquidFiles) -> S
     let _ = writeln!(c, "connect_timeout {timeout} seconds");
     let _ = writeln!(c, "peer_connect_timeout {timeout} seconds");
     let _ = writeln!(c, "forward_timeout {timeout} seconds");
+    if let Some(idle) = cfg.squid_idle {
+        let _ = writeln!(c, "pconn_timeout {} seconds", idle.pconn.as_secs().max(1));
+        let _ = writeln!(c, "client_idle_pconn_timeout {} seconds", idle.pconn.as_secs().max(1));
+        let _ = writeln!(c, "read_timeout {} seconds", idle.read.as_secs().max(1));
+    }
     let _ = writeln!(c, "shutdown_lifetime 0 seconds");
     let _ = writeln!(c, "pinger_enable off");
     let _ = writeln!(c, "cache_effective_user proxy");
