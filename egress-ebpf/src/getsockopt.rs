@@ -18,7 +18,7 @@ use core::ffi::c_void;
 
 use crate::{
     config,
-    flow::{state, state_by_lookup},
+    flow::state,
     maps::{SO_ERROR_CALLS, SOCK_FDS},
     tp::field,
 };
@@ -56,7 +56,7 @@ fn so_error_answer(ctx: &SockoptContext) -> Option<(*mut c_void, i32)> {
 #[cgroup_sockopt(getsockopt)]
 pub fn so_error(ctx: SockoptContext) -> i32 {
     if let Some((sk, err)) = so_error_answer(&ctx)
-        && let Some(st) = state_by_lookup(sk as u64)
+        && let Some(st) = state(sk as u64)
     {
         // SAFETY: valid state pointer.
         unsafe { (*st).reported_err = err };

@@ -34,45 +34,6 @@ pub static FLOWS: LruHashMap<u64, FlowState> =
 /// Per-CPU LRU lists: no lock shared by all CPUs on the connect path.
 const BPF_F_NO_COMMON_LRU: u32 = 2;
 
-/// Slots of [`ACTIVE`] (a power of two): 64 KiB, which stays in cache.
-pub const ACTIVE_SLOTS: u32 = 8192;
-
-/// Which sockets may be in [`FLOWS`]: a counting filter over socket
-/// addresses. `on_connect` adds one to the socket's slot before it inserts
-/// the state, the close subtracts one after it removed it; a slot at zero
-/// means no tracked socket hashes there, so the hooks that run for every
-/// socket (the passive side's reset, error report and close, which are as
-/// many as the active side's on a storm) skip the hash lookup, whose
-/// bucket is a cache miss in a table of 131072. A state the LRU evicted
-/// leaves its count behind: a false positive (one lookup), never a miss.
-#[map]
-pub static ACTIVE: Array<u64> = Array::with_max_entries(ACTIVE_SLOTS, 0);
-
-/// The [`ACTIVE`] slot of socket `sk` (Fibonacci hash: the top bits of the
-/// product mix every bit of the slab address).
-#[inline(always)]
-pub fn active_slot(sk: u64) -> u32 {
-    (sk.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ACTIVE_SLOTS.trailing_zeros())) as u32
-}
-
-/// Whether socket `sk` may be tracked (false: certainly not).
-#[inline(always)]
-pub fn maybe_active(sk: u64) -> bool {
-    match ACTIVE.get(active_slot(sk)) {
-        Some(n) => *n != 0,
-        // Not reached (the slot is in range); look the state up.
-        None => true,
-    }
-}
-
-/// Add `delta` (1, or u64::MAX for minus one) to the slot of `sk`.
-#[inline(always)]
-pub fn active_add(sk: u64, delta: u64) {
-    if let Some(p) = ACTIVE.get_ptr_mut(active_slot(sk)) {
-        xadd(p, delta);
-    }
-}
-
 /// Established flows to capture ports, by tuple (the key packets carry).
 #[map]
 pub static PROXY_FLOWS: LruHashMap<TupleKey, u64> =
