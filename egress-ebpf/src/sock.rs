@@ -16,10 +16,43 @@ pub fn kread<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
+/// The head of `struct sock_common` where it is laid out as in every
+/// kernel since 4.x: `skc_daddr`, `skc_rcv_saddr`, `skc_hash`, `skc_dport`,
+/// `skc_num`, `skc_family`: the IPv4 tuple in one read instead of five.
+#[repr(C)]
+struct Head {
+    daddr: [u8; 4],
+    saddr: [u8; 4],
+    _hash: u32,
+    dport: u16,
+    num: u16,
+    family: u16,
+}
+
 /// The socket's tuple (local = source), as the tracepoints report it.
 #[inline(always)]
 pub fn tuple(sk: u64, t: &mut Tuple) -> Result<(), i64> {
     let k = config!(kernel);
+    // Offsets are load-time constants: the verifier keeps one branch.
+    if k.skc_daddr != KOFF_UNKNOWN
+        && k.skc_rcv_saddr == k.skc_daddr + 4
+        && k.skc_dport == k.skc_daddr + 12
+        && k.skc_num == k.skc_daddr + 14
+        && k.skc_family == k.skc_daddr + 16
+    {
+        let h: Head = kread(sk, k.skc_daddr).ok_or(-2i64)?;
+        t.family = h.family;
+        t.sport = h.num;
+        t.dport = u16::from_be(h.dport);
+        if t.family == AF_INET {
+            t.saddr[..4].copy_from_slice(&h.saddr);
+            t.daddr[..4].copy_from_slice(&h.daddr);
+        } else if t.family == AF_INET6 {
+            t.saddr = kread(sk, k.skc_v6_rcv_saddr).ok_or(-2i64)?;
+            t.daddr = kread(sk, k.skc_v6_daddr).ok_or(-2i64)?;
+        }
+        return Ok(());
+    }
     t.family = kread::<u16>(sk, k.skc_family).ok_or(-2i64)?;
     t.sport = kread::<u16>(sk, k.skc_num).ok_or(-2i64)?;
     t.dport = u16::from_be(kread::<u16>(sk, k.skc_dport).ok_or(-2i64)?);
@@ -45,10 +78,15 @@ pub fn netns(sk: u64) -> u32 {
     }
 }
 
-/// `sk_err`, `sk_err_soft`.
+/// `sk_err`, `sk_err_soft`: one read where they are adjacent (`int
+/// sk_err, sk_err_soft;` in every kernel this runs on), two else.
 #[inline(always)]
 pub fn errors(sk: u64) -> (i32, i32) {
     let k = config!(kernel);
+    if k.sock_sk_err != KOFF_UNKNOWN && k.sock_sk_err_soft == k.sock_sk_err + 4 {
+        let [e, soft] = kread::<[i32; 2]>(sk, k.sock_sk_err).unwrap_or([0, 0]);
+        return (e, soft);
+    }
     (
         kread::<i32>(sk, k.sock_sk_err).unwrap_or(0),
         kread::<i32>(sk, k.sock_sk_err_soft).unwrap_or(0),
