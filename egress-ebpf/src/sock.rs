@@ -16,9 +16,44 @@ pub fn kread<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
+/// The head of `struct sock_common` where it is laid out as in every
+/// kernel since 4.x: `skc_daddr`, `skc_rcv_saddr`, `skc_hash`, `skc_dport`,
+/// `skc_num`, `skc_family`: the IPv4 tuple in one read instead of five.
+#[repr(C)]
+struct Head {
+    daddr: [u8; 4],
+    saddr: [u8; 4],
+    _hash: u32,
+    dport: u16,
+    num: u16,
+    family: u16,
+}
+
 /// The socket's tuple (local = source), as the tracepoints report it.
 #[inline(always)]
 pub fn tuple(sk: u64, t: &mut Tuple) -> Result<(), i64> {
+    // Offsets are load-time constants: the verifier keeps one branch. Each
+    // is read alone: a copy of the whole offsets struct would take stack the
+    // set_state hook does not have.
+    if config!(kernel.skc_daddr) != KOFF_UNKNOWN
+        && config!(kernel.skc_rcv_saddr) == config!(kernel.skc_daddr) + 4
+        && config!(kernel.skc_dport) == config!(kernel.skc_daddr) + 12
+        && config!(kernel.skc_num) == config!(kernel.skc_daddr) + 14
+        && config!(kernel.skc_family) == config!(kernel.skc_daddr) + 16
+    {
+        let h: Head = kread(sk, config!(kernel.skc_daddr)).ok_or(-2i64)?;
+        t.family = h.family;
+        t.sport = h.num;
+        t.dport = u16::from_be(h.dport);
+        if t.family == AF_INET {
+            t.saddr[..4].copy_from_slice(&h.saddr);
+            t.daddr[..4].copy_from_slice(&h.daddr);
+        } else if t.family == AF_INET6 {
+            t.saddr = kread(sk, config!(kernel.skc_v6_rcv_saddr)).ok_or(-2i64)?;
+            t.daddr = kread(sk, config!(kernel.skc_v6_daddr)).ok_or(-2i64)?;
+        }
+        return Ok(());
+    }
     t.family = kread::<u16>(sk, config!(kernel.skc_family)).ok_or(-2i64)?;
     t.sport = kread::<u16>(sk, config!(kernel.skc_num)).ok_or(-2i64)?;
     t.dport = u16::from_be(kread::<u16>(sk, config!(kernel.skc_dport)).ok_or(-2i64)?);
@@ -43,9 +78,16 @@ pub fn netns(sk: u64) -> u32 {
     }
 }
 
-/// `sk_err`, `sk_err_soft`.
+/// `sk_err`, `sk_err_soft`: one read where they are adjacent (`int
+/// sk_err, sk_err_soft;` in every kernel this runs on), two else.
 #[inline(always)]
 pub fn errors(sk: u64) -> (i32, i32) {
+    if config!(kernel.sock_sk_err) != KOFF_UNKNOWN
+        && config!(kernel.sock_sk_err_soft) == config!(kernel.sock_sk_err) + 4
+    {
+        let [e, soft] = kread::<[i32; 2]>(sk, config!(kernel.sock_sk_err)).unwrap_or([0, 0]);
+        return (e, soft);
+    }
     (
         kread::<i32>(sk, config!(kernel.sock_sk_err)).unwrap_or(0),
         kread::<i32>(sk, config!(kernel.sock_sk_err_soft)).unwrap_or(0),

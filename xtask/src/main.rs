@@ -138,6 +138,10 @@ enum Task {
     /// until stdin closes (at most 5 minutes).
     #[command(hide = true)]
     BenchHoldWorker { n: usize, addrs: Vec<std::net::SocketAddr> },
+    /// Internal to `bench`: one worker of the realistic node load (index,
+    /// connects per second, seconds); starts on a `go` line on stdin.
+    #[command(hide = true)]
+    BenchLoadWorker { index: usize, rate: f64, seconds: f64 },
 }
 
 fn main() {
@@ -295,6 +299,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::BenchHoldWorker { n, addrs } => {
             egress_tests::bench::storm::hold_worker(&addrs, n, Duration::from_secs(300))
+        }
+        Task::BenchLoadWorker { index, rate, seconds } => {
+            egress_tests::bench::load::worker(index, rate, seconds)
         }
         Task::Lab { duration, faults, repeat, multinode: true, machines, rows } => {
             setup::ensure()?;

@@ -4,13 +4,15 @@
 //!
 //! Every trial that loads eBPF (and the no-tracing baseline, so that no other
 //! helper's kernel test runs under it) holds `/tmp/egress-kernel.lock`.
+pub mod bpfstats;
+pub mod load;
 pub mod procfs;
 pub mod report;
 pub mod storm;
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::SocketAddr,
+    net::{SocketAddr, TcpListener},
     process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     time::{Duration, Instant},
@@ -21,6 +23,7 @@ use anyhow::{Context as _, bail};
 use crate::agent::{Agent, AgentMode, free_port, metric_sum};
 
 pub use report::{Report, Stats};
+pub use storm::StormResult;
 
 /// The reference peer: counts the same two tracepoints in the kernel, nothing more.
 pub const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { @set_state = count(); } tracepoint:tcp:tcp_retransmit_skb { @retransmit = count(); }";
@@ -33,6 +36,9 @@ pub struct BenchOptions {
     pub rounds: usize,
     pub storm: Duration,
     pub threads: usize,
+    /// After each traced storm, a storm this long with the kernel's
+    /// per-program run-time accounting on (zero: none).
+    pub cost_window: Duration,
     /// Connections held open at once for the memory measurement (0: skip).
     pub hold: usize,
     /// Extra arguments of `egress-agent run`.
@@ -107,15 +113,60 @@ impl AgentSample {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What the tracer's kernel programs ran during a cost window.
+#[derive(Debug, Clone, Default)]
+pub struct KernelCost {
+    /// Connections the window's storm made.
+    pub connects: u64,
+    /// Per program: (name, run time ns, runs), busiest first.
+    pub programs: Vec<(String, u64, u64)>,
+}
+
+impl KernelCost {
+    /// Program CPU per connection, µs.
+    pub fn us_per_connect(&self) -> f64 {
+        self.programs.iter().map(|p| p.1).sum::<u64>() as f64 / self.connects.max(1) as f64 / 1e3
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Trial {
     pub mode: Mode,
     pub round: usize,
     pub rate: f64,
     pub errors: u64,
+    /// The throughput storm itself (rate, its threads' CPU).
+    pub storm: StormResult,
     pub agent: Option<AgentSample>,
     /// Events bpftrace counted (set_state + retransmit).
     pub bpftrace_events: Option<u64>,
+    /// The tracer's kernel programs, from a window after the throughput storm.
+    pub kernel: Option<KernelCost>,
+}
+
+impl Trial {
+    /// The agent's user+sys CPU per connection of the storm, µs.
+    pub fn agent_us_per_connect(&self) -> Option<f64> {
+        self.agent.map(|a| a.cpu_s / self.storm.connects.max(1) as f64 * 1e6)
+    }
+}
+
+/// A storm of `opts.cost_window` with run-time accounting on, counting what
+/// the programs of process `pid` ran.
+fn kernel_cost(
+    pid: u32,
+    listener: &TcpListener,
+    opts: &BenchOptions,
+) -> anyhow::Result<Option<KernelCost>> {
+    if opts.cost_window.is_zero() {
+        return Ok(None);
+    }
+    let window = bpfstats::StatsWindow::enable()?;
+    let before = bpfstats::snapshot(pid)?;
+    let r = storm::storm(listener, opts.threads, opts.cost_window)?;
+    let after = bpfstats::snapshot(pid)?;
+    drop(window);
+    Ok(Some(KernelCost { connects: r.connects, programs: bpfstats::delta(&before, &after) }))
 }
 
 /// Memory with many tracked sockets held open.
@@ -191,6 +242,10 @@ impl Bpftrace {
     }
 
     /// SIGINT, then the sum of the counts it prints on exit.
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn stop(mut self) -> anyhow::Result<u64> {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -227,19 +282,32 @@ impl Drop for Bpftrace {
     }
 }
 
-/// One storm under one mode, the kernel lock held throughout.
-fn trial(mode: Mode, round: usize, addr: SocketAddr, opts: &BenchOptions) -> anyhow::Result<Trial> {
+/// One storm under one mode, the kernel lock held throughout; for a
+/// tracer, then a cost window.
+fn trial(
+    mode: Mode,
+    round: usize,
+    listener: &TcpListener,
+    opts: &BenchOptions,
+) -> anyhow::Result<Trial> {
     let _lock = KernelLock::take()?;
-    let mut t = Trial { mode, round, rate: 0.0, errors: 0, agent: None, bpftrace_events: None };
+    let storm = || storm::storm(listener, opts.threads, opts.storm);
+    let mut t = Trial {
+        mode,
+        round,
+        rate: 0.0,
+        errors: 0,
+        storm: StormResult::default(),
+        agent: None,
+        bpftrace_events: None,
+        kernel: None,
+    };
     match mode {
-        Mode::None => {
-            let r = storm::storm(addr, opts.threads, opts.storm)?;
-            (t.rate, t.errors) = (r.rate(), r.errors);
-        }
+        Mode::None => t.storm = storm()?,
         Mode::Bpftrace => {
             let b = Bpftrace::start()?;
-            let r = storm::storm(addr, opts.threads, opts.storm)?;
-            (t.rate, t.errors) = (r.rate(), r.errors);
+            t.storm = storm()?;
+            t.kernel = kernel_cost(b.pid(), listener, opts)?;
             t.bpftrace_events = Some(b.stop()?);
         }
         Mode::Agent | Mode::AgentAlt => {
@@ -259,34 +327,33 @@ fn trial(mode: Mode, round: usize, addr: SocketAddr, opts: &BenchOptions) -> any
                 None => Agent::start(agent_mode(opts, alt)?)?,
             };
             let before = AgentSample::read(&agent)?;
-            let r = storm::storm(addr, opts.threads, opts.storm)?;
-            (t.rate, t.errors) = (r.rate(), r.errors);
+            t.storm = storm()?;
             let after = quiesce(&agent, Duration::from_secs(10))?;
             t.agent = Some(after.minus(before));
+            t.kernel = kernel_cost(agent.pid(), listener, opts)?;
             if !agent.stop()? {
                 bail!("agent exited with an error");
             }
         }
     }
+    (t.rate, t.errors) = (t.storm.rate(), t.storm.errors);
     Ok(t)
 }
 
 /// The storm rounds: every mode once per round, order rotated each round.
 pub fn storms(opts: &BenchOptions, progress: impl Fn(&Trial)) -> anyhow::Result<Vec<Trial>> {
-    let listeners = storm::Listeners::start(1)?;
-    let addr = listeners.addrs[0];
+    let listener = storm::storm_listener()?;
     // Warm-up (caches, listener backlog, page cache of the binaries).
-    storm::storm(addr, opts.threads, Duration::from_secs(1))?;
+    storm::storm(&listener, opts.threads, Duration::from_secs(1))?;
     let modes = &opts.modes;
     let mut trials = Vec::new();
     for round in 0..opts.rounds {
         for k in 0..modes.len() {
-            let t = trial(modes[(round + k) % modes.len()], round, addr, opts)?;
+            let t = trial(modes[(round + k) % modes.len()], round, &listener, opts)?;
             progress(&t);
             trials.push(t);
         }
     }
-    listeners.stop();
     Ok(trials)
 }
 
@@ -303,7 +370,9 @@ pub fn hold(
     let agent = Agent::start(agent_mode(opts, false)?)?;
     let before = AgentSample::read(&agent)?;
     let tracked = |a: &Agent| -> anyhow::Result<f64> {
-        Ok(metric_sum(&a.http_get("/metrics")?, "egress_flows_tracked", &[]))
+        // Active opens the kernel holds state for (the agent's own flow
+        // table holds only flows to proxies).
+        Ok(metric_sum(&a.http_get("/metrics")?, "egress_kernel_flows_tracked", &[]))
     };
     // Accept queues of 4096 (somaxconn) each, with room to spare.
     let listeners = storm::queue_listeners(n.div_ceil(3000).max(1))?;
@@ -366,5 +435,64 @@ pub fn hold(
         rss_released,
         tracked_after: after,
         events,
+    })
+}
+
+/// The agent at the realistic node load ([`load`]).
+#[derive(Debug, Clone, Default)]
+pub struct LoadResult {
+    pub counts: load::LoadCounts,
+    /// The measured window (the workers' pacing time).
+    pub window: Duration,
+    /// Connections per second the workers made.
+    pub rate: f64,
+    /// The agent's user+sys over the window, in % of one core.
+    pub agent_cpu_pct: f64,
+    /// Its kernel programs' run time over the window, in % of one core.
+    pub kernel_cpu_pct: f64,
+    pub kernel: KernelCost,
+    pub agent: AgentSample,
+}
+
+/// The realistic node load under the agent as deployed, run-time
+/// accounting on for the window (at this rate its own cost is noise).
+pub fn realistic_load(
+    opts: &BenchOptions,
+    lo: &load::LoadOptions,
+    worker_cmd: &dyn Fn(usize, f64, f64) -> Vec<String>,
+) -> anyhow::Result<LoadResult> {
+    let _lock = KernelLock::take()?;
+    let agent = Agent::start(agent_mode(opts, false)?)?;
+    let (counts, _, (window, agent_sample, programs)) = load::run(lo, worker_cmd, |d| {
+        let stats = bpfstats::StatsWindow::enable()?;
+        let before = AgentSample::read(&agent)?;
+        let progs = bpfstats::snapshot(agent.pid())?;
+        let t0 = Instant::now();
+        std::thread::sleep(d);
+        let window = t0.elapsed();
+        let after = AgentSample::read(&agent)?;
+        let progs_after = bpfstats::snapshot(agent.pid())?;
+        drop(stats);
+        Ok((window, after.minus(before), bpfstats::delta(&progs, &progs_after)))
+    })?;
+    let settled = quiesce(&agent, Duration::from_secs(10))?;
+    if !agent.stop()? {
+        bail!("agent exited with an error");
+    }
+    let secs = window.as_secs_f64();
+    let kernel = KernelCost { connects: counts.connects(), programs };
+    let kernel_ns: u64 = kernel.programs.iter().map(|p| p.1).sum();
+    Ok(LoadResult {
+        counts,
+        window,
+        rate: counts.connects() as f64 / secs,
+        agent_cpu_pct: agent_sample.cpu_s / secs * 100.0,
+        kernel_cpu_pct: kernel_ns as f64 / 1e9 / secs * 100.0,
+        kernel,
+        agent: AgentSample {
+            lost_ring: settled.lost_ring,
+            lost_other: settled.lost_other,
+            ..agent_sample
+        },
     })
 }
