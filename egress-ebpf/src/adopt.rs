@@ -88,7 +88,7 @@ fn adopt(ctx: *mut c_void) -> Option<()> {
     let pass = ADOPT_PASS.get(0).copied().unwrap_or(ADOPT_PASS_LISTENERS);
     if pass == ADOPT_PASS_LISTENERS {
         if st == tcp_state::LISTEN {
-            let _ = LISTENERS.insert(&listener, &1, 0);
+            let _ = LISTENERS.insert(listener, 1, 0);
         }
         return None;
     }
@@ -96,7 +96,7 @@ fn adopt(ctx: *mut c_void) -> Option<()> {
         return None;
     }
     let mut flags = FLOW_FLAG_ADOPTED | FLOW_FLAG_EMITTED;
-    if LISTENERS.get_ptr(&listener).is_some() {
+    if LISTENERS.get_ptr(listener).is_some() {
         // Accepted: only a hop's matters.
         if !is_capture_port(lport) {
             return None;
@@ -128,6 +128,10 @@ fn adopt(ctx: *mut c_void) -> Option<()> {
 
 /// The flow's state, unless the hooks made one meanwhile.
 #[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the value is a per-CPU map value: by value it would be copied onto the stack"
+)]
 fn store(sk: u64, a: &AdoptedSocket) -> Option<()> {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };

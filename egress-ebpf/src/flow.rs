@@ -111,6 +111,10 @@ pub fn on_connect(sk: u64, now: u64) {
 /// out) and the flow always goes out as events. Its state and tuple are
 /// built in per-CPU scratch space: the hook's stack is nearly spent.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the state is a per-CPU map value: by value it would be copied onto the stack"
+)]
 pub fn on_accepted(sk: u64, now: u64, tuples: &impl Tuples) {
     let (Some(t), Some(st)) = (SCRATCH_TUPLE.get_ptr_mut(0), SCRATCH_FLOW.get_ptr_mut(0)) else {
         return;
