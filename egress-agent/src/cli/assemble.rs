@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 
 use super::{
-    explain::Attempt,
+    attempt::Attempt,
     peer_args::AssembleArgs,
     table::{fit, latency},
 };

@@ -10,6 +10,7 @@ use std::{
 use clap::Args;
 use serde::Serialize;
 
+use super::attempt::{Attempt, Step};
 use super::{
     args::{ApiArgs, EXIT_NO_DATA},
     assemble,
@@ -19,7 +20,6 @@ use super::{
 };
 use crate::{
     api::{client, wire::Message},
-    assembly::walk::Walked,
     records::{
         ChainRecord, DnsRecord, FlowRecord, Reason, Record, Verdict, parse_rfc3339, rfc3339,
     },
@@ -50,51 +50,6 @@ pub struct ExplainArgs {
 pub enum ExplainFormat {
     Table,
     Json,
-}
-
-/// One hop of one attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct Step {
-    pub hop: String,
-    pub leg: Option<String>,
-    pub verdict: Verdict,
-    pub reason: Option<Reason>,
-    pub proxy_status: Option<u16>,
-    pub latency_ms: f64,
-    pub retransmits: u32,
-    pub dst: Option<SocketAddr>,
-    pub dst_actual: Option<SocketAddr>,
-    pub snat: Option<SocketAddr>,
-}
-
-/// One attempt to reach the target: a chain, or a flow outside any chain.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
-    pub time: String,
-    pub who: String,
-    pub pid: u32,
-    pub comm: String,
-    pub chain_id: Option<String>,
-    pub target: Option<String>,
-    pub verdict: Verdict,
-    pub failed_hop: Option<String>,
-    pub reason: Option<Reason>,
-    pub proxy_status: Option<u16>,
-    pub hops: Vec<Step>,
-    /// Whose view the verdict is: `full` (every leg this agent saw, a
-    /// chain), `client` (the client's node alone) or `assembled` (every
-    /// vantage joined across agents, `--assemble`).
-    pub vantage: &'static str,
-    /// The client's node alone, on a chain: its client leg's own verdict and
-    /// evidence (`"vantage":"client"`).
-    pub client_view: Option<String>,
-    /// The client leg's flow id (where an assembly starts).
-    #[serde(skip)]
-    pub flow_id: Option<String>,
-    /// With `--assemble`: the chain across agents, leg by leg with the
-    /// vantage that recorded each, and where the walk stopped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub assembled: Option<Walked>,
 }
 
 #[derive(Debug, Clone, Serialize)]

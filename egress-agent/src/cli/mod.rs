@@ -5,6 +5,7 @@
 //! ([`args`]); errors are `anyhow` from here up.
 pub mod args;
 pub mod assemble;
+pub mod attempt;
 pub mod check;
 pub mod explain;
 pub mod filter;
