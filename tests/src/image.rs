@@ -452,7 +452,10 @@ mod tests {
         Volumes {
             config_maps: vec![("config".into(), "/tmp/c".into())],
             empty_dirs: vec![("run".into(), "/tmp/r".into())],
-            secrets: vec![("metrics-tls".into(), "/tmp/s".into())],
+            secrets: vec![
+                ("metrics-tls".into(), "/tmp/s".into()),
+                ("peer-tls".into(), "/tmp/p".into()),
+            ],
             node_name: "n1".into(),
             host_ip: "192.0.2.7".into(),
         }

@@ -63,10 +63,19 @@ fn volumes(tmp: &TempDir) -> Volumes {
         .unwrap_or_else(|_| "node".into());
     let tls = tmp.path().join("metrics-tls");
     Certs::make(&tls, &[]).expect("make-certs.sh");
+    // The peer API's Secret, as deploy/README.md makes it.
+    let peer = tmp.path().join("peer-tls");
+    let out = Command::new("sh")
+        .arg(deploy_dir().join("tls/make-peer-certs.sh"))
+        .arg(&peer)
+        .arg("2")
+        .output()
+        .expect("make-peer-certs.sh");
+    assert!(out.status.success(), "make-peer-certs.sh: {}", String::from_utf8_lossy(&out.stderr));
     Volumes {
         config_maps: vec![("config".into(), config)],
         empty_dirs: vec![("run".into(), run)],
-        secrets: vec![("metrics-tls".into(), tls)],
+        secrets: vec![("metrics-tls".into(), tls), ("peer-tls".into(), peer)],
         node_name,
         host_ip: "127.0.0.1".into(),
     }
