@@ -297,9 +297,17 @@ fn cli_against_the_running_agent() {
     );
     assert!(conclusion.ends_with("3 of 3 attempts"), "{conclusion}");
     assert!(out.contains("gke-squid") && out.contains("client->gke-squid"), "hop by hop: {out}");
-    let (code, out, _) = cli(&["explain", &healthy, "--api-socket", &sock, "-o", "json"]);
-    assert_eq!(code, 0);
-    let e: Value = serde_json::from_str(&out).expect("explain json");
+    // The last healthy request's chain settles 300 ms after its client leg.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e: Value = loop {
+        let (code, out, _) = cli(&["explain", &healthy, "--api-socket", &sock, "-o", "json"]);
+        assert_eq!(code, 0);
+        let e: Value = serde_json::from_str(&out).expect("explain json");
+        if e["attempts"].as_u64() == Some(3) || Instant::now() > deadline {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(
         (e["state"].as_str(), e["attempts"].as_u64(), e["failures"].as_u64()),
         (Some("healthy"), Some(3), Some(0)),
