@@ -304,7 +304,15 @@ pub fn record(rules_text: &str, verbose: bool) -> anyhow::Result<Recording> {
     let extra = rig.agent_args();
     let mut agent = Some(Agent::start(AgentMode::Run { metrics, extra })?);
     let agent_pid = agent.as_ref().map_or(0, Agent::pid);
-    let units: Vec<String> = tenants.iter().map(|t| t.unit.clone()).collect();
+    // As the metrics label them: a run of 3+ digits (the pid in
+    // `eo-test-PID-wSEED.service`) is `*` (egress-agent's sinks::unit_label).
+    let pid = std::process::id();
+    let units: Vec<String> = tenants
+        .iter()
+        .map(|t| {
+            if pid >= 100 { t.unit.replacen(&format!("-{pid}-"), "-*-", 1) } else { t.unit.clone() }
+        })
+        .collect();
 
     let healthy = Request::Chain(cfg.healthy.name.clone());
     let h = &healthy;

@@ -57,7 +57,9 @@ fn layout_path(layout: Layout, seed: u64) -> (Vec<String>, String, String, Strin
     let pod_uid =
         format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
     let container_id = pseudo_hex(seed.wrapping_add(7) ^ u64::from(std::process::id()), 64);
-    let unit = format!("eo-test-{}-{seed}.service", std::process::id());
+    // `w{seed}`, not a bare number: the metrics' unit label keeps it (ids
+    // such as the pid become `*`), so each test unit stays its own workload.
+    let unit = format!("eo-test-{}-w{seed}.service", std::process::id());
     let u = pod_uid.replace('-', "_");
     let rel: Vec<String> = match layout {
         Layout::Systemd { qos: Some(q) } => vec![
