@@ -71,6 +71,11 @@ pub type Counts = HashMap<AggKey, u64>;
 
 /// Where a flow sits in the chain.
 fn leg_kind(r: &FlowRecord) -> Leg {
+    // A hop's accepted connection is carried by a chain either way: its own
+    // hop chain, or the local client's chain when the client end is here.
+    if r.vantage.as_deref() == Some(crate::pipeline::flow_table::HOP_VANTAGE) {
+        return Leg::Covered;
+    }
     match r.leg.as_deref() {
         None => Leg::None,
         Some(l) if l == DIRECT || l.starts_with("client->") => Leg::Covered,
@@ -199,6 +204,13 @@ mod tests {
         assert_eq!(s.classify(&flow(Some(DIRECT), Failed)), Class::Skip);
         assert_eq!(s.classify(&flow(Some("gke-squid->gce-proxy"), Failed)), Class::Hold(None));
         assert_eq!(s.classify(&flow(Some("gce-proxy->internet"), Ok)), Class::Skip);
+        // A hop's accepted connection: its hop chain or the local client's
+        // chain carries the request.
+        let mut accepted = flow(Some("gke-squid->gce-proxy"), Failed);
+        if let Record::Flow(f) = &mut accepted {
+            f.vantage = Some(crate::pipeline::flow_table::HOP_VANTAGE.into());
+        }
+        assert_eq!(s.classify(&accepted), Class::Skip);
         let chain = |verdict| Record::Chain(ChainRecord { verdict, ..ChainRecord::default() });
         assert_eq!(s.classify(&chain(Failed)), Class::Write(None));
         assert_eq!(s.classify(&chain(Ok)), Class::Skip);
