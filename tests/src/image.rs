@@ -319,10 +319,15 @@ pub fn run_spec(ds: &Value, vols: &Volumes) -> anyhow::Result<RunSpec> {
             Some(r) => bail!("recursiveReadOnly {r:?}"),
         }
     }
+    // Kubernetes expands `$(NAME)` in a value with the variables defined
+    // before it in the list (dependent environment variables).
+    let mut defined: Vec<(String, String)> = Vec::new();
     for e in c["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().context("env name")?;
         let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
-            (Value::String(v), _) => v.clone(),
+            (Value::String(v), _) => {
+                defined.iter().fold(v.clone(), |v, (n, val)| v.replace(&format!("$({n})"), val))
+            }
             (_, Value::String(p)) if p == "spec.nodeName" => vols.node_name.clone(),
             (_, Value::String(p)) if p == "status.hostIP" => vols.host_ip.clone(),
             _ => bail!(
@@ -330,6 +335,7 @@ pub fn run_spec(ds: &Value, vols: &Volumes) -> anyhow::Result<RunSpec> {
             ),
         };
         push(&["--env", &format!("{name}={value}")]);
+        defined.push((name.to_string(), value));
     }
     if let Some(m) = c["resources"]["limits"]["memory"].as_str() {
         push(&["--memory", &memory(m)?]);
@@ -470,6 +476,7 @@ mod tests {
         assert!(f.contains("--volume /sys/kernel/tracing:/sys/kernel/tracing:ro,rprivate"), "{f}");
         assert!(f.contains("--env NODE_NAME=n1"), "{f}");
         assert!(f.contains("--env HOST_IP=192.0.2.7"), "{f}");
+        assert!(f.contains("--env EGRESS_PEER_ADDR=192.0.2.7:9465"), "$(HOST_IP) expanded: {f}");
         assert!(f.contains("--volume /tmp/s:/etc/egress-agent-tls:ro,rprivate"), "{f}");
         assert!(spec.args.first().is_some_and(|a| a == "run"), "{:?}", spec.args);
     }
