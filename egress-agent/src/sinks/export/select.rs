@@ -141,6 +141,10 @@ impl Selector {
                 }
                 match (leg_kind(f), ok) {
                     (Leg::Covered, _) => Class::Skip,
+                    // A hop's upstream connection whose answer was never seen
+                    // (a proxy's own probe of its parent, no CONNECT sent) is
+                    // no request: neither a failure nor an ok flow.
+                    (Leg::Upstream, false) if f.verdict == Verdict::Unknown => Class::Skip,
                     (Leg::Upstream, false) => Class::Hold(None),
                     (Leg::Upstream, true) => self.ok_one().map_or(Class::Skip, Class::Hold),
                     (Leg::None, false) => Class::Write(None),
@@ -204,6 +208,7 @@ mod tests {
         assert_eq!(s.classify(&flow(Some(DIRECT), Failed)), Class::Skip);
         assert_eq!(s.classify(&flow(Some("gke-squid->gce-proxy"), Failed)), Class::Hold(None));
         assert_eq!(s.classify(&flow(Some("gce-proxy->internet"), Ok)), Class::Skip);
+        assert_eq!(s.classify(&flow(Some("gke-squid->gce-proxy"), Verdict::Unknown)), Class::Skip);
         // A hop's accepted connection: its hop chain or the local client's
         // chain carries the request.
         let mut accepted = flow(Some("gke-squid->gce-proxy"), Failed);
