@@ -402,7 +402,7 @@ pub fn run_logging(
             Err(_) if silent_ok => "ok".to_string(),
             Err(_) => format!(
                 "{}; {}",
-                no_record(&agent.records, source, pid, out.exit_code()),
+                no_record(&agent.records[first_line..], source, pid, out.exit_code()),
                 agent.health()
             ),
         };
@@ -538,7 +538,28 @@ fn no_record(records: &[Value], source: Source, pid: u64, client_exit: Option<i3
         })
         .collect();
     if legs.is_empty() {
-        format!("no record of the client (client {exit})")
+        // Whose flows the agent did see in the row's window: tells a flow
+        // the kernel never reported from one put on another process.
+        let seen: Vec<String> = records
+            .iter()
+            .map(native_view)
+            .filter(|v| v["record"] == "flow")
+            .map(|v| {
+                format!(
+                    "pid {} {} {} {}{}",
+                    v["pid"],
+                    v["comm"].as_str().unwrap_or("?"),
+                    v["dst"].as_str().unwrap_or("?"),
+                    v["verdict"].as_str().unwrap_or("?"),
+                    v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
+                )
+            })
+            .take(12)
+            .collect();
+        format!(
+            "no record of the client pid {pid} (client {exit}); flows in the window: [{}]",
+            seen.join("; ")
+        )
     } else {
         format!("no chain; client flows: {} (client {exit})", legs.join(", "))
     }
