@@ -240,7 +240,11 @@ impl Stitcher {
         let (Some(dst), now) = (r.dst_actual.or(r.dst), r.record_mono_ns) else { return };
         for src in [r.src, r.snat].into_iter().flatten().filter(|s| s.port() != 0) {
             for key in [(src, dst), (src, ANY_END)] {
-                if self.links.insert(key, now).is_none() {
+                // Every sighting goes in the expiry order: a key seen again
+                // (a flow's close after its connect) carries the newer time,
+                // and only the entry with that time removes it. Queued only
+                // when new, a key seen twice was never removed.
+                if self.links.insert(key, now) != Some(now) {
                     self.link_order.push_back((now, key));
                 }
             }
@@ -442,6 +446,37 @@ mod tests {
     fn chain(s: &mut Stitcher, mut r: FlowRecord) -> Option<ChainRecord> {
         assert!(s.on_record(&mut r).is_none(), "a client leg's chain waits to settle");
         s.tick(None).pop()
+    }
+
+    #[test]
+    fn links_seen_twice_expire() {
+        let mut s = Stitcher::default();
+        let dst: SocketAddr = "10.96.0.10:3128".parse().expect("addr");
+        // 20k flows, each seen at its connect and at its close.
+        for port in 0..20_000u16 {
+            let src = SocketAddr::from(([10, 0, 0, 7], 20_000 + port));
+            let t = u64::from(port) * 1_000;
+            for when in [t, t + 500] {
+                let r = FlowRecord {
+                    src: Some(src),
+                    dst_actual: Some(dst),
+                    record_mono_ns: when,
+                    ..FlowRecord::default()
+                };
+                s.note_link(&r);
+            }
+        }
+        assert!(s.links.len() <= KEEP_MAX, "{} links kept", s.links.len());
+        // Long after: one more sighting expires every earlier one.
+        let late = SocketAddr::from(([10, 0, 0, 8], 40_000));
+        s.note_link(&FlowRecord {
+            src: Some(late),
+            dst_actual: Some(dst),
+            record_mono_ns: 20_000_000 + KEEP_NS + 1,
+            ..FlowRecord::default()
+        });
+        assert_eq!(s.links.len(), 2, "only the last flow's two keys stay");
+        assert!(s.link_order.len() <= 2 * KEEP_MAX);
     }
 
     #[test]

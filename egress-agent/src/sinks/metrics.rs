@@ -424,7 +424,10 @@ impl Metrics {
     /// Clean flows the kernel counted under one owner and destination.
     pub fn observe_aggregate(&self, a: &AggregateRecord, v: &AggValue) {
         let namespace = a.namespace.as_deref().unwrap_or("");
-        let workload = a.workload.as_deref().or(a.unit.as_deref()).unwrap_or("");
+        // The same bounded owner as every other series: a transient unit's
+        // raw name would make new series for each one that comes and goes.
+        let unit = a.unit.as_deref().filter(|_| a.workload.is_none()).map(|u| self.units.label(u));
+        let workload = owner_label(a.workload.as_deref(), unit.as_deref(), a.pod.as_deref());
         let class = a.dst_class.map_or("", |c| c.as_str());
         let hop = a.hop.as_deref().unwrap_or("");
         let reason = a.reason.map_or("", |r| r.as_str());
@@ -592,6 +595,22 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn counted_rows_of_transient_units_share_series() {
+        let m = Metrics::new(None).expect("metrics");
+        let v = AggValue { connects: 1, closes: 1, ..AggValue::default() };
+        for i in 0..50 {
+            let a = AggregateRecord {
+                unit: Some(format!("run-r{i:032x}.scope")),
+                ..AggregateRecord::default()
+            };
+            m.observe_aggregate(&a, &v);
+        }
+        let text = m.render();
+        let series = text.lines().filter(|l| l.starts_with("egress_connections_total{")).count();
+        assert_eq!(series, 1, "one series for all transient units:\n{text}");
     }
 
     #[test]
