@@ -677,6 +677,10 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
+    /// `struct inet_sock::inet_sport` (be16): the source port where
+    /// `skc_num` is already 0, a socket closed in SYN_SENT (the port is
+    /// released before the state change is traced).
+    pub inet_sport: u32,
 }
 
 pub const KOFF_UNKNOWN: u32 = u32::MAX;
@@ -711,6 +715,7 @@ impl KernelOffsets {
         task_pid: KOFF_UNKNOWN,
         task_tgid: KOFF_UNKNOWN,
         task_comm: KOFF_UNKNOWN,
+        inet_sport: KOFF_UNKNOWN,
     };
 }
 
@@ -776,7 +781,7 @@ pub struct Config {
     /// poll tick (batched reads instead of one wake-up per event).
     pub wakeup_bytes: u32,
 }
-const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 112 + 40 + 16 + 8);
+const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 116 + 40 + 16 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {

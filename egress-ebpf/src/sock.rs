@@ -52,6 +52,7 @@ pub fn tuple(sk: u64, t: &mut Tuple) -> Result<(), i64> {
             t.saddr = kread(sk, config!(kernel.skc_v6_rcv_saddr)).ok_or(-2i64)?;
             t.daddr = kread(sk, config!(kernel.skc_v6_daddr)).ok_or(-2i64)?;
         }
+        released_port(sk, t);
         return Ok(());
     }
     t.family = kread::<u16>(sk, config!(kernel.skc_family)).ok_or(-2i64)?;
@@ -66,7 +67,23 @@ pub fn tuple(sk: u64, t: &mut Tuple) -> Result<(), i64> {
         t.saddr = kread(sk, config!(kernel.skc_v6_rcv_saddr)).ok_or(-2i64)?;
         t.daddr = kread(sk, config!(kernel.skc_v6_daddr)).ok_or(-2i64)?;
     }
+    released_port(sk, t);
     Ok(())
+}
+
+/// A socket closed in SYN_SENT has given its port back (`skc_num` is 0)
+/// before the CLOSE transition is traced; `inet_sport` still holds it.
+/// Without it a failed connect's record has no source port, and nothing
+/// keyed by the client's address and port (its NAT entry, the hop's view
+/// of it) can find it.
+#[inline(always)]
+fn released_port(sk: u64, t: &mut Tuple) {
+    if t.sport == 0
+        && config!(kernel.inet_sport) != KOFF_UNKNOWN
+        && let Some(p) = kread::<u16>(sk, config!(kernel.inet_sport))
+    {
+        t.sport = u16::from_be(p);
+    }
 }
 
 /// Inode of the socket's network namespace (0 if unknown).

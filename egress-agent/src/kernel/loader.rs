@@ -417,11 +417,20 @@ fn tracepoint_name(p: &Program) -> &'static str {
 }
 
 /// The socket fields the BTF tracepoints read from a `struct sock` (the
-/// classic tracepoints read them from their records).
+/// classic tracepoints read them from their records), `inet_sport` included:
+/// without it a connect closed in SYN_SENT would have no source port.
 fn socket_fields_known(k: &KernelOffsets) -> bool {
-    [k.skc_family, k.skc_num, k.skc_dport, k.skc_daddr, k.skc_rcv_saddr, k.sk_protocol]
-        .iter()
-        .all(|&o| o != KOFF_UNKNOWN)
+    [
+        k.skc_family,
+        k.skc_num,
+        k.skc_dport,
+        k.skc_daddr,
+        k.skc_rcv_saddr,
+        k.sk_protocol,
+        k.inet_sport,
+    ]
+    .iter()
+    .all(|&o| o != KOFF_UNKNOWN)
 }
 
 /// cgroup sock_addr programs loaded on this host (connect hooks of

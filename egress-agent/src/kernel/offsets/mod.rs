@@ -50,6 +50,7 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         task_pid: get("task_struct", &["pid"]),
         task_tgid: get("task_struct", &["tgid"]),
         task_comm: get("task_struct", &["comm"]),
+        inet_sport: get("inet_sock", &["inet_sport"]),
     };
     // The socket's cgroup: a pointer since Linux 5.15, a tagged word before.
     let (sk_cgroup, tagged) = match btf.member_offset("sock", &["sk_cgrp_data", "cgroup"]) {
