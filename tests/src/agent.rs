@@ -258,10 +258,15 @@ impl Agent {
         };
         let events = match self.http_get("/metrics") {
             Ok(t) => format!(
-                "events produced {} delivered {} lost {}",
+                "events produced {} delivered {} lost {} (decode errors {}, kernel read \
+                 errors {}, kernel flows tracked {}, flows held {})",
                 metric_sum(&t, "egress_events_produced_total", &[]),
                 metric_sum(&t, "egress_events_delivered_total", &[]),
-                metric_sum(&t, "egress_events_lost_total", &[])
+                metric_sum(&t, "egress_events_lost_total", &[]),
+                metric_sum(&t, "egress_decode_errors_total", &[]),
+                metric_sum(&t, "egress_kernel_read_errors_total", &[]),
+                metric_sum(&t, "egress_kernel_flows_tracked", &[]),
+                metric_sum(&t, "egress_flows_tracked", &[])
             ),
             Err(e) => format!("no scrape ({e:#})"),
         };
