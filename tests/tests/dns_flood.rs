@@ -35,6 +35,10 @@ const RESOLVER: &str = "10.202.0.53:53";
 /// The flood stops at this, whatever happens.
 const FLOOD_MAX: Duration = Duration::from_secs(15);
 const FLOOD_MAX_PACKETS: u64 = 20_000_000;
+/// The flood runs this long before the connects start, and at least
+/// FLOOD_MIN in all.
+const FLOOD_LEAD: Duration = Duration::from_secs(1);
+const FLOOD_MIN: Duration = Duration::from_secs(4);
 
 /// A query for `flood.test. A`.
 fn query(id: u16) -> Vec<u8> {
@@ -133,9 +137,30 @@ fn concurrent_connects(dst: SocketAddrV4) -> Result<Vec<(SocketAddr, i32)>, Stri
     Ok(out)
 }
 
+/// With the default DNS budget (200/s, burst 400 a cgroup): the flood is
+/// cut in the kernel and counted.
 #[test]
 fn a_dns_flood_leaves_1000_concurrent_connects_fully_reported() {
     require_root!();
+    flood_while_connecting(Budget::Default);
+}
+
+/// Without a budget (`--dns-rate 0`) every query is captured: the capture
+/// ring takes the whole flood (what it cannot hold is counted as its own
+/// loss) and the flow ring is untouched.
+#[test]
+fn without_a_dns_budget_the_capture_ring_alone_takes_the_flood() {
+    require_root!();
+    flood_while_connecting(Budget::None);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Default,
+    None,
+}
+
+fn flood_while_connecting(budget: Budget) {
     let started = Instant::now();
     // The flooding namespace; its resolver address is a neighbour nobody
     // answers for (a MAC no one has): the queries leave and are dropped by
@@ -186,7 +211,10 @@ fn a_dns_flood_leaves_1000_concurrent_connects_fully_reported() {
     };
 
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().expect("port")));
-    let extra = ["--kube", "false", "--conntrack", "false"].map(String::from).to_vec();
+    let mut extra = ["--kube", "false", "--conntrack", "false"].map(String::from).to_vec();
+    if budget == Budget::None {
+        extra.extend(["--dns-rate".to_string(), "0".to_string()]);
+    }
     let mut agent = Agent::start(AgentMode::Run { metrics, extra }).expect("agent");
     let before = agent.http_get("/metrics").expect("scrape");
 
@@ -219,9 +247,12 @@ fn a_dns_flood_leaves_1000_concurrent_connects_fully_reported() {
             })
             .expect("flood thread")
     };
-    // The flood is on before the connects start.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sent.load(Ordering::Relaxed) < 20_000 && Instant::now() < deadline {
+    // The flood is on (a second of it) before the connects start.
+    let flood_t0 = Instant::now();
+    let deadline = flood_t0 + Duration::from_secs(10);
+    while (sent.load(Ordering::Relaxed) < 20_000 || flood_t0.elapsed() < FLOOD_LEAD)
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
     let at_connects = sent.load(Ordering::Relaxed);
@@ -234,8 +265,11 @@ fn a_dns_flood_leaves_1000_concurrent_connects_fully_reported() {
         .expect("thread")
         .unwrap_or_else(|e| panic!("{e}"));
     let conn_took = t_conn.elapsed();
-    // Let the closes happen under the flood too.
+    // The closes happen under the flood too; it lasts FLOOD_MIN in all.
     std::thread::sleep(Duration::from_millis(500));
+    while flood_t0.elapsed() < FLOOD_MIN && !flood.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let still_flooding = !flood.is_finished();
     flood_stop.store(true, Ordering::Relaxed);
     let (flood_took, send_errors) = flood.join().expect("join").expect("flood");
@@ -296,7 +330,12 @@ fn a_dns_flood_leaves_1000_concurrent_connects_fully_reported() {
         "every connect succeeded, so no record may say failed: {verdicts:?}"
     );
     assert_eq!(flow_lost, 0.0, "no flow event lost to the flood\n{text}");
-    assert!(dns_budget > 0.0, "the flood went over its budget and that is counted\n{text}");
+    match budget {
+        Budget::Default => {
+            assert!(dns_budget > 0.0, "the flood went over its budget and that is counted\n{text}")
+        }
+        Budget::None => assert_eq!(dns_budget, 0.0, "no budget, nothing cut\n{text}"),
+    }
     assert!(
         dns_produced + dns_budget >= sent as f64,
         "every flood query is captured or counted as not captured: {dns_produced} + {dns_budget} < {sent}"
