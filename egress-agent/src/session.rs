@@ -298,6 +298,7 @@ impl Session {
         metrics.set_kernel_stats(
             PerCpuArray::try_from(stats)
                 .map_err(|source| SessionError::Map { what: "STATS map", source })?,
+            opts.max_flows,
         );
         let ring = |ebpf: &mut aya::Ebpf, name: &'static str| {
             let map = ebpf.take_map(name).ok_or(SessionError::MapMissing(name))?;

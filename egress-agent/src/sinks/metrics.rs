@@ -170,6 +170,35 @@ impl DnsMetrics {
 struct KernelStats {
     map: PerCpuArray<MapData, u64>,
     last: Vec<u64>,
+    /// Entries of the kernel's socket table (`--max-flows`).
+    capacity: u64,
+    /// Evictions exported so far (see [`socket_table_books`]).
+    evicted: u64,
+}
+
+/// The kernel socket table's fill and evictions, from its counters.
+///
+/// The table is an LRU: an insert into a full table evicts an entry without
+/// a word, and the kernel counts the eviction only when the evicted
+/// socket's next transition finds no state (`seen_evicted`), which for a
+/// socket stuck connecting to a blackhole is minutes later. Every start is
+/// ended, evicted or still held (at most `capacity`), so at least
+/// `starts - ends - capacity` were evicted already: the count exported is
+/// the larger of the two lower bounds, never going back (`prev`). It shows
+/// a fill's evictions while it happens and settles on the seen count. The
+/// fill is what remains, never more than the table holds.
+///
+/// Returns (fill, evictions).
+fn socket_table_books(
+    starts: u64,
+    ends: u64,
+    seen_evicted: u64,
+    capacity: u64,
+    prev: u64,
+) -> (u64, u64) {
+    let open = starts.saturating_sub(ends);
+    let evicted = prev.max(seen_evicted).max(open.saturating_sub(capacity));
+    (open.saturating_sub(evicted).min(capacity), evicted)
 }
 
 impl Metrics {
@@ -362,10 +391,16 @@ impl Metrics {
         }
     }
 
-    /// Read kernel counters from `map` at every scrape from now on.
-    pub fn set_kernel_stats(&self, map: PerCpuArray<MapData, u64>) {
+    /// Read kernel counters from `map` at every scrape from now on;
+    /// `capacity`: entries of the kernel's socket table (`--max-flows`).
+    pub fn set_kernel_stats(&self, map: PerCpuArray<MapData, u64>, capacity: u32) {
         if let Ok(mut k) = self.kernel.lock() {
-            *k = Some(KernelStats { map, last: vec![0; STAT_SLOTS as usize] });
+            *k = Some(KernelStats {
+                map,
+                last: vec![0; STAT_SLOTS as usize],
+                capacity: u64::from(capacity),
+                evicted: 0,
+            });
         }
     }
 
@@ -396,10 +431,6 @@ impl Metrics {
                     .events_lost
                     .with_label_values(&["kernel_flow_table", event_kind_name(EVENT_FLOW)])
                     .inc_by(delta),
-                STAT_FLOW_EVICTED => self
-                    .events_lost
-                    .with_label_values(&["kernel_flow_evicted", event_kind_name(EVENT_FLOW)])
-                    .inc_by(delta),
                 STAT_DNS_RATE_LIMITED => {
                     self.events_lost.with_label_values(&["dns_budget", "dns"]).inc_by(delta)
                 }
@@ -415,9 +446,17 @@ impl Metrics {
                 _ => {}
             }
         }
-        let tracked = totals[STAT_FLOW_STARTS as usize]
-            .saturating_sub(totals[STAT_FLOW_ENDS as usize])
-            .saturating_sub(totals[STAT_FLOW_EVICTED as usize]);
+        let (tracked, evicted) = socket_table_books(
+            totals[STAT_FLOW_STARTS as usize],
+            totals[STAT_FLOW_ENDS as usize],
+            totals[STAT_FLOW_EVICTED as usize],
+            k.capacity,
+            k.evicted,
+        );
+        self.events_lost
+            .with_label_values(&["kernel_flow_evicted", event_kind_name(EVENT_FLOW)])
+            .inc_by(evicted - k.evicted);
+        k.evicted = evicted;
         self.kernel_flows_tracked.set(i64::try_from(tracked).unwrap_or(i64::MAX));
     }
 
@@ -554,6 +593,26 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::records::Reason;
+
+    #[test]
+    fn socket_table_books_show_a_fill_while_it_happens() {
+        // 150k stuck connects into a table of 131,072: the fill is the
+        // table, the overflow already evicted (not seen by the kernel yet).
+        let (fill, ev) = socket_table_books(150_000, 0, 0, 131_072, 0);
+        assert_eq!((fill, ev), (131_072, 150_000 - 131_072));
+        // The stuck sockets close: the evicted ones are seen (more than the
+        // floor, the LRU being per CPU), the others end. Never backwards.
+        let (fill, ev2) = socket_table_books(150_000, 60_000, 89_990, 131_072, ev);
+        assert_eq!((fill, ev2), (10, 89_990));
+        let (fill, ev3) = socket_table_books(150_005, 60_005, 89_990, 131_072, ev2);
+        assert_eq!((fill, ev3), (10, 89_990));
+        // Seen evictions below an earlier floor do not count twice.
+        let (_, ev) = socket_table_books(200_000, 0, 0, 100_000, 0);
+        let (fill, ev) = socket_table_books(200_000, 90_000, 50_000, 100_000, ev);
+        assert_eq!((fill, ev), (10_000, 100_000));
+        // Adopted sockets end without a start: no underflow.
+        assert_eq!(socket_table_books(3, 5, 0, 10, 0), (0, 0));
+    }
 
     #[test]
     fn buckets_separate_syn_plateaus() {
