@@ -22,7 +22,10 @@ use std::{
     net::SocketAddr,
 };
 
-use super::{flow_table::HOP_VANTAGE, judge::judge};
+use super::{
+    flow_table::HOP_VANTAGE,
+    judge::{hop_chain, judge},
+};
 use crate::{
     config::{DIRECT, INTERNET},
     records::{ChainRecord, DnsRecord, FlowRecord, LegSummary, Reason, Verdict, rfc3339},
@@ -101,7 +104,8 @@ struct Open {
     until: u64,
 }
 
-fn summary(r: &FlowRecord) -> LegSummary {
+/// A leg of a chain record, from its flow record.
+pub fn summary(r: &FlowRecord) -> LegSummary {
     LegSummary {
         leg: r.leg.clone().unwrap_or_default(),
         hop: r.hop.clone().unwrap_or_default(),
@@ -114,6 +118,7 @@ fn summary(r: &FlowRecord) -> LegSummary {
         proxy_status: r.proxy_status,
         latency_ms: r.latency_ms,
         retransmits: r.retransmits,
+        syn_retransmits: r.syn_retransmits,
     }
 }
 
@@ -343,7 +348,12 @@ impl Stitcher {
 
     /// The chain of `client` over `legs`, with its verdict.
     fn judged(&self, client: &FlowRecord, legs: Vec<LegSummary>) -> ChainRecord {
-        let (verdict, hop, mut reason) = judge(&legs);
+        let (verdict, hop, mut reason) = if client.vantage.as_deref() == Some(HOP_VANTAGE) {
+            let own = (client.verdict, client.failed_hop.clone(), client.reason);
+            hop_chain(own, legs.iter().skip(1), || judge(&legs))
+        } else {
+            judge(&legs)
+        };
         // Squid answers a failed lookup with 500 or 503 (ERR_DNS_FAIL), no upstream leg.
         let answered_5xx = client.proxy_status.is_some_and(|s| s >= 500)
             && matches!(reason, Some(Reason::ProxyUpstreamError | Reason::Other));
