@@ -218,10 +218,12 @@ pub async fn walk(client: &FlowRecord, agent: &str, fetch: &impl Fetch) -> Walke
     }
 }
 
-/// The hop-vantage record of the accepted connection `link` (its latest
-/// record: a close record after the connect one).
+/// The hop-vantage record of the accepted connection `link`: its connect
+/// record (the answer the hop gave, judged), else its latest. A close
+/// record after it judges the connection's data transfer (a slow machine's
+/// retransmits), not the request.
 fn accepted<'a>(records: &'a [Record], link: &Link) -> Option<&'a FlowRecord> {
-    records.iter().rev().find_map(|r| match r {
+    let mut ends = records.iter().rev().filter_map(|r| match r {
         Record::Flow(f)
             if f.vantage.as_deref() == Some(HOP_VANTAGE)
                 && Link::of_accepted(f).as_ref() == Some(link) =>
@@ -229,7 +231,14 @@ fn accepted<'a>(records: &'a [Record], link: &Link) -> Option<&'a FlowRecord> {
             Some(f)
         }
         _ => None,
-    })
+    });
+    let latest = ends.next()?;
+    Some(
+        std::iter::once(latest)
+            .chain(ends)
+            .find(|f| f.phase == crate::records::Phase::Connect)
+            .unwrap_or(latest),
+    )
 }
 
 /// The hop's own upstream legs of the chain `acc` belongs to, in the

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     config::{DIRECT, INTERNET},
-    records::{ChainRecord, DnsRecord, FlowRecord, LegSummary, Reason, Verdict, rfc3339},
+    records::{ChainRecord, DnsRecord, FlowRecord, LegSummary, Phase, Reason, Verdict, rfc3339},
 };
 
 /// How long upstream legs wait to be claimed by a client leg.
@@ -188,6 +188,13 @@ impl Stitcher {
             return None;
         }
         if accepted {
+            // Only the accepted connection's answer roots a hop chain: its
+            // close (worse than its connect: a reset, or data retransmits,
+            // which a slow machine makes on a healthy path) is its own
+            // record, not a second request.
+            if r.phase != Phase::Connect {
+                return None;
+            }
             r.chain_id = Some(self.next_id(r));
             while self.accepted.len() >= OPEN_MAX {
                 self.accepted.pop_front();
@@ -531,6 +538,27 @@ mod tests {
         // Past the amending window a leg is just kept.
         assert!(s.tick(Some(260 + AMEND_NS)).is_empty());
         assert!(s.on_record(&mut rec(H, "gce-proxy", 220, 230, None, None, Failed)).is_none());
+    }
+
+    #[test]
+    fn an_accepted_connections_close_roots_no_second_chain() {
+        let peer: SocketAddr = "10.8.0.7:40000".parse().expect("addr");
+        let local: SocketAddr = "10.9.0.2:3128".parse().expect("addr");
+        let accepted = |phase, verdict| FlowRecord {
+            vantage: Some(HOP_VANTAGE.into()),
+            src: Some(peer),
+            dst: Some(local),
+            dst_actual: Some(local),
+            phase,
+            ..rec(C, "gke-squid", 100, 150, Some("login.example.test:443"), Some(200), verdict)
+        };
+        let mut s = Stitcher::default();
+        assert!(s.on_record(&mut accepted(Phase::Connect, Verdict::Ok)).is_none());
+        // Its close, degraded by data retransmits (a slow machine's tail-loss probes).
+        assert!(s.on_record(&mut accepted(Phase::Close, Verdict::Degraded)).is_none());
+        let chains = s.tick(None);
+        assert_eq!(chains.len(), 1, "{chains:?}");
+        assert_eq!(chains[0].verdict, Verdict::Ok);
     }
 
     #[test]
