@@ -33,17 +33,8 @@ pub struct Row {
 }
 
 /// Rows known not to match yet, with why: printed as such and not failing
-/// the table, until the hop vantage gets there (issue 16 stays open on them).
-pub const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        "lossy hop (hop1->hop2 loses a SYN)",
-        "the assembled view takes hop 1's judgement of its accepted connection (the 200 it sent, on time); hop 1's upstream SYN retransmit is in its stitched chain, which on a TCG VM also reads healthy rows as degraded",
-    ),
-    (
-        super::probe::PROBE_ROW,
-        "node A's probe metric names gke-squid: proxy_upstream_error for the first probe after hop 2 goes down (its chain judge, not the client-vantage evidence); cause not found yet",
-    ),
-];
+/// the table. None today.
+pub const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 impl Row {
     /// Why this row may mismatch and not fail the table, if it is a known gap.
