@@ -61,6 +61,10 @@ CONDITIONAL = {
     "egress_hop_connects_total": CHAIN_SOURCE,    # {hop, from, result, reason}
     "egress_hop_request_failures_total": CHAIN_SOURCE,  # {hop, reason, namespace, workload}
     "egress_hop_lookup_failures_total": "egress_hop_lookup_failures_total",  # {hop, namespace, workload}: after a client's failed lookup of a hop name
+    # The hop vantage: only on a machine where a hop accepted a client
+    # connection on a capture port (and, for failures, one failed).
+    "egress_hop_accepted_total": "egress_hop_accepted_total",  # {hop, verdict, reason}
+    "egress_hop_vantage_failures_total": "egress_hop_vantage_failures_total",  # {hop, reason}
     "egress_kube_watch_up": "egress_kube_",
     "egress_kube_objects": "egress_kube_",
     "egress_kube_objects_malformed_total": "egress_kube_",

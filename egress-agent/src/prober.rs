@@ -3,9 +3,13 @@
 //! tunnel through the first hop, exactly as an application would, on an
 //! interval with jitter and a timeout. Its flows are observed by the kernel
 //! programs like any other, tagged `synthetic` (the agent's own process), and
-//! stitched by the same machinery: the per-hop verdict of a probe is the
-//! chain record's. Sequential (one probe in flight), bounded, off unless
-//! `probes:` is configured.
+//! stitched by the same machinery. The per-hop verdict of a failed probe is
+//! the deeper of two judgements of it: its chain record's (every leg this
+//! node sees) and its client leg's client-vantage verdict (the proxy's
+//! answer and its headers: `X-Squid-Error`, `Via`, …), which names a hop
+//! past the first one where this node sees no leg beyond the client's (a
+//! hop on another machine). Sequential (one probe in flight), bounded, off
+//! unless `probes:` is configured.
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, ToSocketAddrs as _},
@@ -17,8 +21,8 @@ use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 use crate::{
     config::ProbeSettings,
-    pipeline::{judge, proxy_http},
-    records::{ChainRecord, Reason, Verdict},
+    pipeline::{judge, proxy_http, vantage::VANTAGE},
+    records::{ChainRecord, FlowRecord, Phase, Reason, Record, Verdict},
     sinks::register::{self as reg, MetricError},
 };
 
@@ -100,17 +104,65 @@ impl Attempt {
     }
 }
 
-/// The hop and reason of a failed probe: the chain record's verdict when
-/// it came, else what the prober saw (a failed connect is at the first hop).
-pub fn failure_of(
-    a: &Attempt,
-    chain: Option<&ChainRecord>,
-    first_hop: &str,
-) -> Option<(String, Reason)> {
-    if let Some(c) = chain.filter(|c| c.verdict == Verdict::Failed)
-        && let (Some(h), Some(r)) = (&c.failed_hop, c.reason)
-    {
-        return Some((h.clone(), r));
+/// What the pipeline said about one probe, found by its socket's port.
+#[derive(Debug, Clone, Default)]
+pub struct Judged {
+    /// Its chain record: every leg this node sees, judged together.
+    pub chain: Option<ChainRecord>,
+    /// Its client leg's connect record, judged from the client vantage.
+    pub client_leg: Option<FlowRecord>,
+}
+
+impl Judged {
+    /// Whether `r` is one of the records [`Judged`] keeps: a synthetic
+    /// chain record, or a synthetic client leg's connect record.
+    pub fn wants(r: &Record) -> bool {
+        match r {
+            Record::Chain(c) => c.synthetic,
+            Record::Flow(f) => {
+                f.synthetic && f.phase == Phase::Connect && f.vantage.as_deref() == Some(VANTAGE)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The hop and reason of a failed probe.
+///
+/// Two judgements of it may come: the chain record's and the client leg's
+/// (client vantage). Where both say `failed`, the one naming the deeper hop
+/// of `hops` (`internet` past the last) decides, as in the assembled view:
+/// a node that sees only the client leg judges the chain from the legs
+/// alone as "the first hop answered 503", where the answer's headers say
+/// which hop past it broke and why (`ERR_CONNECT_FAIL 111` from hop 1:
+/// hop 2 refused). At the same depth the chain's verdict stands (its legs'
+/// own errno). Without either, what the prober saw (a failed connect is at
+/// the first hop).
+pub fn failure_of(a: &Attempt, judged: &Judged, hops: &[String]) -> Option<(String, Reason)> {
+    let depth = |h: &str| {
+        if h == crate::config::INTERNET {
+            Some(hops.len())
+        } else {
+            hops.iter().position(|n| n == h)
+        }
+    };
+    let chain = judged
+        .chain
+        .as_ref()
+        .filter(|c| c.verdict == Verdict::Failed)
+        .and_then(|c| Some((c.failed_hop.clone()?, c.reason?)));
+    let client = judged
+        .client_leg
+        .as_ref()
+        .filter(|f| f.verdict == Verdict::Failed)
+        .and_then(|f| Some((f.failed_hop.clone()?, f.reason?)));
+    match (chain, client) {
+        (Some(c), Some(v)) => {
+            let deeper = matches!((depth(&v.0), depth(&c.0)), (Some(dv), Some(dc)) if dv > dc);
+            return Some(if deeper { v } else { c });
+        }
+        (Some(j), None) | (None, Some(j)) => return Some(j),
+        (None, None) => {}
     }
     if a.ok() {
         return None;
@@ -120,7 +172,7 @@ pub fn failure_of(
         (None, Some(r)) => r,
         (None, None) => Reason::Other,
     };
-    Some((first_hop.to_string(), reason))
+    Some((hops.first().cloned().unwrap_or_default(), reason))
 }
 
 fn io_reason(e: &std::io::Error) -> Reason {
@@ -207,12 +259,12 @@ fn next_rand(state: &mut u64) -> f64 {
     (*state >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Start probing on a thread of its own (in `plan.netns` if set). Synthetic
-/// chain records arrive on `chains`.
+/// Start probing on a thread of its own (in `plan.netns` if set). The
+/// records [`Judged::wants`] arrive on `chains`.
 pub fn spawn(
     plan: ProbeSettings,
     metrics: std::sync::Arc<ProbeMetrics>,
-    chains: Receiver<ChainRecord>,
+    chains: Receiver<Record>,
 ) -> std::io::Result<Prober> {
     let netns = plan.netns.as_ref().map(std::fs::File::open).transpose()?;
     let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -234,12 +286,7 @@ pub fn spawn(
     Ok(Prober { stop: Some(stop_tx), handle: Some(handle) })
 }
 
-fn run(
-    plan: &ProbeSettings,
-    m: &ProbeMetrics,
-    chains: &Receiver<ChainRecord>,
-    stop: &Receiver<()>,
-) {
+fn run(plan: &ProbeSettings, m: &ProbeMetrics, chains: &Receiver<Record>, stop: &Receiver<()>) {
     let mut rng = (std::process::id() as u64) << 32 | 0x9e37_79b9;
     let n = plan.targets.len() as u32;
     let start = Instant::now();
@@ -255,33 +302,40 @@ fn run(
         }
         let target = &plan.targets[i];
         let a = probe_once(&plan.proxy, target, plan.timeout);
-        let chain = wait_chain(chains, a.local, stop);
-        record(m, plan, target, &a, chain.as_ref(), &mut last_failure[i]);
+        let judged = wait_judged(chains, a.local, stop);
+        record(m, plan, target, &a, &judged, &mut last_failure[i]);
         let j = 1.0 + plan.jitter * (2.0 * next_rand(&mut rng) - 1.0);
         due[i] = (when + plan.interval.mul_f64(j)).max(Instant::now() + MIN_GAP);
     }
 }
 
-/// The chain record whose client leg is the probe's socket, waited for a bounded time.
-fn wait_chain(
-    chains: &Receiver<ChainRecord>,
+/// The records of the probe whose socket was `local`, until its chain
+/// record came (its client leg comes before it), waited for a bounded time.
+fn wait_judged(
+    chains: &Receiver<Record>,
     local: Option<SocketAddr>,
     stop: &Receiver<()>,
-) -> Option<ChainRecord> {
-    let port = local?.port();
+) -> Judged {
+    let mut j = Judged::default();
+    let Some(port) = local.map(|l| l.port()) else { return j };
+    let mine = |src: Option<SocketAddr>| src.is_some_and(|s| s.port() == port);
     let deadline = Instant::now() + CHAIN_WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero()
             || matches!(stop.try_recv(), Ok(()) | Err(std::sync::mpsc::TryRecvError::Disconnected))
         {
-            return None;
+            return j;
         }
+        // Records of earlier probes that came too late are dropped here.
         match chains.recv_timeout(left.min(Duration::from_millis(100))) {
-            // Records of earlier probes that came too late are dropped here.
-            Ok(c) if c.src.is_some_and(|s| s.port() == port) => return Some(c),
+            Ok(Record::Chain(c)) if mine(c.src) => {
+                j.chain = Some(c);
+                return j;
+            }
+            Ok(Record::Flow(f)) if mine(f.src) => j.client_leg = Some(f),
             Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Disconnected) => return j,
         }
     }
 }
@@ -291,16 +345,16 @@ fn record(
     plan: &ProbeSettings,
     target: &str,
     a: &Attempt,
-    chain: Option<&ChainRecord>,
+    judged: &Judged,
     last: &mut Option<(String, Reason)>,
 ) {
     m.success.with_label_values(&[target]).set(i64::from(a.ok()));
     m.probes.with_label_values(&[target, if a.ok() { "success" } else { "failure" }]).inc();
     m.duration.with_label_values(&[target, "total"]).set(a.elapsed.as_secs_f64());
-    for leg in chain.map(|c| c.legs.as_slice()).unwrap_or_default() {
+    for leg in judged.chain.as_ref().map(|c| c.legs.as_slice()).unwrap_or_default() {
         m.duration.with_label_values(&[target, leg.hop.as_str()]).set(leg.latency_ms / 1000.0);
     }
-    if let Some((hop, reason)) = failure_of(a, chain, &plan.first_hop) {
+    if let Some((hop, reason)) = failure_of(a, judged, &plan.hops) {
         if let Some((h, r)) = last.take() {
             let _ = m.last_failure.remove_label_values(&[target, &h, r.as_str()]);
         }
@@ -318,29 +372,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failure_hop_prefers_the_chain_verdict() {
+    fn failure_hop_is_the_deeper_judgement() {
+        let hops = ["gke-squid".to_string(), "gce-proxy".to_string()];
         let a = Attempt { local: None, elapsed: Duration::ZERO, status: Some(503), error: None };
+        let none = Judged::default();
         assert_eq!(
-            failure_of(&a, None, "gke-squid"),
+            failure_of(&a, &none, &hops),
             Some(("gke-squid".into(), Reason::ProxyUpstreamError))
         );
-        let c = ChainRecord {
+        let chain = |hop: &str, reason| ChainRecord {
             verdict: Verdict::Failed,
-            failed_hop: Some("gce-proxy".into()),
-            reason: Some(Reason::Refused),
+            failed_hop: Some(hop.into()),
+            reason: Some(reason),
             ..ChainRecord::default()
         };
-        assert_eq!(
-            failure_of(&a, Some(&c), "gke-squid"),
-            Some(("gce-proxy".into(), Reason::Refused))
-        );
+        let leg = |hop: &str, reason| FlowRecord {
+            verdict: Verdict::Failed,
+            failed_hop: Some(hop.into()),
+            reason: Some(reason),
+            vantage: Some(VANTAGE.into()),
+            ..FlowRecord::default()
+        };
+        // Every leg seen here (one machine): the chain's verdict.
+        let j = Judged { chain: Some(chain("gce-proxy", Reason::Refused)), client_leg: None };
+        assert_eq!(failure_of(&a, &j, &hops), Some(("gce-proxy".into(), Reason::Refused)));
+        // Hop 2 on another machine: this node's chain is the client leg
+        // alone (hop 1 answered 503); the answer's X-Squid-Error
+        // ERR_CONNECT_FAIL 111 from hop 1 names hop 2, refused.
+        let j = Judged {
+            chain: Some(chain("gke-squid", Reason::ProxyUpstreamError)),
+            client_leg: Some(leg("gce-proxy", Reason::Refused)),
+        };
+        assert_eq!(failure_of(&a, &j, &hops), Some(("gce-proxy".into(), Reason::Refused)));
+        // The same hop: the chain's (its legs' own errno).
+        let j = Judged {
+            chain: Some(chain("gce-proxy", Reason::Timeout)),
+            client_leg: Some(leg("gce-proxy", Reason::ProxyUpstreamError)),
+        };
+        assert_eq!(failure_of(&a, &j, &hops), Some(("gce-proxy".into(), Reason::Timeout)));
+        // Deeper still: past the last hop.
+        let j = Judged {
+            chain: Some(chain("gce-proxy", Reason::ProxyUpstreamError)),
+            client_leg: Some(leg("internet", Reason::Refused)),
+        };
+        assert_eq!(failure_of(&a, &j, &hops), Some(("internet".into(), Reason::Refused)));
+        // The client leg alone (the chain record did not come in time).
+        let j = Judged { chain: None, client_leg: Some(leg("gce-proxy", Reason::Refused)) };
+        assert_eq!(failure_of(&a, &j, &hops), Some(("gce-proxy".into(), Reason::Refused)));
         let refused = Attempt { status: None, error: Some(Reason::Refused), ..a };
-        assert_eq!(
-            failure_of(&refused, None, "gke-squid"),
-            Some(("gke-squid".into(), Reason::Refused))
-        );
+        assert_eq!(failure_of(&refused, &none, &hops), Some(("gke-squid".into(), Reason::Refused)));
         let ok = Attempt { status: Some(200), ..refused };
-        assert_eq!(failure_of(&ok, None, "gke-squid"), None);
+        assert_eq!(failure_of(&ok, &none, &hops), None);
+        // Only synthetic chains and synthetic client-vantage connect records.
+        let mut f = leg("gce-proxy", Reason::Refused);
+        assert!(!Judged::wants(&Record::Flow(f.clone())));
+        f.synthetic = true;
+        assert!(Judged::wants(&Record::Flow(f.clone())));
+        f.phase = Phase::Close;
+        assert!(!Judged::wants(&Record::Flow(f)));
+        assert!(!Judged::wants(&Record::Chain(ChainRecord::default())));
     }
 
     #[test]

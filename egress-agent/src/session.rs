@@ -32,7 +32,7 @@ use crate::{
         ring::Verbosity,
     },
     prober::{self, ProbeMetrics},
-    records::{Clock, Record},
+    records::Clock,
     sinks::{MetricError, Metrics},
 };
 
@@ -339,7 +339,7 @@ impl Session {
 
     /// Run the pipeline into `sink` until `shutdown` is true, then drain.
     /// With `probes:` configured, the prober runs alongside and gets the
-    /// chain records of its own tunnels.
+    /// chain records and client legs of its own tunnels.
     pub async fn pipeline(
         &mut self,
         mut sink: impl FnMut(Output),
@@ -355,9 +355,9 @@ impl Session {
             probe_metrics = Some(m);
         }
         let sink = move |out: Output| {
-            if let (Output::Record(Record::Chain(c)), Some(m)) = (&out, &probe_metrics)
-                && c.synthetic
-                && probe_tx.try_send(c.clone()).is_err()
+            if let (Output::Record(r), Some(m)) = (&out, &probe_metrics)
+                && prober::Judged::wants(r)
+                && probe_tx.try_send(r.clone()).is_err()
             {
                 m.records_dropped.inc();
             }

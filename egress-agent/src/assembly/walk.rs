@@ -16,6 +16,7 @@ use super::{
 };
 use crate::{
     config::{DIRECT, INTERNET},
+    pipeline::{judge::hop_chain, stitch::summary},
     records::{FlowRecord, Record, Verdict},
 };
 
@@ -160,20 +161,37 @@ pub async fn walk(client: &FlowRecord, agent: &str, fetch: &impl Fetch) -> Walke
         if ans.truncated {
             notes.push(format!("{h}: the answer of {} was cut at its size limit", ans.node));
         }
+        let ups = upstream(&ans.records, acc, &h);
+        // The hop's judgement from its own machine: the answer it gave,
+        // degraded by its own upstream SYN retransmits (as its agent's hop
+        // chain record says).
+        let own = (acc.verdict, acc.failed_hop.clone(), acc.reason);
+        let (verdict, failed_hop, reason) = hop_chain(
+            own.clone(),
+            ups.iter().map(|u| summary(u)).collect::<Vec<_>>().iter(),
+            || own,
+        );
         views.push(View {
             vantage: HOP_VANTAGE.into(),
             agent: ans.node.clone(),
             position,
             hop: Some(h.clone()),
             link: Some(l),
-            verdict: acc.verdict,
-            failed_hop: acc.failed_hop.clone(),
-            reason: acc.reason,
+            verdict,
+            failed_hop: failed_hop.clone(),
+            reason,
             proxy_status: acc.proxy_status,
-            evidence: acc.evidence.clone(),
+            evidence: if verdict == acc.verdict {
+                acc.evidence.clone()
+            } else {
+                Some(format!(
+                    "its leg to {} retransmitted its SYN; it answered {}",
+                    failed_hop.as_deref().unwrap_or("?"),
+                    acc.proxy_status.map_or_else(|| "-".to_string(), |s| s.to_string())
+                ))
+            },
         });
         legs.push(Leg::of(acc, HOP_VANTAGE, &ans.node, true));
-        let ups = upstream(&ans.records, acc, &h);
         for u in &ups {
             legs.push(Leg::of(u, HOP_VANTAGE, &ans.node, false));
         }
@@ -200,10 +218,12 @@ pub async fn walk(client: &FlowRecord, agent: &str, fetch: &impl Fetch) -> Walke
     }
 }
 
-/// The hop-vantage record of the accepted connection `link` (its latest
-/// record: a close record after the connect one).
+/// The hop-vantage record of the accepted connection `link`: its connect
+/// record (the answer the hop gave, judged), else its latest. A close
+/// record after it judges the connection's data transfer (a slow machine's
+/// retransmits), not the request.
 fn accepted<'a>(records: &'a [Record], link: &Link) -> Option<&'a FlowRecord> {
-    records.iter().rev().find_map(|r| match r {
+    let mut ends = records.iter().rev().filter_map(|r| match r {
         Record::Flow(f)
             if f.vantage.as_deref() == Some(HOP_VANTAGE)
                 && Link::of_accepted(f).as_ref() == Some(link) =>
@@ -211,7 +231,14 @@ fn accepted<'a>(records: &'a [Record], link: &Link) -> Option<&'a FlowRecord> {
             Some(f)
         }
         _ => None,
-    })
+    });
+    let latest = ends.next()?;
+    Some(
+        std::iter::once(latest)
+            .chain(ends)
+            .find(|f| f.phase == crate::records::Phase::Connect)
+            .unwrap_or(latest),
+    )
 }
 
 /// The hop's own upstream legs of the chain `acc` belongs to, in the

@@ -73,6 +73,9 @@ fn hop_records(
         failed_hop: v.2,
         ..FlowRecord::default()
     };
+    // A degraded upstream leg: its SYN was retransmitted (the agent's
+    // connect-time degradation).
+    let syn = u32::from(up.0 == Verdict::Degraded);
     let upstream = FlowRecord {
         flow_id: format!("{hop}-up"),
         leg: Some(format!("{hop}->{next}")),
@@ -82,6 +85,8 @@ fn hop_records(
         verdict: up.0,
         reason: up.1,
         proxy_status: up.2,
+        retransmits: syn,
+        syn_retransmits: syn,
         ..FlowRecord::default()
     };
     // The hop's own chain, as its stitcher judges it (the walk reads the
@@ -264,7 +269,9 @@ async fn a_lost_syn_between_hops_is_hop_1s_to_tell() {
                         up_src: HOP1_UP,
                         up_dst: HOP2,
                     },
-                    (Verdict::Degraded, Some(Reason::Retransmits), Some("gce-proxy".into())),
+                    // The answer hop 1 sent was a timely 200: its own
+                    // judgement of the accepted connection is `ok`.
+                    (Verdict::Ok, None, None),
                     (Verdict::Degraded, Some(Reason::Retransmits), Some(200)),
                 ),
             ),
@@ -294,4 +301,32 @@ async fn a_lost_syn_between_hops_is_hop_1s_to_tell() {
         w.views.iter().map(|v| v.verdict).collect::<Vec<_>>(),
         [Verdict::Ok, Verdict::Degraded, Verdict::Ok]
     );
+}
+
+#[tokio::test]
+async fn data_retransmits_of_a_slow_machine_do_not_degrade_a_hop() {
+    let mut records = hop_records(
+        Side {
+            hop: "gke-squid",
+            next: "gce-proxy",
+            peer: CLIENT,
+            local: HOP1,
+            up_src: HOP1_UP,
+            up_dst: HOP2,
+        },
+        (Verdict::Ok, None, None),
+        (Verdict::Degraded, Some(Reason::Retransmits), Some(200)),
+    );
+    // The upstream leg's close: degraded by tail-loss probes, its SYN answered at once.
+    for r in &mut records {
+        if let Record::Flow(f) = r
+            && f.flow_id == "gke-squid-up"
+        {
+            f.syn_retransmits = 0;
+            f.retransmits = 2;
+        }
+    }
+    let fake = Fake(HashMap::from([("gke-squid", ("node-b", records))]));
+    let w = walk(&client_leg((Verdict::Ok, None, None), Some(200)), "node-a", &fake).await;
+    assert_eq!(said(&w), "ok");
 }

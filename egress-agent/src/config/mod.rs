@@ -188,6 +188,9 @@ pub struct ProbeSettings {
     pub netns: Option<PathBuf>,
     /// Name of the first hop (the hop a failed connect to `proxy` is at).
     pub first_hop: String,
+    /// Every hop's name in chain order (which of two verdicts names the
+    /// deeper hop).
+    pub hops: Vec<String>,
 }
 
 impl Config {
@@ -373,6 +376,7 @@ impl ProbeSettings {
             proxy,
             netns: c.netns.clone(),
             first_hop: first.name.clone(),
+            hops: hops.iter().map(|h| h.name.clone()).collect(),
         })
     }
 }

@@ -118,6 +118,41 @@ pub fn judge(legs: &[LegSummary]) -> (Verdict, Option<String>, Option<Reason>) {
     }
 }
 
+/// The verdict of a hop's chain as its own machine sees it: `accepted`, the
+/// hop vantage's judgement of the answer the hop gave its client (status and
+/// headers: which hop past it failed, and why), and the hop's own `upstream`
+/// legs of that request, in chain order.
+///
+/// - a failure: the accepted connection's judgement (the answer relayed
+///   back names the hop that made it better than the legs' statuses do);
+///   `legs`, the legs' own judgement, where that names no hop; the accepted
+///   connection's own degradation likewise (first in chain order);
+/// - otherwise `degraded` only on evidence a slow machine does not fake: an
+///   upstream leg the agent judged degraded at its connect whose SYN was
+///   retransmitted (no SYN-ACK for a whole initial RTO). Data retransmits
+///   (tail-loss probes and spurious timeouts of a slow or loaded machine,
+///   as under emulation) and a slow answer leave the hop's verdict alone;
+///   the legs keep their own records;
+/// - otherwise the accepted connection's judgement (`ok`, or `unknown` when
+///   its answer was not seen).
+pub fn hop_chain<'a>(
+    accepted: (Verdict, Option<String>, Option<Reason>),
+    upstream: impl IntoIterator<Item = &'a LegSummary>,
+    legs: impl FnOnce() -> (Verdict, Option<String>, Option<Reason>),
+) -> (Verdict, Option<String>, Option<Reason>) {
+    // Its own (a failure, or its own client leg's SYN retransmitted: first
+    // in chain order).
+    match accepted {
+        (Verdict::Failed, None, _) => return legs(),
+        (Verdict::Failed | Verdict::Degraded, ..) => return accepted,
+        _ => {}
+    }
+    match upstream.into_iter().find(|l| l.verdict == Verdict::Degraded && l.syn_retransmits > 0) {
+        Some(l) => (Verdict::Degraded, Some(l.hop.clone()), Some(Reason::Retransmits)),
+        None => accepted,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +183,43 @@ mod tests {
             assert_eq!(proxy_status(s), (Verdict::Failed, Some(Reason::ProxyUpstreamError)));
         }
         assert_eq!(proxy_status(400), (Verdict::Failed, Some(Reason::Other)));
+    }
+
+    #[test]
+    fn a_hops_chain_degrades_on_syn_retransmits_only() {
+        use Verdict::{Degraded, Failed, Ok};
+        let up = |verdict, syn, all| LegSummary {
+            leg: "gke-squid->gce-proxy".into(),
+            hop: "gce-proxy".into(),
+            verdict,
+            reason: (verdict == Degraded).then_some(Reason::Retransmits),
+            proxy_status: Some(200),
+            retransmits: all,
+            syn_retransmits: syn,
+            ..LegSummary::default()
+        };
+        let ok = (Ok, None, None);
+        let none = || (Verdict::Unknown, None, None);
+        // Its SYN to hop 2 was lost once: degraded at hop 2.
+        assert_eq!(
+            hop_chain(ok.clone(), &[up(Degraded, 1, 1)], none),
+            (Degraded, Some("gce-proxy".into()), Some(Reason::Retransmits))
+        );
+        // Data retransmits of a slow machine (tail-loss probes): the answer's ok stands.
+        assert_eq!(hop_chain(ok.clone(), &[up(Degraded, 0, 2)], none), ok);
+        // Under the agent's threshold: not degraded.
+        assert_eq!(hop_chain(ok.clone(), &[up(Ok, 1, 1)], none), ok);
+        // A failure is the answer's judgement (it names the hop that made it).
+        let failed = (Failed, Some("internet".into()), Some(Reason::Refused));
+        let relayed = LegSummary { proxy_status: Some(503), ..up(Failed, 0, 0) };
+        assert_eq!(hop_chain(failed.clone(), std::slice::from_ref(&relayed), none), failed);
+        // The answer names no hop: the legs' judgement.
+        let blind = (Failed, None, Some(Reason::ProxyUpstreamError));
+        assert_eq!(hop_chain(blind, &[relayed], || failed.clone()), failed);
+        let own = (Degraded, Some("gke-squid".into()), Some(Reason::Retransmits));
+        assert_eq!(hop_chain(own.clone(), &[up(Degraded, 1, 1)], none), own);
+        let unknown = (Verdict::Unknown, None, None);
+        assert_eq!(hop_chain(unknown.clone(), &[], none), unknown);
     }
 
     #[test]
@@ -187,6 +259,7 @@ mod tests {
             proxy_status: status,
             latency_ms: 0.0,
             retransmits: 0,
+            syn_retransmits: 0,
         }
     }
     const C: &str = "client->gke-squid";

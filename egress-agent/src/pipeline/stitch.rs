@@ -22,10 +22,13 @@ use std::{
     net::SocketAddr,
 };
 
-use super::{flow_table::HOP_VANTAGE, judge::judge};
+use super::{
+    flow_table::HOP_VANTAGE,
+    judge::{hop_chain, judge},
+};
 use crate::{
     config::{DIRECT, INTERNET},
-    records::{ChainRecord, DnsRecord, FlowRecord, LegSummary, Reason, Verdict, rfc3339},
+    records::{ChainRecord, DnsRecord, FlowRecord, LegSummary, Phase, Reason, Verdict, rfc3339},
 };
 
 /// How long upstream legs wait to be claimed by a client leg.
@@ -101,7 +104,8 @@ struct Open {
     until: u64,
 }
 
-fn summary(r: &FlowRecord) -> LegSummary {
+/// A leg of a chain record, from its flow record.
+pub fn summary(r: &FlowRecord) -> LegSummary {
     LegSummary {
         leg: r.leg.clone().unwrap_or_default(),
         hop: r.hop.clone().unwrap_or_default(),
@@ -114,6 +118,7 @@ fn summary(r: &FlowRecord) -> LegSummary {
         proxy_status: r.proxy_status,
         latency_ms: r.latency_ms,
         retransmits: r.retransmits,
+        syn_retransmits: r.syn_retransmits,
     }
 }
 
@@ -183,6 +188,13 @@ impl Stitcher {
             return None;
         }
         if accepted {
+            // Only the accepted connection's answer roots a hop chain: its
+            // close (worse than its connect: a reset, or data retransmits,
+            // which a slow machine makes on a healthy path) is its own
+            // record, not a second request.
+            if r.phase != Phase::Connect {
+                return None;
+            }
             r.chain_id = Some(self.next_id(r));
             while self.accepted.len() >= OPEN_MAX {
                 self.accepted.pop_front();
@@ -347,7 +359,12 @@ impl Stitcher {
 
     /// The chain of `client` over `legs`, with its verdict.
     fn judged(&self, client: &FlowRecord, legs: Vec<LegSummary>) -> ChainRecord {
-        let (verdict, hop, mut reason) = judge(&legs);
+        let (verdict, hop, mut reason) = if client.vantage.as_deref() == Some(HOP_VANTAGE) {
+            let own = (client.verdict, client.failed_hop.clone(), client.reason);
+            hop_chain(own, legs.iter().skip(1), || judge(&legs))
+        } else {
+            judge(&legs)
+        };
         // Squid answers a failed lookup with 500 or 503 (ERR_DNS_FAIL), no upstream leg.
         let answered_5xx = client.proxy_status.is_some_and(|s| s >= 500)
             && matches!(reason, Some(Reason::ProxyUpstreamError | Reason::Other));
@@ -556,6 +573,27 @@ mod tests {
         // Past the amending window a leg is just kept.
         assert!(s.tick(Some(260 + AMEND_NS)).is_empty());
         assert!(s.on_record(&mut rec(H, "gce-proxy", 220, 230, None, None, Failed)).is_none());
+    }
+
+    #[test]
+    fn an_accepted_connections_close_roots_no_second_chain() {
+        let peer: SocketAddr = "10.8.0.7:40000".parse().expect("addr");
+        let local: SocketAddr = "10.9.0.2:3128".parse().expect("addr");
+        let accepted = |phase, verdict| FlowRecord {
+            vantage: Some(HOP_VANTAGE.into()),
+            src: Some(peer),
+            dst: Some(local),
+            dst_actual: Some(local),
+            phase,
+            ..rec(C, "gke-squid", 100, 150, Some("login.example.test:443"), Some(200), verdict)
+        };
+        let mut s = Stitcher::default();
+        assert!(s.on_record(&mut accepted(Phase::Connect, Verdict::Ok)).is_none());
+        // Its close, degraded by data retransmits (a slow machine's tail-loss probes).
+        assert!(s.on_record(&mut accepted(Phase::Close, Verdict::Degraded)).is_none());
+        let chains = s.tick(None);
+        assert_eq!(chains.len(), 1, "{chains:?}");
+        assert_eq!(chains[0].verdict, Verdict::Ok);
     }
 
     #[test]

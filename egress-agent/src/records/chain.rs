@@ -20,6 +20,11 @@ pub struct LegSummary {
     pub proxy_status: Option<u16>,
     pub latency_ms: f64,
     pub retransmits: u32,
+    /// SYNs the leg's connect retransmitted (absent when none): a SYN
+    /// unanswered for a whole initial RTO, the evidence of a lossy or
+    /// blackholing path that a slow machine does not fake.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub syn_retransmits: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,9 +1,10 @@
 //! The multi-machine fault table: every fault of the single-host table
 //! (tests/src/faults.rs) across the machines. Per fault: what each agent
 //! said alone (its own records of this request: node A's client leg or
-//! failed lookup; on a hop's machine the hop vantage's accepted connection
-//! whose `(src, dst_actual)` — its peer and its own address — is exactly the
-//! link the request crossed), what `egress-agent explain --assemble` on
+//! failed lookup; on a hop's machine the hop chain rooted at the hop
+//! vantage's accepted connection whose `(src, dst_actual)` — its peer and
+//! its own address — is exactly the link the request crossed), what
+//! `egress-agent explain --assemble` on
 //! node A said, and what each was
 //! expected to say ([`FaultModel`]).
 use std::time::{Duration, Instant};
@@ -32,17 +33,8 @@ pub struct Row {
 }
 
 /// Rows known not to match yet, with why: printed as such and not failing
-/// the table, until the hop vantage gets there (issue 16 stays open on them).
-pub const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        "lossy hop (hop1->hop2 loses a SYN)",
-        "the assembled view takes hop 1's judgement of its accepted connection (the 200 it sent, on time); hop 1's upstream SYN retransmit is in its stitched chain, which on a TCG VM also reads healthy rows as degraded",
-    ),
-    (
-        super::probe::PROBE_ROW,
-        "node A's probe metric names gke-squid: proxy_upstream_error for the first probe after hop 2 goes down (its chain judge, not the client-vantage evidence); cause not found yet",
-    ),
-];
+/// the table. None today.
+pub const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 impl Row {
     /// Why this row may mismatch and not fail the table, if it is a known gap.
@@ -436,19 +428,37 @@ pub(super) fn hop_view(
         ls.iter().any(|l| accepted(std::slice::from_ref(v), l).is_some())
     })?;
     let name = lab.machines[i].name.clone();
-    let said = match &found {
-        Some(v) => verdict_of(v, "failed_hop"),
-        None => NO_RECORD.to_string(),
+    // What the hop's agent said of the request: its hop chain (the answer
+    // it gave joined to its own upstream legs), rooted at that accepted
+    // connection; the accepted connection's own record until it comes.
+    let chain = match &found {
+        Some(v) => {
+            let flow = v["flow_id"].clone();
+            wait(lab, i, mark, Duration::from_secs(3), move |c| {
+                c["record"] == "chain" && c["vantage"] == "hop" && c["legs"][0]["flow_id"] == flow
+            })?
+        }
+        None => None,
+    };
+    let said = match (&chain, &found) {
+        (Some(c), _) => verdict_of(c, "failed_hop"),
+        (None, Some(v)) => verdict_of(v, "failed_hop"),
+        (None, None) => NO_RECORD.to_string(),
     };
     if !matches(&expect, &said)
         && let Some(v) = &found
     {
         notes.push(format!(
-            "{name}: its hop-vantage record of {} -> {} said {said}: status {}, evidence {}",
+            "{name}: its hop-vantage record of {} -> {} said {}: status {}, evidence {}; its hop chain {}",
             v["src"].as_str().unwrap_or("?"),
             v["dst_actual"].as_str().unwrap_or("?"),
+            verdict_of(v, "failed_hop"),
             v["proxy_status"],
-            v["evidence"]
+            v["evidence"],
+            chain.as_ref().map_or_else(
+                || "did not come".to_string(),
+                |c| format!("said {said}, legs {}", c["legs"])
+            )
         ));
     } else if !matches(&expect, &said) {
         let own: Vec<String> = lab.agents[i].records[mark..]
