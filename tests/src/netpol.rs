@@ -166,3 +166,42 @@ pub fn load(router: &Netns, text: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rules_follow_the_policies() {
+        let policies = [
+            json!({"metadata": {"namespace": "prod", "name": "deny"},
+                   "spec": {"podSelector": {}, "policyTypes": ["Egress"]}}),
+            json!({"metadata": {"namespace": "prod", "name": "allow"},
+                   "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"],
+                            "egress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.3/32"]}}],
+                                        "ports": [{"protocol": "TCP", "port": 8000, "endPort": 8090}]}]}}),
+            // Ingress only: not egress isolation.
+            json!({"metadata": {"namespace": "prod", "name": "ingress"},
+                   "spec": {"podSelector": {}, "egress": []}}),
+        ];
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let text =
+            egress_rules(&policies, &PodRef { namespace: "prod", labels: &labels, ip: "10.0.0.2" })
+                .expect("supported")
+                .expect("isolated");
+        assert_eq!(
+            text,
+            "*filter\n:EO-NP-EGRESS - [0:0]\n:EO-NP-1-0-0 - [0:0]\n\
+             -A FORWARD -s 10.0.0.2/32 -j EO-NP-EGRESS\n\
+             -A EO-NP-EGRESS -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+             -A EO-NP-EGRESS -j EO-NP-1-0-0\n\
+             -A EO-NP-1-0-0 -d 192.0.2.3/32 -j RETURN\n\
+             -A EO-NP-1-0-0 -d 192.0.2.0/24 -p tcp --dport 8000:8090 -m comment --comment \"prod/allow\" -j ACCEPT\n\
+             -A EO-NP-EGRESS -j DROP\nCOMMIT\n"
+        );
+        let other: BTreeMap<String, String> = BTreeMap::new();
+        let db = PodRef { namespace: "data", labels: &other, ip: "10.0.0.3" };
+        assert_eq!(egress_rules(&policies, &db).expect("supported"), None, "not isolated");
+    }
+}
