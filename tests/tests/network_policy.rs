@@ -340,7 +340,11 @@ fn policy_verdicts_agree_with_the_enforcing_datapath() {
     let to_allowed = record_to(SVC_TO_ALLOWED);
     assert_eq!(to_allowed["dst_actual"], sa(BLACKHOLED, 8080).to_string(), "{to_allowed}");
     let to_denied = record_to(SVC_TO_DENIED);
-    assert!(to_denied.get("dst_actual").is_none_or(Value::is_null), "{to_denied}");
+    assert_eq!(
+        to_denied["dst_actual"],
+        sa(SVC_TO_DENIED, 8080).to_string(),
+        "the socket's own address, no DNAT seen: {to_denied}"
+    );
     assert_eq!(to_denied["dst_class"], "service", "{to_denied}");
 
     // The metric: three denied attempts of the Deployment, bounded labels.

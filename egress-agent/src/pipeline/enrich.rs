@@ -462,6 +462,11 @@ mod tests {
             let e = enricher(kube);
             let r = judged(&e, failed(WEB, "10.96.0.10:80", Reason::Timeout));
             assert_eq!(r.reason, Some(Reason::PolicyDenied), "its only backend is excepted");
+            // The socket's own address as `dst_actual` (nothing rewrote it at
+            // connect) is no DNAT seen: still the backends.
+            let mut r = failed(WEB, "10.96.0.10:80", Reason::Timeout);
+            r.dst_actual = r.dst;
+            assert_eq!(judged(&e, r).reason, Some(Reason::PolicyDenied));
             let r = judged(&e, failed(WEB, "10.96.0.12:80", Reason::Timeout));
             assert_eq!(
                 (r.reason, r.policy_verdict),

@@ -308,7 +308,9 @@ impl KubeIndex {
         if pod.host_network {
             return None;
         }
-        let targets = match dst_actual {
+        // The socket's own destination is `dst_actual` too when nothing
+        // rewrote it: only a different address is a DNAT seen.
+        let targets = match dst_actual.filter(|a| *a != dst) {
             Some(actual) => vec![actual],
             None => self.index.service_backends(dst.ip(), dst.port()).unwrap_or_else(|| vec![dst]),
         };
