@@ -127,8 +127,9 @@ HOST_MOUNTS = {  # host path -> (container path, read-only)
     "/sys/fs/cgroup": ("/sys/fs/cgroup", True),
 }
 RECURSIVE_READ_ONLY = {"IfPossible", "Enabled"}
-RBAC_RESOURCES = {("", "pods"), ("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")}
-# The agent's watchers list then watch (egress-agent/src/kube/watch.rs) and
+RBAC_RESOURCES = {("", "pods"), ("", "services"), ("", "nodes"), ("", "namespaces"),
+                  ("discovery.k8s.io", "endpointslices"), ("networking.k8s.io", "networkpolicies")}
+# The agent's watchers list then watch (egress-agent/src/attribution/kube/informer.rs) and
 # `check` lists one object of each; nothing gets an object by name.
 RBAC_VERBS = {"list", "watch"}
 # The Localhost seccomp profile the DaemonSet names, shipped in deploy/seccomp/

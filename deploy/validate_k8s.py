@@ -440,7 +440,7 @@ def check_policy(r: Report, rendered: dict[str, list[dict]]) -> None:
         r.check(verbs == RBAC_VERBS, f"ClusterRole verbs are {'/'.join(sorted(RBAC_VERBS))} only", str(sorted(verbs)))
         extra = [rule for rule in roles[0].get("rules") or [] if rule.get("resourceNames") or rule.get("nonResourceURLs")]
         r.check(not extra, "ClusterRole has no resourceNames / nonResourceURLs rules", str(extra))
-        r.check(granted == RBAC_RESOURCES, "ClusterRole covers exactly pods, services, nodes, endpointslices",
+        r.check(granted == RBAC_RESOURCES, "ClusterRole covers exactly pods, services, nodes, namespaces, endpointslices, networkpolicies",
                 str(sorted(granted)))
         binds = find(base, "ClusterRoleBinding")
         r.check(any(b["roleRef"]["name"] == roles[0]["metadata"]["name"]

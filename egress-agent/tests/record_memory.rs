@@ -81,6 +81,7 @@ fn pod(labels: usize) -> PodMeta {
         host_network: false,
         phase: Some("Running".into()),
         previous_containers: vec![],
+        named_ports: vec![],
     }
 }
 

@@ -19,6 +19,7 @@ pub mod lab;
 pub mod manifests;
 pub mod multinode;
 pub mod netns;
+pub mod netpol;
 pub mod prom;
 pub mod prom_server;
 pub mod qemu;

@@ -557,3 +557,94 @@ async fn api_answering_errors_or_garbage_backs_off_then_recovers() {
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
     assert!(index.pod(&uid(1)).is_some());
 }
+
+/// NetworkPolicies and Namespaces are watched like the rest, and a change
+/// of either changes the verdict: named port resolved on the destination
+/// pod, namespace labels from the namespace watch.
+#[tokio::test]
+async fn network_policies_and_namespace_labels_are_watched_live() {
+    use egress_agent::records::PolicyVerdict;
+    use egress_tests::fake_apiserver::objects::{PodSpec, namespace, network_policy, pod};
+    let web = pod(&PodSpec {
+        ns: "shop",
+        name: "web-0",
+        uid: uid(90),
+        ip: "10.8.1.50",
+        labels: json!({"app": "web"}),
+        ..PodSpec::default()
+    });
+    let mut db = pod(&PodSpec {
+        ns: "data",
+        name: "db-0",
+        uid: uid(91),
+        ip: "10.8.1.51",
+        labels: json!({"app": "db"}),
+        containers: vec![("postgres", "postgres:16", cid(91))],
+        ..PodSpec::default()
+    });
+    db["spec"]["containers"][0]["ports"] =
+        json!([{"name": "postgres", "containerPort": 5432, "protocol": "TCP"}]);
+    let allow_db = network_policy(
+        "shop",
+        "allow-db",
+        json!({
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Egress"],
+            "egress": [{
+                "to": [{"namespaceSelector": {"matchLabels": {"tier": "data"}},
+                        "podSelector": {"matchLabels": {"app": "db"}}}],
+                "ports": [{"port": "postgres"}]
+            }]
+        }),
+    );
+    let server = FakeApiServer::with([
+        web,
+        db,
+        namespace("shop", json!({})),
+        namespace("data", json!({"tier": "data"})),
+        allow_db,
+    ]);
+    let registry = Registry::new();
+    let index = KubeIndex::start_with(
+        config(&server),
+        &on_node(NODE_A),
+        tuning(Duration::from_secs(60)),
+        &registry,
+    )
+    .expect("start");
+    eventually("policies, namespaces and pods listed", Duration::from_secs(10), || {
+        [("pods", 2.0), ("namespaces", 2.0), ("networkpolicies", 1.0)].iter().all(|(r, n)| {
+            metric(&registry, "egress_kube_objects", r) == *n
+                && metric(&registry, "egress_kube_watch_up", r) == 1.0
+        })
+    })
+    .await;
+    let web_uid = uid(90);
+    let verdict = |to: &str| {
+        index
+            .egress_policy(&web_uid, to.parse().expect("addr"), None)
+            .map(|c| (c.verdict, c.policies.iter().map(|p| p.to_string()).collect::<Vec<_>>()))
+    };
+    let allowed = Some((PolicyVerdict::Allowed, vec!["shop/allow-db".to_string()]));
+    let denied = Some((PolicyVerdict::Denied, vec!["shop/allow-db".to_string()]));
+    assert_eq!(
+        verdict("10.8.1.51:5432"),
+        allowed,
+        "the named port of a db pod in a data namespace"
+    );
+    assert_eq!(verdict("10.8.1.51:5433"), denied, "another port");
+    assert_eq!(verdict("1.1.1.1:443"), denied);
+    // The namespace loses its label: the selector no longer matches.
+    server.apply(namespace("data", json!({})));
+    eventually("the namespace's new labels", Duration::from_secs(10), || {
+        verdict("10.8.1.51:5432") == denied
+    })
+    .await;
+    // The policy goes: the pod is not isolated any more.
+    server.delete("NetworkPolicy", "shop/allow-db");
+    eventually("the policy's deletion", Duration::from_secs(10), || {
+        verdict("1.1.1.1:443") == Some((PolicyVerdict::NotIsolated, vec![]))
+    })
+    .await;
+    assert!(index.egress_policy(&uid(404), "1.1.1.1:443".parse().expect("addr"), None).is_none());
+}

@@ -109,10 +109,10 @@ pub fn client_view(f: &FlowRecord, agent: &str) -> View {
 /// Whether a connect never opened (refused, timed out, unreachable): its
 /// far end has no connection to tell about.
 fn never_opened(f: &FlowRecord) -> bool {
-    use crate::records::Reason::{Refused, Timeout, Unreachable};
+    use crate::records::Reason::{PolicyDenied, Refused, Timeout, Unreachable};
     f.verdict == Verdict::Failed
         && f.proxy_status.is_none()
-        && matches!(f.reason, Some(Refused | Timeout | Unreachable))
+        && matches!(f.reason, Some(Refused | Timeout | Unreachable | PolicyDenied))
         && f.failed_hop.as_ref().is_none_or(|h| Some(h) == f.hop.as_ref())
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     assembly::walk::Walked,
-    records::{Reason, Verdict},
+    records::{PolicyVerdict, Reason, Verdict},
 };
 
 /// One hop of one attempt.
@@ -45,6 +45,12 @@ pub struct Attempt {
     /// The client's node alone, on a chain: its client leg's own verdict and
     /// evidence (`"vantage":"client"`).
     pub client_view: Option<String>,
+    /// What the NetworkPolicies say about the failed connect (see the
+    /// flow record's `policy_verdict`), and the policies concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_verdict: Option<PolicyVerdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// The client leg's flow id (where an assembly starts).
     #[serde(skip)]
     pub flow_id: Option<String>,
@@ -52,4 +58,28 @@ pub struct Attempt {
     /// vantage that recorded each, and where the walk stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub assembled: Option<Walked>,
+}
+
+impl Attempt {
+    /// The policy verdict line `explain` prints, when the agent judged one.
+    pub fn policy_line(&self) -> Option<String> {
+        let names = self.policy.as_deref().unwrap_or("-").replace(',', ", ");
+        Some(match self.policy_verdict? {
+            PolicyVerdict::Denied => {
+                format!(
+                    "policy: DENIED by NetworkPolicy {names}: no egress rule allows this flow (judged on the backend after DNAT)"
+                )
+            }
+            PolicyVerdict::Allowed => format!(
+                "policy: allowed by NetworkPolicy {names}: the failure is not the policies'"
+            ),
+            PolicyVerdict::NotIsolated => {
+                "policy: no NetworkPolicy selects the pod for egress: all egress allowed"
+                    .to_string()
+            }
+            PolicyVerdict::Uncertain => format!(
+                "policy: not allowed by NetworkPolicy {names} as far as the agent can tell (a malformed entry, or a destination pod whose labels it does not know): not blamed on the policies"
+            ),
+        })
+    }
 }

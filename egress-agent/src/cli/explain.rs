@@ -93,6 +93,8 @@ fn from_chain(c: &ChainRecord) -> Attempt {
         proxy_status: c.proxy_status,
         vantage: "full",
         client_view: None,
+        policy_verdict: None,
+        policy: None,
         flow_id: c.legs.first().map(|l| l.flow_id.clone()),
         assembled: None,
         hops: c
@@ -129,6 +131,8 @@ fn from_flow(r: &FlowRecord) -> Attempt {
         proxy_status: r.proxy_status,
         vantage: if r.vantage.is_some() { "client" } else { "full" },
         client_view: r.evidence.clone(),
+        policy_verdict: r.policy_verdict,
+        policy: r.policy.clone(),
         flow_id: Some(r.flow_id.clone()),
         assembled: None,
         hops: vec![Step {
@@ -171,6 +175,8 @@ fn from_dns(d: &DnsRecord) -> Option<Attempt> {
         // The client's own lookup: what its node alone saw.
         vantage: "client",
         client_view: None,
+        policy_verdict: None,
+        policy: None,
         flow_id: None,
         assembled: None,
         hops: vec![Step {
@@ -264,7 +270,11 @@ pub fn attempts(records: &[Record], want: &Wanted, since: SystemTime) -> Vec<Att
                     && latest.get(c.chain_id.as_str()) == Some(&c.revision) =>
             {
                 let mut a = from_chain(c);
-                a.client_view = client_of.get(c.chain_id.as_str()).map(|f| client_line(f));
+                if let Some(f) = client_of.get(c.chain_id.as_str()) {
+                    a.client_view = Some(client_line(f));
+                    a.policy_verdict = f.policy_verdict;
+                    a.policy = f.policy.clone();
+                }
                 Some(a)
             }
             Record::Flow(f)
@@ -335,7 +345,13 @@ pub fn explain(target: &str, since: SystemTime, attempts: &[Attempt], keep: usiz
                 (_, Some(r)) => r.as_str().to_string(),
                 _ => l.verdict.as_str().to_string(),
             };
-            let at = l.failed_hop.as_deref().map_or_else(String::new, |h| format!(" at hop {h}"));
+            let mut at =
+                l.failed_hop.as_deref().map_or_else(String::new, |h| format!(" at hop {h}"));
+            if l.reason == Some(Reason::PolicyDenied)
+                && let Some(p) = &l.policy
+            {
+                at.push_str(&format!(" (NetworkPolicy {})", p.replace(',', ", ")));
+            }
             let text = format!(
                 "{state}{at}: {what} since {}, {same} of {total} attempts",
                 hhmmss(run_start)
@@ -448,6 +464,9 @@ pub fn render(e: &Explanation) -> String {
         }
         if let Some(c) = &a.client_view {
             o.push_str(&format!("  client node alone: {c}\n"));
+        }
+        if let Some(p) = a.policy_line() {
+            o.push_str(&format!("  {p}\n"));
         }
     }
     o.push_str(&format!("\nConclusion: {}\n", e.conclusion));

@@ -118,3 +118,60 @@ fn concludes_failing_with_since_and_counts() {
         ("1h30m".into(), "45s".into(), "300ms".into())
     );
 }
+
+#[test]
+fn prints_the_policy_verdict_line() {
+    let flow = |t: &str, reason, pv, policy: Option<&str>| {
+        Record::Flow(FlowRecord {
+            time: format!("2026-11-21T10:{t}.000Z"),
+            namespace: Some("production".into()),
+            pod: Some("web-1".into()),
+            comm: "curl".into(),
+            dst: Some("198.51.100.3:8080".parse().expect("addr")),
+            verdict: Verdict::Failed,
+            reason: Some(reason),
+            policy_verdict: pv,
+            policy: policy.map(str::to_string),
+            flow_id: t.into(),
+            ..FlowRecord::default()
+        })
+    };
+    let records = [
+        flow(
+            "40:00",
+            Reason::Timeout,
+            Some(crate::records::PolicyVerdict::Allowed),
+            Some("production/allow-web-egress"),
+        ),
+        flow(
+            "41:00",
+            Reason::PolicyDenied,
+            Some(crate::records::PolicyVerdict::Denied),
+            Some("production/allow-web-egress,production/default-deny-egress"),
+        ),
+    ];
+    let since = parse_rfc3339("2026-11-21T10:00:00.000Z").expect("time");
+    let want = Wanted::parse("198.51.100.3").expect("target");
+    let found = attempts(&records, &want, since);
+    let e = explain("198.51.100.3", since, &found, 5);
+    let text = render(&e);
+    assert!(
+        text.contains("policy: DENIED by NetworkPolicy production/allow-web-egress, production/default-deny-egress: no egress rule allows this flow (judged on the backend after DNAT)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("policy: allowed by NetworkPolicy production/allow-web-egress: the failure is not the policies'"),
+        "{text}"
+    );
+    assert!(
+        e.conclusion.starts_with("failing (NetworkPolicy production/allow-web-egress, production/default-deny-egress): policy_denied"),
+        "{}",
+        e.conclusion
+    );
+    let json = serde_json::to_value(&e).expect("json");
+    assert_eq!(json["recent"][1]["policy_verdict"], "denied");
+    assert_eq!(
+        json["recent"][1]["policy"],
+        "production/allow-web-egress,production/default-deny-egress"
+    );
+}

@@ -25,8 +25,8 @@ pub use self::args::EXIT_NO_DATA;
 ///
 /// Watches every egress TCP connection on this host with eBPF tracepoints and
 /// gives each one a verdict: ok, failed (refused, timeout, unreachable, reset,
-/// proxy_denied, proxy_upstream_error, bypass, dns_failed) or degraded
-/// (retransmits),
+/// proxy_denied, proxy_upstream_error, bypass, dns_failed, policy_denied) or
+/// degraded (retransmits),
 /// naming the proxy hop that broke.
 #[derive(Debug, Parser)]
 #[command(

@@ -290,6 +290,8 @@ impl<S: FnMut(Output)> Processor<S> {
 
     fn send(&mut self, mut rec: FlowRecord, evidence: Option<Box<AnswerEvidence>>) {
         client_leg::judge(&mut rec, evidence.as_deref(), &self.hops);
+        // After NAT and the transport verdict: may turn the reason into policy_denied.
+        self.enricher.policy(&mut rec);
         let chain = self.stitcher.on_record(&mut rec);
         self.metrics.observe(&rec);
         self.sent = true;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::verdict::{Reason, Verdict};
+use super::verdict::{PolicyVerdict, Reason, Verdict};
 
 /// The owner of a pod whose metadata is not available (no Kubernetes
 /// source, the watch down, the pod not listed yet): `workload` of its
@@ -110,6 +110,15 @@ pub struct FlowRecord {
     /// ERR_CONNECT_FAIL 110 from gce-proxy`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<String>,
+    /// On a failed connect of a pod (Kubernetes metadata on): what the
+    /// NetworkPolicies selecting it say about this flow, evaluated against
+    /// `dst_actual` (the backend after DNAT), else `dst`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_verdict: Option<PolicyVerdict>,
+    /// The policies behind `policy_verdict`, `namespace/name`, comma-separated:
+    /// those isolating the pod (denied, uncertain) or allowing the flow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Made by the agent's own prober (its process opened the flow).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub synthetic: bool,

@@ -20,7 +20,7 @@ pub use self::{
     dns::{DnsRecord, TIMEOUT as DNS_TIMEOUT},
     flow::{DstClass, FlowRecord, Phase, PodLabels, UNKNOWN_WORKLOAD},
     time::{Clock, mono_now_ns, parse_rfc3339, rfc3339},
-    verdict::{Reason, Verdict},
+    verdict::{PolicyVerdict, Reason, Verdict},
 };
 
 /// A record, tagged with its kind: the one shape records take from the

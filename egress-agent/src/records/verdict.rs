@@ -50,6 +50,10 @@ pub enum Reason {
     Bypass,
     /// A name lookup failed: NXDOMAIN, SERVFAIL, REFUSED or no answer.
     DnsFailed,
+    /// A connect that failed (no answer, unreachable, refused) and that the
+    /// NetworkPolicies selecting the pod do not allow: the policy engine
+    /// dropped or rejected it. The record's `policy` names the policies.
+    PolicyDenied,
     Other,
 }
 
@@ -65,7 +69,35 @@ impl Reason {
             Self::ProxyUpstreamError => "proxy_upstream_error",
             Self::Bypass => "bypass",
             Self::DnsFailed => "dns_failed",
+            Self::PolicyDenied => "policy_denied",
             Self::Other => "other",
+        }
+    }
+}
+
+/// What the NetworkPolicies selecting a pod say about one of its flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyVerdict {
+    /// No policy selects the pod for egress: everything is allowed.
+    NotIsolated,
+    /// Some egress rule of a policy selecting the pod allows the flow.
+    Allowed,
+    /// The pod is isolated for egress and no rule allows the flow.
+    Denied,
+    /// No rule the agent could check allows it, but one it could not check
+    /// might (a malformed entry, a destination pod on another node whose
+    /// labels it does not know): not blamed on the policies.
+    Uncertain,
+}
+
+impl PolicyVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotIsolated => "not_isolated",
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::Uncertain => "uncertain",
         }
     }
 }

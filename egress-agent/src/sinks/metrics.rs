@@ -32,7 +32,9 @@ use super::{
 };
 use crate::{
     config::{Config, DIRECT},
-    records::{AggregateRecord, ChainRecord, DNS_TIMEOUT, DnsRecord, FlowRecord, Phase, Verdict},
+    records::{
+        AggregateRecord, ChainRecord, DNS_TIMEOUT, DnsRecord, FlowRecord, Phase, Reason, Verdict,
+    },
 };
 
 /// `workload` label of a bare pod (no owner): the pod's name is in the
@@ -108,6 +110,7 @@ pub struct Metrics {
     pub hop_connects: IntCounterVec,
     pub hop_request_failures: IntCounterVec,
     pub hop_lookup_failures: IntCounterVec,
+    pub policy_denied: IntCounterVec,
     pub dns: DnsMetrics,
     kernel: Mutex<Option<KernelStats>>,
     /// Host processes' units as `workload` values, bounded (transient units).
@@ -353,6 +356,12 @@ impl Metrics {
                 "Clients' failed DNS lookups of a hop's name (NXDOMAIN, SERVFAIL, REFUSED, timeout), by hop and client (namespace, workload).",
                 &["hop", "namespace", "workload"],
             )?,
+            policy_denied: reg::counter_vec(
+                &r,
+                "egress_policy_denied_total",
+                "Connect attempts of pods that failed and that the NetworkPolicies selecting the pod do not allow (reason policy_denied), by the pod's namespace and workload.",
+                &["namespace", "workload"],
+            )?,
             dns: DnsMetrics::new(&r)?,
             registry: r,
             kernel: Mutex::new(None),
@@ -509,6 +518,9 @@ impl Metrics {
         match r.phase {
             Phase::Connect => {
                 self.connections.with_label_values(&labels).inc();
+                if r.reason == Some(Reason::PolicyDenied) {
+                    self.policy_denied.with_label_values(&[namespace, workload]).inc();
+                }
                 if !hop.is_empty() && hop != DIRECT {
                     let from = connect_source(r);
                     self.hop_connects
@@ -592,7 +604,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::Reason;
 
     #[test]
     fn socket_table_books_show_a_fill_while_it_happens() {
@@ -670,6 +681,36 @@ mod tests {
         let text = m.render();
         let series = text.lines().filter(|l| l.starts_with("egress_connections_total{")).count();
         assert_eq!(series, 1, "one series for all transient units:\n{text}");
+    }
+
+    #[test]
+    fn policy_denials_are_counted_by_namespace_and_workload_only() {
+        let m = Metrics::new(None).expect("metrics");
+        let denied = |pod: &str| FlowRecord {
+            verdict: Verdict::Failed,
+            reason: Some(Reason::PolicyDenied),
+            namespace: Some("production".into()),
+            pod: Some(pod.into()),
+            workload: Some("Deployment/web".into()),
+            policy: Some("production/default-deny-egress".into()),
+            ..FlowRecord::default()
+        };
+        m.observe(&denied("web-1"));
+        m.observe(&denied("web-2"));
+        // A timeout the policies allow is not a denial.
+        m.observe(&FlowRecord { reason: Some(Reason::Timeout), ..denied("web-1") });
+        let text = m.render();
+        let series: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("egress_policy_denied_total{")).collect();
+        assert_eq!(
+            series,
+            [r#"egress_policy_denied_total{namespace="production",workload="Deployment/web"} 2"#],
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"reason="policy_denied",result="failed",workload="Deployment/web"} 2"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -224,7 +224,7 @@ pub(super) fn serve_one(mut s: TcpStream, shared: &Shared) -> std::io::Result<()
                 &mut s,
                 200,
                 "OK",
-                &json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [r("pods", "pod", "Pod", true), r("services", "service", "Service", true), r("nodes", "node", "Node", false)]}),
+                &json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [r("pods", "pod", "Pod", true), r("services", "service", "Service", true), r("nodes", "node", "Node", false), r("namespaces", "namespace", "Namespace", false)]}),
             );
         }
         _ => {}

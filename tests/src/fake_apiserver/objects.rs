@@ -278,6 +278,35 @@ pub fn node(name: &str, internal: &str, external: Option<&str>) -> Value {
     })
 }
 
+/// A Namespace as the apiserver returns it (with the immutable
+/// `kubernetes.io/metadata.name` label it sets) plus `labels`.
+pub fn namespace(name: &str, labels: Value) -> Value {
+    let mut all = json!({"kubernetes.io/metadata.name": name});
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        all[k] = v.clone();
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"creationTimestamp": CREATED, "labels": all, "name": name,
+                     "uid": uid(name.len() as u32 + 900)},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"}
+    })
+}
+
+/// A `networking.k8s.io/v1` NetworkPolicy with this `spec`, as
+/// `kubectl get networkpolicy -o json` shows it (no status since 1.28).
+pub fn network_policy(ns: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"creationTimestamp": CREATED, "generation": 1, "name": name, "namespace": ns,
+                     "uid": uid(name.len() as u32 + 1100)},
+        "spec": spec
+    })
+}
+
 /// The standard cluster: the egress chain's proxy Deployment, a DaemonSet with
 /// host networking, a StatefulSet and a CronJob's pod on node A; a second
 /// proxy replica on node B; Services with their EndpointSlices, one of them

@@ -8,11 +8,21 @@ use std::{
 use serde_json::{Value, json};
 
 /// (kind, API path prefix, resource, namespaced, apiVersion)
-pub(super) const RESOURCES: [(&str, &str, &str, bool, &str); 4] = [
+/// `Namespace` comes after every namespaced core kind: `/api/v1/namespaces/<ns>/pods`
+/// is the pods of a namespace, `/api/v1/namespaces[/<name>]` the namespaces.
+pub(super) const RESOURCES: [(&str, &str, &str, bool, &str); 6] = [
     ("Pod", "/api/v1", "pods", true, "v1"),
     ("Service", "/api/v1", "services", true, "v1"),
     ("Node", "/api/v1", "nodes", false, "v1"),
     ("EndpointSlice", "/apis/discovery.k8s.io/v1", "endpointslices", true, "discovery.k8s.io/v1"),
+    (
+        "NetworkPolicy",
+        "/apis/networking.k8s.io/v1",
+        "networkpolicies",
+        true,
+        "networking.k8s.io/v1",
+    ),
+    ("Namespace", "/api/v1", "namespaces", false, "v1"),
 ];
 
 /// How the server answers every request.

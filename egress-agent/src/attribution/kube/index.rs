@@ -3,12 +3,16 @@
 //!
 //! Only what lookups need is kept (no full objects), so the cluster-wide
 //! watches cost a few hundred bytes per object.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
 use super::{PodMeta, RemoteClass, RemoteMeta};
+use crate::pipeline::policy::{Cluster, PodView, PolicySet};
 
 /// A change from a watch, already decoded.
 pub(crate) enum Update<E> {
@@ -24,6 +28,57 @@ pub(crate) struct Index {
     pub(crate) services: RwLock<IpIndexed<ServiceEntry>>,
     pub(crate) slices: RwLock<IpIndexed<SliceEntry>>,
     pub(crate) nodes: RwLock<IpIndexed<NodeEntry>>,
+    /// Namespace name → labels.
+    namespaces: RwLock<HashMap<String, BTreeMap<String, String>>>,
+    policies: RwLock<PolicyStore>,
+    /// The NetworkPolicies were listed at least once.
+    policies_synced: AtomicBool,
+}
+
+/// NetworkPolicies by `namespace/name`, and the set compiled from them
+/// (rebuilt on every change: policies change rarely, flows read often).
+#[derive(Default)]
+struct PolicyStore {
+    objects: HashMap<String, NetworkPolicy>,
+    set: Arc<PolicySet>,
+    /// Problems already logged, so a re-list does not repeat them.
+    reported: HashSet<String>,
+}
+
+impl PolicyStore {
+    fn rebuild(&mut self) {
+        let (set, problems) = PolicySet::new(self.objects.values());
+        let mut now = HashSet::new();
+        for p in problems {
+            let text = p.to_string();
+            if !self.reported.contains(&text) {
+                tracing::warn!("{text}");
+            }
+            now.insert(text);
+        }
+        self.reported = now;
+        self.set = Arc::new(set);
+    }
+}
+
+/// The index's view for the policy evaluation: pods of this node by IP,
+/// namespaces' labels. Holds the read locks while one flow is evaluated.
+pub(crate) struct ClusterView<'a> {
+    pods: RwLockReadGuard<'a, PodStore>,
+    namespaces: RwLockReadGuard<'a, HashMap<String, BTreeMap<String, String>>>,
+}
+
+impl Cluster for ClusterView<'_> {
+    fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(namespace)
+    }
+    fn pod_at(&self, ip: IpAddr) -> Option<PodView<'_>> {
+        self.pods.by_ip(ip.to_canonical()).map(|p| PodView {
+            namespace: &p.namespace,
+            labels: &p.labels,
+            ports: &p.named_ports,
+        })
+    }
 }
 
 // A panic while holding a lock cannot leave these maps half-updated in a way
@@ -42,7 +97,93 @@ impl Index {
             services: RwLock::default(),
             slices: RwLock::default(),
             nodes: RwLock::default(),
+            namespaces: RwLock::default(),
+            policies: RwLock::default(),
+            policies_synced: AtomicBool::new(false),
         }
+    }
+
+    /// Applies a NetworkPolicy update; returns the number of policies.
+    pub fn update_policies(&self, update: Update<NetworkPolicy>) -> usize {
+        let mut store = write(&self.policies);
+        match update {
+            Update::Apply(key, p) => {
+                store.objects.insert(key, p);
+            }
+            Update::Delete(key, _) => {
+                store.objects.remove(&key);
+            }
+            Update::Replace(all) => {
+                store.objects = all.into_iter().collect();
+                self.policies_synced.store(true, Ordering::Relaxed);
+            }
+        }
+        store.rebuild();
+        store.objects.len()
+    }
+
+    /// Applies a Namespace update (name → labels); returns the number of namespaces.
+    pub fn update_namespaces(&self, update: Update<BTreeMap<String, String>>) -> usize {
+        let mut namespaces = write(&self.namespaces);
+        match update {
+            Update::Apply(key, labels) => {
+                namespaces.insert(key, labels);
+            }
+            Update::Delete(key, _) => {
+                namespaces.remove(&key);
+            }
+            Update::Replace(all) => *namespaces = all.into_iter().collect(),
+        }
+        namespaces.len()
+    }
+
+    pub fn policies_synced(&self) -> bool {
+        self.policies_synced.load(Ordering::Relaxed)
+    }
+
+    pub fn policy_set(&self) -> Arc<PolicySet> {
+        read(&self.policies).set.clone()
+    }
+
+    pub fn cluster(&self) -> ClusterView<'_> {
+        ClusterView { pods: read(&self.pods), namespaces: read(&self.namespaces) }
+    }
+
+    /// The backends (`ip:targetPort`, from its EndpointSlices) of the Service
+    /// whose address and port this is; `None` when it is no Service's. Ports
+    /// are paired by name, as kube-proxy does (one unnamed port: that one).
+    pub fn service_backends(&self, ip: IpAddr, port: u16) -> Option<Vec<std::net::SocketAddr>> {
+        let services = read(&self.services);
+        let svc = services.at(ip.to_canonical()).find(|s| s.ports.contains(&port))?;
+        let i = svc.ports.iter().position(|p| *p == port)?;
+        let name = svc.port_names.get(i).map_or("", String::as_str);
+        let slices = read(&self.slices);
+        let mut out = Vec::new();
+        for slice in slices
+            .values()
+            .filter(|s| s.namespace == svc.namespace && s.service.as_deref() == Some(&svc.name))
+        {
+            let target = slice
+                .ports
+                .iter()
+                .zip(&slice.port_names)
+                .find(|(_, n)| n.as_str() == name)
+                .map(|(p, _)| *p);
+            let Some(target) = target else { continue };
+            for b in &slice.endpoints {
+                let addr = std::net::SocketAddr::new(b.ip, target);
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// The live pod (own network namespace) holding this IP, if on this node.
+    pub fn pod_at_known(&self, ip: IpAddr) -> Option<Arc<PodMeta>> {
+        let pods = read(&self.pods);
+        pods.ip.get(&ip.to_canonical()).and_then(|uid| pods.live.get(uid)).cloned()
     }
 
     pub fn pod(&self, uid: &str) -> Option<Arc<PodMeta>> {
@@ -254,6 +395,10 @@ impl<E: HasIps> IpIndexed<E> {
         self.entries.len()
     }
 
+    pub fn values(&self) -> impl Iterator<Item = &E> {
+        self.entries.values()
+    }
+
     pub fn at(&self, ip: IpAddr) -> impl Iterator<Item = &E> {
         self.by_ip.get(&ip).into_iter().flatten().filter_map(|key| self.entries.get(key))
     }
@@ -300,6 +445,8 @@ pub(crate) struct ServiceEntry {
     /// ClusterIPs, external IPs, load-balancer ingress IPs.
     pub ips: Vec<IpAddr>,
     pub ports: Vec<u16>,
+    /// The name of each of `ports` ("" when unnamed).
+    pub port_names: Vec<String>,
 }
 
 impl HasIps for ServiceEntry {
@@ -315,6 +462,8 @@ pub(crate) struct SliceEntry {
     pub service: Option<String>,
     /// Target ports (TCP).
     pub ports: Vec<u16>,
+    /// The name of each of `ports` (the Service port's name, "" when unnamed).
+    pub port_names: Vec<String>,
     pub endpoints: Vec<Backend>,
 }
 

@@ -23,8 +23,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube_runtime::WatchStreamExt;
@@ -37,7 +38,8 @@ use super::raw::Raw;
 use super::{KubeError, KubeOptions, KubeTuning};
 use crate::sinks::register::{self as reg, MetricError};
 
-pub(crate) const RESOURCES: [&str; 4] = ["pods", "services", "endpointslices", "nodes"];
+pub(crate) const RESOURCES: [&str; 6] =
+    ["pods", "services", "endpointslices", "nodes", "namespaces", "networkpolicies"];
 
 /// The background tasks; aborted when the last [`super::KubeIndex`] clone goes.
 pub(crate) struct Tasks(Vec<tokio::task::AbortHandle>);
@@ -146,7 +148,17 @@ pub(crate) fn spawn_all(
         index.clone(),
         &metrics,
     )?);
-    tasks.0.push(spawn::<Node>(&runtime, &config, all, tuning, index.clone(), &metrics)?);
+    tasks.0.push(spawn::<Node>(&runtime, &config, all.clone(), tuning, index.clone(), &metrics)?);
+    // NetworkPolicy diagnosis: the policies and the namespaces' labels.
+    tasks.0.push(spawn::<Namespace>(
+        &runtime,
+        &config,
+        all.clone(),
+        tuning,
+        index.clone(),
+        &metrics,
+    )?);
+    tasks.0.push(spawn::<NetworkPolicy>(&runtime, &config, all, tuning, index.clone(), &metrics)?);
     // Deleted pods are forgotten after the retention even without events.
     let every = (tuning.pod_retention / 4).max(Duration::from_millis(100));
     tasks.0.push(

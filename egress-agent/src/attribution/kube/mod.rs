@@ -22,8 +22,14 @@
 //! Deployment controller); a Job is a CronJob's when its name is
 //! `<cronjob>-<scheduled time in Unix minutes>` with a plausible time.
 //!
-//! RBAC needed: `get/list/watch` on `pods`, `services`, `nodes` (core) and
-//! `endpointslices` (`discovery.k8s.io`).
+//! - **NetworkPolicies** and **Namespaces** (their labels), cluster-wide →
+//!   [`KubeIndex::egress_policy`]: would the policies let this pod open this
+//!   flow ([`crate::pipeline::policy`] evaluates; this module only holds the
+//!   objects and the index's view of pods for it).
+//!
+//! RBAC needed: `get/list/watch` on `pods`, `services`, `nodes`, `namespaces`
+//! (core), `endpointslices` (`discovery.k8s.io`) and `networkpolicies`
+//! (`networking.k8s.io`).
 mod index;
 mod informer;
 mod objects;
@@ -40,6 +46,9 @@ use serde::Serialize;
 
 use self::index::Index;
 use self::informer::KubeMetrics;
+pub use crate::pipeline::policy::NamedPort;
+use crate::pipeline::policy::{Decision, Egress, Protocol};
+use crate::records::PolicyVerdict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -129,8 +138,9 @@ impl KubeIndex {
     /// (one object each, so RBAC is proven, not assumed).
     pub async fn check_access(opts: &KubeOptions) -> Result<String, KubeError> {
         use k8s_openapi::api::{
-            core::v1::{Node, Pod, Service},
+            core::v1::{Namespace, Node, Pod, Service},
             discovery::v1::EndpointSlice,
+            networking::v1::NetworkPolicy,
         };
         let config = client_config(opts).await?;
         let url = config.cluster_url.to_string();
@@ -149,8 +159,16 @@ impl KubeIndex {
                 .await
                 .map_err(req("list endpointslices"))?;
             kube::Api::<Node>::all(client.clone()).list(&lp).await.map_err(req("list nodes"))?;
+            kube::Api::<Namespace>::all(client.clone())
+                .list(&lp)
+                .await
+                .map_err(req("list namespaces"))?;
+            kube::Api::<NetworkPolicy>::all(client.clone())
+                .list(&lp)
+                .await
+                .map_err(req("list networkpolicies"))?;
             Ok::<_, KubeError>(format!(
-                "{} at {url}: pods, services, endpointslices, nodes listable{}",
+                "{} at {url}: pods, services, endpointslices, nodes, namespaces, networkpolicies listable{}",
                 v.git_version,
                 opts.node_name.as_deref().map_or_else(
                     || "; NODE_NAME unset (all pods would be watched)".to_string(),
@@ -236,6 +254,158 @@ impl KubeIndex {
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         self.index.counts()
     }
+
+    /// A fixed index of these pods, namespaces (name, labels) and
+    /// NetworkPolicies, nothing watched, policies listed (tests).
+    pub fn from_objects(
+        pods: impl IntoIterator<Item = PodMeta>,
+        namespaces: impl IntoIterator<Item = (String, BTreeMap<String, String>)>,
+        policies: impl IntoIterator<Item = k8s_openapi::api::networking::v1::NetworkPolicy>,
+    ) -> KubeIndex {
+        let k = Self::from_pods(pods);
+        k.index.update_namespaces(index::Update::Replace(namespaces.into_iter().collect()));
+        k.index.update_policies(index::Update::Replace(
+            policies
+                .into_iter()
+                .map(|p| {
+                    let ns = p.metadata.namespace.clone().unwrap_or_default();
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    (format!("{ns}/{name}"), p)
+                })
+                .collect(),
+        ));
+        k
+    }
+
+    /// Whether the NetworkPolicies let the pod `pod_uid` open a TCP flow to
+    /// `dst` (what it connected to), `dst_actual` the backend DNAT sent it to
+    /// when known: policies apply to where the packets go, never to a
+    /// Service address. `None` when it cannot be told: the policies not
+    /// listed yet (no Kubernetes source, the watch not synced), the pod
+    /// unknown or on the host network (policies do not apply to those), a
+    /// Service without backends.
+    ///
+    /// A Service address whose DNAT was not seen (a failed connect's record
+    /// has no source port to join conntrack with; a policy engine that drops
+    /// the SYN in the forward path does so before conntrack confirms the
+    /// entry, so no NEW event comes either) is judged on its backends from the
+    /// EndpointSlices: denied if every backend is, allowed if every backend
+    /// is, else [`PolicyVerdict::Uncertain`].
+    ///
+    /// The index knows the labels of the pods on this node only (its pod
+    /// watch is node-scoped): a `Denied` whose destination is a pod of
+    /// another node (an EndpointSlice backend) is `Uncertain`, as is one a
+    /// malformed (ignored) policy entry might have changed.
+    pub fn egress_policy(
+        &self,
+        pod_uid: &str,
+        dst: std::net::SocketAddr,
+        dst_actual: Option<std::net::SocketAddr>,
+    ) -> Option<PolicyCheck> {
+        if !self.index.policies_synced() {
+            return None;
+        }
+        let pod = self.index.pod(pod_uid)?;
+        if pod.host_network {
+            return None;
+        }
+        // The socket's own destination is `dst_actual` too when nothing
+        // rewrote it: only a different address is a DNAT seen.
+        let targets = match dst_actual.filter(|a| *a != dst) {
+            Some(actual) => vec![actual],
+            None => self.index.service_backends(dst.ip(), dst.port()).unwrap_or_else(|| vec![dst]),
+        };
+        let mut checks = targets.into_iter().map(|to| self.policy_to(&pod, to));
+        let first = checks.next()?;
+        Some(checks.fold(first, |acc, c| {
+            if acc.verdict == c.verdict {
+                let mut policies = acc.policies;
+                for p in c.policies {
+                    if !policies.contains(&p) {
+                        policies.push(p);
+                    }
+                }
+                policies.sort();
+                PolicyCheck { verdict: acc.verdict, policies }
+            } else {
+                // Some backends allowed, some not: which one the flow got is not known.
+                let mut policies = acc.policies;
+                policies.extend(c.policies);
+                policies.sort();
+                policies.dedup();
+                PolicyCheck { verdict: PolicyVerdict::Uncertain, policies }
+            }
+        }))
+    }
+
+    /// Adds Services and EndpointSlices as their watches would (tests).
+    #[cfg(test)]
+    pub(crate) fn apply_services(
+        &self,
+        services: Vec<k8s_openapi::api::core::v1::Service>,
+        slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    ) {
+        use self::objects::Watched;
+        fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+            format!("{}/{}", m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+        }
+        for s in services {
+            let k = key(&s.metadata);
+            let entry = s.entry().expect("decodes").entry;
+            k8s_openapi::api::core::v1::Service::apply(&self.index, index::Update::Apply(k, entry));
+        }
+        for s in slices {
+            let k = key(&s.metadata);
+            let entry = s.entry().expect("decodes").entry;
+            k8s_openapi::api::discovery::v1::EndpointSlice::apply(
+                &self.index,
+                index::Update::Apply(k, entry),
+            );
+        }
+    }
+
+    /// The verdict for one destination address.
+    fn policy_to(&self, pod: &PodMeta, to: std::net::SocketAddr) -> PolicyCheck {
+        let set = self.index.policy_set();
+        let flow = Egress {
+            pod_namespace: &pod.namespace,
+            pod_labels: &pod.labels,
+            dst: to.ip(),
+            port: to.port(),
+            protocol: Protocol::Tcp,
+        };
+        let decision = set.egress(&flow, &self.index.cluster());
+        match decision {
+            Decision::NotIsolated => {
+                PolicyCheck { verdict: PolicyVerdict::NotIsolated, policies: Vec::new() }
+            }
+            Decision::Allowed { by } => {
+                PolicyCheck { verdict: PolicyVerdict::Allowed, policies: by }
+            }
+            Decision::Denied { isolating, uncertain } => {
+                let foreign_pod = self.index.pod_at_known(to.ip()).is_none()
+                    && self
+                        .index
+                        .remote(to.ip(), to.port())
+                        .is_some_and(|m| m.class == RemoteClass::Pod);
+                let verdict = if uncertain.is_empty() && !foreign_pod {
+                    PolicyVerdict::Denied
+                } else {
+                    PolicyVerdict::Uncertain
+                };
+                PolicyCheck { verdict, policies: isolating }
+            }
+        }
+    }
+}
+
+/// The NetworkPolicy verdict on one flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyCheck {
+    pub verdict: PolicyVerdict,
+    /// `namespace/name`, sorted: the policies allowing the flow (`Allowed`),
+    /// or every policy isolating the pod for egress (`Denied`, `Uncertain`).
+    pub policies: Vec<Arc<str>>,
 }
 
 /// A pod, as far as attribution needs it.
@@ -261,6 +431,9 @@ pub struct PodMeta {
     /// late events of a crashed container still name it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub previous_containers: Vec<ContainerMeta>,
+    /// Its NAMED container ports (what a NetworkPolicy's named port resolves to).
+    #[serde(skip)]
+    pub named_ports: Vec<NamedPort>,
 }
 
 impl PodMeta {

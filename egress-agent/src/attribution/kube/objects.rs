@@ -5,13 +5,17 @@
 //! as malformed, the rest of it indexed.
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, Service};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 
 use super::index::{Backend, Index, NodeEntry, ServiceEntry, SliceEntry, Update, write};
-use super::{ContainerMeta, PodMeta, owners, strip_runtime_prefix};
+use super::{ContainerMeta, NamedPort, PodMeta, owners, strip_runtime_prefix};
+use crate::pipeline::policy::Protocol;
 
 /// A resource kind the index watches.
 pub(crate) trait Watched: k8s_openapi::Resource + DeserializeOwned + Send + 'static {
@@ -119,6 +123,21 @@ impl Watched for Pod {
             })
             .collect();
 
+        // Named container ports (init containers' too: sidecars listen).
+        let named_ports = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone().filter(|n| !n.is_empty())?,
+                    port: port(p.container_port)?,
+                    protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?,
+                })
+            })
+            .collect();
         let pod_ips: Vec<&str> = match &status.pod_ips {
             Some(ips) if !ips.is_empty() => ips.iter().map(|p| p.ip.as_str()).collect(),
             _ => status.pod_ip.as_deref().into_iter().collect(),
@@ -137,6 +156,7 @@ impl Watched for Pod {
             host_network: spec.host_network.unwrap_or(false),
             phase: status.phase,
             previous_containers,
+            named_ports,
         };
         Ok(Decoded { entry, dropped })
     }
@@ -175,18 +195,19 @@ impl Watched for Service {
             // Headless Services have clusterIP "None"; ExternalName ones none.
             .filter(|s| !s.is_empty() && *s != "None");
         let ips = parse_ips(addrs, &mut dropped);
-        let ports = spec
+        let (ports, port_names) = spec
             .ports
             .iter()
             .flatten()
             .filter(|p| tcp(p.protocol.as_deref()))
-            .filter_map(|p| port(p.port))
-            .collect();
+            .filter_map(|p| Some((port(p.port)?, p.name.clone().unwrap_or_default())))
+            .unzip();
         let entry = ServiceEntry {
             namespace: self.metadata.namespace.unwrap_or_default(),
             name: self.metadata.name.unwrap_or_default(),
             ips,
             ports,
+            port_names,
         };
         Ok(Decoded { entry, dropped })
     }
@@ -226,14 +247,17 @@ impl Watched for EndpointSlice {
                 }
             }
         }
-        let ports = self
+        let (ports, port_names) = self
             .ports
             .iter()
             .flatten()
             .filter(|p| tcp(p.protocol.as_deref()))
-            .filter_map(|p| p.port.and_then(port))
-            .collect();
-        Ok(Decoded { entry: SliceEntry { namespace, service, ports, endpoints }, dropped })
+            .filter_map(|p| Some((p.port.and_then(port)?, p.name.clone().unwrap_or_default())))
+            .unzip();
+        Ok(Decoded {
+            entry: SliceEntry { namespace, service, ports, port_names, endpoints },
+            dropped,
+        })
     }
 
     fn apply(index: &Index, update: Update<SliceEntry>) -> usize {
@@ -264,5 +288,44 @@ impl Watched for Node {
 
     fn apply(index: &Index, update: Update<NodeEntry>) -> usize {
         write(&index.nodes).update(update)
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const RESOURCE: &'static str = "networkpolicies";
+    type Entry = NetworkPolicy;
+
+    fn key(meta: &ObjectMeta) -> Option<String> {
+        namespaced_key(meta)
+    }
+
+    /// The object itself: [`crate::pipeline::policy::PolicySet`] compiles it
+    /// (and reports what the API server would have refused).
+    fn entry(self) -> Result<Decoded<NetworkPolicy>, &'static str> {
+        namespaced_key(&self.metadata).ok_or("networkpolicy without namespace/name")?;
+        Ok(Decoded { entry: self, dropped: 0 })
+    }
+
+    fn apply(index: &Index, update: Update<NetworkPolicy>) -> usize {
+        index.update_policies(update)
+    }
+}
+
+impl Watched for Namespace {
+    const RESOURCE: &'static str = "namespaces";
+    /// Its labels (what a policy's `namespaceSelector` reads).
+    type Entry = BTreeMap<String, String>;
+
+    fn key(meta: &ObjectMeta) -> Option<String> {
+        meta.name.clone().filter(|s| !s.is_empty())
+    }
+
+    fn entry(self) -> Result<Decoded<Self::Entry>, &'static str> {
+        Self::key(&self.metadata).ok_or("namespace without name")?;
+        Ok(Decoded { entry: self.metadata.labels.unwrap_or_default(), dropped: 0 })
+    }
+
+    fn apply(index: &Index, update: Update<Self::Entry>) -> usize {
+        index.update_namespaces(update)
     }
 }

@@ -231,7 +231,7 @@ fn event_types(kind: &str, n: &Map<String, Value>) -> Vec<&'static str> {
     }
     let mut t = vec!["connection"];
     match (s(n, "verdict"), s(n, "reason"), s(n, "phase")) {
-        (_, Some("proxy_denied"), _) => t.push("denied"),
+        (_, Some("proxy_denied" | "policy_denied"), _) => t.push("denied"),
         (_, _, Some("close")) => t.push("end"),
         (Some("ok" | "degraded"), _, _) if kind == "flow" => t.push("start"),
         (Some("ok" | "degraded"), _, _) if kind == "chain" => t.push("allowed"),
