@@ -326,10 +326,9 @@ fn policy_verdicts_agree_with_the_enforcing_datapath() {
         assert_eq!(rec["policy"], named, "{to}: {rec}");
     }
     // The ClusterIP flows were judged on their Services' backends, as the
-    // datapath did: a failed connect's record has no source port (`src` ends
-    // in `:0`), so no conntrack entry joins it and `dst_actual` is the
-    // socket's own address (the denied one's SYN was dropped in FORWARD,
-    // before conntrack even confirmed its entry); the EndpointSlices name the
+    // datapath did: the denied one's SYN was dropped in FORWARD, before
+    // conntrack confirmed its entry, so no NAT entry joins it and
+    // `dst_actual` is the socket's own address; the EndpointSlices name the
     // backends instead.
     for svc in [SVC_TO_DENIED, SVC_TO_ALLOWED] {
         let rec = agent
@@ -339,7 +338,9 @@ fn policy_verdicts_agree_with_the_enforcing_datapath() {
             .unwrap_or_else(|| panic!("record to {svc}"))
             .clone();
         assert_eq!(rec["dst_class"], "service", "{rec}");
-        assert_eq!(rec["src"].as_str().map(|s| s.ends_with(":0")), Some(true), "{rec}");
+        // A failed connect keeps its source port (the kernel reads the
+        // released port from `inet_sport`).
+        assert_eq!(rec["src"].as_str().map(|s| s.ends_with(":0")), Some(false), "{rec}");
     }
 
     // The metric: three denied attempts of the Deployment, bounded labels.

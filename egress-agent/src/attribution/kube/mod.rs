@@ -285,10 +285,9 @@ impl KubeIndex {
     /// unknown or on the host network (policies do not apply to those), a
     /// Service without backends.
     ///
-    /// A Service address whose DNAT was not seen (a failed connect's record
-    /// has no source port to join conntrack with; a policy engine that drops
+    /// A Service address whose DNAT was not seen (a policy engine that drops
     /// the SYN in the forward path does so before conntrack confirms the
-    /// entry, so no NEW event comes either) is judged on its backends from the
+    /// entry, so no NEW event comes) is judged on its backends from the
     /// EndpointSlices: denied if every backend is, allowed if every backend
     /// is, else [`PolicyVerdict::Uncertain`].
     ///
