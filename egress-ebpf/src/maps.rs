@@ -27,12 +27,14 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0
 /// socket storage: its allocation per socket (kzalloc, memcg charge, RCU
 /// free) cost ~4 % of all CPU on a loopback connect storm here, a
 /// preallocated table a fraction of it.
+///
+/// One LRU list for all CPUs, not per-CPU lists (BPF_F_NO_COMMON_LRU): a
+/// per-CPU list holds `max_entries / possible CPUs`, so on a VM that
+/// declares 64–240 possible CPUs one busy CPU would evict live flows (and
+/// uncountably, if they are established) with the table nearly empty.
 #[map]
 pub static FLOWS: LruHashMap<u64, FlowState> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
-
-/// Per-CPU LRU lists: no lock shared by all CPUs on the connect path.
-const BPF_F_NO_COMMON_LRU: u32 = 2;
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Established flows to capture ports, by tuple (the key packets carry).
 #[map]
