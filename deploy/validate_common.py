@@ -38,6 +38,7 @@ EXISTING = {
     "egress_orphan_events_total",
     "egress_kernel_read_errors_total",
     "egress_program_attached",
+    "egress_program_runs_skipped_total",
     "egress_flows_tracked",
     "egress_kernel_flows_tracked",
     "egress_kernel_flows_counted_total",

@@ -294,6 +294,7 @@ impl Session {
         for p in &kernel.kernel_problems {
             tracing::warn!("kernel offsets: {p}");
         }
+        metrics.set_run_skips(kernel::run_skips::RunSkips::new(&kernel.ebpf));
         let stats = kernel.ebpf.take_map(MAP_STATS).ok_or(SessionError::MapMissing("STATS"))?;
         metrics.set_kernel_stats(
             PerCpuArray::try_from(stats)

@@ -33,8 +33,7 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0
 /// declares 64–240 possible CPUs one busy CPU would evict live flows (and
 /// uncountably, if they are established) with the table nearly empty.
 #[map]
-pub static FLOWS: LruHashMap<u64, FlowState> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static FLOWS: LruHashMap<u64, FlowState> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Established flows to capture ports, by tuple (the key packets carry).
 #[map]

@@ -259,14 +259,16 @@ impl Agent {
         let events = match self.http_get("/metrics") {
             Ok(t) => format!(
                 "events produced {} delivered {} lost {} (decode errors {}, kernel read \
-                 errors {}, kernel flows tracked {}, flows held {})",
+                 errors {}, kernel flows tracked {}, flows held {}, program runs the kernel \
+                 skipped {})",
                 metric_sum(&t, "egress_events_produced_total", &[]),
                 metric_sum(&t, "egress_events_delivered_total", &[]),
                 metric_sum(&t, "egress_events_lost_total", &[]),
                 metric_sum(&t, "egress_decode_errors_total", &[]),
                 metric_sum(&t, "egress_kernel_read_errors_total", &[]),
                 metric_sum(&t, "egress_kernel_flows_tracked", &[]),
-                metric_sum(&t, "egress_flows_tracked", &[])
+                metric_sum(&t, "egress_flows_tracked", &[]),
+                metric_sum(&t, "egress_program_runs_skipped_total", &[])
             ),
             Err(e) => format!("no scrape ({e:#})"),
         };

@@ -9,5 +9,6 @@ pub mod decode;
 pub mod loader;
 pub mod offsets;
 pub mod programs;
+pub mod run_skips;
 
 pub use self::loader::{LoadError, LoadOptions, Loaded, ProgramStatus, load};

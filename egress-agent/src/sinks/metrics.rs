@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     config::{Config, DIRECT},
+    kernel::run_skips::RunSkips,
     records::{
         AggregateRecord, ChainRecord, DNS_TIMEOUT, DnsRecord, FlowRecord, Phase, Reason, Verdict,
     },
@@ -97,6 +98,7 @@ pub struct Metrics {
     pub orphan_events: IntCounter,
     pub kernel_read_errors: IntCounter,
     pub program_attached: IntGaugeVec,
+    pub program_runs_skipped: IntCounterVec,
     pub program_standby: IntGaugeVec,
     pub flows_tracked: IntGauge,
     pub kernel_flows_tracked: IntGauge,
@@ -113,6 +115,8 @@ pub struct Metrics {
     pub policy_denied: IntCounterVec,
     pub dns: DnsMetrics,
     kernel: Mutex<Option<KernelStats>>,
+    /// The programs whose skipped runs are read at every scrape.
+    run_skips: Mutex<Option<RunSkips>>,
     /// Host processes' units as `workload` values, bounded (transient units).
     units: UnitLabels,
     /// Bounds the `target` and DNS `name` labels (allow-lists).
@@ -281,6 +285,12 @@ impl Metrics {
                 "1 if the kernel program is attached.",
                 &["program"],
             )?,
+            program_runs_skipped: reg::counter_vec(
+                &r,
+                "egress_program_runs_skipped_total",
+                "Runs of a kernel program the kernel skipped because the program was already running on that CPU (a hook fired nested, e.g. a timer softirq's state change during a task's): each may be a transition no record shows (Linux 5.12+).",
+                &["program"],
+            )?,
             program_standby: reg::gauge_vec(
                 &r,
                 "egress_program_standby",
@@ -365,6 +375,7 @@ impl Metrics {
             dns: DnsMetrics::new(&r)?,
             registry: r,
             kernel: Mutex::new(None),
+            run_skips: Mutex::new(None),
             units: UnitLabels::default(),
             config,
         };
@@ -413,8 +424,25 @@ impl Metrics {
         }
     }
 
+    /// Read the programs' skipped runs at every scrape from now on.
+    pub fn set_run_skips(&self, skips: RunSkips) {
+        for program in skips.names() {
+            self.program_runs_skipped.with_label_values(&[program]);
+        }
+        if let Ok(mut s) = self.run_skips.lock() {
+            *s = Some(skips);
+        }
+    }
+
     /// Sum the per-CPU slots and move the exported counters forward.
     pub fn refresh_kernel(&self) {
+        if let Ok(mut guard) = self.run_skips.lock()
+            && let Some(skips) = guard.as_mut()
+        {
+            for (program, n) in skips.take() {
+                self.program_runs_skipped.with_label_values(&[program]).inc_by(n);
+            }
+        }
         let Ok(mut guard) = self.kernel.lock() else { return };
         let Some(k) = guard.as_mut() else { return };
         let mut totals = vec![0u64; STAT_SLOTS as usize];
