@@ -17,8 +17,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::PerCpuArray,
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use egress_common::{IPPROTO_TCP, TpOffsets, Tuple, tcp_state};
 
@@ -61,9 +62,32 @@ impl Tuples for Socket {
     }
 }
 
+/// 1 while `inet_sock_set_state` (either variant) runs on this CPU.
+///
+/// The kernel does not run a tracing program nested in itself on one CPU:
+/// a state change traced from a softirq (the retransmit timer closing a
+/// connect, a SYN-ACK, a reset) that interrupts this program running in a
+/// task is skipped, counted only in the program's `recursion_misses`. The
+/// spare program [`inet_sock_set_state_nested`], on the same tracepoint,
+/// handles exactly those: it runs the flow logic only while this flag says
+/// the main program is interrupted on its CPU. Set at the first
+/// instruction and cleared at the last, so that no window is left open.
+#[map]
+static RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn running(on: bool) {
+    if let Some(r) = RUNNING.get_ptr_mut(0) {
+        // SAFETY: valid per-CPU map value; this CPU's programs only.
+        unsafe { *r = u32::from(on) };
+    }
+}
+
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    running(true);
     let _ = classic(&ctx);
+    running(false);
     0
 }
 
@@ -92,19 +116,41 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    let old = ctx.arg::<i32>(1) as u32;
-    let new = ctx.arg::<i32>(2) as u32;
-    if !matters(old, new) {
-        return 0;
-    }
+    running(true);
     let sk: *mut c_void = ctx.arg(0);
-    let skaddr = sk as u64;
+    by_socket(sk as u64, ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
+    running(false);
+    0
+}
+
+/// The spare: the state changes the kernel skipped for the main program
+/// because it was running on this CPU (see [`RUNNING`]). Every other time
+/// it returns at once. A raw tracepoint (it needs no BTF of its own); the
+/// socket is read through the BTF offsets, as the BTF variant reads it.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
+    let interrupted = RUNNING.get_ptr(0).is_some_and(|r| {
+        // SAFETY: valid per-CPU map value.
+        unsafe { *r != 0 }
+    });
+    if interrupted {
+        by_socket(ctx.arg::<u64>(0), ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
+    }
+    0
+}
+
+/// The flow logic, the socket read from the socket itself.
+#[inline(always)]
+fn by_socket(skaddr: u64, old: u32, new: u32) {
+    if !matters(old, new) {
+        return;
+    }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
         // MPTCP's own socket (and DCCP's, before 6.16) take this tracepoint too.
         if sock::kread::<u16>(skaddr, config!(kernel.sk_protocol)) != Some(IPPROTO_TCP) {
-            return 0;
+            return;
         }
         on_connect(skaddr, now);
     } else if old == tcp_state::SYN_RECV {
@@ -116,5 +162,4 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
         // lookup is the whole cost of the passive side's close.
         on_transition(skaddr, old, new, now, &Socket(skaddr));
     }
-    0
 }

@@ -231,6 +231,15 @@ impl Host<'_> {
             Requires::ConntrackBtf => self.conntrack.as_ref().err().map(|e| Chain(e).to_string()),
             Requires::IterBtf => (!adoption_fields_known(&self.resolved.config.kernel))
                 .then(|| "struct offsets the walk reads are missing from BTF".to_string()),
+            Requires::SocketBtf => {
+                let Hook::RawTracepoint { category, name } = p.hook else { return None };
+                if !self.tracefs.exists(category, name) {
+                    Some(format!("tracepoint {category}/{name} does not exist on this kernel"))
+                } else {
+                    (!socket_fields_known(&self.resolved.config.kernel))
+                        .then(|| "the socket fields it reads are missing from BTF".to_string())
+                }
+            }
             Requires::CgroupRoot | Requires::Payload | Requires::Verifier => None,
         }
     }

@@ -102,6 +102,9 @@ pub enum Requires {
     /// Kernel BTF (an iterator is typed by it) and the struct offsets the
     /// walk reads.
     IterBtf,
+    /// The tracepoint exists and the socket fields the flow logic reads
+    /// resolved from BTF (the program has a socket, no record).
+    SocketBtf,
 }
 
 /// Reads the record layout a tracepoint program needs into `CONFIG`.
@@ -152,6 +155,16 @@ pub const PROGRAMS: &[Program] = &[
             f.tcp_offsets(&["oldstate", "newstate", "protocol"], None).map(|o| c.set_state = o)
         }),
         btf: Some("inet_sock_set_state_btf"),
+    },
+    Program {
+        name: "inet_sock_set_state_nested",
+        hook: Hook::RawTracepoint { category: "sock", name: "inet_sock_set_state" },
+        need: Need::Optional,
+        role: "state changes the kernel skips for inet_sock_set_state while it runs on the CPU (a timer softirq closing a connect during a task's connect): without it such a flow has no record (counted in egress_program_runs_skipped_total)",
+        standby: Standby::Never,
+        requires: Requires::SocketBtf,
+        layout: None,
+        btf: None,
     },
     Program {
         name: "tcp_retransmit_skb",

@@ -25,13 +25,19 @@ pub struct RunSkips {
 }
 
 impl RunSkips {
-    /// Every loaded tracepoint, BTF tracepoint and kprobe program of `ebpf`
+    /// Every loaded tracepoint (classic, BTF, raw) and kprobe program of `ebpf`
     /// (the hooks that can fire nested); the others run in task context.
     pub fn new(ebpf: &Ebpf) -> Self {
         let programs = ebpf
             .programs()
             .filter(|(_, p)| {
-                matches!(p, Program::TracePoint(_) | Program::BtfTracePoint(_) | Program::KProbe(_))
+                matches!(
+                    p,
+                    Program::TracePoint(_)
+                        | Program::BtfTracePoint(_)
+                        | Program::RawTracePoint(_)
+                        | Program::KProbe(_)
+                )
             })
             .filter_map(|(name, p)| Some((name.to_string(), p.fd().ok()?.try_clone().ok()?, 0)))
             .collect();
