@@ -288,7 +288,7 @@ impl Metrics {
             program_runs_skipped: reg::counter_vec(
                 &r,
                 "egress_program_runs_skipped_total",
-                "Runs of a kernel program the kernel skipped because the program was already running on that CPU (a hook fired nested, e.g. a timer softirq's state change during a task's; Linux 5.12+). inet_sock_set_state's are handled by inet_sock_set_state_nested where that is attached (and its own by the main program); elsewhere each may be a transition no record shows.",
+                "Runs of a kernel program the kernel skipped because the program was already running on that CPU (a hook fired nested, e.g. a timer softirq's state change during a task's; Linux 5.12+). inet_sock_set_state's are mostly handled by inet_sock_set_state_nested where that is attached (and its own by the main program); any other may be a transition no record shows.",
                 &["program"],
             )?,
             program_standby: reg::gauge_vec(
