@@ -20,7 +20,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
-use egress_common::{IPPROTO_TCP, STAT_NESTED_RECOVERED, TpOffsets, Tuple, tcp_state};
+use egress_common::{
+    IPPROTO_TCP, STAT_DESTROY_RECOVERED, STAT_NESTED_RECOVERED, TpOffsets, Tuple, tcp_state,
+};
 
 use crate::{
     config,
@@ -170,4 +172,24 @@ fn by_socket(skaddr: u64, old: u32, new: u32) {
         // lookup is the whole cost of the passive side's close.
         on_transition(skaddr, old, new, now, &Socket(skaddr));
     }
+}
+
+/// The backstop: a socket destroyed while its flow is still tracked ended
+/// without any program seeing its CLOSE (both skipped, see
+/// [`inet_sock_set_state_nested`]). Its flow ends here, from the state it
+/// had: a connect never established failed, anything else closed. Runs
+/// where the owner closes the descriptor (a task) or a timer frees the
+/// socket; one lookup per destroyed socket otherwise.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    let Some(st) = state(sk) else { return 0 };
+    count(STAT_DESTROY_RECOVERED);
+    // SAFETY: valid state pointer.
+    let established = unsafe { (*st).established_ns != 0 };
+    let old = if established { tcp_state::ESTABLISHED } else { tcp_state::SYN_SENT };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    on_transition(sk, old, tcp_state::CLOSE, now, &Socket(sk));
+    0
 }

@@ -164,12 +164,13 @@ fn connects_closed_by_the_kernel_during_a_storm_all_have_records() {
         |p: &str| metric_sum(&text, "egress_program_runs_skipped_total", &[("program", p)]);
     eprintln!(
         "storm: {} loopback connects; {} of {CONNECTS} blackholed connects reported; runs \
-         skipped: main {}, spare {}; recovered by the spare {}; {}",
+         skipped: main {}, spare {}; recovered by the spare {}, at destroy {}; {}",
         made.load(Ordering::Relaxed),
         seen.len(),
         skipped("inet_sock_set_state_btf") + skipped("inet_sock_set_state"),
         skipped("inet_sock_set_state_nested"),
         metric_sum(&text, "egress_kernel_nested_recovered_total", &[]),
+        metric_sum(&text, "egress_kernel_destroy_recovered_total", &[]),
         agent.health(),
     );
     let missing: Vec<u16> = ports
