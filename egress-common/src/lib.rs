@@ -120,6 +120,12 @@ pub const STAT_AGG_CLOSES: u32 = 2 * EVENT_KINDS + 7;
 pub const STAT_AGG_FULL: u32 = 2 * EVENT_KINDS + 8;
 /// DNS messages not captured: their cgroup spent its budget.
 pub const STAT_DNS_RATE_LIMITED: u32 = 2 * EVENT_KINDS + 9;
+/// State changes the spare program did because the kernel skipped the main
+/// one for them (it was running on the CPU).
+pub const STAT_NESTED_RECOVERED: u32 = 2 * EVENT_KINDS + 10;
+/// Flows whose end no state change reported, closed when their socket was
+/// destroyed (`tcp_destroy_sock`).
+pub const STAT_DESTROY_RECOVERED: u32 = 2 * EVENT_KINDS + 11;
 /// Size of the `STATS` array.
 pub const STAT_SLOTS: u32 = 2 * EVENT_KINDS + 12;
 

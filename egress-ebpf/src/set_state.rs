@@ -16,16 +16,18 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::PerCpuArray,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
-use egress_common::{IPPROTO_TCP, TpOffsets, Tuple, tcp_state};
+use egress_common::{
+    IPPROTO_TCP, STAT_DESTROY_RECOVERED, STAT_NESTED_RECOVERED, TpOffsets, Tuple, tcp_state,
+};
 
 use crate::{
     config,
-    flow::{Tuples, on_accepted, on_connect, on_transition},
+    flow::{Tuples, on_accepted, on_connect, on_transition, state},
+    maps::count,
     net::is_capture_port,
     sock,
     tp::{self, field},
@@ -62,32 +64,9 @@ impl Tuples for Socket {
     }
 }
 
-/// 1 while `inet_sock_set_state` (either variant) runs on this CPU.
-///
-/// The kernel does not run a tracing program nested in itself on one CPU:
-/// a state change traced from a softirq (the retransmit timer closing a
-/// connect, a SYN-ACK, a reset) that interrupts this program running in a
-/// task is skipped, counted only in the program's `recursion_misses`. The
-/// spare program [`inet_sock_set_state_nested`], on the same tracepoint,
-/// handles exactly those: it runs the flow logic only while this flag says
-/// the main program is interrupted on its CPU. Set at the first
-/// instruction and cleared at the last, so that no window is left open.
-#[map]
-static RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn running(on: bool) {
-    if let Some(r) = RUNNING.get_ptr_mut(0) {
-        // SAFETY: valid per-CPU map value; this CPU's programs only.
-        unsafe { *r = u32::from(on) };
-    }
-}
-
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    running(true);
     let _ = classic(&ctx);
-    running(false);
     0
 }
 
@@ -116,28 +95,59 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    running(true);
     let sk: *mut c_void = ctx.arg(0);
     by_socket(sk as u64, ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
-    running(false);
     0
 }
 
-/// The spare: the state changes the kernel skipped for the main program
-/// because it was running on this CPU (see [`RUNNING`]). Every other time
-/// it returns at once. A raw tracepoint (it needs no BTF of its own); the
+/// The spare: the state changes the kernel skipped for the main program.
+///
+/// The kernel does not run a tracing program nested in itself on one CPU:
+/// a state change traced from a softirq (the retransmit timer closing a
+/// connect, a SYN-ACK, a reset) that interrupts the main program in a task
+/// is skipped for it, counted only in its `recursion_misses` (and a classic
+/// tracepoint is skipped while any kprobe or tracepoint program runs on
+/// the CPU). This raw tracepoint on the same event runs after the main one
+/// (attached after it) and does the main one's work only where the
+/// socket's state shows it undone; when it is itself skipped (interrupted
+/// in a task), the main program is not running and does the work. The
 /// socket is read through the BTF offsets, as the BTF variant reads it.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
-    let interrupted = RUNNING.get_ptr(0).is_some_and(|r| {
-        // SAFETY: valid per-CPU map value.
-        unsafe { *r != 0 }
-    });
-    if interrupted {
-        by_socket(ctx.arg::<u64>(0), ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
+    let (sk, old, new) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
+    if matters(old, new) && undone(sk, old, new) {
+        count(STAT_NESTED_RECOVERED);
+        by_socket(sk, old, new);
     }
     0
 }
+
+/// Whether the main program left this state change undone, by the state
+/// it keeps for the socket: a connect is tracked from its own task a moment
+/// ago, an outcome sets the time of ESTABLISHED, a close removes the state,
+/// an accepted connection is tracked.
+#[inline(always)]
+fn undone(sk: u64, old: u32, new: u32) -> bool {
+    let st = state(sk);
+    if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
+        // SAFETY: valid state pointer; helpers without preconditions.
+        !st.is_some_and(|st| unsafe {
+            (*st).pid_tgid == bpf_get_current_pid_tgid()
+                && bpf_ktime_get_ns().wrapping_sub((*st).start_ns) < JUST_NOW_NS
+        })
+    } else if old == tcp_state::SYN_RECV {
+        st.is_none() && sock::kread::<u16>(sk, config!(kernel.skc_num)).is_some_and(is_capture_port)
+    } else if new == tcp_state::ESTABLISHED {
+        // SAFETY: valid state pointer.
+        st.is_some_and(|st| unsafe { (*st).established_ns == 0 })
+    } else {
+        st.is_some()
+    }
+}
+
+/// How recent a connect's state must be to be this very connect's (the
+/// two programs run back to back in the connecting task).
+const JUST_NOW_NS: u64 = 1_000_000;
 
 /// The flow logic, the socket read from the socket itself.
 #[inline(always)]
@@ -162,4 +172,24 @@ fn by_socket(skaddr: u64, old: u32, new: u32) {
         // lookup is the whole cost of the passive side's close.
         on_transition(skaddr, old, new, now, &Socket(skaddr));
     }
+}
+
+/// The backstop: a socket destroyed while its flow is still tracked ended
+/// without any program seeing its CLOSE (both skipped, see
+/// [`inet_sock_set_state_nested`]). Its flow ends here, from the state it
+/// had: a connect never established failed, anything else closed. Runs
+/// where the owner closes the descriptor (a task) or a timer frees the
+/// socket; one lookup per destroyed socket otherwise.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    let Some(st) = state(sk) else { return 0 };
+    count(STAT_DESTROY_RECOVERED);
+    // SAFETY: valid state pointer.
+    let established = unsafe { (*st).established_ns != 0 };
+    let old = if established { tcp_state::ESTABLISHED } else { tcp_state::SYN_SENT };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    on_transition(sk, old, tcp_state::CLOSE, now, &Socket(sk));
+    0
 }

@@ -167,6 +167,16 @@ pub const PROGRAMS: &[Program] = &[
         btf: None,
     },
     Program {
+        name: "tcp_destroy_sock",
+        hook: Hook::RawTracepoint { category: "tcp", name: "tcp_destroy_sock" },
+        need: Need::Optional,
+        role: "ends a flow whose close no state change reported (skipped by the kernel), when its socket is destroyed",
+        standby: Standby::Never,
+        requires: Requires::SocketBtf,
+        layout: None,
+        btf: None,
+    },
+    Program {
         name: "tcp_retransmit_skb",
         hook: Hook::Tracepoint { category: "tcp", name: "tcp_retransmit_skb" },
         need: Need::Optional,

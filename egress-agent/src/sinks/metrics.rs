@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use aya::maps::{MapData, PerCpuArray};
 use egress_common::{
     AggValue, EVENT_FLOW, EVENT_KINDS, LATENCY_BOUNDS_NS, STAT_AGG_CLOSES, STAT_AGG_CONNECTS,
-    STAT_AGG_FULL, STAT_DNS_RATE_LIMITED, STAT_FLOW_ENDS, STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL,
-    STAT_FLOW_STARTS, STAT_PRODUCED, STAT_READ_ERRORS, STAT_RETRANSMITS, STAT_RING_LOST,
-    STAT_SLOTS, event_kind_name,
+    STAT_AGG_FULL, STAT_DESTROY_RECOVERED, STAT_DNS_RATE_LIMITED, STAT_FLOW_ENDS,
+    STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL, STAT_FLOW_STARTS, STAT_NESTED_RECOVERED, STAT_PRODUCED,
+    STAT_READ_ERRORS, STAT_RETRANSMITS, STAT_RING_LOST, STAT_SLOTS, event_kind_name,
 };
 use prometheus::{
     Encoder, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
@@ -99,6 +99,8 @@ pub struct Metrics {
     pub kernel_read_errors: IntCounter,
     pub program_attached: IntGaugeVec,
     pub program_runs_skipped: IntCounterVec,
+    pub kernel_nested_recovered: IntCounter,
+    pub kernel_destroy_recovered: IntCounter,
     pub program_standby: IntGaugeVec,
     pub flows_tracked: IntGauge,
     pub kernel_flows_tracked: IntGauge,
@@ -291,6 +293,16 @@ impl Metrics {
                 "Runs of a kernel program the kernel skipped because the program was already running on that CPU (a hook fired nested, e.g. a timer softirq's state change during a task's; Linux 5.12+). inet_sock_set_state's are mostly handled by inet_sock_set_state_nested where that is attached (and its own by the main program); any other may be a transition no record shows.",
                 &["program"],
             )?,
+            kernel_nested_recovered: reg::counter(
+                &r,
+                "egress_kernel_nested_recovered_total",
+                "State changes inet_sock_set_state_nested did because the kernel skipped inet_sock_set_state for them (it was running on the CPU).",
+            )?,
+            kernel_destroy_recovered: reg::counter(
+                &r,
+                "egress_kernel_destroy_recovered_total",
+                "Flows whose close no state change reported (the kernel skipped it), ended when their socket was destroyed (tcp_destroy_sock).",
+            )?,
             program_standby: reg::gauge_vec(
                 &r,
                 "egress_program_standby",
@@ -479,6 +491,8 @@ impl Metrics {
                 }
                 STAT_AGG_FULL => self.kernel_aggregate_full.inc_by(delta),
                 STAT_READ_ERRORS => self.kernel_read_errors.inc_by(delta),
+                STAT_NESTED_RECOVERED => self.kernel_nested_recovered.inc_by(delta),
+                STAT_DESTROY_RECOVERED => self.kernel_destroy_recovered.inc_by(delta),
                 STAT_RETRANSMITS => self.retransmits.inc_by(delta),
                 _ => {}
             }
