@@ -31,6 +31,7 @@ mod net;
 mod probe;
 mod roles;
 mod table;
+mod views;
 mod vm;
 
 use std::{net::Ipv4Addr, time::Duration};
