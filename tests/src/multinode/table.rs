@@ -1,5 +1,5 @@
 //! The multi-machine fault table: every fault of the single-host table
-//! (tests/src/faults.rs) across the machines. Per fault: what each agent
+//! (tests/src/faults/) across the machines. Per fault: what each agent
 //! said alone (its own records of this request: node A's client leg or
 //! failed lookup; on a hop's machine the hop chain rooted at the hop
 //! vantage's accepted connection whose `(src, dst_actual)` — its peer and
