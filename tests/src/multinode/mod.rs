@@ -17,7 +17,7 @@
 //! proxies are real Squid. NAT, origins, the resolver and the fake
 //! Kubernetes API server live in namespaces of the host.
 //!
-//! Every fault of the single-host table (tests/src/faults.rs) runs across
+//! Every fault of the single-host table (tests/src/faults/) runs across
 //! the machines; per fault the table shows what each agent said alone (its
 //! own records of this request, found by the link's exact address pair),
 //! what `egress-agent explain --assemble` run on node A said (the product
@@ -31,6 +31,7 @@ mod net;
 mod probe;
 mod roles;
 mod table;
+mod views;
 mod vm;
 
 use std::{net::Ipv4Addr, time::Duration};

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::{
     FaultModel, Vantage,
     lab::Lab,
-    table::{Row, assembled, hop_view},
+    table::Row,
+    views::{assembled, hop_view},
 };
 use crate::{agent::metric_sum, chain_lab::Hop};
 
@@ -72,7 +73,7 @@ pub fn probe_row(lab: &mut Lab) -> anyhow::Result<Row> {
                 && v["verdict"] == "failed"
                 && v["leg"].as_str().is_some_and(|l| l.starts_with("client->"))
         })
-        .filter_map(super::table::connect_link)
+        .filter_map(super::views::connect_link)
         .collect();
     let mut notes = vec![format!(
         "node A's probe metric named the outage {:.1} s after it (bound {:.1} s)",

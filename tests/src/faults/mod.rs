@@ -13,6 +13,13 @@ use std::{
 use anyhow::Context as _;
 use serde_json::Value;
 
+mod evidence;
+mod probe;
+
+pub(crate) use evidence::client_view;
+use evidence::{client_evidence, no_record};
+use probe::probe_row;
+
 use crate::{
     Agent, AgentMode,
     agent::free_port,
@@ -474,172 +481,6 @@ pub fn run_logging(
     let _ = std::fs::remove_dir_all(&dir);
     drop(lab);
     Ok(Run { rows, lines })
-}
-
-/// What decided the client leg's own verdict (its `evidence`).
-fn client_evidence(records: &[Value], pid: u64) -> String {
-    records
-        .iter()
-        .find(|v| {
-            v["record"] == "flow"
-                && v["pid"].as_u64() == Some(pid)
-                && v["phase"] == "connect"
-                && v["vantage"] == "client"
-        })
-        .and_then(|v| v["evidence"].as_str())
-        .unwrap_or("-")
-        .to_string()
-}
-
-/// The client-vantage verdict of the client's request, from its client leg's
-/// connect record (`vantage` `client`) or, for a bypass, its direct flow.
-pub(crate) fn client_view(records: &[Value], pid: u64) -> String {
-    let mine = |v: &&Value| {
-        v["record"] == "flow" && v["pid"].as_u64() == Some(pid) && v["phase"] == "connect"
-    };
-    let leg = |v: &&Value, p: &str| v["leg"].as_str().is_some_and(|l| l.starts_with(p));
-    let Some(v) = records.iter().filter(mine).find(|v| leg(v, "client->") || leg(v, "direct"))
-    else {
-        return "(no client leg)".to_string();
-    };
-    if v["leg"] == "direct" {
-        return format!(
-            "{} at direct: {}",
-            v["verdict"].as_str().unwrap_or("?"),
-            v["reason"].as_str().unwrap_or("-")
-        );
-    }
-    match (v["verdict"].as_str(), v["failed_hop"].as_str(), v["reason"].as_str()) {
-        (Some("ok"), _, _) => "ok".to_string(),
-        (Some(verdict), Some(h), Some(r)) => format!("{verdict} at {h}: {r}"),
-        (Some(verdict), None, r) => format!("{verdict}: {} (no hop named)", r.unwrap_or("-")),
-        _ => "?".to_string(),
-    }
-}
-
-/// What to print instead of a verdict when the row's record never came:
-/// what the agent did record of the client's request, so the row says why.
-fn no_record(records: &[Value], source: Source, pid: u64, client_exit: Option<i32>) -> String {
-    let exit = client_exit.map_or_else(|| "killed".to_string(), |c| format!("exit {c}"));
-    if source == Source::Dns {
-        return format!("no failed lookup of the proxy's name (client {exit})");
-    }
-    let legs: Vec<String> = records
-        .iter()
-        .map(native_view)
-        .filter(|v| v["record"] == "flow" && v["pid"].as_u64() == Some(pid))
-        .map(|v| {
-            format!(
-                "{} {}{}",
-                v["leg"].as_str().unwrap_or("no leg"),
-                v["verdict"].as_str().unwrap_or("?"),
-                v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
-            )
-        })
-        .collect();
-    if legs.is_empty() {
-        // Whose flows the agent did see in the row's window: tells a flow
-        // the kernel never reported from one put on another process.
-        let seen: Vec<String> = records
-            .iter()
-            .map(native_view)
-            .filter(|v| v["record"] == "flow")
-            .map(|v| {
-                format!(
-                    "pid {} {} {} {}{}",
-                    v["pid"],
-                    v["comm"].as_str().unwrap_or("?"),
-                    v["dst"].as_str().unwrap_or("?"),
-                    v["verdict"].as_str().unwrap_or("?"),
-                    v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
-                )
-            })
-            .take(12)
-            .collect();
-        format!(
-            "no record of the client pid {pid} (client {exit}); flows in the window: [{}]",
-            seen.join("; ")
-        )
-    } else {
-        format!("no chain; client flows: {} (client {exit})", legs.join(", "))
-    }
-}
-
-/// `label="value"` of a Prometheus sample line.
-fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!("{key}=\""))? + key.len() + 2;
-    line[start..].split('"').next()
-}
-
-/// Wait (bounded) for the probe to succeed, stop Squid #2, and time how long
-/// the probe metrics take to name the hop that broke.
-fn probe_row(
-    lab: &ChainLab,
-    agent: &mut Agent,
-    target: &str,
-    interval: Duration,
-    verbose: bool,
-) -> anyhow::Result<Row> {
-    let fault = "no app traffic: hop2 down, probe";
-    let expected = "failed at gce-proxy: refused".to_string();
-    let success =
-        |text: &str| crate::agent::metric_sum(text, "egress_probe_success", &[("target", target)]);
-    let up_by = Instant::now() + 6 * interval;
-    while success(&agent.http_get("/metrics")?) < 1.0 {
-        anyhow::ensure!(
-            Instant::now() < up_by,
-            "the probe never succeeded on the healthy chain:\n{}",
-            agent.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    lab.hop2_down()?;
-    let t0 = Instant::now();
-    let mut got = "(not detected)".to_string();
-    while t0.elapsed() < 4 * interval {
-        let text = agent.http_get("/metrics")?;
-        let failure = text.lines().find(|l| {
-            l.starts_with("egress_probe_last_failure_hop{") && label(l, "target") == Some(target)
-        });
-        if success(&text) == 0.0
-            && let Some(l) = failure
-        {
-            got = format!(
-                "failed at {}: {}",
-                label(l, "hop").unwrap_or("?"),
-                label(l, "reason").unwrap_or("?")
-            );
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let lag = t0.elapsed().as_secs_f64();
-    if verbose {
-        eprintln!(
-            "{fault}: {got} after {lag:.1}s; probe records: {}",
-            agent
-                .records
-                .iter()
-                .map(native_view)
-                .filter(|v| v["synthetic"] == true && v["record"] == "chain")
-                .count()
-        );
-    }
-    let limit = 2.0 * interval.as_secs_f64();
-    // The probe runs on this node: its own client leg is the same view.
-    Ok(Row {
-        fault,
-        ok: got == expected && lag <= limit,
-        client_expected: expected.clone(),
-        client_got: got.clone(),
-        expected,
-        got,
-        lag_s: lag,
-        lag_limit_s: limit,
-        client_pid: 0,
-        client_cgroup: String::new(),
-        lines: Vec::new(),
-    })
 }
 
 /// The table: the full view (every leg this agent saw: the chain record),
