@@ -5,22 +5,11 @@ use crate::{
     records::FlowRecord,
 };
 
-fn status() -> Status {
-    Status {
-        version: "t".into(),
-        pid: 1,
-        started: String::new(),
-        attached: "0/0".into(),
-        history: 0,
-        history_capacity: 3,
-    }
-}
-
 fn opts(path: &std::path::Path) -> ApiOptions {
     ApiOptions {
         path: path.to_path_buf(),
         history: 3,
-        status: status(),
+        status: Status::for_tests(3),
         limits: ApiLimits::default(),
     }
 }

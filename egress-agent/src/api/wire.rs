@@ -59,6 +59,21 @@ pub struct Status {
     pub history_capacity: usize,
 }
 
+#[cfg(test)]
+impl Status {
+    /// A daemon's status for tests of the servers that answer with it.
+    pub fn for_tests(history_capacity: usize) -> Self {
+        Self {
+            version: "t".into(),
+            pid: 1,
+            started: String::new(),
+            attached: "0/0".into(),
+            history: 0,
+            history_capacity,
+        }
+    }
+}
+
 /// A line of a stream that is not a record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]

@@ -62,14 +62,7 @@ pub(super) fn no_record(
         .iter()
         .map(native_view)
         .filter(|v| v["record"] == "flow" && v["pid"].as_u64() == Some(pid))
-        .map(|v| {
-            format!(
-                "{} {}{}",
-                v["leg"].as_str().unwrap_or("no leg"),
-                v["verdict"].as_str().unwrap_or("?"),
-                v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
-            )
-        })
+        .map(|v| leg_summary(&v))
         .collect();
     if legs.is_empty() {
         // Whose flows the agent did see in the row's window: tells a flow
@@ -97,4 +90,14 @@ pub(super) fn no_record(
     } else {
         format!("no chain; client flows: {} (client {exit})", legs.join(", "))
     }
+}
+
+/// `leg verdict/reason` of a flow record, for a row's notes.
+pub(crate) fn leg_summary(v: &Value) -> String {
+    format!(
+        "{} {}{}",
+        v["leg"].as_str().unwrap_or("no leg"),
+        v["verdict"].as_str().unwrap_or("?"),
+        v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
+    )
 }

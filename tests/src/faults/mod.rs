@@ -16,8 +16,8 @@ use serde_json::Value;
 mod evidence;
 mod probe;
 
-pub(crate) use evidence::client_view;
 use evidence::{client_evidence, no_record};
+pub(crate) use evidence::{client_view, leg_summary};
 use probe::probe_row;
 
 use crate::{

@@ -11,6 +11,7 @@ use super::{
     lab::Lab,
     table::{NO_RECORD, matches},
 };
+use crate::faults::leg_summary;
 
 /// `failed at H: R` (or `ok`, `degraded at H: R`) of a record's verdict.
 pub(super) fn verdict_of(v: &Value, hop_key: &str) -> String {
@@ -117,14 +118,7 @@ pub(super) fn hop_view(
         let own: Vec<String> = lab.agents[i].records[mark..]
             .iter()
             .filter(|v| v["record"] == "flow" && v["synthetic"] != true)
-            .map(|v| {
-                format!(
-                    "{} {}{}",
-                    v["leg"].as_str().unwrap_or("no leg"),
-                    v["verdict"].as_str().unwrap_or("?"),
-                    v["reason"].as_str().map(|r| format!("/{r}")).unwrap_or_default()
-                )
-            })
+            .map(leg_summary)
             .collect();
         let keys: Vec<String> = links.iter().map(|(p, l)| format!("{p} -> {l}")).collect();
         notes.push(format!(

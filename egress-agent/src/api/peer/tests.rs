@@ -11,17 +11,6 @@ use crate::{
     records::{FlowRecord, Record},
 };
 
-fn status() -> Status {
-    Status {
-        version: "t".into(),
-        pid: 1,
-        started: String::new(),
-        attached: "0/0".into(),
-        history: 0,
-        history_capacity: 100,
-    }
-}
-
 fn a(s: &str) -> std::net::SocketAddr {
     s.parse().expect("addr")
 }
@@ -44,7 +33,7 @@ async fn answers_a_link_to_an_agent_and_nobody_else() {
         ApiOptions {
             path: dir.join("api.sock"),
             history: 100,
-            status: status(),
+            status: Status::for_tests(100),
             limits: crate::api::server::ApiLimits::default(),
         },
         &reg,
