@@ -18,13 +18,16 @@
 //!   (`explain --assemble`);
 //! - [`records`]: what the stages produce (a leaf); [`config`]: the
 //!   configuration file, validated (a leaf);
-//! - [`prober`]: active CONNECT probes through the chain;
+//! - [`prober`]: active CONNECT probes through the chain (and TLS inside
+//!   the tunnel); [`client_tls`]: the rustls client configuration the
+//!   agent's own clients share;
 //! - [`session`]: the composition root; [`cli`]: the command line, the
 //!   binary's edge.
 pub mod api;
 pub mod assembly;
 pub mod attribution;
 pub mod cli;
+pub mod client_tls;
 pub mod config;
 pub mod errors;
 pub mod kernel;

@@ -170,7 +170,7 @@ pub enum SessionError {
     #[error("pipeline already started")]
     Started,
     #[error("starting the prober")]
-    Prober(#[source] std::io::Error),
+    Prober(#[source] prober::SpawnError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -177,7 +177,8 @@ pub struct ProbesConfig {
     /// Time between two probes of a target (default 30s, at least 1s).
     #[serde(default)]
     pub interval: Option<String>,
-    /// Bound on one probe: connect, CONNECT answer (default 10s, at most the interval).
+    /// Bound on one probe: connect, CONNECT answer and, with `tls`, the
+    /// TLS handshake (default 10s, at most the interval).
     #[serde(default)]
     pub timeout: Option<String>,
     /// Fraction of the interval each wait varies by (0..=0.5, default 0.1).
@@ -186,6 +187,13 @@ pub struct ProbesConfig {
     /// Complete a TLS handshake with the target inside the tunnel (default off).
     #[serde(default)]
     pub tls: bool,
+    /// PEM file of CA certificates trusted for `tls` besides the system's.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Complete the handshake without verifying the target's certificate
+    /// (default off): the probe then says only that a TLS server answered.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
     /// Where to connect (`host:port`, resolved at every probe as an
     /// application would); default: the first hop's first `address`.
     #[serde(default)]

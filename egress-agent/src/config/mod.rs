@@ -86,10 +86,12 @@ pub enum SettingsError {
     ProbeNoChain,
     #[error("probes.proxy is needed: hop {0} has no ip:port address")]
     ProbeNoProxy(String),
+    #[error("probes.{0} needs probes.tls: true")]
+    ProbeTlsOption(&'static str),
     #[error(
-        "probes.tls: TLS completion is not available in this build; leave it off (the CONNECT answer is the probe)"
+        "probes.tls_ca and probes.tls_insecure_skip_verify exclude each other: with the latter no certificate is verified"
     )]
-    ProbeTls,
+    ProbeTlsCaUnused,
 }
 
 /// Everything `--config` says, validated.
@@ -183,7 +185,8 @@ pub struct ProbeSettings {
     pub interval: Duration,
     pub timeout: Duration,
     pub jitter: f64,
-    pub tls: bool,
+    /// `tls: true`: the TLS handshake with the target inside the tunnel.
+    pub tls: Option<ProbeTls>,
     pub proxy: String,
     pub netns: Option<PathBuf>,
     /// Name of the first hop (the hop a failed connect to `proxy` is at).
@@ -191,6 +194,15 @@ pub struct ProbeSettings {
     /// Every hop's name in chain order (which of two verdicts names the
     /// deeper hop).
     pub hops: Vec<String>,
+}
+
+/// How a TLS probe verifies the target's certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeTls {
+    /// PEM file of CA certificates trusted besides the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Verify nothing: any certificate is accepted (never the default).
+    pub insecure_skip_verify: bool,
 }
 
 impl Config {
@@ -364,15 +376,27 @@ impl ProbeSettings {
                 .map(|a| a.to_string())
                 .ok_or_else(|| SettingsError::ProbeNoProxy(first.name.clone()))?,
         };
-        if c.tls {
-            return Err(SettingsError::ProbeTls);
-        }
+        let tls = if c.tls {
+            if c.tls_ca.is_some() && c.tls_insecure_skip_verify {
+                return Err(SettingsError::ProbeTlsCaUnused);
+            }
+            Some(ProbeTls {
+                ca: c.tls_ca.clone(),
+                insecure_skip_verify: c.tls_insecure_skip_verify,
+            })
+        } else if c.tls_ca.is_some() {
+            return Err(SettingsError::ProbeTlsOption("tls_ca"));
+        } else if c.tls_insecure_skip_verify {
+            return Err(SettingsError::ProbeTlsOption("tls_insecure_skip_verify"));
+        } else {
+            None
+        };
         Ok(Self {
             targets: c.targets.clone(),
             interval,
             timeout,
             jitter,
-            tls: c.tls,
+            tls,
             proxy,
             netns: c.netns.clone(),
             first_hop: first.name.clone(),
@@ -468,6 +492,24 @@ mod tests {
             Some(Duration::from_secs(3600))
         );
         assert!(with_probes("").expect("ok").probes.is_none(), "off unless configured");
+        let tls = |y: &str| with_probes(y).expect("tls").probes.and_then(|p| p.tls);
+        assert_eq!(tls("probes:\n  targets: [a.test:443]\n"), None, "no TLS unless asked");
+        assert_eq!(
+            tls("probes:\n  targets: [a.test:443]\n  tls: true\n"),
+            Some(ProbeTls::default()),
+            "verified against the system's roots by default"
+        );
+        assert_eq!(
+            tls("probes:\n  targets: [a.test:443]\n  tls: true\n  tls_ca: /etc/egress/ca.pem\n"),
+            Some(ProbeTls { ca: Some("/etc/egress/ca.pem".into()), insecure_skip_verify: false })
+        );
+        assert_eq!(
+            tls(
+                "probes:\n  targets: [a.test:443]\n  tls: true\n  tls_insecure_skip_verify: true\n"
+            )
+            .map(|t| t.insecure_skip_verify),
+            Some(true)
+        );
         for bad in [
             "probes:\n  targets: []\n",
             "probes:\n  targets: [nope]\n",
@@ -475,7 +517,9 @@ mod tests {
             "probes:\n  targets: [a.test:443]\n  interval: 2d\n",
             "probes:\n  targets: [a.test:443]\n  interval: 5s\n  timeout: 6s\n",
             "probes:\n  targets: [a.test:443]\n  jitter: 0.9\n",
-            "probes:\n  targets: [a.test:443]\n  tls: true\n",
+            "probes:\n  targets: [a.test:443]\n  tls_ca: /etc/ca.pem\n",
+            "probes:\n  targets: [a.test:443]\n  tls_insecure_skip_verify: true\n",
+            "probes:\n  targets: [a.test:443]\n  tls: true\n  tls_ca: /ca.pem\n  tls_insecure_skip_verify: true\n",
             "probes:\n  targets: [a.test:443]\n  bogus: 1\n",
         ] {
             assert!(with_probes(bad).is_err(), "{bad}");

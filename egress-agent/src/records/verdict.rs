@@ -54,6 +54,10 @@ pub enum Reason {
     /// NetworkPolicies selecting the pod do not allow: the policy engine
     /// dropped or rejected it. The record's `policy` names the policies.
     PolicyDenied,
+    /// The TLS handshake failed: the server (or a gateway routing by SNI)
+    /// answered the ClientHello with an alert, or reset or closed the
+    /// connection before any handshake bytes came back.
+    TlsFailed,
     Other,
 }
 
@@ -70,6 +74,7 @@ impl Reason {
             Self::Bypass => "bypass",
             Self::DnsFailed => "dns_failed",
             Self::PolicyDenied => "policy_denied",
+            Self::TlsFailed => "tls_failed",
             Self::Other => "other",
         }
     }

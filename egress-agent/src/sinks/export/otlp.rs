@@ -14,7 +14,6 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -28,7 +27,6 @@ use opentelemetry_sdk::{
     logs::{LogBatch, LogExporter as _, SdkLogRecord, SdkLogger, SdkLoggerProvider},
 };
 use prometheus::IntCounter;
-use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 use serde_json::{Map, Value};
 use tokio::{sync::mpsc, task::JoinHandle};
 
@@ -88,24 +86,17 @@ pub fn logs_url(endpoint: &str) -> Result<String, OtlpError> {
 type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
 /// rustls with ring: the system's roots (as `rustls-native-certs` finds
-/// them; `SSL_CERT_FILE` honoured) and the `--otlp-ca` certificates.
+/// them; `SSL_CERT_FILE` honoured) and the `--otlp-ca` certificates
+/// ([`crate::client_tls`], as the prober's TLS probes).
 fn connector(ca: Option<&Path>) -> Result<Https, OtlpError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = ca {
-        let err = |source| OtlpError::Ca { path: path.to_path_buf(), source };
-        for cert in CertificateDer::pem_file_iter(path).map_err(err)? {
-            roots
-                .add(cert.map_err(err)?)
-                .map_err(|source| OtlpError::CaCert { path: path.to_path_buf(), source })?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(OtlpError::Tls)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    use crate::client_tls::{self, ClientTlsError as E};
+    let tls = client_tls::roots(ca)
+        .and_then(|(roots, _)| client_tls::client_config(roots))
+        .map_err(|e| match e {
+            E::Pem { path, source } => OtlpError::Ca { path, source },
+            E::Cert { path, source } => OtlpError::CaCert { path, source },
+            E::Tls(source) => OtlpError::Tls(source),
+        })?;
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

@@ -10,9 +10,18 @@
 //! past the first one where this node sees no leg beyond the client's (a
 //! hop on another machine). Sequential (one probe in flight), bounded, off
 //! unless `probes:` is configured.
+//!
+//! With `probes.tls`, a tunnel the proxy granted carries a TLS handshake
+//! with the target ([`tls`]): a failed handshake is `tls_failed` with a
+//! detail (the alert, the certificate error), apart from the proxy's own
+//! failures (a `403` stays `proxy_denied`, a `503` `proxy_upstream_error`).
+mod once;
+pub mod tls;
+#[cfg(test)]
+mod tls_tests;
+
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream, ToSocketAddrs as _},
+    net::SocketAddr,
     sync::mpsc::{Receiver, RecvTimeoutError, SyncSender},
     time::{Duration, Instant},
 };
@@ -21,7 +30,7 @@ use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 use crate::{
     config::ProbeSettings,
-    pipeline::{judge, proxy_http, vantage::VANTAGE},
+    pipeline::{judge, vantage::VANTAGE},
     records::{ChainRecord, FlowRecord, Phase, Reason, Record, Verdict},
     sinks::register::{self as reg, MetricError},
 };
@@ -30,8 +39,10 @@ use crate::{
 const MIN_GAP: Duration = Duration::from_millis(100);
 /// How long the chain record of a probe may trail its end.
 const CHAIN_WAIT: Duration = Duration::from_secs(3);
-/// Bytes of the proxy's answer read at most.
-const MAX_ANSWER: usize = 4096;
+pub use self::{
+    once::probe_once,
+    tls::{ProbeTlsError, TlsProbe},
+};
 
 /// Probe metrics (registered only when probes are configured).
 pub struct ProbeMetrics {
@@ -50,20 +61,20 @@ impl ProbeMetrics {
             success: reg::gauge_vec(
                 r,
                 "egress_probe_success",
-                "1 if the last probe of the target got its tunnel (CONNECT 200) within the timeout.",
+                "1 if the last probe of the target got its tunnel (CONNECT 200) and, with probes.tls, completed the TLS handshake in it, within the timeout.",
                 &["target"],
             )?,
             duration: reg::float_gauge_vec(
                 r,
                 "egress_probe_duration_seconds",
-                "Last probe: time to the CONNECT answer (hop=\"total\") and connect time of each leg to a hop.",
+                "Last probe: its time to the end (hop=\"total\": the CONNECT answer, or with probes.tls the handshake's end) and connect time of each leg to a hop.",
                 &["target", "hop"],
             )?,
             last_failure: reg::gauge_vec(
                 r,
                 "egress_probe_last_failure_hop",
-                "Info (always 1): the hop and reason of the target's last failed probe.",
-                &["target", "hop", "reason"],
+                "Info (always 1): the hop and reason of the target's last failed probe; detail: why a TLS handshake failed (reason=\"tls_failed\"), else empty.",
+                &["target", "hop", "reason", "detail"],
             )?,
             last_failure_time: reg::float_gauge_vec(
                 r,
@@ -96,11 +107,23 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// Why there was no answer.
     pub error: Option<Reason>,
+    /// With `probes.tls`, after a `200`: the handshake's outcome (Err: why
+    /// it failed, in words).
+    pub tls: Option<Result<(), String>>,
 }
 
 impl Attempt {
+    /// The tunnel, and with `probes.tls` the handshake in it.
     pub fn ok(&self) -> bool {
-        self.status == Some(200)
+        self.status == Some(200) && self.tls_failure().is_none()
+    }
+
+    /// Why the TLS handshake in the tunnel failed, if it did.
+    pub fn tls_failure(&self) -> Option<&str> {
+        match &self.tls {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -138,6 +161,11 @@ impl Judged {
 /// hop 2 refused). At the same depth the chain's verdict stands (its legs'
 /// own errno). Without either, what the prober saw (a failed connect is at
 /// the first hop).
+///
+/// A tunnel the proxy granted whose TLS handshake failed is `tls_failed`,
+/// whatever the legs say of it (an origin's reset after the ClientHello
+/// is the handshake's failure): at the hop a judgement names, else past
+/// the last hop (`internet`, the origin).
 pub fn failure_of(a: &Attempt, judged: &Judged, hops: &[String]) -> Option<(String, Reason)> {
     let depth = |h: &str| {
         if h == crate::config::INTERNET {
@@ -156,13 +184,20 @@ pub fn failure_of(a: &Attempt, judged: &Judged, hops: &[String]) -> Option<(Stri
         .as_ref()
         .filter(|f| f.verdict == Verdict::Failed)
         .and_then(|f| Some((f.failed_hop.clone()?, f.reason?)));
-    match (chain, client) {
+    let judgement = match (chain, client) {
         (Some(c), Some(v)) => {
             let deeper = matches!((depth(&v.0), depth(&c.0)), (Some(dv), Some(dc)) if dv > dc);
-            return Some(if deeper { v } else { c });
+            Some(if deeper { v } else { c })
         }
-        (Some(j), None) | (None, Some(j)) => return Some(j),
-        (None, None) => {}
+        (Some(j), None) | (None, Some(j)) => Some(j),
+        (None, None) => None,
+    };
+    if a.status == Some(200) && a.tls_failure().is_some() {
+        let hop = judgement.map_or_else(|| crate::config::INTERNET.to_string(), |(h, _)| h);
+        return Some((hop, Reason::TlsFailed));
+    }
+    if judgement.is_some() {
+        return judgement;
     }
     if a.ok() {
         return None;
@@ -173,67 +208,6 @@ pub fn failure_of(a: &Attempt, judged: &Judged, hops: &[String]) -> Option<(Stri
         (None, None) => Reason::Other,
     };
     Some((hops.first().cloned().unwrap_or_default(), reason))
-}
-
-fn io_reason(e: &std::io::Error) -> Reason {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => Reason::Refused,
-        K::TimedOut | K::WouldBlock => Reason::Timeout,
-        K::HostUnreachable | K::NetworkUnreachable => Reason::Unreachable,
-        K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof => Reason::Reset,
-        _ => Reason::Other,
-    }
-}
-
-/// One probe: connect to `proxy` (resolved now), send CONNECT, read the answer.
-pub fn probe_once(proxy: &str, target: &str, timeout: Duration) -> Attempt {
-    let t0 = Instant::now();
-    let mut a = Attempt { local: None, elapsed: Duration::ZERO, status: None, error: None };
-    let r = (|| -> std::io::Result<u16> {
-        let addr = proxy.to_socket_addrs()?.next().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "proxy name has no address")
-        })?;
-        let sock = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        // Bind first: the local port is known even when the connect fails.
-        let any: SocketAddr = if addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        sock.bind(&any.into())?;
-        a.local = sock.local_addr()?.as_socket();
-        sock.connect_timeout(&addr.into(), timeout)?;
-        let mut s: TcpStream = sock.into();
-        let left = |t0: Instant| timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
-        s.set_write_timeout(Some(left(t0)))?;
-        // One write, one segment: the kernel reads the request line from the
-        // first payload packet (write! would issue a write per piece).
-        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: egress-agent-probe\r\n\r\n").as_bytes())?;
-        let mut buf = Vec::with_capacity(512);
-        let mut chunk = [0u8; 512];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_ANSWER {
-            s.set_read_timeout(Some(left(t0)))?;
-            let n = s.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        proxy_http::parse_response(&buf)
-            .map(|r| r.status)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no status line"))
-    })();
-    match r {
-        Ok(s) => a.status = Some(s),
-        Err(e) => a.error = Some(io_reason(&e)),
-    }
-    a.elapsed = t0.elapsed();
-    a
 }
 
 /// A running prober thread; stopped and joined on drop.
@@ -259,13 +233,29 @@ fn next_rand(state: &mut u64) -> f64 {
     (*state >> 11) as f64 / (1u64 << 53) as f64
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] ProbeTlsError),
+}
+
 /// Start probing on a thread of its own (in `plan.netns` if set). The
-/// records [`Judged::wants`] arrive on `chains`.
+/// records [`Judged::wants`] arrive on `chains`. With `probes.tls` the
+/// handshake's configuration is built here (the system's roots read, the
+/// `tls_ca` file too): an unreadable file stops the start.
 pub fn spawn(
     plan: ProbeSettings,
     metrics: std::sync::Arc<ProbeMetrics>,
     chains: Receiver<Record>,
-) -> std::io::Result<Prober> {
+) -> Result<Prober, SpawnError> {
+    let tls = plan.tls.as_ref().map(TlsProbe::new).transpose()?;
+    if plan.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+        tracing::warn!(
+            "probes.tls_insecure_skip_verify: the targets' certificates are not verified"
+        );
+    }
     let netns = plan.netns.as_ref().map(std::fs::File::open).transpose()?;
     let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let handle = std::thread::Builder::new().name("egress-prober".into()).spawn(move || {
@@ -281,19 +271,25 @@ pub fn spawn(
                 return;
             }
         }
-        run(&plan, &metrics, &chains, &stop_rx);
+        run(&plan, tls.as_ref(), &metrics, &chains, &stop_rx);
     })?;
     Ok(Prober { stop: Some(stop_tx), handle: Some(handle) })
 }
 
-fn run(plan: &ProbeSettings, m: &ProbeMetrics, chains: &Receiver<Record>, stop: &Receiver<()>) {
+fn run(
+    plan: &ProbeSettings,
+    tls: Option<&TlsProbe>,
+    m: &ProbeMetrics,
+    chains: &Receiver<Record>,
+    stop: &Receiver<()>,
+) {
     let mut rng = (std::process::id() as u64) << 32 | 0x9e37_79b9;
     let n = plan.targets.len() as u32;
     let start = Instant::now();
     // Targets spread over one interval.
     let mut due: Vec<Instant> = (0..n).map(|i| start + plan.interval * i / n).collect();
-    let mut last_failure: Vec<Option<(String, Reason)>> = vec![None; plan.targets.len()];
-    tracing::info!(targets = n, interval = ?plan.interval, proxy = %plan.proxy, "prober running");
+    let mut last_failure: Vec<Option<[String; 3]>> = vec![None; plan.targets.len()];
+    tracing::info!(targets = n, interval = ?plan.interval, proxy = %plan.proxy, tls = tls.is_some(), "prober running");
     loop {
         let Some((i, &when)) = due.iter().enumerate().min_by_key(|(_, d)| **d) else { return };
         match stop.recv_timeout(when.saturating_duration_since(Instant::now())) {
@@ -301,7 +297,7 @@ fn run(plan: &ProbeSettings, m: &ProbeMetrics, chains: &Receiver<Record>, stop: 
             _ => return, // stopped (or the agent dropped the sender)
         }
         let target = &plan.targets[i];
-        let a = probe_once(&plan.proxy, target, plan.timeout);
+        let a = probe_once(&plan.proxy, target, plan.timeout, tls);
         let judged = wait_judged(chains, a.local, stop);
         record(m, plan, target, &a, &judged, &mut last_failure[i]);
         let j = 1.0 + plan.jitter * (2.0 * next_rand(&mut rng) - 1.0);
@@ -346,7 +342,7 @@ fn record(
     target: &str,
     a: &Attempt,
     judged: &Judged,
-    last: &mut Option<(String, Reason)>,
+    last: &mut Option<[String; 3]>,
 ) {
     m.success.with_label_values(&[target]).set(i64::from(a.ok()));
     m.probes.with_label_values(&[target, if a.ok() { "success" } else { "failure" }]).inc();
@@ -355,15 +351,19 @@ fn record(
         m.duration.with_label_values(&[target, leg.hop.as_str()]).set(leg.latency_ms / 1000.0);
     }
     if let Some((hop, reason)) = failure_of(a, judged, &plan.hops) {
-        if let Some((h, r)) = last.take() {
-            let _ = m.last_failure.remove_label_values(&[target, &h, r.as_str()]);
+        let detail = match reason {
+            Reason::TlsFailed => a.tls_failure().unwrap_or_default(),
+            _ => "",
+        };
+        if let Some([h, r, d]) = last.take() {
+            let _ = m.last_failure.remove_label_values(&[target, &h, &r, &d]);
         }
-        m.last_failure.with_label_values(&[target, &hop, reason.as_str()]).set(1);
+        m.last_failure.with_label_values(&[target, &hop, reason.as_str(), detail]).set(1);
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         m.last_failure_time.with_label_values(&[target]).set(now.as_secs_f64());
-        tracing::info!(%target, %hop, reason = reason.as_str(), "probe failed");
-        *last = Some((hop, reason));
+        tracing::info!(%target, %hop, reason = reason.as_str(), detail, "probe failed");
+        *last = Some([hop, reason.as_str().to_string(), detail.to_string()]);
     }
 }
 
@@ -374,7 +374,13 @@ mod tests {
     #[test]
     fn failure_hop_is_the_deeper_judgement() {
         let hops = ["gke-squid".to_string(), "gce-proxy".to_string()];
-        let a = Attempt { local: None, elapsed: Duration::ZERO, status: Some(503), error: None };
+        let a = Attempt {
+            local: None,
+            elapsed: Duration::ZERO,
+            status: Some(503),
+            error: None,
+            tls: None,
+        };
         let none = Judged::default();
         assert_eq!(
             failure_of(&a, &none, &hops),
@@ -421,8 +427,28 @@ mod tests {
         assert_eq!(failure_of(&a, &j, &hops), Some(("gce-proxy".into(), Reason::Refused)));
         let refused = Attempt { status: None, error: Some(Reason::Refused), ..a };
         assert_eq!(failure_of(&refused, &none, &hops), Some(("gke-squid".into(), Reason::Refused)));
-        let ok = Attempt { status: Some(200), ..refused };
+        let ok = Attempt { status: Some(200), ..refused.clone() };
         assert_eq!(failure_of(&ok, &none, &hops), None);
+        // probes.tls: a granted tunnel whose handshake failed is tls_failed,
+        // past the last hop unless a judgement names where it broke.
+        let tls_ok = Attempt { tls: Some(Ok(())), ..ok };
+        assert!(tls_ok.ok());
+        assert_eq!(failure_of(&tls_ok, &none, &hops), None);
+        let alert =
+            Attempt { tls: Some(Err("received fatal alert: HandshakeFailure".into())), ..ok };
+        assert!(!alert.ok());
+        assert_eq!(alert.tls_failure(), Some("received fatal alert: HandshakeFailure"));
+        assert_eq!(failure_of(&alert, &none, &hops), Some(("internet".into(), Reason::TlsFailed)));
+        let j = Judged { chain: Some(chain("internet", Reason::Reset)), client_leg: None };
+        assert_eq!(failure_of(&alert, &j, &hops), Some(("internet".into(), Reason::TlsFailed)));
+        let j = Judged { chain: Some(chain("gce-proxy", Reason::Reset)), client_leg: None };
+        assert_eq!(failure_of(&alert, &j, &hops), Some(("gce-proxy".into(), Reason::TlsFailed)));
+        // The proxy's own answers stay the proxy's: no handshake is tried.
+        let denied = Attempt { status: Some(403), ..refused };
+        assert_eq!(
+            failure_of(&denied, &none, &hops),
+            Some(("gke-squid".into(), Reason::ProxyDenied))
+        );
         // Only synthetic chains and synthetic client-vantage connect records.
         let mut f = leg("gce-proxy", Reason::Refused);
         assert!(!Judged::wants(&Record::Flow(f.clone())));
@@ -431,30 +457,5 @@ mod tests {
         f.phase = Phase::Close;
         assert!(!Judged::wants(&Record::Flow(f)));
         assert!(!Judged::wants(&Record::Chain(ChainRecord::default())));
-    }
-
-    #[test]
-    fn probe_against_a_local_proxy_stand_in() {
-        // A loopback listener answering like a proxy, then a closed port.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let srv = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().expect("accept");
-            let mut b = [0u8; 256];
-            let n = s.read(&mut b).expect("read");
-            let req = String::from_utf8_lossy(&b[..n]).into_owned();
-            s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").expect("write");
-            req
-        });
-        let a = probe_once(&addr.to_string(), "login.example.test:443", Duration::from_secs(2));
-        assert!(a.ok(), "{a:?}");
-        assert!(a.local.is_some_and(|l| l.port() != 0));
-        assert!(
-            srv.join().expect("join").starts_with("CONNECT login.example.test:443 HTTP/1.1\r\n")
-        );
-        let closed =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        let a = probe_once(&closed.to_string(), "x.test:443", Duration::from_secs(2));
-        assert_eq!((a.ok(), a.error), (false, Some(Reason::Refused)));
     }
 }
