@@ -67,6 +67,8 @@ CONDITIONAL = {
     "egress_hop_accepted_total": "egress_hop_accepted_total",  # {hop, verdict, reason}
     "egress_hop_vantage_failures_total": "egress_hop_vantage_failures_total",  # {hop, reason}
     "egress_kube_watch_up": "egress_kube_",
+    # Only with `probes:` configured.
+    "egress_probe_success": "egress_probe_",  # {target}
     "egress_kube_objects": "egress_kube_",
     "egress_kube_objects_malformed_total": "egress_kube_",
     "egress_kube_watch_errors_total": "egress_kube_",
@@ -79,9 +81,7 @@ CONDITIONAL = {
 
 # Planned (active probes, issue 9): used by the dashboard before the agent
 # exports them. Move a name to EXISTING when the agent exports it.
-PLANNED = {
-    "egress_probe_success",         # {target}
-}
+PLANNED: set[str] = set()
 # Planned labels on metrics that exist already.
 PLANNED_LABELS: dict[str, set[str]] = {}
 
