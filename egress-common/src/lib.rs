@@ -155,6 +155,10 @@ pub const FLOW_FLAG_ACCEPTED: u32 = 128;
 /// The flow existed before the agent started and was adopted from the
 /// socket table: its owner task and connect time are unknown.
 pub const FLOW_FLAG_ADOPTED: u32 = 256;
+/// The flow goes to a TLS port (`Config::tls_ports`): its ClientHello is
+/// captured (the request side's first bytes) and only the first segment of
+/// the answer (the server's first record says whether the handshake went on).
+pub const FLOW_FLAG_TLS: u32 = 512;
 
 /// `Control::flags`: send every flow as events, clean ones too (a client
 /// is watching live, or `--log-flows`).

@@ -4,11 +4,11 @@
 //! see, so it holds on a node that sees nothing but the client leg.
 use super::{
     flow_table::{AnswerEvidence, HOP_VANTAGE},
-    vantage::{ClientFacts, ConnectOutcome, HopIdentity, VANTAGE, judge_client},
+    vantage::{ClientFacts, ConnectOutcome, HopIdentity, INTERNET, VANTAGE, judge_client},
 };
 use crate::{
     config::ChainSettings,
-    records::{FlowRecord, Phase, Verdict},
+    records::{FlowRecord, Phase, Reason, Verdict},
 };
 
 /// The chain as the vantage judgement knows it: hop names and the names
@@ -68,4 +68,14 @@ pub fn judge(rec: &mut FlowRecord, ev: Option<&AnswerEvidence>, chain: &[HopIden
         _ => v.failed_hop,
     };
     rec.evidence = Some(v.evidence);
+    // The tunnel opened (the proxy's answer was fine) and the TLS handshake
+    // inside it failed: past the last hop, at the origin.
+    if let Some(why) = ev.and_then(|e| e.tls_failure.as_ref())
+        && matches!(rec.verdict, Verdict::Ok | Verdict::Degraded)
+    {
+        rec.verdict = Verdict::Failed;
+        rec.reason = Some(Reason::TlsFailed);
+        rec.failed_hop = Some(INTERNET.to_string());
+        rec.evidence = Some(why.clone());
+    }
 }

@@ -411,6 +411,7 @@ impl Stitcher {
                 r.time.clone()
             },
             target: r.target.clone(),
+            sni: r.sni.clone(),
             namespace: own(&r.namespace),
             pod: own(&r.pod),
             workload: own(&r.workload),
