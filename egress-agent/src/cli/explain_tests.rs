@@ -191,7 +191,8 @@ fn a_tls_flow_is_found_and_shown_by_its_server_name() {
         ..FlowRecord::default()
     });
     let since = parse_rfc3339("2026-11-21T10:00:00.000Z").expect("time");
-    for (want, n) in [("api.example.test", 1), ("api.example.test:443", 1), ("api.example.test:8443", 0)]
+    for (want, n) in
+        [("api.example.test", 1), ("api.example.test:443", 1), ("api.example.test:8443", 0)]
     {
         let found = attempts(std::slice::from_ref(&rec), &Wanted::parse(want).expect("w"), since);
         assert_eq!(found.len(), n, "{want}");

@@ -48,4 +48,3 @@ fn peer_fin_seen(old: u32, flags: u32) -> bool {
 fn own_fin_acked(old: u32, flags: u32) -> bool {
     flags & FLOW_FLAG_RESET == 0 && matches!(old, TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING)
 }
-

@@ -265,7 +265,10 @@ impl FlowTable {
                 tx: Reassembly::new(TX_BYTES),
                 rx: Reassembly::new(RX_BYTES),
                 first_rx_ns: None,
-                header_done_ns: None,
+                // A TLS flow waits for its TLS start from the connect on, at
+                // most the answer wait (a client that does not speak TLS
+                // first, a silent one, is not held longer).
+                header_done_ns: (e.flags & FLOW_FLAG_TLS != 0).then_some(e.hdr.ts_ns),
                 closed: false,
                 body_bytes_total: None,
             }),
@@ -440,7 +443,8 @@ fn release(
         .then(|| vantage::parse_answer(h.rx.contiguous()))
         .flatten();
     h.tls = h.tls_start();
-    let tls_failure = h.tls.as_ref().and_then(|t| t.failure(close.map_or(End::Open, |c| end_of(c.0))));
+    let tls_failure =
+        h.tls.as_ref().and_then(|t| t.failure(close.map_or(End::Open, |c| end_of(c.0))));
     rec.sni = h.tls.as_ref().and_then(|t| t.sni.clone());
     match &answer {
         Some(a) => {
@@ -466,14 +470,16 @@ fn release(
             }
             if let Some(why) = &tls_failure {
                 // The tunnel opened; the handshake inside it failed.
-                (rec.verdict, rec.reason) = (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
+                (rec.verdict, rec.reason) =
+                    (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
                 rec.evidence = Some(why.clone());
             }
         }
         // A TLS flow: no proxy answer; the handshake's start decides.
         None if is_tls => match (&tls_failure, close) {
             (Some(why), _) => {
-                (rec.verdict, rec.reason) = (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
+                (rec.verdict, rec.reason) =
+                    (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
                 rec.evidence = Some(why.clone());
             }
             (None, Some((e, v, reason))) if v == Verdict::Failed => {

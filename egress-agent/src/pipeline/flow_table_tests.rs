@@ -249,7 +249,8 @@ fn a_hops_accepted_connection_reads_the_request_in_and_the_answer_out() {
     assert!(feed(&mut t, &accepted).is_empty(), "held for its answer");
     // The client pipelines its first tunnel bytes (plain HTTP: no TLS start
     // to wait for).
-    let req = b"CONNECT login.example.test:443 HTTP/1.1\r\nHost: login.example.test:443\r\n\r\nGET /";
+    let req =
+        b"CONNECT login.example.test:443 HTTP/1.1\r\nHost: login.example.test:443\r\n\r\nGET /";
     assert!(feed(&mut t, &chunk(40, DIR_INGRESS, 0, 3 * MS, req)).is_empty());
     let out = feed(
         &mut t,
@@ -454,7 +455,10 @@ mod tls {
         // Closed with nothing back: the close says the handshake failed.
         let out = feed(&mut t, &flow(PHASE_CLOSED, 64, 3000 * MS, |e| e.tuple = tuple(3128)));
         let r = &out[0].0;
-        assert_eq!((r.verdict, r.reason, r.quiet), (Verdict::Failed, Some(Reason::TlsFailed), false));
+        assert_eq!(
+            (r.verdict, r.reason, r.quiet),
+            (Verdict::Failed, Some(Reason::TlsFailed), false)
+        );
         assert!(r.evidence.as_deref().is_some_and(|e| e.contains("closed after")));
     }
 
@@ -476,13 +480,23 @@ mod tls {
             assert!(feed(&mut t, &chunk(sk, DIR_EGRESS, 0, 3 * MS, HELLO)).is_empty());
             let out = feed(&mut t, &chunk(sk, DIR_INGRESS, 0, 4 * MS, back));
             let [(r, _)] = out.as_slice() else { panic!("{sk}: {}", out.len()) };
-            assert_eq!((r.verdict, r.sni.as_deref(), r.proxy_status), (verdict, Some("x.test"), None));
+            assert_eq!(
+                (r.verdict, r.sni.as_deref(), r.proxy_status),
+                (verdict, Some("x.test"), None)
+            );
             assert_eq!(r.target, None, "{sk}");
         }
         // A TLS port flow whose client did not speak TLS: as it connected.
         feed(&mut t, &tls_connected(73));
         let out = feed(&mut t, &chunk(73, DIR_EGRESS, 0, 3 * MS, b"GET / HTTP/1.1\r\n"));
         assert_eq!((out[0].0.verdict, out[0].0.sni.as_deref()), (Verdict::Ok, None));
+        // Nothing sent within the wait: out as it connected.
+        feed(&mut t, &tls_connected(75));
+        let mut out = Vec::new();
+        t.tick(500 * MS, &mut out);
+        assert!(out.is_empty(), "within the wait");
+        t.tick(1002 * MS, &mut out);
+        assert_eq!((out.len(), out[0].0.verdict, out[0].0.sni.as_deref()), (1, Verdict::Ok, None));
         // Nothing sent at all, then a clean close: as it connected.
         feed(&mut t, &tls_connected(74));
         let out = feed(&mut t, &flow(PHASE_CLOSED, 74, 9 * MS, |_| {}));

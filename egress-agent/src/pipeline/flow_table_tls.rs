@@ -60,8 +60,7 @@ impl Held {
                 tls::ClientStart::Pending | tls::ClientStart::Hello(_) => self.wait_tls(now),
             };
         }
-        let body_complete =
-            answer.content_length.is_some_and(|n| self.rx.body().len() as u64 >= n);
+        let body_complete = answer.content_length.is_some_and(|n| self.rx.body().len() as u64 >= n);
         if answer.status < 300 || body_complete || self.rx.is_full() {
             return true;
         }
@@ -79,4 +78,3 @@ impl Held {
         false
     }
 }
-

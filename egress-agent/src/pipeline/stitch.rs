@@ -54,6 +54,9 @@ struct Walk {
     hi: u64,
     port: Option<u16>,
     target: Option<String>,
+    /// The client's TLS server name (an SNI router's origin leg has no
+    /// CONNECT line, and may connect to another port).
+    sni: Option<String>,
 }
 
 impl Walk {
@@ -64,6 +67,7 @@ impl Walk {
             hi: r.record_mono_ns,
             port: target_port(r.target.as_deref()),
             target: r.target.clone(),
+            sni: r.sni.clone(),
         }
     }
 
@@ -77,8 +81,12 @@ impl Walk {
                 // A connect to the next proxy that failed never sent its
                 // CONNECT line: time and hop are all there is.
                 (None, _) if u.hop.as_deref() != Some(INTERNET) => true,
-                // An origin connect has no CONNECT line: match its port.
-                (None, _) => self.port.is_none_or(|p| u.dst.is_some_and(|d| d.port() == p)),
+                // An origin connect has no CONNECT line: match its server
+                // name (a TLS origin), else its port.
+                (None, _) => {
+                    (u.sni.is_some() && u.sni == self.sni)
+                        || self.port.is_none_or(|p| u.dst.is_some_and(|d| d.port() == p))
+                }
                 _ => false,
             }
     }

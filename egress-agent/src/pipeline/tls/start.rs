@@ -81,16 +81,18 @@ impl TlsStart {
         let name = self.sni.as_deref().map_or_else(String::new, |s| format!(" for {s}"));
         match self.server {
             Some(TlsOutcome::Handshake) => None,
-            Some(o @ TlsOutcome::Alert { .. }) => Some(format!("TLS: {o} after the ClientHello{name}")),
+            Some(o @ TlsOutcome::Alert { .. }) => {
+                Some(format!("TLS: {o} after the ClientHello{name}"))
+            }
             Some(TlsOutcome::NotTls) | Some(TlsOutcome::Unexpected { .. }) => {
                 let o = self.server.map(|o| o.to_string()).unwrap_or_default();
                 Some(format!("TLS: the ClientHello{name} was answered with {o} bytes"))
             }
             None | Some(TlsOutcome::Incomplete) => match end {
                 End::Open => None,
-                End::Closed => {
-                    Some(format!("TLS: closed after the ClientHello{name}, no handshake bytes back"))
-                }
+                End::Closed => Some(format!(
+                    "TLS: closed after the ClientHello{name}, no handshake bytes back"
+                )),
                 End::Reset => {
                     Some(format!("TLS: reset after the ClientHello{name}, no handshake bytes back"))
                 }
@@ -135,7 +137,9 @@ mod tests {
         let h = hello("api.example.test");
         assert_eq!(client_start(&[], false), ClientStart::Pending);
         assert_eq!(client_start(&h[..20], false), ClientStart::Pending);
-        assert!(matches!(client_start(&h[..20], true), ClientStart::Hello(ref c) if c.sni.is_none()));
+        assert!(
+            matches!(client_start(&h[..20], true), ClientStart::Hello(ref c) if c.sni.is_none())
+        );
         assert_eq!(client_start(b"GET / HTTP/1.1\r\n", false), ClientStart::NotTls);
         let ClientStart::Hello(c) = client_start(&h, false) else { panic!("a hello") };
         assert_eq!(c.sni.as_deref(), Some("api.example.test"));
