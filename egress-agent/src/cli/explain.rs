@@ -130,7 +130,9 @@ fn from_flow(r: &FlowRecord) -> Attempt {
             .target
             .clone()
             .or_else(|| {
-                r.sni.as_ref().map(|n| r.dst.map_or(n.clone(), |d| format!("{n}:{}", d.port())))
+                r.sni
+                    .as_ref()
+                    .map(|n| r.dst.map_or_else(|| n.clone(), |d| format!("{n}:{}", d.port())))
             })
             .or_else(|| r.dst.map(|d| d.to_string())),
         sni: r.sni.clone(),

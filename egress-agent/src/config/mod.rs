@@ -595,6 +595,8 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{p}: {e} ({:?})", std::error::Error::source(&e)));
             assert_eq!(c.chain.hops.len(), 2, "{p}");
             assert_eq!(c.chain.proxy_ports(), vec![3128, 3128], "{p}");
+            assert!(c.chain.hops.iter().all(|h| h.protocol == HopProtocol::HttpConnect), "{p}");
+            assert_eq!(c.tls.ports, vec![443], "{p}");
         }
     }
 }

@@ -530,7 +530,7 @@ fn release(
     };
     // The flow stays held until its close, without its buffers (unless its
     // TLS start is still to come back).
-    if !h.tls.as_ref().is_some_and(|t| !t.settled()) {
+    if h.tls.as_ref().is_none_or(TlsStart::settled) {
         h.tx = Reassembly::new(0);
         h.rx = Reassembly::new(0);
     }
