@@ -134,6 +134,21 @@ fn tls_server_names_and_handshake_failures_through_a_gateway_a_tunnel_and_a_tls_
         .expect("the gateway's refused origin connect");
     assert_eq!(origin_leg["leg"], "sni-gw->internet", "{origin_leg}");
 
+    // The chains: the origin leg (no hello of its own when refused) is
+    // joined by time; a failure past the gateway explains its close.
+    for (sni, legs, failed_hop, reason) in [
+        ("ok.sni.test", 2, Value::Null, Value::Null),
+        ("denied.sni.test", 1, "sni-gw".into(), "tls_failed".into()),
+        ("refused.sni.test", 2, "internet".into(), "refused".into()),
+        ("strict.tunnel.test", 1, "internet".into(), "tls_failed".into()),
+    ] {
+        let c = agent
+            .wait_for(WAIT, |v| v["record"] == "chain" && v["sni"] == sni)
+            .unwrap_or_else(|e| panic!("{sni} chain: {e:#}"));
+        eprintln!("{sni} chain: {c}");
+        let n = c["legs"].as_array().map_or(0, Vec::len);
+        assert_eq!((n, &c["failed_hop"], &c["reason"]), (legs, &failed_hop, &reason), "{c}");
+    }
     let tunnel_ok = rec(&mut agent, "ok.tunnel.test");
     assert_eq!(
         (&tunnel_ok["verdict"], &tunnel_ok["proxy_status"], &tunnel_ok["target"]),

@@ -476,20 +476,32 @@ fn release(
             }
         }
         // A TLS flow: no proxy answer; the handshake's start decides.
-        None if is_tls => match (&tls_failure, close) {
-            (Some(why), _) => {
-                (rec.verdict, rec.reason) =
-                    (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
-                rec.evidence = Some(why.clone());
+        // A TLS flow: no proxy answer; the handshake's start decides, and the
+        // record is as of the server's first bytes (or the end), as a
+        // proxy's record is as of its answer (chains join legs by it).
+        None if is_tls => {
+            match (h.first_rx_ns, close) {
+                (Some(t), _) => {
+                    rec.time = rfc3339(clock.wall(t));
+                    rec.record_mono_ns = t;
+                }
+                (None, Some((e, _, _))) => rec.record_mono_ns = e.hdr.ts_ns,
+                (None, None) => {}
             }
-            (None, Some((e, v, reason))) if v == Verdict::Failed => {
-                rec.verdict = v;
-                rec.reason = reason;
-                rec.errno = e.sk_err;
-                rec.record_mono_ns = e.hdr.ts_ns;
+            match (&tls_failure, close) {
+                (Some(why), _) => {
+                    (rec.verdict, rec.reason) =
+                        (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
+                    rec.evidence = Some(why.clone());
+                }
+                (None, Some((e, v, reason))) if v == Verdict::Failed => {
+                    rec.verdict = v;
+                    rec.reason = reason;
+                    rec.errno = e.sk_err;
+                }
+                _ => {}
             }
-            _ => {}
-        },
+        }
         // No answer seen (or not all of its status line): the tunnel's
         // outcome is not known, which is not a failure, unless its end
         // was one (a reset, a timeout).

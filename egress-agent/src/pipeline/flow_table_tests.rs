@@ -485,6 +485,7 @@ mod tls {
                 (verdict, Some("x.test"), None)
             );
             assert_eq!(r.target, None, "{sk}");
+            assert_eq!(r.record_mono_ns, 4 * MS, "{sk}: as of the server's first bytes");
         }
         // A TLS port flow whose client did not speak TLS: as it connected.
         feed(&mut t, &tls_connected(73));
