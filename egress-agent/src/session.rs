@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use aya::maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key};
 use egress_common::{
-    DNS_PORT, MAP_CAPTURE, MAP_EVENTS, MAP_PRIVATE_NETS, MAP_STATS, PRIVATE_NETS_MAX,
+    DNS_PORT, MAP_CAPTURE, MAP_EVENTS, MAP_PRIVATE_NETS, MAP_STATS, PRIVATE_NETS_MAX, TLS_PORT,
 };
 use tokio::sync::watch;
 
@@ -113,6 +113,7 @@ impl SessionOptions {
             proxy_ports: self.all_proxy_ports(),
             cgroup_root: self.cgroup_root.clone().or_else(cgroup::find_root),
             dns_port: self.config.as_ref().map_or(DNS_PORT, |c| c.dns.port),
+            tls_ports: self.config.as_ref().map_or_else(|| vec![TLS_PORT], |c| c.tls.ports.clone()),
             disabled: self.disabled_programs.clone(),
             connect_intent: self.connect_intent.into(),
         }

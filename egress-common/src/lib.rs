@@ -155,6 +155,10 @@ pub const FLOW_FLAG_ACCEPTED: u32 = 128;
 /// The flow existed before the agent started and was adopted from the
 /// socket table: its owner task and connect time are unknown.
 pub const FLOW_FLAG_ADOPTED: u32 = 256;
+/// The flow goes to a TLS port (`Config::tls_ports`): its ClientHello is
+/// captured (the request side's first bytes) and only the first segment of
+/// the answer (the server's first record says whether the handshake went on).
+pub const FLOW_FLAG_TLS: u32 = 512;
 
 /// `Control::flags`: send every flow as events, clean ones too (a client
 /// is watching live, or `--log-flows`).
@@ -180,6 +184,13 @@ pub const CAPTURE_RX_ERR_BYTES: u32 = 4096;
 pub const CAPTURE_CHUNKS_PER_PACKET: u32 = 8;
 /// Proxy ports the kernel watches payloads on (0 = unused slot).
 pub const MAX_PROXY_PORTS: usize = 8;
+/// TLS ports whose flows' ClientHello is read (0 = unused slot).
+pub const MAX_TLS_PORTS: usize = 4;
+/// Default TLS port.
+pub const TLS_PORT: u16 = 443;
+/// The answer side of a TLS port's flow: only the chunk holding its first
+/// byte (the server's first record; one event).
+pub const CAPTURE_TLS_RX_BYTES: u32 = 1;
 
 /// Bytes of a DNS message captured: the header and a question with a long
 /// name fit; answers are not parsed.
@@ -777,6 +788,8 @@ pub struct Config {
     pub conntrack: ConntrackOffsets,
     /// Remote ports whose first payload bytes are captured (0 = unused).
     pub proxy_ports: [u16; MAX_PROXY_PORTS],
+    /// Remote ports of TLS flows whose ClientHello is captured (0 = unused).
+    pub tls_ports: [u16; MAX_TLS_PORTS],
     /// UDP/TCP port whose messages are captured as DNS (0 = off).
     pub dns_port: u16,
     /// 1 when `sys_enter_connect` is attached: look up what `connect()`
@@ -787,7 +800,7 @@ pub struct Config {
     /// poll tick (batched reads instead of one wake-up per event).
     pub wakeup_bytes: u32,
 }
-const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 116 + 40 + 16 + 8);
+const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 116 + 40 + 16 + 8 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -798,6 +811,7 @@ impl Config {
         kernel: KernelOffsets::UNKNOWN,
         conntrack: ConntrackOffsets::UNKNOWN,
         proxy_ports: [0; MAX_PROXY_PORTS],
+        tls_ports: [0; MAX_TLS_PORTS],
         dns_port: 0,
         wakeup_bytes: 0,
         connect_intent: 0,

@@ -10,10 +10,10 @@ use aya_ebpf::helpers::{
 use egress_common::{
     AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_VERBOSE, ConnectArgs, Control, EVENT_FLOW,
     EventHeader, FLOW_FLAG_ACCEPTED, FLOW_FLAG_CAPTURE, FLOW_FLAG_EMITTED, FLOW_FLAG_HAS_INTENDED,
-    FLOW_FLAG_RESET, FlowEvent, FlowState, LATENCY_BOUNDS_NS, LATENCY_BUCKETS, PHASE_CLOSED,
-    PHASE_CONNECT_FAILED, PHASE_CONNECTED, STAT_AGG_CLOSES, STAT_AGG_CONNECTS, STAT_AGG_FULL,
-    STAT_FLOW_ENDS, STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL, STAT_FLOW_STARTS, STAT_READ_ERRORS,
-    Tuple, tcp_state,
+    FLOW_FLAG_RESET, FLOW_FLAG_TLS, FlowEvent, FlowState, LATENCY_BOUNDS_NS, LATENCY_BUCKETS,
+    PHASE_CLOSED, PHASE_CONNECT_FAILED, PHASE_CONNECTED, STAT_AGG_CLOSES, STAT_AGG_CONNECTS,
+    STAT_AGG_FULL, STAT_FLOW_ENDS, STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL, STAT_FLOW_STARTS,
+    STAT_READ_ERRORS, Tuple, tcp_state,
 };
 
 use crate::{
@@ -23,7 +23,7 @@ use crate::{
         AGG0, AGG1, CONNECT_ARGS, EVENTS, FLOWS, PROXY_FLOWS, SCRATCH_FLOW, SCRATCH_TUPLE,
         SOCK_FDS, control, count, is_private, xadd,
     },
-    net::{is_capture_port, tuple_key},
+    net::{is_capture_port, is_tls_port, tuple_key},
     sock,
 };
 
@@ -176,8 +176,10 @@ pub fn on_transition(sk: u64, old: u32, new: u32, now: u64, tuples: &impl Tuples
                 wanted = true;
             }
         }
-        if have_tuple && is_capture_port(t.dport) {
-            st.flags |= FLOW_FLAG_CAPTURE;
+        // A proxy's port is read as a proxy's even when it is a TLS port too.
+        let proxy = have_tuple && is_capture_port(t.dport);
+        if proxy || (have_tuple && is_tls_port(t.dport)) {
+            st.flags |= if proxy { FLOW_FLAG_CAPTURE } else { FLOW_FLAG_CAPTURE | FLOW_FLAG_TLS };
             (st.tx_base, st.rx_base) = sock::stream_bases(skaddr);
             let key = tuple_key(t.family, t.sport, t.dport, &t.saddr, &t.daddr);
             let _ = PROXY_FLOWS.insert(key, skaddr, 0);

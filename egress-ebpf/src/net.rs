@@ -38,6 +38,13 @@ pub fn tuple_key(
     k
 }
 
+/// A remote port whose flows' ClientHello is read (`Config::tls_ports`).
+#[inline(always)]
+pub fn is_tls_port(port: u16) -> bool {
+    let ports: [u16; egress_common::MAX_TLS_PORTS] = crate::config!(tls_ports);
+    port != 0 && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port)
+}
+
 /// A remote port whose payloads are read (a proxy hop's).
 #[inline(always)]
 pub fn is_capture_port(port: u16) -> bool {

@@ -4,10 +4,15 @@
 //! (its status line, headers and — for an error — the start of its body)
 //! however the proxy cut it into segments. DNS messages are captured here
 //! too (`dns.rs`): only one program per direction may sit on the root.
+//! Flows to TLS ports (`Config::tls_ports`) are captured the same way with a
+//! tighter bound on the answer side: the request's first KiB (the
+//! ClientHello) and the first chunk the server sent (its first record).
 //! Fail-open: every packet passes, whatever happens here.
 //!
-//! Cost: most packets belong to neither a capture port nor DNS, and leave
-//! after two context loads (the socket's ports), before any parsing.
+//! Cost: most packets belong to neither a capture port, a TLS port nor DNS,
+//! and leave after two context loads (the socket's ports), before any
+//! parsing. A TLS port's packets cost two map lookups each, and at most
+//! three capture events per flow.
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
@@ -16,9 +21,9 @@ use aya_ebpf::{
 };
 use egress_common::{
     AF_INET, AF_INET6, CAPTURE_CHUNKS_PER_PACKET, CAPTURE_RX_ERR_BYTES, CAPTURE_RX_OK_BYTES,
-    CAPTURE_TX_BYTES, DIR_EGRESS, DIR_INGRESS, EVENT_PAYLOAD, EventHeader, FLOW_FLAG_ACCEPTED,
-    FLOW_FLAG_CAPTURE, FLOW_FLAG_RX_DONE, FLOW_FLAG_RX_OK, FLOW_FLAG_TX_DONE, FlowState,
-    PAYLOAD_BYTES, PayloadEvent, TupleKey,
+    CAPTURE_TLS_RX_BYTES, CAPTURE_TX_BYTES, DIR_EGRESS, DIR_INGRESS, EVENT_PAYLOAD, EventHeader,
+    FLOW_FLAG_ACCEPTED, FLOW_FLAG_CAPTURE, FLOW_FLAG_RX_DONE, FLOW_FLAG_RX_OK, FLOW_FLAG_TLS,
+    FLOW_FLAG_TX_DONE, FlowState, PAYLOAD_BYTES, PayloadEvent, TupleKey,
 };
 
 use crate::{
@@ -26,7 +31,7 @@ use crate::{
     emit::emit_unzeroed,
     flow::state,
     maps::{CAPTURE, PROXY_FLOWS},
-    net::is_capture_port,
+    net::{is_capture_port, is_tls_port},
 };
 
 const ETH_P_IP: u32 = 0x0800;
@@ -77,6 +82,7 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
     let dns_port: u16 = config!(dns_port);
     if rport != 0
         && !is_capture_port(rport)
+        && !is_tls_port(rport)
         && (dns_port == 0 || rport != dns_port)
         && !is_capture_port(skb.local_port as u16)
     {
@@ -105,7 +111,7 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
     if ipproto == IPPROTO_UDP && !is_dns {
         return Ok(());
     }
-    if !is_dns && !is_capture_port(rport) && !is_capture_port(lport) {
+    if !is_dns && !is_capture_port(rport) && !is_capture_port(lport) && !is_tls_port(rport) {
         return Ok(());
     }
     key.lport = lport;
@@ -149,6 +155,8 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
     };
     let limit = if dir != answer_dir {
         CAPTURE_TX_BYTES
+    } else if st.flags & FLOW_FLAG_TLS != 0 {
+        CAPTURE_TLS_RX_BYTES
     } else if st.flags & FLOW_FLAG_RX_OK != 0 {
         CAPTURE_RX_OK_BYTES
     } else {

@@ -25,6 +25,7 @@ pub mod prom_server;
 pub mod qemu;
 pub mod scrape;
 pub mod soak;
+pub mod tls_lab;
 pub mod traffic;
 
 pub use agent::{Agent, AgentMode};

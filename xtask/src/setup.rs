@@ -27,6 +27,9 @@ pub const PACKAGES: &[&str] = &[
     // the proxy chain lab: real Squid (hop 1 and hop 2) and the conntrack CLI.
     "squid",
     "conntrack",
+    // the TLS-SNI gateway hop of tests/tests/tls_sni.rs: a TLS passthrough
+    // proxy routing by SNI (`tcp-request content` + `req.ssl_sni`).
+    "haproxy",
     // the CLI's table checked in a real terminal at 80 and 200 columns.
     "tmux",
     // the lab's resolver (binary only: no system service on port 53).

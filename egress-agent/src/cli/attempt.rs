@@ -33,6 +33,9 @@ pub struct Attempt {
     pub comm: String,
     pub chain_id: Option<String>,
     pub target: Option<String>,
+    /// The TLS server name (SNI) the client sent, when it sent a ClientHello.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     pub verdict: Verdict,
     pub failed_hop: Option<String>,
     pub reason: Option<Reason>,

@@ -87,6 +87,7 @@ fn from_chain(c: &ChainRecord) -> Attempt {
         comm: c.comm.clone(),
         chain_id: Some(c.chain_id.clone()),
         target: c.target.clone(),
+        sni: c.sni.clone(),
         verdict: c.verdict,
         failed_hop: c.failed_hop.clone(),
         reason: c.reason,
@@ -124,7 +125,17 @@ fn from_flow(r: &FlowRecord) -> Attempt {
         pid: r.pid,
         comm: r.comm.clone(),
         chain_id: r.chain_id.clone(),
-        target: r.target.clone().or_else(|| r.dst.map(|d| d.to_string())),
+        // A TLS flow's destination is its server name, on the port it went to.
+        target: r
+            .target
+            .clone()
+            .or_else(|| {
+                r.sni
+                    .as_ref()
+                    .map(|n| r.dst.map_or_else(|| n.clone(), |d| format!("{n}:{}", d.port())))
+            })
+            .or_else(|| r.dst.map(|d| d.to_string())),
+        sni: r.sni.clone(),
         verdict: r.verdict,
         failed_hop: r.hop.clone().filter(|_| r.verdict != Verdict::Ok),
         reason: r.reason,
@@ -168,6 +179,7 @@ fn from_dns(d: &DnsRecord) -> Option<Attempt> {
         comm: "dns".into(),
         chain_id: None,
         target: Some(d.name.clone()),
+        sni: None,
         verdict: Verdict::Failed,
         failed_hop: d.hop.clone(),
         reason: d.reason,
@@ -233,7 +245,16 @@ impl Wanted {
             n.eq_ignore_ascii_case(&self.host)
                 || n.split_once('/').is_some_and(|(_, s)| s.eq_ignore_ascii_case(&self.host))
         }) && self.port.is_none_or(|p| r.dst.is_some_and(|d| d.port() == p));
-        self.target(r.target.as_deref()) || self.addr(r.dst) || self.addr(r.dst_actual) || by_name
+        // A TLS server name matches its host (its port is the destination's).
+        let by_sni = r.sni.as_deref().is_some_and(|n| {
+            n.eq_ignore_ascii_case(&self.host)
+                && self.port.is_none_or(|p| r.dst_actual.or(r.dst).is_some_and(|d| d.port() == p))
+        });
+        self.target(r.target.as_deref())
+            || self.addr(r.dst)
+            || self.addr(r.dst_actual)
+            || by_name
+            || by_sni
     }
 }
 
@@ -461,6 +482,9 @@ pub fn render(e: &Explanation) -> String {
                 latency(h.latency_ms),
                 h.retransmits,
             ));
+        }
+        if let Some(n) = &a.sni {
+            o.push_str(&format!("  tls: server name (SNI) {n}\n"));
         }
         if let Some(c) = &a.client_view {
             o.push_str(&format!("  client node alone: {c}\n"));

@@ -175,3 +175,33 @@ fn prints_the_policy_verdict_line() {
         "production/allow-web-egress,production/default-deny-egress"
     );
 }
+
+#[test]
+fn a_tls_flow_is_found_and_shown_by_its_server_name() {
+    let rec = Record::Flow(FlowRecord {
+        time: "2026-11-21T10:40:00.000Z".into(),
+        comm: "curl".into(),
+        dst: Some("198.51.100.9:443".parse().expect("addr")),
+        verdict: Verdict::Failed,
+        reason: Some(Reason::TlsFailed),
+        sni: Some("api.example.test".into()),
+        evidence: Some("TLS: fatal alert handshake_failure (40) after the ClientHello".into()),
+        vantage: Some("client".into()),
+        flow_id: "f1".into(),
+        ..FlowRecord::default()
+    });
+    let since = parse_rfc3339("2026-11-21T10:00:00.000Z").expect("time");
+    for (want, n) in
+        [("api.example.test", 1), ("api.example.test:443", 1), ("api.example.test:8443", 0)]
+    {
+        let found = attempts(std::slice::from_ref(&rec), &Wanted::parse(want).expect("w"), since);
+        assert_eq!(found.len(), n, "{want}");
+    }
+    let found = attempts(&[rec], &Wanted::parse("api.example.test").expect("w"), since);
+    let e = explain("api.example.test", since, &found, 5);
+    let text = render(&e);
+    assert!(text.contains("api.example.test:443  => failed: tls_failed"), "{text}");
+    assert!(text.contains("  tls: server name (SNI) api.example.test\n"), "{text}");
+    assert!(text.contains("handshake_failure (40)"), "{text}");
+    assert_eq!(serde_json::to_value(&e).expect("json")["recent"][0]["sni"], "api.example.test");
+}

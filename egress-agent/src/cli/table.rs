@@ -223,7 +223,8 @@ pub fn flow_cells(r: &FlowRecord) -> Vec<String> {
         addr(r.dst_actual),
         addr(r.snat),
         opt(r.hop.as_deref()),
-        opt(r.target.as_deref()),
+        // A TLS flow without a CONNECT line: its server name.
+        opt(r.target.as_deref().or(r.sni.as_deref())),
         r.proxy_status.map_or_else(|| "-".into(), |s| s.to_string()),
         r.verdict.as_str().to_string(),
         latency(r.latency_ms),
@@ -481,6 +482,20 @@ mod tests {
         let h = t.header(&FLOW_COLS);
         assert_eq!(h.split_whitespace().count(), FLOW_COLS.len());
         assert!(t.render(&flow_cells(&rec()), None).ends_with("proxy_upstream_error"));
+    }
+
+    #[test]
+    fn a_tls_flow_shows_its_server_name_as_target() {
+        let tls = FlowRecord {
+            sni: Some("api.example.test".into()),
+            reason: Some(Reason::TlsFailed),
+            ..FlowRecord::default()
+        };
+        let cells = flow_cells(&tls);
+        assert!(cells.contains(&"api.example.test".to_string()), "{cells:?}");
+        assert_eq!(cells.last().map(String::as_str), Some("tls_failed"));
+        let both = FlowRecord { target: Some("a.test:443".into()), ..tls };
+        assert!(flow_cells(&both).contains(&"a.test:443".to_string()), "the CONNECT target first");
     }
 
     #[test]

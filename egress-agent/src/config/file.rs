@@ -27,6 +27,19 @@ pub struct ConfigFile {
     /// Active probes through the chain (off unless configured).
     #[serde(default)]
     pub probes: Option<ProbesConfig>,
+    /// TLS flows whose ClientHello is read (on by default, port 443).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Remote ports whose flows' ClientHello (SNI) and the server's first
+    /// record are read (default [443]; `[]` or `[0]`: off).
+    #[serde(default)]
+    pub ports: Option<Vec<u16>>,
 }
 
 /// True for a section that is there, whatever it holds (even nothing).
@@ -50,11 +63,11 @@ pub struct HopConfig {
     #[serde(default)]
     #[allow(dead_code, reason = "for the reader of the file")]
     pub description: Option<String>,
-    /// `http-connect` (default for hops with an address): read the CONNECT
-    /// line and the status line of flows to this hop. The only protocol:
-    /// accepted, not needed.
+    /// `http-connect` (default): read the CONNECT line and the status line
+    /// of flows to this hop. `tls-sni`: a TLS passthrough routing by SNI
+    /// (an Istio egress gateway, HAProxy/nginx `ssl_preread`): read the
+    /// ClientHello's SNI (the flow's target) and the TLS start back.
     #[serde(default)]
-    #[allow(dead_code, reason = "http-connect is the only protocol")]
     pub protocol: Option<String>,
     #[serde(rename = "match", default)]
     pub matcher: HopMatch,

@@ -3,7 +3,8 @@
 //! anything is built. A leaf: it imports no other module of the agent.
 //!
 //! Sections: `chain` (the proxy hops, in the order a request crosses them),
-//! `destinations` (the `target` label allow-list), `bypass`, `dns`, `probes`.
+//! `destinations` (the `target` label allow-list), `bypass`, `dns`, `probes`,
+//! `tls`.
 //! `attribution:` and `labels:` are refused with what to use instead.
 pub mod duration;
 mod file;
@@ -16,9 +17,9 @@ use std::{
     time::Duration,
 };
 
-use egress_common::DNS_PORT;
+use egress_common::{DNS_PORT, MAX_TLS_PORTS, TLS_PORT};
 
-use self::file::{BypassConfig, ConfigFile, DnsConfig, ProbesConfig};
+use self::file::{BypassConfig, ConfigFile, DnsConfig, ProbesConfig, TlsConfig};
 pub use self::{
     duration::{DurationError, parse_duration},
     net::{AddrError, AddrMatch, Cidr, DEFAULT_PRIVATE, parse_ranges},
@@ -60,6 +61,8 @@ pub enum SettingsError {
     Labels,
     #[error("hop name `{0}` is empty, reserved or repeated")]
     HopName(String),
+    #[error("hop {hop}: protocol `{protocol}` is not one of http-connect, tls-sni")]
+    HopProtocol { hop: String, protocol: String },
     #[error("hop {hop}: agents: `{agent}` is not host:port")]
     HopAgent { hop: String, agent: String },
     #[error("hop {hop}: address {address}")]
@@ -72,6 +75,8 @@ pub enum SettingsError {
     Duration { field: &'static str, source: DurationError },
     #[error("dns.timeout {0:?} is outside 100ms..120s")]
     DnsTimeout(Duration),
+    #[error("tls.ports: at most {MAX_TLS_PORTS} ports, got {0}")]
+    TlsPorts(usize),
     #[error("probes.targets: 1 to {MAX_PROBE_TARGETS} targets, got {0}")]
     ProbeTargetCount(usize),
     #[error("probes.targets: `{0}` is not host:port")]
@@ -99,6 +104,7 @@ pub enum SettingsError {
 pub struct Config {
     pub chain: ChainSettings,
     pub dns: DnsSettings,
+    pub tls: TlsSettings,
     /// Active probes (none unless configured).
     pub probes: Option<ProbeSettings>,
 }
@@ -115,10 +121,34 @@ pub struct ChainSettings {
     pub bypass: Option<Bypass>,
 }
 
+/// What a hop speaks with its clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HopProtocol {
+    /// An HTTP proxy: CONNECT request, status line answer.
+    #[default]
+    HttpConnect,
+    /// A TLS passthrough routing by the ClientHello's SNI.
+    TlsSni,
+}
+
+impl HopProtocol {
+    fn parse(hop: &str, p: Option<&str>) -> Result<Self, SettingsError> {
+        match p.map(str::trim) {
+            None | Some("http-connect") => Ok(Self::HttpConnect),
+            Some("tls-sni") => Ok(Self::TlsSni),
+            Some(other) => Err(SettingsError::HopProtocol {
+                hop: hop.to_string(),
+                protocol: other.to_string(),
+            }),
+        }
+    }
+}
+
 /// One hop, matched by where clients reach it and by what its processes are.
 #[derive(Debug, Clone, Default)]
 pub struct Hop {
     pub name: String,
+    pub protocol: HopProtocol,
     /// `address`/`addresses`.
     pub addrs: Vec<AddrMatch>,
     /// `namespace/name:port` of its Service, as the Kubernetes index names destinations.
@@ -175,6 +205,32 @@ pub struct DnsSettings {
 impl Default for DnsSettings {
     fn default() -> Self {
         Self { port: DNS_PORT, timeout: Duration::from_secs(5), names: vec![] }
+    }
+}
+
+/// Which TLS flows have their ClientHello read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Remote ports (empty: off).
+    pub ports: Vec<u16>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self { ports: vec![TLS_PORT] }
+    }
+}
+
+impl TlsSettings {
+    fn from_file(c: Option<&TlsConfig>) -> Result<Self, SettingsError> {
+        let Some(ports) = c.and_then(|c| c.ports.as_ref()) else { return Ok(Self::default()) };
+        let mut ports: Vec<u16> = ports.iter().copied().filter(|&p| p != 0).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.len() > MAX_TLS_PORTS {
+            return Err(SettingsError::TlsPorts(ports.len()));
+        }
+        Ok(Self { ports })
     }
 }
 
@@ -241,6 +297,7 @@ impl Config {
             if h.name.is_empty() || h.name == DIRECT || hops.iter().any(|x| x.name == h.name) {
                 return Err(SettingsError::HopName(h.name.clone()));
             }
+            let protocol = HopProtocol::parse(&h.name, h.protocol.as_deref())?;
             let mut addrs = Vec::new();
             for a in m.address.iter().chain(&m.addresses) {
                 addrs.push(a.parse().map_err(|source| SettingsError::HopAddress {
@@ -264,6 +321,7 @@ impl Config {
             }
             hops.push(Hop {
                 name: h.name.clone(),
+                protocol,
                 addrs,
                 service,
                 service_port: m.service.as_ref().map(|s| s.port),
@@ -280,10 +338,12 @@ impl Config {
         }
         let bypass = (cfg.chain.is_some() && cfg.bypass.report).then(|| bypass(&cfg.bypass));
         let dns = DnsSettings::from_file(cfg.dns.as_ref())?;
+        let tls = TlsSettings::from_file(cfg.tls.as_ref())?;
         let probes = cfg.probes.as_ref().map(|p| ProbeSettings::from_file(p, &hops)).transpose()?;
         Ok(Self {
             chain: ChainSettings { hops, allow: cfg.destinations.allow.clone(), bypass },
             dns,
+            tls,
             probes,
         })
     }
@@ -450,6 +510,46 @@ mod tests {
     }
 
     #[test]
+    fn hop_protocols() {
+        let hop = |p: &str| {
+            Config::from_yaml(&format!(
+                "version: 1\nchain:\n  hops:\n    - name: gw\n      protocol: {p}\n      match: {{address: \"10.0.0.1:443\"}}\n"
+            ))
+        };
+        assert_eq!(
+            hop("http-connect").expect("ok").chain.hops[0].protocol,
+            HopProtocol::HttpConnect
+        );
+        assert_eq!(hop("tls-sni").expect("ok").chain.hops[0].protocol, HopProtocol::TlsSni);
+        let err = hop("socks5").expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "hop gw: protocol `socks5` is not one of http-connect, tls-sni"
+        );
+        let plain = Config::from_yaml(
+            "version: 1\nchain:\n  hops:\n    - name: gw\n      match: {address: \"10.0.0.1:3128\"}\n",
+        );
+        assert_eq!(plain.expect("ok").chain.hops[0].protocol, HopProtocol::HttpConnect);
+    }
+
+    #[test]
+    fn tls_settings() {
+        let ports = |y: &str| Config::from_yaml(y).map(|c| c.tls.ports);
+        assert_eq!(ports("version: 1\n").expect("default"), vec![443]);
+        assert_eq!(ports("version: 1\ntls: {}\n").expect("default"), vec![443]);
+        assert_eq!(
+            ports("version: 1\ntls: {ports: [8443, 443, 443]}\n").expect("ok"),
+            vec![443, 8443]
+        );
+        assert_eq!(ports("version: 1\ntls: {ports: []}\n").expect("off"), Vec::<u16>::new());
+        assert_eq!(ports("version: 1\ntls: {ports: [0]}\n").expect("off"), Vec::<u16>::new());
+        let err = ports("version: 1\ntls: {ports: [1, 2, 3, 4, 5]}\n").expect_err("too many");
+        assert_eq!(err.to_string(), "tls.ports: at most 4 ports, got 5");
+        assert!(ports("version: 1\ntls: {port: 443}\n").is_err(), "unknown key");
+        assert_eq!(Config::default().tls.ports, vec![443]);
+    }
+
+    #[test]
     fn dns_settings() {
         let c = Config::from_yaml(
             "version: 1\ndns:\n  timeout: 1500ms\n  names: [Login.Example.Test.]\n",
@@ -539,6 +639,8 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{p}: {e} ({:?})", std::error::Error::source(&e)));
             assert_eq!(c.chain.hops.len(), 2, "{p}");
             assert_eq!(c.chain.proxy_ports(), vec![3128, 3128], "{p}");
+            assert!(c.chain.hops.iter().all(|h| h.protocol == HopProtocol::HttpConnect), "{p}");
+            assert_eq!(c.tls.ports, vec![443], "{p}");
         }
     }
 }

@@ -5,7 +5,7 @@
 use aya::{Ebpf, EbpfLoader};
 use egress_common::{
     Config, GLOBAL_CONFIG, KOFF_UNKNOWN, KernelOffsets, MAP_AGG, MAP_CAPTURE, MAP_EVENTS,
-    MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS,
+    MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS, MAX_TLS_PORTS,
 };
 use serde::Serialize;
 
@@ -48,6 +48,8 @@ pub struct LoadOptions {
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Port whose UDP/TCP messages are read as DNS (0: DNS observation off).
     pub dns_port: u16,
+    /// Remote ports of TLS flows whose ClientHello is read (empty: off).
+    pub tls_ports: Vec<u16>,
     /// Optional programs the operator turned off (`--disable-programs`).
     pub disabled: Vec<String>,
     /// Read the application's connect() destination with the syscall
@@ -225,8 +227,12 @@ impl Host<'_> {
                 let (Hook::Tracepoint { category, name } | Hook::RawTracepoint { category, name }) = p.hook else { return None };
                 (!self.tracefs.exists(category, name)).then(|| format!("tracepoint {category}/{name} does not exist on this kernel"))
             }
-            Requires::Payload if self.ports.is_empty() && self.opts.dns_port == 0 => {
-                Some("off: no proxy ports configured (--proxy-ports or chain hops) and DNS observation off".to_string())
+            Requires::Payload
+                if self.ports.is_empty()
+                    && self.opts.dns_port == 0
+                    && self.resolved.config.tls_ports == [0; MAX_TLS_PORTS] =>
+            {
+                Some("off: no proxy ports configured (--proxy-ports or chain hops), no TLS ports (tls.ports) and DNS observation off".to_string())
             }
             Requires::ConntrackBtf => self.conntrack.as_ref().err().map(|e| Chain(e).to_string()),
             Requires::IterBtf => (!adoption_fields_known(&self.resolved.config.kernel))
@@ -281,6 +287,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         });
     }
     resolved.config.proxy_ports[..ports.len()].copy_from_slice(&ports);
+    let mut tls: Vec<u16> = opts.tls_ports.iter().copied().filter(|&p| p != 0).collect();
+    tls.sort_unstable();
+    tls.dedup();
+    if tls.len() > MAX_TLS_PORTS {
+        return Err(LoadError::Required {
+            program: "payload".into(),
+            reason: format!("at most {MAX_TLS_PORTS} TLS ports, got {}", tls.len()),
+        });
+    }
+    resolved.config.tls_ports[..tls.len()].copy_from_slice(&tls);
     resolved.config.dns_port = opts.dns_port;
     // Whether sys_enter_connect will run decides whether the connect path
     // looks up what connect() was asked for.

@@ -4,11 +4,11 @@
 //! see, so it holds on a node that sees nothing but the client leg.
 use super::{
     flow_table::{AnswerEvidence, HOP_VANTAGE},
-    vantage::{ClientFacts, ConnectOutcome, HopIdentity, VANTAGE, judge_client},
+    vantage::{ClientFacts, ConnectOutcome, HopIdentity, INTERNET, VANTAGE, judge_client},
 };
 use crate::{
-    config::ChainSettings,
-    records::{FlowRecord, Phase, Verdict},
+    config::{ChainSettings, HopProtocol},
+    records::{FlowRecord, Phase, Reason, Verdict},
 };
 
 /// The chain as the vantage judgement knows it: hop names and the names
@@ -17,7 +17,11 @@ pub fn identities(chain: &ChainSettings) -> Vec<HopIdentity> {
     chain
         .hops
         .iter()
-        .map(|h| HopIdentity { name: h.name.clone(), via_names: h.via_names.clone() })
+        .map(|h| HopIdentity {
+            name: h.name.clone(),
+            via_names: h.via_names.clone(),
+            tls_sni: h.protocol == HopProtocol::TlsSni,
+        })
         .collect()
 }
 
@@ -44,6 +48,10 @@ pub fn judge(rec: &mut FlowRecord, ev: Option<&AnswerEvidence>, chain: &[HopIden
     } else {
         ConnectOutcome::Established
     };
+    if connect == ConnectOutcome::Established && chain[client_hop].tls_sni {
+        judge_sni_hop(rec, ev, &chain[client_hop].name, accepted);
+        return;
+    }
     let facts = ClientFacts {
         client_hop,
         peer: peer.as_deref(),
@@ -68,4 +76,122 @@ pub fn judge(rec: &mut FlowRecord, ev: Option<&AnswerEvidence>, chain: &[HopIden
         _ => v.failed_hop,
     };
     rec.evidence = Some(v.evidence);
+    // The tunnel opened (the proxy's answer was fine) and the TLS handshake
+    // inside it failed: past the last hop, at the origin.
+    if let Some(why) = ev.and_then(|e| e.tls_failure.as_ref())
+        && matches!(rec.verdict, Verdict::Ok | Verdict::Degraded)
+    {
+        rec.verdict = Verdict::Failed;
+        rec.reason = Some(Reason::TlsFailed);
+        rec.failed_hop = Some(INTERNET.to_string());
+        rec.evidence = Some(why.clone());
+    }
+}
+
+/// A client leg to an SNI router (`protocol: tls-sni`), established: no
+/// answer of its own; the TLS start through it decides. A ClientHello
+/// answered by an alert, or by a reset or close with nothing back, is this
+/// hop's failure (the SNI not allowed, or its origin leg failed: the
+/// gateway's own upstream leg, where an agent sees it, says which).
+fn judge_sni_hop(rec: &mut FlowRecord, ev: Option<&AnswerEvidence>, hop: &str, accepted: bool) {
+    rec.vantage = Some(if accepted { HOP_VANTAGE } else { VANTAGE }.to_string());
+    let name = rec.sni.as_deref().map_or_else(String::new, |n| format!(" for {n}"));
+    if let Some(why) = ev.and_then(|e| e.tls_failure.as_ref()) {
+        rec.verdict = Verdict::Failed;
+        rec.reason = Some(Reason::TlsFailed);
+        rec.failed_hop = Some(hop.to_string());
+        rec.evidence = Some(format!("{why} (through {hop})"));
+        return;
+    }
+    let start = ev.and_then(|e| e.tls.as_ref());
+    rec.evidence = Some(match start {
+        Some(t) if t.settled() => format!("TLS handshake went on through {hop}{name}"),
+        Some(_) => format!("ClientHello{name} sent through {hop}; nothing back yet"),
+        None => format!("no ClientHello seen through {hop}"),
+    });
+    rec.failed_hop = (rec.verdict == Verdict::Degraded).then(|| hop.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::tls::{TlsOutcome, TlsStart};
+
+    fn chain() -> Vec<HopIdentity> {
+        vec![HopIdentity { name: "istio-egress".into(), via_names: vec![], tls_sni: true }]
+    }
+
+    fn leg(verdict: Verdict) -> FlowRecord {
+        FlowRecord {
+            leg: Some("client->istio-egress".into()),
+            hop: Some("istio-egress".into()),
+            sni: Some("api.example.test".into()),
+            verdict,
+            ..FlowRecord::default()
+        }
+    }
+
+    fn evidence(server: Option<TlsOutcome>, failure: Option<&str>) -> AnswerEvidence {
+        AnswerEvidence {
+            tls: Some(TlsStart { hello: true, sni: Some("api.example.test".into()), server }),
+            tls_failure: failure.map(str::to_string),
+            closed: failure.is_some(),
+            ..AnswerEvidence::default()
+        }
+    }
+
+    #[test]
+    fn an_sni_router_is_judged_by_the_tls_start_through_it() {
+        let mut ok = leg(Verdict::Ok);
+        judge(&mut ok, Some(&evidence(Some(TlsOutcome::Handshake), None)), &chain());
+        assert_eq!((ok.verdict, ok.reason, ok.failed_hop.as_deref()), (Verdict::Ok, None, None));
+        assert_eq!(ok.vantage.as_deref(), Some(VANTAGE));
+        assert_eq!(
+            ok.evidence.as_deref(),
+            Some("TLS handshake went on through istio-egress for api.example.test")
+        );
+
+        let why = "TLS: reset after the ClientHello for api.example.test, no handshake bytes back";
+        let mut bad = leg(Verdict::Ok);
+        judge(&mut bad, Some(&evidence(None, Some(why))), &chain());
+        assert_eq!(
+            (bad.verdict, bad.reason, bad.failed_hop.as_deref()),
+            (Verdict::Failed, Some(Reason::TlsFailed), Some("istio-egress"))
+        );
+        assert_eq!(bad.evidence, Some(format!("{why} (through istio-egress)")));
+
+        // A connect to the router that failed is a connect failure, as for any hop.
+        let mut refused = leg(Verdict::Failed);
+        (refused.reason, refused.errno) = (Some(Reason::Refused), 111);
+        judge(&mut refused, None, &chain());
+        assert_eq!(
+            (refused.reason, refused.failed_hop.as_deref()),
+            (Some(Reason::Refused), Some("istio-egress"))
+        );
+    }
+
+    #[test]
+    fn a_tls_failure_inside_an_opened_tunnel_is_the_origins() {
+        let proxy = vec![HopIdentity { name: "squid".into(), via_names: vec![], tls_sni: false }];
+        let mut r = leg(Verdict::Ok);
+        (r.leg, r.hop, r.proxy_status) =
+            (Some("client->squid".into()), Some("squid".into()), Some(200));
+        let answer =
+            crate::pipeline::vantage::parse_answer(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        let ev = AnswerEvidence {
+            answer,
+            ..evidence(
+                Some(TlsOutcome::Alert {
+                    level: crate::pipeline::tls::AlertLevel::Fatal,
+                    description: 40,
+                }),
+                Some("TLS: fatal alert"),
+            )
+        };
+        judge(&mut r, Some(&ev), &proxy);
+        assert_eq!(
+            (r.verdict, r.reason, r.failed_hop.as_deref(), r.evidence.as_deref()),
+            (Verdict::Failed, Some(Reason::TlsFailed), Some(INTERNET), Some("TLS: fatal alert"))
+        );
+    }
 }

@@ -13,7 +13,7 @@ use crate::{
         nat::{FlowKey, NatTable},
         remote,
     },
-    config::{Cidr, Config, DIRECT},
+    config::{Cidr, Config, DIRECT, HopProtocol},
     kernel::decode,
     records::{
         DnsRecord, DstClass, FlowRecord, Phase, PolicyVerdict, Reason, UNKNOWN_WORKLOAD, Verdict,
@@ -219,6 +219,17 @@ impl Enricher {
                 r.verdict = Verdict::Failed;
                 r.reason = Some(Reason::Bypass);
                 r.quiet = r.phase == Phase::Close;
+            }
+            // Through an SNI router, the destination is the ClientHello's
+            // server name (on the port the client connected to).
+            let sni_hop = self.config.as_ref().is_some_and(|c| {
+                c.chain.hops.iter().any(|h| h.name == leg.hop && h.protocol == HopProtocol::TlsSni)
+            });
+            if sni_hop
+                && r.target.is_none()
+                && let (Some(n), Some(d)) = (&r.sni, r.dst)
+            {
+                r.target = Some(format!("{n}:{}", d.port()));
             }
             r.hop = Some(leg.hop);
             r.leg = Some(leg.leg);

@@ -8,13 +8,15 @@ use std::collections::{HashMap, VecDeque};
 
 use egress_common::{
     DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_ACCEPTED, FLOW_FLAG_ADOPTED, FLOW_FLAG_CAPTURE,
-    FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FlowEvent, PHASE_CLOSED, PHASE_CONNECT_FAILED,
-    PHASE_CONNECTED, PayloadEvent,
+    FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FLOW_FLAG_TLS, FlowEvent, PHASE_CLOSED,
+    PHASE_CONNECT_FAILED, PHASE_CONNECTED, PayloadEvent,
 };
 
 use super::{
+    flow_bytes::body_total,
     judge::{self, Facts},
     proxy_http,
+    tls::{End, TlsStart},
     vantage::{self, ProxyAnswer, Reassembly},
 };
 use crate::{
@@ -66,6 +68,10 @@ pub struct AnswerEvidence {
     /// From the connect to the answer's first byte.
     pub answer_ms: Option<f64>,
     pub retransmits: u32,
+    /// The TLS start seen on the flow (inside a tunnel that opened, or on
+    /// a TLS flow), and why its handshake failed when it did.
+    pub tls: Option<TlsStart>,
+    pub tls_failure: Option<String>,
 }
 
 /// A flow's record with what decides its client-vantage verdict (proxy
@@ -81,6 +87,10 @@ struct Held {
     record: Box<FlowRecord>,
     /// A hop's accepted connection: the request comes in, the answer goes out.
     accepted: bool,
+    /// To a TLS port: no proxy answer comes, the server's TLS start does.
+    tls_port: bool,
+    /// The flow's TLS start as last read (kept for the close record).
+    tls: Option<TlsStart>,
     /// Sent on: the answer came (or the flow ended).
     released: bool,
     connect_verdict: Verdict,
@@ -199,7 +209,8 @@ impl FlowTable {
         let id = (e.skaddr, e.start_ns);
         {
             {
-                let (v, reason) = judge::closed(&facts(e, e.sk_err), thr);
+                let (mut v, mut reason) = judge::closed(&facts(e, e.sk_err), thr);
+                let mut tls = None;
                 let connect_verdict = match self.held.remove(&id) {
                     Some(mut h) => {
                         if !h.released {
@@ -207,11 +218,21 @@ impl FlowTable {
                             // answer's record with what the close says.
                             out.push(release(&self.clock, &mut h, Some((e, v, reason))));
                         }
+                        tls = h.tls.take();
                         h.connect_verdict
                     }
                     None => judge::connected(&facts(e, 0), thr).0,
                 };
+                // A ClientHello that got nothing back before the end.
+                let tls_failure = tls.as_ref().and_then(|t| t.failure(end_of(e)));
+                if tls_failure.is_some() {
+                    (v, reason) = (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
+                }
                 let mut rec = self.record(e, Phase::Close, v, reason, e.sk_err);
+                rec.sni = tls.and_then(|t| t.sni);
+                if tls_failure.is_some() {
+                    rec.evidence = tls_failure;
+                }
                 // One shown record per flow unless it got worse after the connect.
                 rec.quiet = v == connect_verdict || v == Verdict::Ok;
                 out.push((rec, None));
@@ -239,10 +260,15 @@ impl FlowTable {
                 connect_verdict: v,
                 established_ns: e.established_ns,
                 accepted: e.flags & FLOW_FLAG_ACCEPTED != 0,
+                tls_port: e.flags & FLOW_FLAG_TLS != 0,
+                tls: None,
                 tx: Reassembly::new(TX_BYTES),
                 rx: Reassembly::new(RX_BYTES),
                 first_rx_ns: None,
-                header_done_ns: None,
+                // A TLS flow waits for its TLS start from the connect on, at
+                // most the answer wait (a client that does not speak TLS
+                // first, a silent one, is not held longer).
+                header_done_ns: (e.flags & FLOW_FLAG_TLS != 0).then_some(e.hdr.ts_ns),
                 closed: false,
                 body_bytes_total: None,
             }),
@@ -261,7 +287,10 @@ impl FlowTable {
     }
 
     /// A captured chunk of a proxy flow: the request side gives the CONNECT
-    /// target, the answer side the proxy's status and evidence.
+    /// target (and the tunnel's ClientHello), the answer side the proxy's
+    /// status and evidence (and the server's TLS start after a 2xx). A TLS
+    /// flow has no proxy answer: its ClientHello and the server's first
+    /// record decide.
     fn on_payload(&mut self, p: &PayloadEvent, out: &mut Vec<Out>) {
         let id = (p.skaddr, p.start_ns);
         let Some(h) = self.held.get_mut(&id) else {
@@ -275,23 +304,21 @@ impl FlowTable {
             if h.record.target.is_none() {
                 h.record.target = proxy_http::parse_request(h.tx.contiguous()).map(|r| r.target);
             }
+        } else {
+            h.rx.push(p.offset, bytes);
+            if p.offset == 0 || h.first_rx_ns.is_none() {
+                h.first_rx_ns = Some(h.first_rx_ns.map_or(p.hdr.ts_ns, |t| t.min(p.hdr.ts_ns)));
+            }
+        }
+        if h.released {
+            // Open after its record: its TLS start still counts at the close.
+            if h.tls.as_ref().is_some_and(|t| !t.settled()) {
+                h.tls = h.tls_start();
+            }
             return;
         }
-        h.rx.push(p.offset, bytes);
-        if p.offset == 0 || h.first_rx_ns.is_none() {
-            h.first_rx_ns = Some(h.first_rx_ns.map_or(p.hdr.ts_ns, |t| t.min(p.hdr.ts_ns)));
-        }
-        if h.released || !h.rx.header_complete() {
-            return;
-        }
-        let Some(answer) = vantage::parse_answer(h.rx.contiguous()) else { return };
-        // A tunnel that opened needs nothing more; an error answer waits for
-        // its body (a proxy may name itself there) or the flow's end.
-        let body_complete = answer.content_length.is_some_and(|n| h.rx.body().len() as u64 >= n);
-        if answer.status < 300 || body_complete || h.rx.is_full() {
+        if h.settle(p.hdr.ts_ns) {
             out.push(release(&self.clock, h, None));
-        } else if h.header_done_ns.is_none() {
-            h.header_done_ns = Some(p.hdr.ts_ns);
         }
     }
 
@@ -411,7 +438,14 @@ fn release(
     close: Option<(&FlowEvent, Verdict, Option<crate::records::Reason>)>,
 ) -> Out {
     let mut rec = std::mem::take(&mut *h.record);
-    let answer = h.rx.header_complete().then(|| vantage::parse_answer(h.rx.contiguous())).flatten();
+    let is_tls = h.is_tls();
+    let answer = (!is_tls && h.rx.header_complete())
+        .then(|| vantage::parse_answer(h.rx.contiguous()))
+        .flatten();
+    h.tls = h.tls_start();
+    let tls_failure =
+        h.tls.as_ref().and_then(|t| t.failure(close.map_or(End::Open, |c| end_of(c.0))));
+    rec.sni = h.tls.as_ref().and_then(|t| t.sni.clone());
     match &answer {
         Some(a) => {
             let (v, reason) = judge::proxy_status(a.status);
@@ -434,6 +468,39 @@ fn release(
                 rec.time = rfc3339(clock.wall(t));
                 rec.record_mono_ns = t;
             }
+            if let Some(why) = &tls_failure {
+                // The tunnel opened; the handshake inside it failed.
+                (rec.verdict, rec.reason) =
+                    (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
+                rec.evidence = Some(why.clone());
+            }
+        }
+        // A TLS flow: no proxy answer; the handshake's start decides.
+        // A TLS flow: no proxy answer; the handshake's start decides, and the
+        // record is as of the server's first bytes (or the end), as a
+        // proxy's record is as of its answer (chains join legs by it).
+        None if is_tls => {
+            match (h.first_rx_ns, close) {
+                (Some(t), _) => {
+                    rec.time = rfc3339(clock.wall(t));
+                    rec.record_mono_ns = t;
+                }
+                (None, Some((e, _, _))) => rec.record_mono_ns = e.hdr.ts_ns,
+                (None, None) => {}
+            }
+            match (&tls_failure, close) {
+                (Some(why), _) => {
+                    (rec.verdict, rec.reason) =
+                        (Verdict::Failed, Some(crate::records::Reason::TlsFailed));
+                    rec.evidence = Some(why.clone());
+                }
+                (None, Some((e, v, reason))) if v == Verdict::Failed => {
+                    rec.verdict = v;
+                    rec.reason = reason;
+                    rec.errno = e.sk_err;
+                }
+                _ => {}
+            }
         }
         // No answer seen (or not all of its status line): the tunnel's
         // outcome is not known, which is not a failure, unless its end
@@ -453,7 +520,7 @@ fn release(
     }
     if let Some((e, _, _)) = close {
         h.closed = true;
-        h.body_bytes_total = body_total(e, h);
+        h.body_bytes_total = body_total(e, h.accepted, h.rx.header_len());
         rec.retransmits = e.retransmits;
     }
     h.released = true;
@@ -470,58 +537,21 @@ fn release(
         closed: h.closed,
         answer_ms,
         retransmits: rec.retransmits,
+        tls: h.tls.clone(),
+        tls_failure,
     };
-    // The flow stays held until its close, without its buffers.
-    h.tx = Reassembly::new(0);
-    h.rx = Reassembly::new(0);
+    // The flow stays held until its close, without its buffers (unless its
+    // TLS start is still to come back).
+    if h.tls.as_ref().is_none_or(TlsStart::settled) {
+        h.tx = Reassembly::new(0);
+        h.rx = Reassembly::new(0);
+    }
     (rec, Some(Box::new(ev)))
 }
 
-/// Body bytes received in all: what the socket received past the answer's
-/// header block (known at the close, where the kernel reads the counter).
-///
-/// `tcp_sock.bytes_received` advances with `rcv_nxt`, and the peer's FIN
-/// takes one sequence number: a header block relayed alone and then closed
-/// reads as one body byte unless the FIN is taken off. The peer's FIN was
-/// received when the socket closes from LAST_ACK (after CLOSE_WAIT) or
-/// CLOSING, or from FIN_WAIT2 into TIME_WAIT (a FIN_WAIT2 timeout, rare,
-/// is the one case counted one byte short). A hop's accepted connection
-/// sends the answer: its own FIN, once acknowledged, is in `bytes_acked`.
-fn body_total(e: &FlowEvent, h: &Held) -> Option<u64> {
-    // A hop sends its answer: what its client acknowledged. `bytes_acked`
-    // counts sequence space (`ack - snd_una`): the SYN-ACK of the passive
-    // open always, and the hop's FIN once acknowledged. A relayed header
-    // block (Squid's answer to a parent's error) would read as 1-2 body
-    // bytes and hide the relay.
-    let (total, control) = if h.accepted { (e.bytes_acked, 1) } else { (e.bytes_received, 0) };
-    if total == u64::MAX {
-        return None;
-    }
-    let header = h.rx.header_len()? as u64;
-    let fin = if h.accepted {
-        own_fin_acked(e.oldstate, e.flags)
-    } else {
-        peer_fin_seen(e.oldstate, e.flags)
-    };
-    Some(total.saturating_sub(control + u64::from(fin)).saturating_sub(header))
-}
-
-/// Linux `TCP_*` states of `include/net/tcp_states.h` (uapi-stable).
-const TCP_FIN_WAIT2: u32 = 5;
-const TCP_CLOSE_WAIT: u32 = 8;
-const TCP_LAST_ACK: u32 = 9;
-const TCP_CLOSING: u32 = 11;
-
-/// The peer's FIN is counted in `bytes_received` at a close from `old`.
-fn peer_fin_seen(old: u32, flags: u32) -> bool {
-    flags & FLOW_FLAG_RESET == 0
-        && matches!(old, TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
-}
-
-/// Our own FIN, acknowledged, is counted in `bytes_acked` (`snd_una`) at a
-/// close from `old`.
-fn own_fin_acked(old: u32, flags: u32) -> bool {
-    flags & FLOW_FLAG_RESET == 0 && matches!(old, TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING)
+/// How a flow ended, for its TLS start.
+fn end_of(e: &FlowEvent) -> End {
+    if e.flags & FLOW_FLAG_RESET != 0 { End::Reset } else { End::Closed }
 }
 
 fn facts(e: &FlowEvent, errno: i32) -> Facts {
@@ -537,6 +567,8 @@ fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e4).round() / 100.0
 }
 
+#[path = "flow_table_tls.rs"]
+mod held_tls;
 #[cfg(test)]
 #[path = "flow_table_tests.rs"]
 mod tests;

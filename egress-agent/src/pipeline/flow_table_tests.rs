@@ -129,9 +129,15 @@ fn a_proxy_flow_waits_for_its_answer_reassembled() {
     assert!(feed(&mut t, &chunk(7, DIR_EGRESS, 0, 3 * MS, req)).is_empty());
     // The status line split inside its code: neither half is a verdict.
     assert!(feed(&mut t, &chunk(7, DIR_INGRESS, 0, 4 * MS, b"HTTP/1.1 2")).is_empty());
-    let out =
-        feed(&mut t, &chunk(7, DIR_INGRESS, 10, 5 * MS, b"00 Connection established\r\n\r\n"));
+    let opened = b"00 Connection established\r\n\r\n";
+    assert!(
+        feed(&mut t, &chunk(7, DIR_INGRESS, 10, 5 * MS, opened)).is_empty(),
+        "the tunnel opened: its first bytes say whether TLS starts in it"
+    );
+    // Plain HTTP inside the tunnel: no TLS to wait for.
+    let out = feed(&mut t, &chunk(7, DIR_EGRESS, req.len() as u32, 6 * MS, b"GET / HTTP/1.1\r\n"));
     let [(r, Some(ev))] = out.as_slice() else { panic!("{}", out.len()) };
+    assert_eq!(r.sni, None);
     assert_eq!(
         (r.verdict, r.proxy_status, r.target.as_deref()),
         (Verdict::Ok, Some(200), Some("login.example.test:443"))
@@ -241,7 +247,10 @@ fn a_hops_accepted_connection_reads_the_request_in_and_the_answer_out() {
         (e.tgid, e.pid, e.comm) = (0, 0, [0; 16]);
     });
     assert!(feed(&mut t, &accepted).is_empty(), "held for its answer");
-    let req = b"CONNECT login.example.test:443 HTTP/1.1\r\nHost: login.example.test:443\r\n\r\n";
+    // The client pipelines its first tunnel bytes (plain HTTP: no TLS start
+    // to wait for).
+    let req =
+        b"CONNECT login.example.test:443 HTTP/1.1\r\nHost: login.example.test:443\r\n\r\nGET /";
     assert!(feed(&mut t, &chunk(40, DIR_INGRESS, 0, 3 * MS, req)).is_empty());
     let out = feed(
         &mut t,
@@ -275,7 +284,7 @@ fn a_hops_accepted_record_is_the_far_end_of_its_clients_link() {
         (e.tgid, e.pid, e.comm) = (0, 0, [0; 16]);
     });
     assert!(feed(&mut t, &accepted).is_empty());
-    let req = b"CONNECT login.example.test:443 HTTP/1.1\r\n\r\n";
+    let req = b"CONNECT login.example.test:443 HTTP/1.1\r\n\r\nGET /";
     assert!(feed(&mut t, &chunk(41, DIR_INGRESS, 0, 3 * MS, req)).is_empty());
     let out = feed(
         &mut t,
@@ -341,4 +350,158 @@ fn a_hop_relaying_a_header_block_is_seen_so_despite_syn_and_fin_in_bytes_acked()
     );
     let ev = out[0].1.as_ref().expect("evidence");
     assert_eq!((ev.closed, ev.body_bytes_total), (true, Some(0)), "no body: a relay");
+}
+
+mod tls {
+    //! The TLS start of tunnels and TLS flows (real captures, see
+    //! tests/fixtures/tls/README.md).
+    use egress_common::FLOW_FLAG_TLS;
+
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/", $name))
+        };
+    }
+    /// openssl s_client, TLS 1.3, `-servername x.test`.
+    const HELLO: &[u8] = fixture!("client_openssl_tls13_sni_alpn.bin");
+    const SERVER_START: &[u8] = fixture!("server_openssl_tls13_start.bin");
+    const ALERT_40: &[u8] = fixture!("server_alert_handshake_failure.bin");
+    const REQ: &[u8] = b"CONNECT x.test:443 HTTP/1.1\r\nHost: x.test:443\r\n\r\n";
+    const OPENED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
+    /// A tunnel that opened and carried a ClientHello: nothing out yet.
+    fn opened_with_hello(t: &mut FlowTable, sk: u64) {
+        assert!(feed(t, &proxy_connected(sk)).is_empty());
+        assert!(feed(t, &chunk(sk, DIR_EGRESS, 0, 3 * MS, REQ)).is_empty());
+        assert!(feed(t, &chunk(sk, DIR_INGRESS, 0, 4 * MS, OPENED)).is_empty(), "waits for TLS");
+        let hello = chunk(sk, DIR_EGRESS, REQ.len() as u32, 5 * MS, HELLO);
+        assert!(feed(t, &hello).is_empty(), "waits for the server's first record");
+    }
+
+    fn server(sk: u64, bytes: &[u8]) -> Event {
+        chunk(sk, DIR_INGRESS, OPENED.len() as u32, 6 * MS, bytes)
+    }
+
+    #[test]
+    fn a_handshake_inside_a_tunnel_is_ok_and_names_its_server() {
+        let mut t = table();
+        opened_with_hello(&mut t, 60);
+        let out = feed(&mut t, &server(60, SERVER_START));
+        let [(r, Some(ev))] = out.as_slice() else { panic!("{}", out.len()) };
+        assert_eq!((r.verdict, r.reason, r.proxy_status), (Verdict::Ok, None, Some(200)));
+        assert_eq!((r.sni.as_deref(), r.target.as_deref()), (Some("x.test"), Some("x.test:443")));
+        assert_eq!(ev.tls_failure, None);
+        // Its close repeats it, with its server name.
+        let out = feed(&mut t, &flow(PHASE_CLOSED, 60, 9 * MS, |e| e.tuple = tuple(3128)));
+        assert_eq!((out[0].0.sni.as_deref(), out[0].0.quiet), (Some("x.test"), true));
+    }
+
+    #[test]
+    fn an_alert_inside_a_tunnel_is_tls_failed_not_a_proxy_failure() {
+        let mut t = table();
+        opened_with_hello(&mut t, 61);
+        let out = feed(&mut t, &server(61, ALERT_40));
+        let [(r, Some(ev))] = out.as_slice() else { panic!("{}", out.len()) };
+        assert_eq!((r.verdict, r.reason), (Verdict::Failed, Some(Reason::TlsFailed)));
+        assert_eq!((r.proxy_status, r.sni.as_deref()), (Some(200), Some("x.test")));
+        let why = ev.tls_failure.as_deref().expect("evidence");
+        assert!(why.contains("handshake_failure (40)") && why.contains("x.test"), "{why}");
+        assert_eq!(r.evidence.as_deref(), Some(why));
+    }
+
+    #[test]
+    fn a_reset_right_after_the_hello_is_tls_failed() {
+        let mut t = table();
+        opened_with_hello(&mut t, 62);
+        let reset = flow(PHASE_CLOSED, 62, 7 * MS, |e| {
+            e.tuple = tuple(3128);
+            e.flags = FLOW_FLAG_RESET;
+        });
+        let out = feed(&mut t, &reset);
+        assert_eq!(out.len(), 2, "the held record, then the close");
+        for (r, _) in &out {
+            assert_eq!((r.verdict, r.reason), (Verdict::Failed, Some(Reason::TlsFailed)));
+            assert_eq!(r.sni.as_deref(), Some("x.test"));
+        }
+        assert!(out[0].0.evidence.as_deref().is_some_and(|e| e.contains("reset after")));
+        assert!(out[1].0.quiet, "the close repeats the failure");
+    }
+
+    #[test]
+    fn a_proxy_refusal_stays_a_proxy_failure_whatever_was_pipelined() {
+        let mut t = table();
+        feed(&mut t, &proxy_connected(63));
+        let mut req = REQ.to_vec();
+        req.extend_from_slice(HELLO);
+        feed(&mut t, &chunk(63, DIR_EGRESS, 0, 3 * MS, &req));
+        let denied = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+        let out = feed(&mut t, &chunk(63, DIR_INGRESS, 0, 4 * MS, denied));
+        let [(r, Some(ev))] = out.as_slice() else { panic!("{}", out.len()) };
+        assert_eq!((r.verdict, r.reason), (Verdict::Failed, Some(Reason::ProxyDenied)));
+        assert_eq!((r.sni.as_deref(), ev.tls_failure.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn a_silent_server_is_known_at_the_close() {
+        let mut t = table();
+        opened_with_hello(&mut t, 64);
+        assert!(t.waiting());
+        let mut out = Vec::new();
+        t.tick(2000 * MS, &mut out);
+        let [(r, _)] = out.as_slice() else { panic!("{}", out.len()) };
+        assert_eq!((r.verdict, r.sni.as_deref()), (Verdict::Ok, Some("x.test")), "not known yet");
+        // Closed with nothing back: the close says the handshake failed.
+        let out = feed(&mut t, &flow(PHASE_CLOSED, 64, 3000 * MS, |e| e.tuple = tuple(3128)));
+        let r = &out[0].0;
+        assert_eq!(
+            (r.verdict, r.reason, r.quiet),
+            (Verdict::Failed, Some(Reason::TlsFailed), false)
+        );
+        assert!(r.evidence.as_deref().is_some_and(|e| e.contains("closed after")));
+    }
+
+    fn tls_connected(sk: u64) -> Event {
+        flow(PHASE_CONNECTED, sk, 2 * MS, |e| {
+            e.flags = FLOW_FLAG_CAPTURE | FLOW_FLAG_TLS | FLOW_FLAG_EMITTED;
+        })
+    }
+
+    #[test]
+    fn a_tls_port_flow_waits_for_the_servers_first_record() {
+        let mut t = table();
+        for (sk, back, verdict) in [
+            (70, SERVER_START, Verdict::Ok),
+            (71, ALERT_40, Verdict::Failed),
+            (72, b"SSH-2.0-OpenSSH_9.2\r\n".as_slice(), Verdict::Failed),
+        ] {
+            assert!(feed(&mut t, &tls_connected(sk)).is_empty(), "held for its TLS start");
+            assert!(feed(&mut t, &chunk(sk, DIR_EGRESS, 0, 3 * MS, HELLO)).is_empty());
+            let out = feed(&mut t, &chunk(sk, DIR_INGRESS, 0, 4 * MS, back));
+            let [(r, _)] = out.as_slice() else { panic!("{sk}: {}", out.len()) };
+            assert_eq!(
+                (r.verdict, r.sni.as_deref(), r.proxy_status),
+                (verdict, Some("x.test"), None)
+            );
+            assert_eq!(r.target, None, "{sk}");
+            assert_eq!(r.record_mono_ns, 4 * MS, "{sk}: as of the server's first bytes");
+        }
+        // A TLS port flow whose client did not speak TLS: as it connected.
+        feed(&mut t, &tls_connected(73));
+        let out = feed(&mut t, &chunk(73, DIR_EGRESS, 0, 3 * MS, b"GET / HTTP/1.1\r\n"));
+        assert_eq!((out[0].0.verdict, out[0].0.sni.as_deref()), (Verdict::Ok, None));
+        // Nothing sent within the wait: out as it connected.
+        feed(&mut t, &tls_connected(75));
+        let mut out = Vec::new();
+        t.tick(500 * MS, &mut out);
+        assert!(out.is_empty(), "within the wait");
+        t.tick(1002 * MS, &mut out);
+        assert_eq!((out.len(), out[0].0.verdict, out[0].0.sni.as_deref()), (1, Verdict::Ok, None));
+        // Nothing sent at all, then a clean close: as it connected.
+        feed(&mut t, &tls_connected(74));
+        let out = feed(&mut t, &flow(PHASE_CLOSED, 74, 9 * MS, |_| {}));
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].0.verdict, out[1].0.verdict), (Verdict::Ok, Verdict::Ok));
+    }
 }

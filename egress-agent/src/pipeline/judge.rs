@@ -84,8 +84,15 @@ pub fn lookup(rcode: &str) -> (Verdict, Option<Reason>) {
 pub fn judge(legs: &[LegSummary]) -> (Verdict, Option<String>, Option<Reason>) {
     let Some(client) = legs.first() else { return (Verdict::Ok, None, None) };
     // A leg that failed without a proxy answer: its connect failed (or it was
-    // cut): the hop it went to is where the chain broke.
-    if let Some(l) = legs.iter().find(|l| l.verdict == Verdict::Failed && l.proxy_status.is_none())
+    // cut): the hop it went to is where the chain broke. A TLS failure
+    // through an SNI router is explained by a failed leg past it (the router
+    // closes on its origin's refusal).
+    let cut = |l: &&LegSummary| l.verdict == Verdict::Failed && l.proxy_status.is_none();
+    if let Some(l) = legs
+        .iter()
+        .filter(cut)
+        .find(|l| l.reason != Some(Reason::TlsFailed))
+        .or_else(|| legs.iter().find(cut))
     {
         return (Verdict::Failed, Some(l.hop.clone()), l.reason);
     }
@@ -108,6 +115,10 @@ pub fn judge(legs: &[LegSummary]) -> (Verdict, Option<String>, Option<Reason>) {
                 deepest.hop.clone()
             };
             (Verdict::Failed, Some(hop), reason)
+        }
+        // The tunnel opened and the TLS handshake inside it failed: the origin's.
+        _ if client.verdict == Verdict::Failed && client.reason == Some(Reason::TlsFailed) => {
+            (Verdict::Failed, Some(INTERNET.to_string()), Some(Reason::TlsFailed))
         }
         _ => match legs.iter().find(|l| l.verdict == Verdict::Degraded) {
             Some(l) => (Verdict::Degraded, Some(l.hop.clone()), l.reason),

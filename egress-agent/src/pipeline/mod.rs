@@ -15,6 +15,7 @@ pub mod client_leg;
 pub mod dns_tracker;
 pub mod dns_wire;
 pub mod enrich;
+mod flow_bytes;
 pub mod flow_table;
 pub mod judge;
 pub mod legs;

@@ -54,6 +54,9 @@ struct Walk {
     hi: u64,
     port: Option<u16>,
     target: Option<String>,
+    /// The client's TLS server name (an SNI router's origin leg has no
+    /// CONNECT line, and may connect to another port).
+    sni: Option<String>,
 }
 
 impl Walk {
@@ -62,8 +65,13 @@ impl Walk {
             from: r.hop.clone().unwrap_or_default(),
             lo: r.start_mono_ns,
             hi: r.record_mono_ns,
-            port: target_port(r.target.as_deref()),
+            // Through an SNI router (a server name, no proxy answer) the
+            // target's port is where the client connected: the origin's
+            // port is not known.
+            port: target_port(r.target.as_deref())
+                .filter(|_| r.sni.is_none() || r.proxy_status.is_some()),
             target: r.target.clone(),
+            sni: r.sni.clone(),
         }
     }
 
@@ -77,8 +85,12 @@ impl Walk {
                 // A connect to the next proxy that failed never sent its
                 // CONNECT line: time and hop are all there is.
                 (None, _) if u.hop.as_deref() != Some(INTERNET) => true,
-                // An origin connect has no CONNECT line: match its port.
-                (None, _) => self.port.is_none_or(|p| u.dst.is_some_and(|d| d.port() == p)),
+                // An origin connect has no CONNECT line: match its server
+                // name (a TLS origin's), else its port.
+                (None, _) => match (&u.sni, &self.sni) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => self.port.is_none_or(|p| u.dst.is_some_and(|d| d.port() == p)),
+                },
                 _ => false,
             }
     }
@@ -411,6 +423,7 @@ impl Stitcher {
                 r.time.clone()
             },
             target: r.target.clone(),
+            sni: r.sni.clone(),
             namespace: own(&r.namespace),
             pod: own(&r.pod),
             workload: own(&r.workload),

@@ -225,3 +225,53 @@ fn an_accepted_connection_roots_a_hop_chain_unless_its_client_end_is_local() {
     assert!(s.on_record(&mut accepted(100, 150)).is_none());
     assert_eq!(s.tick(None).len(), 1, "one chain: the client's");
 }
+
+#[test]
+fn an_sni_routers_origin_leg_is_joined_by_server_name_or_time() {
+    use Verdict::{Failed, Ok};
+    const G: &str = "client->sni-gw";
+    const U: &str = "sni-gw->internet";
+    let sni = |mut r: FlowRecord, name: &str| {
+        r.sni = Some(name.to_string());
+        r
+    };
+    let t = Some("api.example.test:8443");
+    let mut s = Stitcher::default();
+    // Another name's origin leg in the same window: not this chain's.
+    let mut other = sni(rec(U, "internet", 105, 106, None, None, Ok), "other.test");
+    assert!(s.on_record(&mut other).is_none());
+    // The origin on another port than the gateway's, its name read there.
+    let mut origin = sni(rec(U, "internet", 110, 120, None, None, Ok), "api.example.test");
+    assert!(s.on_record(&mut origin).is_none());
+    let gw = sni(rec(G, "sni-gw", 100, 150, t, None, Ok), "api.example.test");
+    let c = chain(&mut s, gw).expect("chain");
+    assert_eq!((c.legs.len(), c.sni.as_deref()), (2, Some("api.example.test")), "{c:?}");
+    assert_eq!(c.legs[1].verdict, Ok);
+
+    // A refused origin connect never sent a hello: time alone joins it, and
+    // it explains the router's close.
+    let mut refused = rec(U, "internet", 210, 211, None, None, Failed);
+    refused.reason = Some(Reason::Refused);
+    assert!(s.on_record(&mut refused).is_none());
+    let mut gw = sni(rec(G, "sni-gw", 200, 260, t, None, Failed), "api.example.test");
+    gw.reason = Some(Reason::TlsFailed);
+    let c = chain(&mut s, gw.clone()).expect("chain");
+    assert_eq!(
+        (c.legs.len(), c.failed_hop.as_deref(), c.reason),
+        (2, Some("internet"), Some(Reason::Refused)),
+        "{c:?}"
+    );
+    // Nothing failed past it: the router's own (the name not allowed).
+    (gw.start_mono_ns, gw.record_mono_ns) = (300, 360);
+    let c = chain(&mut s, gw).expect("chain");
+    assert_eq!(
+        (c.legs.len(), c.failed_hop.as_deref(), c.reason),
+        (1, Some("sni-gw"), Some(Reason::TlsFailed)),
+        "{c:?}"
+    );
+    // A TLS failure inside a tunnel that opened: the origin's.
+    let mut tunnel = sni(rec(C, "gke-squid", 400, 460, t, Some(200), Failed), "x.test");
+    tunnel.reason = Some(Reason::TlsFailed);
+    let c = chain(&mut s, tunnel).expect("chain");
+    assert_eq!((c.failed_hop.as_deref(), c.reason), (Some("internet"), Some(Reason::TlsFailed)));
+}

@@ -37,6 +37,9 @@ pub struct ChainRecord {
     pub revision: u32,
     pub time: String,
     pub target: Option<String>,
+    /// The client leg's TLS server name (SNI), when it sent a ClientHello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub workload: Option<String>,

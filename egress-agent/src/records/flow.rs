@@ -85,6 +85,10 @@ pub struct FlowRecord {
     pub leg: Option<String>,
     /// CONNECT target (`host:port`) of a tunnel through a proxy.
     pub target: Option<String>,
+    /// The server name (SNI) of the flow's TLS ClientHello: sent inside a
+    /// CONNECT tunnel, to a TLS port, or to an SNI-routing (`tls-sni`) hop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     /// The proxy's answer: status code, and its error tag / answering host.
     pub proxy_status: Option<u16>,
     pub proxy_error: Option<String>,

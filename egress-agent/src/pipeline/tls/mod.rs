@@ -13,8 +13,11 @@
 use std::fmt;
 
 mod hello;
+mod start;
 #[cfg(test)]
 mod tests;
+
+pub use start::{ClientStart, End, TlsStart, client_start};
 
 /// TLS record content types (RFC 8446 §5.1).
 pub const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
@@ -87,6 +90,15 @@ pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello, TlsParseError> {
 /// `None`: not a CONNECT request, its headers are not complete, or nothing
 /// was sent after them yet.
 pub fn client_hello_after_connect(stream: &[u8]) -> Option<Result<ClientHello, TlsParseError>> {
+    let tunnel = &stream[tunnel_start(stream)?..];
+    (!tunnel.is_empty()).then(|| parse_client_hello(tunnel))
+}
+
+/// Where the tunnel's bytes start in `stream` (what the client sent, from
+/// `CONNECT host:port HTTP/1.1`): just past the blank line ending the
+/// request headers (CRLF or bare LF). `None`: not a CONNECT request, or its
+/// headers are not complete.
+pub fn tunnel_start(stream: &[u8]) -> Option<usize> {
     if !stream.starts_with(b"CONNECT ") {
         return None;
     }
@@ -97,11 +109,9 @@ pub fn client_hello_after_connect(stream: &[u8]) -> Option<Result<ClientHello, T
         let blank = line.is_empty() || line == b"\r";
         line_start = newline + 1;
         if blank {
-            break;
+            return Some(line_start);
         }
     }
-    let tunnel = &stream[line_start..];
-    (!tunnel.is_empty()).then(|| parse_client_hello(tunnel))
 }
 
 /// An alert's level (RFC 5246 §7.2).

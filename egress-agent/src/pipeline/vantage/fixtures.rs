@@ -161,7 +161,11 @@ const ROWS: &[Row] = rows! {
 };
 
 fn hop(name: &str, via: &[&str]) -> HopIdentity {
-    HopIdentity { name: name.into(), via_names: via.iter().map(|s| s.to_string()).collect() }
+    HopIdentity {
+        name: name.into(),
+        via_names: via.iter().map(|s| s.to_string()).collect(),
+        tls_sni: false,
+    }
 }
 
 /// The lab's chain for a capture, by its prefix. A lone proxy is a one-hop

@@ -288,7 +288,11 @@ mod tests {
     use crate::pipeline::vantage::reassembly::Reassembly;
 
     fn hop(name: &str, via: &[&str]) -> HopIdentity {
-        HopIdentity { name: name.into(), via_names: via.iter().map(|s| s.to_string()).collect() }
+        HopIdentity {
+            name: name.into(),
+            via_names: via.iter().map(|s| s.to_string()).collect(),
+            tls_sni: false,
+        }
     }
 
     /// The production shape: gke-squid (pod) → gce-proxy (VM) → internet.

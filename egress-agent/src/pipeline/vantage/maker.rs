@@ -40,6 +40,10 @@ pub struct HopIdentity {
     /// Names this proxy writes in `Via` / `X-Cache` / `Proxy-Status` / its
     /// error pages (case-insensitive, a `:port` is ignored).
     pub via_names: Vec<String>,
+    /// An SNI-routing TLS passthrough (`protocol: tls-sni`): it writes no
+    /// answer; the TLS start through it says how it went.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_sni: bool,
 }
 
 /// Product names never searched for in a body: every page of that product
@@ -343,10 +347,15 @@ mod tests {
 
     fn chain() -> Vec<HopIdentity> {
         vec![
-            HopIdentity { name: "gke-squid".into(), via_names: vec!["hop1.test".into()] },
+            HopIdentity {
+                name: "gke-squid".into(),
+                via_names: vec!["hop1.test".into()],
+                tls_sni: false,
+            },
             HopIdentity {
                 name: "gce-proxy".into(),
                 via_names: vec!["hop2.test:3128".into(), "10.128.2.100".into()],
+                tls_sni: false,
             },
         ]
     }
@@ -413,7 +422,11 @@ mod tests {
         let c3 = vec![
             chain()[0].clone(),
             chain()[1].clone(),
-            HopIdentity { name: "hop3".into(), via_names: vec!["hop3.test".into()] },
+            HopIdentity {
+                name: "hop3".into(),
+                via_names: vec!["hop3.test".into()],
+                tls_sni: false,
+            },
         ];
         let h = "HTTP/1.1 502 Bad Gateway\r\nVia: 1.1 hop2.test (tinyproxy/1.11.1), 1.1 hop1.test (nginx/1.25)\r\nServer: nginx/1.25\r\n\r\n";
         let a = parse_answer(h.as_bytes()).expect("answer");
@@ -440,7 +453,11 @@ mod tests {
         assert_eq!(maker(bodiless, "", closed(0)), (0, 1));
         // Three hops: the relay proves "past hop 0", not how far.
         let mut c3 = chain();
-        c3.push(HopIdentity { name: "hop3".into(), via_names: vec!["hop3.test".into()] });
+        c3.push(HopIdentity {
+            name: "hop3".into(),
+            via_names: vec!["hop3.test".into()],
+            tls_sni: false,
+        });
         let a = parse_answer(h.as_bytes()).expect("answer");
         let m = find_maker(&c3, 0, &a, b"", closed(0));
         assert_eq!((m.lo, m.hi), (1, 2));

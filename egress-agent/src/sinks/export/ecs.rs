@@ -473,9 +473,11 @@ mod tests {
             reason: Some(Reason::Timeout),
             latency_ms: 3012.5,
             unit: Some("squid.service".into()),
+            sni: Some("login.example.test".into()),
             ..FlowRecord::default()
         };
         let d = doc(&Record::Flow(f));
+        assert_eq!(d["tls"]["client"]["server_name"], "login.example.test");
         assert_eq!(d["destination"]["ip"], "fd00::2");
         assert_eq!(d["destination"]["nat"], json!({"ip": "fd00::3", "port": 3128}));
         assert_eq!(d["source"]["nat"], json!({"ip": "2001:db8::1", "port": 61000}));

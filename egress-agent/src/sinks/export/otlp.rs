@@ -313,6 +313,7 @@ mod tests {
             "@timestamp": "2026-11-21T22:01:02.345Z", "time": "2026-11-21T22:01:02.345Z",
             "severity": "ERROR", "message": "failed at gce-proxy",
             "event": {"outcome": "failure", "duration": 12_000_000},
+            "tls": {"client": {"server_name": "login.example.test"}},
             "egress": {"record": "chain", "proxy_status": 403, "synthetic": true,
                        "legs": [{"hop": "gke-squid", "latency_ms": 1.5}]},
         });
@@ -330,6 +331,10 @@ mod tests {
         assert_eq!(attrs.get("event.outcome"), Some(&AnyValue::String("failure".into())));
         assert_eq!(attrs.get("event.duration"), Some(&AnyValue::Int(12_000_000)));
         assert_eq!(attrs.get("egress.proxy_status"), Some(&AnyValue::Int(403)));
+        assert_eq!(
+            attrs.get("tls.client.server_name"),
+            Some(&AnyValue::String("login.example.test".into()))
+        );
         assert_eq!(attrs.get("egress.synthetic"), Some(&AnyValue::Boolean(true)));
         let Some(AnyValue::ListAny(legs)) = attrs.get("egress.legs") else { panic!("{attrs:?}") };
         let AnyValue::Map(leg) = &legs[0] else { panic!("{legs:?}") };
