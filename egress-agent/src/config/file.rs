@@ -50,11 +50,11 @@ pub struct HopConfig {
     #[serde(default)]
     #[allow(dead_code, reason = "for the reader of the file")]
     pub description: Option<String>,
-    /// `http-connect` (default for hops with an address): read the CONNECT
-    /// line and the status line of flows to this hop. The only protocol:
-    /// accepted, not needed.
+    /// `http-connect` (the default): read the CONNECT line and the status
+    /// line of flows to this hop. `routed`: a transparent gateway (Cilium
+    /// egress gateway node, NAT instance) matched by `match.destinations`
+    /// and, on its own machine, by conntrack SNAT to `match.egress_ips`.
     #[serde(default)]
-    #[allow(dead_code, reason = "http-connect is the only protocol")]
     pub protocol: Option<String>,
     #[serde(rename = "match", default)]
     pub matcher: HopMatch,
@@ -102,6 +102,13 @@ pub struct HopMatch {
     pub pod_labels: BTreeMap<String, String>,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// `protocol: routed` only: the destination CIDRs the gateway serves
+    /// (a flow to one of them goes through it).
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// `protocol: routed` only: the address(es) the gateway SNATs to.
+    #[serde(default)]
+    pub egress_ips: Vec<String>,
     /// For the `internet` pseudo-hop: the hop whose upstream connects it names.
     #[serde(default)]
     pub upstream_of: Option<String>,

@@ -8,6 +8,7 @@
 pub mod duration;
 mod file;
 pub mod net;
+mod routed;
 
 use std::{
     collections::BTreeMap,
@@ -19,9 +20,11 @@ use std::{
 use egress_common::DNS_PORT;
 
 use self::file::{BypassConfig, ConfigFile, DnsConfig, ProbesConfig};
+use self::routed::routed;
 pub use self::{
     duration::{DurationError, parse_duration},
     net::{AddrError, AddrMatch, Cidr, DEFAULT_PRIVATE, parse_ranges},
+    routed::Routed,
 };
 
 /// Hop names the agent gives itself: past the last hop, and egress that
@@ -68,6 +71,20 @@ pub enum SettingsError {
         "hop {0} has no `address`, `addresses` or `service`: clients could not be seen reaching it"
     )]
     HopUnreachable(String),
+    #[error("hop {hop}: unknown protocol `{protocol}` (http-connect or routed)")]
+    HopProtocol { hop: String, protocol: String },
+    #[error("hop {0}: protocol routed needs `match.destinations` (the CIDRs the gateway serves)")]
+    RoutedNoDestinations(String),
+    #[error("hop {hop}: destinations: {cidr}")]
+    RoutedCidr { hop: String, cidr: String, source: AddrError },
+    #[error("hop {hop}: egress_ips: `{ip}` is not an IP address")]
+    RoutedEgressIp { hop: String, ip: String },
+    #[error(
+        "hop {hop}: `{field}` is for proxies clients connect to; a routed hop is matched by `destinations` (and `egress_ips` on the gateway)"
+    )]
+    RoutedField { hop: String, field: &'static str },
+    #[error("hop {hop}: `{field}` is only read for protocol routed")]
+    NotRouted { hop: String, field: &'static str },
     #[error("{field}")]
     Duration { field: &'static str, source: DurationError },
     #[error("dns.timeout {0:?} is outside 100ms..120s")]
@@ -137,6 +154,8 @@ pub struct Hop {
     pub namespace: Option<String>,
     /// The first address given as `ip:port`, as written.
     client_address: Option<SocketAddr>,
+    /// `protocol: routed`: a transparent gateway; None for a proxy.
+    pub routed: Option<Routed>,
 }
 
 impl Hop {
@@ -229,6 +248,7 @@ impl Config {
             if h.name.is_empty() || h.name == DIRECT || hops.iter().any(|x| x.name == h.name) {
                 return Err(SettingsError::HopName(h.name.clone()));
             }
+            let routed = routed(h)?;
             let mut addrs = Vec::new();
             for a in m.address.iter().chain(&m.addresses) {
                 addrs.push(a.parse().map_err(|source| SettingsError::HopAddress {
@@ -239,7 +259,7 @@ impl Config {
             }
             let service =
                 m.service.as_ref().map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port));
-            if addrs.is_empty() && service.is_none() {
+            if addrs.is_empty() && service.is_none() && routed.is_none() {
                 return Err(SettingsError::HopUnreachable(h.name.clone()));
             }
             for a in &h.agents {
@@ -264,6 +284,7 @@ impl Config {
                 pod_labels: m.pod_labels.clone(),
                 namespace: m.namespace.clone(),
                 client_address: m.address.iter().chain(&m.addresses).find_map(|a| a.parse().ok()),
+                routed,
             });
         }
         let bypass = (cfg.chain.is_some() && cfg.bypass.report).then(|| bypass(&cfg.bypass));
