@@ -16,6 +16,7 @@ pub mod dns_tracker;
 pub mod dns_wire;
 pub mod enrich;
 pub mod flow_table;
+pub mod gateway;
 pub mod judge;
 pub mod legs;
 pub mod policy;
