@@ -28,6 +28,7 @@ use crate::{
         dns_tracker::DnsTracker,
         enrich::{EnrichOptions, Enricher},
         flow_table::{FlowSettings, FlowTable},
+        gateway::{self, GatewayVantage},
         processor,
         ring::Verbosity,
     },
@@ -214,7 +215,12 @@ fn start_nat(
     opts: &SessionOptions,
     registry: &prometheus::Registry,
 ) -> Result<NatTable, SessionError> {
-    let nat = NatOptions { netns: opts.conntrack_netns.clone(), ..NatOptions::default() };
+    let snat_watch = opts.config.as_ref().map(|c| gateway::egress_ips(&c.chain));
+    let nat = NatOptions {
+        netns: opts.conntrack_netns.clone(),
+        snat_watch: snat_watch.unwrap_or_default(),
+        ..NatOptions::default()
+    };
     let required = match opts.conntrack {
         Switch::Off => return Ok(NatTable::disabled()),
         Switch::On => Some("--conntrack=true"),
@@ -371,8 +377,14 @@ impl Session {
         let enricher =
             Enricher::new(&self.opts.enrich_options(), self.kube.clone(), self.nat.clone());
         let hops = self.opts.config.as_ref().map(|c| client_leg::identities(&c.chain));
+        let routed = self.opts.config.as_ref().map(|c| client_leg::routed(&c.chain));
+        let gateway = match self.opts.config.as_ref() {
+            Some(c) => GatewayVantage::new(&c.chain, self.nat.clone(), &self.metrics.registry)?,
+            None => None,
+        };
         let processor = Processor::new(table, enricher, self.metrics.clone(), sink, dns)
-            .with_hops(hops.unwrap_or_default());
+            .with_hops(hops.unwrap_or_default())
+            .with_routed(routed.unwrap_or_default(), gateway);
         let verbosity = Verbosity { always: self.opts.verbose, watchers: self.watchers.clone() };
         let kernel = &mut self.kernel;
         Pipeline::new(events, capture, control, verbosity, processor, self.opts.stall_reader)?

@@ -23,6 +23,7 @@ pub mod netpol;
 pub mod prom;
 pub mod prom_server;
 pub mod qemu;
+pub mod routed_lab;
 pub mod scrape;
 pub mod soak;
 pub mod tls_lab;

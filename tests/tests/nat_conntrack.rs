@@ -146,6 +146,7 @@ fn dnat_and_masquerade_through_a_router_namespace() {
         netns: vec![PathBuf::from(&router_path)],
         max_entries: 1024,
         destroyed_retention: Duration::from_secs(30),
+        snat_watch: Vec::new(),
     };
     let threads_before = conntrack_threads();
     let table = NatTable::start(opts, &registry).expect("conntrack in the router namespace");

@@ -74,7 +74,8 @@ enum Task {
         merge: bool,
     },
     /// The local lab demo: namespaces, the agent, every connect outcome,
-    /// the watch table and a /metrics excerpt; cleans up after itself.
+    /// the watch table and a /metrics excerpt, then the routed gateway
+    /// table (a `protocol: routed` hop with SNAT); cleans up after itself.
     Lab {
         /// Keep healthy traffic flowing for at least this many seconds.
         #[arg(long, default_value_t = 0)]
@@ -376,6 +377,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     duration: Duration::from_secs(duration),
                 })? {
                     count("connect outcomes", r.name, r.ok);
+                    run_ok &= r.ok;
+                }
+                println!();
+                println!(
+                    "== routed gateway lab: client -> gateway (SNAT to an egress IP) -> origin; client | gateway vantage"
+                );
+                let rows = egress_tests::routed_lab::run()?;
+                egress_tests::demo::print(&rows);
+                for r in &rows {
+                    count("routed gateway", r.name, r.ok);
                     run_ok &= r.ok;
                 }
                 if faults {

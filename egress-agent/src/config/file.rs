@@ -67,6 +67,9 @@ pub struct HopConfig {
     /// of flows to this hop. `tls-sni`: a TLS passthrough routing by SNI
     /// (an Istio egress gateway, HAProxy/nginx `ssl_preread`): read the
     /// ClientHello's SNI (the flow's target) and the TLS start back.
+    /// `routed`: a transparent gateway (Cilium egress gateway node, NAT
+    /// instance) matched by `match.destinations` and, on its own machine, by
+    /// conntrack SNAT to `match.egress_ips`.
     #[serde(default)]
     pub protocol: Option<String>,
     #[serde(rename = "match", default)]
@@ -115,6 +118,13 @@ pub struct HopMatch {
     pub pod_labels: BTreeMap<String, String>,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// `protocol: routed` only: the destination CIDRs the gateway serves
+    /// (a flow to one of them goes through it).
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// `protocol: routed` only: the address(es) the gateway SNATs to.
+    #[serde(default)]
+    pub egress_ips: Vec<String>,
     /// For the `internet` pseudo-hop: the hop whose upstream connects it names.
     #[serde(default)]
     pub upstream_of: Option<String>,

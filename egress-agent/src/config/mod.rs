@@ -9,6 +9,7 @@
 pub mod duration;
 mod file;
 pub mod net;
+mod routed;
 
 use std::{
     collections::BTreeMap,
@@ -20,9 +21,11 @@ use std::{
 use egress_common::{DNS_PORT, MAX_TLS_PORTS, TLS_PORT};
 
 use self::file::{BypassConfig, ConfigFile, DnsConfig, ProbesConfig, TlsConfig};
+use self::routed::routed;
 pub use self::{
     duration::{DurationError, parse_duration},
     net::{AddrError, AddrMatch, Cidr, DEFAULT_PRIVATE, parse_ranges},
+    routed::Routed,
 };
 
 /// Hop names the agent gives itself: past the last hop, and egress that
@@ -61,7 +64,7 @@ pub enum SettingsError {
     Labels,
     #[error("hop name `{0}` is empty, reserved or repeated")]
     HopName(String),
-    #[error("hop {hop}: protocol `{protocol}` is not one of http-connect, tls-sni")]
+    #[error("hop {hop}: protocol `{protocol}` is not one of http-connect, tls-sni, routed")]
     HopProtocol { hop: String, protocol: String },
     #[error("hop {hop}: agents: `{agent}` is not host:port")]
     HopAgent { hop: String, agent: String },
@@ -71,6 +74,18 @@ pub enum SettingsError {
         "hop {0} has no `address`, `addresses` or `service`: clients could not be seen reaching it"
     )]
     HopUnreachable(String),
+    #[error("hop {0}: protocol routed needs `match.destinations` (the CIDRs the gateway serves)")]
+    RoutedNoDestinations(String),
+    #[error("hop {hop}: destinations: {cidr}")]
+    RoutedCidr { hop: String, cidr: String, source: AddrError },
+    #[error("hop {hop}: egress_ips: `{ip}` is not an IP address")]
+    RoutedEgressIp { hop: String, ip: String },
+    #[error(
+        "hop {hop}: `{field}` is for proxies clients connect to; a routed hop is matched by `destinations` (and `egress_ips` on the gateway)"
+    )]
+    RoutedField { hop: String, field: &'static str },
+    #[error("hop {hop}: `{field}` is only read for protocol routed")]
+    NotRouted { hop: String, field: &'static str },
     #[error("{field}")]
     Duration { field: &'static str, source: DurationError },
     #[error("dns.timeout {0:?} is outside 100ms..120s")]
@@ -129,6 +144,9 @@ pub enum HopProtocol {
     HttpConnect,
     /// A TLS passthrough routing by the ClientHello's SNI.
     TlsSni,
+    /// A transparent gateway: matched by the destinations it serves and,
+    /// on its machine, by conntrack SNAT ([`routed::Routed`]).
+    Routed,
 }
 
 impl HopProtocol {
@@ -136,6 +154,7 @@ impl HopProtocol {
         match p.map(str::trim) {
             None | Some("http-connect") => Ok(Self::HttpConnect),
             Some("tls-sni") => Ok(Self::TlsSni),
+            Some("routed") => Ok(Self::Routed),
             Some(other) => Err(SettingsError::HopProtocol {
                 hop: hop.to_string(),
                 protocol: other.to_string(),
@@ -169,6 +188,8 @@ pub struct Hop {
     pub namespace: Option<String>,
     /// The first address given as `ip:port`, as written.
     client_address: Option<SocketAddr>,
+    /// `protocol: routed`: a transparent gateway; None for a proxy.
+    pub routed: Option<Routed>,
 }
 
 impl Hop {
@@ -298,6 +319,7 @@ impl Config {
                 return Err(SettingsError::HopName(h.name.clone()));
             }
             let protocol = HopProtocol::parse(&h.name, h.protocol.as_deref())?;
+            let routed = routed(h, protocol)?;
             let mut addrs = Vec::new();
             for a in m.address.iter().chain(&m.addresses) {
                 addrs.push(a.parse().map_err(|source| SettingsError::HopAddress {
@@ -308,7 +330,7 @@ impl Config {
             }
             let service =
                 m.service.as_ref().map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port));
-            if addrs.is_empty() && service.is_none() {
+            if addrs.is_empty() && service.is_none() && routed.is_none() {
                 return Err(SettingsError::HopUnreachable(h.name.clone()));
             }
             for a in &h.agents {
@@ -334,6 +356,7 @@ impl Config {
                 pod_labels: m.pod_labels.clone(),
                 namespace: m.namespace.clone(),
                 client_address: m.address.iter().chain(&m.addresses).find_map(|a| a.parse().ok()),
+                routed,
             });
         }
         let bypass = (cfg.chain.is_some() && cfg.bypass.report).then(|| bypass(&cfg.bypass));

@@ -25,6 +25,52 @@ pub fn identities(chain: &ChainSettings) -> Vec<HopIdentity> {
         .collect()
 }
 
+/// The routed hops (transparent gateways) of the chain, by name.
+pub fn routed(chain: &ChainSettings) -> Vec<String> {
+    chain.hops.iter().filter(|h| h.routed.is_some()).map(|h| h.name.clone()).collect()
+}
+
+/// Judge a client leg through a routed hop (a transparent gateway) from the
+/// client's vantage; false when `rec` is not one (then [`judge`] applies).
+///
+/// The client talks to the origin itself: the gateway writes no answer of
+/// its own, so a failed connect cannot be placed between the gateway and the
+/// origin from here. The hop is named as the first hop on the path, the
+/// reason kept, and the evidence says what the client cannot tell.
+pub fn judge_routed(rec: &mut FlowRecord, routed: &[String]) -> bool {
+    let Some(hop) = rec.hop.as_deref().filter(|h| routed.iter().any(|r| r == h)) else {
+        return false;
+    };
+    if rec.phase != Phase::Connect || !rec.leg.as_deref().is_some_and(|l| l.starts_with("client->"))
+    {
+        return false;
+    }
+    let to = rec.dst_actual.or(rec.dst).map_or_else(|| "?".to_string(), |d| d.to_string());
+    let evidence = match rec.verdict {
+        Verdict::Failed => {
+            let why = rec.reason.map_or("failed", |r| r.as_str());
+            let how = if rec.errno == 0 {
+                "no errno".to_string()
+            } else {
+                format!("errno {}", rec.errno)
+            };
+            format!(
+                "connect to {to} through routed hop {hop} {why} ({how}); from the client the gateway and the origin cannot be told apart"
+            )
+        }
+        Verdict::Degraded => format!(
+            "connect to {to} through routed hop {hop} after {} SYN retransmits; the client cannot tell where they were lost",
+            rec.syn_retransmits
+        ),
+        _ => format!("connect to {to} through routed hop {hop} established (the origin answered)"),
+    };
+    rec.failed_hop =
+        matches!(rec.verdict, Verdict::Failed | Verdict::Degraded).then(|| hop.to_string());
+    rec.vantage = Some(VANTAGE.to_string());
+    rec.evidence = Some(evidence);
+    true
+}
+
 /// Judge `rec` from the client's vantage if it is a client leg's connect
 /// record (its leg and hop already known).
 ///
@@ -193,5 +239,49 @@ mod tests {
             (r.verdict, r.reason, r.failed_hop.as_deref(), r.evidence.as_deref()),
             (Verdict::Failed, Some(Reason::TlsFailed), Some(INTERNET), Some("TLS: fatal alert"))
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Reason;
+
+    fn leg(verdict: Verdict, reason: Option<Reason>, errno: i32) -> FlowRecord {
+        FlowRecord {
+            dst: Some("203.0.113.9:443".parse().expect("addr")),
+            hop: Some("egw".into()),
+            leg: Some("client->egw".into()),
+            verdict,
+            reason,
+            errno,
+            ..FlowRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_routed_leg_names_the_gateway_and_keeps_the_reason_without_claiming_more() {
+        let routed = vec!["egw".to_string()];
+        let mut r = leg(Verdict::Failed, Some(Reason::Refused), libc::ECONNREFUSED);
+        assert!(judge_routed(&mut r, &routed));
+        assert_eq!(
+            (r.verdict, r.reason, r.failed_hop.as_deref(), r.vantage.as_deref()),
+            (Verdict::Failed, Some(Reason::Refused), Some("egw"), Some(VANTAGE))
+        );
+        let ev = r.evidence.unwrap_or_default();
+        assert!(ev.contains("routed hop egw refused (errno 111)"), "{ev}");
+        assert!(ev.contains("cannot be told apart"), "{ev}");
+
+        let mut r = leg(Verdict::Ok, None, 0);
+        assert!(judge_routed(&mut r, &routed));
+        assert_eq!((r.verdict, r.failed_hop), (Verdict::Ok, None));
+        assert!(r.evidence.is_some_and(|e| e.contains("established")));
+
+        // Not routed, or not a client leg's connect: left to the proxy judgement.
+        let mut r = leg(Verdict::Failed, Some(Reason::Timeout), libc::ETIMEDOUT);
+        assert!(!judge_routed(&mut r, &["other".to_string()]));
+        r.phase = Phase::Close;
+        assert!(!judge_routed(&mut r, &routed));
+        assert_eq!(r.evidence, None);
     }
 }

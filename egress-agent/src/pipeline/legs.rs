@@ -6,6 +6,10 @@
 //! address is the leg `A->B`; from a non-hop process to hop A, `client->A`;
 //! from the last hop to anything that is not a hop, `A->internet`; from a
 //! non-hop process to a public address, `direct` (a bypass).
+//!
+//! A `routed` hop (a transparent gateway) is reached by the destinations it
+//! serves: a flow to one of its CIDRs is a leg through it (`client->gw`),
+//! never a bypass. A proxy's own address wins over a routed hop's CIDR.
 use crate::{
     config::{ChainSettings, DIRECT, Hop, INTERNET},
     records::{DstClass, FlowRecord},
@@ -30,6 +34,15 @@ fn reached_at(hop: &Hop, r: &FlowRecord) -> bool {
     hit(r.dst)
         || hit(r.dst_actual)
         || hop.service.as_ref().is_some_and(|s| r.dst_name.as_deref() == Some(s.as_str()))
+}
+
+/// The hop `r` goes to: a proxy it connects to, else a routed hop that
+/// serves its destination.
+fn reached(hops: &[Hop], r: &FlowRecord) -> Option<usize> {
+    hops.iter().position(|h| h.routed.is_none() && reached_at(h, r)).or_else(|| {
+        let dst = r.dst_actual.or(r.dst)?.ip();
+        hops.iter().position(|h| h.routed.as_ref().is_some_and(|g| g.serves(dst)))
+    })
 }
 
 /// Whether the owner of `r` is one of `hop`'s processes: every owner
@@ -91,7 +104,7 @@ pub fn classify(chain: &ChainSettings, r: &FlowRecord) -> Option<Leg> {
         return None;
     }
     let from = hops.iter().position(|h| is_owner_of(h, r));
-    let to = hops.iter().position(|h| reached_at(h, r));
+    let to = reached(hops, r);
     let name = |i: usize| hops[i].name.clone();
     match (from, to) {
         (Some(f), Some(t)) => {
@@ -198,5 +211,31 @@ bypass:
         let owner = FlowRecord { unit: Some("squid.service".into()), ..FlowRecord::default() };
         assert_eq!(owner_hop(&c, &owner), Some("gce-proxy"));
         assert_eq!(c.hops[0].client_address(), Some("10.96.0.10:3128".parse().expect("addr")));
+    }
+
+    #[test]
+    fn a_routed_hop_is_reached_by_the_destinations_it_serves() {
+        let c = Config::from_yaml(
+            "version: 1\nchain:\n  hops:\n    - {name: squid, match: {address: '203.0.113.3:3128'}}\n    - {name: egw, protocol: routed, match: {destinations: ['203.0.113.0/24'], egress_ips: ['192.0.2.10']}}\n",
+        )
+        .expect("config")
+        .chain;
+        let mut r = rec("203.0.113.9:443", DstClass::Public);
+        r.namespace = Some("app".into());
+        assert_eq!(
+            classify(&c, &r),
+            Some(Leg { hop: "egw".into(), leg: "client->egw".into(), depth: 1 }),
+            "through the gateway, not a bypass"
+        );
+        // A proxy's own address inside the served range is the proxy.
+        let r = rec("203.0.113.3:3128", DstClass::Public);
+        assert_eq!(classify(&c, &r).map(|l| l.hop), Some("squid".into()));
+        // After DNAT, the backend decides.
+        let mut r = rec("10.96.0.1:443", DstClass::Service);
+        r.dst_actual = Some("203.0.113.20:443".parse().expect("addr"));
+        assert_eq!(classify(&c, &r).map(|l| l.hop), Some("egw".into()));
+        // Outside the served CIDRs: a bypass as before.
+        let r = rec("198.51.100.9:443", DstClass::Public);
+        assert_eq!(classify(&c, &r).map(|l| l.leg), Some("direct".into()));
     }
 }

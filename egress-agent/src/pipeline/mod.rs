@@ -17,6 +17,7 @@ pub mod dns_wire;
 pub mod enrich;
 mod flow_bytes;
 pub mod flow_table;
+pub mod gateway;
 pub mod judge;
 pub mod legs;
 pub mod policy;

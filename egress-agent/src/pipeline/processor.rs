@@ -16,6 +16,7 @@ use super::{
     dns_wire::WireError,
     enrich::Enricher,
     flow_table::{AnswerEvidence, FlowTable, Out, TableStats},
+    gateway::GatewayVantage,
     stitch::Stitcher,
     vantage::HopIdentity,
 };
@@ -55,6 +56,10 @@ pub struct Processor<S> {
     held: VecDeque<(Instant, FlowRecord, Option<Box<AnswerEvidence>>)>,
     /// The chain's hops and the names they write in answers.
     hops: Vec<HopIdentity>,
+    /// The chain's routed hops (transparent gateways), by name.
+    routed: Vec<String>,
+    /// The routed hops this machine may be the gateway of.
+    gateway: Option<GatewayVantage>,
     /// Records the flow table gave for the event at hand.
     scratch: Vec<Out>,
     /// DNS queries waiting for their response.
@@ -89,6 +94,8 @@ impl<S: FnMut(Output)> Processor<S> {
             stitcher: Stitcher::default(),
             held: VecDeque::new(),
             hops: Vec::new(),
+            routed: Vec::new(),
+            gateway: None,
             scratch: Vec::new(),
             dns,
             dns_seen: Default::default(),
@@ -100,6 +107,23 @@ impl<S: FnMut(Output)> Processor<S> {
     pub fn with_hops(mut self, hops: Vec<HopIdentity>) -> Self {
         self.hops = hops;
         self
+    }
+
+    /// The chain's routed hops: their client legs are judged as transparent.
+    pub fn with_routed(mut self, routed: Vec<String>, gateway: Option<GatewayVantage>) -> Self {
+        self.routed = routed;
+        self.gateway = gateway;
+        self
+    }
+
+    /// Forwarded flows of a routed hop whose conntrack entries ended: their
+    /// gateway-vantage records to the sinks (counted by the vantage itself).
+    pub(super) fn forwarded(&mut self) {
+        let Some(g) = &self.gateway else { return };
+        for rec in g.records() {
+            self.sent = true;
+            (self.sink)(Output::Record(Record::Flow(rec)));
+        }
     }
 
     /// Consume every item currently in the ring. Returns how many items.
@@ -179,6 +203,7 @@ impl<S: FnMut(Output)> Processor<S> {
             self.enrich_and_send(rec, evidence);
         }
         self.release(true);
+        self.forwarded();
         self.expire_dns();
         for r in self.dns.finish(mono_now_ns()) {
             self.send_dns(r);
@@ -289,7 +314,9 @@ impl<S: FnMut(Output)> Processor<S> {
     }
 
     fn send(&mut self, mut rec: FlowRecord, evidence: Option<Box<AnswerEvidence>>) {
-        client_leg::judge(&mut rec, evidence.as_deref(), &self.hops);
+        if !client_leg::judge_routed(&mut rec, &self.routed) {
+            client_leg::judge(&mut rec, evidence.as_deref(), &self.hops);
+        }
         // After NAT and the transport verdict: may turn the reason into policy_denied.
         self.enricher.policy(&mut rec);
         let chain = self.stitcher.on_record(&mut rec);

@@ -151,7 +151,10 @@ impl<S: FnMut(Output)> Pipeline<S> {
                     if self.drain_all() > 0 { self.proc.account(); }
                 }
                 _ = tick.tick(), if self.proc.waiting() => self.proc.tick(),
-                _ = agg.tick() => self.aggregate(&mut pending, &mut since, &mut buf),
+                _ = agg.tick() => {
+                    self.aggregate(&mut pending, &mut since, &mut buf);
+                    self.proc.forwarded();
+                }
                 _ = shutdown.changed() => {}
             }
             self.proc.idle();

@@ -17,6 +17,7 @@ pub(crate) struct NatMetrics {
     pub mappings: IntCounterVec,
     pub comparisons: IntCounterVec,
     pub kprobe_unwatched: IntCounter,
+    pub forwarded_dropped: IntCounter,
 }
 
 impl NatMetrics {
@@ -86,6 +87,11 @@ impl NatMetrics {
                 "egress_conntrack_drop_total",
                 "Packets the kernel dropped because the conntrack table was full (sum of per-CPU drop).",
                 &["netns"],
+            )?,
+            forwarded_dropped: reg::counter(
+                r,
+                "egress_conntrack_forwarded_dropped_total",
+                "Ended forwarded flows of a routed hop (SNATed to its egress IPs) dropped unjudged because the agent's queue was full.",
             )?,
             early_drop: reg::counter_vec(
                 r,

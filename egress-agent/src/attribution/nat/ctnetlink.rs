@@ -18,7 +18,10 @@ use netlink_packet_core::{
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
-    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple},
+    conntrack::{
+        ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple,
+        Protocol, Tuple,
+    },
 };
 
 /// `NFNLGRP_CONNTRACK_NEW`: NEW events. (UPDATE, group 2, shares the NEW
@@ -82,6 +85,10 @@ pub(crate) enum Decoded {
         seq: u32,
         original: FlowKey,
         reply: FlowKey,
+        /// `CTA_STATUS` bits (`IPS_SEEN_REPLY`, `IPS_ASSURED`, …); 0 if absent.
+        status: u32,
+        /// `CTA_PROTOINFO_TCP_STATE` (`TCP_CONNTRACK_*`); 0 (NONE) if absent.
+        tcp_state: u8,
     },
     /// A conntrack entry of another protocol (counted, not kept).
     OtherProto {
@@ -181,10 +188,24 @@ fn decode_conntrack(ct: ConntrackMessage, seq: u32, cpu: u16) -> Result<Decoded,
     };
     let mut orig = None;
     let mut reply = None;
+    let mut status = 0;
+    let mut tcp_state = 0;
     for a in &attrs {
         match a {
             ConntrackAttribute::CtaTupleOrig(t) => orig = Some(tuple(t)?),
             ConntrackAttribute::CtaTupleReply(t) => reply = Some(tuple(t)?),
+            ConntrackAttribute::CtaStatus(s) => status = s.bits(),
+            ConntrackAttribute::CtaProtoInfo(p) => {
+                for info in p {
+                    if let ProtoInfo::TCP(tcp) = info {
+                        for t in tcp {
+                            if let ProtoInfoTCP::State(s) = t {
+                                tcp_state = *s;
+                            }
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -192,7 +213,9 @@ fn decode_conntrack(ct: ConntrackMessage, seq: u32, cpu: u16) -> Result<Decoded,
         return Err(CtDecodeError::MissingTuple);
     };
     match (orig, reply) {
-        (Some(original), Some(reply)) => Ok(Decoded::Flow { kind, seq, original, reply }),
+        (Some(original), Some(reply)) => {
+            Ok(Decoded::Flow { kind, seq, original, reply, status, tcp_state })
+        }
         (None, None) => Ok(Decoded::OtherProto { kind, seq }),
         _ => Err(CtDecodeError::ProtocolMismatch),
     }
@@ -355,9 +378,30 @@ mod tests {
             seq: 0,
             original: FlowKey { src: sa("10.0.0.2:40000"), dst: sa("10.96.0.10:80") },
             reply: FlowKey { src: sa("10.1.0.5:8080"), dst: sa("10.2.0.1:40000") },
+            status: (Status::Confirmed | Status::SrcNat | Status::DstNat).bits(),
+            tcp_state: 0,
         };
         let got: Vec<Decoded> = got.into_iter().map(|d| d.expect("decoded")).collect();
         assert_eq!(got, vec![want(CtKind::New), want(CtKind::Destroy)]);
+    }
+
+    #[test]
+    fn a_destroy_carries_the_status_and_tcp_state() {
+        let mut attrs = ct(
+            ("10.0.0.2:1", "203.0.113.9:443"),
+            ("203.0.113.9:443", "192.0.2.10:1"),
+            Protocol::Tcp,
+        );
+        attrs.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(vec![
+            ProtoInfoTCP::State(8),
+        ])]));
+        let got = decode_all(&datagram(0, 0, ConntrackMessage::Delete(attrs)));
+        match got.first() {
+            Some(Ok(Decoded::Flow { kind: CtKind::Destroy, status, tcp_state, .. })) => {
+                assert_eq!((*status & Status::SrcNat.bits() != 0, *tcp_state), (true, 8));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

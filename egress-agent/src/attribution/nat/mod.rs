@@ -36,23 +36,27 @@
 //! need to be retried for a short while.
 mod counters;
 mod ctnetlink;
+mod forwarded;
 mod socket;
 mod store;
 mod worker;
 
 use std::{
     fs::File,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
     sync::{
-        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, atomic::AtomicBool,
-        atomic::Ordering,
+        Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::AtomicBool, atomic::Ordering,
     },
     time::{Duration, Instant},
 };
 
-pub use self::worker::SetupError;
+pub use self::{
+    forwarded::{Forwarded, OriginAnswer},
+    worker::SetupError,
+};
 
 /// Decode one ctnetlink datagram as the conntrack worker does: (messages
 /// decoded, messages refused). For the fuzz target (`egress-agent/fuzz`) and
@@ -62,7 +66,7 @@ pub fn decode_datagram(buf: &[u8]) -> (usize, usize) {
     let bad = all.iter().filter(|r| r.is_err()).count();
     (all.len() - bad, bad)
 }
-use self::{counters::NatMetrics, store::Store, worker::Worker};
+use self::{counters::NatMetrics, forwarded::ForwardedQueue, store::Store, worker::Worker};
 use crate::sinks::MetricError;
 
 /// Label (and [`NatEntry::netns`]) of the agent's own network namespace.
@@ -100,6 +104,9 @@ pub struct NatOptions {
     pub max_entries: usize,
     /// How long DESTROYed entries stay visible to late lookups.
     pub destroyed_retention: Duration,
+    /// Egress IPs of the routed hops this machine may be the gateway of:
+    /// ended entries SNATed to one are queued for the gateway vantage.
+    pub snat_watch: Vec<IpAddr>,
 }
 
 impl Default for NatOptions {
@@ -108,6 +115,7 @@ impl Default for NatOptions {
             netns: Vec::new(),
             max_entries: 65_536,
             destroyed_retention: Duration::from_secs(30),
+            snat_watch: Vec::new(),
         }
     }
 }
@@ -145,6 +153,8 @@ impl NatEntry {
 
 pub(crate) struct Shared {
     store: RwLock<Store>,
+    /// Ended forwarded flows SNATed to a watched egress IP.
+    forwarded: Mutex<ForwardedQueue>,
     stop: AtomicBool,
     /// Network namespace inode of each watched namespace, by index.
     netns_inodes: Vec<u64>,
@@ -159,6 +169,10 @@ impl Shared {
 
     fn read(&self) -> RwLockReadGuard<'_, Store> {
         self.store.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn forwarded(&self) -> MutexGuard<'_, ForwardedQueue> {
+        self.forwarded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -220,6 +234,7 @@ impl NatTable {
         let metrics = NatMetrics::register(registry)?;
         let shared = Arc::new(Shared {
             store: RwLock::new(Store::new(labels, opts.max_entries, opts.destroyed_retention)),
+            forwarded: Mutex::new(ForwardedQueue::new(opts.snat_watch)),
             stop: AtomicBool::new(false),
             netns_inodes,
             metrics: Some(metrics.clone()),
@@ -258,6 +273,7 @@ impl NatTable {
     pub fn disabled() -> NatTable {
         let shared = Arc::new(Shared {
             store: RwLock::new(Store::new(Vec::new(), 1, Duration::ZERO)),
+            forwarded: Mutex::new(ForwardedQueue::default()),
             stop: AtomicBool::new(true),
             netns_inodes: Vec::new(),
             metrics: None,
@@ -297,6 +313,13 @@ impl NatTable {
     /// namespace, or it was destroyed longer than the retention ago.
     pub fn lookup(&self, key: &FlowKey) -> Option<NatEntry> {
         self.inner.shared.read().lookup(key, Instant::now())
+    }
+
+    /// Forwarded flows SNATed to a watched egress IP
+    /// ([`NatOptions::snat_watch`]) whose entries ended since the last call,
+    /// oldest first.
+    pub fn take_forwarded(&self) -> Vec<Forwarded> {
+        self.inner.shared.forwarded().take()
     }
 }
 

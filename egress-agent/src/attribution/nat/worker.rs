@@ -193,6 +193,8 @@ impl Worker {
         let mut errors = 0u64;
         let mut mappings = 0u64;
         let compared;
+        let watching = self.shared.forwarded().is_watching();
+        let mut ended = Vec::new();
         {
             let mut store = self.shared.write();
             for d in decoded {
@@ -210,14 +212,19 @@ impl Worker {
                     (false, CtKind::New) => 0,
                     (false, CtKind::Destroy) => 1,
                 }] += 1;
-                if let Ok(Decoded::Flow { original, reply, .. }) = d {
+                if let Ok(Decoded::Flow { original, reply, status, tcp_state, .. }) = d {
                     flows += 1;
                     evicted += match kind {
                         CtKind::New => {
                             mappings += 1;
                             store.upsert(self.idx, original, reply, from_dump)
                         }
-                        CtKind::Destroy => store.destroy(self.idx, original, reply, Instant::now()),
+                        CtKind::Destroy => {
+                            if watching {
+                                ended.push((original, reply, status, tcp_state));
+                            }
+                            store.destroy(self.idx, original, reply, Instant::now())
+                        }
                     };
                 }
             }
@@ -233,6 +240,12 @@ impl Worker {
         }
         self.metrics.decode_errors.inc_by(errors);
         self.metrics.evicted.inc_by(evicted);
+        if !ended.is_empty() {
+            let mut q = self.shared.forwarded();
+            let dropped: u64 =
+                ended.into_iter().map(|(o, r, s, t)| q.on_destroy(o, r, (s, t), &self.label)).sum();
+            self.metrics.forwarded_dropped.inc_by(dropped);
+        }
         flows
     }
 

@@ -76,6 +76,11 @@ fn leg_kind(r: &FlowRecord) -> Leg {
     if r.vantage.as_deref() == Some(crate::pipeline::flow_table::HOP_VANTAGE) {
         return Leg::Covered;
     }
+    // A routed hop's forwarded flow, judged on its gateway from conntrack:
+    // no chain record follows it there.
+    if r.vantage.as_deref() == Some(crate::pipeline::gateway::GATEWAY_VANTAGE) {
+        return Leg::None;
+    }
     match r.leg.as_deref() {
         None => Leg::None,
         Some(l) if l == DIRECT || l.starts_with("client->") => Leg::Covered,
@@ -205,6 +210,11 @@ mod tests {
         assert_eq!(s.classify(&flow(None, Ok)), Class::Skip);
         // Carried by the chain record that follows.
         assert_eq!(s.classify(&flow(Some("client->gke-squid"), Failed)), Class::Skip);
+        let mut gw = flow(Some("client->egw"), Failed);
+        if let Record::Flow(f) = &mut gw {
+            f.vantage = Some("gateway".into());
+        }
+        assert_eq!(s.classify(&gw), Class::Write(None), "a gateway's forwarded leg stands alone");
         assert_eq!(s.classify(&flow(Some(DIRECT), Failed)), Class::Skip);
         assert_eq!(s.classify(&flow(Some("gke-squid->gce-proxy"), Failed)), Class::Hold(None));
         assert_eq!(s.classify(&flow(Some("gce-proxy->internet"), Ok)), Class::Skip);
