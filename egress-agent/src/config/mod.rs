@@ -547,7 +547,7 @@ mod tests {
         let err = hop("socks5").expect_err("refused");
         assert_eq!(
             err.to_string(),
-            "hop gw: protocol `socks5` is not one of http-connect, tls-sni"
+            "hop gw: protocol `socks5` is not one of http-connect, tls-sni, routed"
         );
         let plain = Config::from_yaml(
             "version: 1\nchain:\n  hops:\n    - name: gw\n      match: {address: \"10.0.0.1:3128\"}\n",

@@ -26,7 +26,10 @@ impl Routed {
 /// A hop's routed settings: `routed` gives its [`Routed`] settings; a proxy
 /// (`http-connect`, the default, or `tls-sni`) must not carry routed-only
 /// fields.
-pub(super) fn routed(h: &HopConfig, protocol: HopProtocol) -> Result<Option<Routed>, SettingsError> {
+pub(super) fn routed(
+    h: &HopConfig,
+    protocol: HopProtocol,
+) -> Result<Option<Routed>, SettingsError> {
     let (m, hop) = (&h.matcher, || h.name.clone());
     match protocol {
         HopProtocol::HttpConnect | HopProtocol::TlsSni => {
@@ -123,6 +126,6 @@ mod tests {
         let e = bad(
             "version: 1\nchain:\n  hops:\n    - {name: p, protocol: socks5, match: {address: '10.0.0.1:1080'}}\n",
         );
-        assert!(e.contains("unknown protocol `socks5`"), "{e}");
+        assert!(e.contains("protocol `socks5` is not one of"), "{e}");
     }
 }

@@ -243,7 +243,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tests {
+mod routed_tests {
     use super::*;
     use crate::records::Reason;
 
