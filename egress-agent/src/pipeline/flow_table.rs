@@ -106,6 +106,9 @@ struct Held {
 
 type FlowId = (u64, u64);
 
+/// Stale ids `FlowTable::order` may carry beyond twice the flows held.
+const ORDER_SLACK: usize = 1024;
+
 pub struct FlowTable {
     settings: FlowSettings,
     clock: Clock,
@@ -274,9 +277,17 @@ impl FlowTable {
             }),
         );
         self.order.push_back(id);
-        if self.order.len() > 2 * self.settings.max_flows.max(1024) {
+        // Ids of flows released since stay in `order` until here. Compacted
+        // against what is held now (amortised: at least held + 1024 pushes
+        // between two passes), not against the cap: a queue let grow to
+        // twice `max_flows` took a 30-minute soak's RSS up by 4 MiB before
+        // it turned over (18 minutes at 120 proxy flows a second).
+        if self.order.len() > 2 * self.held.len() + ORDER_SLACK {
             let held = &self.held;
             self.order.retain(|id| held.contains_key(id));
+            if self.order.capacity() > 4 * (self.order.len() + ORDER_SLACK) {
+                self.order.shrink_to(2 * (self.order.len() + ORDER_SLACK));
+            }
         }
         if let Some(chunks) = self.early.remove(&id) {
             self.early_count = self.early_count.saturating_sub(chunks.len());

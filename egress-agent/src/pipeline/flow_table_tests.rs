@@ -505,3 +505,26 @@ mod tls {
         assert_eq!((out[0].0.verdict, out[1].0.verdict), (Verdict::Ok, Verdict::Ok));
     }
 }
+
+#[test]
+fn the_eviction_queue_follows_the_flows_held_not_the_cap() {
+    let mut t = FlowTable::new(
+        FlowSettings { degraded_retransmits: 3, max_flows: 65_536, answer_wait_ns: 1000 * MS },
+        Clock::new(),
+    );
+    // Proxy flows that open and close one after the other, as a proxy's
+    // short requests do: few held at a time, many over the table's life.
+    let mut most_held = 0;
+    for sk in 1..=20_000u64 {
+        feed(&mut t, &proxy_connected(sk));
+        most_held = most_held.max(t.held.len());
+        feed(&mut t, &flow(PHASE_CLOSED, sk, 9 * MS, |e| e.tuple = tuple(3128)));
+        assert!(
+            t.order.len() <= 2 * most_held + ORDER_SLACK + 1,
+            "{} ids queued, at most {most_held} flows held",
+            t.order.len(),
+        );
+    }
+    assert!(t.held.len() < 16, "closed flows are released: {} held", t.held.len());
+    assert!(t.order.capacity() <= 8 * ORDER_SLACK, "capacity {}", t.order.capacity());
+}
