@@ -6,7 +6,8 @@
 //! DNS), pods added and removed, transient units, API clients attaching and
 //! leaving, conntrack flushed, and agent restarts (SIGTERM, then a new
 //! agent on the same port). Every `sample_every` it logs RSS, fds, tracked
-//! flows, conntrack entries, metric series, lost events; at the end it fits
+//! flows, conntrack entries, metric series and label values, lost events
+//! (DNS budget cuts apart: one tenant's flood, cut on purpose); at the end it fits
 //! the samples after warm-up ([`report::judge`]) and lists the series that
 //! appeared after warm-up, by metric.
 //!
@@ -166,6 +167,7 @@ fn look(agent: &Agent, at: Duration, run: u32) -> anyhow::Result<(Sample, Vec<St
         .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
         .collect();
     let sum = |name| metric_sum(&text, name, &[]);
+    let dns_cut = metric_sum(&text, "egress_events_lost_total", &[("stage", "dns_budget")]);
     let sample = Sample {
         at,
         run,
@@ -175,7 +177,9 @@ fn look(agent: &Agent, at: Duration, run: u32) -> anyhow::Result<(Sample, Vec<St
         open: active_open_sockets(),
         conntrack: sum("egress_conntrack_entries"),
         series: series.len(),
-        lost: sum("egress_events_lost_total"),
+        label_values: report::label_values(&series),
+        lost: sum("egress_events_lost_total") - dns_cut,
+        dns_cut,
         produced: sum("egress_events_produced_total"),
         connections: sum("egress_connections_total"),
         pods: metric_sum(&text, "egress_kube_objects", &[("resource", "pods")]),
@@ -437,6 +441,10 @@ pub fn run(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
     ]
     .iter()
     .map(|n| (n.to_string(), metric_sum(&final_text, n, &[])))
+    .chain(std::iter::once((
+        "of which egress_events_lost_total{stage=\"dns_budget\"}".to_string(),
+        metric_sum(&final_text, "egress_events_lost_total", &[("stage", "dns_budget")]),
+    )))
     .collect::<Vec<_>>();
     if metric_sum(&final_text, "egress_decode_errors_total", &[]) > 0.0 {
         failures.push("ring records failed to decode".into());
@@ -487,7 +495,7 @@ impl SoakReport {
         out.push_str(&format!(
             "\nAfter warm-up ({} samples over {:.1} min of the last agent run):\n\
              - RSS {:.1} → {:.1} MiB; slope {:+.2} MiB/10 min (least squares), {:+.2} (Theil–Sen); limit +{:.1}\n\
-             - fds {} → {} ({:+.1}/10 min); metric series {} → {} ({:+.2}/min)\n\
+             - fds {} → {} ({:+.1}/10 min); metric series {} → {} ({:+.2}/min); label values {} → {} ({:+.1}/10 min)\n\
              - tracked flows {} → {} ({:+.1}/10 min) under load; {} before it\n",
             f.samples,
             f.window.as_secs_f64() / 60.0,
@@ -502,6 +510,9 @@ impl SoakReport {
             f.series_first,
             f.series_last,
             f.series_slope_per_10min / 10.0,
+            f.label_values_first,
+            f.label_values_last,
+            f.label_values_slope_per_10min,
             f.tracked_first,
             f.tracked_last,
             f.tracked_slope_per_10min,
