@@ -2,6 +2,7 @@
 //! register a metric) served over HTTP, and the export of records off the
 //! node (`export`: stdout lines, native or ECS, and OTLP logs). The local
 //! API, the other sink of `run`, lives in [`crate::api`] with its wire format.
+pub mod dns_metrics;
 pub mod export;
 pub mod histogram;
 pub mod http;
