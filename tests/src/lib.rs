@@ -25,6 +25,7 @@ pub mod prom_server;
 pub mod qemu;
 pub mod routed_lab;
 pub mod scrape;
+pub mod sni_lab;
 pub mod soak;
 pub mod tls_lab;
 pub mod traffic;
