@@ -20,6 +20,7 @@ pub mod manifests;
 pub mod multinode;
 pub mod netns;
 pub mod netpol;
+pub mod netpol_lab;
 pub mod prom;
 pub mod prom_server;
 pub mod qemu;
