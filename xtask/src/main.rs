@@ -399,7 +399,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let rows = egress_tests::sni_lab::run()?;
                 egress_tests::demo::print(&rows);
                 for r in &rows {
-                    count("tls sni", r.name, r.ok);
+                    count("tls", r.name, r.ok);
                     run_ok &= r.ok;
                 }
                 println!();
