@@ -145,13 +145,20 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
 pub fn print(rows: &[DemoRow]) {
     println!("{:<34} {:<26} {:<22} {:<22} MATCH", "SCENARIO", "DESTINATION", "EXPECTED", "AGENT");
     for r in rows {
-        println!(
-            "{:<34} {:<26} {:<22} {:<22} {}",
-            r.name,
-            r.dst.to_string(),
-            r.expected,
-            r.got,
-            if r.ok { "yes" } else { "NO" }
-        );
+        let mark = if r.ok { "yes" } else { "NO" };
+        if r.expected.len() <= 22 && r.got.len() <= 22 {
+            println!(
+                "{:<34} {:<26} {:<22} {:<22} {mark}",
+                r.name,
+                r.dst.to_string(),
+                r.expected,
+                r.got
+            );
+        } else {
+            // Too long for the columns: each on its own line, whole.
+            println!("{:<34} {:<26} {:<45} {mark}", r.name, r.dst.to_string(), "");
+            println!("    expected: {}", r.expected);
+            println!("    agent:    {}", r.got);
+        }
     }
 }

@@ -75,7 +75,10 @@ enum Task {
     },
     /// The local lab demo: namespaces, the agent, every connect outcome,
     /// the watch table and a /metrics excerpt, then the routed gateway
-    /// table (a `protocol: routed` hop with SNAT); cleans up after itself.
+    /// table (a `protocol: routed` hop with SNAT), the TLS table (an SNI
+    /// gateway hop, a CONNECT tunnel and a TLS port with real TLS) and the
+    /// NetworkPolicy table (default-deny with an allow-list, enforced by
+    /// iptables); cleans up after itself.
     Lab {
         /// Keep healthy traffic flowing for at least this many seconds.
         #[arg(long, default_value_t = 0)]
@@ -387,6 +390,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 egress_tests::demo::print(&rows);
                 for r in &rows {
                     count("routed gateway", r.name, r.ok);
+                    run_ok &= r.ok;
+                }
+                println!();
+                println!(
+                    "== TLS lab: openssl s_client -> SNI gateway (HAProxy passthrough) / Squid CONNECT tunnel / TLS port -> s_server; handshake | client record | chain"
+                );
+                let rows = egress_tests::sni_lab::run()?;
+                egress_tests::demo::print(&rows);
+                for r in &rows {
+                    count("tls", r.name, r.ok);
+                    run_ok &= r.ok;
+                }
+                println!();
+                println!(
+                    "== NetworkPolicy lab: pod -> router (default-deny + allow-list as iptables) -> outside; datapath | agent record"
+                );
+                let rows = egress_tests::netpol_lab::run()?;
+                egress_tests::demo::print(&rows);
+                for r in &rows {
+                    count("network policy", r.name, r.ok);
                     run_ok &= r.ok;
                 }
                 if faults {
