@@ -16,7 +16,9 @@ use egress_tests::fake_apiserver::{
         self as fixtures, NODE_A, NODE_A_EXTERNAL_IP, NODE_A_IP, NODE_B, NODE_B_IP, cid, uid,
     },
 };
-use kube_common::{config, eventually, ip, metric, on_node, serve, synced, tuning};
+use kube_common::{
+    config, eventually, ip, metric, on_node, serve, start_on_node_a, synced, tuning,
+};
 use prometheus::Registry;
 use serde_json::json;
 
@@ -24,14 +26,7 @@ use serde_json::json;
 async fn pods_on_this_node_resolve_to_containers_and_workloads() {
     let cluster = fixtures::cluster();
     let server = serve(&cluster);
-    let registry = Registry::new();
-    let index = KubeIndex::start_with(
-        config(&server),
-        &on_node(NODE_A),
-        tuning(Duration::from_secs(60)),
-        &registry,
-    )
-    .expect("start");
+    let (registry, index) = start_on_node_a(&server);
     // Node A runs squid, the agent, redis and the report job; squid_b is on node B.
     synced(&registry, 4.0, 3.0, 3.0, 2.0).await;
 

@@ -5,15 +5,13 @@
 //! real-shaped Kubernetes JSON over plain HTTP to the real kube client.
 use std::time::Duration;
 
-use egress_agent::attribution::kube::KubeIndex;
 mod kube_common;
 
 use egress_tests::fake_apiserver::{
     FakeApiServer, Mode,
     objects::{self as fixtures, NODE_A, cid, uid},
 };
-use kube_common::{config, eventually, ip, metric, on_node, serve, synced, tuning};
-use prometheus::Registry;
+use kube_common::{eventually, ip, metric, serve, start_on_node_a, synced};
 use serde_json::json;
 
 #[tokio::test]
@@ -63,14 +61,7 @@ async fn malformed_objects_are_counted_and_the_rest_indexed() {
         json!({"metadata": {"name": "bad-node"}, "status": {"addresses": "10.0.0.1"}}),
     );
 
-    let registry = Registry::new();
-    let index = KubeIndex::start_with(
-        config(&server),
-        &on_node(NODE_A),
-        tuning(Duration::from_secs(60)),
-        &registry,
-    )
-    .expect("start");
+    let (registry, index) = start_on_node_a(&server);
     synced(&registry, 5.0, 3.0, 3.0, 2.0).await;
     assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "pods"), 5.0);
     assert_eq!(metric(&registry, "egress_kube_objects_malformed_total", "services"), 1.0);
@@ -117,14 +108,7 @@ async fn api_answering_errors_or_garbage_backs_off_then_recovers() {
     let cluster = fixtures::cluster();
     let server = serve(&cluster);
     server.set_mode(Mode::Garbage);
-    let registry = Registry::new();
-    let index = KubeIndex::start_with(
-        config(&server),
-        &on_node(NODE_A),
-        tuning(Duration::from_secs(60)),
-        &registry,
-    )
-    .expect("start");
+    let (registry, index) = start_on_node_a(&server);
     let resources = ["pods", "services", "endpointslices", "nodes"];
     let mut floor = 0.0;
     for mode in [Mode::Garbage, Mode::Fail] {
@@ -198,14 +182,7 @@ async fn network_policies_and_namespace_labels_are_watched_live() {
         namespace("data", json!({"tier": "data"})),
         allow_db,
     ]);
-    let registry = Registry::new();
-    let index = KubeIndex::start_with(
-        config(&server),
-        &on_node(NODE_A),
-        tuning(Duration::from_secs(60)),
-        &registry,
-    )
-    .expect("start");
+    let (registry, index) = start_on_node_a(&server);
     eventually("policies, namespaces and pods listed", Duration::from_secs(10), || {
         [("pods", 2.0), ("namespaces", 2.0), ("networkpolicies", 1.0)].iter().all(|(r, n)| {
             metric(&registry, "egress_kube_objects", r) == *n

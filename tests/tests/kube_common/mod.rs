@@ -5,10 +5,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_agent::attribution::kube::{KubeOptions, KubeTuning};
+use egress_agent::attribution::kube::{KubeIndex, KubeOptions, KubeTuning};
 use prometheus::Registry;
 
-use egress_tests::fake_apiserver::{FakeApiServer, objects::Cluster};
+use egress_tests::fake_apiserver::{
+    FakeApiServer,
+    objects::{Cluster, NODE_A},
+};
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip literal")
@@ -66,4 +69,18 @@ pub fn serve(cluster: &Cluster) -> FakeApiServer {
 
 pub fn config(server: &FakeApiServer) -> kube::Config {
     kube::Config::new(server.url.parse().expect("server url"))
+}
+
+/// The index of node A against `server` (pods kept a minute after deletion),
+/// with the registry its metrics are on.
+pub fn start_on_node_a(server: &FakeApiServer) -> (Registry, KubeIndex) {
+    let registry = Registry::new();
+    let index = KubeIndex::start_with(
+        config(server),
+        &on_node(NODE_A),
+        tuning(Duration::from_secs(60)),
+        &registry,
+    )
+    .expect("start");
+    (registry, index)
 }
