@@ -1,0 +1,46 @@
+//! The names of the maps and the global the agent finds in the kernel
+//! object, and their default sizes. Re-exported at the crate root.
+/// Ring buffer of flow events (outcomes of connections) and NAT mappings.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Ring buffer of captured bytes: proxy/TLS payloads and DNS messages. Kept
+/// apart from [`MAP_EVENTS`] so that a flood of captures (a tenant's DNS
+/// storm) can never take the room flow outcomes need.
+pub const MAP_CAPTURE: &str = "CAPTURE";
+/// Per-CPU `u64` counters, indexed by the `STAT_*` constants.
+pub const MAP_STATS: &str = "STATS";
+/// Active opens in flight: kernel socket address → [`FlowState`](crate::FlowState) (LRU with
+/// per-CPU lists: a full table evicts the least recently used entry, and an
+/// active open that finds its state gone is counted).
+pub const MAP_FLOWS: &str = "FLOWS";
+/// `connect()` destinations per thread: pid_tgid → [`ConnectArgs`](crate::ConnectArgs).
+pub const MAP_CONNECT_ARGS: &str = "CONNECT_ARGS";
+/// Established flows to capture ports, [`TupleKey`](crate::TupleKey) → socket address: the
+/// key the packet hooks can build from a packet.
+pub const MAP_PROXY_FLOWS: &str = "PROXY_FLOWS";
+/// Sockets being connected, by owner: (tgid << 32 | fd) → socket address.
+pub const MAP_SOCK_FDS: &str = "SOCK_FDS";
+/// Clean flows counted in the kernel: two maps, [`AggKey`](crate::AggKey) → [`AggValue`](crate::AggValue);
+/// the kernel adds to the one `Control::agg_sel` names, the agent drains
+/// the other (see `AggKey`).
+pub const MAP_AGG: [&str; 2] = ["AGG0", "AGG1"];
+/// Runtime control, one [`Control`](crate::Control) at index 0 (the agent writes it).
+pub const MAP_CONTROL: &str = "CONTROL";
+/// DNS capture budget per cgroup: cgroup id → [`TokenBucket`](crate::TokenBucket) (LRU).
+pub const MAP_DNS_BUCKETS: &str = "DNS_BUCKETS";
+/// Private and cluster address ranges (LPM trie over IPv6 addresses, IPv4
+/// as `::ffff:a.b.c.d`): with `CTRL_PUBLIC_EVENTS`, a flow to an address
+/// outside them is sent as an event (a bypass of the chain is a finding).
+pub const MAP_PRIVATE_NETS: &str = "PRIVATE_NETS";
+/// Entries of [`MAP_PRIVATE_NETS`] at most.
+pub const PRIVATE_NETS_MAX: u32 = 256;
+/// Name of the load-time configuration global ([`Config`](crate::Config)).
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+/// Default size of each ring: 1 MiB holds ~5k flow events between two
+/// reader wake-ups.
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+/// Default capacity of the socket table.
+pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
+/// Default capacity of each aggregation map (a full map sends flows as
+/// events instead: nothing is lost).
+pub const DEFAULT_AGG_KEYS: u32 = 16_384;
