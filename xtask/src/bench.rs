@@ -138,14 +138,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let config = root().join("deploy/kubernetes/base/config.yaml");
     // The deployed configuration (chain → proxy ports → cgroup_skb hooks),
     // cgroup attribution on; no API server here, so Kubernetes metadata off.
-    let mut agent_args = [
-        "--config",
-        &config.to_string_lossy(),
-        "--cgroup-root",
-        "/sys/fs/cgroup",
-        "--kube",
-        "false",
-    ]
+    // The cgroup v2 root is the agent's own choice (mountinfo), as deployed:
+    // on a hybrid host /sys/fs/cgroup is a tmpfs, and naming it would leave
+    // the cgroup programs unattached and out of the measurement.
+    let mut agent_args = ["--config", &config.to_string_lossy(), "--kube", "false"]
     .map(String::from)
     .to_vec();
     agent_args.extend(a.agent_arg.iter().cloned());
