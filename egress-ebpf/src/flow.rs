@@ -248,6 +248,8 @@ fn aggregate(st: &FlowState, connect: bool, latency_ns: u64, ctl: &Control) -> b
     if connect {
         count(STAT_AGG_CONNECTS);
         // SAFETY: valid map value pointer; fields are 8-byte aligned u64s.
+        // This CPU's value, but atomic adds still: the spare program may
+        // run nested in the main one here (see `set_state.rs`).
         unsafe {
             xadd(&raw mut (*v).connects, 1);
             xadd(&raw mut (*v).latency_sum_ns, latency_ns);

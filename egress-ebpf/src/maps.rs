@@ -2,7 +2,7 @@
 //! them at load time (`--ring-bytes`, `--max-flows`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use egress_common::{
     AF_INET, AggKey, AggValue, ConnectArgs, Control, DEFAULT_AGG_KEYS, DEFAULT_MAX_FLOWS,
@@ -56,10 +56,21 @@ pub static SOCK_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384,
 pub static SO_ERROR_CALLS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4_096, 0);
 
 /// Clean flows counted by (owner cgroup, destination): see `AggKey`.
+/// Per CPU: every connection of a busy destination adds to the same key,
+/// and one value shared by all CPUs made each add a cache-line transfer
+/// between them. Not preallocated: a preallocated per-CPU map holds
+/// `max_entries × possible CPUs` values from the start (hundreds of MiB on
+/// a VM declaring 240 possible CPUs); this one holds only the keys seen
+/// since the agent last drained it.
 #[map]
-pub static AGG0: HashMap<AggKey, AggValue> = HashMap::with_max_entries(DEFAULT_AGG_KEYS, 0);
+pub static AGG0: PerCpuHashMap<AggKey, AggValue> =
+    PerCpuHashMap::with_max_entries(DEFAULT_AGG_KEYS, BPF_F_NO_PREALLOC);
 #[map]
-pub static AGG1: HashMap<AggKey, AggValue> = HashMap::with_max_entries(DEFAULT_AGG_KEYS, 0);
+pub static AGG1: PerCpuHashMap<AggKey, AggValue> =
+    PerCpuHashMap::with_max_entries(DEFAULT_AGG_KEYS, BPF_F_NO_PREALLOC);
+
+/// `BPF_F_NO_PREALLOC` of `uapi/linux/bpf.h`.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Per-CPU room for the state and tuple of a connection accepted on a
 /// capture port: the set_state hook's own paths leave too little stack.
@@ -67,6 +78,23 @@ pub static AGG1: HashMap<AggKey, AggValue> = HashMap::with_max_entries(DEFAULT_A
 pub static SCRATCH_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SCRATCH_TUPLE: PerCpuArray<Tuple> = PerCpuArray::with_max_entries(1, 0);
+
+/// The state change the main set_state program last began on this CPU, and
+/// which of its marks the spare has already compared (see `set_state.rs`).
+#[map]
+pub static SET_STATE_MARK: PerCpuArray<Mark> = PerCpuArray::with_max_entries(1, 0);
+
+/// One CPU's [`SET_STATE_MARK`].
+#[repr(C)]
+pub struct Mark {
+    pub sk: u64,
+    /// `old << 16 | new`.
+    pub transition: u32,
+    /// Marks the main program wrote; the last one the spare compared.
+    pub main_seq: u32,
+    pub spare_seq: u32,
+    pub _pad: u32,
+}
 
 /// Runtime control written by the agent (one entry).
 #[map]

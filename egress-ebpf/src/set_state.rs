@@ -27,7 +27,7 @@ use egress_common::{
 use crate::{
     config,
     flow::{Tuples, on_accepted, on_connect, on_transition, state},
-    maps::count,
+    maps::{SET_STATE_MARK, count},
     net::is_capture_port,
     sock,
     tp::{self, field},
@@ -79,6 +79,7 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let skaddr = field::<u64>(ctx, o.skaddr)?;
+    mark(skaddr, old, new);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
@@ -96,8 +97,43 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
-    by_socket(sk as u64, ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
+    let (old, new) = (ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
+    if matters(old, new) {
+        mark(sk as u64, old, new);
+        by_socket(sk as u64, old, new);
+    }
     0
+}
+
+/// The main program's first step on a state change that matters: say on
+/// this CPU which one it is handling, for the spare.
+#[inline(always)]
+fn mark(sk: u64, old: u32, new: u32) {
+    if let Some(m) = SET_STATE_MARK.get_ptr_mut(0) {
+        // SAFETY: valid per-CPU map value.
+        unsafe {
+            (*m).sk = sk;
+            (*m).transition = old << 16 | new;
+            (*m).main_seq = (*m).main_seq.wrapping_add(1);
+        }
+    }
+}
+
+/// Whether the main program began this very state change: the CPU's mark
+/// names it and the spare has not compared that mark before. The main
+/// program writes its mark first, and the spare runs right after it on the
+/// same CPU, so a match means it was handled. No match means the main
+/// program was skipped, or another state change traced from an interrupt
+/// came in between: the spare then asks the flow state ([`undone`]).
+#[inline(always)]
+fn marked(sk: u64, old: u32, new: u32) -> bool {
+    let Some(m) = SET_STATE_MARK.get_ptr_mut(0) else { return false };
+    // SAFETY: valid per-CPU map value.
+    unsafe {
+        let fresh = (*m).main_seq != (*m).spare_seq;
+        (*m).spare_seq = (*m).main_seq;
+        fresh && (*m).sk == sk && (*m).transition == old << 16 | new
+    }
 }
 
 /// The spare: the state changes the kernel skipped for the main program.
@@ -112,10 +148,13 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 /// socket's state shows it undone; when it is itself skipped (interrupted
 /// in a task), the main program is not running and does the work. The
 /// socket is read through the BTF offsets, as the BTF variant reads it.
+/// Nearly always the main program's mark names the event ([`marked`]) and
+/// the spare leaves without a flow-table lookup: its run costs little more
+/// than the kernel's call.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
     let (sk, old, new) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
-    if matters(old, new) && undone(sk, old, new) {
+    if matters(old, new) && !marked(sk, old, new) && undone(sk, old, new) {
         count(STAT_NESTED_RECOVERED);
         by_socket(sk, old, new);
     }

@@ -9,7 +9,7 @@
 //! is lost between a read and a delete.
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError},
+    maps::{Array, MapData, MapError, PerCpuHashMap},
 };
 use egress_common::{
     AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_VERBOSE, Control as Ctl, MAP_AGG, MAP_CONTROL,
@@ -45,7 +45,7 @@ pub struct ControlSettings {
 
 pub struct Control {
     map: Array<MapData, Ctl>,
-    agg: [HashMap<MapData, AggKey, AggValue>; 2],
+    agg: [PerCpuHashMap<MapData, AggKey, AggValue>; 2],
     current: Ctl,
 }
 
@@ -56,8 +56,8 @@ impl Control {
         };
         let map = Array::try_from(take(ebpf, MAP_CONTROL)?).map_err(map_err(MAP_CONTROL))?;
         let agg = [
-            HashMap::try_from(take(ebpf, MAP_AGG[0])?).map_err(map_err(MAP_AGG[0]))?,
-            HashMap::try_from(take(ebpf, MAP_AGG[1])?).map_err(map_err(MAP_AGG[1]))?,
+            PerCpuHashMap::try_from(take(ebpf, MAP_AGG[0])?).map_err(map_err(MAP_AGG[0]))?,
+            PerCpuHashMap::try_from(take(ebpf, MAP_AGG[1])?).map_err(map_err(MAP_AGG[1]))?,
         ];
         let current = Ctl {
             flags: if s.verbose { CTRL_VERBOSE } else { 0 }
@@ -99,8 +99,9 @@ impl Control {
         Ok(old)
     }
 
-    /// Read and clear aggregation map `which` into `out`. Keys are read
-    /// first and deleted one by one: the kernel no longer adds to this map.
+    /// Read and clear aggregation map `which` into `out`, each key's counts
+    /// summed over the CPUs. Keys are read first and deleted one by one:
+    /// the kernel no longer adds to this map.
     pub fn drain(
         &mut self,
         which: usize,
@@ -110,8 +111,8 @@ impl Control {
         let map = &mut self.agg[which & 1];
         let keys: Vec<AggKey> = map.keys().filter_map(Result::ok).collect();
         for k in keys {
-            if let Ok(v) = map.get(&k, 0) {
-                out.push((k, v));
+            if let Ok(per_cpu) = map.get(&k, 0) {
+                out.push((k, sum(per_cpu.iter())));
             }
             match map.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -119,5 +120,38 @@ impl Control {
             }
         }
         Ok(())
+    }
+}
+
+/// One key's counts over all CPUs.
+fn sum<'a>(per_cpu: impl Iterator<Item = &'a AggValue>) -> AggValue {
+    let mut t = AggValue::default();
+    for v in per_cpu {
+        t.connects += v.connects;
+        t.closes += v.closes;
+        t.latency_sum_ns += v.latency_sum_ns;
+        for (a, b) in t.latency_buckets.iter_mut().zip(v.latency_buckets.iter()) {
+            *a += b;
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod sum_tests {
+    use super::*;
+
+    #[test]
+    fn a_keys_counts_are_summed_over_cpus() {
+        let mut a = AggValue { connects: 2, closes: 1, latency_sum_ns: 300, ..AggValue::default() };
+        a.latency_buckets[0] = 2;
+        let mut b = AggValue { connects: 5, closes: 5, latency_sum_ns: 700, ..AggValue::default() };
+        b.latency_buckets[0] = 1;
+        b.latency_buckets[3] = 4;
+        let t = sum([a, AggValue::default(), b].iter());
+        assert_eq!((t.connects, t.closes, t.latency_sum_ns), (7, 6, 1000));
+        assert_eq!(t.latency_buckets[0], 3);
+        assert_eq!(t.latency_buckets[3], 4);
+        assert_eq!(t.latency_buckets.iter().sum::<u64>(), t.connects);
     }
 }
