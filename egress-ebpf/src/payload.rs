@@ -62,6 +62,18 @@ pub fn payload_ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// `TCP_LISTEN` of `include/net/tcp_states.h`.
+const TCP_LISTEN: u32 = 10;
+
+/// Whether the packet's socket is a TCP listener (a UDP socket never is).
+#[inline(always)]
+fn listening(skb: &__sk_buff) -> bool {
+    // SAFETY: reading the context's socket pointer; the kernel gives a
+    // socket or null, checked before its one field is read.
+    let sk = unsafe { skb.__bindgen_anon_2.sk };
+    !sk.is_null() && unsafe { (*sk).state } == TCP_LISTEN
+}
+
 /// The state of the packet's flow, through the tuple index.
 #[inline(always)]
 fn flow_of(key: &TupleKey) -> Option<(u64, *mut FlowState)> {
@@ -85,6 +97,16 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
         && !is_tls_port(rport)
         && (dns_port == 0 || rport != dns_port)
         && !is_capture_port(skb.local_port as u16)
+    {
+        return Ok(());
+    }
+    // A listener's packets (SYN in, SYN-ACK out, the handshake's ACK in)
+    // have no remote port either: they matter only on a capture port (a
+    // hop's) or on DNS. Ruled out from the socket, before parsing.
+    if rport == 0
+        && listening(skb)
+        && !is_capture_port(skb.local_port as u16)
+        && (dns_port == 0 || skb.local_port as u16 != dns_port)
     {
         return Ok(());
     }
