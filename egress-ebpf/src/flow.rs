@@ -147,6 +147,11 @@ pub fn on_accepted(sk: u64, now: u64, tuples: &impl Tuples) {
     emit_flow(sk, st, PHASE_CONNECTED, tcp_state::SYN_RECV, tcp_state::ESTABLISHED, now, Some(t));
 }
 
+/// `ECONNRESET`, `EPIPE` (Linux errno): what `tcp_reset` leaves in
+/// `sk_err` for a reset received after the connect (EPIPE in CLOSE_WAIT).
+const ECONNRESET: i32 = 104;
+const EPIPE: i32 = 32;
+
 /// Any later transition of a socket (softirq or task context).
 #[inline(always)]
 pub fn on_transition(sk: u64, old: u32, new: u32, now: u64, tuples: &impl Tuples) {
@@ -194,11 +199,18 @@ pub fn on_transition(sk: u64, old: u32, new: u32, now: u64, tuples: &impl Tuples
         }
     } else if new == tcp_state::CLOSE {
         let ctl = control();
+        let err = sock::errors(skaddr).0;
+        // A received reset sets sk_err before the CLOSE it causes (a local
+        // abort sets it after): where sk_err is readable this is the whole
+        // of `tcp_receive_reset`'s work, which then stays on standby.
+        if old != tcp_state::SYN_SENT && (err == ECONNRESET || err == EPIPE) {
+            st.flags |= FLOW_FLAG_RESET;
+        }
         let clean = st.established_ns != 0
             && st.flags & (FLOW_FLAG_EMITTED | FLOW_FLAG_RESET | FLOW_FLAG_CAPTURE) == 0
             && ctl.flags & CTRL_VERBOSE == 0
             && !degraded(&ctl, st.retransmits)
-            && sock::errors(skaddr).0 == 0;
+            && err == 0;
         // A clean close is counted from what the state already holds; only a
         // record needs the tuple read again.
         if !(clean && aggregate(st, false, 0, &ctl)) {

@@ -205,6 +205,9 @@ impl Host<'_> {
         match p.standby {
             Standby::Never => None,
             Standby::WhileSoErrorAttached => self.so_error_attached.then(|| "standby: so_error (cgroup/getsockopt) covers SO_ERROR".to_string()),
+            Standby::WhileSkErrReadable => (self.resolved.config.kernel.sock_sk_err != KOFF_UNKNOWN).then(|| {
+                "standby: sk_err is readable, so the close itself sees a received reset (one program run less per connection)".to_string()
+            }),
             Standby::ConnectIntent => match self.opts.connect_intent {
                 Some(true) => None,
                 Some(false) => Some("standby: --connect-intent false".to_string()),

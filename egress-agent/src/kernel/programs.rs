@@ -83,6 +83,9 @@ pub enum Standby {
     /// No cgroup sock_addr program on this host (`--connect-intent auto`),
     /// or `--connect-intent false`.
     ConnectIntent,
+    /// `sock::sk_err` resolved from BTF: the close reads a received reset
+    /// from it (ECONNRESET, EPIPE: set before the CLOSE transition).
+    WhileSkErrReadable,
 }
 
 /// What this kernel and host must offer, beyond the verifier's yes.
@@ -191,7 +194,7 @@ pub const PROGRAMS: &[Program] = &[
         hook: Hook::Tracepoint { category: "tcp", name: "tcp_receive_reset" },
         need: Need::Optional,
         role: "refused/reset when sk_err is unreadable",
-        standby: Standby::Never,
+        standby: Standby::WhileSkErrReadable,
         requires: Requires::Tracepoint,
         layout: Some(|f, c| f.tcp_offsets(&[], None).map(|o| c.receive_reset = o)),
         btf: Some("tcp_receive_reset_btf"),
