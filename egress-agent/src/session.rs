@@ -7,7 +7,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use aya::maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key};
 use egress_common::{
-    DNS_PORT, MAP_CAPTURE, MAP_EVENTS, MAP_PRIVATE_NETS, MAP_STATS, PRIVATE_NETS_MAX, TLS_PORT,
+    BUILTIN_PRIVATE_V4, DNS_PORT, MAP_CAPTURE, MAP_EVENTS, MAP_PRIVATE_NETS, MAP_STATS,
+    PRIVATE_NETS_MAX, TLS_PORT,
 };
 use tokio::sync::watch;
 
@@ -402,19 +403,11 @@ fn write_private_nets(ebpf: &mut aya::Ebpf, opts: &SessionOptions) -> Result<(),
     let map = ebpf.map_mut(MAP_PRIVATE_NETS).ok_or(SessionError::MapMissing(MAP_PRIVATE_NETS))?;
     let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map)
         .map_err(|source| SessionError::Map { what: MAP_PRIVATE_NETS, source })?;
-    let builtin = [
-        "127.0.0.0/8",
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "169.254.0.0/16",
-        "::1/128",
-        "fe80::/10",
-        "fc00::/7",
-    ];
-    let ranges = builtin
+    let builtin_v6 = ["::1/128", "fe80::/10", "fc00::/7"];
+    let ranges = BUILTIN_PRIVATE_V4
         .iter()
+        .map(|&(net, len)| format!("{}/{len}", std::net::Ipv4Addr::from(net)))
+        .chain(builtin_v6.iter().map(|s| s.to_string()))
         .filter_map(|s| s.parse::<Cidr>().ok())
         .chain(opts.private_ranges.iter().copied())
         .take(PRIVATE_NETS_MAX as usize);

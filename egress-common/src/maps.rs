@@ -33,6 +33,17 @@ pub const MAP_DNS_BUCKETS: &str = "DNS_BUCKETS";
 pub const MAP_PRIVATE_NETS: &str = "PRIVATE_NETS";
 /// Entries of [`MAP_PRIVATE_NETS`] at most.
 pub const PRIVATE_NETS_MAX: u32 = 256;
+/// The IPv4 ranges always in [`MAP_PRIVATE_NETS`] (network, prefix length):
+/// loopback, RFC 1918, CGNAT, link-local. The kernel tests these inline
+/// and asks the trie only for other addresses (operator ranges, public).
+pub const BUILTIN_PRIVATE_V4: [([u8; 4], u8); 6] = [
+    ([127, 0, 0, 0], 8),
+    ([10, 0, 0, 0], 8),
+    ([172, 16, 0, 0], 12),
+    ([192, 168, 0, 0], 16),
+    ([100, 64, 0, 0], 10),
+    ([169, 254, 0, 0], 16),
+];
 /// Name of the load-time configuration global ([`Config`](crate::Config)).
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -44,3 +55,19 @@ pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 /// Default capacity of each aggregation map (a full map sends flows as
 /// events instead: nothing is lost).
 pub const DEFAULT_AGG_KEYS: u32 = 16_384;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel compares `addr & mask == net`: a network with host bits
+    /// set would never match.
+    #[test]
+    fn builtin_private_ranges_are_networks() {
+        for (net, len) in BUILTIN_PRIVATE_V4 {
+            assert!((1..=32).contains(&len));
+            let mask = u32::MAX << (32 - u32::from(len));
+            assert_eq!(u32::from_be_bytes(net) & !mask, 0, "{net:?}/{len}");
+        }
+    }
+}

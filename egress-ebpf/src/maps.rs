@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use egress_common::{
-    AF_INET, AggKey, AggValue, ConnectArgs, Control, DEFAULT_AGG_KEYS, DEFAULT_MAX_FLOWS,
-    DEFAULT_RING_BYTES, FlowState, PRIVATE_NETS_MAX, STAT_SLOTS, TokenBucket, Tuple, TupleKey,
+    AF_INET, AggKey, AggValue, BUILTIN_PRIVATE_V4, ConnectArgs, Control, DEFAULT_AGG_KEYS,
+    DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, FlowState, PRIVATE_NETS_MAX, STAT_SLOTS, TokenBucket,
+    Tuple, TupleKey,
 };
 
 /// Flow outcomes and NAT mappings.
@@ -108,11 +109,23 @@ pub static DNS_BUCKETS: LruHashMap<u64, TokenBucket> = LruHashMap::with_max_entr
 #[map]
 pub static PRIVATE_NETS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PRIVATE_NETS_MAX, 0);
 
-/// Whether `addr` (of `family`) lies in a private or cluster range.
+/// Whether `addr` (of `family`) lies in a private or cluster range. The
+/// built-in IPv4 ranges (loopback, RFC 1918, …: most of a node's traffic)
+/// are compared inline; the trie is asked only for the rest.
 #[inline(always)]
 pub fn is_private(family: u16, addr: &[u8; 16]) -> bool {
     let mut a = *addr;
     if family == AF_INET {
+        let v4 = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+        let mut i = 0;
+        while i < BUILTIN_PRIVATE_V4.len() {
+            let (net, len) = BUILTIN_PRIVATE_V4[i];
+            let mask = u32::MAX << (32 - u32::from(len));
+            if v4 & mask == u32::from_be_bytes(net) {
+                return true;
+            }
+            i += 1;
+        }
         a = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]];
     }
     PRIVATE_NETS.get(Key::new(128, a)).is_some()
