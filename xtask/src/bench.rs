@@ -141,9 +141,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // The cgroup v2 root is the agent's own choice (mountinfo), as deployed:
     // on a hybrid host /sys/fs/cgroup is a tmpfs, and naming it would leave
     // the cgroup programs unattached and out of the measurement.
-    let mut agent_args = ["--config", &config.to_string_lossy(), "--kube", "false"]
-    .map(String::from)
-    .to_vec();
+    let mut agent_args =
+        ["--config", &config.to_string_lossy(), "--kube", "false"].map(String::from).to_vec();
     agent_args.extend(a.agent_arg.iter().cloned());
     // SAFETY: no pointers; on Linux this sets the calling thread's nice
     // value, which the threads and processes it starts from now inherit.
