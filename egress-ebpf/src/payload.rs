@@ -68,9 +68,9 @@ const TCP_LISTEN: u32 = 10;
 /// Whether the packet's socket is a TCP listener (a UDP socket never is).
 #[inline(always)]
 fn listening(skb: &__sk_buff) -> bool {
-    // SAFETY: reading the context's socket pointer; the kernel gives a
-    // socket or null, checked before its one field is read.
+    // SAFETY: reading the context's socket pointer (a union of one field).
     let sk = unsafe { skb.__bindgen_anon_2.sk };
+    // SAFETY: the kernel gives a socket or null, checked first.
     !sk.is_null() && unsafe { (*sk).state } == TCP_LISTEN
 }
 
