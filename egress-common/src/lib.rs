@@ -552,7 +552,7 @@ pub struct Config {
     /// poll tick (batched reads instead of one wake-up per event).
     pub wakeup_bytes: u32,
 }
-const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 116 + 40 + 16 + 8 + 8);
+const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 120 + 40 + 16 + 8 + 8);
 
 impl Config {
     pub const DEFAULT: Self = Self {

@@ -132,6 +132,10 @@ pub struct KernelOffsets {
     /// `skc_num` is already 0, a socket closed in SYN_SENT (the port is
     /// released before the state change is traced).
     pub inet_sport: u32,
+    /// `struct sock::sk_max_ack_backlog` (u32): non-zero on a listener and
+    /// on every socket it accepted (a child inherits it), zero on an active
+    /// open: which sockets the destroy backstop need not look up.
+    pub sk_max_ack_backlog: u32,
 }
 
 pub const KOFF_UNKNOWN: u32 = u32::MAX;
@@ -167,6 +171,7 @@ impl KernelOffsets {
         task_tgid: KOFF_UNKNOWN,
         task_comm: KOFF_UNKNOWN,
         inet_sport: KOFF_UNKNOWN,
+        sk_max_ack_backlog: KOFF_UNKNOWN,
     };
 }
 

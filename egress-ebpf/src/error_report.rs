@@ -1,15 +1,24 @@
-//! `inet_sk_error_report` (Linux 5.16+) as a *raw* tracepoint: its record
-//! has no socket address, but the raw arguments carry the `struct sock *`.
-//! The error is stored in the socket's flow state and leaves the kernel with
-//! the flow's end event.
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use egress_common::FlowState;
+//! `inet_sk_error_report` (Linux 5.16+): the error a socket reported,
+//! stored in its flow state; it leaves the kernel with the flow's end event.
+//! As a BTF tracepoint where the kernel has BTF, else as a *raw* tracepoint
+//! (its record has no socket address; the raw arguments carry the
+//! `struct sock *`).
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use egress_common::tcp_state;
 
-use crate::{flow::state, sock};
+use crate::{
+    config,
+    flow::state,
+    sock::{Probed, Sk, Typed},
+};
 
 #[inline(always)]
-fn record(sk: u64, st: *mut FlowState) {
-    let err = match sock::errors(sk) {
+fn record(sk: impl Sk) {
+    let Some(st) = state(sk.addr()) else { return };
+    let err = match sk.errors() {
         (0, soft) => soft,
         (e, _) => e,
     };
@@ -21,9 +30,19 @@ fn record(sk: u64, st: *mut FlowState) {
 
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    if let Some(st) = state(sk) {
-        record(sk, st);
+    record(Probed(ctx.arg(0)));
+    0
+}
+
+/// A socket already in CLOSE reports after its close was traced (a reset
+/// or timeout: `tcp_done` first; a local abort: CLOSE, then the error),
+/// and the close ended its flow with `sk_err` in hand: such a report, most
+/// of them, leaves without a flow-table lookup.
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk = Typed(ctx.arg(0));
+    if sk.field::<u8>(config!(kernel.skc_state)) != Some(tcp_state::CLOSE as u8) {
+        record(sk);
     }
     0
 }

@@ -5,7 +5,8 @@
 //! self-contained `FlowEvent`; a clean one is only counted in the
 //! aggregation map under (owner cgroup, destination).
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_get_current_comm,
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    generated::bpf_get_current_comm,
 };
 use egress_common::{
     AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_VERBOSE, ConnectArgs, Control, EVENT_FLOW,
@@ -24,17 +25,30 @@ use crate::{
         SOCK_FDS, control, count, is_private, xadd,
     },
     net::{is_capture_port, is_tls_port, tuple_key},
-    sock,
+    sock::{self, Sk},
 };
 
 /// A `connect()` sockaddr older than this is not trusted for the flow (the
 /// SYN_SENT transition runs inside the same syscall, microseconds later).
 const CONNECT_ARGS_MAX_AGE_NS: u64 = 50_000_000;
 
-/// What a hook knows about the transition besides the socket: how to read
-/// the socket's tuple (from a tracepoint record, or from the socket).
-pub trait Tuples {
+/// What a hook reads of the socket besides its address: its tuple (from a
+/// tracepoint record, or from the socket) and its errors.
+pub trait SockView {
     fn tuple(&self, t: &mut Tuple) -> Result<(), i64>;
+    /// `sk_err`, `sk_err_soft`.
+    fn errors(&self) -> (i32, i32);
+}
+
+impl<S: Sk> SockView for S {
+    #[inline(always)]
+    fn tuple(&self, t: &mut Tuple) -> Result<(), i64> {
+        Sk::tuple(*self, t)
+    }
+    #[inline(always)]
+    fn errors(&self) -> (i32, i32) {
+        Sk::errors(*self)
+    }
 }
 
 /// `T` 8-byte aligned, for [`zeroed`].
@@ -115,7 +129,7 @@ pub fn on_connect(sk: u64, now: u64) {
     clippy::needless_borrows_for_generic_args,
     reason = "the state is a per-CPU map value: by value it would be copied onto the stack"
 )]
-pub fn on_accepted(sk: u64, now: u64, tuples: &impl Tuples) {
+pub fn on_accepted(sk: u64, now: u64, tuples: &impl SockView) {
     let (Some(t), Some(st)) = (SCRATCH_TUPLE.get_ptr_mut(0), SCRATCH_FLOW.get_ptr_mut(0)) else {
         return;
     };
@@ -152,9 +166,11 @@ pub fn on_accepted(sk: u64, now: u64, tuples: &impl Tuples) {
 const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
 
-/// Any later transition of a socket (softirq or task context).
+/// Any later transition of a socket (softirq or task context). The clock
+/// is read only for a tracked socket: most calls are the passive side's
+/// close, which only looks up.
 #[inline(always)]
-pub fn on_transition(sk: u64, old: u32, new: u32, now: u64, tuples: &impl Tuples) {
+pub fn on_transition(sk: u64, old: u32, new: u32, tuples: &impl SockView) {
     let Some(st) = state(sk) else {
         // An active open whose state is gone: only the hash-mode LRU evicts.
         if old == tcp_state::SYN_SENT {
@@ -162,6 +178,8 @@ pub fn on_transition(sk: u64, old: u32, new: u32, now: u64, tuples: &impl Tuples
         }
         return;
     };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: valid state pointer; a socket's transitions are serialised by its lock.
     let st = unsafe { &mut *st };
     let skaddr = sk;
@@ -199,7 +217,7 @@ pub fn on_transition(sk: u64, old: u32, new: u32, now: u64, tuples: &impl Tuples
         }
     } else if new == tcp_state::CLOSE {
         let ctl = control();
-        let err = sock::errors(skaddr).0;
+        let err = tuples.errors().0;
         // A received reset sets sk_err before the CLOSE it causes (a local
         // abort sets it after): where sk_err is readable this is the whole
         // of `tcp_receive_reset`'s work, which then stays on standby.

@@ -13,8 +13,6 @@
 //! one (FIN states) leaves in the first instructions. The passive side
 //! matters only where this machine runs a hop: a connection accepted on a
 //! capture port is the hop's view of one client (SYN_RECV→ESTABLISHED).
-use core::ffi::c_void;
-
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
@@ -26,10 +24,10 @@ use egress_common::{
 
 use crate::{
     config,
-    flow::{Tuples, on_accepted, on_connect, on_transition, state},
+    flow::{SockView, on_accepted, on_connect, on_transition, state},
     maps::{SET_STATE_MARK, count},
     net::is_capture_port,
-    sock,
+    sock::{self, Probed, Sk, Typed},
     tp::{self, field},
 };
 
@@ -43,24 +41,22 @@ fn matters(old: u32, new: u32) -> bool {
             && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV))
 }
 
+/// The classic tracepoint's record: the tuple from the record, the errors
+/// probe-read from the socket it names.
 struct Record<'a> {
     ctx: &'a TracePointContext,
     o: &'a TpOffsets,
+    sk: u64,
 }
 
-impl Tuples for Record<'_> {
+impl SockView for Record<'_> {
     #[inline(always)]
     fn tuple(&self, t: &mut Tuple) -> Result<(), i64> {
         tp::tuple(self.ctx, self.o, t)
     }
-}
-
-struct Socket(u64);
-
-impl Tuples for Socket {
     #[inline(always)]
-    fn tuple(&self, t: &mut Tuple) -> Result<(), i64> {
-        sock::tuple(self.0, t)
+    fn errors(&self) -> (i32, i32) {
+        sock::errors(self.sk)
     }
 }
 
@@ -80,29 +76,36 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let skaddr = field::<u64>(ctx, o.skaddr)?;
     mark(skaddr, old, new);
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let record = Record { ctx, o: &o, sk: skaddr };
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
-        on_connect(skaddr, now);
+        on_connect(skaddr, now());
     } else if old == tcp_state::SYN_RECV {
         if is_capture_port(field::<u16>(ctx, o.sport)?) {
-            on_accepted(skaddr, now, &Record { ctx, o: &o });
+            on_accepted(skaddr, now(), &record);
         }
     } else {
-        on_transition(skaddr, old, new, now, &Record { ctx, o: &o });
+        on_transition(skaddr, old, new, &record);
     }
     Ok(())
 }
 
+/// The main program where the kernel has BTF: the socket comes typed, and
+/// its fields are read with plain loads ([`Typed`]).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk: *mut c_void = ctx.arg(0);
+    let sk: *const u8 = ctx.arg(0);
     let (old, new) = (ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
     if matters(old, new) {
         mark(sk as u64, old, new);
-        by_socket(sk as u64, old, new);
+        by_socket(Typed(sk), old, new);
     }
     0
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// The main program's first step on a state change that matters: say on
@@ -156,7 +159,7 @@ pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
     let (sk, old, new) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
     if matters(old, new) && !marked(sk, old, new) && undone(sk, old, new) {
         count(STAT_NESTED_RECOVERED);
-        by_socket(sk, old, new);
+        by_socket(Probed(sk), old, new);
     }
     0
 }
@@ -188,28 +191,27 @@ fn undone(sk: u64, old: u32, new: u32) -> bool {
 /// two programs run back to back in the connecting task).
 const JUST_NOW_NS: u64 = 1_000_000;
 
-/// The flow logic, the socket read from the socket itself.
+/// The flow logic, the socket read from the socket itself. The clock is
+/// read only where a flow starts or is tracked.
 #[inline(always)]
-fn by_socket(skaddr: u64, old: u32, new: u32) {
+fn by_socket<S: Sk>(sk: S, old: u32, new: u32) {
     if !matters(old, new) {
         return;
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
         // MPTCP's own socket (and DCCP's, before 6.16) take this tracepoint too.
-        if sock::kread::<u16>(skaddr, config!(kernel.sk_protocol)) != Some(IPPROTO_TCP) {
+        if sk.field::<u16>(config!(kernel.sk_protocol)) != Some(IPPROTO_TCP) {
             return;
         }
-        on_connect(skaddr, now);
+        on_connect(sk.addr(), now());
     } else if old == tcp_state::SYN_RECV {
-        if sock::kread::<u16>(skaddr, config!(kernel.skc_num)).is_some_and(is_capture_port) {
-            on_accepted(skaddr, now, &Socket(skaddr));
+        if sk.field::<u16>(config!(kernel.skc_num)).is_some_and(is_capture_port) {
+            on_accepted(sk.addr(), now(), &sk);
         }
     } else {
         // Sockets that never took the connect path have no state: the
         // lookup is the whole cost of the passive side's close.
-        on_transition(skaddr, old, new, now, &Socket(skaddr));
+        on_transition(sk.addr(), old, new, &sk);
     }
 }
 
@@ -221,14 +223,32 @@ fn by_socket(skaddr: u64, old: u32, new: u32) {
 /// socket; one lookup per destroyed socket otherwise.
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
-    let sk = ctx.arg::<u64>(0);
-    let Some(st) = state(sk) else { return 0 };
+    destroyed(Probed(ctx.arg(0)));
+    0
+}
+
+/// The backstop where the kernel has BTF. A socket a listener accepted
+/// carries its non-zero `sk_max_ack_backlog`, an active open zero: only
+/// the accepted ones on a capture port (a hop's view) can be tracked, so
+/// the rest, half of all destroyed sockets, leave without a lookup.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk = Typed(ctx.arg(0));
+    if sk.field::<u32>(config!(kernel.sk_max_ack_backlog)).is_some_and(|b| b != 0)
+        && !sk.field::<u16>(config!(kernel.skc_num)).is_some_and(is_capture_port)
+    {
+        return 0;
+    }
+    destroyed(sk);
+    0
+}
+
+#[inline(always)]
+fn destroyed(sk: impl Sk) {
+    let Some(st) = state(sk.addr()) else { return };
     count(STAT_DESTROY_RECOVERED);
     // SAFETY: valid state pointer.
     let established = unsafe { (*st).established_ns != 0 };
     let old = if established { tcp_state::ESTABLISHED } else { tcp_state::SYN_SENT };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    on_transition(sk, old, tcp_state::CLOSE, now, &Socket(sk));
-    0
+    on_transition(sk.addr(), old, tcp_state::CLOSE, &sk);
 }

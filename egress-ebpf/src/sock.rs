@@ -1,10 +1,132 @@
 //! Reading a kernel `struct sock` at offsets the agent resolved from BTF.
-//! Every read goes through `bpf_probe_read_kernel`: a bad address or an
-//! unknown offset is a failed read, never a fault.
+//! A socket address as a plain number is read through
+//! `bpf_probe_read_kernel` (a bad address or an unknown offset is a failed
+//! read, never a fault); a BTF tracepoint's typed `struct sock *` is read
+//! with plain loads the verifier checks against the kernel's BTF ([`Typed`]).
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use egress_common::{AF_INET, AF_INET6, KOFF_UNKNOWN, Tuple};
 
 use crate::config;
+
+/// The socket a program was handed, and how its fields are read.
+pub trait Sk: Copy {
+    /// The socket's address: the flow table's key.
+    fn addr(self) -> u64;
+    /// A field of `struct sock` (its `sock_common` included) at `off`.
+    fn field<T: Copy>(self, off: u32) -> Option<T>;
+    /// The socket's tuple (local = source), as the tracepoints report it.
+    fn tuple(self, t: &mut Tuple) -> Result<(), i64>;
+    /// `sk_err`, `sk_err_soft`.
+    fn errors(self) -> (i32, i32);
+}
+
+/// A socket address as a number (raw tracepoints, records, iterators):
+/// every read is a `bpf_probe_read_kernel`.
+#[derive(Clone, Copy)]
+pub struct Probed(pub u64);
+
+impl Sk for Probed {
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        self.0
+    }
+    #[inline(always)]
+    fn field<T: Copy>(self, off: u32) -> Option<T> {
+        kread(self.0, off)
+    }
+    #[inline(always)]
+    fn tuple(self, t: &mut Tuple) -> Result<(), i64> {
+        tuple(self.0, t)
+    }
+    #[inline(always)]
+    fn errors(self) -> (i32, i32) {
+        errors(self.0)
+    }
+}
+
+/// A BTF tracepoint's `struct sock *` argument. Its fields are plain loads:
+/// the offsets are load-time constants (the frozen `CONFIG`), so the
+/// verifier checks each load against the kernel's BTF and turns it into a
+/// fault-safe one, with no helper call. Only `struct sock`'s own fields:
+/// anything past it (`inet_sock`, `tcp_sock`) is out of the argument's type
+/// and is probe-read through [`Sk::addr`]. Each load reads one whole member
+/// (or a union member spanning the bytes), as the verifier requires.
+#[derive(Clone, Copy)]
+pub struct Typed(pub *const u8);
+
+impl Sk for Typed {
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        self.0 as u64
+    }
+    #[inline(always)]
+    fn field<T: Copy>(self, off: u32) -> Option<T> {
+        if off == KOFF_UNKNOWN {
+            return None;
+        }
+        // SAFETY: a BTF-typed kernel pointer; the verifier checks the load
+        // against the type and makes it fault-safe.
+        Some(unsafe { core::ptr::read_volatile(self.0.add(off as usize).cast::<T>()) })
+    }
+    #[inline(always)]
+    fn tuple(self, t: &mut Tuple) -> Result<(), i64> {
+        let (d, p, f) =
+            (config!(kernel.skc_daddr), config!(kernel.skc_dport), config!(kernel.skc_family));
+        // `skc_addrpair` (daddr, rcv_saddr) and `skc_portpair` (dport, num)
+        // are u64 and u32 union members: one load each.
+        if d != KOFF_UNKNOWN
+            && config!(kernel.skc_rcv_saddr) == d + 4
+            && config!(kernel.skc_num) == p + 2
+            && p != KOFF_UNKNOWN
+        {
+            let pair = self.field::<u64>(d).ok_or(-2i64)?.to_ne_bytes();
+            let ports = self.field::<u32>(p).ok_or(-2i64)?.to_ne_bytes();
+            t.family = self.field::<u16>(f).ok_or(-2i64)?;
+            t.dport = u16::from_be_bytes([ports[0], ports[1]]);
+            t.sport = u16::from_ne_bytes([ports[2], ports[3]]);
+            if t.family == AF_INET {
+                t.daddr[..4].copy_from_slice(&pair[..4]);
+                t.saddr[..4].copy_from_slice(&pair[4..]);
+            }
+        } else {
+            t.family = self.field::<u16>(f).ok_or(-2i64)?;
+            t.sport = self.field::<u16>(config!(kernel.skc_num)).ok_or(-2i64)?;
+            t.dport = u16::from_be(self.field::<u16>(p).ok_or(-2i64)?);
+            if t.family == AF_INET {
+                let s = self.field::<u32>(config!(kernel.skc_rcv_saddr)).ok_or(-2i64)?;
+                let d = self.field::<u32>(d).ok_or(-2i64)?;
+                t.saddr[..4].copy_from_slice(&s.to_ne_bytes());
+                t.daddr[..4].copy_from_slice(&d.to_ne_bytes());
+            }
+        }
+        if t.family == AF_INET6 {
+            v6(self, config!(kernel.skc_v6_rcv_saddr), &mut t.saddr)?;
+            v6(self, config!(kernel.skc_v6_daddr), &mut t.daddr)?;
+        }
+        released_port(self.0 as u64, t);
+        Ok(())
+    }
+    #[inline(always)]
+    fn errors(self) -> (i32, i32) {
+        (
+            self.field::<i32>(config!(kernel.sock_sk_err)).unwrap_or(0),
+            self.field::<i32>(config!(kernel.sock_sk_err_soft)).unwrap_or(0),
+        )
+    }
+}
+
+/// An IPv6 address of the socket (`struct in6_addr`), in two loads.
+#[inline(always)]
+fn v6(sk: Typed, off: u32, out: &mut [u8; 16]) -> Result<(), i64> {
+    if off == KOFF_UNKNOWN {
+        return Err(-2);
+    }
+    let hi = sk.field::<u64>(off).ok_or(-2i64)?.to_ne_bytes();
+    let lo = sk.field::<u64>(off + 8).ok_or(-2i64)?.to_ne_bytes();
+    out[..8].copy_from_slice(&hi);
+    out[8..].copy_from_slice(&lo);
+    Ok(())
+}
 
 /// Read a kernel value at `base + off`, where `off` came from BTF.
 #[inline(always)]

@@ -177,7 +177,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::SocketBtf,
         layout: None,
-        btf: None,
+        btf: Some("tcp_destroy_sock_btf"),
     },
     Program {
         name: "tcp_retransmit_skb",
@@ -207,7 +207,7 @@ pub const PROGRAMS: &[Program] = &[
         standby: Standby::Never,
         requires: Requires::Tracepoint,
         layout: None,
-        btf: None,
+        btf: Some("inet_sk_error_report_btf"),
     },
     Program {
         name: "sys_enter_connect",

@@ -51,6 +51,7 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         task_tgid: get("task_struct", &["tgid"]),
         task_comm: get("task_struct", &["comm"]),
         inet_sport: get("inet_sock", &["inet_sport"]),
+        sk_max_ack_backlog: get("sock", &["sk_max_ack_backlog"]),
     };
     // The socket's cgroup: a pointer since Linux 5.15, a tagged word before.
     let (sk_cgroup, tagged) = match btf.member_offset("sock", &["sk_cgrp_data", "cgroup"]) {
