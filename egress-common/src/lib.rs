@@ -287,6 +287,15 @@ pub struct FlowState {
 }
 const _: () = assert!(size_of::<FlowState>() == 128);
 
+/// One place of the direct-mapped socket table ([`MAP_FLOW_SLOTS`]): the
+/// socket it holds (0 = free) and its state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub sk: u64,
+    pub state: FlowState,
+}
+
 /// EVENT_FLOW.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -551,8 +560,11 @@ pub struct Config {
     /// are submitted without a wake-up and the reader collects them on its
     /// poll tick (batched reads instead of one wake-up per event).
     pub wakeup_bytes: u32,
+    /// Places in the direct-mapped socket table minus one (a power of two
+    /// minus one: the index mask), see [`flow_table_split`].
+    pub flow_slots_mask: u32,
 }
-const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 120 + 40 + 16 + 8 + 8);
+const _: () = assert!(size_of::<Config>() == 3 * 24 + 16 + 120 + 40 + 16 + 8 + 8 + 4);
 
 impl Config {
     pub const DEFAULT: Self = Self {
@@ -566,6 +578,7 @@ impl Config {
         tls_ports: [0; MAX_TLS_PORTS],
         dns_port: 0,
         wakeup_bytes: 0,
+        flow_slots_mask: 0,
         connect_intent: 0,
     };
 }

@@ -8,10 +8,15 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_CAPTURE: &str = "CAPTURE";
 /// Per-CPU `u64` counters, indexed by the `STAT_*` constants.
 pub const MAP_STATS: &str = "STATS";
-/// Active opens in flight: kernel socket address → [`FlowState`](crate::FlowState) (LRU with
-/// per-CPU lists: a full table evicts the least recently used entry, and an
-/// active open that finds its state gone is counted).
+/// Active opens in flight, by kernel socket address: a direct-mapped array
+/// of [`FlowSlot`](crate::FlowSlot)s holds most ([`MAP_FLOW_SLOTS`]), this
+/// LRU hash (address → [`FlowState`](crate::FlowState)) the rest: sockets
+/// whose place is taken, connections a hop accepted, sockets adopted at
+/// start. A full LRU evicts its least recently used entry, and an active
+/// open that finds its state gone is counted.
 pub const MAP_FLOWS: &str = "FLOWS";
+/// The direct-mapped part of the socket table (see [`MAP_FLOWS`]).
+pub const MAP_FLOW_SLOTS: &str = "FLOW_SLOTS";
 /// `connect()` destinations per thread: pid_tgid → [`ConnectArgs`](crate::ConnectArgs).
 pub const MAP_CONNECT_ARGS: &str = "CONNECT_ARGS";
 /// Established flows to capture ports, [`TupleKey`](crate::TupleKey) → socket address: the
@@ -52,6 +57,16 @@ pub const GLOBAL_CONFIG: &str = "CONFIG";
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
 /// Default capacity of the socket table.
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
+
+/// How `--max-flows` divides between the socket table's two parts: the
+/// direct-mapped places (a power of two, at most half) and the LRU (the
+/// rest), so that together they hold `max_flows` (at least one each).
+pub const fn flow_table_split(max_flows: u32) -> (u32, u32) {
+    let half = if max_flows / 2 == 0 { 1 } else { max_flows / 2 };
+    let slots = 1u32 << (31 - half.leading_zeros());
+    let lru = if max_flows > slots { max_flows - slots } else { 1 };
+    (slots, lru)
+}
 /// Default capacity of each aggregation map (a full map sends flows as
 /// events instead: nothing is lost).
 pub const DEFAULT_AGG_KEYS: u32 = 16_384;
@@ -59,6 +74,19 @@ pub const DEFAULT_AGG_KEYS: u32 = 16_384;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_socket_table_split_holds_max_flows_with_a_power_of_two_of_places() {
+        assert_eq!(flow_table_split(DEFAULT_MAX_FLOWS), (65_536, 65_536));
+        assert_eq!(flow_table_split(100_000), (32_768, 67_232));
+        assert_eq!(flow_table_split(3), (1, 2));
+        assert_eq!(flow_table_split(1), (1, 1));
+        for m in [2, 5, 1_000, 65_537, 1 << 20, u32::MAX] {
+            let (slots, lru) = flow_table_split(m);
+            assert!(slots.is_power_of_two() && slots <= m / 2 && slots > m / 4, "{m}");
+            assert_eq!(slots + lru, m, "{m}");
+        }
+    }
 
     /// The kernel compares `addr & mask == net`: a network with host bits
     /// set would never match.

@@ -24,8 +24,8 @@ use egress_common::{
 
 use crate::{
     config,
-    flow::state,
-    maps::{FLOWS, count},
+    flow_table::{self, state},
+    maps::count,
     net::is_capture_port,
     sock::{self, kread},
 };
@@ -128,10 +128,6 @@ fn adopt(ctx: *mut c_void) -> Option<()> {
 
 /// The flow's state, unless the hooks made one meanwhile.
 #[inline(never)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the value is a per-CPU map value: by value it would be copied onto the stack"
-)]
 fn store(sk: u64, a: &AdoptedSocket) -> Option<()> {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -150,7 +146,11 @@ fn store(sk: u64, a: &AdoptedSocket) -> Option<()> {
     fs.family = a.tuple.family;
     fs.dport = a.tuple.dport;
     fs.daddr = a.tuple.daddr;
-    if FLOWS.insert(sk, &*fs, BPF_NOEXIST).is_err() {
+    // A socket the main program already tracks keeps its state.
+    if state(sk).is_some() {
+        return None;
+    }
+    if flow_table::insert_lru(sk, &*fs, BPF_NOEXIST).is_err() {
         if state(sk).is_none() {
             count(STAT_FLOW_MAP_FULL);
         }

@@ -11,7 +11,7 @@ use egress_common::tcp_state;
 
 use crate::{
     config,
-    flow::state,
+    flow_table::state,
     sock::{Probed, Sk, Typed},
 };
 
@@ -40,7 +40,7 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
 /// of them, leaves without a flow-table lookup.
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk = Typed(ctx.arg(0));
+    let sk = Typed::new(ctx.arg(0));
     if sk.field::<u8>(config!(kernel.skc_state)) != Some(tcp_state::CLOSE as u8) {
         record(sk);
     }

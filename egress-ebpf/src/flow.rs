@@ -20,9 +20,10 @@ use egress_common::{
 use crate::{
     config,
     emit::emit,
+    flow_table::{self, state},
     maps::{
-        AGG0, AGG1, CONNECT_ARGS, EVENTS, FLOWS, PROXY_FLOWS, SCRATCH_FLOW, SCRATCH_TUPLE,
-        SOCK_FDS, control, count, is_private, xadd,
+        AGG0, AGG1, CONNECT_ARGS, EVENTS, PROXY_FLOWS, SCRATCH_FLOW, SCRATCH_TUPLE, SOCK_FDS,
+        control, count, is_private, xadd,
     },
     net::{is_capture_port, is_tls_port, tuple_key},
     sock::{self, Sk},
@@ -77,19 +78,55 @@ pub unsafe fn zeroed<T>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
     unsafe { v.assume_init_mut() }
 }
 
-/// The state of the active open at `sk`, if it is tracked.
-#[inline(always)]
-pub fn state(sk: u64) -> Option<*mut FlowState> {
-    FLOWS.get_ptr_mut(sk)
-}
-
-/// CLOSE→SYN_SENT, in the connecting task: keep the owner in a new state.
+/// CLOSE→SYN_SENT, in the connecting task: keep the owner in a new state,
+/// in the socket's own place of the table where it is free (written there
+/// in place), else in the LRU part.
 #[inline(always)]
 pub fn on_connect(sk: u64, now: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(slot) = flow_table::claim(sk) {
+        // SAFETY: a valid map value; FlowState is integers and byte arrays,
+        // valid all-zero.
+        let st = unsafe { zero_in_place(&raw mut (*slot).state) };
+        owner(st, sk, now);
+        flow_table::publish(slot, sk);
+        count(STAT_FLOW_STARTS);
+        return;
+    }
     let mut st = core::mem::MaybeUninit::uninit();
     // SAFETY: FlowState is integers and byte arrays.
     let st: &mut FlowState = unsafe { zeroed(&mut st) };
+    owner(st, sk, now);
+    if flow_table::insert_lru(sk, st, 0).is_err() {
+        count(STAT_FLOW_MAP_FULL);
+        return;
+    }
+    count(STAT_FLOW_STARTS);
+}
+
+/// Zero a map value of plain integers in place, 8 bytes a store (see
+/// [`zeroed`]), and return it.
+///
+/// # Safety
+/// `p` must point to a valid, writable `T` that is valid all-zero.
+#[inline(always)]
+unsafe fn zero_in_place<'a, T>(p: *mut T) -> &'a mut T {
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
+    let w = p.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: in bounds of `*p`, 8-byte aligned (the caller's promise).
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+        i += 1;
+    }
+    // SAFETY: as promised by the caller; every byte is now zero.
+    unsafe { &mut *p }
+}
+
+/// The owner of a new connect: the current task, its cgroup, and what it
+/// asked `connect()` for (where that is watched). `st` is zeroed.
+#[inline(always)]
+fn owner(st: &mut FlowState, sk: u64, now: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
     st.start_ns = now;
     // SAFETY: helper without preconditions.
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -111,11 +148,6 @@ pub fn on_connect(sk: u64, now: u64) {
         }
         let _ = CONNECT_ARGS.remove(pid_tgid);
     }
-    if FLOWS.insert(sk, st, 0).is_err() {
-        count(STAT_FLOW_MAP_FULL);
-        return;
-    }
-    count(STAT_FLOW_STARTS);
 }
 
 /// SYN_RECV→ESTABLISHED of a connection accepted on a capture port: this
@@ -125,10 +157,6 @@ pub fn on_connect(sk: u64, now: u64) {
 /// out) and the flow always goes out as events. Its state and tuple are
 /// built in per-CPU scratch space: the hook's stack is nearly spent.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the state is a per-CPU map value: by value it would be copied onto the stack"
-)]
 pub fn on_accepted(sk: u64, now: u64, tuples: &impl SockView) {
     let (Some(t), Some(st)) = (SCRATCH_TUPLE.get_ptr_mut(0), SCRATCH_FLOW.get_ptr_mut(0)) else {
         return;
@@ -152,7 +180,7 @@ pub fn on_accepted(sk: u64, now: u64, tuples: &impl SockView) {
     st.flags = FLOW_FLAG_ACCEPTED | FLOW_FLAG_CAPTURE | FLOW_FLAG_EMITTED;
     (st.family, st.dport, st.daddr) = (t.family, t.dport, t.daddr);
     st.intended = ConnectArgs::default();
-    if FLOWS.insert(sk, &*st, 0).is_err() {
+    if flow_table::insert_lru(sk, &*st, 0).is_err() {
         count(STAT_FLOW_MAP_FULL);
         return;
     }
@@ -167,23 +195,23 @@ const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
 
 /// Any later transition of a socket (softirq or task context). The clock
-/// is read only for a tracked socket: most calls are the passive side's
-/// close, which only looks up.
+/// is read only where a time is kept or sent: at ESTABLISHED, and for a
+/// close that leaves as a record (a clean close is only counted).
 #[inline(always)]
 pub fn on_transition(sk: u64, old: u32, new: u32, tuples: &impl SockView) {
     let Some(st) = state(sk) else {
-        // An active open whose state is gone: only the hash-mode LRU evicts.
+        // An active open whose state is gone: evicted from the table's LRU
+        // part (or, very rarely, its place claimed at the same instant).
         if old == tcp_state::SYN_SENT {
             count(STAT_FLOW_EVICTED);
         }
         return;
     };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: valid state pointer; a socket's transitions are serialised by its lock.
     let st = unsafe { &mut *st };
     let skaddr = sk;
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
+        let now = ktime();
         st.established_ns = now;
         let ctl = control();
         let mut t = core::mem::MaybeUninit::uninit();
@@ -237,15 +265,21 @@ pub fn on_transition(sk: u64, old: u32, new: u32, tuples: &impl SockView) {
             let t: &mut Tuple = &mut unsafe { zeroed::<Words<Tuple>>(&mut t) }.0;
             let have_tuple = tuples.tuple(t).is_ok();
             let phase = if st.established_ns == 0 { PHASE_CONNECT_FAILED } else { PHASE_CLOSED };
-            emit_flow(skaddr, st, phase, old, new, now, have_tuple.then_some(&*t));
+            emit_flow(skaddr, st, phase, old, new, ktime(), have_tuple.then_some(&*t));
             if st.flags & FLOW_FLAG_CAPTURE != 0 && have_tuple {
                 let _ =
                     PROXY_FLOWS.remove(tuple_key(t.family, t.sport, t.dport, &t.saddr, &t.daddr));
             }
         }
-        let _ = FLOWS.remove(sk);
+        flow_table::remove(sk);
         count(STAT_FLOW_ENDS);
     }
+}
+
+#[inline(always)]
+fn ktime() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]

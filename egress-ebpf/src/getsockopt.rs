@@ -18,8 +18,9 @@ use core::ffi::c_void;
 
 use crate::{
     config,
-    flow::state,
+    flow_table::state,
     maps::{SO_ERROR_CALLS, SOCK_FDS},
+    sock,
     tp::field,
 };
 
@@ -56,7 +57,7 @@ fn so_error_answer(ctx: &SockoptContext) -> Option<(*mut c_void, i32)> {
 #[cgroup_sockopt(getsockopt)]
 pub fn so_error(ctx: SockoptContext) -> i32 {
     if let Some((sk, err)) = so_error_answer(&ctx)
-        && let Some(st) = state(sk as u64)
+        && let Some(st) = state(sock::scalar(sk.cast()))
     {
         // SAFETY: valid state pointer.
         unsafe { (*st).reported_err = err };

@@ -14,6 +14,7 @@ mod dns;
 mod emit;
 mod error_report;
 mod flow;
+mod flow_table;
 mod getsockopt;
 mod maps;
 mod net;

@@ -22,20 +22,6 @@ pub static CAPTURE: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
-/// Active opens: socket address → state. LRU: sockets stuck connecting to a
-/// blackhole cannot lock new connections out; an eviction is counted when
-/// its socket's next transition finds no state (STAT_FLOW_EVICTED). Not
-/// socket storage: its allocation per socket (kzalloc, memcg charge, RCU
-/// free) cost ~4 % of all CPU on a loopback connect storm here, a
-/// preallocated table a fraction of it.
-///
-/// One LRU list for all CPUs, not per-CPU lists (BPF_F_NO_COMMON_LRU): a
-/// per-CPU list holds `max_entries / possible CPUs`, so on a VM that
-/// declares 64–240 possible CPUs one busy CPU would evict live flows (and
-/// uncountably, if they are established) with the table nearly empty.
-#[map]
-pub static FLOWS: LruHashMap<u64, FlowState> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
-
 /// Established flows to capture ports, by tuple (the key packets carry).
 #[map]
 pub static PROXY_FLOWS: LruHashMap<TupleKey, u64> =

@@ -29,7 +29,7 @@ use egress_common::{
 use crate::{
     config, dns,
     emit::emit_unzeroed,
-    flow::state,
+    flow_table::state,
     maps::{CAPTURE, PROXY_FLOWS},
     net::{is_capture_port, is_tls_port},
 };

@@ -1,15 +1,13 @@
 //! Retransmits and received resets: softirq context, attributed by socket
 //! to flows opened in `set_state`. BTF tracepoints (the socket as an
 //! argument, no record built) where the kernel has BTF, classic ones else.
-use core::ffi::c_void;
-
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use egress_common::{FLOW_FLAG_RESET, FlowState, STAT_RETRANSMITS, TpOffsets};
 
-use crate::{config, flow::state, maps::count, tp::field};
+use crate::{config, flow_table::state, maps::count, sock, tp::field};
 
 /// One retransmit of a tracked socket; before ESTABLISHED it is a SYN's.
 #[inline(always)]
@@ -37,8 +35,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk: *mut c_void = ctx.arg(0);
-    if let Some(st) = state(sk as u64) {
+    if let Some(st) = state(sock::scalar(ctx.arg(0))) {
         retransmitted(st);
     }
     0
@@ -58,8 +55,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk: *mut c_void = ctx.arg(0);
-    if let Some(st) = state(sk as u64) {
+    if let Some(st) = state(sock::scalar(ctx.arg(0))) {
         // SAFETY: valid state pointer.
         unsafe { (*st).flags |= FLOW_FLAG_RESET };
     }

@@ -24,7 +24,8 @@ use egress_common::{
 
 use crate::{
     config,
-    flow::{SockView, on_accepted, on_connect, on_transition, state},
+    flow::{SockView, on_accepted, on_connect, on_transition},
+    flow_table::state,
     maps::{SET_STATE_MARK, count},
     net::is_capture_port,
     sock::{self, Probed, Sk, Typed},
@@ -93,11 +94,11 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
 /// its fields are read with plain loads ([`Typed`]).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
     let (old, new) = (ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
     if matters(old, new) {
-        mark(sk as u64, old, new);
-        by_socket(Typed(sk), old, new);
+        let sk = Typed::new(ctx.arg(0));
+        mark(sk.addr(), old, new);
+        by_socket(sk, old, new);
     }
     0
 }
@@ -233,7 +234,7 @@ pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
 /// the rest, half of all destroyed sockets, leave without a lookup.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk = Typed(ctx.arg(0));
+    let sk = Typed::new(ctx.arg(0));
     if sk.field::<u32>(config!(kernel.sk_max_ack_backlog)).is_some_and(|b| b != 0)
         && !sk.field::<u16>(config!(kernel.skc_num)).is_some_and(is_capture_port)
     {

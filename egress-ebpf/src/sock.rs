@@ -3,7 +3,7 @@
 //! `bpf_probe_read_kernel` (a bad address or an unknown offset is a failed
 //! read, never a fault); a BTF tracepoint's typed `struct sock *` is read
 //! with plain loads the verifier checks against the kernel's BTF ([`Typed`]).
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 use egress_common::{AF_INET, AF_INET6, KOFF_UNKNOWN, Tuple};
 
 use crate::config;
@@ -44,6 +44,37 @@ impl Sk for Probed {
     }
 }
 
+/// Per-CPU room where a typed pointer becomes a plain number ([`scalar`]).
+#[map]
+static ADDR_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The address a typed kernel pointer holds (a BTF tracepoint's argument, a
+/// cgroup hook's socket), as a plain number the program may compute with
+/// (the socket table hashes it). The verifier forbids arithmetic other
+/// than adding offsets on such a pointer, but a pointer stored into map
+/// memory reads back as a number (privileged programs may store one). A
+/// program run from a softirq between the store and the load on this CPU
+/// would leave its own there: the value read must equal the pointer, else
+/// it is read again with a probe read of the stack copy.
+#[inline(always)]
+pub fn scalar(p: *const u8) -> u64 {
+    if let Some(s) = ADDR_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: valid per-CPU map value.
+        let v = unsafe {
+            core::ptr::write_volatile(s, p as u64);
+            core::ptr::read_volatile(s)
+        };
+        // Compared through an opaque copy: compared directly, the compiler
+        // would return the (equal) pointer itself from this branch.
+        if core::hint::black_box(v) == p as u64 {
+            return v;
+        }
+    }
+    let copy = core::hint::black_box(p as u64);
+    // SAFETY: probe read of a value on this program's stack.
+    unsafe { bpf_probe_read_kernel(&raw const copy) }.unwrap_or(0)
+}
+
 /// A BTF tracepoint's `struct sock *` argument. Its fields are plain loads:
 /// the offsets are load-time constants (the frozen `CONFIG`), so the
 /// verifier checks each load against the kernel's BTF and turns it into a
@@ -52,12 +83,22 @@ impl Sk for Probed {
 /// and is probe-read through [`Sk::addr`]. Each load reads one whole member
 /// (or a union member spanning the bytes), as the verifier requires.
 #[derive(Clone, Copy)]
-pub struct Typed(pub *const u8);
+pub struct Typed {
+    ptr: *const u8,
+    addr: u64,
+}
+
+impl Typed {
+    #[inline(always)]
+    pub fn new(ptr: *const u8) -> Self {
+        Self { ptr, addr: scalar(ptr) }
+    }
+}
 
 impl Sk for Typed {
     #[inline(always)]
     fn addr(self) -> u64 {
-        self.0 as u64
+        self.addr
     }
     #[inline(always)]
     fn field<T: Copy>(self, off: u32) -> Option<T> {
@@ -66,7 +107,7 @@ impl Sk for Typed {
         }
         // SAFETY: a BTF-typed kernel pointer; the verifier checks the load
         // against the type and makes it fault-safe.
-        Some(unsafe { core::ptr::read_volatile(self.0.add(off as usize).cast::<T>()) })
+        Some(unsafe { core::ptr::read_volatile(self.ptr.add(off as usize).cast::<T>()) })
     }
     #[inline(always)]
     fn tuple(self, t: &mut Tuple) -> Result<(), i64> {
@@ -103,7 +144,7 @@ impl Sk for Typed {
             v6(self, config!(kernel.skc_v6_rcv_saddr), &mut t.saddr)?;
             v6(self, config!(kernel.skc_v6_daddr), &mut t.daddr)?;
         }
-        released_port(self.0 as u64, t);
+        released_port(self.addr, t);
         Ok(())
     }
     #[inline(always)]

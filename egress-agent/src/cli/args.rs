@@ -36,8 +36,10 @@ pub struct SessionArgs {
     /// (a power of two, at least the page size).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
-    /// Capacity of the in-kernel socket table (active opens in flight) and
-    /// of the agent's table of proxy flows waiting for their answer.
+    /// Capacity of the in-kernel socket table (active opens in flight: a
+    /// direct-mapped part of the largest power of two up to half, an LRU
+    /// part for the rest) and of the agent's table of proxy flows waiting
+    /// for their answer.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: u32,
     /// Owner × destination pairs the kernel counts clean flows under between

@@ -5,7 +5,7 @@
 use aya::{Ebpf, EbpfLoader};
 use egress_common::{
     Config, GLOBAL_CONFIG, KOFF_UNKNOWN, KernelOffsets, MAP_AGG, MAP_CAPTURE, MAP_EVENTS,
-    MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS, MAX_TLS_PORTS,
+    MAP_FLOW_SLOTS, MAP_FLOWS, MAP_PROXY_FLOWS, MAX_PROXY_PORTS, MAX_TLS_PORTS, flow_table_split,
 };
 use serde::Serialize;
 
@@ -320,11 +320,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // The reader is woken once an eighth of the ring is unread; below that
     // it collects events on its poll tick (pipeline::ring::POLL).
     resolved.config.wakeup_bytes = opts.ring_bytes / 8;
+    // The socket table: a direct-mapped part and an LRU, together --max-flows.
+    let (flow_slots, flow_lru) = flow_table_split(opts.max_flows);
+    resolved.config.flow_slots_mask = flow_slots - 1;
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &resolved.config, true)
         .map_max_entries(MAP_EVENTS, opts.ring_bytes)
         .map_max_entries(MAP_CAPTURE, opts.ring_bytes)
-        .map_max_entries(MAP_FLOWS, opts.max_flows)
+        .map_max_entries(MAP_FLOW_SLOTS, flow_slots)
+        .map_max_entries(MAP_FLOWS, flow_lru)
         .map_max_entries(MAP_PROXY_FLOWS, opts.max_flows)
         .map_max_entries(MAP_AGG[0], opts.agg_keys)
         .map_max_entries(MAP_AGG[1], opts.agg_keys)
