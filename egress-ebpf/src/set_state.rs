@@ -209,9 +209,10 @@ fn by_socket<S: Sk>(sk: S, old: u32, new: u32) {
         if sk.field::<u16>(config!(kernel.skc_num)).is_some_and(is_capture_port) {
             on_accepted(sk.addr(), now(), &sk);
         }
-    } else {
+    } else if !sk.passive_untracked() {
         // Sockets that never took the connect path have no state: the
-        // lookup is the whole cost of the passive side's close.
+        // lookup is the whole cost of the passive side's close where the
+        // socket does not say it was accepted off the capture ports.
         on_transition(sk.addr(), old, new, &sk);
     }
 }
@@ -228,19 +229,14 @@ pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The backstop where the kernel has BTF. A socket a listener accepted
-/// carries its non-zero `sk_max_ack_backlog`, an active open zero: only
-/// the accepted ones on a capture port (a hop's view) can be tracked, so
-/// the rest, half of all destroyed sockets, leave without a lookup.
+/// The backstop where the kernel has BTF: half of all destroyed sockets,
+/// the passive side's, leave without a lookup ([`Sk::passive_untracked`]).
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
     let sk = Typed::new(ctx.arg(0));
-    if sk.field::<u32>(config!(kernel.sk_max_ack_backlog)).is_some_and(|b| b != 0)
-        && !sk.field::<u16>(config!(kernel.skc_num)).is_some_and(is_capture_port)
-    {
-        return 0;
+    if !sk.passive_untracked() {
+        destroyed(sk);
     }
-    destroyed(sk);
     0
 }
 

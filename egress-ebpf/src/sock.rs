@@ -6,7 +6,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 use egress_common::{AF_INET, AF_INET6, KOFF_UNKNOWN, Tuple};
 
-use crate::config;
+use crate::{config, net::is_capture_port};
 
 /// The socket a program was handed, and how its fields are read.
 pub trait Sk: Copy {
@@ -18,6 +18,11 @@ pub trait Sk: Copy {
     fn tuple(self, t: &mut Tuple) -> Result<(), i64>;
     /// `sk_err`, `sk_err_soft`.
     fn errors(self) -> (i32, i32);
+    /// Whether the socket surely has no flow state: one a listener accepted
+    /// (it carries the listener's non-zero `sk_max_ack_backlog`; an active
+    /// open carries zero) off the capture ports (only a hop's accepted
+    /// connections are tracked). False when unsure: the caller looks up.
+    fn passive_untracked(self) -> bool;
 }
 
 /// A socket address as a number (raw tracepoints, records, iterators):
@@ -41,6 +46,11 @@ impl Sk for Probed {
     #[inline(always)]
     fn errors(self) -> (i32, i32) {
         errors(self.0)
+    }
+    /// Two probe reads cost more than the lookup they would save.
+    #[inline(always)]
+    fn passive_untracked(self) -> bool {
+        false
     }
 }
 
@@ -153,6 +163,11 @@ impl Sk for Typed {
             self.field::<i32>(config!(kernel.sock_sk_err)).unwrap_or(0),
             self.field::<i32>(config!(kernel.sock_sk_err_soft)).unwrap_or(0),
         )
+    }
+    #[inline(always)]
+    fn passive_untracked(self) -> bool {
+        self.field::<u32>(config!(kernel.sk_max_ack_backlog)).is_some_and(|b| b != 0)
+            && !self.field::<u16>(config!(kernel.skc_num)).is_some_and(is_capture_port)
     }
 }
 
