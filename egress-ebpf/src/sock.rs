@@ -20,8 +20,10 @@ pub trait Sk: Copy {
     fn errors(self) -> (i32, i32);
     /// Whether the socket surely has no flow state: one a listener accepted
     /// (it carries the listener's non-zero `sk_max_ack_backlog`; an active
-    /// open carries zero) off the capture ports (only a hop's accepted
-    /// connections are tracked). False when unsure: the caller looks up.
+    /// open carries zero: a socket that listened cannot connect afterwards,
+    /// on 6.18 `listen`, `shutdown`, `connect` fails with EINVAL) off the
+    /// capture ports (only a hop's accepted connections are tracked). False
+    /// when unsure: the caller looks up.
     fn passive_untracked(self) -> bool;
 }
 
