@@ -3,7 +3,11 @@
 //! `bpf_probe_read_kernel` (a bad address or an unknown offset is a failed
 //! read, never a fault); a BTF tracepoint's typed `struct sock *` is read
 //! with plain loads the verifier checks against the kernel's BTF ([`Typed`]).
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
+    macros::map,
+    maps::PerCpuArray,
+};
 use egress_common::{AF_INET, AF_INET6, KOFF_UNKNOWN, Tuple};
 
 use crate::{config, net::is_capture_port};
@@ -168,8 +172,41 @@ impl Sk for Typed {
     }
     #[inline(always)]
     fn passive_untracked(self) -> bool {
-        self.field::<u32>(config!(kernel.sk_max_ack_backlog)).is_some_and(|b| b != 0)
-            && !self.field::<u16>(config!(kernel.skc_num)).is_some_and(is_capture_port)
+        if !self.field::<u32>(config!(kernel.sk_max_ack_backlog)).is_some_and(|b| b != 0) {
+            return false;
+        }
+        // A closing socket has given its port back (`skc_num` is 0) before
+        // the CLOSE is traced: its local port is then `inet_sport`, past
+        // `struct sock`, reached through the kernel's typed cast.
+        let port = match self.field::<u16>(config!(kernel.skc_num)) {
+            Some(p) if p != 0 => p,
+            _ => match self.inet_sport() {
+                Some(p) if p != 0 => p,
+                _ => return false,
+            },
+        };
+        !is_capture_port(port)
+    }
+}
+
+impl Typed {
+    /// `inet_sport` (host order) through `bpf_skc_to_tcp_sock`, whose typed
+    /// result the verifier lets the program load from.
+    #[inline(always)]
+    fn inet_sport(self) -> Option<u16> {
+        let off = config!(kernel.inet_sport);
+        if off == KOFF_UNKNOWN {
+            return None;
+        }
+        // SAFETY: the helper takes a BTF socket pointer and returns a typed
+        // `tcp_sock` pointer or null.
+        let tp = unsafe { bpf_skc_to_tcp_sock(self.ptr as *mut _) }.cast::<u8>();
+        if tp.is_null() {
+            return None;
+        }
+        // SAFETY: a BTF-typed kernel pointer (checked by the verifier);
+        // `inet_sock` begins a `tcp_sock`, so the offset holds.
+        Some(u16::from_be(unsafe { core::ptr::read_volatile(tp.add(off as usize).cast::<u16>()) }))
     }
 }
 
