@@ -94,6 +94,8 @@ pub struct SessionOptions {
     pub connect_intent: Switch,
     /// Test hook: leave the ring unread this long after start.
     pub stall_reader: Option<Duration>,
+    /// Test hook: act as if every ESTABLISHED's run were skipped.
+    pub skip_established: bool,
 }
 
 impl SessionOptions {
@@ -324,6 +326,7 @@ impl Session {
                 dns_rate: opts.dns_rate,
                 dns_burst: opts.dns_burst,
                 public_events: opts.config.as_ref().is_some_and(|c| c.chain.bypass.is_some()),
+                skip_established: opts.skip_established,
             },
         )?;
         let kube = start_kube(&opts, &metrics.registry).await?;

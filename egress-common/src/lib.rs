@@ -82,8 +82,11 @@ pub const STAT_AGG_CLOSES: u32 = 2 * EVENT_KINDS + 7;
 pub const STAT_AGG_FULL: u32 = 2 * EVENT_KINDS + 8;
 /// DNS messages not captured: their cgroup spent its budget.
 pub const STAT_DNS_RATE_LIMITED: u32 = 2 * EVENT_KINDS + 9;
-/// State changes the spare program did because the kernel skipped the main
-/// one for them (it was running on the CPU).
+/// State changes the kernel skipped the set_state program for (it was
+/// running on the CPU) that a later hook on the same socket took up: an
+/// ESTABLISHED found at the close or at the first payload packet, a hop's
+/// accepted connection at its first payload packet, a CLOSE at the error
+/// report that follows a reset.
 pub const STAT_NESTED_RECOVERED: u32 = 2 * EVENT_KINDS + 10;
 /// Flows whose end no state change reported, closed when their socket was
 /// destroyed (`tcp_destroy_sock`).
@@ -121,6 +124,11 @@ pub const FLOW_FLAG_ADOPTED: u32 = 256;
 /// captured (the request side's first bytes) and only the first segment of
 /// the answer (the server's first record says whether the handshake went on).
 pub const FLOW_FLAG_TLS: u32 = 512;
+/// The flow's ESTABLISHED was not traced (the kernel skipped the run) and
+/// was taken up later, at the first payload packet or the close: its
+/// `established_ns` is that moment's, so the connect latency it gives is an
+/// upper bound.
+pub const FLOW_FLAG_UNTIMED: u32 = 1024;
 
 /// `Control::flags`: send every flow as events, clean ones too (a client
 /// is watching live, or `--log-flows`).
@@ -129,6 +137,10 @@ pub const CTRL_VERBOSE: u32 = 1;
 /// `PRIVATE_NETS`) as events: a proxy chain is configured and egress that
 /// skips it is reported one by one.
 pub const CTRL_PUBLIC_EVENTS: u32 = 2;
+/// Test hook (`--skip-established`): the set_state program leaves every
+/// ESTABLISHED undone, as if the kernel had skipped its run, so that the
+/// hooks taking such a skip up are tested deterministically.
+pub const CTRL_SKIP_ESTABLISHED: u32 = 4;
 
 /// Direction of a captured payload.
 pub const DIR_EGRESS: u32 = 1;

@@ -9,11 +9,12 @@ use aya_ebpf::helpers::{
     generated::bpf_get_current_comm,
 };
 use egress_common::{
-    AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_VERBOSE, ConnectArgs, Control, EVENT_FLOW,
-    EventHeader, FLOW_FLAG_ACCEPTED, FLOW_FLAG_CAPTURE, FLOW_FLAG_EMITTED, FLOW_FLAG_HAS_INTENDED,
-    FLOW_FLAG_RESET, FLOW_FLAG_TLS, FlowEvent, FlowState, LATENCY_BOUNDS_NS, LATENCY_BUCKETS,
-    PHASE_CLOSED, PHASE_CONNECT_FAILED, PHASE_CONNECTED, STAT_AGG_CLOSES, STAT_AGG_CONNECTS,
-    STAT_AGG_FULL, STAT_FLOW_ENDS, STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL, STAT_FLOW_STARTS,
+    AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_SKIP_ESTABLISHED, CTRL_VERBOSE, ConnectArgs,
+    Control, EVENT_FLOW, EventHeader, FLOW_FLAG_ACCEPTED, FLOW_FLAG_CAPTURE, FLOW_FLAG_EMITTED,
+    FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FLOW_FLAG_TLS, FLOW_FLAG_UNTIMED, FlowEvent,
+    FlowState, LATENCY_BOUNDS_NS, LATENCY_BUCKETS, PHASE_CLOSED, PHASE_CONNECT_FAILED,
+    PHASE_CONNECTED, STAT_AGG_CLOSES, STAT_AGG_CONNECTS, STAT_AGG_FULL, STAT_FLOW_ENDS,
+    STAT_FLOW_EVICTED, STAT_FLOW_MAP_FULL, STAT_FLOW_STARTS, STAT_NESTED_RECOVERED,
     STAT_READ_ERRORS, Tuple, tcp_state,
 };
 
@@ -22,8 +23,8 @@ use crate::{
     emit::emit,
     flow_table::{self, state},
     maps::{
-        AGG0, AGG1, CONNECT_ARGS, EVENTS, PROXY_FLOWS, SCRATCH_FLOW, SCRATCH_TUPLE, SOCK_FDS,
-        control, count, is_private, xadd,
+        AGG0, AGG1, CONNECT_ARGS, EVENTS, PROXY_FLOWS, SCRATCH_FLOW, SCRATCH_TAKE_UP,
+        SCRATCH_TUPLE, SOCK_FDS, control, count, is_private, xadd,
     },
     net::{is_capture_port, is_tls_port, tuple_key},
     sock::{self, Sk},
@@ -158,6 +159,9 @@ fn owner(st: &mut FlowState, sk: u64, now: u64) {
 /// built in per-CPU scratch space: the hook's stack is nearly spent.
 #[inline(always)]
 pub fn on_accepted(sk: u64, now: u64, tuples: &impl SockView) {
+    if control().flags & CTRL_SKIP_ESTABLISHED != 0 {
+        return;
+    }
     let (Some(t), Some(st)) = (SCRATCH_TUPLE.get_ptr_mut(0), SCRATCH_FLOW.get_ptr_mut(0)) else {
         return;
     };
@@ -167,17 +171,42 @@ pub fn on_accepted(sk: u64, now: u64, tuples: &impl SockView) {
         count(STAT_READ_ERRORS);
         return;
     }
-    (st.tx_base, st.rx_base) = sock::stream_bases(sk);
+    let start =
+        Accepted { bases: sock::stream_bases(sk), cgroup_id: sock::cgroup_id(sk), flags: 0 };
+    track_accepted(sk, st, t, &start, now, || SockFacts::read(sk));
+}
+
+/// What an accepted connection's state starts from besides its tuple.
+struct Accepted {
+    /// `snd_una`, `rcv_nxt` at the handshake's end.
+    bases: (u32, u32),
+    cgroup_id: u64,
+    /// Flags besides ACCEPTED, CAPTURE and EMITTED.
+    flags: u32,
+}
+
+/// Track an accepted connection in `st` (scratch space) and send its
+/// connect record.
+#[inline(always)]
+fn track_accepted(
+    sk: u64,
+    st: &mut FlowState,
+    t: &Tuple,
+    a: &Accepted,
+    now: u64,
+    facts: impl FnOnce() -> SockFacts,
+) {
+    (st.tx_base, st.rx_base) = a.bases;
     st.start_ns = now;
     st.established_ns = now;
-    st.cgroup_id = sock::cgroup_id(sk);
+    st.cgroup_id = a.cgroup_id;
     st.pid_tgid = 0;
     st.comm = [0; 16];
     st.netns = 0;
     st.retransmits = 0;
     st.syn_retransmits = 0;
     st.reported_err = 0;
-    st.flags = FLOW_FLAG_ACCEPTED | FLOW_FLAG_CAPTURE | FLOW_FLAG_EMITTED;
+    st.flags = FLOW_FLAG_ACCEPTED | FLOW_FLAG_CAPTURE | FLOW_FLAG_EMITTED | a.flags;
     (st.family, st.dport, st.daddr) = (t.family, t.dport, t.daddr);
     st.intended = ConnectArgs::default();
     if flow_table::insert_lru(sk, &*st, 0).is_err() {
@@ -186,7 +215,76 @@ pub fn on_accepted(sk: u64, now: u64, tuples: &impl SockView) {
     }
     count(STAT_FLOW_STARTS);
     let _ = PROXY_FLOWS.insert(tuple_key(t.family, t.sport, t.dport, &t.saddr, &t.daddr), sk, 0);
-    emit_flow(sk, st, PHASE_CONNECTED, tcp_state::SYN_RECV, tcp_state::ESTABLISHED, now, Some(t));
+    let transition = (tcp_state::SYN_RECV, tcp_state::ESTABLISHED);
+    emit_flow_with(sk, st, PHASE_CONNECTED, transition, now, Some(t), facts);
+}
+
+/// What the first payload packet of a flow the set_state program did not
+/// see established tells of its socket (`payload.rs`): its stream
+/// positions are still those of the handshake's end.
+pub struct FirstPacket {
+    pub sk: u64,
+    /// The local side is the source.
+    pub tuple: Tuple,
+    /// `snd_una`, `rcv_nxt`.
+    pub bases: (u32, u32),
+    /// `bytes_received`, `bytes_acked`.
+    pub bytes: (u64, u64),
+}
+
+impl FirstPacket {
+    /// The record's socket facts (the namespace is not readable here).
+    #[inline(always)]
+    fn facts(&self) -> SockFacts {
+        SockFacts { netns: 0, errors: (0, 0), bytes: self.bytes }
+    }
+}
+
+/// An active open to a capture (or TLS) port, tracked since its connect,
+/// whose ESTABLISHED the kernel skipped the set_state program for (see
+/// `set_state.rs`): set up as that ESTABLISHED would have, at its first
+/// payload packet, and its connect record sent (untimed). Its state, or
+/// None if it is no such flow.
+#[inline(always)]
+pub fn take_up_connect(p: &FirstPacket, now: u64) -> Option<*mut FlowState> {
+    let stp = state(p.sk)?;
+    // SAFETY: valid state pointer; the socket's packets and transitions
+    // are serialised by its lock or its softirq.
+    let st = unsafe { &mut *stp };
+    if st.established_ns != 0 || st.flags & FLOW_FLAG_ACCEPTED != 0 {
+        return None;
+    }
+    let t = &p.tuple;
+    st.established_ns = now;
+    st.flags |= FLOW_FLAG_UNTIMED | FLOW_FLAG_EMITTED | FLOW_FLAG_CAPTURE;
+    if !is_capture_port(t.dport) {
+        st.flags |= FLOW_FLAG_TLS;
+    }
+    (st.family, st.dport, st.daddr) = (t.family, t.dport, t.daddr);
+    (st.tx_base, st.rx_base) = p.bases;
+    let _ = PROXY_FLOWS.insert(tuple_key(t.family, t.sport, t.dport, &t.saddr, &t.daddr), p.sk, 0);
+    count(STAT_NESTED_RECOVERED);
+    let transition = (tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
+    emit_flow_with(p.sk, st, PHASE_CONNECTED, transition, now, Some(t), || p.facts());
+    Some(stp)
+}
+
+/// A connection accepted on a capture port whose ESTABLISHED the kernel
+/// skipped the set_state program for: tracked as [`on_accepted`] would
+/// have, at the first payload packet it receives. Its state, or None.
+#[inline(always)]
+pub fn take_up_accepted(p: &FirstPacket, cgroup_id: u64, now: u64) -> Option<*mut FlowState> {
+    if state(p.sk).is_some() {
+        return None;
+    }
+    let st = SCRATCH_TAKE_UP.get_ptr_mut(0)?;
+    // SAFETY: valid per-CPU map value; only the ingress payload program
+    // uses it, which does not run nested in itself on one CPU.
+    let st = unsafe { &mut *st };
+    let start = Accepted { bases: p.bases, cgroup_id, flags: FLOW_FLAG_UNTIMED };
+    track_accepted(p.sk, st, &p.tuple, &start, now, || p.facts());
+    count(STAT_NESTED_RECOVERED);
+    state(p.sk)
 }
 
 /// `ECONNRESET`, `EPIPE` (Linux errno): what `tcp_reset` leaves in
@@ -211,9 +309,12 @@ pub fn on_transition(sk: u64, old: u32, new: u32, tuples: &impl SockView) {
     let st = unsafe { &mut *st };
     let skaddr = sk;
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
+        let ctl = control();
+        if ctl.flags & CTRL_SKIP_ESTABLISHED != 0 {
+            return;
+        }
         let now = ktime();
         st.established_ns = now;
-        let ctl = control();
         let mut t = core::mem::MaybeUninit::uninit();
         // SAFETY: Tuple is integers and byte arrays.
         let t: &mut Tuple = &mut unsafe { zeroed::<Words<Tuple>>(&mut t) }.0;
@@ -244,6 +345,14 @@ pub fn on_transition(sk: u64, old: u32, new: u32, tuples: &impl SockView) {
             emit_flow(skaddr, st, PHASE_CONNECTED, old, new, now, have_tuple.then_some(&*t));
         }
     } else if new == tcp_state::CLOSE {
+        if old != tcp_state::SYN_SENT && st.established_ns == 0 {
+            // It left a state past SYN_SENT: it connected, and the kernel
+            // skipped the run for its ESTABLISHED (see `set_state.rs`).
+            // When it connected is unknown: the close's time stands in.
+            st.established_ns = ktime();
+            st.flags |= FLOW_FLAG_UNTIMED;
+            count(STAT_NESTED_RECOVERED);
+        }
         let ctl = control();
         let err = tuples.errors().0;
         // A received reset sets sk_err before the CLOSE it causes (a local
@@ -253,7 +362,9 @@ pub fn on_transition(sk: u64, old: u32, new: u32, tuples: &impl SockView) {
             st.flags |= FLOW_FLAG_RESET;
         }
         let clean = st.established_ns != 0
-            && st.flags & (FLOW_FLAG_EMITTED | FLOW_FLAG_RESET | FLOW_FLAG_CAPTURE) == 0
+            && st.flags
+                & (FLOW_FLAG_EMITTED | FLOW_FLAG_RESET | FLOW_FLAG_CAPTURE | FLOW_FLAG_UNTIMED)
+                == 0
             && ctl.flags & CTRL_VERBOSE == 0
             && !degraded(&ctl, st.retransmits)
             && err == 0;
@@ -312,8 +423,8 @@ fn aggregate(st: &FlowState, connect: bool, latency_ns: u64, ctl: &Control) -> b
     if connect {
         count(STAT_AGG_CONNECTS);
         // SAFETY: valid map value pointer; fields are 8-byte aligned u64s.
-        // This CPU's value, but atomic adds still: the spare program may
-        // run nested in the main one here (see `set_state.rs`).
+        // This CPU's value, but atomic adds still: another program counting
+        // here (a close seen by error report) may run nested in this one.
         unsafe {
             xadd(&raw mut (*v).connects, 1);
             xadd(&raw mut (*v).latency_sum_ns, latency_ns);
@@ -331,7 +442,25 @@ fn aggregate(st: &FlowState, connect: bool, latency_ns: u64, ctl: &Control) -> b
     true
 }
 
-/// Send the flow as one self-contained record.
+/// What a record tells of the socket itself at the time it is sent.
+pub struct SockFacts {
+    pub netns: u32,
+    /// `sk_err`, `sk_err_soft`.
+    pub errors: (i32, i32),
+    /// `bytes_received`, `bytes_acked` (u64::MAX if unknown).
+    pub bytes: (u64, u64),
+}
+
+impl SockFacts {
+    /// Read from the socket (probe reads: tracing programs only).
+    #[inline(always)]
+    fn read(sk: u64) -> Self {
+        Self { netns: sock::netns(sk), errors: sock::errors(sk), bytes: sock::byte_counts(sk) }
+    }
+}
+
+/// Send the flow as one self-contained record, the socket's facts read
+/// from the socket.
 #[inline(always)]
 fn emit_flow(
     skaddr: u64,
@@ -342,6 +471,21 @@ fn emit_flow(
     now: u64,
     t: Option<&Tuple>,
 ) {
+    emit_flow_with(skaddr, st, phase, (old, new), now, t, || SockFacts::read(skaddr));
+}
+
+/// Send the flow as one self-contained record, the socket's facts from
+/// `facts` (read once the record has its room).
+#[inline(always)]
+fn emit_flow_with(
+    skaddr: u64,
+    st: &FlowState,
+    phase: u32,
+    (old, new): (u32, u32),
+    now: u64,
+    t: Option<&Tuple>,
+    facts: impl FnOnce() -> SockFacts,
+) {
     emit(&EVENTS, EVENT_FLOW, |ev: &mut FlowEvent| {
         ev.hdr = EventHeader { kind: EVENT_FLOW, size: size_of::<FlowEvent>() as u32, ts_ns: now };
         ev.skaddr = skaddr;
@@ -350,17 +494,18 @@ fn emit_flow(
         ev.cgroup_id = st.cgroup_id;
         ev.pid = st.pid_tgid as u32;
         ev.tgid = (st.pid_tgid >> 32) as u32;
-        ev.netns = sock::netns(skaddr);
+        let f = facts();
+        ev.netns = f.netns;
         ev.phase = phase;
         ev.comm = st.comm;
         ev.oldstate = old;
         ev.newstate = new;
-        (ev.sk_err, ev.sk_err_soft) = sock::errors(skaddr);
+        (ev.sk_err, ev.sk_err_soft) = f.errors;
         ev.reported_err = st.reported_err;
         ev.retransmits = st.retransmits;
         ev.syn_retransmits = st.syn_retransmits;
         ev.flags = st.flags;
-        (ev.bytes_received, ev.bytes_acked) = sock::byte_counts(skaddr);
+        (ev.bytes_received, ev.bytes_acked) = f.bytes;
         ev.intended = st.intended;
         match t {
             Some(t) => ev.tuple = *t,

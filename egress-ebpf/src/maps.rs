@@ -65,23 +65,11 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 pub static SCRATCH_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SCRATCH_TUPLE: PerCpuArray<Tuple> = PerCpuArray::with_max_entries(1, 0);
-
-/// The state change the main set_state program last began on this CPU, and
-/// which of its marks the spare has already compared (see `set_state.rs`).
+/// The same room for the payload programs taking up an accepted connection
+/// (`flow::take_up_accepted`): a softirq's packet may interrupt the
+/// set_state program filling its own in a task (a listener's backlog).
 #[map]
-pub static SET_STATE_MARK: PerCpuArray<Mark> = PerCpuArray::with_max_entries(1, 0);
-
-/// One CPU's [`SET_STATE_MARK`].
-#[repr(C)]
-pub struct Mark {
-    pub sk: u64,
-    /// `old << 16 | new`.
-    pub transition: u32,
-    /// Marks the main program wrote; the last one the spare compared.
-    pub main_seq: u32,
-    pub spare_seq: u32,
-    pub _pad: u32,
-}
+pub static SCRATCH_TAKE_UP: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Runtime control written by the agent (one entry).
 #[map]

@@ -15,7 +15,10 @@
 //! three capture events per flow.
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{
+        bpf_ktime_get_ns, bpf_skb_load_bytes,
+        generated::{bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_tcp_sock},
+    },
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -23,15 +26,17 @@ use egress_common::{
     AF_INET, AF_INET6, CAPTURE_CHUNKS_PER_PACKET, CAPTURE_RX_ERR_BYTES, CAPTURE_RX_OK_BYTES,
     CAPTURE_TLS_RX_BYTES, CAPTURE_TX_BYTES, DIR_EGRESS, DIR_INGRESS, EVENT_PAYLOAD, EventHeader,
     FLOW_FLAG_ACCEPTED, FLOW_FLAG_CAPTURE, FLOW_FLAG_RX_DONE, FLOW_FLAG_RX_OK, FLOW_FLAG_TLS,
-    FLOW_FLAG_TX_DONE, FlowState, PAYLOAD_BYTES, PayloadEvent, TupleKey,
+    FLOW_FLAG_TX_DONE, FlowState, PAYLOAD_BYTES, PayloadEvent, Tuple, TupleKey,
 };
 
 use crate::{
     config, dns,
     emit::emit_unzeroed,
+    flow::{FirstPacket, take_up_accepted, take_up_connect},
     flow_table::state,
     maps::{CAPTURE, PROXY_FLOWS},
     net::{is_capture_port, is_tls_port},
+    sock,
 };
 
 const ETH_P_IP: u32 = 0x0800;
@@ -80,6 +85,78 @@ fn flow_of(key: &TupleKey) -> Option<(u64, *mut FlowState)> {
     // SAFETY: valid map value pointer.
     let sk = unsafe { *PROXY_FLOWS.get_ptr(key)? };
     Some((sk, state(sk)?))
+}
+
+/// TCP states past the handshake in which a socket still carries data
+/// (`include/net/tcp_states.h`): ESTABLISHED, FIN_WAIT1, FIN_WAIT2,
+/// CLOSE_WAIT, LAST_ACK, CLOSING.
+#[inline(always)]
+fn past_handshake(state: u32) -> bool {
+    matches!(state, 1 | 4 | 5 | 8 | 9 | 11)
+}
+
+/// A payload packet of a capture (or TLS) port's flow that the tuple index
+/// does not know: the set_state program may have been skipped for its
+/// ESTABLISHED (see `set_state.rs`). Its socket, past the handshake, is
+/// then taken up here, the first payload packet being the first moment
+/// the flow is seen again with its stream positions still at the
+/// handshake's end: an active open tracked since its connect, or a
+/// connection accepted on a capture port (the request comes in first).
+/// Costs a table lookup per payload packet of such a flow that is not
+/// captured (one open before the agent started, adopted).
+#[inline(always)]
+fn take_up(skb: &__sk_buff, key: &TupleKey, dir: u32) -> Option<(u64, *mut FlowState)> {
+    let accepted = is_capture_port(key.lport);
+    if accepted && dir != DIR_INGRESS
+        || !accepted && !is_capture_port(key.rport) && !is_tls_port(key.rport)
+    {
+        return None;
+    }
+    // SAFETY: reading the context's socket pointer (a union of one field).
+    let sk = unsafe { skb.__bindgen_anon_2.sk };
+    // SAFETY: the kernel gives a socket or null, checked first.
+    if sk.is_null() || !past_handshake(unsafe { (*sk).state }) {
+        return None;
+    }
+    let addr = sock::scalar_or_none(sk.cast())?;
+    // SAFETY: helpers taking the context's socket, checked for null.
+    let tp = unsafe {
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() {
+            return None;
+        }
+        bpf_tcp_sock(full)
+    };
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null `bpf_tcp_sock` from the helper.
+    let (bases, bytes) =
+        unsafe { (((*tp).snd_una, (*tp).rcv_nxt), ((*tp).bytes_received, (*tp).bytes_acked)) };
+    let first = FirstPacket {
+        sk: addr,
+        tuple: Tuple {
+            family: key.family,
+            sport: key.lport,
+            dport: key.rport,
+            _pad: 0,
+            saddr: key.laddr,
+            daddr: key.raddr,
+        },
+        bases,
+        bytes,
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let st = if accepted {
+        let skb: *const __sk_buff = skb;
+        // SAFETY: the context's own skb.
+        let cgroup_id = unsafe { bpf_skb_cgroup_id(skb.cast_mut()) };
+        take_up_accepted(&first, cgroup_id, now)?
+    } else {
+        take_up_connect(&first, now)?
+    };
+    Some((addr, st))
 }
 
 #[inline(always)]
@@ -163,7 +240,7 @@ fn capture<const CHUNKS: u32>(ctx: &SkBuffContext, dir: u32) -> Result<(), i64> 
     if len <= payload {
         return Ok(()); // no payload: SYN, ACK, FIN
     }
-    let Some((skaddr, st)) = flow_of(&key) else {
+    let Some((skaddr, st)) = flow_of(&key).or_else(|| take_up(skb, &key, dir)) else {
         return Ok(());
     };
     // SAFETY: valid state pointer (its fields are plain integers).

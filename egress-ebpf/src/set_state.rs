@@ -13,20 +13,36 @@
 //! one (FIN states) leaves in the first instructions. The passive side
 //! matters only where this machine runs a hop: a connection accepted on a
 //! capture port is the hop's view of one client (SYN_RECV→ESTABLISHED).
+//!
+//! Skipped runs. The kernel does not run a tracing program nested in
+//! itself on one CPU: a state change traced from a softirq (a SYN-ACK, a
+//! reset, the retransmit timer closing a connect) that interrupts this
+//! program in a task is skipped for it, counted only in its
+//! `recursion_misses` (exported; a classic tracepoint is skipped while any
+//! kprobe or tracepoint program runs on the CPU). No second program on the
+//! same tracepoint stands by for those (it would double the dispatch of
+//! every state change of every socket). Each skipped change is taken up by
+//! a hook that runs later on the same socket anyway:
+//! - a skipped ESTABLISHED by the close, which sees the socket leave a
+//!   state past SYN_SENT: the flow connected, the time it did is unknown
+//!   (`FLOW_FLAG_UNTIMED`); a capture port's (or TLS port's) flow is taken
+//!   up at its first payload packet (`payload.rs`);
+//! - a skipped CLOSE by `inet_sk_error_report` (a reset reports after the
+//!   close) and by `tcp_destroy_sock` ([`end_unseen`]);
+//! - a hop's skipped SYN_RECV→ESTABLISHED by the first payload packet the
+//!   accepted connection receives (`payload.rs`).
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
-use egress_common::{
-    IPPROTO_TCP, STAT_DESTROY_RECOVERED, STAT_NESTED_RECOVERED, TpOffsets, Tuple, tcp_state,
-};
+use egress_common::{IPPROTO_TCP, STAT_DESTROY_RECOVERED, TpOffsets, Tuple, tcp_state};
 
 use crate::{
     config,
     flow::{SockView, on_accepted, on_connect, on_transition},
     flow_table::state,
-    maps::{SET_STATE_MARK, count},
+    maps::count,
     net::is_capture_port,
     sock::{self, Probed, Sk, Typed},
     tp::{self, field},
@@ -76,7 +92,6 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let skaddr = field::<u64>(ctx, o.skaddr)?;
-    mark(skaddr, old, new);
     let record = Record { ctx, o: &o, sk: skaddr };
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
         on_connect(skaddr, now());
@@ -96,9 +111,7 @@ fn classic(ctx: &TracePointContext) -> Result<(), i64> {
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let (old, new) = (ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
     if matters(old, new) {
-        let sk = Typed::new(ctx.arg(0));
-        mark(sk.addr(), old, new);
-        by_socket(sk, old, new);
+        by_socket(Typed::new(ctx.arg(0)), old, new);
     }
     0
 }
@@ -108,89 +121,6 @@ fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
-
-/// The main program's first step on a state change that matters: say on
-/// this CPU which one it is handling, for the spare.
-#[inline(always)]
-fn mark(sk: u64, old: u32, new: u32) {
-    if let Some(m) = SET_STATE_MARK.get_ptr_mut(0) {
-        // SAFETY: valid per-CPU map value.
-        unsafe {
-            (*m).sk = sk;
-            (*m).transition = old << 16 | new;
-            (*m).main_seq = (*m).main_seq.wrapping_add(1);
-        }
-    }
-}
-
-/// Whether the main program began this very state change: the CPU's mark
-/// names it and the spare has not compared that mark before. The main
-/// program writes its mark first, and the spare runs right after it on the
-/// same CPU, so a match means it was handled. No match means the main
-/// program was skipped, or another state change traced from an interrupt
-/// came in between: the spare then asks the flow state ([`undone`]).
-#[inline(always)]
-fn marked(sk: u64, old: u32, new: u32) -> bool {
-    let Some(m) = SET_STATE_MARK.get_ptr_mut(0) else { return false };
-    // SAFETY: valid per-CPU map value.
-    unsafe {
-        let fresh = (*m).main_seq != (*m).spare_seq;
-        (*m).spare_seq = (*m).main_seq;
-        fresh && (*m).sk == sk && (*m).transition == old << 16 | new
-    }
-}
-
-/// The spare: the state changes the kernel skipped for the main program.
-///
-/// The kernel does not run a tracing program nested in itself on one CPU:
-/// a state change traced from a softirq (the retransmit timer closing a
-/// connect, a SYN-ACK, a reset) that interrupts the main program in a task
-/// is skipped for it, counted only in its `recursion_misses` (and a classic
-/// tracepoint is skipped while any kprobe or tracepoint program runs on
-/// the CPU). This raw tracepoint on the same event runs after the main one
-/// (attached after it) and does the main one's work only where the
-/// socket's state shows it undone; when it is itself skipped (interrupted
-/// in a task), the main program is not running and does the work. The
-/// socket is read through the BTF offsets, as the BTF variant reads it.
-/// Nearly always the main program's mark names the event ([`marked`]) and
-/// the spare leaves without a flow-table lookup: its run costs little more
-/// than the kernel's call.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
-    let (sk, old, new) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1) as u32, ctx.arg::<i32>(2) as u32);
-    if matters(old, new) && !marked(sk, old, new) && undone(sk, old, new) {
-        count(STAT_NESTED_RECOVERED);
-        by_socket(Probed(sk), old, new);
-    }
-    0
-}
-
-/// Whether the main program left this state change undone, by the state
-/// it keeps for the socket: a connect is tracked from its own task a moment
-/// ago, an outcome sets the time of ESTABLISHED, a close removes the state,
-/// an accepted connection is tracked.
-#[inline(always)]
-fn undone(sk: u64, old: u32, new: u32) -> bool {
-    let st = state(sk);
-    if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
-        // SAFETY: valid state pointer; helpers without preconditions.
-        !st.is_some_and(|st| unsafe {
-            (*st).pid_tgid == bpf_get_current_pid_tgid()
-                && bpf_ktime_get_ns().wrapping_sub((*st).start_ns) < JUST_NOW_NS
-        })
-    } else if old == tcp_state::SYN_RECV {
-        st.is_none() && sock::kread::<u16>(sk, config!(kernel.skc_num)).is_some_and(is_capture_port)
-    } else if new == tcp_state::ESTABLISHED {
-        // SAFETY: valid state pointer.
-        st.is_some_and(|st| unsafe { (*st).established_ns == 0 })
-    } else {
-        st.is_some()
-    }
-}
-
-/// How recent a connect's state must be to be this very connect's (the
-/// two programs run back to back in the connecting task).
-const JUST_NOW_NS: u64 = 1_000_000;
 
 /// The flow logic, the socket read from the socket itself. The clock is
 /// read only where a flow starts or is tracked.
@@ -218,14 +148,13 @@ fn by_socket<S: Sk>(sk: S, old: u32, new: u32) {
 }
 
 /// The backstop: a socket destroyed while its flow is still tracked ended
-/// without any program seeing its CLOSE (both skipped, see
-/// [`inet_sock_set_state_nested`]). Its flow ends here, from the state it
-/// had: a connect never established failed, anything else closed. Runs
-/// where the owner closes the descriptor (a task) or a timer frees the
+/// without the main program seeing its CLOSE (the kernel skipped the run,
+/// see the module's note). Its flow ends here, from the state it had.
+/// Runs where the owner closes the descriptor (a task) or a timer frees the
 /// socket; one lookup per destroyed socket otherwise.
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
-    destroyed(Probed(ctx.arg(0)));
+    end_unseen(Probed(ctx.arg(0)), STAT_DESTROY_RECOVERED);
     0
 }
 
@@ -235,15 +164,18 @@ pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
 pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
     let sk = Typed::new(ctx.arg(0));
     if !sk.passive_untracked() {
-        destroyed(sk);
+        end_unseen(sk, STAT_DESTROY_RECOVERED);
     }
     0
 }
 
+/// End the flow of a socket that is closed (or gone) while its flow is
+/// still tracked: its CLOSE was never traced. A connect never seen
+/// established failed; anything else closed. `stat` counts where.
 #[inline(always)]
-fn destroyed(sk: impl Sk) {
+pub fn end_unseen(sk: impl Sk, stat: u32) {
     let Some(st) = state(sk.addr()) else { return };
-    count(STAT_DESTROY_RECOVERED);
+    count(stat);
     // SAFETY: valid state pointer.
     let established = unsafe { (*st).established_ns != 0 };
     let old = if established { tcp_state::ESTABLISHED } else { tcp_state::SYN_SENT };

@@ -74,21 +74,27 @@ static ADDR_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// it is read again with a probe read of the stack copy.
 #[inline(always)]
 pub fn scalar(p: *const u8) -> u64 {
-    if let Some(s) = ADDR_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: valid per-CPU map value.
-        let v = unsafe {
-            core::ptr::write_volatile(s, p as u64);
-            core::ptr::read_volatile(s)
-        };
-        // Compared through an opaque copy: compared directly, the compiler
-        // would return the (equal) pointer itself from this branch.
-        if core::hint::black_box(v) == p as u64 {
-            return v;
-        }
+    if let Some(v) = scalar_or_none(p) {
+        return v;
     }
     let copy = core::hint::black_box(p as u64);
     // SAFETY: probe read of a value on this program's stack.
     unsafe { bpf_probe_read_kernel(&raw const copy) }.unwrap_or(0)
+}
+
+/// [`scalar`] without the probe read (which packet programs cannot call on
+/// every kernel): None where a nested program's store got in between.
+#[inline(always)]
+pub fn scalar_or_none(p: *const u8) -> Option<u64> {
+    let s = ADDR_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: valid per-CPU map value.
+    let v = unsafe {
+        core::ptr::write_volatile(s, p as u64);
+        core::ptr::read_volatile(s)
+    };
+    // Compared through an opaque copy: compared directly, the compiler
+    // would return the (equal) pointer itself from this branch.
+    (core::hint::black_box(v) == p as u64).then_some(v)
 }
 
 /// A BTF tracepoint's `struct sock *` argument. Its fields are plain loads:

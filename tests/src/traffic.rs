@@ -106,3 +106,76 @@ pub fn fetch(
         }
     })
 }
+
+/// A loopback connect storm on the host (two connecting threads and an
+/// accepting one), bounded in count and time: it keeps the agent's
+/// programs running in tasks on both CPUs, so that a state change a
+/// softirq traces often lands nested in one of their runs.
+pub struct LoopbackStorm {
+    stop: Arc<AtomicBool>,
+    made: Arc<std::sync::atomic::AtomicU64>,
+    addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl LoopbackStorm {
+    /// At most `max` connects, for at most `limit`.
+    pub fn start(max: u64, limit: Duration) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let made = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut threads = Vec::new();
+        let st = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                if listener.accept().is_err() {
+                    break;
+                }
+            }
+        }));
+        for _ in 0..2 {
+            let (stop, made) = (stop.clone(), made.clone());
+            threads.push(std::thread::spawn(move || {
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed)
+                    && made.load(Ordering::Relaxed) < max
+                    && t0.elapsed() < limit
+                {
+                    if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        Ok(Self { stop, made, addr, threads })
+    }
+
+    /// Stop it; the connects it made.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.made.load(Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut threads = std::mem::take(&mut self.threads);
+        if threads.is_empty() {
+            return;
+        }
+        // The connecting threads first; then one connect wakes the acceptor.
+        for t in threads.drain(1..) {
+            let _ = t.join();
+        }
+        drop(TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LoopbackStorm {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

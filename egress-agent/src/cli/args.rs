@@ -109,6 +109,12 @@ pub struct SessionArgs {
     /// Test hook: leave the ring unread for this many milliseconds after start.
     #[arg(long, hide = true)]
     pub stall_reader_ms: Option<u64>,
+    /// Test hook: the kernel programs act as if the kernel had skipped the
+    /// set_state program's run for every ESTABLISHED (as it does for a
+    /// softirq's state change nested in the program's run in a task), so
+    /// that the paths taking such a skip up are tested deterministically.
+    #[arg(long, hide = true)]
+    pub skip_established: bool,
 }
 
 impl SessionArgs {
@@ -140,6 +146,7 @@ impl SessionArgs {
             disabled_programs: self.disable_programs.clone(),
             connect_intent: self.connect_intent.into(),
             stall_reader: self.stall_reader_ms.map(Duration::from_millis),
+            skip_established: self.skip_established,
         }
     }
 }

@@ -12,7 +12,8 @@ use aya::{
     maps::{Array, MapData, MapError, PerCpuHashMap},
 };
 use egress_common::{
-    AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_VERBOSE, Control as Ctl, MAP_AGG, MAP_CONTROL,
+    AggKey, AggValue, CTRL_PUBLIC_EVENTS, CTRL_SKIP_ESTABLISHED, CTRL_VERBOSE, Control as Ctl,
+    MAP_AGG, MAP_CONTROL,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub struct ControlSettings {
     /// Flows to public addresses as events (a chain is configured: egress
     /// that skips it is reported flow by flow).
     pub public_events: bool,
+    /// Test hook: `CTRL_SKIP_ESTABLISHED`.
+    pub skip_established: bool,
 }
 
 pub struct Control {
@@ -61,7 +64,8 @@ impl Control {
         ];
         let current = Ctl {
             flags: if s.verbose { CTRL_VERBOSE } else { 0 }
-                | if s.public_events { CTRL_PUBLIC_EVENTS } else { 0 },
+                | if s.public_events { CTRL_PUBLIC_EVENTS } else { 0 }
+                | if s.skip_established { CTRL_SKIP_ESTABLISHED } else { 0 },
             agg_sel: 0,
             degraded_retransmits: s.degraded_retransmits,
             dns_rate: s.dns_rate,

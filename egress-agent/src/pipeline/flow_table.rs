@@ -8,8 +8,8 @@ use std::collections::{HashMap, VecDeque};
 
 use egress_common::{
     DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_ACCEPTED, FLOW_FLAG_ADOPTED, FLOW_FLAG_CAPTURE,
-    FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FLOW_FLAG_TLS, FlowEvent, PHASE_CLOSED,
-    PHASE_CONNECT_FAILED, PHASE_CONNECTED, PayloadEvent,
+    FLOW_FLAG_HAS_INTENDED, FLOW_FLAG_RESET, FLOW_FLAG_TLS, FLOW_FLAG_UNTIMED, FlowEvent,
+    PHASE_CLOSED, PHASE_CONNECT_FAILED, PHASE_CONNECTED, PayloadEvent,
 };
 
 use super::{
@@ -224,7 +224,16 @@ impl FlowTable {
                         tls = h.tls.take();
                         h.connect_verdict
                     }
-                    None => judge::connected(&facts(e, 0), thr).0,
+                    None => {
+                        let (v, reason) = judge::connected(&facts(e, 0), thr);
+                        if e.flags & FLOW_FLAG_UNTIMED != 0 {
+                            // Its ESTABLISHED was taken up only at this close
+                            // (the kernel skipped the program's run for it):
+                            // the connect's own record comes first.
+                            out.push((self.record(e, Phase::Connect, v, reason, 0), None));
+                        }
+                        v
+                    }
                 };
                 // A ClientHello that got nothing back before the end.
                 let tls_failure = tls.as_ref().and_then(|t| t.failure(end_of(e)));
@@ -436,6 +445,7 @@ impl FlowTable {
             // conntrack entry to wait for.
             nat_checked: accepted.then_some(false),
             adopted: e.flags & FLOW_FLAG_ADOPTED != 0,
+            untimed: e.flags & FLOW_FLAG_UNTIMED != 0,
             ..FlowRecord::default()
         }
     }

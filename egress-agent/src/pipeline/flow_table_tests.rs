@@ -97,6 +97,26 @@ fn a_connect_is_one_record_and_its_clean_close_is_quiet() {
 }
 
 #[test]
+fn a_close_that_took_up_a_skipped_established_brings_the_connects_record() {
+    let mut t = table();
+    // The kernel skipped the ESTABLISHED: only the close came, untimed.
+    let out = feed(
+        &mut t,
+        &flow(PHASE_CLOSED, 5, 9 * MS, |e| {
+            e.established_ns = 9 * MS;
+            e.flags = FLOW_FLAG_UNTIMED | FLOW_FLAG_EMITTED;
+        }),
+    );
+    let [(c, None), (x, None)] = out.as_slice() else { panic!("{}", out.len()) };
+    assert_eq!((c.phase, c.verdict, c.untimed), (Phase::Connect, Verdict::Ok, true));
+    assert_eq!(c.dst, Some("192.0.2.7:443".parse().expect("addr")));
+    assert_eq!((x.phase, x.quiet, x.untimed), (Phase::Close, true, true));
+    // A timed close brings no second connect record.
+    let out = feed(&mut t, &flow(PHASE_CLOSED, 6, 9 * MS, |_| {}));
+    assert!(out.len() == 1 && out[0].0.phase == Phase::Close && !out[0].0.untimed);
+}
+
+#[test]
 fn failures_come_whole_from_one_event() {
     let mut t = table();
     let out = feed(

@@ -131,6 +131,13 @@ pub struct FlowRecord {
     /// owner task as found holding it), its close is.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
+    /// The connect's ESTABLISHED was not traced (the kernel skipped the
+    /// program's run, as it does when a softirq's state change lands while
+    /// the program runs in a task on that CPU) and was taken up later, at
+    /// the flow's first payload packet or its close: `latency_ms` is an
+    /// upper bound, left out of the connect-duration histogram.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub untimed: bool,
     /// CLOCK_MONOTONIC ns of the flow's start and of this record (for stitching).
     #[serde(skip)]
     pub start_mono_ns: u64,

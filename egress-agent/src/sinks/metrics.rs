@@ -235,13 +235,13 @@ impl Metrics {
             program_runs_skipped: reg::counter_vec(
                 &r,
                 "egress_program_runs_skipped_total",
-                "Runs of a kernel program the kernel skipped because the program was already running on that CPU (a hook fired nested, e.g. a timer softirq's state change during a task's; Linux 5.12+). inet_sock_set_state's are mostly handled by inet_sock_set_state_nested where that is attached (and its own by the main program); any other may be a transition no record shows.",
+                "Runs of a kernel program the kernel skipped because the program was already running on that CPU (a hook fired nested, e.g. a timer softirq's state change during a task's; Linux 5.12+). inet_sock_set_state's are taken up by a later hook on the same socket (egress_kernel_nested_recovered_total, egress_kernel_destroy_recovered_total); any other program's may be a transition no record shows.",
                 &["program"],
             )?,
             kernel_nested_recovered: reg::counter(
                 &r,
                 "egress_kernel_nested_recovered_total",
-                "State changes inet_sock_set_state_nested did because the kernel skipped inet_sock_set_state for them (it was running on the CPU).",
+                "State changes the kernel skipped inet_sock_set_state for (it was running on the CPU) that a later hook on the same socket took up: an ESTABLISHED at the flow's first payload packet or its close (the record says untimed), a hop's accepted connection at its first payload packet, a reset's CLOSE at the error report that follows it.",
             )?,
             kernel_destroy_recovered: reg::counter(
                 &r,
@@ -514,7 +514,9 @@ impl Metrics {
                         .with_label_values(&[hop, from, r.verdict.as_str(), reason])
                         .inc();
                 }
-                self.connect_duration.observe(&[r.verdict.as_str()], r.latency_ms / 1000.0);
+                if !r.untimed {
+                    self.connect_duration.observe(&[r.verdict.as_str()], r.latency_ms / 1000.0);
+                }
             }
             Phase::Close => self.closes.with_label_values(&labels).inc(),
         }
