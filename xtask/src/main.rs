@@ -204,6 +204,9 @@ fn multinode(
     Ok(rows)
 }
 
+/// One single-host lab of `cargo xtask lab`: its table's rows.
+type LabRun = fn() -> anyhow::Result<Vec<egress_tests::demo::DemoRow>>;
+
 fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -382,35 +385,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     count("connect outcomes", r.name, r.ok);
                     run_ok &= r.ok;
                 }
-                println!();
-                println!(
-                    "== routed gateway lab: client -> gateway (SNAT to an egress IP) -> origin; client | gateway vantage"
-                );
-                let rows = egress_tests::routed_lab::run()?;
-                egress_tests::demo::print(&rows);
-                for r in &rows {
-                    count("routed gateway", r.name, r.ok);
-                    run_ok &= r.ok;
-                }
-                println!();
-                println!(
-                    "== TLS lab: openssl s_client -> SNI gateway (HAProxy passthrough) / Squid CONNECT tunnel / TLS port -> s_server; handshake | client record | chain"
-                );
-                let rows = egress_tests::sni_lab::run()?;
-                egress_tests::demo::print(&rows);
-                for r in &rows {
-                    count("tls", r.name, r.ok);
-                    run_ok &= r.ok;
-                }
-                println!();
-                println!(
-                    "== NetworkPolicy lab: pod -> router (default-deny + allow-list as iptables) -> outside; datapath | agent record"
-                );
-                let rows = egress_tests::netpol_lab::run()?;
-                egress_tests::demo::print(&rows);
-                for r in &rows {
-                    count("network policy", r.name, r.ok);
-                    run_ok &= r.ok;
+                // The single-host labs after the demo: header, table, tally name.
+                let labs: [(&str, &'static str, LabRun); 3] = [
+                    (
+                        "routed gateway lab: client -> gateway (SNAT to an egress IP) -> origin; client | gateway vantage",
+                        "routed gateway",
+                        egress_tests::routed_lab::run,
+                    ),
+                    (
+                        "TLS lab: openssl s_client -> SNI gateway (HAProxy passthrough) / Squid CONNECT tunnel / TLS port -> s_server; handshake | client record | chain",
+                        "tls",
+                        egress_tests::sni_lab::run,
+                    ),
+                    (
+                        "NetworkPolicy lab: pod -> router (default-deny + allow-list as iptables) -> outside; datapath | agent record",
+                        "network policy",
+                        egress_tests::netpol_lab::run,
+                    ),
+                ];
+                for (header, table, lab) in labs {
+                    println!("\n== {header}");
+                    let rows = lab()?;
+                    egress_tests::demo::print(&rows);
+                    for r in &rows {
+                        count(table, r.name, r.ok);
+                        run_ok &= r.ok;
+                    }
                 }
                 if faults {
                     println!();
